@@ -1,0 +1,53 @@
+"""actionmesh: submit CI actions to a mesh of agents on Ray (the user-facing package)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mesh.errors import (
+    ActionTimeout,
+    ClusterUnavailable,
+    InvalidInput,
+    MeshError,
+    MeshNotRunning,
+    NotFound,
+    SchedulerUnavailable,
+    StageError,
+    Unplaceable,
+)
+from mesh.schema import Action, ActionStatus, LogLine, RetryPolicy, StageEvent
+from mesh.stages import Stage
+
+if TYPE_CHECKING:
+    from mesh.client import ActionHandle, Client, connect
+
+__all__ = [
+    "Action",
+    "ActionHandle",
+    "ActionStatus",
+    "ActionTimeout",
+    "Client",
+    "ClusterUnavailable",
+    "InvalidInput",
+    "LogLine",
+    "MeshError",
+    "MeshNotRunning",
+    "NotFound",
+    "RetryPolicy",
+    "SchedulerUnavailable",
+    "Stage",
+    "StageError",
+    "StageEvent",
+    "Unplaceable",
+    "connect",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The client imports Ray; loading it lazily keeps `mesh.schema` importable by the pure
+    # scheduling core without dragging Ray in.
+    if name in ("connect", "Client", "ActionHandle"):
+        from mesh import client
+
+        return getattr(client, name)
+    raise AttributeError(name)

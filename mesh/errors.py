@@ -1,0 +1,73 @@
+"""The one error tree users of actionmesh catch; Ray and gRPC errors are translated into it.
+
+    MeshError
+     ├── InvalidInput            bad input from outside; names the field
+     ├── NotFound                unknown action, agent or account id
+     ├── Unplaceable             no agent in the pool could ever take the action
+     ├── StageError              a stage move the transition table forbids (a bug)
+     ├── ClusterUnavailable      no Ray cluster to connect to, or it went away
+     ├── MeshNotRunning          the cluster is up but the mesh actors are not
+     ├── SchedulerUnavailable    the scheduler did not answer (restarting, gone)
+     └── ActionTimeout           waiting for a result took longer than asked
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MeshError(Exception):
+    """Root of every error actionmesh raises to its users."""
+
+
+class InvalidInput(MeshError):
+    """Input from a client, the CLI, gRPC or a config file failed validation.
+
+    `errors` holds one entry per bad field: (field path, message).
+    """
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+    @classmethod
+    def from_validation(cls, what: str, exc: Any) -> InvalidInput:
+        """Build from a pydantic ValidationError, keeping each field's path and message."""
+        errors: list[tuple[str, str]] = []
+        for err in exc.errors():
+            path = ".".join(str(p) for p in err.get("loc", ())) or what
+            errors.append((path, str(err.get("msg", "invalid"))))
+        detail = "; ".join(f"{path}: {msg}" for path, msg in errors)
+        return cls(f"invalid {what}: {detail}", errors)
+
+
+class NotFound(MeshError):
+    """An id (action, agent, account) that the scheduler does not know."""
+
+
+class Unplaceable(MeshError):
+    """No agent in the pool could ever run the action, so it was refused."""
+
+    def __init__(self, message: str, action_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.action_ids = action_ids or []
+
+
+class StageError(MeshError):
+    """A stage change the transition table does not allow: a broken invariant."""
+
+
+class ClusterUnavailable(MeshError):
+    """There is no Ray cluster at the address, or the connection was lost."""
+
+
+class MeshNotRunning(MeshError):
+    """The Ray cluster is up, but `mesh up` has not been run on it."""
+
+
+class SchedulerUnavailable(MeshError):
+    """The scheduler actor did not answer; it may be restarting."""
+
+
+class ActionTimeout(MeshError):
+    """An action did not reach the awaited stage within the caller's timeout."""

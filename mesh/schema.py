@@ -1,0 +1,382 @@
+"""The one schema: pydantic models for actions, agents, loads, stage events and log batches."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, NewType
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mesh.stages import TERMINAL, Stage
+
+ActionId = NewType("ActionId", str)
+AgentId = NewType("AgentId", str)
+AccountId = NewType("AccountId", str)
+Priority = NewType("Priority", int)
+
+# A label is `name` or `name:value` (`vpn`, `os:linux`, `arch:arm64`); both parts start and
+# end with an alphanumeric, so labels map one to one onto Ray node labels (key, value).
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_./-]{0,126}[A-Za-z0-9])?"
+LABEL_RE = re.compile(rf"^{_PART}(?::{_PART})?$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string: `2G` and `2GiB` are binary (2 * 1024**3), `2GB` decimal.
+
+    A bare suffix is binary, as `docker --memory 2g` reads it.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value!r}")
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size such as 512M or 2G, got {value!r}")
+    match = _SIZE_RE.match(value)
+    if match is None:
+        raise ValueError(f"expected a size such as 512M or 2G, got {value!r}")
+    number, unit, tail = match.groups()
+    power = "KMGT".find(unit.upper()) + 1 if unit else 0
+    base = 1000 if tail.upper() == "B" and unit else 1024
+    return int(float(number) * base**power)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as `90`, `90s`, `30m`, `1h30m`, `250ms`."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_RE.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(
+                    f"expected a duration such as 90s, 30m or 1h30m, got {value!r}"
+                ) from None
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    else:
+        raise ValueError(f"expected a duration such as 90s or 30m, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+def check_label(label: str) -> str:
+    if not LABEL_RE.match(label):
+        raise ValueError(
+            f"malformed label {label!r}: expected `name` or `name:value`, each part starting "
+            "and ending with a letter or digit"
+        )
+    return label
+
+
+def check_id(value: str, what: str) -> str:
+    if not ID_RE.match(value):
+        raise ValueError(
+            f"malformed {what} {value!r}: 1-128 characters of letters, digits and . _ : @ -,"
+            " starting with a letter or digit"
+        )
+    return value
+
+
+class Model(BaseModel):
+    """Base of every model crossing a boundary: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(Model):
+    """How many more attempts an action gets, counted separately by cause."""
+
+    on_failure: int = Field(0, ge=0, le=100, description="retries after a non-zero exit or timeout")
+    on_lost: int = Field(3, ge=0, le=100, description="retries after the agent or node died")
+
+
+class Action(Model):
+    """What a controller submits: one CI job unit."""
+
+    id: ActionId | None = Field(
+        None, description="client-chosen id; submitting the same id twice gives one action"
+    )
+    command: list[str] = Field(..., min_length=1, description="argv, or [script] with shell")
+    shell: bool = Field(False, description="run command[0] with /bin/sh -c")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    cwd: str | None = Field(None, description="working directory on the agent")
+    cpus: float = Field(1.0, ge=0, le=4096, description="CPUs reserved while it runs")
+    memory: int = Field(0, ge=0, description="bytes of memory reserved while it runs")
+    labels: list[str] = Field(default_factory=list, description="base labels, all required")
+    provisionable_labels: list[str] = Field(
+        default_factory=list, description="labels preferred but not required"
+    )
+    account: AccountId = Field(AccountId(""), description="quota account; empty for none")
+    job: str = Field("", max_length=256, description="job name this action belongs to")
+    timeout: float | None = Field(None, gt=0, description="seconds before it is timed out")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str | None) -> str | None:
+        return None if value is None else check_id(value, "action id")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("command must not be empty: its first element is blank")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME_RE.match(name):
+                raise ValueError(f"malformed environment variable name {name!r}")
+        return value
+
+    @field_validator("labels", "provisionable_labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        return sorted({check_label(label) for label in value})
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        return value if value == "" else check_id(value, "account id")
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int:
+        return parse_size(value)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _shell(self) -> Action:
+        if self.shell and len(self.command) != 1:
+            raise ValueError(
+                f"with shell=True, command must be one script string, got {len(self.command)}"
+            )
+        return self
+
+
+class Load(Model):
+    """One psutil sample of an agent's machine."""
+
+    cpu_percent: float = Field(..., ge=0, le=100)
+    cpu_count: int = Field(..., ge=1, description="logical CPUs of the machine")
+    memory_total: int = Field(..., ge=0)
+    memory_used: int = Field(..., ge=0)
+    memory_available: int = Field(..., ge=0)
+    load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    sampled_at: float = Field(..., description="agent wall-clock time of the sample")
+
+    @property
+    def free_cpus(self) -> float:
+        return self.cpu_count * (100.0 - self.cpu_percent) / 100.0
+
+
+class AgentInfo(Model):
+    """What an agent says about its machine when it registers."""
+
+    agent_id: AgentId
+    node_id: str
+    hostname: str
+    address: str
+    labels: list[str]
+    cpus: float = Field(..., ge=0, description="CPUs this agent offers (the Ray node's CPUs)")
+    memory: int = Field(..., ge=0, description="bytes of memory this agent offers")
+    pid: int
+    started_at: float
+
+
+AgentState = Literal["alive", "suspect", "draining", "blocked", "dead"]
+
+
+class RunningAttempt(Model):
+    action_id: ActionId
+    attempt: int
+    stage: Stage
+    cpus: float
+    memory: int
+
+
+class AgentStatus(Model):
+    """An agent as the pool sees it: machine, live load, reservations."""
+
+    info: AgentInfo
+    state: AgentState
+    capacity_percent: float
+    load: Load | None
+    load_age: float | None = Field(None, description="seconds since the last load report")
+    reserved_cpus: float
+    reserved_memory: int
+    running: list[RunningAttempt]
+
+
+class Rejection(Model):
+    """Why one agent cannot take one action: one failed placement check."""
+
+    agent_id: AgentId
+    check: str
+    detail: str
+    requested: float = 0.0
+    available: float = 0.0
+
+
+class PendingReason(Model):
+    """Why a queued action is not running, as data and as a sentence."""
+
+    summary: str
+    unplaceable: bool = False
+    rejections: list[Rejection] = Field(default_factory=list)
+
+
+class AttemptRecord(Model):
+    number: int
+    agent_id: AgentId
+    assigned_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    outcome: Stage | Literal["lost"] | None = None
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class ActionStatus(Model):
+    """An accepted action with everything the scheduler knows about it."""
+
+    action: Action
+    id: ActionId
+    stage: Stage
+    attempt: int = Field(0, description="current attempt number; 0 before the first")
+    agent_id: AgentId | None = None
+    submitted_at: float
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    pending: PendingReason | None = None
+    attempts: list[AttemptRecord] = Field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.stage in TERMINAL
+
+    @property
+    def ok(self) -> bool:
+        return self.stage is Stage.SUCCEEDED
+
+
+class StageEvent(Model):
+    """One stage change of one action; `seq` orders an action's events from 1."""
+
+    seq: int
+    action_id: ActionId
+    attempt: int
+    stage: Stage
+    time: float
+    agent_id: AgentId | None = None
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class SubmitOutcome(Model):
+    action_id: ActionId
+    accepted: bool
+    created: bool = Field(description="false when the id was already known (idempotent resubmit)")
+    status: ActionStatus | None = None
+    reason: str = ""
+
+
+class Assignment(Model):
+    """What the scheduler hands an agent: run this attempt of this action."""
+
+    action: Action
+    action_id: ActionId
+    attempt: int = Field(..., ge=1)
+    agent_id: AgentId
+
+
+ReportStage = Literal["running", "succeeded", "failed", "timed_out", "cancelled"]
+
+
+class AttemptReport(Model):
+    """An agent's word on one attempt: it started, or it ended and how."""
+
+    action_id: ActionId
+    attempt: int = Field(..., ge=1)
+    agent_id: AgentId
+    stage: ReportStage
+    time: float
+    exit_code: int | None = None
+    reason: str = ""
+
+
+Stream = Literal["stdout", "stderr"]
+
+
+class LogBatch(Model):
+    """Consecutive lines of one stream of one attempt, starting at line `offset`.
+
+    Offsets count the attempt's lines across both streams, in the order the agent read them.
+    """
+
+    action_id: ActionId
+    attempt: int = Field(..., ge=1)
+    stream: Stream
+    offset: int = Field(..., ge=0)
+    lines: list[str]
+
+
+class LogLine(Model):
+    action_id: ActionId
+    attempt: int
+    stream: Stream
+    offset: int
+    text: str
+
+
+class LogRead(Model):
+    """An answer from the log relay: batches from the asked offset, and whether more may come."""
+
+    batches: list[LogBatch]
+    next_offset: int
+    closed: bool = Field(description="the attempt has ended and every line has been returned")
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class MeshConfig(Model):
+    """Tuning shared by the scheduler, the agents and the relay; set at `mesh up`."""
+
+    state_dir: str = Field("/tmp/actionmesh", description="where the head keeps logs and state")
+    load_interval: PositiveSeconds = Field(0.5, description="seconds between load samples")
+    load_stale_after: PositiveSeconds = Field(
+        3.0, description="a load report older than this counts as no room"
+    )
+    node_check_interval: PositiveSeconds = Field(1.0, description="seconds between node checks")
+    kill_grace: PositiveSeconds = Field(5.0, description="seconds between TERM and KILL")
+    log_flush_interval: PositiveSeconds = Field(0.1, description="longest a line waits to ship")
+    log_flush_bytes: int = Field(256 * 1024, ge=1024)
+    relay_memory_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    capacity_percent: float = Field(100.0, gt=0, le=1000)
+    head_agent: bool = Field(True, description="run an agent on the head node too")
+
+
+def is_terminal(stage: Stage) -> bool:
+    return stage in TERMINAL

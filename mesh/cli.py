@@ -1,0 +1,309 @@
+"""The `mesh` command line: bring the mesh up and down, submit, inspect, follow logs, cancel."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from mesh import bootstrap
+from mesh.client import Client, connect
+from mesh.errors import InvalidInput, MeshError, Unplaceable
+from mesh.schema import Action, ActionStatus, AgentStatus, MeshConfig
+from mesh.stages import TERMINAL
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_UNPLACEABLE = 3
+EXIT_MESH_ERROR = 2
+
+
+def _errors(fn: F) -> F:
+    """Print our errors as one clear line and exit non-zero; never a Ray traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Unplaceable as exc:
+            click.echo(f"error: unplaceable: {exc}", err=True)
+            sys.exit(EXIT_UNPLACEABLE)
+        except MeshError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_MESH_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _client(ctx: click.Context) -> Client:
+    return connect(ctx.obj["address"])
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}TiB"
+
+
+@click.group()
+@click.option("--address", default="auto", show_default=True, envvar="ACTIONMESH_ADDRESS",
+              help="Ray cluster address")
+@click.pass_context
+def cli(ctx: click.Context, address: str) -> None:
+    """actionmesh: run CI actions on a mesh of agents on Ray."""
+    ctx.obj = {"address": address}
+
+
+@cli.command()
+@click.option("--state-dir", default=None, help="where the head keeps logs and state")
+@click.option("--no-head-agent", is_flag=True, help="do not run an agent on the head node")
+@click.pass_context
+@_errors
+def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool) -> None:
+    """Start the mesh (and a local Ray cluster if none is running)."""
+    fields: dict[str, Any] = {"head_agent": not no_head_agent}
+    if state_dir:
+        fields["state_dir"] = state_dir
+    try:
+        config = MeshConfig(**fields)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation("mesh config", exc) from None
+    bootstrap.connect_ray(ctx.obj["address"], start_local=True)
+    info = bootstrap.up(config)
+    click.echo(f"mesh is up on {info['address']} with {info['agents']} agent(s)")
+
+
+@cli.command()
+@click.option("--keep-cluster", is_flag=True, help="leave the Ray cluster running")
+@click.pass_context
+@_errors
+def down(ctx: click.Context, keep_cluster: bool) -> None:
+    """Stop the mesh, and the local Ray cluster if `mesh up` started it."""
+    if not bootstrap.cluster_running():
+        click.echo("no Ray cluster is running")
+        return
+    bootstrap.connect_ray(ctx.obj["address"])
+    info = bootstrap.down(stop_cluster=not keep_cluster)
+    parts = [f"stopped {info['agents_stopped']} agent(s)" if info["mesh_found"]
+             else "the mesh was not running"]
+    if info["cluster_stopped"]:
+        parts.append("stopped the local Ray cluster")
+    click.echo("; ".join(parts))
+
+
+def _parse_env(values: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"env: expected NAME=VALUE, got {item!r}", [("env", item)])
+        env[name] = value
+    return env
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--cpus", type=float, default=1.0, show_default=True)
+@click.option("--memory", default="0", help="e.g. 512M, 2G")
+@click.option("--label", "labels", multiple=True, help="required label (repeatable)")
+@click.option("--prefer", "provisionable", multiple=True, help="preferred label (repeatable)")
+@click.option("--timeout", default=None, help="e.g. 90s, 30m, 1h")
+@click.option("--env", "env", multiple=True, help="NAME=VALUE (repeatable)")
+@click.option("--cwd", default=None)
+@click.option("--account", default="")
+@click.option("--job", default="")
+@click.option("--id", "action_id", default=None, help="client-chosen id (idempotent)")
+@click.option("--retries", type=int, default=0, help="retries after failure")
+@click.option("--shell", is_flag=True, help="run the command as one /bin/sh script")
+@click.option("--detach", is_flag=True, help="print the id and return at once")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+@_errors
+def submit(ctx: click.Context, cpus: float, memory: str, labels: tuple[str, ...],
+           provisionable: tuple[str, ...], timeout: str | None, env: tuple[str, ...],
+           cwd: str | None, account: str, job: str, action_id: str | None, retries: int,
+           shell: bool, detach: bool, as_json: bool, command: tuple[str, ...]) -> None:
+    """Submit COMMAND; stream its output and exit with its exit code."""
+    fields: dict[str, Any] = {
+        "command": [" ".join(command)] if shell else list(command), "shell": shell,
+        "cpus": cpus, "memory": memory, "labels": list(labels),
+        "provisionable_labels": list(provisionable), "env": _parse_env(env), "cwd": cwd,
+        "account": account, "job": job, "id": action_id, "timeout": timeout,
+        "retry": {"on_failure": retries},
+    }
+    try:
+        action = Action.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation("action", exc) from None
+    client = _client(ctx)
+    handle = client.submit(action)
+    if detach:
+        _dump({"id": handle.id}) if as_json else click.echo(handle.id)
+        return
+    click.echo(f"submitted {handle.id}", err=True)
+    for line in handle.logs(follow=True):
+        stream = sys.stdout if line.stream == "stdout" else sys.stderr
+        stream.write(line.text + "\n")
+    status = handle.result()
+    stream_done = sys.stdout if as_json else sys.stderr
+    if as_json:
+        _dump(status.model_dump(mode="json"))
+    else:
+        stream_done.write(f"{status.id}: {status.stage.value}"
+                          f"{' (' + status.reason + ')' if status.reason else ''}\n")
+    sys.exit(_exit_code(status))
+
+
+def _exit_code(status: ActionStatus) -> int:
+    if status.ok:
+        return 0
+    if status.exit_code:
+        return status.exit_code
+    return 124 if status.stage.value == "timed_out" else 1
+
+
+@cli.command()
+@click.argument("action_id", required=False)
+@click.option("--stage", default=None, help="only actions in this stage")
+@click.option("--limit", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_errors
+def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: int | None,
+           as_json: bool) -> None:
+    """The pool and the queue, or one action with why it waits."""
+    client = _client(ctx)
+    if action_id:
+        one = client.get(action_id)
+        if as_json:
+            _dump(one.model_dump(mode="json"))
+            return
+        click.echo(f"{one.id}  {one.stage.value}  attempt {one.attempt}"
+                   f"  agent {one.agent_id or '-'}")
+        click.echo(f"  command: {' '.join(one.action.command)}")
+        if one.reason:
+            click.echo(f"  reason: {one.reason}")
+        if one.pending is not None:
+            click.echo(f"  pending: {one.pending.summary}")
+        if one.exit_code is not None:
+            click.echo(f"  exit code: {one.exit_code}")
+        return
+    actions = client.list(stage, limit)
+    if as_json:
+        _dump([a.model_dump(mode="json") for a in actions])
+        return
+    agents = client.pool()
+    click.echo(f"{len(agents)} agent(s); {len(actions)} action(s)")
+    counts: dict[str, int] = {}
+    for a in actions:
+        counts[a.stage.value] = counts.get(a.stage.value, 0) + 1
+    if counts:
+        click.echo("  " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    rows = [[a.id, a.stage.value, str(a.attempt), a.agent_id or "-",
+             " ".join(a.action.command)[:40]] for a in actions]
+    if rows:
+        _table(rows, ["ID", "STAGE", "ATTEMPT", "AGENT", "COMMAND"])
+
+
+@cli.command()
+@click.argument("action_id")
+@click.option("--follow", "-f", is_flag=True)
+@click.option("--attempt", type=int, default=None)
+@click.option("--from", "offset", type=int, default=0, help="first line offset")
+@click.pass_context
+@_errors
+def logs(ctx: click.Context, action_id: str, follow: bool, attempt: int | None,
+         offset: int) -> None:
+    """Print an action's output."""
+    if offset < 0:
+        raise InvalidInput("from: the offset must be 0 or more", [("from", str(offset))])
+    handle = _client(ctx).handle(action_id)
+    handle.status()
+    for line in handle.logs(follow=follow, attempt=attempt, offset=offset):
+        (sys.stdout if line.stream == "stdout" else sys.stderr).write(line.text + "\n")
+
+
+@cli.command()
+@click.argument("action_id")
+@click.pass_context
+@_errors
+def cancel(ctx: click.Context, action_id: str) -> None:
+    """Cancel an action (kills its process tree if it runs)."""
+    client = _client(ctx)
+    st = client.cancel(action_id)
+    if st.stage not in TERMINAL:
+        st = client.handle(action_id).result(timeout=60)
+    click.echo(f"{st.id}: {st.stage.value}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_errors
+def agents(ctx: click.Context, as_json: bool) -> None:
+    """The pool: agents with labels, live load and reservations."""
+    pool = _client(ctx).pool()
+    if as_json:
+        _dump([a.model_dump(mode="json") for a in pool])
+        return
+    _table([_agent_row(a) for a in pool],
+           ["AGENT", "STATE", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL", "RUNNING",
+            "LABELS"])
+
+
+def _agent_row(a: AgentStatus) -> list[str]:
+    load = a.load
+    return [a.info.agent_id[:12], a.state, a.info.hostname, f"{a.info.cpus:g}",
+            f"{a.reserved_cpus:g} CPU/{_size(a.reserved_memory)}",
+            f"{load.cpu_percent:.0f}%" if load else "-",
+            _size(load.memory_available) if load else "-", str(len(a.running)),
+            ",".join(a.info.labels)]
+
+
+@cli.command()
+@click.option("--count", type=int, default=3, show_default=True)
+@click.pass_context
+@_errors
+def demo(ctx: click.Context, count: int) -> None:
+    """The main job: start what is needed, run a few actions, stream their output."""
+    started = time.monotonic()
+    client = connect(ctx.obj["address"], start_local=True)
+    click.echo(f"mesh ready in {time.monotonic() - started:.1f}s; "
+               f"{len(client.pool())} agent(s) in the pool")
+    scripts = [f"for i in 1 2 3; do echo \"demo {n}: step $i on $(hostname)\"; sleep 0.2; done"
+               for n in range(1, count + 1)]
+    handles = client.submit_many([Action(command=[s], shell=True, job="demo")
+                                  for s in scripts])
+    for handle in handles:
+        for line in handle.logs(follow=True):
+            click.echo(f"[{handle.id[:8]}] {line.text}")
+    for handle in handles:
+        st = handle.result(timeout=120)
+        click.echo(f"{handle.id}: {st.stage.value} (exit {st.exit_code})")
+    click.echo("done; `mesh status` shows them, `mesh down` stops the mesh")
+
+
+def main() -> None:
+    cli(prog_name="mesh")
+
+
+if __name__ == "__main__":
+    main()

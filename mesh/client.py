@@ -1,0 +1,217 @@
+"""The Python client: connect, submit, follow logs and stage events, wait, cancel, inspect."""
+
+from __future__ import annotations
+
+import builtins
+import time
+import uuid
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
+
+import ray
+from pydantic import ValidationError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
+from mesh import bootstrap
+from mesh.errors import (
+    ActionTimeout,
+    ClusterUnavailable,
+    InvalidInput,
+    MeshError,
+    SchedulerUnavailable,
+    Unplaceable,
+)
+from mesh.schema import (
+    Action,
+    ActionId,
+    ActionStatus,
+    AgentStatus,
+    LogLine,
+    LogRead,
+    MeshConfig,
+    StageEvent,
+)
+from mesh.stages import TERMINAL, Stage
+
+CALL_TIMEOUT = 60.0
+POLL = 5.0
+
+
+def _call(ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    """`ray.get` with Ray's exceptions turned into ours; our own errors pass through."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, MeshError):
+            raise cause from None
+        raise MeshError(f"the scheduler failed a call: {cause!r}") from exc
+    except GetTimeoutError as exc:
+        raise SchedulerUnavailable(f"no answer within {timeout:g}s") from exc
+    except RayActorError as exc:
+        raise SchedulerUnavailable(f"the mesh actor is unavailable: {exc}") from exc
+    except RayError as exc:
+        raise ClusterUnavailable(str(exc)) from exc
+
+
+def _action(spec: Action | dict[str, Any]) -> Action:
+    try:
+        action = spec if isinstance(spec, Action) else Action.model_validate(spec)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation("action", exc) from None
+    if action.id is None:
+        # The id is chosen here, before the first send, so a resubmission after a lost
+        # answer finds the same action instead of creating a second one.
+        action = action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
+    return action
+
+
+class ActionHandle:
+    """One accepted action: its logs, its stage events, its result."""
+
+    def __init__(self, client: Client, action_id: ActionId) -> None:
+        self.client = client
+        self.id = action_id
+
+    def __repr__(self) -> str:
+        return f"ActionHandle({self.id!r})"
+
+    def status(self) -> ActionStatus:
+        return self.client.get(self.id)
+
+    def cancel(self) -> ActionStatus:
+        return self.client.cancel(self.id)
+
+    def events(self, follow: bool = True, after: int = 0) -> Iterator[StageEvent]:
+        """Stage events in order; with follow, until the action reaches a final stage."""
+        while True:
+            batch: list[StageEvent] = _call(self.client.scheduler.wait_events.remote(
+                self.id, after, POLL if follow else 0.0), POLL + CALL_TIMEOUT)
+            for event in batch:
+                after = event.seq
+                yield event
+                if event.stage in TERMINAL:
+                    return
+            if not follow:
+                return
+
+    def result(self, timeout: float | None = None) -> ActionStatus:
+        """Wait until the action ends; raise ActionTimeout after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = 0
+        while True:
+            left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+            if left <= 0:
+                raise ActionTimeout(f"action {self.id} did not finish within {timeout:g}s")
+            batch: list[StageEvent] = _call(self.client.scheduler.wait_events.remote(
+                self.id, after, left), left + CALL_TIMEOUT)
+            if batch:
+                after = batch[-1].seq
+                if any(e.stage in TERMINAL for e in batch):
+                    return self.status()
+
+    def logs(self, follow: bool = False, attempt: int | None = None, offset: int = 0,
+             ) -> Iterator[LogLine]:
+        """Output lines from `offset` of one attempt (default: the current one).
+
+        With follow, keeps reading until the action ends; when a new attempt starts, its
+        lines follow (each line carries its attempt number).
+        """
+        current = attempt if attempt is not None else max(self.status().attempt, 1)
+        while True:
+            offset = yield from self._read_attempt(current, offset, follow)
+            if not follow or attempt is not None:
+                return
+            status = self.status()
+            if status.stage in TERMINAL and status.attempt <= current:
+                return
+            if status.attempt > current:
+                current, offset = status.attempt, 0
+            elif status.stage in TERMINAL:
+                return
+
+    def _read_attempt(self, attempt: int, offset: int, follow: bool,
+                      ) -> Generator[LogLine, None, int]:
+        relay = self.client.relay
+        last_pass = not follow
+        while True:
+            wait = 0.0 if last_pass else POLL
+            read: LogRead = _call(relay.read.remote(self.id, attempt, offset, 10_000, wait),
+                                  wait + CALL_TIMEOUT)
+            for batch in read.batches:
+                for i, text in enumerate(batch.lines):
+                    yield LogLine.model_construct(action_id=batch.action_id,
+                                                  attempt=batch.attempt, stream=batch.stream,
+                                                  offset=batch.offset + i, text=text)
+            offset = read.next_offset
+            if read.closed or (last_pass and not read.batches):
+                return offset
+            if not read.batches:
+                # Quiet for a while. An attempt lost with its agent is never closed, so check
+                # it is still the live one, then drain what arrived meanwhile and stop.
+                status = self.status()
+                last_pass = status.attempt != attempt or status.stage in TERMINAL
+
+
+class Client:
+    """A connection to the mesh on a Ray cluster."""
+
+    def __init__(self) -> None:
+        self.scheduler = bootstrap.scheduler_handle()
+        self.relay = bootstrap.relay_handle()
+
+    def submit(self, action: Action | dict[str, Any], reject_unplaceable: bool = True,
+               ) -> ActionHandle:
+        """Submit one action; raises Unplaceable if no agent in the pool could ever run it."""
+        return self.submit_many([action], reject_unplaceable)[0]
+
+    def submit_many(self, actions: Sequence[Action | dict[str, Any]],
+                    reject_unplaceable: bool = True) -> builtins.list[ActionHandle]:
+        """Submit a batch. Ids are chosen here, so repeating the call is idempotent."""
+        specs = [_action(a) for a in actions]
+        outcomes = _call(self.scheduler.submit.remote(specs, reject_unplaceable))
+        refused = [o for o in outcomes if not o.accepted]
+        if refused:
+            detail = "; ".join(f"{o.action_id}: {o.reason}" for o in refused)
+            raise Unplaceable(detail, [o.action_id for o in refused])
+        return [ActionHandle(self, o.action_id) for o in outcomes]
+
+    def handle(self, action_id: str) -> ActionHandle:
+        return ActionHandle(self, ActionId(action_id))
+
+    def get(self, action_id: str) -> ActionStatus:
+        status: ActionStatus = _call(self.scheduler.get.remote(ActionId(action_id)))
+        return status
+
+    def cancel(self, action_id: str) -> ActionStatus:
+        status: ActionStatus = _call(self.scheduler.cancel.remote(ActionId(action_id)))
+        return status
+
+    def list(self, stage: Stage | str | None = None, limit: int | None = None,
+             ) -> builtins.list[ActionStatus]:
+        try:
+            wanted = None if stage is None else Stage(stage)
+        except ValueError:
+            raise InvalidInput(f"stage: unknown stage {stage!r}; one of "
+                               f"{', '.join(s.value for s in Stage)}",
+                               [("stage", "unknown")]) from None
+        result: builtins.list[ActionStatus] = _call(
+            self.scheduler.list_actions.remote(wanted, limit))
+        return result
+
+    def pool(self) -> builtins.list[AgentStatus]:
+        result: builtins.list[AgentStatus] = _call(self.scheduler.pool.remote())
+        return result
+
+
+def connect(address: str | None = "auto", start_local: bool = False,
+            config: MeshConfig | None = None) -> Client:
+    """Connect to the mesh. With `start_local`, start a local Ray cluster when none is
+    running and bring the mesh up on it if it is not up yet."""
+    bootstrap.connect_ray(address, start_local)
+    if start_local:
+        try:
+            bootstrap.scheduler_handle()
+        except MeshError:
+            bootstrap.up(config)
+    return Client()

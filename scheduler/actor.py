@@ -1,0 +1,356 @@
+"""The scheduler actor: feeds events to the pure core and carries out its decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import ray
+from pydantic import ValidationError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from mesh import names
+from mesh.errors import InvalidInput
+from mesh.schema import (
+    Action,
+    ActionId,
+    ActionStatus,
+    AgentId,
+    AgentInfo,
+    AgentStatus,
+    Assignment,
+    AttemptReport,
+    Load,
+    MeshConfig,
+    StageEvent,
+    SubmitOutcome,
+)
+from mesh.stages import Stage
+from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, RayAgentHandle
+from scheduler.core.decisions import Assign, Decision, Stop
+from scheduler.core.state import SchedulerState
+from scheduler.eventbook import EventBook
+from scheduler.nodes import alive, parse_nodes, wanted
+
+log = logging.getLogger("actionmesh.scheduler")
+
+HELLO_TIMEOUT = 60.0
+
+
+def make_agent_handle(node_id: str, config: MeshConfig) -> AgentHandle:
+    """Create (or find, after a scheduler restart) the detached agent pinned to the node."""
+    from agent.actor import AgentActor
+
+    actor = AgentActor.options(  # type: ignore[attr-defined]
+        name=names.agent_name(node_id), namespace=names.NAMESPACE, lifetime="detached",
+        get_if_exists=True, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote(node_id, config)
+    return RayAgentHandle(actor)
+
+
+class Scheduler:
+    """The actor's body, Ray-free apart from node discovery, so tests can drive it directly."""
+
+    def __init__(self, config: MeshConfig,
+                 agent_factory: Callable[[str, MeshConfig], AgentHandle] = make_agent_handle,
+                 list_nodes: Callable[[], list[dict[str, Any]]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.book = EventBook()
+        self.core = SchedulerState(stale_after=config.load_stale_after,
+                                   capacity_percent=config.capacity_percent, sink=self.book)
+        self.agent_factory = agent_factory
+        self.list_nodes = list_nodes or ray.nodes
+        self.handles: dict[AgentId, AgentHandle] = {}
+        self.bringing_up: set[str] = set()
+        self.step_errors = 0
+        self._wake: asyncio.Event | None = None
+        self._synced: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        if self._wake is not None:
+            return
+        self._wake = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._spawn(self._dispatch_loop())
+        self._spawn(self._node_loop())
+        self._spawn(self._tick_loop())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def ready(self, timeout: float) -> bool:
+        """True once the first pass over the cluster's nodes has registered their agents."""
+        self.ensure_started()
+        assert self._synced is not None
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # ---- the loops, which must never die -------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._carry_out(self.core.step(self.clock()))
+            except Exception:
+                self.step_errors += 1
+                log.exception("scheduling step failed; the loop goes on")
+
+    async def _tick_loop(self) -> None:
+        # Loads go stale and agents free up without an event reaching us; a slow tick makes
+        # sure queued work is looked at again.
+        while True:
+            await asyncio.sleep(self.config.load_interval)
+            if self.core.by_stage[Stage.QUEUED]:
+                self.kick()
+
+    async def _node_loop(self) -> None:
+        assert self._synced is not None
+        while True:
+            try:
+                await self.sync_nodes()
+            except Exception:
+                log.exception("node check failed; will retry")
+            await asyncio.sleep(self.config.node_check_interval)
+
+    async def sync_nodes(self) -> None:
+        """Give every wanted alive node an agent; drop the agents of nodes that are gone."""
+        assert self._synced is not None
+        records = await asyncio.get_running_loop().run_in_executor(None, self.list_nodes)
+        views = parse_nodes(records)
+        for agent_id in [a for a in self.handles if a not in alive(views)]:
+            self.agent_lost(agent_id, "its node is dead")
+        todo = [n for n in wanted(views, self.config.head_agent)
+                if AgentId(n) not in self.handles and n not in self.bringing_up]
+        if todo:
+            await asyncio.gather(*(self._bring_up(n) for n in todo))
+        self._synced.set()
+
+    async def _bring_up(self, node_id: str) -> None:
+        self.bringing_up.add(node_id)
+        try:
+            handle = self.agent_factory(node_id, self.config)
+            info = await handle.hello(HELLO_TIMEOUT)
+            self.register(info, handle)
+        except Exception as exc:
+            log.warning("agent on node %s did not come up: %s", node_id, exc)
+        finally:
+            self.bringing_up.discard(node_id)
+
+    def register(self, info: AgentInfo, handle: AgentHandle) -> None:
+        self.handles[info.agent_id] = handle
+        self.core.register_agent(info, self.clock())
+        self._spawn(self._watch(info.agent_id, handle))
+        self.kick()
+
+    async def _watch(self, agent_id: AgentId, handle: AgentHandle) -> None:
+        # One call stays in flight per agent; when the actor dies Ray fails it at once.
+        try:
+            await handle.wait_closed()
+        except AgentGone:
+            if self.handles.get(agent_id) is handle:
+                self.agent_lost(agent_id, "its actor died")
+        except Exception as exc:
+            log.info("watch on agent %s ended: %s", agent_id, exc)
+
+    def agent_lost(self, agent_id: AgentId, why: str) -> None:
+        if self.handles.pop(agent_id, None) is None:
+            return
+        log.warning("agent %s left the pool: %s", agent_id, why)
+        self._carry_out(self.core.remove_agent(agent_id, self.clock()))
+        self.kick()
+
+    # ---- carrying out decisions ----------------------------------------------------------
+
+    def _carry_out(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            handle = self.handles.get(decision.agent_id)
+            if isinstance(decision, Assign):
+                if handle is None:
+                    self.core.assignment_failed(decision.action_id, decision.attempt,
+                                                self.clock(), "agent left before the start")
+                    self.kick()
+                    continue
+                entry = self.core.actions[decision.action_id]
+                call = handle.start(Assignment(action=entry.spec, action_id=entry.id,
+                                               attempt=decision.attempt,
+                                               agent_id=decision.agent_id))
+                self._spawn(self._follow_call(decision, call))
+            elif isinstance(decision, Stop) and handle is not None:
+                self._spawn(self._follow_call(decision, handle.stop(decision.action_id,
+                                                                    decision.attempt)))
+
+    async def _follow_call(self, decision: Decision, call: Any) -> None:
+        try:
+            await call
+        except AgentGone:
+            self.agent_lost(decision.agent_id, "a call to it failed: actor died")
+        except AgentUnreachable:
+            self.core.mark_suspect(decision.agent_id)
+        except Exception as exc:
+            log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
+            if isinstance(decision, Assign):
+                self.core.assignment_failed(decision.action_id, decision.attempt,
+                                            self.clock(), f"agent refused the start: {exc}")
+                self.kick()
+
+    # ---- calls from agents ---------------------------------------------------------------
+
+    def report_load(self, agent_id: AgentId, load: Load) -> None:
+        if self.core.report_load(agent_id, load, self.clock()) and \
+                self.core.by_stage[Stage.QUEUED]:
+            self.kick()
+
+    def report_attempt(self, report: AttemptReport) -> None:
+        self._carry_out(self.core.report_attempt(report, self.clock()))
+        if report.stage != "running":
+            self.kick()
+
+    # ---- calls from clients --------------------------------------------------------------
+
+    def submit(self, specs: list[Action | dict[str, Any]], reject_unplaceable: bool,
+               ) -> list[SubmitOutcome]:
+        actions = [_validated(spec, i) for i, spec in enumerate(specs)]
+        now = self.clock()
+        outcomes = []
+        for action in actions:
+            if action.id is None:
+                action = action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
+            assert action.id is not None
+            known = action.id in self.core.actions
+            verdict = None if known else self.core.unplaceable_reason(action, now)
+            if verdict is not None and reject_unplaceable:
+                outcomes.append(SubmitOutcome(action_id=action.id, accepted=False,
+                                              created=False, reason=verdict.summary))
+                continue
+            entry, created = self.core.submit(action, now)
+            outcomes.append(SubmitOutcome(action_id=entry.id, accepted=True, created=created,
+                                          status=entry.status(), reason=entry.reason))
+        self.kick()
+        return outcomes
+
+    def cancel(self, action_id: ActionId) -> ActionStatus:
+        self._carry_out(self.core.cancel(action_id, self.clock()))
+        self.kick()
+        return self.core.get(action_id, self.clock())
+
+    def get(self, action_id: ActionId) -> ActionStatus:
+        return self.core.get(action_id, self.clock())
+
+    def list_actions(self, stage: Stage | None, limit: int | None) -> list[ActionStatus]:
+        return self.core.list_actions(stage, limit)
+
+    def pool(self) -> list[AgentStatus]:
+        return self.core.pool(self.clock())
+
+    async def wait_events(self, action_id: ActionId, after: int, timeout: float,
+                          ) -> list[StageEvent]:
+        self.core.get(action_id, self.clock())  # NotFound for an unknown id
+        return await self.book.wait(action_id, after, min(max(timeout, 0.0), 60.0))
+
+    async def shutdown(self) -> int:
+        """Stop every agent (their attempts are killed); returns how many were stopped."""
+        handles = list(self.handles.items())
+        self.handles.clear()
+        for agent_id, _ in handles:
+            self.core.remove_agent(agent_id, self.clock())
+        results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
+                                       return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+
+def _validated(spec: Action | dict[str, Any], index: int) -> Action:
+    if isinstance(spec, Action):
+        return spec
+    try:
+        return Action.model_validate(spec)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(f"action #{index}", exc) from None
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class SchedulerActor:
+    """The singleton scheduler: a Ray async actor around `Scheduler`."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.s = Scheduler(config)
+
+    async def ready(self, timeout: float = 60.0) -> bool:
+        return await self.s.ready(timeout)
+
+    async def ping(self) -> float:
+        self.s.ensure_started()
+        return time.time()
+
+    async def report_load(self, agent_id: AgentId, load: Load) -> None:
+        self.s.ensure_started()
+        self.s.report_load(agent_id, load)
+
+    async def report_attempt(self, report: AttemptReport) -> None:
+        self.s.ensure_started()
+        self.s.report_attempt(report)
+
+    async def submit(self, specs: list[Action | dict[str, Any]],
+                     reject_unplaceable: bool = True) -> list[SubmitOutcome]:
+        self.s.ensure_started()
+        return self.s.submit(specs, reject_unplaceable)
+
+    async def cancel(self, action_id: ActionId) -> ActionStatus:
+        self.s.ensure_started()
+        return self.s.cancel(action_id)
+
+    async def get(self, action_id: ActionId) -> ActionStatus:
+        self.s.ensure_started()
+        return self.s.get(action_id)
+
+    async def list_actions(self, stage: Stage | None = None, limit: int | None = None,
+                           ) -> list[ActionStatus]:
+        self.s.ensure_started()
+        return self.s.list_actions(stage, limit)
+
+    async def pool(self) -> list[AgentStatus]:
+        self.s.ensure_started()
+        return self.s.pool()
+
+    async def wait_events(self, action_id: ActionId, after: int = 0, timeout: float = 10.0,
+                          ) -> list[StageEvent]:
+        self.s.ensure_started()
+        return await self.s.wait_events(action_id, after, timeout)
+
+    async def shutdown(self) -> int:
+        return await self.s.shutdown()
+
+
+def scheduler_options() -> dict[str, Any]:
+    """How the singleton is created: detached, named, restartable, pinned to the head."""
+    return {
+        "name": names.SCHEDULER,
+        "namespace": names.NAMESPACE,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "resources": {names.HEAD_RESOURCE: 0.001},
+    }

@@ -1,0 +1,74 @@
+"""Every Ray call the scheduler makes to an agent, behind one small injectable handle."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from mesh.schema import AgentInfo, Assignment
+
+
+class AgentGone(Exception):
+    """The agent actor is dead: its attempts are lost."""
+
+
+class AgentUnreachable(Exception):
+    """The agent did not answer; it may be dead or only slow (suspect, not lost)."""
+
+
+class AgentHandle(Protocol):
+    async def hello(self, timeout: float) -> AgentInfo: ...
+    def start(self, assignment: Assignment) -> Any: ...
+    def stop(self, action_id: str, attempt: int) -> Any: ...
+    async def running(self, timeout: float) -> list[tuple[str, int]]: ...
+    async def wait_closed(self) -> None: ...
+    async def shutdown(self, timeout: float) -> None: ...
+
+
+async def _await(ref: Any, timeout: float | None = None) -> Any:
+    """Await a Ray call, translating actor failures into AgentGone / AgentUnreachable."""
+    try:
+        if timeout is None:
+            return await ref
+        import asyncio
+
+        return await asyncio.wait_for(ref, timeout)
+    except ActorUnavailableError as exc:
+        raise AgentUnreachable(str(exc)) from exc
+    except (ActorDiedError, RayActorError) as exc:
+        raise AgentGone(str(exc)) from exc
+    except TimeoutError as exc:
+        raise AgentUnreachable("no answer in time") from exc
+
+
+class RayAgentHandle:
+    """Wraps one agent actor handle. `start` and `stop` return awaitables at once, so calls
+    made in order reach the agent in order."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    async def hello(self, timeout: float) -> AgentInfo:
+        info: AgentInfo = await _await(self.actor.hello.remote(), timeout)
+        return info
+
+    def start(self, assignment: Assignment) -> Any:
+        return _await(self.actor.start.remote(assignment))
+
+    def stop(self, action_id: str, attempt: int) -> Any:
+        return _await(self.actor.cancel.remote(action_id, attempt))
+
+    async def running(self, timeout: float) -> list[tuple[str, int]]:
+        result: list[tuple[str, int]] = await _await(self.actor.running.remote(), timeout)
+        return result
+
+    async def wait_closed(self) -> None:
+        await _await(self.actor.wait_closed.remote())
+
+    async def shutdown(self, timeout: float) -> None:
+        try:
+            await _await(self.actor.shutdown.remote(), timeout)
+        finally:
+            ray.kill(self.actor, no_restart=True)

@@ -1,0 +1,33 @@
+"""Decisions the core returns as values for the actor shell to persist and carry out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.schema import ActionId, AgentId, Priority
+
+FREE_PRIORITY = Priority(5)
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """Start `attempt` of the action on the agent."""
+
+    action_id: ActionId
+    attempt: int
+    agent_id: AgentId
+    time: float
+    priority: Priority = FREE_PRIORITY
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Kill the attempt's process tree on the agent (cancel, or a superseded attempt)."""
+
+    action_id: ActionId
+    attempt: int
+    agent_id: AgentId
+    reason: str
+
+
+Decision = Assign | Stop

@@ -1,0 +1,204 @@
+"""Where an action runs: the chain of feasibility checks, the rankers, and the explanations."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mesh.schema import Action, AgentId, PendingReason, Rejection
+from scheduler.core import reasons
+from scheduler.core.pool import AgentEntry
+
+# Reservations are compared with a little slack so that 0.1 + 0.2 CPUs fit in 0.3.
+EPSILON = 1e-9
+
+
+class Check(Protocol):
+    """One feasibility question about one agent and one action; None means it passes."""
+
+    @property
+    def name(self) -> str: ...
+
+    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None: ...
+
+
+def _rejection(agent: AgentEntry, check: str, detail: str, requested: float = 0.0,
+               available: float = 0.0) -> Rejection:
+    return Rejection(agent_id=AgentId(agent.agent_id), check=check, detail=detail,
+                     requested=requested, available=available)
+
+
+class Alive:
+    name = reasons.CHECK_ALIVE
+
+    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
+        if agent.state in ("alive", "draining", "blocked"):
+            return None
+        return _rejection(agent, self.name, f"agent is {agent.state}")
+
+
+class Open:
+    name = reasons.CHECK_OPEN
+
+    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
+        if agent.state in ("draining", "blocked"):
+            return _rejection(agent, self.name, f"agent is {agent.state}")
+        return None
+
+
+class BaseLabels:
+    name = reasons.CHECK_LABELS
+
+    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
+        missing = [label for label in action.labels if label not in agent.labels]
+        if not missing:
+            return None
+        return _rejection(agent, self.name, "lacks " + ", ".join(f"`{m}`" for m in missing))
+
+
+class CpuReservation:
+    name = reasons.CHECK_CPU
+
+    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
+        free = agent.cpu_capacity - agent.reserved_cpus
+        if action.cpus <= free + EPSILON:
+            return None
+        return _rejection(agent, self.name, f"lacks {action.cpus:g} CPUs of headroom "
+                          f"({max(free, 0.0):g} free of {agent.cpu_capacity:g})",
+                          action.cpus, free)
+
+
+class MemoryReservation:
+    name = reasons.CHECK_MEMORY
+
+    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
+        free = agent.memory_capacity - agent.reserved_memory
+        if action.memory <= free + EPSILON:
+            return None
+        return _rejection(agent, self.name, f"lacks {_gib(action.memory)} of memory headroom "
+                          f"({_gib(max(free, 0.0))} free)", action.memory, free)
+
+
+@dataclass(frozen=True)
+class LiveLoad:
+    """The machine's measured load must leave room, and the measurement must be fresh.
+
+    CPU: the idle share of the agent's CPUs in the last sample, less what was placed since
+    that sample. Memory: psutil's available memory, less what was placed since. A sample
+    older than `stale_after` seconds counts as no room at all.
+    """
+
+    stale_after: float
+    name: str = reasons.CHECK_LOAD
+
+    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
+        age = agent.load_age(now)
+        if agent.load is None or age is None:
+            return _rejection(agent, self.name, "has not reported its load yet")
+        if age > self.stale_after:
+            return _rejection(agent, self.name, f"load report is stale ({age:.1f}s old)")
+        idle = (100.0 - agent.load.cpu_percent) / 100.0
+        free_cpus = agent.info.cpus * idle - agent.cpus_since_sample
+        if action.cpus > free_cpus + EPSILON:
+            return _rejection(agent, self.name, f"is busy: {max(free_cpus, 0.0):.2g} CPUs idle "
+                              f"(load {agent.load.cpu_percent:.0f}%)", action.cpus, free_cpus)
+        free_memory = agent.load.memory_available - agent.memory_since_sample
+        if action.memory > free_memory:
+            return _rejection(agent, self.name, f"has {_gib(max(free_memory, 0))} of memory "
+                              "available", action.memory, free_memory)
+        return None
+
+
+def default_checks(stale_after: float) -> list[Check]:
+    """Cheapest first: state, labels, reservations, then the live load."""
+    return [Alive(), Open(), BaseLabels(), CpuReservation(), MemoryReservation(),
+            LiveLoad(stale_after)]
+
+
+def could_ever_run(agent: AgentEntry, action: Action) -> bool:
+    """True when the agent would take the action once idle: labels and machine size fit."""
+    return (
+        agent.state != "dead"
+        and all(label in agent.labels for label in action.labels)
+        and action.cpus <= agent.cpu_capacity + EPSILON
+        and action.memory <= agent.memory_capacity + EPSILON
+    )
+
+
+class Placer:
+    """Runs the check chain over the pool and ranks the agents that pass."""
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        self.checks = list(checks)
+
+    def feasible(self, agent: AgentEntry, action: Action, now: float) -> bool:
+        return all(check.reject(agent, action, now) is None for check in self.checks)
+
+    def choose(self, agents: Iterable[AgentEntry], action: Action, now: float,
+               ) -> AgentEntry | None:
+        """The best feasible agent, or None."""
+        best: AgentEntry | None = None
+        best_key: tuple[float, float, str] | None = None
+        for agent in agents:
+            if not self.feasible(agent, action, now):
+                continue
+            key = rank_key(agent, action)
+            if best_key is None or key < best_key:
+                best, best_key = agent, key
+        return best
+
+    def explain(self, agents: Iterable[AgentEntry], action: Action, now: float,
+                ) -> PendingReason:
+        """Every failing check of every agent, and a sentence that counts them."""
+        pool = list(agents)
+        if not pool:
+            return PendingReason(summary=reasons.NO_AGENTS)
+        rejections = [r for agent in pool for check in self.checks
+                      if (r := check.reject(agent, action, now)) is not None]
+        if not any(could_ever_run(agent, action) for agent in pool):
+            detail = summarize(rejections, len(pool), static_only=True)
+            return PendingReason(summary=reasons.UNPLACEABLE.format(detail=detail),
+                                 unplaceable=True, rejections=rejections)
+        detail = summarize(rejections, len(pool), static_only=False)
+        return PendingReason(summary=reasons.WAITING.format(detail=detail),
+                             rejections=rejections)
+
+
+_STATIC = (reasons.CHECK_LABELS, reasons.CHECK_CPU, reasons.CHECK_MEMORY)
+
+
+def summarize(rejections: Sequence[Rejection], pool_size: int, static_only: bool) -> str:
+    """`3 agents lack `vpn`; 2 lack 4 CPUs of headroom`: one clause per distinct reason."""
+    counts: Counter[str] = Counter()
+    for rejection in rejections:
+        if static_only and rejection.check not in _STATIC:
+            continue
+        counts[rejection.detail] += 1
+    if not counts:
+        return f"all {pool_size} agents are busy; it will run when one has room"
+    clauses = []
+    for detail, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        clauses.append(f"{n} agent {detail}" if n == 1 else f"{n} agents {_plural(detail)}")
+    return "; ".join(clauses)
+
+
+_VERBS = {"lacks": "lack", "is": "are", "has": "have"}
+
+
+def _plural(detail: str) -> str:
+    """Details are written for one agent ("lacks `vpn`"); agree the verb with several."""
+    verb, _, rest = detail.partition(" ")
+    return f"{_VERBS.get(verb, verb)} {rest}"
+
+
+def rank_key(agent: AgentEntry, action: Action) -> tuple[float, float, str]:
+    """Lower is better: most provisionable labels present, then best fit, then id."""
+    provisioned = sum(1 for label in action.provisionable_labels if label in agent.labels)
+    leftover = agent.cpu_capacity - agent.reserved_cpus - action.cpus
+    return (-float(provisioned), leftover, agent.agent_id)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

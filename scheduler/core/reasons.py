@@ -1,0 +1,23 @@
+"""User-visible reasons for waiting, refusal and endings: the one place their words live."""
+
+# Attempt and action endings.
+EXITED_NONZERO = "exited with code {code}"
+LOST_AGENT = "agent {agent} was lost"
+LOST_BUDGET_SPENT = "lost {n} times with its agents; no retries left"
+RETRY_AFTER_FAILURE = "retrying after failure {n} of {budget}"
+RETRY_AFTER_LOSS = "requeued after losing agent {agent} (loss {n} of {budget})"
+CANCELLED_BY_USER = "cancelled by request"
+SUPERSEDED = "attempt {attempt} was superseded by attempt {current}"
+
+# Waiting.
+NO_AGENTS = "no agents in the pool yet; waiting for one to join"
+UNPLACEABLE = "unplaceable: {detail}"
+WAITING = "waiting: {detail}"
+
+# Placement checks, by name.
+CHECK_ALIVE = "alive"
+CHECK_OPEN = "open"
+CHECK_LABELS = "labels"
+CHECK_CPU = "cpu"
+CHECK_MEMORY = "memory"
+CHECK_LOAD = "load"

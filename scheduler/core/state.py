@@ -1,0 +1,340 @@
+"""The pure scheduling core: actions by stage, the pool, and one step that returns decisions.
+
+No Ray, no clock, no I/O: every call takes `now`, and what must happen outside comes back as
+`Assign` and `Stop` values. Order within the queue is first come, first served, with
+backfill: an action that cannot be placed does not hold back the ones behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mesh.errors import InvalidInput, NotFound
+from mesh.schema import (
+    Action,
+    ActionId,
+    ActionStatus,
+    AgentId,
+    AgentInfo,
+    AgentStatus,
+    AttemptRecord,
+    AttemptReport,
+    Load,
+    PendingReason,
+    StageEvent,
+)
+from mesh.stages import TERMINAL, Stage, transition
+from scheduler.core import reasons
+from scheduler.core.decisions import Assign, Decision, Stop
+from scheduler.core.events import EventSink, NullSink
+from scheduler.core.placement import Placer, could_ever_run, default_checks
+from scheduler.core.pool import AgentEntry
+
+_REPORT_STAGES = {
+    "running": Stage.RUNNING,
+    "succeeded": Stage.SUCCEEDED,
+    "failed": Stage.FAILED,
+    "timed_out": Stage.TIMED_OUT,
+    "cancelled": Stage.CANCELLED,
+}
+
+
+@dataclass(slots=True)
+class ActionEntry:
+    spec: Action
+    id: ActionId
+    seq: int
+    submitted_at: float
+    stage: Stage = Stage.QUEUED
+    attempt: int = 0
+    agent_id: AgentId | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    failures: int = 0
+    losses: int = 0
+    cancel_requested: bool = False
+    unplaceable: bool = False
+    events: int = 0
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+    def status(self, pending: PendingReason | None = None) -> ActionStatus:
+        return ActionStatus(
+            action=self.spec, id=self.id, stage=self.stage, attempt=self.attempt,
+            agent_id=self.agent_id, submitted_at=self.submitted_at,
+            finished_at=self.finished_at, exit_code=self.exit_code, reason=self.reason,
+            pending=pending, attempts=list(self.attempts),
+        )
+
+
+class SchedulerState:
+    """Accepted actions, the pool, and the placement of queued actions onto agents."""
+
+    def __init__(self, *, stale_after: float = 3.0, capacity_percent: float = 100.0,
+                 sink: EventSink | None = None) -> None:
+        self.placer = Placer(default_checks(stale_after))
+        self.capacity_percent = capacity_percent
+        self.sink: EventSink = sink or NullSink()
+        self.actions: dict[ActionId, ActionEntry] = {}
+        # Actions indexed by stage; the queue keeps submission order (dicts are ordered).
+        self.by_stage: dict[Stage, dict[ActionId, ActionEntry]] = {s: {} for s in Stage}
+        self.agents: dict[AgentId, AgentEntry] = {}
+        self._seq = 0
+
+    # ---- actions -------------------------------------------------------------------------
+
+    def submit(self, spec: Action, now: float) -> tuple[ActionEntry, bool]:
+        """Accept an action; the same id again returns the first one (created=False)."""
+        if spec.id is None:
+            raise InvalidInput("action id: the scheduler needs an id; the client assigns one",
+                               [("id", "missing")])
+        existing = self.actions.get(spec.id)
+        if existing is not None:
+            if existing.spec != spec:
+                raise InvalidInput(
+                    f"action id: {spec.id!r} is already used by a different action",
+                    [("id", "already used by a different action")])
+            return existing, False
+        self._seq += 1
+        entry = ActionEntry(spec=spec, id=spec.id, seq=self._seq, submitted_at=now)
+        self.actions[entry.id] = entry
+        self.by_stage[Stage.QUEUED][entry.id] = entry
+        self._emit(entry, now, reason="accepted")
+        self._judge(entry, now)
+        return entry, True
+
+    def unplaceable_reason(self, spec: Action, now: float) -> PendingReason | None:
+        """Why no agent in a non-empty pool could ever run this action, or None."""
+        if not self.agents or any(could_ever_run(a, spec) for a in self.agents.values()):
+            return None
+        return self.placer.explain(self.agents.values(), spec, now)
+
+    def cancel(self, action_id: ActionId, now: float) -> list[Decision]:
+        entry = self._get(action_id)
+        if entry.stage in TERMINAL:
+            return []
+        if entry.stage is Stage.QUEUED:
+            self._finish(entry, Stage.CANCELLED, now, reasons.CANCELLED_BY_USER)
+            return []
+        entry.cancel_requested = True
+        assert entry.agent_id is not None
+        return [Stop(entry.id, entry.attempt, entry.agent_id, reasons.CANCELLED_BY_USER)]
+
+    def get(self, action_id: ActionId, now: float) -> ActionStatus:
+        entry = self._get(action_id)
+        pending = None
+        if entry.stage is Stage.QUEUED:
+            pending = self.placer.explain(self.agents.values(), entry.spec, now)
+        return entry.status(pending)
+
+    def list_actions(self, stage: Stage | None = None, limit: int | None = None,
+             ) -> list[ActionStatus]:
+        source: Iterable[ActionEntry] = (
+            self.actions.values() if stage is None else self.by_stage[stage].values())
+        out = []
+        for entry in source:
+            out.append(entry.status())
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {stage.value: len(entries) for stage, entries in self.by_stage.items()}
+
+    # ---- the pool ------------------------------------------------------------------------
+
+    def register_agent(self, info: AgentInfo, now: float) -> AgentEntry:
+        entry = self.agents.get(info.agent_id)
+        if entry is None:
+            entry = AgentEntry(info=info, capacity_percent=self.capacity_percent)
+            self.agents[info.agent_id] = entry
+        else:
+            entry.info = info
+            entry.state = "alive"
+        self._flag_unplaceable(now)
+        return entry
+
+    def report_load(self, agent_id: AgentId, load: Load, now: float) -> bool:
+        """Record a load sample; False if the agent is not in the pool."""
+        entry = self.agents.get(agent_id)
+        if entry is None:
+            return False
+        entry.take_load(load, now)
+        if entry.state == "suspect":
+            entry.state = "alive"
+        return True
+
+    def mark_suspect(self, agent_id: AgentId) -> None:
+        entry = self.agents.get(agent_id)
+        if entry is not None and entry.state == "alive":
+            entry.state = "suspect"
+
+    def remove_agent(self, agent_id: AgentId, now: float) -> list[Decision]:
+        """The agent is gone: its attempts are lost and their actions go back to the queue."""
+        entry = self.agents.pop(agent_id, None)
+        if entry is None:
+            return []
+        for action_id in list(entry.reservations):
+            action = self.actions[action_id]
+            self._lose(action, now, agent_id)
+        self._flag_unplaceable(now)
+        return []
+
+    def pool(self, now: float) -> list[AgentStatus]:
+        return [self.agents[a].status(now) for a in sorted(self.agents)]
+
+    # ---- reports from agents -------------------------------------------------------------
+
+    def report_attempt(self, report: AttemptReport, now: float) -> list[Decision]:
+        """Apply an agent's word on an attempt; reports of superseded attempts are fenced off."""
+        entry = self.actions.get(report.action_id)
+        current = (entry is not None and entry.attempt == report.attempt
+                   and entry.agent_id == report.agent_id
+                   and entry.stage in (Stage.ASSIGNED, Stage.RUNNING))
+        if entry is None or not current:
+            if report.stage == "running":
+                latest = entry.attempt if entry is not None else 0
+                return [Stop(report.action_id, report.attempt, report.agent_id,
+                             reasons.SUPERSEDED.format(attempt=report.attempt, current=latest))]
+            return []
+        stage = _REPORT_STAGES[report.stage]
+        record = entry.attempts[-1]
+        if stage is Stage.RUNNING:
+            if entry.stage is Stage.ASSIGNED:
+                self._move(entry, Stage.RUNNING, now, "")
+                entry.attempts[-1] = record.model_copy(update={"started_at": now})
+                self._agent_reservation_stage(entry, Stage.RUNNING)
+            return []
+        reason = report.reason
+        if stage is Stage.FAILED and not reason and report.exit_code is not None:
+            reason = reasons.EXITED_NONZERO.format(code=report.exit_code)
+        entry.attempts[-1] = record.model_copy(update={
+            "finished_at": now, "outcome": stage, "exit_code": report.exit_code,
+            "reason": reason})
+        self._release(entry)
+        entry.exit_code = report.exit_code
+        retryable = stage in (Stage.FAILED, Stage.TIMED_OUT) and not entry.cancel_requested
+        if retryable and entry.failures < entry.spec.retry.on_failure:
+            entry.failures += 1
+            self._move(entry, Stage.QUEUED, now, reasons.RETRY_AFTER_FAILURE.format(
+                n=entry.failures, budget=entry.spec.retry.on_failure))
+            return []
+        self._finish(entry, stage, now, reason)
+        return []
+
+    # ---- one scheduling step -------------------------------------------------------------
+
+    def step(self, now: float) -> list[Decision]:
+        """Place queued actions, oldest first, on the best feasible agents."""
+        decisions: list[Decision] = []
+        queue = self.by_stage[Stage.QUEUED]
+        if not queue or not self.agents:
+            return decisions
+        agents = list(self.agents.values())
+        any_room = any(_has_room(a) for a in agents)
+        for entry in list(queue.values()):
+            # With every agent's CPUs reserved only zero-CPU actions can still be placed,
+            # so a long queue costs one comparison per action rather than a placement.
+            if entry.unplaceable or (entry.spec.cpus > 0 and not any_room):
+                continue
+            agent = self.placer.choose(agents, entry.spec, now)
+            if agent is None:
+                continue
+            entry.attempt += 1
+            entry.agent_id = AgentId(agent.agent_id)
+            agent.reserve(entry.id, entry.attempt, entry.spec)
+            entry.attempts.append(AttemptRecord(number=entry.attempt, agent_id=entry.agent_id,
+                                                assigned_at=now))
+            self._move(entry, Stage.ASSIGNED, now, "")
+            decisions.append(Assign(entry.id, entry.attempt, entry.agent_id, now))
+            any_room = any(_has_room(a) for a in agents)
+        return decisions
+
+    def assignment_failed(self, action_id: ActionId, attempt: int, now: float,
+                          reason: str) -> None:
+        """The agent refused or could not be reached for a start: treat as a lost attempt."""
+        entry = self.actions.get(action_id)
+        if entry is None or entry.attempt != attempt or entry.stage is not Stage.ASSIGNED:
+            return
+        assert entry.agent_id is not None
+        self._lose(entry, now, entry.agent_id, reason)
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _get(self, action_id: ActionId) -> ActionEntry:
+        entry = self.actions.get(action_id)
+        if entry is None:
+            raise NotFound(f"no action with id {action_id!r}")
+        return entry
+
+    def _emit(self, entry: ActionEntry, now: float, reason: str) -> None:
+        entry.events += 1
+        self.sink.emit(StageEvent(
+            seq=entry.events, action_id=entry.id, attempt=entry.attempt, stage=entry.stage,
+            time=now, agent_id=entry.agent_id, exit_code=entry.exit_code, reason=reason))
+
+    def _move(self, entry: ActionEntry, stage: Stage, now: float, reason: str) -> None:
+        new = transition(entry.stage, stage)
+        del self.by_stage[entry.stage][entry.id]
+        entry.stage = new
+        self.by_stage[new][entry.id] = entry
+        if new is Stage.QUEUED:
+            entry.agent_id = None
+            entry.exit_code = None
+            entry.cancel_requested = False
+        entry.reason = reason
+        self._emit(entry, now, reason)
+
+    def _finish(self, entry: ActionEntry, stage: Stage, now: float, reason: str) -> None:
+        entry.finished_at = now
+        self._move(entry, stage, now, reason)
+
+    def _release(self, entry: ActionEntry) -> None:
+        if entry.agent_id is not None and entry.agent_id in self.agents:
+            self.agents[entry.agent_id].release(entry.id)
+
+    def _agent_reservation_stage(self, entry: ActionEntry, stage: Stage) -> None:
+        if entry.agent_id is not None and entry.agent_id in self.agents:
+            reservation = self.agents[entry.agent_id].reservations.get(entry.id)
+            if reservation is not None:
+                reservation.stage = stage
+
+    def _lose(self, entry: ActionEntry, now: float, agent_id: AgentId,
+              reason: str | None = None) -> None:
+        why = reason or reasons.LOST_AGENT.format(agent=agent_id)
+        if entry.attempts:
+            entry.attempts[-1] = entry.attempts[-1].model_copy(
+                update={"finished_at": now, "outcome": "lost", "reason": why})
+        self._release(entry)
+        if entry.cancel_requested:
+            self._finish(entry, Stage.CANCELLED, now, reasons.CANCELLED_BY_USER)
+            return
+        entry.losses += 1
+        budget = entry.spec.retry.on_lost
+        if entry.losses > budget:
+            self._finish(entry, Stage.FAILED, now,
+                         reasons.LOST_BUDGET_SPENT.format(n=entry.losses))
+            return
+        self._move(entry, Stage.QUEUED, now, reasons.RETRY_AFTER_LOSS.format(
+            agent=agent_id, n=entry.losses, budget=budget))
+
+    def _flag_unplaceable(self, now: float) -> None:
+        """Re-judge queued actions after the pool changed."""
+        for entry in self.by_stage[Stage.QUEUED].values():
+            self._judge(entry, now)
+
+    def _judge(self, entry: ActionEntry, now: float) -> None:
+        """Flag a queued action no agent could ever take, and tell watchers once."""
+        verdict = self.unplaceable_reason(entry.spec, now)
+        was = entry.unplaceable
+        entry.unplaceable = verdict is not None
+        if verdict is not None and not was:
+            entry.reason = verdict.summary
+            self._emit(entry, now, verdict.summary)
+        elif verdict is None and was:
+            entry.reason = ""
+
+
+def _has_room(agent: AgentEntry) -> bool:
+    return agent.state == "alive" and agent.cpu_capacity - agent.reserved_cpus > 1e-9

@@ -1,0 +1,129 @@
+"""Placement checks, one table per check, each with its exactly-fits boundary."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.schema import Action
+from scheduler.core.placement import (
+    BaseLabels,
+    Check,
+    CpuReservation,
+    LiveLoad,
+    MemoryReservation,
+    Open,
+    Placer,
+    default_checks,
+)
+from scheduler.core.pool import AgentEntry
+from tests.builders import GIB, action, agent, load
+
+
+def entry(cpus: float = 4, memory: int = 8 * GIB, labels: list[str] | None = None,
+          cpu_percent: float = 0.0, available: int = 8 * GIB, loaded_at: float = 0.0,
+          state: str = "alive", agent_id: str = "n1") -> AgentEntry:
+    e = AgentEntry(info=agent(agent_id, cpus=cpus, memory=memory, labels=labels))
+    e.state = state  # type: ignore[assignment]
+    e.take_load(load(cpu_percent, available=available), loaded_at)
+    return e
+
+
+def reserve(e: AgentEntry, cpus: float, memory: int = 0, name: str = "other") -> None:
+    e.reserve(name, 1, Action(id=name, command=["true"], cpus=cpus, memory=memory))  # type: ignore[arg-type]
+
+
+CASES: list[tuple[str, Check, AgentEntry, Action, bool]] = [
+    ("labels all offered", BaseLabels(), entry(labels=["os:linux", "vpn"]),
+     action(labels=["vpn"]), True),
+    ("label missing", BaseLabels(), entry(labels=["os:linux"]), action(labels=["vpn"]), False),
+    ("no labels asked", BaseLabels(), entry(labels=["os:linux"]), action(), True),
+    ("cpu exactly fits", CpuReservation(), entry(cpus=4), action(cpus=4), True),
+    ("cpu one over", CpuReservation(), entry(cpus=4), action(cpus=4.5), False),
+    ("fractional cpus fit", CpuReservation(), entry(cpus=0.3), action(cpus=0.3), True),
+    ("memory exactly fits", MemoryReservation(), entry(memory=2 * GIB), action(memory=2 * GIB),
+     True),
+    ("memory one byte over", MemoryReservation(), entry(memory=2 * GIB),
+     action(memory=2 * GIB + 1), False),
+    ("draining refuses", Open(), entry(state="draining"), action(), False),
+    ("blocked refuses", Open(), entry(state="blocked"), action(), False),
+    ("alive is open", Open(), entry(), action(), True),
+    ("idle machine has room", LiveLoad(3.0), entry(cpus=4, cpu_percent=0), action(cpus=4), True),
+    ("busy machine exactly fits", LiveLoad(3.0), entry(cpus=4, cpu_percent=75),
+     action(cpus=1), True),
+    ("busy machine has no room", LiveLoad(3.0), entry(cpus=4, cpu_percent=80),
+     action(cpus=1), False),
+    ("live memory exactly fits", LiveLoad(3.0), entry(available=GIB), action(memory=GIB), True),
+    ("live memory short", LiveLoad(3.0), entry(available=GIB), action(memory=GIB + 1), False),
+]
+
+
+@pytest.mark.parametrize(("check", "agent_entry", "act", "passes"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_check(check: Check, agent_entry: AgentEntry, act: Action, passes: bool) -> None:
+    assert (check.reject(agent_entry, act, now=1.0) is None) is passes
+
+
+def test_reservations_count_against_capacity() -> None:
+    e = entry(cpus=4)
+    reserve(e, 3)
+    assert CpuReservation().reject(e, action(cpus=1), 0) is None
+    assert CpuReservation().reject(e, action(cpus=1.5), 0) is not None
+
+
+def test_capacity_percent_scales_headroom() -> None:
+    e = entry(cpus=4)
+    e.capacity_percent = 50
+    assert CpuReservation().reject(e, action(cpus=2), 0) is None
+    assert CpuReservation().reject(e, action(cpus=2.5), 0) is not None
+
+
+def test_stale_load_counts_as_no_room() -> None:
+    e = entry(loaded_at=0.0)
+    check = LiveLoad(stale_after=3.0)
+    assert check.reject(e, action(), now=3.0) is None
+    rejection = check.reject(e, action(), now=3.5)
+    assert rejection is not None and "stale" in rejection.detail
+
+
+def test_work_placed_since_the_sample_is_subtracted() -> None:
+    e = entry(cpus=4, cpu_percent=50)  # 2 CPUs idle in the sample
+    reserve(e, 1.5)
+    assert LiveLoad(3.0).reject(e, action(cpus=0.5), 0) is None
+    assert LiveLoad(3.0).reject(e, action(cpus=1), 0) is not None
+    e.take_load(load(50), 0.5)  # a fresh sample resets what it could not see
+    assert LiveLoad(3.0).reject(e, action(cpus=1), 0.5) is None
+
+
+def test_choose_prefers_provisionable_labels_then_best_fit() -> None:
+    placer = Placer(default_checks(3.0))
+    big = entry(cpus=8, agent_id="big")
+    small = entry(cpus=2, agent_id="small")
+    tagged = entry(cpus=8, labels=["os:linux", "warm"], agent_id="tagged")
+    assert placer.choose([big, small], action(cpus=2), 0) is small
+    assert placer.choose([big, small, tagged], action(cpus=2, provisionable_labels=["warm"]),
+                         0) is tagged
+
+
+def test_explain_counts_every_failing_dimension() -> None:
+    placer = Placer(default_checks(3.0))
+    pool = [entry(agent_id=f"n{i}", labels=["os:linux"]) for i in range(3)]
+    vpn = entry(agent_id="v1", labels=["vpn"], cpus=4)
+    reserve(vpn, 3)
+    pool.append(vpn)
+    reason = placer.explain(pool, action(labels=["vpn"], cpus=2), 0)
+    assert not reason.unplaceable
+    assert "3 agents lack `vpn`" in reason.summary
+    assert "1 agent lacks 2 CPUs of headroom" in reason.summary
+
+
+def test_explain_flags_unplaceable_when_no_machine_could_ever_take_it() -> None:
+    placer = Placer(default_checks(3.0))
+    reason = placer.explain([entry(cpus=4), entry(cpus=2, agent_id="n2")], action(cpus=16), 0)
+    assert reason.unplaceable
+    assert reason.summary.startswith("unplaceable:")
+    assert {r.agent_id for r in reason.rejections} == {"n1", "n2"}
+
+
+def test_explain_with_no_agents_says_so() -> None:
+    reason = Placer(default_checks(3.0)).explain([], action(), 0)
+    assert not reason.unplaceable and "no agents" in reason.summary

@@ -1,0 +1,75 @@
+"""Validation of outside input: bad fields get errors that name them and quote the value."""
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from mesh.errors import InvalidInput
+from mesh.schema import Action, MeshConfig, parse_duration, parse_size
+
+BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("unknown field", {"command": ["true"], "colour": "red"}, "colour", "Extra inputs"),
+    ("negative cpus", {"command": ["true"], "cpus": -1}, "cpus", "greater than or equal"),
+    ("empty command", {"command": []}, "command", "at least 1"),
+    ("blank command", {"command": ["  "]}, "command", "must not be empty"),
+    ("malformed label", {"command": ["true"], "labels": ["has space"]}, "labels", "'has space'"),
+    ("label with comma", {"command": ["true"], "labels": ["a,b"]}, "labels", "malformed label"),
+    ("bad memory", {"command": ["true"], "memory": "lots"}, "memory", "'lots'"),
+    ("negative memory", {"command": ["true"], "memory": -5}, "memory", "negative"),
+    ("bad timeout", {"command": ["true"], "timeout": "soon"}, "timeout", "'soon'"),
+    ("zero timeout", {"command": ["true"], "timeout": 0}, "timeout", "positive"),
+    ("bad id", {"command": ["true"], "id": "no spaces"}, "id", "malformed action id"),
+    ("bad account", {"command": ["true"], "account": "a b"}, "account", "malformed account"),
+    ("bad env name", {"command": ["true"], "env": {"1X": "v"}}, "env", "'1X'"),
+    ("shell with argv", {"command": ["a", "b"], "shell": True}, "", "one script string"),
+    ("negative retries", {"command": ["true"], "retry": {"on_failure": -1}}, "retry.on_failure",
+     "greater than or equal"),
+]
+
+
+@pytest.mark.parametrize(("fields", "field", "message"), [b[1:] for b in BAD_ACTIONS],
+                         ids=[b[0] for b in BAD_ACTIONS])
+def test_bad_action_names_the_field(fields: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Action.model_validate(fields)
+    err = InvalidInput.from_validation("action", info.value)
+    assert message in str(err)
+    if field:
+        assert any(path == field for path, _ in err.errors), err.errors
+
+
+SIZES = [("plain bytes", 100, 100), ("binary G", "2G", 2 * 2**30), ("GiB", "2GiB", 2 * 2**30),
+         ("decimal GB", "2GB", 2 * 10**9), ("lower m", "512m", 512 * 2**20),
+         ("fraction", "1.5K", 1536), ("zero", "0", 0)]
+
+
+@pytest.mark.parametrize(("text", "expected"), [s[1:] for s in SIZES], ids=[s[0] for s in SIZES])
+def test_parse_size(text: object, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+DURATIONS = [("number", 90, 90.0), ("seconds", "90s", 90.0), ("minutes", "30m", 1800.0),
+             ("compound", "1h30m", 5400.0), ("millis", "250ms", 0.25), ("plain string", "12", 12.0)]
+
+
+@pytest.mark.parametrize(("text", "expected"), [d[1:] for d in DURATIONS],
+                         ids=[d[0] for d in DURATIONS])
+def test_parse_duration(text: object, expected: float) -> None:
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+def test_labels_are_sorted_and_deduplicated() -> None:
+    a = Action(command=["true"], labels=["vpn", "os:linux", "vpn"])
+    assert a.labels == ["os:linux", "vpn"]
+
+
+def test_action_round_trips_through_json() -> None:
+    a = Action(command=["sh", "-c", "echo hi"], memory="1G", timeout="2m", labels=["os:linux"],
+               env={"A": "1"}, tags={"k": "v"})
+    assert Action.model_validate_json(a.model_dump_json()) == a
+
+
+def test_config_refuses_unknown_fields() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        MeshConfig.model_validate({"load_intervall": 1})

@@ -199,6 +199,11 @@ class Client:
             self.scheduler.list_actions.remote(wanted, limit))
         return result
 
+    def counts(self) -> dict[str, int]:
+        """How many accepted actions are in each stage."""
+        result: dict[str, int] = _call(self.scheduler.counts.remote())
+        return result
+
     def pool(self) -> builtins.list[AgentStatus]:
         result: builtins.list[AgentStatus] = _call(self.scheduler.pool.remote())
         return result

@@ -264,6 +264,9 @@ class Scheduler:
     def pool(self) -> list[AgentStatus]:
         return self.core.pool(self.clock())
 
+    def counts(self) -> dict[str, int]:
+        return self.core.counts()
+
     async def wait_events(self, action_id: ActionId, after: int, timeout: float,
                           ) -> list[StageEvent]:
         self.core.get(action_id, self.clock())  # NotFound for an unknown id
@@ -335,6 +338,10 @@ class SchedulerActor:
     async def pool(self) -> list[AgentStatus]:
         self.s.ensure_started()
         return self.s.pool()
+
+    async def counts(self) -> dict[str, int]:
+        self.s.ensure_started()
+        return self.s.counts()
 
     async def wait_events(self, action_id: ActionId, after: int = 0, timeout: float = 10.0,
                           ) -> list[StageEvent]:

@@ -1,0 +1,130 @@
+"""End to end on a real three-node Ray cluster: placement, queueing, logs, cancel, timeout."""
+
+from __future__ import annotations
+
+import sys
+
+import psutil
+import pytest
+
+from mesh import Action, InvalidInput, Stage, Unplaceable
+from mesh.names import ENV_ACTION
+from tests.conftest import wait_for
+from tests.integration.conftest import Mesh
+
+pytestmark = pytest.mark.integration
+
+
+def survivors(action_id: str) -> list[int]:
+    """Pids of processes still carrying the action's id in their environment."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(ENV_ACTION) == action_id:
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_pool_shows_both_workers_with_labels_and_live_load(mesh: Mesh) -> None:
+    pool = wait_for(mesh.client.pool, lambda p: len(p) == 2 and all(a.load for a in p),
+                    what="two agents reporting load")
+    by_node = {a.info.node_id: a for a in pool}
+    assert set(by_node) == {mesh.big_id, mesh.small_id}
+    big, small = by_node[mesh.big_id], by_node[mesh.small_id]
+    assert "vpn" in big.info.labels and "pool:big" in big.info.labels
+    assert "pool:small" in small.info.labels and "vpn" not in small.info.labels
+    assert (big.info.cpus, small.info.cpus) == (2, 1)
+    assert big.load is not None and big.load.memory_available > 0
+
+
+def test_actions_land_only_on_agents_with_their_labels(mesh: Mesh) -> None:
+    handles = mesh.client.submit_many(
+        [Action(command=["true"], labels=["vpn"]) for _ in range(3)]
+        + [Action(command=["true"], labels=["pool:small"]) for _ in range(3)])
+    results = [h.result(timeout=60) for h in handles]
+    assert all(r.stage is Stage.SUCCEEDED for r in results), results
+    assert {r.agent_id for r in results[:3]} == {mesh.big_id}
+    assert {r.agent_id for r in results[3:]} == {mesh.small_id}
+
+
+def test_more_actions_than_cpus_queue_and_all_finish(mesh: Mesh) -> None:
+    handles = mesh.client.submit_many(
+        [Action(command=["sleep", "0.5"], cpus=1) for _ in range(9)])
+    results = [h.result(timeout=120) for h in handles]
+    assert [r.stage for r in results] == [Stage.SUCCEEDED] * 9
+    spans = [(r.attempts[-1].started_at, r.attempts[-1].finished_at) for r in results]
+    edges = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans],
+                   key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, delta in edges:
+        running += delta
+        peak = max(peak, running)
+    assert 1 <= peak <= 3, f"{peak} actions ran at once on 3 CPUs"
+
+
+def test_an_action_no_agent_could_ever_take_is_refused_as_unplaceable(mesh: Mesh) -> None:
+    with pytest.raises(Unplaceable, match="64 CPUs"):
+        mesh.client.submit(Action(command=["true"], cpus=64))
+    with pytest.raises(Unplaceable, match="`gpu`"):
+        mesh.client.submit(Action(command=["true"], labels=["gpu"]))
+    assert mesh.client.submit(Action(command=["true"])).result(timeout=60).ok
+
+
+def test_bad_input_names_the_field_and_the_scheduler_keeps_going(mesh: Mesh) -> None:
+    with pytest.raises(InvalidInput, match="cpus"):
+        mesh.client.submit({"command": ["true"], "cpus": -2})
+    with pytest.raises(InvalidInput, match="colour"):
+        mesh.client.submit({"command": ["true"], "colour": "red"})
+    assert mesh.client.submit(Action(command=["true"])).result(timeout=60).ok
+
+
+def test_logs_of_a_100k_line_action_arrive_complete_and_in_order(mesh: Mesh) -> None:
+    script = "import sys\nfor i in range(100000): print(f'line {i}')\nprint('err', file=sys.stderr)"
+    handle = mesh.client.submit(Action(command=[sys.executable, "-c", script]))
+    lines = list(handle.logs(follow=True))
+    out = [line.text for line in lines if line.stream == "stdout"]
+    assert out == [f"line {i}" for i in range(100000)]
+    assert [line.text for line in lines if line.stream == "stderr"] == ["err"]
+    assert [line.offset for line in lines] == list(range(len(lines)))
+    assert handle.result(timeout=60).ok
+    tail = list(handle.logs(offset=99_990))
+    assert [line.text for line in tail][:3] == ["line 99990", "line 99991", "line 99992"]
+
+
+def test_stage_events_flow_while_it_runs(mesh: Mesh) -> None:
+    handle = mesh.client.submit(Action(command=["sh", "-c", "exit 7"]))
+    stages = [e.stage for e in handle.events()]
+    assert stages == [Stage.QUEUED, Stage.ASSIGNED, Stage.RUNNING, Stage.FAILED]
+    result = handle.result(timeout=30)
+    assert result.exit_code == 7 and "code 7" in result.reason
+
+
+def test_cancel_kills_the_whole_process_tree(mesh: Mesh) -> None:
+    handle = mesh.client.submit(Action(
+        command=["sleep 300 & sleep 300 & echo started; wait"], shell=True))
+    first = next(iter(handle.logs(follow=True)))
+    assert first.text == "started"
+    assert len(survivors(handle.id)) >= 3
+    handle.cancel()
+    assert handle.result(timeout=30).stage is Stage.CANCELLED
+    wait_for(lambda: survivors(handle.id), lambda pids: not pids, timeout=10,
+             what="no process of the cancelled action")
+
+
+def test_timeout_kills_the_tree_and_says_timed_out(mesh: Mesh) -> None:
+    handle = mesh.client.submit(Action(command=["sleep 300 & wait"], shell=True, timeout=1))
+    result = handle.result(timeout=30)
+    assert result.stage is Stage.TIMED_OUT
+    wait_for(lambda: survivors(handle.id), lambda pids: not pids, timeout=10,
+             what="no process of the timed-out action")
+
+
+def test_submit_is_idempotent_by_client_chosen_id(mesh: Mesh) -> None:
+    action = Action(id="same-id-twice", command=["true"])
+    first = mesh.client.submit(action)
+    second = mesh.client.submit(action)
+    assert first.id == second.id == "same-id-twice"
+    assert first.result(timeout=30).ok
+    assert len([a for a in mesh.client.list() if a.id == "same-id-twice"]) == 1

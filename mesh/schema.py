@@ -375,6 +375,8 @@ class MeshConfig(Model):
     log_flush_bytes: int = Field(256 * 1024, ge=1024)
     relay_memory_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     capacity_percent: float = Field(100.0, gt=0, le=1000)
+    cpu_busy_percent: float = Field(
+        95.0, gt=0, le=100, description="no CPU work for an agent whose machine is this busy")
     head_agent: bool = Field(True, description="run an agent on the head node too")
 
 

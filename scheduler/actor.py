@@ -64,7 +64,8 @@ class Scheduler:
         self.clock = clock
         self.book = EventBook()
         self.core = SchedulerState(stale_after=config.load_stale_after,
-                                   capacity_percent=config.capacity_percent, sink=self.book)
+                                   capacity_percent=config.capacity_percent,
+                                   cpu_busy_percent=config.cpu_busy_percent, sink=self.book)
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
         self.handles: dict[AgentId, AgentHandle] = {}

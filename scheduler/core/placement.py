@@ -85,12 +85,16 @@ class MemoryReservation:
 class LiveLoad:
     """The machine's measured load must leave room, and the measurement must be fresh.
 
-    CPU: the idle share of the agent's CPUs in the last sample, less what was placed since
-    that sample. Memory: psutil's available memory, less what was placed since. A sample
-    older than `stale_after` seconds counts as no room at all.
+    Memory is incompressible, so it is strict: psutil's available memory, less what was
+    placed since the sample, must hold the request. CPU is compressible and already bounded
+    by reservations, so the live check only keeps work off a machine that something else
+    has saturated: utilisation must be below `cpu_busy_percent`. (Subtracting live CPU use
+    from the request as for memory starves small machines, where Ray and the mesh itself are
+    a large share of the load.) A sample older than `stale_after` seconds counts as no room.
     """
 
     stale_after: float
+    cpu_busy_percent: float = 95.0
     name: str = reasons.CHECK_LOAD
 
     def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
@@ -99,11 +103,10 @@ class LiveLoad:
             return _rejection(agent, self.name, "has not reported its load yet")
         if age > self.stale_after:
             return _rejection(agent, self.name, f"load report is stale ({age:.1f}s old)")
-        idle = (100.0 - agent.load.cpu_percent) / 100.0
-        free_cpus = agent.info.cpus * idle - agent.cpus_since_sample
-        if action.cpus > free_cpus + EPSILON:
-            return _rejection(agent, self.name, f"is busy: {max(free_cpus, 0.0):.2g} CPUs idle "
-                              f"(load {agent.load.cpu_percent:.0f}%)", action.cpus, free_cpus)
+        busy = agent.load.cpu_percent
+        if action.cpus > 0 and busy >= self.cpu_busy_percent:
+            return _rejection(agent, self.name, f"is saturated (CPU {busy:.0f}%, limit "
+                              f"{self.cpu_busy_percent:.0f}%)", busy, self.cpu_busy_percent)
         free_memory = agent.load.memory_available - agent.memory_since_sample
         if action.memory > free_memory:
             return _rejection(agent, self.name, f"has {_gib(max(free_memory, 0))} of memory "
@@ -111,10 +114,10 @@ class LiveLoad:
         return None
 
 
-def default_checks(stale_after: float) -> list[Check]:
+def default_checks(stale_after: float, cpu_busy_percent: float = 95.0) -> list[Check]:
     """Cheapest first: state, labels, reservations, then the live load."""
     return [Alive(), Open(), BaseLabels(), CpuReservation(), MemoryReservation(),
-            LiveLoad(stale_after)]
+            LiveLoad(stale_after, cpu_busy_percent)]
 
 
 def could_ever_run(agent: AgentEntry, action: Action) -> bool:

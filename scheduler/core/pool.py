@@ -32,9 +32,8 @@ class AgentEntry:
     capacity_percent: float = 100.0
     load: Load | None = None
     load_received_at: float | None = None
-    # What was reserved after the last load sample was taken: the sample cannot show it yet,
-    # so the live-load check subtracts it from what the sample says is free.
-    cpus_since_sample: float = 0.0
+    # Memory reserved after the last load sample was taken: the sample cannot show it yet,
+    # so the live-load check subtracts it from what the sample says is available.
     memory_since_sample: int = 0
     reservations: dict[ActionId, Reservation] = field(default_factory=dict)
     samples: int = 0
@@ -66,21 +65,18 @@ class AgentEntry:
     def reserve(self, action_id: ActionId, attempt: int, action: Action) -> None:
         self.reservations[action_id] = Reservation(attempt, action.cpus, action.memory,
                                                    Stage.ASSIGNED, self.samples)
-        self.cpus_since_sample += action.cpus
         self.memory_since_sample += action.memory
 
     def release(self, action_id: ActionId) -> None:
         reservation = self.reservations.pop(action_id, None)
         if reservation is not None and reservation.samples_before == self.samples:
             # Placed and gone between two samples: no sample ever showed its load.
-            self.cpus_since_sample = max(0.0, self.cpus_since_sample - reservation.cpus)
             self.memory_since_sample = max(0, self.memory_since_sample - reservation.memory)
 
     def take_load(self, load: Load, now: float) -> None:
         self.load = load
         self.load_received_at = now
         self.samples += 1
-        self.cpus_since_sample = 0.0
         self.memory_since_sample = 0
 
     def load_age(self, now: float) -> float | None:

@@ -72,8 +72,8 @@ class SchedulerState:
     """Accepted actions, the pool, and the placement of queued actions onto agents."""
 
     def __init__(self, *, stale_after: float = 3.0, capacity_percent: float = 100.0,
-                 sink: EventSink | None = None) -> None:
-        self.placer = Placer(default_checks(stale_after))
+                 cpu_busy_percent: float = 95.0, sink: EventSink | None = None) -> None:
+        self.placer = Placer(default_checks(stale_after, cpu_busy_percent))
         self.capacity_percent = capacity_percent
         self.sink: EventSink = sink or NullSink()
         self.actions: dict[ActionId, ActionEntry] = {}

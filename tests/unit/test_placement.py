@@ -48,10 +48,12 @@ CASES: list[tuple[str, Check, AgentEntry, Action, bool]] = [
     ("blocked refuses", Open(), entry(state="blocked"), action(), False),
     ("alive is open", Open(), entry(), action(), True),
     ("idle machine has room", LiveLoad(3.0), entry(cpus=4, cpu_percent=0), action(cpus=4), True),
-    ("busy machine exactly fits", LiveLoad(3.0), entry(cpus=4, cpu_percent=75),
+    ("busy machine below the limit", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=89.9),
      action(cpus=1), True),
-    ("busy machine has no room", LiveLoad(3.0), entry(cpus=4, cpu_percent=80),
+    ("machine at the limit is saturated", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=90),
      action(cpus=1), False),
+    ("saturated machine still takes zero-CPU work", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100), action(cpus=0), True),
     ("live memory exactly fits", LiveLoad(3.0), entry(available=GIB), action(memory=GIB), True),
     ("live memory short", LiveLoad(3.0), entry(available=GIB), action(memory=GIB + 1), False),
 ]
@@ -85,13 +87,16 @@ def test_stale_load_counts_as_no_room() -> None:
     assert rejection is not None and "stale" in rejection.detail
 
 
-def test_work_placed_since_the_sample_is_subtracted() -> None:
-    e = entry(cpus=4, cpu_percent=50)  # 2 CPUs idle in the sample
-    reserve(e, 1.5)
-    assert LiveLoad(3.0).reject(e, action(cpus=0.5), 0) is None
-    assert LiveLoad(3.0).reject(e, action(cpus=1), 0) is not None
-    e.take_load(load(50), 0.5)  # a fresh sample resets what it could not see
-    assert LiveLoad(3.0).reject(e, action(cpus=1), 0.5) is None
+def test_memory_placed_since_the_sample_is_subtracted() -> None:
+    e = entry(available=4 * GIB)
+    reserve(e, 0, memory=3 * GIB)
+    assert LiveLoad(3.0).reject(e, action(memory=GIB), 0) is None
+    assert LiveLoad(3.0).reject(e, action(memory=GIB + 1), 0) is not None
+    e.release("other")  # type: ignore[arg-type]  # gone before any sample saw it
+    assert LiveLoad(3.0).reject(e, action(memory=4 * GIB), 0) is None
+    reserve(e, 0, memory=3 * GIB)
+    e.take_load(load(available=4 * GIB), 0.5)  # a fresh sample resets what it could not see
+    assert LiveLoad(3.0).reject(e, action(memory=4 * GIB), 0.5) is None
 
 
 def test_choose_prefers_provisionable_labels_then_best_fit() -> None:

@@ -1,0 +1,63 @@
+"""Latency: submit -> running and submit -> result for one `true` on an idle pool."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from bench.harness import local_mesh, median, pct
+from mesh import Action, Stage
+from mesh.client import Client
+
+N = 500
+
+
+@ray.remote(num_cpus=0)
+class Echo:
+    def ping(self) -> int:
+        return 1
+
+
+def actor_round_trips() -> list[float]:
+    echo = Echo.remote()  # type: ignore[attr-defined]
+    ray.get(echo.ping.remote())
+    samples = []
+    for _ in range(N):
+        start = time.perf_counter()
+        ray.get(echo.ping.remote())
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def mesh_latencies(client: Client) -> tuple[list[float], list[float]]:
+    to_running, to_result = [], []
+    for _ in range(N):
+        start = time.perf_counter()
+        handle = client.submit(Action(command=["true"]))
+        status = handle.result(timeout=30)
+        to_result.append(time.perf_counter() - start)
+        assert status.stage is Stage.SUCCEEDED, status
+        record = status.attempts[-1]
+        assert record.started_at is not None
+        to_running.append(record.started_at - status.submitted_at)
+    return to_running, to_result
+
+
+def main() -> None:
+    with local_mesh(num_cpus=2) as client:
+        for _ in range(20):
+            client.submit(Action(command=["true"])).result(timeout=30)  # warm up
+        rtt = actor_round_trips()
+        running, result = mesh_latencies(client)
+    ms = 1000.0
+    print(f"plain actor round trip: p50 {median(rtt) * ms:.2f} ms, p99 {pct(rtt, 99) * ms:.2f} ms")
+    print(f"submit -> running (scheduler clock): p50 {median(running) * ms:.2f} ms, "
+          f"p99 {pct(running, 99) * ms:.2f} ms")
+    print(f"submit -> result (client clock): p50 {median(result) * ms:.2f} ms, "
+          f"p99 {pct(result, 99) * ms:.2f} ms; target p50 < 20 ms")
+    print(f"submit -> result p50 / actor round trip p50 = {median(result) / median(rtt):.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""What every benchmark shares: a fresh local mesh, percentiles, and the ratio printout."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from mesh import bootstrap, names
+from mesh.client import Client
+from mesh.schema import MeshConfig
+
+
+@contextmanager
+def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[Client]:
+    """A new single-node Ray cluster in this process with the mesh up on it."""
+    with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=names.NAMESPACE,
+                 log_to_driver=False, _system_config=bootstrap.HEALTH_CHECKS)
+        try:
+            bootstrap.up(config or MeshConfig(state_dir=state))
+            client = Client()
+            deadline = time.monotonic() + 60
+            while not all(a.load for a in client.pool()) or not client.pool():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("agents never reported their load")
+                time.sleep(0.1)
+            yield client
+        finally:
+            bootstrap.down(stop_cluster=False)
+            ray.shutdown()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(name: str, ours: float, baseline: float, unit: str, target: str,
+           higher_is_better: bool = True) -> float:
+    ratio = ours / baseline if baseline else float("inf")
+    print(f"{name}: mesh {ours:,.1f} {unit} vs baseline {baseline:,.1f} {unit} "
+          f"-> ratio {ratio:.2f} ({'higher' if higher_is_better else 'lower'} is better; "
+          f"target {target})")
+    return ratio

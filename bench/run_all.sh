@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every benchmark once; each prints its ratio against a baseline from the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+for b in throughput latency logs memory; do
+  echo "== $b"
+  "$PY" -m "bench.bench_$b"
+done

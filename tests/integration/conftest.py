@@ -1,4 +1,8 @@
-"""A real multi-node Ray cluster with the mesh on it, shared by tests that kill no nodes."""
+"""A real multi-node Ray cluster with the mesh on it, shared by a module's tests.
+
+Module scope, because Ray allows one cluster connection per process and some modules need a
+cluster of their own shape (no agents at all, nodes that get killed).
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ def stop_mesh(cluster: Cluster) -> None:
         cluster.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     cluster, config, (big, small) = start_mesh(tmp_path_factory.mktemp("mesh"), BIG, SMALL)
     try:

@@ -1,0 +1,116 @@
+"""The CLI run as a subprocess, and the README's Python example run step by step."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh import Stage
+from tests.integration.conftest import Mesh
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+ADDRESS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _cluster_address(mesh: Mesh) -> None:
+    # An explicit address: `auto` would find whichever cluster on this machine started last.
+    ADDRESS[:] = [mesh.cluster.address]
+
+
+def mesh_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mesh.cli", "--address", ADDRESS[0], *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          check=False)
+
+
+def test_submit_streams_output_and_exits_with_the_action_exit_code(mesh: Mesh) -> None:
+    done = mesh_cli("submit", "--label", "pool:small", "--", "sh", "-c",
+                    "echo out-line; echo err-line >&2; exit 3")
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines() == ["out-line"]
+    assert "err-line" in done.stderr and "failed" in done.stderr
+
+
+def test_submit_success_exits_zero(mesh: Mesh) -> None:
+    done = mesh_cli("submit", "--cpus", "1", "--memory", "64M", "--timeout", "1m", "--",
+                    "echo", "hello world")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello world\n"
+
+
+def test_unplaceable_submit_is_refused_at_once(mesh: Mesh) -> None:
+    done = mesh_cli("submit", "--cpus", "512", "--", "true")
+    assert done.returncode == 3
+    assert "unplaceable" in done.stderr and "512 CPUs" in done.stderr
+
+
+def test_bad_input_names_the_field(mesh: Mesh) -> None:
+    done = mesh_cli("submit", "--label", "bad label", "--", "true")
+    assert done.returncode == 2
+    assert "labels" in done.stderr and "'bad label'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_status_json_lists_actions_with_id_and_stage(mesh: Mesh) -> None:
+    submitted = mesh_cli("submit", "--detach", "--id", "cli-status-1", "--", "true")
+    assert submitted.stdout.strip() == "cli-status-1"
+    mesh.client.handle("cli-status-1").result(timeout=60)
+    listing = json.loads(mesh_cli("status", "--json").stdout)
+    assert {"id": "cli-status-1", "stage": "succeeded"}.items() <= \
+        next(a for a in listing if a["id"] == "cli-status-1").items()
+    one = mesh_cli("status", "cli-status-1")
+    assert "succeeded" in one.stdout
+
+
+def test_logs_from_an_offset_and_cancel(mesh: Mesh) -> None:
+    mesh_cli("submit", "--detach", "--id", "cli-logs-1", "--", "seq", "1", "10")
+    mesh.client.handle("cli-logs-1").result(timeout=60)
+    assert mesh_cli("logs", "cli-logs-1", "--from", "7").stdout.split() == ["8", "9", "10"]
+    mesh_cli("submit", "--detach", "--id", "cli-cancel-1", "--", "sleep", "300")
+    cancelled = mesh_cli("cancel", "cli-cancel-1")
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    missing = mesh_cli("logs", "no-such-action")
+    assert missing.returncode == 2 and "no-such-action" in missing.stderr
+
+
+def test_agents_and_up_on_a_running_cluster(mesh: Mesh) -> None:
+    agents = json.loads(mesh_cli("agents", "--json").stdout)
+    assert {a["info"]["node_id"] for a in agents} == {mesh.big_id, mesh.small_id}
+    table = mesh_cli("agents").stdout
+    assert "pool:big" in table and "LOAD" in table
+    again = mesh_cli("up")
+    assert again.returncode == 0 and "2 agent(s)" in again.stdout
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"```python\n(.*?)```", text, re.S)
+    assert match, "README has no python example"
+    return match.group(1)
+
+
+def test_readme_python_example_step_by_step(mesh: Mesh) -> None:
+    namespace: dict[str, Any] = {}
+    out = io.StringIO()
+    for statement in ast.parse(readme_example()).body:
+        code = compile(ast.Module(body=[statement], type_ignores=[]), "README.md", "exec")
+        with contextlib.redirect_stdout(out):
+            exec(code, namespace)
+    printed = out.getvalue().splitlines()
+    assert "stdout hello" in printed and "stderr oops" in printed
+    assert namespace["result"].stage is Stage.SUCCEEDED
+    assert [h.id for h in namespace["many"]] == ["build-0", "build-1", "build-2"]
+    assert all(a.load is not None for a in namespace["client"].pool())

@@ -64,7 +64,7 @@ def main() -> None:
             actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
                       if a.class_name in MESH_CLASSES]
             assert len([a for a in actors if a.class_name == "AgentActor"]) == 2
-            mesh_pids = with_children({int(a.pid) for a in actors})
+            mesh_pids = with_children({int(a.pid or 0) for a in actors})
             ray_only = ray_pids() - mesh_pids
             mesh_pss = sum(pss(p) for p in mesh_pids)
             ray_pss = sum(pss(p) for p in ray_only)
@@ -73,11 +73,11 @@ def main() -> None:
                   f"{len(mesh_pids)} processes; bare Ray {ray_pss / mib:.0f} MiB PSS in "
                   f"{len(ray_only)} processes -> ratio {mesh_pss / ray_pss:.2f}")
             for a in actors:
-                print(f"  {a.class_name:15s} pid {a.pid}: {pss(int(a.pid)) / mib:.0f} MiB")
+                print(f"  {a.class_name:15s} pid {a.pid}: {pss(int(a.pid or 0)) / mib:.0f} MiB")
             bootstrap.down(stop_cluster=False)
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -36,7 +37,7 @@ class Mesh:
     small_id: str
 
 
-def start_mesh(tmp: Path, *workers: dict[str, object]) -> tuple[Cluster, MeshConfig, list[str]]:
+def start_mesh(tmp: Path, *workers: dict[str, Any]) -> tuple[Cluster, MeshConfig, list[str]]:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     cluster = Cluster(initialize_head=True, head_node_args=dict(HEAD))
     node_ids = [cluster.add_node(**w).node_id for w in workers]
@@ -52,7 +53,7 @@ def stop_mesh(cluster: Cluster) -> None:
         bootstrap.down(stop_cluster=False)
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def _top_level(body: list[ast.stmt]) -> list[ast.stmt]:
 
 
 def _imports(path: Path) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for node in _top_level(ast.parse(path.read_text()).body):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)

@@ -1,0 +1,451 @@
+"""The relay's log store: each attempt's lines in order, bounded in memory, spilled to files."""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import contextlib
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from mesh.schema import ID_RE, ActionId, LogBatch, LogRead, Stream
+
+log = logging.getLogger(__name__)
+
+# What CPython spends on a line besides its text: a str header (49 bytes for ASCII) and its
+# slot in the batch's list. Counting it keeps the budget honest when lines are short.
+LINE_OVERHEAD = 57
+# A stored chunk's own objects (chunk, list header, index entries), counted the same way.
+CHUNK_OVERHEAD = 256
+# Spilled chunks of one stream merge into one index entry up to these sizes, so an attempt
+# that printed a line at a time keeps a small index, yet reading one line never reads more
+# than this much of its file.
+MERGE_LINES = 8192
+MERGE_BYTES = 1 << 20
+# Batches ahead of a gap are held in memory up to at least this many bytes (see LogStore).
+HOLD_FLOOR = 8 << 20
+# Spill files hold UTF-8; a lone surrogate (an undecodable byte the agent passed through)
+# must survive the round trip rather than fail the write.
+_ENCODING = "utf-8"
+_ERRORS = "surrogatepass"
+
+_Key = tuple[str, int]
+
+
+class _Chunk:
+    """One stored batch (or its tail) held in memory: the agent's list of lines, unsplit."""
+
+    __slots__ = ("cost", "count", "dead", "lines", "offset", "owner", "stream")
+
+    def __init__(self, owner: _Attempt, offset: int, stream: Stream, lines: list[str],
+                 cost: int) -> None:
+        self.owner = owner
+        self.offset = offset
+        self.stream: Stream = stream
+        self.lines = lines
+        self.count = len(lines)
+        self.cost = cost
+        self.dead = False
+
+
+class _Spilled:
+    """Where a run of spilled lines of one stream sits in its attempt's file."""
+
+    __slots__ = ("count", "length", "offset", "pos", "stream")
+
+    def __init__(self, offset: int, stream: Stream, pos: int, length: int, count: int) -> None:
+        self.offset = offset
+        self.stream: Stream = stream
+        self.pos = pos
+        self.length = length
+        self.count = count
+
+
+class _Held:
+    """A batch that arrived ahead of a gap, waiting for the lines before it."""
+
+    __slots__ = ("cost", "lines", "stream")
+
+    def __init__(self, stream: Stream, lines: list[str], cost: int) -> None:
+        self.stream: Stream = stream
+        self.lines = lines
+        self.cost = cost
+
+
+class _Attempt:
+    """One attempt's log: spilled runs, then chunks in memory, both in offset order."""
+
+    def __init__(self, action_id: str, attempt: int, path: Path) -> None:
+        self.action_id = action_id
+        self.attempt = attempt
+        self.path = path
+        self.spilled: list[_Spilled] = []
+        self.spilled_starts: list[int] = []
+        # Evicted chunks leave from the front; `mem_head` skips them until a compaction, so
+        # eviction stays O(1) and reads can still bisect.
+        self.mem: list[_Chunk] = []
+        self.mem_starts: list[int] = []
+        self.mem_head = 0
+        self.end = 0
+        # Below `end` unless the attempt's last lines were given up on (see skip_gaps).
+        self.stored_end = 0
+        self.total: int | None = None
+        self.held: dict[int, _Held] = {}
+
+    @property
+    def closed(self) -> bool:
+        return self.total is not None and self.end >= self.total
+
+    def limit(self) -> int:
+        """Offset below which lines may be read."""
+        return self.end if self.total is None else min(self.end, self.total)
+
+
+def text_cost(lines: list[str]) -> tuple[list[str], int]:
+    """The lines, safe to frame with newlines, and their cost against the memory budget.
+
+    The agent splits on newlines, so a line holding one is a caller's bug; it is kept
+    readable as a literal backslash-n rather than shifting every later offset once spilled.
+    """
+    joined = "\n".join(lines)
+    if joined.count("\n") != len(lines) - 1:
+        lines = [line.replace("\n", "\\n") for line in lines]
+        joined = "\n".join(lines)
+    return lines, len(joined) + 1 + LINE_OVERHEAD * len(lines) + CHUNK_OVERHEAD
+
+
+def file_name(action_id: str) -> str:
+    """A directory name for an action that cannot escape the spill directory."""
+    if ID_RE.match(action_id):
+        return action_id
+    # Valid ids start with a letter or digit, so this form never collides with one.
+    return "~" + hashlib.sha256(action_id.encode(_ENCODING, _ERRORS)).hexdigest()[:32]
+
+
+class LogStore:
+    """Every attempt's log lines, readable from any offset, within a memory budget.
+
+    Not thread-safe: the relay calls it from one event loop.
+    """
+
+    def __init__(self, spill_dir: Path, memory_budget: int, hold_limit: int | None = None) -> None:
+        if memory_budget < 0:
+            raise ValueError(f"memory_budget must not be negative, got {memory_budget!r}")
+        self._spill_dir = Path(spill_dir)
+        self._budget = memory_budget
+        # Batches only arrive out of order when a push is retried, so this is generous;
+        # past it, a gap is given up on rather than memory. It comes on top of the budget.
+        self._hold_limit = max(memory_budget // 4, HOLD_FLOOR) if hold_limit is None else hold_limit
+        self._actions: dict[str, dict[int, _Attempt]] = {}
+        self._queue: collections.deque[_Chunk] = collections.deque()
+        self._dead = 0
+        self._memory = 0
+        self._held = 0
+        self._spilled = 0
+        self._skipped = 0
+        self._spill_failed = False
+        _clear_stale(self._spill_dir)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def append(self, batch: LogBatch) -> None:
+        """Store a batch; hold it if it is ahead of a gap; ignore lines already stored."""
+        a = self._attempt(batch.action_id, batch.attempt)
+        start = batch.offset
+        stop = start + len(batch.lines)
+        if a.total is not None:
+            stop = min(stop, a.total)
+        if stop <= max(a.end, start):
+            return
+        if start > a.end:
+            self._hold(a, start, batch.stream, batch.lines[: stop - start])
+        else:
+            self._store(a, start, batch.stream, batch.lines, stop)
+            self._release(a)
+        self._evict()
+
+    def close(self, action_id: str, attempt: int, total_lines: int) -> None:
+        """The attempt ended after `total_lines` lines; readers see it closed once all are here."""
+        if total_lines < 0:
+            raise ValueError(f"total_lines must not be negative, got {total_lines!r}")
+        a = self._attempt(action_id, attempt)
+        if a.total is not None:
+            if a.total != total_lines:
+                log.warning("attempt %s/%d closed again with %d lines (first said %d); "
+                            "keeping %d", action_id, attempt, total_lines, a.total, a.total)
+            return
+        a.total = total_lines
+        for start in [s for s in a.held if s >= total_lines]:
+            self._held -= a.held.pop(start).cost
+
+    def skip_gaps(self, action_id: str, attempt: int) -> int:
+        """Give up on the missing lines of a closed attempt, so it can read to its end.
+
+        For when every push has landed that ever will; returns how many lines were lost.
+        """
+        a = self._actions.get(action_id, {}).get(attempt)
+        if a is None or a.total is None or a.closed:
+            return 0
+        before = self._skipped
+        while a.held:
+            self._skip_to(a, min(a.held))
+            self._release(a)
+        if a.end < a.total:
+            self._skip_to(a, a.total)
+        self._evict()
+        return self._skipped - before
+
+    def forget(self, action_id: str) -> None:
+        """Drop every attempt of an action, in memory and on disk."""
+        attempts = self._actions.pop(action_id, None)
+        if attempts is None:
+            return
+        for a in attempts.values():
+            for chunk in a.mem[a.mem_head:]:
+                chunk.dead = True
+                chunk.lines = []
+                self._memory -= chunk.cost
+                self._dead += 1
+            for held in a.held.values():
+                self._held -= held.cost
+            self._spilled -= sum(s.length + 1 for s in a.spilled)
+        shutil.rmtree(self._spill_dir / file_name(action_id), ignore_errors=True)
+        # Forgotten chunks wait in the eviction queue as tombstones; sweep them out once
+        # they are most of it, so a store that never reaches its budget does not grow.
+        if self._dead > 1024 and self._dead * 2 > len(self._queue):
+            self._queue = collections.deque(c for c in self._queue if not c.dead)
+            self._dead = 0
+
+    def _attempt(self, action_id: str, attempt: int) -> _Attempt:
+        attempts = self._actions.setdefault(action_id, {})
+        a = attempts.get(attempt)
+        if a is None:
+            path = self._spill_dir / file_name(action_id) / f"{attempt}.log"
+            a = attempts[attempt] = _Attempt(action_id, attempt, path)
+        return a
+
+    def _store(self, a: _Attempt, start: int, stream: Stream, lines: list[str], stop: int) -> None:
+        """Keep lines [a.end, stop) of a batch starting at `start` <= a.end."""
+        if a.end > start or stop < start + len(lines):
+            lines = lines[a.end - start : stop - start]
+            start = a.end
+        lines, cost = text_cost(lines)
+        chunk = _Chunk(a, start, stream, lines, cost)
+        a.mem.append(chunk)
+        a.mem_starts.append(start)
+        a.end = a.stored_end = stop
+        self._queue.append(chunk)
+        self._memory += cost
+
+    def _hold(self, a: _Attempt, start: int, stream: Stream, lines: list[str]) -> None:
+        held = a.held.get(start)
+        if held is not None and len(held.lines) >= len(lines):
+            return
+        if held is not None:
+            self._held -= held.cost
+        lines, cost = text_cost(lines)
+        a.held[start] = _Held(stream, lines, cost)
+        self._held += cost
+        # Only this attempt's holdings grew, so skipping its gaps restores the bound.
+        while self._held > self._hold_limit and a.held:
+            self._skip_to(a, min(a.held))
+            self._release(a)
+
+    def _skip_to(self, a: _Attempt, offset: int) -> None:
+        log.warning("attempt %s/%d: lines %d..%d never arrived; skipping them",
+                    a.action_id, a.attempt, a.end, offset - 1)
+        self._skipped += offset - a.end
+        a.end = offset
+
+    def _release(self, a: _Attempt) -> None:
+        """Store held batches that the lines stored so far have caught up with."""
+        while a.held:
+            first = min(a.held)
+            if first > a.end:
+                return
+            held = a.held.pop(first)
+            self._held -= held.cost
+            stop = first + len(held.lines)
+            if a.total is not None:
+                stop = min(stop, a.total)
+            if stop > a.end:
+                self._store(a, first, held.stream, held.lines, stop)
+
+    # -- spilling ----------------------------------------------------------------------
+
+    def _evict(self) -> None:
+        """Spill the oldest chunks until memory is within budget."""
+        while self._memory > self._budget and self._queue:
+            chunk = self._queue.popleft()
+            if chunk.dead:
+                self._dead -= 1
+                continue
+            try:
+                self._spill(chunk)
+            except OSError:
+                # Keep the lines rather than lose them; try again on the next append.
+                self._queue.appendleft(chunk)
+                if not self._spill_failed:
+                    log.exception("cannot spill logs to %s; holding them in memory",
+                                  chunk.owner.path)
+                self._spill_failed = True
+                return
+            self._spill_failed = False
+
+    def _spill(self, chunk: _Chunk) -> None:
+        a = chunk.owner
+        # Chunks of one attempt enter the queue in offset order, so the oldest live one
+        # is always the first still in memory and its file grows in offset order too.
+        assert a.mem[a.mem_head] is chunk, "eviction out of order"
+        block = "\n".join(chunk.lines).encode(_ENCODING, _ERRORS)
+        a.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(a.path, "ab") as f:
+            pos = f.tell()
+            f.write(block)
+            f.write(b"\n")
+        self._index_spilled(a, chunk, pos, len(block))
+        self._spilled += len(block) + 1
+        self._memory -= chunk.cost
+        chunk.lines = []
+        a.mem_head += 1
+        if a.mem_head > 64 and a.mem_head * 2 > len(a.mem):
+            del a.mem[: a.mem_head]
+            del a.mem_starts[: a.mem_head]
+            a.mem_head = 0
+
+    def _index_spilled(self, a: _Attempt, chunk: _Chunk, pos: int, length: int) -> None:
+        last = a.spilled[-1] if a.spilled else None
+        if (last is not None and last.stream == chunk.stream
+                and last.offset + last.count == chunk.offset
+                and last.pos + last.length + 1 == pos
+                and last.count + chunk.count <= MERGE_LINES
+                and last.length + length < MERGE_BYTES):
+            last.count += chunk.count
+            last.length += 1 + length
+            return
+        a.spilled.append(_Spilled(chunk.offset, chunk.stream, pos, length, chunk.count))
+        a.spilled_starts.append(chunk.offset)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self, action_id: str, attempt: int, offset: int, max_lines: int) -> LogRead:
+        """Lines [offset, offset + max_lines) as far as stored, in batches by stream."""
+        attempts = self._actions.get(action_id)
+        a = attempts.get(attempt) if attempts is not None else None
+        if a is None:
+            # The attempt may simply not have printed yet.
+            return LogRead(batches=[], next_offset=offset, closed=False)
+        reader = _Reader(a, offset, max(0, max_lines))
+        reader.collect_spilled()
+        reader.collect_memory()
+        if reader.pos >= a.stored_end:
+            # Past the last stored line only a given-up tail remains: step over it.
+            reader.pos = max(reader.pos, a.limit())
+        next_offset = reader.pos
+        closed = a.closed and next_offset >= (a.total or 0)
+        return LogRead.model_construct(batches=reader.batches, next_offset=next_offset,
+                                       closed=closed)
+
+    def attempts(self, action_id: str) -> list[int]:
+        """The attempts of an action that have logged or closed, in order."""
+        return sorted(self._actions.get(action_id, {}))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "memory_bytes": self._memory,
+            "held_bytes": self._held,
+            "spilled_bytes": self._spilled,
+            "memory_budget": self._budget,
+            "attempts": sum(len(a) for a in self._actions.values()),
+            "skipped_lines": self._skipped,
+        }
+
+
+class _Reader:
+    """Collects one read's window, first from the spilled runs, then from memory."""
+
+    def __init__(self, a: _Attempt, offset: int, max_lines: int) -> None:
+        self.a = a
+        self.pos = offset
+        self.stop: int | None = None
+        self.max_lines = max_lines
+        self.limit = a.limit()
+        self.batches: list[LogBatch] = []
+
+    def _window(self, first: int, count: int) -> tuple[int, int] | None:
+        """The part [lo, hi) of a run [first, first + count) this read takes, if any."""
+        if first + count <= self.pos:
+            return None
+        if self.stop is None:
+            # Lines skipped over a gap that never filled are gone; start after them.
+            self.pos = max(self.pos, first)
+            self.stop = min(self.pos + self.max_lines, self.limit)
+        lo, hi = max(self.pos, first), min(first + count, self.stop)
+        return (lo, hi) if lo < hi else None
+
+    def _add(self, stream: Stream, offset: int, lines: list[str]) -> None:
+        self.batches.append(LogBatch.model_construct(
+            action_id=ActionId(self.a.action_id), attempt=self.a.attempt, stream=stream,
+            offset=offset, lines=lines))
+        self.pos = offset + len(lines)
+
+    def collect_spilled(self) -> None:
+        a = self.a
+        i = max(0, bisect.bisect_right(a.spilled_starts, self.pos) - 1)
+        f: BinaryIO | None = None
+        try:
+            for run in a.spilled[i:]:
+                window = self._window(run.offset, run.count)
+                if window is None:
+                    if self.stop is not None and run.offset >= self.stop:
+                        break
+                    continue
+                if f is None:
+                    f = open(a.path, "rb")  # noqa: SIM115 - closed below, opened only if needed
+                lines = _read_run(f, run, a.path)
+                lo, hi = window
+                self._add(run.stream, lo, lines[lo - run.offset : hi - run.offset])
+        finally:
+            if f is not None:
+                f.close()
+
+    def collect_memory(self) -> None:
+        a = self.a
+        i = max(a.mem_head, bisect.bisect_right(a.mem_starts, self.pos, lo=a.mem_head) - 1)
+        for chunk in a.mem[i:]:
+            window = self._window(chunk.offset, chunk.count)
+            if window is None:
+                if self.stop is not None and chunk.offset >= self.stop:
+                    break
+                continue
+            lo, hi = window
+            whole = lo == chunk.offset and hi == chunk.offset + chunk.count
+            self._add(chunk.stream, lo,
+                      chunk.lines if whole else chunk.lines[lo - chunk.offset : hi - chunk.offset])
+
+
+def _read_run(f: BinaryIO, run: _Spilled, path: Path) -> list[str]:
+    f.seek(run.pos)
+    data = f.read(run.length)
+    lines = data.decode(_ENCODING, _ERRORS).split("\n")
+    if len(data) != run.length or len(lines) != run.count:
+        raise OSError(f"spill file {path} is damaged at byte {run.pos}: expected {run.count} "
+                      f"lines in {run.length} bytes, found {len(lines)} in {len(data)}")
+    return lines
+
+
+def _clear_stale(spill_dir: Path) -> None:
+    """Remove spill files a previous store left: their index died with it."""
+    if not spill_dir.is_dir():
+        return
+    for action_dir in spill_dir.iterdir():
+        if not action_dir.is_dir():
+            continue
+        for path in action_dir.glob("*.log"):
+            if path.stem.isdigit():
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # something else lives there; not ours to remove
+            action_dir.rmdir()

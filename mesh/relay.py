@@ -1,0 +1,205 @@
+"""The log relay actor: agents push attempts' log batches; controllers read and follow them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import ray
+from pydantic import ValidationError
+
+from mesh.errors import InvalidInput
+from mesh.logstore import LogStore
+from mesh.names import HEAD_RESOURCE, NAMESPACE, RELAY
+from mesh.schema import LogBatch, LogRead, MeshConfig
+
+log = logging.getLogger(__name__)
+
+# A long-poll never outlives this, so a reader that went away frees its slot.
+MAX_WAIT = 300.0
+# An agent closes an attempt only after its last push landed, so a gap still open this long
+# after the close is a push that failed for good: give up on it so followers reach the end.
+CLOSE_GRACE = 10.0
+# Caps one reply (~100k lines of 64 characters is ~7 MB through the object store).
+MAX_READ_LINES = 100_000
+
+_Key = tuple[str, int]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def relay_options() -> dict[str, Any]:
+    """`.options(...)` for the one relay: detached, named, on the head, restarted forever."""
+    return {
+        "name": RELAY,
+        "namespace": NAMESPACE,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "resources": {HEAD_RESOURCE: 0.001},
+        "max_restarts": -1,
+        "max_task_retries": -1,
+        # Followers park in `read`; Ray's default of 1000 concurrent calls would let them
+        # starve the agents' appends, so the ceiling sits well above any fleet's readers.
+        "max_concurrency": 10_000,
+    }
+
+
+class _Waiters:
+    """Readers parked on one attempt; `event` is replaced each time it fires."""
+
+    __slots__ = ("count", "event")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.count = 0
+
+
+def _check_batch(batch: Any) -> LogBatch:
+    try:
+        # A model that crossed Ray was unpickled, which skips validation: validate again.
+        return LogBatch.model_validate(dict(batch) if isinstance(batch, LogBatch) else batch)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation("log batch", exc) from exc
+
+
+def _check_attempt(action_id: Any, attempt: Any) -> None:
+    if not isinstance(action_id, str) or not action_id:
+        raise InvalidInput(f"action_id must be a non-empty string, got {action_id!r}",
+                           [("action_id", "not a non-empty string")])
+    _check_count("attempt", attempt, 1)
+
+
+def _check_count(field: str, value: Any, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidInput(f"{field} must be an integer >= {least}, got {value!r}",
+                           [(field, f"not an integer >= {least}")])
+
+
+def _check_wait(wait: Any) -> None:
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or math.isnan(wait):
+        raise InvalidInput(f"wait must be a number of seconds, got {wait!r}",
+                           [("wait", "not a number")])
+
+
+def _guard(what: str, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run one step; log what failed so the actor's log explains the caller's error.
+
+    Ray hands the exception back to the caller and keeps the actor alive.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except InvalidInput as exc:
+        log.warning("%s refused: %s", what, exc)
+        raise
+    except Exception:
+        log.exception("%s failed", what)
+        raise
+
+
+@ray.remote(num_cpus=0)
+class LogRelay:
+    """Holds every attempt's log; one per cluster, on the head node.
+
+    Every method runs on the actor's event loop and none awaits while touching the store,
+    so appends, closes and reads never interleave halfway.
+    """
+
+    def __init__(self, config: MeshConfig, close_grace: float = CLOSE_GRACE) -> None:
+        config = MeshConfig.model_validate(dict(config) if isinstance(config, MeshConfig)
+                                           else config)
+        self._store = LogStore(Path(config.state_dir) / "logs", config.relay_memory_bytes)
+        self._waiters: dict[_Key, _Waiters] = {}
+        self._close_grace = close_grace
+
+    async def append(self, batch: LogBatch) -> None:
+        """Store a batch (a LogBatch or its dict form) and wake the readers of its attempt."""
+        checked = _guard("append", _check_batch, batch)
+        _guard("append", self._store.append, checked)
+        self._wake((checked.action_id, checked.attempt))
+
+    async def close(self, action_id: str, attempt: int, total_lines: int) -> None:
+        """The attempt ended after `total_lines` lines (both streams)."""
+        _guard("close", _check_attempt, action_id, attempt)
+        _guard("close", _check_count, "total_lines", total_lines, 0)
+        _guard("close", self._store.close, action_id, attempt, total_lines)
+        self._wake((action_id, attempt))
+        asyncio.get_running_loop().call_later(self._close_grace, self._settle, action_id,
+                                              attempt)
+
+    async def read(self, action_id: str, attempt: int, offset: int, max_lines: int = 10_000,
+                   wait: float = 0.0) -> LogRead:
+        """Lines from `offset`; when there are none yet, wait up to `wait` s for some or the end."""
+        _guard("read", _check_attempt, action_id, attempt)
+        _guard("read", _check_count, "offset", offset, 0)
+        _guard("read", _check_count, "max_lines", max_lines, 1)
+        _guard("read", _check_wait, wait)
+        max_lines = min(max_lines, MAX_READ_LINES)
+        key = (action_id, attempt)
+        result = _guard("read", self._store.read, action_id, attempt, offset, max_lines)
+        if result.batches or result.closed or wait <= 0:
+            return result
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(float(wait), MAX_WAIT)
+        # A wake-up may be for lines still held behind a gap, so look again and keep waiting.
+        while (remaining := deadline - loop.time()) > 0:
+            await self._changed(key, remaining)
+            result = _guard("read", self._store.read, action_id, attempt, offset, max_lines)
+            if result.batches or result.closed:
+                break
+        return result
+
+    async def forget(self, action_id: str) -> None:
+        """Drop an action's logs; its followers see no more lines."""
+        _guard("forget", _check_attempt, action_id, 1)
+        _guard("forget", self._store.forget, action_id)
+        for key in [k for k in self._waiters if k[0] == action_id]:
+            self._wake(key)
+
+    async def attempts(self, action_id: str) -> list[int]:
+        return self._store.attempts(action_id)
+
+    async def stats(self) -> dict[str, int]:
+        """The store's counters, plus how many readers are parked in a long-poll."""
+        stats = self._store.stats()
+        stats["waiting_readers"] = sum(w.count for w in self._waiters.values())
+        return stats
+
+    async def ping(self) -> bool:
+        return True
+
+    async def _changed(self, key: _Key, timeout: float) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            waiters = self._waiters[key] = _Waiters()
+        event = waiters.event
+        waiters.count += 1
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiters.count -= 1
+            if waiters.count == 0 and self._waiters.get(key) is waiters:
+                del self._waiters[key]
+
+    def _settle(self, action_id: str, attempt: int) -> None:
+        try:
+            lost = self._store.skip_gaps(action_id, attempt)
+        except Exception:
+            log.exception("settling the log of %s attempt %d failed", action_id, attempt)
+            return
+        if lost:
+            log.warning("%s attempt %d closed with %d lines that never arrived",
+                        action_id, attempt, lost)
+            self._wake((action_id, attempt))
+
+    def _wake(self, key: _Key) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is not None:
+            # Readers parked so far hold the old event; later ones park on a fresh one.
+            waiters.event.set()
+            waiters.event = asyncio.Event()

@@ -1,0 +1,398 @@
+"""LogStore: ordering, idempotence, close, spilling and reads from any offset."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.logstore import LogStore
+from mesh.schema import ActionId, LogBatch, LogRead, Stream
+
+A = "act-1"
+
+
+def batch(offset: int, lines: list[str], stream: Stream = "stdout", action_id: str = A,
+          attempt: int = 1) -> LogBatch:
+    return LogBatch(action_id=ActionId(action_id), attempt=attempt, stream=stream,
+                    offset=offset, lines=lines)
+
+
+def lines_of(read: LogRead) -> list[tuple[int, Stream, str]]:
+    """Flatten a read into (offset, stream, text) per line."""
+    return [(b.offset + i, b.stream, text) for b in read.batches for i, text in enumerate(b.lines)]
+
+
+def read_all(store: LogStore, action_id: str = A, attempt: int = 1, window: int = 7,
+             ) -> list[tuple[int, Stream, str]]:
+    out: list[tuple[int, Stream, str]] = []
+    offset = 0
+    while True:
+        read = store.read(action_id, attempt, offset, window)
+        out += lines_of(read)
+        if not read.batches:
+            return out
+        offset = read.next_offset
+
+
+# Three batches of one attempt: stdout 0-2, stderr 3-4, stdout 5-7.
+SAMPLE = [
+    batch(0, ["o0", "o1", "o2"]),
+    batch(3, ["e3", "e4"], "stderr"),
+    batch(5, ["o5", "o6", "o7"]),
+]
+EXPECTED = [(0, "stdout", "o0"), (1, "stdout", "o1"), (2, "stdout", "o2"),
+            (3, "stderr", "e3"), (4, "stderr", "e4"),
+            (5, "stdout", "o5"), (6, "stdout", "o6"), (7, "stdout", "o7")]
+
+
+@pytest.fixture(params=["memory", "spilled"])
+def sample_store(request: pytest.FixtureRequest, tmp_path: Path) -> LogStore:
+    """The sample, held in memory or (budget 0) spilled to its file as soon as it arrives."""
+    store = LogStore(tmp_path, 1 << 20 if request.param == "memory" else 0)
+    for b in SAMPLE:
+        store.append(b)
+    if request.param == "spilled":
+        assert store.stats()["memory_bytes"] == 0
+        assert (tmp_path / A / "1.log").is_file()
+    return store
+
+
+@pytest.mark.parametrize(
+    ("offset", "max_lines", "first", "last", "next_offset", "streams"),
+    [
+        (0, 100, 0, 8, 8, ["stdout", "stderr", "stdout"]),
+        (1, 100, 1, 8, 8, ["stdout", "stderr", "stdout"]),
+        (1, 1, 1, 2, 2, ["stdout"]),
+        (4, 2, 4, 6, 6, ["stderr", "stdout"]),
+        (3, 2, 3, 5, 5, ["stderr"]),
+        (0, 3, 0, 3, 3, ["stdout"]),
+        (7, 100, 7, 8, 8, ["stdout"]),
+        (8, 100, 8, 8, 8, []),
+        (12, 100, 12, 12, 12, []),
+        (2, 0, 2, 2, 2, []),
+    ],
+    ids=["from 0", "from the middle of a batch", "one line inside a batch",
+         "window spans a stream change", "window is exactly one batch",
+         "max_lines exactly fits the first batch", "last line", "exactly at the end",
+         "past the end", "zero lines"],
+)
+def test_read_windows(sample_store: LogStore, offset: int, max_lines: int, first: int,
+                      last: int, next_offset: int, streams: list[str]) -> None:
+    read = sample_store.read(A, 1, offset, max_lines)
+    assert lines_of(read) == EXPECTED[first:last]
+    assert [b.stream for b in read.batches] == streams
+    assert read.next_offset == next_offset
+    assert not read.closed
+
+
+def test_interleaved_streams_keep_their_tags(sample_store: LogStore) -> None:
+    assert read_all(sample_store, window=2) == EXPECTED
+
+
+def test_unknown_attempt_reads_empty_and_open(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    store.append(batch(0, ["x"]))
+    for action_id, attempt in [(A, 2), ("other", 1)]:
+        read = store.read(action_id, attempt, 5, 10)
+        assert (read.batches, read.next_offset, read.closed) == ([], 5, False)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [[0, 2, 1], [2, 1, 0], [1, 2, 0], [2, 0, 1]],
+    ids=["last ahead of middle", "reversed", "first comes last", "last first"],
+)
+def test_batches_ahead_of_a_gap_wait_for_it(tmp_path: Path, order: list[int]) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    for i in order:
+        store.append(SAMPLE[i])
+    assert read_all(store) == EXPECTED
+    assert store.stats()["held_bytes"] == 0
+
+
+def test_a_held_batch_is_invisible_until_the_gap_fills(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    store.append(SAMPLE[0])
+    store.append(SAMPLE[2])
+    read = store.read(A, 1, 0, 100)
+    assert read.next_offset == 3
+    assert store.read(A, 1, 3, 100).batches == []
+    store.append(SAMPLE[1])
+    assert lines_of(store.read(A, 1, 3, 100)) == EXPECTED[3:]
+
+
+@pytest.mark.parametrize(
+    "pushes",
+    [
+        [SAMPLE[0], SAMPLE[0], SAMPLE[1], SAMPLE[2]],
+        [SAMPLE[0], SAMPLE[1], SAMPLE[2], SAMPLE[1], SAMPLE[0]],
+        [SAMPLE[0], SAMPLE[2], SAMPLE[2], SAMPLE[1]],
+        [SAMPLE[0], batch(0, ["o0", "o1", "o2", "e3"]), SAMPLE[1], SAMPLE[2]],
+        [SAMPLE[0], batch(1, ["o1", "o2", "e3", "e4"], "stderr"), SAMPLE[2]],
+    ],
+    ids=["duplicate first batch", "whole log pushed again", "duplicate held batch",
+         "overlapping push only adds its new line", "overlap starting inside a batch"],
+)
+def test_duplicates_are_ignored(tmp_path: Path, pushes: list[LogBatch]) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    for b in pushes:
+        store.append(b)
+    got = read_all(store)
+    assert [(o, t) for o, _, t in got] == [(o, t) for o, _, t in EXPECTED]
+
+
+@pytest.mark.parametrize(
+    ("pushed", "total", "closed_at"),
+    [
+        ([0, 1, 2], 8, 8),
+        ([0, 1], 8, None),
+        ([0, 2], 8, None),
+        ([], 0, 0),
+        ([0], 3, 3),
+    ],
+    ids=["all lines present", "last batch missing", "middle batch missing",
+         "attempt that printed nothing", "closed exactly at a batch end"],
+)
+def test_closed_only_once_every_line_is_present(tmp_path: Path, pushed: list[int], total: int,
+                                                closed_at: int | None) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    for i in pushed:
+        store.append(SAMPLE[i])
+    store.close(A, 1, total)
+    end = store.read(A, 1, 0, 100).next_offset
+    read = store.read(A, 1, end, 100)
+    assert read.closed is (closed_at is not None)
+    assert read.next_offset == (closed_at if closed_at is not None else end)
+    assert not store.read(A, 1, 0, 1).closed or total == 0
+
+
+def test_close_before_the_last_lines_arrive(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    store.append(SAMPLE[0])
+    store.close(A, 1, 8)
+    assert not store.read(A, 1, 3, 100).closed
+    store.append(SAMPLE[2])
+    store.append(SAMPLE[1])
+    assert read_all(store) == EXPECTED
+    assert store.read(A, 1, 8, 100).closed
+    # Reading the last lines already says closed: a follower needs no extra round trip.
+    assert store.read(A, 1, 5, 100).closed
+    assert not store.read(A, 1, 4, 1).closed
+
+
+def test_lines_past_the_closed_total_are_dropped(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    store.close(A, 1, 4)
+    for b in SAMPLE:
+        store.append(b)
+    assert read_all(store) == EXPECTED[:4]
+    assert store.read(A, 1, 4, 10).closed
+
+
+def test_attempts_are_listed_in_order(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    store.append(batch(0, ["x"], attempt=3))
+    store.append(batch(0, ["x"], attempt=1))
+    store.close(A, 2, 0)
+    assert store.attempts(A) == [1, 2, 3]
+    assert store.attempts("nobody") == []
+    assert store.stats()["attempts"] == 3
+
+
+def numbered(n: int, start: int = 0) -> list[str]:
+    return [f"line {i:06d} " + "x" * (i % 50) for i in range(start, start + n)]
+
+
+def push_numbered(store: LogStore, total: int, size: int, action_id: str = A,
+                  attempt: int = 1) -> Iterator[None]:
+    """Push `total` lines in batches of `size`, alternating streams; yield after each."""
+    for k, start in enumerate(range(0, total, size)):
+        stream: Stream = "stderr" if k % 3 == 2 else "stdout"
+        store.append(batch(start, numbered(min(size, total - start), start), stream,
+                           action_id, attempt))
+        yield
+
+
+def test_tiny_budget_reads_back_like_memory(tmp_path: Path) -> None:
+    budget = 4096
+    small = LogStore(tmp_path / "small", budget)
+    big = LogStore(tmp_path / "big", 1 << 30)
+    for _ in push_numbered(small, 5000, 37):
+        stats = small.stats()
+        assert stats["memory_bytes"] + stats["held_bytes"] <= budget, stats
+    for _ in push_numbered(big, 5000, 37):
+        pass
+    assert small.stats()["spilled_bytes"] > 0 and big.stats()["spilled_bytes"] == 0
+    for offset, max_lines in [(0, 10_000), (0, 1), (36, 2), (37, 37), (1234, 500), (4999, 9),
+                              (5000, 3), (4000, 10_000)]:
+        # Spilled runs of one stream may come back as one batch: compare line by line.
+        spilled, held = small.read(A, 1, offset, max_lines), big.read(A, 1, offset, max_lines)
+        assert lines_of(spilled) == lines_of(held), offset
+        assert (spilled.next_offset, spilled.closed) == (held.next_offset, held.closed)
+    assert read_all(small, window=333) == read_all(big, window=333)
+
+
+def test_eviction_takes_the_oldest_lines_first(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 2000)
+    store.append(batch(0, numbered(20), action_id="old"))
+    store.append(batch(0, numbered(20), action_id="new"))
+    assert (tmp_path / "old" / "1.log").is_file()
+    assert not (tmp_path / "new").exists()
+
+
+def test_forget_drops_memory_and_files(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 4096)
+    for _ in push_numbered(store, 1000, 50, attempt=1):
+        pass
+    for _ in push_numbered(store, 1000, 50, attempt=2):
+        pass
+    for _ in push_numbered(store, 100, 50, action_id="keep"):
+        pass
+    assert (tmp_path / A / "1.log").is_file()
+    store.forget(A)
+    assert not (tmp_path / A).exists()
+    assert store.attempts(A) == []
+    assert store.read(A, 1, 0, 10).batches == []
+    assert len(read_all(store, action_id="keep")) == 100
+    # Only "keep" is left: its 100 lines, in memory or spilled.
+    stats = store.stats()
+    assert stats["attempts"] == 1
+    kept_file = tmp_path / "keep" / "1.log"
+    assert stats["spilled_bytes"] == (kept_file.stat().st_size if kept_file.exists() else 0)
+
+
+def test_newlines_inside_a_line_do_not_shift_offsets(tmp_path: Path) -> None:
+    for budget in (1 << 20, 0):
+        store = LogStore(tmp_path / str(budget), budget)
+        store.append(batch(0, ["a\nb", "c"]))
+        store.append(batch(2, ["d"]))
+        assert [t for _, _, t in read_all(store)] == ["a\\nb", "c", "d"]
+
+
+def test_odd_action_ids_stay_inside_the_spill_dir(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    store = LogStore(spill, 0)
+    store.append(batch(0, ["x"], action_id="../escape"))
+    assert [t for _, _, t in read_all(store, action_id="../escape")] == ["x"]
+    assert [p.parent.parent for p in spill.glob("*/*.log")] == [spill]
+    store.forget("../escape")
+    assert list(spill.iterdir()) == []
+
+
+def test_a_gap_that_never_fills_is_skipped_to_bound_memory(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20, hold_limit=1000)
+    store.append(batch(0, ["a"]))
+    store.append(batch(10, ["b"] * 5))
+    assert store.read(A, 1, 1, 100).batches == []
+    store.append(batch(15, ["c"] * 50))
+    assert store.stats()["skipped_lines"] == 9
+    assert store.stats()["held_bytes"] == 0
+    read = store.read(A, 1, 1, 100)
+    assert read.batches[0].offset == 10 and read.next_offset == 65
+    # A late line for the skipped range is now a duplicate.
+    store.append(batch(1, ["late"]))
+    assert store.read(A, 1, 1, 100) == read
+
+
+@pytest.mark.parametrize(
+    ("pushed", "total", "skipped", "texts"),
+    [
+        ([0, 2], 8, 2, ["o0", "o1", "o2", "o5", "o6", "o7"]),
+        ([0, 1], 8, 3, ["o0", "o1", "o2", "e3", "e4"]),
+        ([1], 8, 6, ["e3", "e4"]),
+        ([], 4, 4, []),
+        ([0, 1, 2], 8, 0, [t for _, _, t in EXPECTED]),
+    ],
+    ids=["middle batch lost", "last batch lost", "first and last lost", "nothing arrived",
+         "nothing missing"],
+)
+def test_skipping_the_gaps_of_a_closed_attempt_lets_it_read_to_the_end(
+        tmp_path: Path, pushed: list[int], total: int, skipped: int, texts: list[str]) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    for i in pushed:
+        store.append(SAMPLE[i])
+    store.close(A, 1, total)
+    assert store.skip_gaps(A, 1) == skipped
+    assert [t for _, _, t in read_all(store, window=2)] == texts
+    end = store.read(A, 1, 0, 100)
+    assert (end.next_offset, end.closed) == (total, True)
+    assert store.stats()["skipped_lines"] == skipped
+    assert store.skip_gaps(A, 1) == 0
+
+
+def test_gaps_of_an_open_attempt_are_kept(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    store.append(SAMPLE[2])
+    assert store.skip_gaps(A, 1) == 0
+    assert store.skip_gaps(A, 9) == 0
+    store.append(SAMPLE[0])
+    store.append(SAMPLE[1])
+    assert read_all(store) == EXPECTED
+
+
+def test_a_new_store_clears_files_it_cannot_index(tmp_path: Path) -> None:
+    first = LogStore(tmp_path, 0)
+    first.append(batch(0, ["x"]))
+    (tmp_path / "notes.txt").write_text("not ours")
+    LogStore(tmp_path, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=25),
+    streams=st.lists(st.sampled_from(["stdout", "stderr"]), min_size=25, max_size=25),
+    budget=st.sampled_from([0, 300, 2000, 1 << 20]),
+    swaps=st.lists(st.integers(min_value=0, max_value=24), max_size=6),
+    repeats=st.lists(st.integers(min_value=0, max_value=24), max_size=4),
+    windows=st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=10),
+    start=st.integers(min_value=0, max_value=500),
+    close_first=st.booleans(),
+)
+def test_any_batching_and_any_read_windows_reproduce_the_lines(
+        sizes: list[int], streams: list[Stream], budget: int, swaps: list[int],
+        repeats: list[int], windows: list[int], start: int, close_first: bool) -> None:
+    original = numbered(sum(sizes))
+    pushes: list[LogBatch] = []
+    offset = 0
+    for i, size in enumerate(sizes):
+        pushes.append(batch(offset, original[offset : offset + size], streams[i]))
+        offset += size
+    # Pushes in flight can land swapped with their neighbour, and retries land twice.
+    for i in swaps:
+        if i + 1 < len(pushes):
+            pushes[i], pushes[i + 1] = pushes[i + 1], pushes[i]
+    pushes += [pushes[i] for i in repeats if i < len(pushes)]
+    want_streams = [streams[i] for i, size in enumerate(sizes) for _ in range(size)]
+    with tempfile.TemporaryDirectory() as spill:
+        store = LogStore(Path(spill), budget)
+        if close_first:
+            store.close(A, 1, len(original))
+        for b in pushes:
+            store.append(b)
+            stats = store.stats()
+            assert stats["memory_bytes"] <= budget
+        if not close_first:
+            store.close(A, 1, len(original))
+        got: list[tuple[int, Stream, str]] = []
+        offset = min(start, len(original))
+        k = 0
+        while True:
+            read = store.read(A, 1, offset, windows[k % len(windows)])
+            k += 1
+            got += lines_of(read)
+            assert read.next_offset == offset + sum(len(b.lines) for b in read.batches)
+            offset = read.next_offset
+            if read.closed:
+                break
+            assert read.batches, "an open read with no lines before the end"
+        first = min(start, len(original))
+        assert [t for _, _, t in got] == original[first:]
+        assert [o for o, _, _ in got] == list(range(first, len(original)))
+        assert [s for _, s, _ in got] == want_streams[first:]
+        assert store.stats()["skipped_lines"] == 0

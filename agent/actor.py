@@ -1,0 +1,105 @@
+"""The agent actor: one per Ray node, a thin async shell over the executor and the sampler.
+
+The scheduler creates it with
+`AgentActor.options(name=agent_name(node_id), namespace=NAMESPACE, lifetime="detached",
+scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+get_if_exists=True).remote(node_id, config)`.
+It is an async actor so that load reports, cancels and pings never wait behind an action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import ray
+
+from agent.executor import Executor
+from agent.links import NamedActor, RelayLogs, SchedulerReports
+from agent.nodeinfo import find_node, offered
+from agent.sampler import LoadSampler
+from mesh.names import RELAY, SCHEDULER
+from mesh.schema import ActionId, AgentId, AgentInfo, Assignment, MeshConfig
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class AgentActor:
+    def __init__(self, node_id: str, config: MeshConfig) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.agent_id = AgentId(node_id)
+        self.started_at = time.time()
+        self.scheduler = NamedActor(SCHEDULER)
+        # A fresh token per agent process: the reaper of a dead agent on this node must not
+        # match a new agent's actions, nor the other way round.
+        self.executor = Executor(self.agent_id, uuid.uuid4().hex, config,
+                                 SchedulerReports(self.scheduler), RelayLogs(NamedActor(RELAY)))
+        self._sampler: asyncio.Task[None] | None = None
+
+    async def hello(self) -> AgentInfo:
+        """Register: start the reaper and the load stream (once), describe the machine."""
+        if self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(self._stream_load())
+            # From the event loop's thread, which lives as long as the actor: the reaper's
+            # parent-death signal fires when the thread that spawned it ends.
+            await self.executor.start_reaper()
+        nodes: list[dict[str, Any]] = await asyncio.get_running_loop().run_in_executor(
+            None, ray.nodes)
+        cpus, memory, labels = offered(find_node(nodes, self.node_id))
+        return AgentInfo(
+            agent_id=self.agent_id,
+            node_id=self.node_id,
+            hostname=socket.gethostname(),
+            address=ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
+            labels=labels,
+            cpus=cpus,
+            memory=memory,
+            pid=os.getpid(),
+            started_at=self.started_at,
+        )
+
+    async def start(self, assignment: Assignment) -> None:
+        await self.executor.start(assignment)
+
+    async def cancel(self, action_id: str, attempt: int) -> bool:
+        return await self.executor.cancel(ActionId(action_id), attempt)
+
+    async def running(self) -> list[tuple[str, int]]:
+        return [(str(action_id), attempt) for action_id, attempt in self.executor.running()]
+
+    async def shutdown(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+        await self.executor.shutdown()
+
+    async def wait_closed(self) -> None:
+        """Never returns: the scheduler keeps one such call in flight, so the agent's death
+        reaches it at once as ActorDiedError."""
+        await asyncio.get_running_loop().create_future()
+
+    async def ping(self) -> float:
+        return time.time()
+
+    async def _stream_load(self) -> None:
+        sampler = LoadSampler()
+        failing = False
+        while True:
+            await asyncio.sleep(self.config.load_interval)
+            try:
+                load = sampler.sample(time.time())
+                scheduler = await self.scheduler.get()
+                self.scheduler.watch(scheduler.report_load.remote(self.agent_id, load))
+                failing = False
+            except Exception as exc:
+                # The stream must outlive a missing or restarting scheduler; say so once.
+                if not failing:
+                    log.warning("load report failed: %r; retrying every %.1fs", exc,
+                                self.config.load_interval)
+                failing = True

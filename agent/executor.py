@@ -1,0 +1,327 @@
+"""Running attempts on this machine: spawn, watch, time out, cancel, report (asyncio, no Ray).
+
+Each attempt runs in a process group of its own, so a cancel or timeout reaches its whole
+tree: SIGTERM to the group, `kill_grace` seconds, then SIGKILL. The group is registered
+with the agent's reaper, which kills it if the agent dies first. When the main process
+ends, whatever it left behind in its group is killed too, the output is drained and
+pushed, the log is closed, and only then does the end report go out, so a controller that
+sees the result can read the complete log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import procscan
+from agent.logship import LogShipper
+from agent.outcome import Outcome, outcome
+from agent.pipes import OutputProtocol
+from agent.reaper import ReaperHandle
+from agent.sinks import LogSink, ReportSink
+from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
+from mesh.schema import ActionId, AgentId, Assignment, AttemptReport, MeshConfig, ReportStage
+
+log = logging.getLogger(__name__)
+
+Key = tuple[ActionId, int]
+
+# After the main process has gone and its group has been killed, the pipes normally close
+# at once. If no byte arrives for this long while one stays open, a process that left the
+# group holds it: it is hunted down by its environment, then the pipe is closed regardless.
+DRAIN_QUIET = 1.0
+# Finished attempts remembered so that a repeated start of one is not run twice.
+REMEMBER_FINISHED = 1024
+# Log pushes in flight per attempt before its pipes stop being read.
+MAX_PUSHES_IN_FLIGHT = 8
+
+
+@dataclass(eq=False)
+class _Attempt:
+    assignment: Assignment
+    shipper: LogShipper
+    protocol: OutputProtocol
+    pgid: int = 0
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_reason: tuple[ReportStage, str] | None = None
+    send_end_report: bool = True
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.assignment.action_id, self.assignment.attempt)
+
+    @property
+    def marks(self) -> dict[str, str]:
+        return {ENV_ACTION: self.assignment.action_id, ENV_ATTEMPT: str(self.assignment.attempt)}
+
+    def request_stop(self, stage: ReportStage, reason: str, report: bool = True) -> None:
+        # The first stop wins: a timeout that lands during a cancel stays a cancel.
+        if self.stop_reason is None:
+            self.stop_reason = (stage, reason)
+        self.send_end_report = self.send_end_report and report
+        self.stop_requested.set()
+
+
+def _argv(assignment: Assignment) -> list[str]:
+    action = assignment.action
+    return ["/bin/sh", "-c", action.command[0]] if action.shell else list(action.command)
+
+
+def _spawn_failure(exc: OSError | ValueError, argv: list[str], cwd: str | None) -> str:
+    if not isinstance(exc, OSError):
+        return f"could not start {argv[0]!r}: {exc}"
+    why = exc.strerror or str(exc)
+    if cwd is not None and exc.filename == cwd:
+        return f"could not enter working directory {cwd!r}: {why}"
+    return f"could not start {argv[0]!r}: {why}"
+
+
+class Executor:
+    """Runs this agent's attempts and reports on them through the injected sinks."""
+
+    def __init__(
+        self,
+        agent_id: AgentId,
+        token: str,
+        config: MeshConfig,
+        reports: ReportSink,
+        logs: LogSink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.agent_id = agent_id
+        self.token = token
+        self.config = config
+        self.reports = reports
+        self.logs = logs
+        self.clock = clock
+        self._attempts: dict[Key, _Attempt] = {}
+        self._finished: dict[Key, None] = {}
+        self._reaper: ReaperHandle | None = None
+        self._closed = False
+
+    # ---- the reaper -----------------------------------------------------------------------
+
+    async def start_reaper(self) -> None:
+        """Start the reaper now rather than at the first attempt."""
+        self._ensure_reaper()
+
+    @property
+    def reaper_pid(self) -> int | None:
+        return self._reaper.pid if self._reaper is not None else None
+
+    def _ensure_reaper(self) -> ReaperHandle:
+        if self._reaper is not None and self._reaper.alive():
+            return self._reaper
+        if self._reaper is not None:
+            log.error("reaper %d exited (%s); starting another", self._reaper.pid,
+                      self._reaper.process.returncode)
+        self._reaper = ReaperHandle.spawn(self.token, ENV_AGENT)
+        for attempt in self._attempts.values():
+            if attempt.pgid:
+                self._reaper.register(attempt.pgid)
+        return self._reaper
+
+    def _unregister(self, pgid: int) -> None:
+        if self._reaper is not None:
+            self._reaper.unregister(pgid)
+
+    # ---- the public calls -------------------------------------------------------------------
+
+    async def start(self, assignment: Assignment) -> None:
+        """Spawn the attempt and return once it runs (or has failed to start).
+
+        A repeated start of a known attempt is ignored; a start of a newer attempt of an
+        action this agent still runs supersedes (cancels) the older one.
+        """
+        if self._closed:
+            raise RuntimeError("the agent is shutting down and takes no new attempts")
+        key = (assignment.action_id, assignment.attempt)
+        if key in self._attempts or key in self._finished:
+            log.info("ignoring a repeated start of %s attempt %d", *key)
+            return
+        for other in list(self._attempts.values()):
+            if other.assignment.action_id != assignment.action_id:
+                continue
+            if other.assignment.attempt > assignment.attempt:
+                log.warning("ignoring %s attempt %d: attempt %d is newer", *key,
+                            other.assignment.attempt)
+                return
+            other.request_stop("cancelled", f"superseded by attempt {assignment.attempt}")
+
+        reaper = self._ensure_reaper()  # no attempt runs unguarded: fail the start instead
+        loop = asyncio.get_running_loop()
+        shipper = LogShipper(self.logs, assignment.action_id, assignment.attempt,
+                             self.config.log_flush_bytes, self.config.log_flush_interval,
+                             MAX_PUSHES_IN_FLIGHT)
+        attempt = _Attempt(assignment, shipper, OutputProtocol(shipper))
+        self._attempts[key] = attempt
+        argv = _argv(assignment)
+        cwd = assignment.action.cwd
+        env = {**os.environ, **assignment.action.env, ENV_AGENT: self.token, **attempt.marks}
+        try:
+            # No preexec_fn: it is unsafe in a multithreaded Ray worker. A new session makes
+            # the attempt its own process group (pgid == pid) without one.
+            await loop.subprocess_exec(
+                lambda: attempt.protocol, *argv,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, cwd=cwd, env=env,
+            )
+        except (OSError, ValueError) as exc:
+            await shipper.finish()  # an empty, closed log rather than one that never ends
+            self._finish(attempt, Outcome("failed", None, _spawn_failure(exc, argv, cwd)))
+            return
+        assert attempt.protocol.transport is not None
+        attempt.pgid = attempt.protocol.transport.get_pid()
+        if not reaper.register(attempt.pgid):
+            self._ensure_reaper()  # it died: a new one gets every group, this one included
+        self._report(attempt, "running")
+        attempt.task = loop.create_task(self._run(attempt))
+
+    async def cancel(self, action_id: ActionId, attempt: int) -> bool:
+        """Kill the attempt's whole tree and wait until it has ended and been reported.
+
+        False when this agent does not run that attempt.
+        """
+        running = self._attempts.get((action_id, attempt))
+        if running is None:
+            return False
+        running.request_stop("cancelled", "cancelled")
+        await running.done.wait()
+        return True
+
+    def running(self) -> list[Key]:
+        """Attempts not yet reported ended, oldest first."""
+        return list(self._attempts)
+
+    async def shutdown(self) -> None:
+        """Kill every attempt (TERM, grace, KILL), then the reaper; take no new work.
+
+        No end reports are sent: the agent is going away, and to the scheduler its attempts
+        are lost (to be run again) rather than cancelled by a user.
+        """
+        self._closed = True
+        attempts = list(self._attempts.values())
+        for attempt in attempts:
+            attempt.request_stop("cancelled", "the agent shut down", report=False)
+        await asyncio.gather(*(a.done.wait() for a in attempts))
+        if self._reaper is not None:
+            reaper, self._reaper = self._reaper, None
+            if await asyncio.to_thread(reaper.close) is None:
+                log.warning("reaper %d has not exited after its pipe was closed", reaper.pid)
+
+    # ---- one attempt's life -------------------------------------------------------------------
+
+    async def _run(self, attempt: _Attempt) -> None:
+        try:
+            await self._supervise(attempt)
+        except Exception:
+            # A bug here must not leave a process behind or the scheduler waiting forever.
+            log.exception("supervising %s attempt %d failed", *attempt.key)
+            self._killpg(attempt.pgid, signal.SIGKILL)
+            attempt.protocol.close_pipes()
+            self._finish(attempt, Outcome("failed", None, "the agent lost track of it"))
+
+    async def _supervise(self, attempt: _Attempt) -> None:
+        protocol = attempt.protocol
+        stop = asyncio.ensure_future(attempt.stop_requested.wait())
+        ends: set[asyncio.Future[Any]] = {protocol.exited, stop}
+        try:
+            await asyncio.wait(ends, timeout=attempt.assignment.action.timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        stopped = None
+        if not protocol.exited.done():
+            if attempt.stop_reason is None:
+                timeout = attempt.assignment.action.timeout
+                attempt.request_stop("timed_out", f"timed out after {timeout:g}s")
+            stopped = attempt.stop_reason
+            await self._terminate(attempt)
+        # Whatever the main process left running in its group goes with it.
+        self._killpg(attempt.pgid, signal.SIGKILL)
+        await self._drain(attempt)
+        assert protocol.transport is not None
+        returncode = protocol.transport.get_returncode()
+        assert returncode is not None
+        await attempt.shipper.finish()
+        self._finish(attempt, outcome(returncode, stopped))
+
+    async def _terminate(self, attempt: _Attempt) -> None:
+        self._killpg(attempt.pgid, signal.SIGTERM)
+        await asyncio.wait({attempt.protocol.exited}, timeout=self.config.kill_grace)
+        self._killpg(attempt.pgid, signal.SIGKILL)
+        # Descendants that left the group (setsid, double fork) still carry the marks.
+        await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
+        await attempt.protocol.exited
+
+    async def _drain(self, attempt: _Attempt) -> None:
+        """Wait for both pipes to reach EOF, however long the output keeps flowing."""
+        protocol = attempt.protocol
+        hunted = False
+        while True:
+            seen = protocol.bytes_read
+            done, _ = await asyncio.wait({protocol.pipes_closed}, timeout=DRAIN_QUIET)
+            if done:
+                return
+            if protocol.bytes_read != seen or attempt.shipper.congested:
+                continue
+            if hunted:
+                log.warning("%s attempt %d: a process outside our reach holds its output; "
+                            "closing the pipes", *attempt.key)
+                protocol.close_pipes()
+                await protocol.pipes_closed
+                return
+            await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
+            hunted = True
+
+    def _marks(self, attempt: _Attempt) -> dict[str, str]:
+        return {ENV_AGENT: self.token, **attempt.marks}
+
+    @staticmethod
+    def _killpg(pgid: int, sig: int) -> None:
+        if pgid <= 1:
+            return
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass  # the group is already empty
+        except PermissionError:
+            log.warning("no permission to signal process group %d", pgid)
+
+    def _finish(self, attempt: _Attempt, end: Outcome) -> None:
+        if attempt.pgid:
+            self._unregister(attempt.pgid)
+        if attempt.protocol.transport is not None:
+            attempt.protocol.transport.close()
+        self._attempts.pop(attempt.key, None)
+        self._finished[attempt.key] = None
+        while len(self._finished) > REMEMBER_FINISHED:
+            del self._finished[next(iter(self._finished))]
+        if attempt.send_end_report:
+            self._report(attempt, end.stage, end.exit_code, end.reason)
+        attempt.done.set()
+
+    def _report(self, attempt: _Attempt, stage: ReportStage, exit_code: int | None = None,
+                reason: str = "") -> None:
+        report = AttemptReport(
+            action_id=attempt.assignment.action_id,
+            attempt=attempt.assignment.attempt,
+            agent_id=self.agent_id,
+            stage=stage,
+            time=self.clock(),
+            exit_code=exit_code,
+            reason=reason,
+        )
+        try:
+            self.reports.report(report)
+        except Exception:
+            log.exception("reporting %s of %s attempt %d failed", stage, *attempt.key)

@@ -1,0 +1,144 @@
+"""The agent's calls out to the mesh: named-actor look-ups and the Ray-backed sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from mesh.names import NAMESPACE
+from mesh.schema import ActionId, AttemptReport, LogBatch
+
+log = logging.getLogger(__name__)
+
+# How long a fire-and-forget call is watched for an actor failure; a slower answer is fine.
+WATCH_SECONDS = 30.0
+# Retries of a report whose call failed because the scheduler died or restarted.
+REPORT_RETRIES = 3
+# Reports kept while the scheduler cannot be found; past this the oldest are dropped (the
+# scheduler reconciles with `running()` when it comes back).
+MAX_QUEUED_REPORTS = 10_000
+LOOKUP_BACKOFF = 0.5
+
+
+class NamedActor:
+    """A handle to a named mesh actor, looked up on first use and again after a failure."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._handle: Any = None
+        self._watches: set[asyncio.Task[None]] = set()
+
+    async def get(self) -> Any:
+        """The handle; ValueError when no such actor exists (yet)."""
+        if self._handle is None:
+            # get_actor blocks on the GCS: off the event loop, or every call of the agent waits.
+            lookup = functools.partial(ray.get_actor, self.name, namespace=NAMESPACE)
+            self._handle = await asyncio.get_running_loop().run_in_executor(None, lookup)
+        return self._handle
+
+    def forget(self) -> None:
+        self._handle = None
+
+    def watch(self, ref: Any, on_failure: Callable[[], None] | None = None) -> None:
+        """Follow a fire-and-forget call: on an actor failure, forget the handle and call
+        `on_failure()`, so that the next call looks the actor up again."""
+        task = asyncio.get_running_loop().create_task(self._check(ref, on_failure))
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
+
+    async def _check(self, ref: Any, on_failure: Callable[[], None] | None) -> None:
+        try:
+            await asyncio.wait_for(_resolve(ref), WATCH_SECONDS)
+        except TimeoutError:
+            pass  # slow, not gone
+        except RayActorError as exc:
+            log.warning("call to %s failed: %s", self.name, exc)
+            self.forget()
+            if on_failure is not None:
+                on_failure()
+        except Exception as exc:
+            log.warning("call to %s raised: %r", self.name, exc)
+
+
+async def _resolve(ref: Any) -> Any:
+    return await ref
+
+
+class SchedulerReports:
+    """ReportSink: `scheduler.report_attempt.remote(report)`, fire-and-forget, in order.
+
+    One pump submits the queued reports one after another, and Ray runs calls from one
+    caller to one actor in submission order. A report whose call failed is sent again
+    (possibly after later ones): the scheduler fences reports by attempt and stage, so a
+    repeat or a late one is dropped there.
+    """
+
+    def __init__(self, scheduler: NamedActor) -> None:
+        self.scheduler = scheduler
+        self._queue: deque[tuple[AttemptReport, int]] = deque()
+        self._pump: asyncio.Task[None] | None = None
+
+    def report(self, report: AttemptReport) -> None:
+        self._enqueue(report, 0)
+
+    def _enqueue(self, report: AttemptReport, tries: int) -> None:
+        self._queue.append((report, tries))
+        while len(self._queue) > MAX_QUEUED_REPORTS:
+            dropped, _ = self._queue.popleft()
+            log.warning("dropping report %s of %s: scheduler unreachable", dropped.stage,
+                        dropped.action_id)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._queue:
+            try:
+                handle = await self.scheduler.get()
+            except Exception as exc:
+                log.warning("scheduler not found (%r); %d reports wait", exc, len(self._queue))
+                await asyncio.sleep(LOOKUP_BACKOFF)
+                continue
+            report, tries = self._queue.popleft()
+            again = (functools.partial(self._enqueue, report, tries + 1)
+                     if tries < REPORT_RETRIES else None)
+            try:
+                ref = handle.report_attempt.remote(report)
+            except Exception as exc:
+                log.warning("submitting a report to the scheduler failed: %r", exc)
+                self.scheduler.forget()
+                if again is not None:
+                    again()
+                continue
+            self.scheduler.watch(ref, again)
+
+
+class RelayLogs:
+    """LogSink: awaits `relay.append` / `relay.close`, looking the relay up again once after
+    an actor failure (the relay keys lines by offset, so a repeated batch is harmless)."""
+
+    def __init__(self, relay: NamedActor) -> None:
+        self.relay = relay
+
+    async def push(self, batch: LogBatch) -> None:
+        await self._call("append", batch)
+
+    async def close(self, action_id: ActionId, attempt: int, total_lines: int) -> None:
+        await self._call("close", action_id, attempt, total_lines)
+
+    async def _call(self, method: str, *args: Any) -> None:
+        for retry in (False, True):
+            handle = await self.relay.get()
+            try:
+                await getattr(handle, method).remote(*args)
+                return
+            except RayActorError:
+                self.relay.forget()
+                if retry:
+                    raise

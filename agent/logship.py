@@ -1,0 +1,164 @@
+"""An attempt's output on its way out: bytes cut into lines, lines batched and pushed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from agent.sinks import LogSink
+from mesh.schema import ActionId, LogBatch, Stream
+
+log = logging.getLogger(__name__)
+
+# A "line" that never ends (binary output, a progress bar without newlines) is cut here so
+# the carried remainder cannot grow without bound.
+MAX_LINE_BYTES = 1024 * 1024
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def _strip_cr(lines: list[str]) -> list[str]:
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+class LineSplitter:
+    """Cuts one stream's bytes into lines, carrying the unfinished last line to the next chunk.
+
+    Each chunk is decoded once up to its last newline (a newline byte never occurs inside a
+    UTF-8 sequence, so the cut cannot split a character), then split: a C-speed pass per
+    chunk instead of a Python call per line.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        data = self._carry + chunk if self._carry else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._carry = data
+            if len(data) >= self.max_line_bytes:
+                self._carry = b""
+                return _strip_cr([_decode(data)])
+            return []
+        self._carry = data[cut + 1 :]
+        text = _decode(data[:cut])
+        lines = text.split("\n")
+        return _strip_cr(lines) if "\r" in text else lines
+
+    def finish(self) -> list[str]:
+        """The stream ended: a last line without a newline is still a line."""
+        data, self._carry = self._carry, b""
+        return _strip_cr([_decode(data)]) if data else []
+
+
+class LogShipper:
+    """Numbers an attempt's lines across both streams and pushes them in batches.
+
+    Offsets go to lines in the order they were read. A batch holds consecutive lines of one
+    stream, so a switch of stream closes the open batch. A batch is flushed when it holds
+    `flush_bytes` or its first line has waited `flush_interval` seconds. Past `max_in_flight`
+    unfinished pushes the shipper reports itself congested (the executor stops reading the
+    pipes, so the process blocks on write) until pushes drain below half of that: a slow
+    relay slows the action rather than filling the agent's memory.
+    """
+
+    def __init__(
+        self,
+        sink: LogSink,
+        action_id: ActionId,
+        attempt: int,
+        flush_bytes: int,
+        flush_interval: float,
+        max_in_flight: int = 8,
+        on_congestion: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.action_id = action_id
+        self.attempt = attempt
+        self.flush_bytes = flush_bytes
+        self.flush_interval = flush_interval
+        self.max_in_flight = max_in_flight
+        self.on_congestion = on_congestion
+        self.next_offset = 0
+        self.failed_pushes = 0
+        self.congested = False
+        self._stream: Stream = "stdout"
+        self._lines: list[str] = []
+        self._first = 0
+        self._bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def add(self, stream: Stream, lines: list[str]) -> None:
+        """Take lines just read from `stream`; never blocks (see `congested`)."""
+        if not lines:
+            return
+        if self._lines and stream != self._stream:
+            self.flush()
+        if not self._lines:
+            self._stream = stream
+            self._first = self.next_offset
+            self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
+        self._lines.extend(lines)
+        self.next_offset += len(lines)
+        # Characters plus newlines: bytes for ASCII, close enough for the rest.
+        self._bytes += sum(map(len, lines)) + len(lines)
+        if self._bytes >= self.flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Push the open batch now, if there is one."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        batch = LogBatch(
+            action_id=self.action_id,
+            attempt=self.attempt,
+            stream=self._stream,
+            offset=self._first,
+            lines=self._lines,
+        )
+        self._lines = []
+        self._bytes = 0
+        task = asyncio.get_running_loop().create_task(self.sink.push(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._pushed)
+        if not self.congested and len(self._in_flight) > self.max_in_flight:
+            self._set_congested(True)
+
+    def _pushed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failed_pushes += 1
+            log.warning(
+                "log push for %s attempt %d failed: %r",
+                self.action_id,
+                self.attempt,
+                task.exception(),
+            )
+        if self.congested and len(self._in_flight) <= self.max_in_flight // 2:
+            self._set_congested(False)
+
+    def _set_congested(self, congested: bool) -> None:
+        self.congested = congested
+        if self.on_congestion is not None:
+            self.on_congestion(congested)
+
+    async def finish(self) -> int:
+        """Flush, wait for every push, then close the attempt's log; return its line count."""
+        self.flush()
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+        try:
+            await self.sink.close(self.action_id, self.attempt, self.next_offset)
+        except Exception as exc:  # the end report must still go out
+            log.warning("closing the log of %s attempt %d failed: %r", self.action_id,
+                        self.attempt, exc)
+        return self.next_offset

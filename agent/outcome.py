@@ -1,0 +1,43 @@
+"""How an attempt's end reads in its report: exit status to stage, exit code and reason."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+from mesh.schema import ReportStage
+
+
+@dataclass(frozen=True)
+class Outcome:
+    stage: ReportStage
+    exit_code: int | None
+    reason: str
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def outcome(returncode: int, stopped: tuple[ReportStage, str] | None = None) -> Outcome:
+    """The report for a process that ended with `returncode` (negative: killed by a signal).
+
+    `stopped` is the stage and reason when the agent ended it (cancel, timeout). A signal
+    death is reported as exit code 128+N, as a shell would show it: SIGKILL is 137.
+    """
+    if returncode < 0:
+        signum = -returncode
+        exit_code = 128 + signum
+        how = f"killed by {signal_name(signum)} (exit code {exit_code})"
+    else:
+        exit_code = returncode
+        how = f"exited with code {exit_code}"
+    if stopped is not None:
+        stage, why = stopped
+        return Outcome(stage, exit_code, f"{why}; {how}")
+    if returncode == 0:
+        return Outcome("succeeded", 0, "")
+    return Outcome("failed", exit_code, how)

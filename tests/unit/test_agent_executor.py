@@ -1,0 +1,356 @@
+"""Executor behaviour with real processes and in-memory sinks."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.executor import Executor
+from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
+from mesh.schema import ActionId, AgentId, Assignment, MeshConfig
+from tests.unit.test_agent_harness import (
+    RecordingSinks,
+    async_wait_until,
+    in_group,
+    marked,
+    run,
+)
+
+CONFIG = MeshConfig(kill_grace=0.3, log_flush_interval=0.05)
+TREE = "sleep 60 & sleep 60 & wait"
+_tokens = itertools.count()
+
+
+def assignment(command: list[str], action_id: str = "a1", attempt: int = 1,
+               **action: Any) -> Assignment:
+    return Assignment.model_validate({
+        "action": {"command": command, **action},
+        "action_id": action_id,
+        "attempt": attempt,
+        "agent_id": "agent-test",
+    })
+
+
+def shell(script: str, action_id: str = "a1", **action: Any) -> Assignment:
+    return assignment([script], action_id, shell=True, **action)
+
+
+@asynccontextmanager
+async def executor(sinks: RecordingSinks, config: MeshConfig = CONFIG) -> AsyncIterator[Executor]:
+    clock = itertools.count(1000.0)
+    ex = Executor(AgentId("agent-test"), f"test-{os.getpid()}-{next(_tokens)}", config,
+                  sinks, sinks, clock=lambda: float(next(clock)))
+    try:
+        yield ex
+    finally:
+        await ex.shutdown()
+
+
+async def ended(sinks: RecordingSinks, action_id: str = "a1", attempt: int = 1,
+                timeout: float = 10.0) -> None:
+    await async_wait_until(lambda: sinks.stages(action_id, attempt),
+                           lambda s: len(s) > 0 and s[-1] != "running", timeout,
+                           f"{action_id} attempt {attempt} to end")
+
+
+async def tree_of(action_id: str, size: int) -> int:
+    """Wait until `size` processes of the action run; return their (common) process group."""
+    pids = await async_wait_until(lambda: marked(ENV_ACTION, action_id),
+                                  lambda p: len(p) == size, what=f"{size} processes")
+    groups = {os.getpgid(pid) for pid in pids}
+    assert len(groups) == 1, groups
+    return groups.pop()
+
+
+# ---- how attempts end -------------------------------------------------------------------
+
+
+def test_exit_zero_reports_running_then_succeeded_with_clock_times() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(assignment(["true"]))
+            await ended(sinks)
+        assert sinks.stages("a1") == ["running", "succeeded"]
+        end = sinks.end("a1")
+        assert end is not None and end.exit_code == 0 and end.reason == ""
+        assert [r.time for r in sinks.reports] == [1000.0, 1001.0]
+        assert {r.agent_id for r in sinks.reports} == {"agent-test"}
+
+    run(body())
+
+
+def test_non_zero_exit_fails_with_its_code() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(assignment(["sh", "-c", "exit 3"]))
+            await ended(sinks)
+        end = sinks.end("a1")
+        assert end is not None
+        assert (end.stage, end.exit_code, end.reason) == ("failed", 3, "exited with code 3")
+
+    run(body())
+
+
+def test_death_by_signal_is_128_plus_n_and_names_the_signal() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell("kill -SEGV $$"))
+            await ended(sinks)
+        end = sinks.end("a1")
+        assert end is not None and (end.stage, end.exit_code) == ("failed", 139)
+        assert "SIGSEGV" in end.reason
+
+    run(body())
+
+
+@pytest.mark.parametrize(
+    ("command", "cwd", "reason"),
+    [
+        (["/nonexistent/no-such-command"], None, "could not start '/nonexistent/no-such-command'"),
+        (["true"], "/nonexistent/dir", "could not enter working directory '/nonexistent/dir'"),
+    ],
+    ids=["no-such-command", "no-such-cwd"],
+)
+def test_a_spawn_failure_fails_at_once_with_a_reason(command: list[str], cwd: str | None,
+                                                     reason: str) -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(assignment(command, cwd=cwd))
+            assert ex.running() == []
+        assert sinks.stages("a1") == ["failed"]
+        end = sinks.end("a1")
+        assert end is not None
+        assert end.reason.startswith(reason), end.reason
+        assert "No such file or directory" in end.reason
+        assert sinks.closed == {("a1", 1): 0}
+
+    run(body())
+
+
+def test_shell_runs_the_script_with_sh() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell("echo $((6 * 7)) && echo two"))
+            await ended(sinks)
+        assert [t for _, _, t in sinks.lines("a1")] == ["42", "two"]
+        assert sinks.stages("a1") == ["running", "succeeded"]
+
+    run(body())
+
+
+def test_env_cwd_and_marks_reach_the_process(tmp_path: Path) -> None:
+    script = (f'echo "$FOO"; pwd; echo "${ENV_ACTION}" "${ENV_ATTEMPT}"; '
+              f'test -n "${ENV_AGENT}" && echo marked')
+
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            # The action's env cannot override the marks the reaper relies on.
+            await ex.start(shell(script, "envtest", env={"FOO": "bar", ENV_ACTION: "spoof"},
+                                 cwd=str(tmp_path)))
+            await ended(sinks, "envtest")
+        texts = [t for _, _, t in sinks.lines("envtest")]
+        assert texts == ["bar", str(tmp_path.resolve()), "envtest 1", "marked"]
+
+    run(body())
+
+
+# ---- stopping attempts --------------------------------------------------------------------
+
+
+def test_timeout_kills_the_whole_tree_and_reports_timed_out() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell(TREE, "slow", timeout=1.5))
+            pgid = await tree_of("slow", 3)
+            await ended(sinks, "slow")
+            end = sinks.end("slow")
+            assert end is not None and end.stage == "timed_out"
+            assert "timed out after 1.5s" in end.reason
+            assert in_group(pgid) == [] and marked(ENV_ACTION, "slow") == []
+
+    run(body())
+
+
+def test_cancel_kills_every_process_of_the_tree() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell(TREE, "victim"))
+            pgid = await tree_of("victim", 3)
+            assert ex.running() == [("victim", 1)]
+            assert await ex.cancel(ActionId("victim"), 1) is True
+            # cancel returns once the attempt is dead and reported
+            assert sinks.stages("victim") == ["running", "cancelled"]
+            assert in_group(pgid) == [] and marked(ENV_ACTION, "victim") == []
+            assert ex.running() == []
+            assert await ex.cancel(ActionId("victim"), 1) is False
+
+    run(body())
+
+
+def test_a_process_ignoring_term_is_killed_after_the_grace() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell(f"trap '' TERM; {TREE}", "stubborn"))
+            pgid = await tree_of("stubborn", 3)
+            await ex.cancel(ActionId("stubborn"), 1)
+            end = sinks.end("stubborn")
+            assert end is not None and end.stage == "cancelled"
+            assert end.exit_code == 137 and "SIGKILL" in end.reason
+            assert in_group(pgid) == [] and marked(ENV_ACTION, "stubborn") == []
+
+    run(body())
+
+
+def test_processes_left_behind_by_a_finished_attempt_are_killed() -> None:
+    # The background sleep keeps stdout open: the attempt must still end promptly.
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell("sleep 60 & echo done", "leaver"))
+            await ended(sinks, "leaver", timeout=5.0)
+            assert sinks.stages("leaver") == ["running", "succeeded"]
+            assert marked(ENV_ACTION, "leaver") == []
+
+    run(body())
+
+
+_ESCAPE = """
+import os, time
+ready_r, ready_w = os.pipe()
+if os.fork() == 0:
+    os.setsid()  # out of the attempt's group, yet still holding its stdout
+    os.write(ready_w, b"x")
+    time.sleep(60)
+    os._exit(0)
+os.read(ready_r, 1)
+print("done")
+"""
+
+
+def test_a_child_that_left_the_group_holding_stdout_is_hunted_down() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(assignment([sys.executable, "-c", _ESCAPE], "escapee"))
+            await ended(sinks, "escapee", timeout=5.0)
+            assert sinks.stages("escapee") == ["running", "succeeded"]
+            assert [t for _, _, t in sinks.lines("escapee")] == ["done"]
+            assert marked(ENV_ACTION, "escapee") == []
+
+    run(body())
+
+
+def test_a_newer_attempt_supersedes_the_older_and_repeats_are_ignored() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell(TREE, "twice", attempt=1))
+            await ex.start(shell(TREE, "twice", attempt=1))  # a repeat: ignored
+            await tree_of("twice", 3)
+            await ex.start(shell("exit 0", "twice", attempt=2))
+            await ended(sinks, "twice", 2)
+            await ended(sinks, "twice", 1)
+            await ex.start(shell("exit 0", "twice", attempt=1))  # stale: ignored
+        assert sinks.stages("twice", 1) == ["running", "cancelled"]
+        assert sinks.stages("twice", 2) == ["running", "succeeded"]
+
+    run(body())
+
+
+def test_shutdown_kills_everything_without_end_reports_and_refuses_new_work() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell(TREE, "s1"))
+            await ex.start(shell(TREE, "s2"))
+            await tree_of("s1", 3)
+            await tree_of("s2", 3)
+            await ex.shutdown()
+            assert ex.running() == []
+            assert marked(ENV_ACTION, "s1") == [] and marked(ENV_ACTION, "s2") == []
+            assert sinks.stages("s1") == ["running"] and sinks.stages("s2") == ["running"]
+            with pytest.raises(RuntimeError, match="shutting down"):
+                await ex.start(shell("true", "s3"))
+
+    run(body())
+
+
+# ---- output -------------------------------------------------------------------------------
+
+_MANY_LINES = """
+import sys
+n = int(sys.argv[1])
+sys.stdout.write("".join(f"{i:08d} {'x' * 55}\\n" for i in range(n)))
+sys.stdout.flush()
+sys.stderr.write("err-1\\nerr-2\\n")
+sys.stderr.flush()
+sys.stdout.write("tail-without-newline")
+"""
+
+
+def test_many_lines_arrive_complete_in_order_with_contiguous_offsets() -> None:
+    n = 100_000
+
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(assignment([sys.executable, "-c", _MANY_LINES, str(n)], "many"))
+            await ended(sinks, "many", timeout=20.0)
+        lines = sinks.lines("many")
+        assert [offset for offset, _, _ in lines] == list(range(n + 3))
+        out = [text for _, stream, text in lines if stream == "stdout"]
+        err = [text for _, stream, text in lines if stream == "stderr"]
+        assert out[:n] == [f"{i:08d} {'x' * 55}" for i in range(n)]
+        assert out[n:] == ["tail-without-newline"]
+        assert err == ["err-1", "err-2"]
+        assert sinks.closed == {("many", 1): n + 3}
+        # Every batch is one stream's consecutive lines.
+        assert all(len(b.lines) > 0 for b in sinks.batches)
+        # The log is closed before the end report, so the result implies a complete log.
+        assert sinks.events[-2:] == [("close", "many", 1, str(n + 3)),
+                                     ("report", "many", 1, "succeeded")]
+
+    run(body())
+
+
+def test_carriage_returns_are_stripped_and_bad_utf8_is_replaced() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell(r"printf 'dos\r\nbad\377\nmid\rline\n'", "bytes"))
+            await ended(sinks, "bytes")
+        assert [t for _, _, t in sinks.lines("bytes")] == ["dos", "bad\ufffd", "mid\rline"]
+
+    run(body())
+
+
+def test_a_slow_sink_applies_back_pressure_and_loses_nothing() -> None:
+    n = 20_000
+    config = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, log_flush_bytes=1024)
+
+    async def body() -> None:
+        sinks = RecordingSinks(push_delay=0.002)
+        async with executor(sinks, config) as ex:
+            await ex.start(assignment([sys.executable, "-c", _MANY_LINES, str(n)], "slow-sink"))
+            await ended(sinks, "slow-sink", timeout=20.0)
+        assert [offset for offset, _, _ in sinks.lines("slow-sink")] == list(range(n + 3))
+        # The cap is 8; a pipe read already under way and the flush timer may add a couple.
+        assert sinks.max_in_flight <= 12, sinks.max_in_flight
+
+    run(body())

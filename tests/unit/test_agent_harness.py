@@ -1,0 +1,150 @@
+"""Test harness for the agent: recording sinks, condition polling, and a process census."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+from mesh.schema import ActionId, AttemptReport, LogBatch
+
+T = TypeVar("T")
+
+
+class RecordingSinks:
+    """Both executor sinks in memory; `events` keeps one ordered trail of every call."""
+
+    def __init__(self, push_delay: float = 0.0) -> None:
+        self.push_delay = push_delay
+        self.reports: list[AttemptReport] = []
+        self.batches: list[LogBatch] = []
+        self.closed: dict[tuple[str, int], int] = {}
+        self.events: list[tuple[str, str, int, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def report(self, report: AttemptReport) -> None:
+        self.reports.append(report)
+        self.events.append(("report", report.action_id, report.attempt, report.stage))
+
+    async def push(self, batch: LogBatch) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.push_delay:
+                await asyncio.sleep(self.push_delay)
+            self.batches.append(batch)
+        finally:
+            self.in_flight -= 1
+
+    async def close(self, action_id: ActionId, attempt: int, total_lines: int) -> None:
+        self.closed[(action_id, attempt)] = total_lines
+        self.events.append(("close", action_id, attempt, str(total_lines)))
+
+    def stages(self, action_id: str, attempt: int = 1) -> list[str]:
+        return [r.stage for r in self.reports if (r.action_id, r.attempt) == (action_id, attempt)]
+
+    def end(self, action_id: str, attempt: int = 1) -> AttemptReport | None:
+        ends = [r for r in self.reports if (r.action_id, r.attempt) == (action_id, attempt)
+                and r.stage != "running"]
+        return ends[-1] if ends else None
+
+    def lines(self, action_id: str, attempt: int = 1) -> list[tuple[int, str, str]]:
+        """(offset, stream, text) of every line received, sorted by offset."""
+        out: list[tuple[int, str, str]] = []
+        for batch in self.batches:
+            if (batch.action_id, batch.attempt) == (action_id, attempt):
+                out.extend((batch.offset + i, batch.stream, text)
+                           for i, text in enumerate(batch.lines))
+        return sorted(out)
+
+
+def wait_until(
+    probe: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10.0, what: str = ""
+) -> T:
+    """Poll `probe` until `ok` holds; on timeout fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = probe()
+        if ok(seen):
+            return seen
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or ok}; last saw {seen!r}")
+        time.sleep(0.01)
+
+
+async def async_wait_until(
+    probe: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10.0, what: str = ""
+) -> T:
+    """`wait_until` for code running on an event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = probe()
+        if ok(seen):
+            return seen
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or ok}; last saw {seen!r}")
+        await asyncio.sleep(0.01)
+
+
+def run(coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float = 30.0) -> T:
+    """Run one test's coroutine on a fresh loop, bounded so a hang fails instead of stalling."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+def marked(name: str, value: str) -> list[int]:
+    """Live (non-zombie) processes whose environment has `name=value`, by psutil."""
+    pids: list[int] = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(name) == value:
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return pids
+
+
+def in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`."""
+    pids: list[int] = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
+            continue
+    return pids
+
+
+def exited(pid: int) -> bool:
+    """The process has ended; a zombie counts, since its reaping is up to its new parent."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_wait_until_names_the_last_observation_on_timeout() -> None:
+    with pytest.raises(pytest.fail.Exception, match="last saw 7"):
+        wait_until(lambda: 7, lambda v: v == 8, timeout=0.05, what="eight")
+
+
+def test_marked_finds_a_process_by_its_environment() -> None:
+    proc = psutil.Popen(["sleep", "30"], env={**os.environ, "HARNESS_MARK": "x1"})
+    try:
+        wait_until(lambda: marked("HARNESS_MARK", "x1"), lambda p: p == [proc.pid])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert marked("HARNESS_MARK", "x1") == []

@@ -1,0 +1,127 @@
+"""Line splitting and log batching, without processes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from agent.logship import LineSplitter, LogShipper
+from mesh.schema import ActionId
+from tests.unit.test_agent_harness import RecordingSinks, async_wait_until, run
+
+
+def split_all(chunks: list[bytes], max_line_bytes: int = 1 << 20) -> list[str]:
+    splitter = LineSplitter(max_line_bytes)
+    lines: list[str] = []
+    for chunk in chunks:
+        lines.extend(splitter.feed(chunk))
+    return lines + splitter.finish()
+
+
+def test_lines_split_across_chunks_are_joined() -> None:
+    assert split_all([b"alpha\nbe", b"ta\ngam", b"ma\n"]) == ["alpha", "beta", "gamma"]
+
+
+def test_any_chunking_gives_the_same_lines() -> None:
+    rng = random.Random(1234)
+    expected = [f"line {i} {'é' * rng.randrange(5)}" for i in range(300)] + ["end"]
+    data = "\r\n".join(expected).encode()
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randrange(1, 40)))
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        # Cuts land inside multi-byte characters too; whole lines are decoded intact.
+        assert split_all(chunks) == expected
+
+
+def test_empty_lines_are_kept_and_a_missing_final_newline_is_not_a_loss() -> None:
+    assert split_all([b"\n\nx\n", b"", b"tail"]) == ["", "", "x", "tail"]
+    assert split_all([b"done\n"]) == ["done"]
+
+
+def test_only_a_trailing_carriage_return_is_stripped() -> None:
+    assert split_all([b"a\r\nb\rc\n\r\n"]) == ["a", "b\rc", ""]
+
+
+def test_a_line_without_end_is_cut_at_the_cap() -> None:
+    assert split_all([b"x" * 1500, b"x" * 1500], max_line_bytes=2048) == ["x" * 3000]
+    lines = split_all([b"x" * 1500] * 3, max_line_bytes=2048)
+    assert lines == ["x" * 3000, "x" * 1500]
+
+
+def test_invalid_utf8_is_replaced() -> None:
+    assert split_all([b"ok\xff\xfe\n"]) == ["ok\ufffd\ufffd"]
+
+
+def test_batches_are_one_stream_with_contiguous_offsets() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        shipper = LogShipper(sinks, ActionId("x"), 2, flush_bytes=1 << 20, flush_interval=60)
+        shipper.add("stdout", ["a", "b"])
+        shipper.add("stderr", ["c"])
+        shipper.add("stdout", ["d"])
+        assert await shipper.finish() == 4
+        got = [(b.stream, b.offset, b.lines, b.attempt) for b in sinks.batches]
+        assert got == [("stdout", 0, ["a", "b"], 2), ("stderr", 2, ["c"], 2),
+                       ("stdout", 3, ["d"], 2)]
+        assert sinks.closed == {("x", 2): 4}
+
+    run(body())
+
+
+def test_a_batch_is_flushed_at_the_byte_threshold() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60)
+        shipper.add("stdout", ["y" * 99] * 10)  # 1000 bytes with newlines: below
+        await asyncio.sleep(0)
+        assert sinks.batches == []
+        shipper.add("stdout", ["y" * 99])  # 1100: at or over
+        await async_wait_until(lambda: len(sinks.batches), lambda n: n == 1)
+        assert len(sinks.batches[0].lines) == 11
+        await shipper.finish()
+
+    run(body())
+
+
+def test_a_batch_is_flushed_after_the_interval_without_more_lines() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1 << 20, flush_interval=0.05)
+        shipper.add("stdout", ["lonely"])
+        batches = await async_wait_until(lambda: sinks.batches, lambda b: len(b) == 1)
+        assert batches[0].lines == ["lonely"]
+        await shipper.finish()
+
+    run(body())
+
+
+def test_too_many_pushes_in_flight_signal_congestion_until_they_drain() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks(push_delay=0.05)
+        signals: list[bool] = []
+        shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60,
+                             max_in_flight=4, on_congestion=signals.append)
+        for _ in range(5):
+            shipper.add("stdout", ["z" * 2000])
+        assert shipper.congested and signals == [True]
+        await async_wait_until(lambda: signals, lambda s: s == [True, False])
+        await shipper.finish()
+        assert [b.offset for b in sinks.batches] == [0, 1, 2, 3, 4]
+
+    run(body())
+
+
+def test_a_failing_push_is_counted_and_the_log_still_closes() -> None:
+    class Broken(RecordingSinks):
+        async def push(self, batch: object) -> None:
+            raise ConnectionError("relay gone")
+
+    async def body() -> None:
+        sinks = Broken()
+        shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60)
+        shipper.add("stdout", ["a"])
+        assert await shipper.finish() == 1
+        assert shipper.failed_pushes == 1
+        assert sinks.closed == {("x", 1): 1}
+
+    run(body())

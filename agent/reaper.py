@@ -128,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         why = {"eof": "the agent closed its pipe", "signal": "signalled"}[
             serve(sys.stdin.fileno(), wake_fd, groups)]
     kills = reap(groups, args.var, args.token)
-    # One line to the agent's stderr (the Ray worker log): a trace of every clean-up.
-    print(f"actionmesh reaper {os.getpid()}: {why}; {len(groups)} groups registered, "
-          f"{kills} kills sent", file=sys.stderr, flush=True)
+    # One line to the agent's stderr (the Ray worker log): a trace of every clean-up. The
+    # reader may be gone with the agent; the work is done by then either way.
+    with contextlib.suppress(OSError):
+        print(f"actionmesh reaper {os.getpid()}: {why}; {len(groups)} groups registered, "
+              f"{kills} kills sent", file=sys.stderr, flush=True)
     return 0
 
 

@@ -117,16 +117,17 @@ def test_agent_registers_streams_load_runs_actions_and_takes_them_down_when_kill
                    and {x.stage for x in seen[1]} == {"running", "succeeded"},
                    what="loads and both reports at the new scheduler")
 
-        call(agent.start.remote(assignment("sleep 60 & sleep 60 & wait", "tree", node_id)))
-        wait_until(lambda: marked(ENV_ACTION, "tree"), lambda p: len(p) == 3,
+        tree = f"tree-{os.getpid()}"  # unique, so that a run beside ours cannot confuse us
+        call(agent.start.remote(assignment("sleep 60 & sleep 60 & wait", tree, node_id)))
+        wait_until(lambda: marked({ENV_ACTION: tree}), lambda p: len(p) == 3,
                    what="the action's three processes")
-        assert call(agent.running.remote()) == [("tree", 1)]
+        assert call(agent.running.remote()) == [(tree, 1)]
 
         # The worker dies as hard as it can: its reaper still takes the action down.
         os.kill(info.pid, signal.SIGKILL)
         with pytest.raises(ActorDiedError):
             call(closed_ref)
-        wait_until(lambda: marked(ENV_ACTION, "tree"), lambda p: p == [],
+        wait_until(lambda: marked({ENV_ACTION: tree}), lambda p: p == [],
                    what="the action's processes to die with their agent")
         wait_until(lambda: exited(info.pid), bool, what="the worker to be gone")
     finally:

@@ -60,9 +60,14 @@ async def ended(sinks: RecordingSinks, action_id: str = "a1", attempt: int = 1,
                            f"{action_id} attempt {attempt} to end")
 
 
-async def tree_of(action_id: str, size: int) -> int:
+def of(ex: Executor, action_id: str) -> list[int]:
+    """Live processes of this executor's action."""
+    return marked({ENV_AGENT: ex.token, ENV_ACTION: action_id})
+
+
+async def tree_of(ex: Executor, action_id: str, size: int) -> int:
     """Wait until `size` processes of the action run; return their (common) process group."""
-    pids = await async_wait_until(lambda: marked(ENV_ACTION, action_id),
+    pids = await async_wait_until(lambda: of(ex, action_id),
                                   lambda p: len(p) == size, what=f"{size} processes")
     groups = {os.getpgid(pid) for pid in pids}
     assert len(groups) == 1, groups
@@ -175,12 +180,12 @@ def test_timeout_kills_the_whole_tree_and_reports_timed_out() -> None:
         sinks = RecordingSinks()
         async with executor(sinks) as ex:
             await ex.start(shell(TREE, "slow", timeout=1.5))
-            pgid = await tree_of("slow", 3)
+            pgid = await tree_of(ex, "slow", 3)
             await ended(sinks, "slow")
             end = sinks.end("slow")
             assert end is not None and end.stage == "timed_out"
             assert "timed out after 1.5s" in end.reason
-            assert in_group(pgid) == [] and marked(ENV_ACTION, "slow") == []
+            assert in_group(pgid) == [] and of(ex, "slow") == []
 
     run(body())
 
@@ -190,12 +195,12 @@ def test_cancel_kills_every_process_of_the_tree() -> None:
         sinks = RecordingSinks()
         async with executor(sinks) as ex:
             await ex.start(shell(TREE, "victim"))
-            pgid = await tree_of("victim", 3)
+            pgid = await tree_of(ex, "victim", 3)
             assert ex.running() == [("victim", 1)]
             assert await ex.cancel(ActionId("victim"), 1) is True
             # cancel returns once the attempt is dead and reported
             assert sinks.stages("victim") == ["running", "cancelled"]
-            assert in_group(pgid) == [] and marked(ENV_ACTION, "victim") == []
+            assert in_group(pgid) == [] and of(ex, "victim") == []
             assert ex.running() == []
             assert await ex.cancel(ActionId("victim"), 1) is False
 
@@ -207,12 +212,12 @@ def test_a_process_ignoring_term_is_killed_after_the_grace() -> None:
         sinks = RecordingSinks()
         async with executor(sinks) as ex:
             await ex.start(shell(f"trap '' TERM; {TREE}", "stubborn"))
-            pgid = await tree_of("stubborn", 3)
+            pgid = await tree_of(ex, "stubborn", 3)
             await ex.cancel(ActionId("stubborn"), 1)
             end = sinks.end("stubborn")
             assert end is not None and end.stage == "cancelled"
             assert end.exit_code == 137 and "SIGKILL" in end.reason
-            assert in_group(pgid) == [] and marked(ENV_ACTION, "stubborn") == []
+            assert in_group(pgid) == [] and of(ex, "stubborn") == []
 
     run(body())
 
@@ -225,7 +230,7 @@ def test_processes_left_behind_by_a_finished_attempt_are_killed() -> None:
             await ex.start(shell("sleep 60 & echo done", "leaver"))
             await ended(sinks, "leaver", timeout=5.0)
             assert sinks.stages("leaver") == ["running", "succeeded"]
-            assert marked(ENV_ACTION, "leaver") == []
+            assert of(ex, "leaver") == []
 
     run(body())
 
@@ -251,7 +256,7 @@ def test_a_child_that_left_the_group_holding_stdout_is_hunted_down() -> None:
             await ended(sinks, "escapee", timeout=5.0)
             assert sinks.stages("escapee") == ["running", "succeeded"]
             assert [t for _, _, t in sinks.lines("escapee")] == ["done"]
-            assert marked(ENV_ACTION, "escapee") == []
+            assert of(ex, "escapee") == []
 
     run(body())
 
@@ -262,7 +267,7 @@ def test_a_newer_attempt_supersedes_the_older_and_repeats_are_ignored() -> None:
         async with executor(sinks) as ex:
             await ex.start(shell(TREE, "twice", attempt=1))
             await ex.start(shell(TREE, "twice", attempt=1))  # a repeat: ignored
-            await tree_of("twice", 3)
+            await tree_of(ex, "twice", 3)
             await ex.start(shell("exit 0", "twice", attempt=2))
             await ended(sinks, "twice", 2)
             await ended(sinks, "twice", 1)
@@ -279,11 +284,11 @@ def test_shutdown_kills_everything_without_end_reports_and_refuses_new_work() ->
         async with executor(sinks) as ex:
             await ex.start(shell(TREE, "s1"))
             await ex.start(shell(TREE, "s2"))
-            await tree_of("s1", 3)
-            await tree_of("s2", 3)
+            await tree_of(ex, "s1", 3)
+            await tree_of(ex, "s2", 3)
             await ex.shutdown()
             assert ex.running() == []
-            assert marked(ENV_ACTION, "s1") == [] and marked(ENV_ACTION, "s2") == []
+            assert of(ex, "s1") == [] and of(ex, "s2") == []
             assert sinks.stages("s1") == ["running"] and sinks.stages("s2") == ["running"]
             with pytest.raises(RuntimeError, match="shutting down"):
                 await ex.start(shell("true", "s3"))

@@ -101,14 +101,19 @@ def run(coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float = 30.0) -> T
     return asyncio.run(bounded())
 
 
-def marked(name: str, value: str) -> list[int]:
-    """Live (non-zombie) processes whose environment has `name=value`, by psutil."""
+def marked(marks: dict[str, str]) -> list[int]:
+    """Live (non-zombie) processes whose environment has every `name=value` of `marks`.
+
+    Read with psutil, independently of the agent's own /proc scanner. Tests mark with a
+    token unique to their process, so that test runs side by side do not see each other.
+    """
     pids: list[int] = []
     for proc in psutil.process_iter():
         try:
             if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if proc.environ().get(name) == value:
+            env = proc.environ()
+            if all(env.get(name) == value for name, value in marks.items()):
                 pids.append(proc.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -141,10 +146,11 @@ def test_wait_until_names_the_last_observation_on_timeout() -> None:
 
 
 def test_marked_finds_a_process_by_its_environment() -> None:
-    proc = psutil.Popen(["sleep", "30"], env={**os.environ, "HARNESS_MARK": "x1"})
+    mark = {"HARNESS_MARK": f"x{os.getpid()}"}
+    proc = psutil.Popen(["sleep", "30"], env={**os.environ, **mark})
     try:
-        wait_until(lambda: marked("HARNESS_MARK", "x1"), lambda p: p == [proc.pid])
+        wait_until(lambda: marked(mark), lambda p: p == [proc.pid])
     finally:
         proc.kill()
         proc.wait()
-    assert marked("HARNESS_MARK", "x1") == []
+    assert marked(mark) == []

@@ -34,13 +34,13 @@ def spawn_tree(token: str, action_id: str, session: bool = True) -> subprocess.P
                             env={**os.environ, ENV_AGENT: token, ENV_ACTION: action_id})
 
 
-def tree_pids(action_id: str, size: int = 3) -> list[int]:
-    return wait_until(lambda: marked(ENV_ACTION, action_id), lambda p: len(p) == size,
-                      what=f"{size} processes of {action_id}")
+def tree_pids(token: str, action_id: str, size: int = 3) -> list[int]:
+    return wait_until(lambda: marked({ENV_AGENT: token, ENV_ACTION: action_id}),
+                      lambda p: len(p) == size, what=f"{size} processes of {action_id}")
 
 
-def gone(action_id: str) -> None:
-    wait_until(lambda: marked(ENV_ACTION, action_id), lambda p: p == [],
+def gone(token: str, action_id: str) -> None:
+    wait_until(lambda: marked({ENV_AGENT: token, ENV_ACTION: action_id}), lambda p: p == [],
                what=f"every process of {action_id} to die")
 
 
@@ -88,16 +88,16 @@ def test_registered_and_marked_processes_die_when_the_reaper_is_told(
     unregistered = spawn_tree(token, f"unreg-{how}")
     cleanup.extend([registered, unregistered])
     assert handle.register(registered.pid)
-    tree_pids(f"reg-{how}")
-    tree_pids(f"unreg-{how}")
+    tree_pids(token, f"reg-{how}")
+    tree_pids(token, f"unreg-{how}")
 
     if how == "stdin-eof":
         assert handle.close() == 0
     else:
         handle.process.send_signal(signal.Signals[how])
         assert handle.process.wait(10) == 0
-    gone(f"reg-{how}")
-    gone(f"unreg-{how}")
+    gone(token, f"reg-{how}")
+    gone(token, f"unreg-{how}")
     assert in_group(registered.pid) == []
 
 
@@ -119,14 +119,14 @@ def test_a_reaper_whose_parent_is_already_gone_reaps_at_once(
     token = new_token()
     action = spawn_tree(token, "orphaned")
     cleanup.append(action)
-    tree_pids("orphaned")
+    tree_pids(token, "orphaned")
     # --parent names a pid that is not its parent: as if the agent died during start-up.
     stray = subprocess.Popen(
         [sys.executable, "-m", "agent.reaper", token, "--parent", "1", "--var", ENV_AGENT],
         stdin=subprocess.PIPE, cwd=ROOT, start_new_session=True)
     cleanup.append(stray)
     assert stray.wait(10) == 0
-    gone("orphaned")
+    gone(token, "orphaned")
 
 
 # A stand-in agent: the real Executor starts an action, then the test SIGKILLs this process.
@@ -159,19 +159,20 @@ asyncio.run(main())
 def test_sigkill_of_the_agent_takes_its_action_tree_down(
     cleanup: list[subprocess.Popen[bytes]],
 ) -> None:
-    agent = subprocess.Popen([sys.executable, "-c", _FAKE_AGENT, new_token(), "doomed", TREE],
+    token = new_token()
+    agent = subprocess.Popen([sys.executable, "-c", _FAKE_AGENT, token, "doomed", TREE],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cleanup.append(agent)
     assert agent.stdout is not None and agent.stderr is not None
     assert agent.stdout.readline() == b"running\n"
     reaper_pid = int(agent.stdout.readline().split()[1])
-    pids = tree_pids("doomed")
+    pids = tree_pids(token, "doomed")
     assert all(os.getpgid(pid) != os.getpgid(agent.pid) for pid in pids)
     wait_until(lambda: wchan(reaper_pid), lambda w: "poll" in w, what="the reaper to serve")
 
     agent.kill()
     agent.wait()
-    gone("doomed")
+    gone(token, "doomed")
     wait_until(lambda: exited(reaper_pid), bool, what="the reaper to exit")
     # EOF and the parent-death signal land together; either may be seen first.
     line = agent.stderr.readline().decode()
@@ -201,20 +202,21 @@ sys.stdin.read()
 def test_the_parent_death_signal_works_when_the_pipe_stays_open(
     cleanup: list[subprocess.Popen[bytes]],
 ) -> None:
-    agent = subprocess.Popen([sys.executable, "-c", _LEAKY_AGENT, new_token(), "leaky", TREE],
+    token = new_token()
+    agent = subprocess.Popen([sys.executable, "-c", _LEAKY_AGENT, token, "leaky", TREE],
                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
     cleanup.append(agent)
     assert agent.stdout is not None and agent.stderr is not None
     reaper_pid, leaker_pid = map(int, agent.stdout.readline().split())
     try:
-        tree_pids("leaky")
+        tree_pids(token, "leaky")
         # Blocked in poll means serving, so the parent-death signal is armed.
         wait_until(lambda: wchan(reaper_pid), lambda w: "poll" in w,
                    what="the reaper to be serving")
         agent.kill()
         agent.wait()
-        gone("leaky")
+        gone(token, "leaky")
         wait_until(lambda: exited(reaper_pid), bool, what="the reaper to exit")
         assert psutil.pid_exists(leaker_pid)  # so the pipe never reached EOF
         # The reaper writes its one line to the stderr it shares with the agent.

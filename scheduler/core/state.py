@@ -187,24 +187,35 @@ class SchedulerState:
     # ---- reports from agents -------------------------------------------------------------
 
     def report_attempt(self, report: AttemptReport, now: float) -> list[Decision]:
-        """Apply an agent's word on an attempt; reports of superseded attempts are fenced off."""
+        """Apply an agent's word on an attempt.
+
+        Ray does not keep the order of calls into an async actor, so an attempt's end report
+        can overtake its `running` report: an end while still `assigned` implies the start,
+        and a `running` that comes after the end is dropped. Reports of a superseded attempt
+        are fenced off; if one says it is running, its agent is told to stop it.
+        """
         entry = self.actions.get(report.action_id)
-        current = (entry is not None and entry.attempt == report.attempt
-                   and entry.agent_id == report.agent_id
-                   and entry.stage in (Stage.ASSIGNED, Stage.RUNNING))
-        if entry is None or not current:
-            if report.stage == "running":
-                latest = entry.attempt if entry is not None else 0
-                return [Stop(report.action_id, report.attempt, report.agent_id,
-                             reasons.SUPERSEDED.format(attempt=report.attempt, current=latest))]
+        if entry is None or report.attempt > entry.attempt or not entry.attempts:
             return []
-        stage = _REPORT_STAGES[report.stage]
         record = entry.attempts[-1]
+        current = (report.attempt == entry.attempt and entry.agent_id == report.agent_id
+                   and entry.stage in (Stage.ASSIGNED, Stage.RUNNING))
+        if not current:
+            # Only an attempt that may still be running needs stopping: one that ended on
+            # its own (an outcome other than lost) has no process left.
+            ended = entry.attempts[report.attempt - 1].outcome not in (None, "lost")
+            if report.stage == "running" and report.attempt < entry.attempt and not ended:
+                return [Stop(report.action_id, report.attempt, report.agent_id,
+                             reasons.SUPERSEDED.format(attempt=report.attempt,
+                                                       current=entry.attempt))]
+            return []
+        if entry.stage is Stage.ASSIGNED:
+            self._move(entry, Stage.RUNNING, now, "")
+            record = record.model_copy(update={"started_at": now})
+            entry.attempts[-1] = record
+            self._agent_reservation_stage(entry, Stage.RUNNING)
+        stage = _REPORT_STAGES[report.stage]
         if stage is Stage.RUNNING:
-            if entry.stage is Stage.ASSIGNED:
-                self._move(entry, Stage.RUNNING, now, "")
-                entry.attempts[-1] = record.model_copy(update={"started_at": now})
-                self._agent_reservation_stage(entry, Stage.RUNNING)
             return []
         reason = report.reason
         if stage is Stage.FAILED and not reason and report.exit_code is not None:

@@ -193,3 +193,26 @@ def test_unplaceable_reason_is_none_for_an_empty_pool() -> None:
     core.register_agent(agent("n1", cpus=2), 0)
     reason = core.unplaceable_reason(action(cpus=999), 0)
     assert reason is not None and "999 CPUs" in reason.summary
+
+
+def test_an_end_report_that_overtakes_running_still_ends_the_attempt() -> None:
+    core, sink = core_with(("n1", 1, ["os:linux"]))
+    core.submit(action("a"), 0)
+    core.step(0)
+    assert core.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0), 1) == []
+    assert core.report_attempt(report("a", 1, "n1", "running"), 2) == []
+    status = core.get("a", 2)  # type: ignore[arg-type]
+    assert status.stage is Stage.SUCCEEDED
+    assert [e.stage for e in sink.events] == [Stage.QUEUED, Stage.ASSIGNED, Stage.RUNNING,
+                                              Stage.SUCCEEDED]
+    assert core.agents["n1"].reservations == {}  # type: ignore[index]
+
+
+def test_a_late_running_report_of_a_retried_attempt_is_dropped_not_stopped() -> None:
+    core, _ = core_with(("n1", 1, ["os:linux"]))
+    core.submit(action("a", retry=RetryPolicy(on_failure=1)), 0)
+    core.step(0)
+    core.report_attempt(report("a", 1, "n1", "failed", exit_code=1), 1)
+    core.step(2)  # attempt 2
+    assert core.report_attempt(report("a", 1, "n1", "running"), 3) == []
+    assert core.actions["a"].stage is Stage.ASSIGNED  # type: ignore[index]

@@ -9,8 +9,8 @@ import pytest
 
 from mesh import Action, InvalidInput, Stage, Unplaceable
 from mesh.names import ENV_ACTION
-from tests.conftest import wait_for
 from tests.integration.conftest import Mesh
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def survivors(action_id: str) -> list[int]:
 
 
 def test_pool_shows_both_workers_with_labels_and_live_load(mesh: Mesh) -> None:
-    pool = wait_for(mesh.client.pool, lambda p: len(p) == 2 and all(a.load for a in p),
+    pool = wait_until(mesh.client.pool, lambda p: len(p) == 2 and all(a.load for a in p),
                     what="two agents reporting load")
     by_node = {a.info.node_id: a for a in pool}
     assert set(by_node) == {mesh.big_id, mesh.small_id}
@@ -109,7 +109,7 @@ def test_cancel_kills_the_whole_process_tree(mesh: Mesh) -> None:
     assert len(survivors(handle.id)) >= 3
     handle.cancel()
     assert handle.result(timeout=30).stage is Stage.CANCELLED
-    wait_for(lambda: survivors(handle.id), lambda pids: not pids, timeout=10,
+    wait_until(lambda: survivors(handle.id), lambda pids: not pids, timeout=10,
              what="no process of the cancelled action")
 
 
@@ -117,7 +117,7 @@ def test_timeout_kills_the_tree_and_says_timed_out(mesh: Mesh) -> None:
     handle = mesh.client.submit(Action(command=["sleep 300 & wait"], shell=True, timeout=1))
     result = handle.result(timeout=30)
     assert result.stage is Stage.TIMED_OUT
-    wait_for(lambda: survivors(handle.id), lambda pids: not pids, timeout=10,
+    wait_until(lambda: survivors(handle.id), lambda pids: not pids, timeout=10,
              what="no process of the timed-out action")
 
 

@@ -9,8 +9,8 @@ from ray.cluster_utils import Cluster
 
 from mesh import Action, Stage
 from mesh.client import Client
-from tests.conftest import wait_for
 from tests.integration.conftest import start_mesh, stop_mesh
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,4 +36,4 @@ def test_actions_wait_with_zero_agents_then_run_when_a_node_joins(empty_mesh: Cl
     assert result.ok and result.agent_id == node.node_id
     assert [line.text for line in handle.logs()] == ["hello"]
     empty_mesh.remove_node(node, allow_graceful=True)
-    wait_for(client.pool, lambda p: p == [], timeout=30, what="the agent leaving the pool")
+    wait_until(client.pool, lambda p: p == [], timeout=30, what="the agent leaving the pool")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ import ray
 from mesh.errors import InvalidInput
 from mesh.relay import LogRelay, relay_options
 from mesh.schema import ActionId, LogBatch, LogRead, MeshConfig, Stream
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -21,20 +22,6 @@ T = TypeVar("T")
 POLL_INTERVAL = 0.02
 CALL_TIMEOUT = 60.0
 NOT_STRINGS: Any = [1, 2]
-
-
-def wait_until(observe: Callable[[], T], ok: Callable[[T], bool], what: str,
-               timeout: float = 30.0) -> T:
-    """Observe until `ok`; on timeout, fail with the last observation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = observe()
-        if ok(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what}; last saw {seen!r}")
-        time.sleep(POLL_INTERVAL)
 
 
 def line(i: int) -> str:
@@ -124,7 +111,7 @@ def test_a_follower_sees_every_line_in_order(relay: Any) -> None:
 def test_a_parked_read_returns_when_lines_arrive(relay: Any) -> None:
     # Waiting far longer than the call timeout: an answer at all means the append woke it.
     parked = relay.read.remote("wake-1", 1, 0, 100, 10 * CALL_TIMEOUT)
-    wait_until(lambda: waiting_readers(relay), lambda n: n == 1, "the read to park")
+    wait_until(lambda: waiting_readers(relay), lambda n: n == 1, what="the read to park")
     call(relay.append.remote(LogBatch(action_id=ActionId("wake-1"), attempt=1,
                                       stream="stdout", offset=0, lines=["hello"])))
     read: LogRead = call(parked)
@@ -135,7 +122,7 @@ def test_a_parked_read_returns_when_lines_arrive(relay: Any) -> None:
 
 def test_a_parked_read_returns_when_the_attempt_closes(relay: Any) -> None:
     parked = relay.read.remote("wake-2", 1, 0, 100, 10 * CALL_TIMEOUT)
-    wait_until(lambda: waiting_readers(relay), lambda n: n == 1, "the read to park")
+    wait_until(lambda: waiting_readers(relay), lambda n: n == 1, what="the read to park")
     call(relay.close.remote("wake-2", 1, 0))
     read: LogRead = call(parked)
     assert (read.batches, read.next_offset, read.closed) == ([], 0, True)
@@ -143,12 +130,12 @@ def test_a_parked_read_returns_when_the_attempt_closes(relay: Any) -> None:
 
 def test_a_read_behind_a_gap_keeps_waiting_until_the_gap_fills(relay: Any) -> None:
     parked = relay.read.remote("gap-1", 1, 0, 100, 10 * CALL_TIMEOUT)
-    wait_until(lambda: waiting_readers(relay), lambda n: n == 1, "the read to park")
+    wait_until(lambda: waiting_readers(relay), lambda n: n == 1, what="the read to park")
     call(relay.append.remote(LogBatch(action_id=ActionId("gap-1"), attempt=1,
                                       stream="stdout", offset=1, lines=["second"])))
     # The held line woke the reader, which found nothing readable and parked again.
     wait_until(lambda: (waiting_readers(relay), call(relay.stats.remote())["held_bytes"]),
-               lambda seen: seen[0] == 1 and seen[1] > 0, "the read to park behind the gap")
+               lambda seen: seen[0] == 1 and seen[1] > 0, what="the read to park behind the gap")
     call(relay.append.remote(LogBatch(action_id=ActionId("gap-1"), attempt=1,
                                       stream="stderr", offset=0, lines=["first"])))
     read: LogRead = call(parked)
@@ -202,7 +189,7 @@ def test_lines_lost_for_good_are_skipped_after_the_close_grace(relay: Any,
                                               stream="stdout", offset=offset, lines=lines)))
         call(quick.close.remote("lost-1", 1, 8))
         read: LogRead = wait_until(lambda: call(quick.read.remote("lost-1", 1, 0, 100, 1.0)),
-                                   lambda r: r.closed, "the lost lines to be given up on")
+                                   lambda r: r.closed, what="the lost lines to be given up on")
         assert [(b.offset, b.lines) for b in read.batches] == [(0, ["a", "b"]), (4, ["e", "f"])]
         assert read.next_offset == 8
         assert call(quick.stats.remote())["skipped_lines"] == 4

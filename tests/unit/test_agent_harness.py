@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 import psutil
 import pytest
 
 from mesh.schema import ActionId, AttemptReport, LogBatch
+from tests.waiting import wait_until
 
 T = TypeVar("T")
 
@@ -64,34 +64,6 @@ class RecordingSinks:
         return sorted(out)
 
 
-def wait_until(
-    probe: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10.0, what: str = ""
-) -> T:
-    """Poll `probe` until `ok` holds; on timeout fail with the last value seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = probe()
-        if ok(seen):
-            return seen
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or ok}; last saw {seen!r}")
-        time.sleep(0.01)
-
-
-async def async_wait_until(
-    probe: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10.0, what: str = ""
-) -> T:
-    """`wait_until` for code running on an event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = probe()
-        if ok(seen):
-            return seen
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or ok}; last saw {seen!r}")
-        await asyncio.sleep(0.01)
-
-
 def run(coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float = 30.0) -> T:
     """Run one test's coroutine on a fresh loop, bounded so a hang fails instead of stalling."""
 
@@ -141,7 +113,7 @@ def exited(pid: int) -> bool:
 
 
 def test_wait_until_names_the_last_observation_on_timeout() -> None:
-    with pytest.raises(pytest.fail.Exception, match="last saw 7"):
+    with pytest.raises(AssertionError, match="last saw 7"):
         wait_until(lambda: 7, lambda v: v == 8, timeout=0.05, what="eight")
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ HEALTH_CHECKS: dict[str, int] = {
 }
 
 
+STOP_TIMEOUT = 30.0
+
+
 def marker_path() -> Path:
     """Where `mesh up` records that it started the local cluster, so `mesh down` stops it."""
     return Path(os.environ.get("ACTIONMESH_HOME", Path.home() / ".actionmesh")) / "local.json"
@@ -37,6 +41,8 @@ def cluster_running() -> bool:
     """True when `ray.init(address="auto")` would find a cluster on this machine."""
     from ray._private.services import find_gcs_addresses
 
+    # Ray caches a non-empty answer for the life of the process; we need today's.
+    find_gcs_addresses.cache_clear()  # type: ignore[attr-defined]
     return bool(find_gcs_addresses())  # type: ignore[no-untyped-call]
 
 
@@ -63,6 +69,10 @@ def stop_local_cluster() -> bool:
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop"],
                    capture_output=True, check=False)
     marker.unlink(missing_ok=True)
+    # `ray stop` can return while the GCS is still exiting; `mesh down` promises it is gone.
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while cluster_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
     return True
 
 

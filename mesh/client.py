@@ -134,23 +134,31 @@ class ActionHandle:
                       ) -> Generator[LogLine, None, int]:
         relay = self.client.relay
         last_pass = not follow
+
+        def ask(at: int) -> Any:
+            return relay.read.remote(self.id, attempt, at, 10_000, 0.0 if last_pass else POLL)
+
+        pending = ask(offset)
         while True:
-            wait = 0.0 if last_pass else POLL
-            read: LogRead = _call(relay.read.remote(self.id, attempt, offset, 10_000, wait),
-                                  wait + CALL_TIMEOUT)
+            read: LogRead = _call(pending, POLL + CALL_TIMEOUT)
+            offset = read.next_offset
+            done = read.closed or (last_pass and not read.batches)
+            if read.batches and not done:
+                # Ask for the next lines before handing these out, so the relay's round trip
+                # overlaps the caller's work on this batch.
+                pending = ask(offset)
             for batch in read.batches:
                 for i, text in enumerate(batch.lines):
-                    yield LogLine.model_construct(action_id=batch.action_id,
-                                                  attempt=batch.attempt, stream=batch.stream,
-                                                  offset=batch.offset + i, text=text)
-            offset = read.next_offset
-            if read.closed or (last_pass and not read.batches):
+                    yield LogLine(batch.action_id, batch.attempt, batch.stream,
+                                  batch.offset + i, text)
+            if done:
                 return offset
             if not read.batches:
                 # Quiet for a while. An attempt lost with its agent is never closed, so check
                 # it is still the live one, then drain what arrived meanwhile and stop.
                 status = self.status()
                 last_pass = status.attempt != attempt or status.stage in TERMINAL
+                pending = ask(offset)
 
 
 class Client:

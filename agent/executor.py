@@ -54,6 +54,7 @@ class _Attempt:
     send_end_report: bool = True
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    running_timer: asyncio.TimerHandle | None = None
 
     @property
     def key(self) -> Key:
@@ -183,8 +184,18 @@ class Executor:
         attempt.pgid = attempt.protocol.transport.get_pid()
         if not reaper.register(attempt.pgid):
             self._ensure_reaper()  # it died: a new one gets every group, this one included
-        self._report(attempt, "running")
+        delay = self.config.running_report_delay
+        if delay > 0:
+            # Most CI actions run for seconds, but bursts of tiny ones would cost a report
+            # call each just to say they started: an end within `delay` says it for them.
+            attempt.running_timer = loop.call_later(delay, self._report_running, attempt)
+        else:
+            self._report(attempt, "running")
         attempt.task = loop.create_task(self._run(attempt))
+
+    def _report_running(self, attempt: _Attempt) -> None:
+        attempt.running_timer = None
+        self._report(attempt, "running")
 
     async def cancel(self, action_id: ActionId, attempt: int) -> bool:
         """Kill the attempt's whole tree and wait until it has ended and been reported.
@@ -298,6 +309,9 @@ class Executor:
             log.warning("no permission to signal process group %d", pgid)
 
     def _finish(self, attempt: _Attempt, end: Outcome) -> None:
+        if attempt.running_timer is not None:
+            attempt.running_timer.cancel()  # the end report implies the start
+            attempt.running_timer = None
         if attempt.pgid:
             self._unregister(attempt.pgid)
         if attempt.protocol.transport is not None:

@@ -13,7 +13,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from mesh.names import NAMESPACE
-from mesh.schema import ActionId, AttemptReport, LogBatch
+from mesh.schema import ActionId, Assignment, AttemptReport, LogBatch
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ REPORT_RETRIES = 3
 # scheduler reconciles with `running()` when it comes back).
 MAX_QUEUED_REPORTS = 10_000
 LOOKUP_BACKOFF = 0.5
+# How long closes of empty logs gather before they go to the relay in one call.
+EMPTY_CLOSE_LINGER = 0.05
 
 
 class NamedActor:
@@ -46,16 +48,21 @@ class NamedActor:
     def forget(self) -> None:
         self._handle = None
 
-    def watch(self, ref: Any, on_failure: Callable[[], None] | None = None) -> None:
+    def watch(self, ref: Any, on_failure: Callable[[], None] | None = None,
+              on_result: Callable[[Any], None] | None = None) -> None:
         """Follow a fire-and-forget call: on an actor failure, forget the handle and call
-        `on_failure()`, so that the next call looks the actor up again."""
-        task = asyncio.get_running_loop().create_task(self._check(ref, on_failure))
+        `on_failure()`, so that the next call looks the actor up again; hand an answer to
+        `on_result`."""
+        task = asyncio.get_running_loop().create_task(self._check(ref, on_failure, on_result))
         self._watches.add(task)
         task.add_done_callback(self._watches.discard)
 
-    async def _check(self, ref: Any, on_failure: Callable[[], None] | None) -> None:
+    async def _check(self, ref: Any, on_failure: Callable[[], None] | None,
+                     on_result: Callable[[Any], None] | None) -> None:
         try:
-            await asyncio.wait_for(_resolve(ref), WATCH_SECONDS)
+            result = await asyncio.wait_for(_resolve(ref), WATCH_SECONDS)
+            if on_result is not None:
+                on_result(result)
         except TimeoutError:
             pass  # slow, not gone
         except RayActorError as exc:
@@ -80,8 +87,12 @@ class SchedulerReports:
     repeat or a late one is dropped there.
     """
 
-    def __init__(self, scheduler: NamedActor) -> None:
+    def __init__(self, scheduler: NamedActor,
+                 on_assignments: Callable[[list[Assignment]], None] | None = None) -> None:
         self.scheduler = scheduler
+        # The scheduler answers an end report with this agent's next assignments, so the
+        # slot that just freed is refilled without a separate start call.
+        self.on_assignments = on_assignments
         self._queue: deque[tuple[AttemptReport, int]] = deque()
         self._pump: asyncio.Task[None] | None = None
 
@@ -116,21 +127,46 @@ class SchedulerReports:
                 if again is not None:
                     again()
                 continue
-            self.scheduler.watch(ref, again)
+            self.scheduler.watch(ref, again, self._answered)
+
+    def _answered(self, answer: Any) -> None:
+        if answer and self.on_assignments is not None:
+            self.on_assignments(list(answer))
 
 
 class RelayLogs:
     """LogSink: awaits `relay.append` / `relay.close`, looking the relay up again once after
-    an actor failure (the relay keys lines by offset, so a repeated batch is harmless)."""
+    an actor failure (the relay keys lines by offset, so a repeated batch is harmless).
+
+    The close of an attempt that printed nothing is not awaited: with no lines there is no
+    incomplete log to see, so such closes gather for `EMPTY_CLOSE_LINGER` seconds and go
+    in one `close_many` call (at hundreds of short attempts a second, one call each was a
+    quarter of a core on the relay).
+    """
 
     def __init__(self, relay: NamedActor) -> None:
         self.relay = relay
+        self._empty: list[tuple[str, int, int]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def push(self, batch: LogBatch) -> None:
         await self._call("append", batch)
 
     async def close(self, action_id: ActionId, attempt: int, total_lines: int) -> None:
-        await self._call("close", action_id, attempt, total_lines)
+        if total_lines:
+            await self._call("close", action_id, attempt, total_lines)
+            return
+        self._empty.append((str(action_id), attempt, 0))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_empty())
+
+    async def _flush_empty(self) -> None:
+        await asyncio.sleep(EMPTY_CLOSE_LINGER)
+        ends, self._empty = self._empty, []
+        try:
+            await self._call("close_many", ends)
+        except Exception as exc:
+            log.warning("closing %d empty logs failed: %r", len(ends), exc)
 
     async def _call(self, method: str, *args: Any) -> None:
         for retry in (False, True):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import ClassVar
 
 from agent.sinks import LogSink
 from mesh.schema import ActionId, LogBatch, Stream
@@ -67,10 +66,6 @@ class LogShipper:
     pipes, so the process blocks on write) until pushes drain below half of that: a slow
     relay slows the action rather than filling the agent's memory.
     """
-
-    # Closes sent without waiting, held here so the event loop's weak references to
-    # running tasks are not the only ones while they are in flight.
-    _detached: ClassVar[set[asyncio.Task[None]]] = set()
 
     def __init__(
         self,
@@ -161,19 +156,9 @@ class LogShipper:
         self.flush()
         while self._in_flight:
             await asyncio.wait(set(self._in_flight))
-        if self.next_offset == 0:
-            # Nothing to read, so nobody can see an incomplete log: close without waiting
-            # and spare the end report (and the next action's start) one relay round trip.
-            task = asyncio.get_running_loop().create_task(self._close())
-            LogShipper._detached.add(task)
-            task.add_done_callback(LogShipper._detached.discard)
-        else:
-            await self._close()
-        return self.next_offset
-
-    async def _close(self) -> None:
         try:
             await self.sink.close(self.action_id, self.attempt, self.next_offset)
         except Exception as exc:  # the end report must still go out
             log.warning("closing the log of %s attempt %d failed: %r", self.action_id,
                         self.attempt, exc)
+        return self.next_offset

@@ -123,6 +123,16 @@ class LogRelay:
 
     async def close(self, action_id: str, attempt: int, total_lines: int) -> None:
         """The attempt ended after `total_lines` lines (both streams)."""
+        self._close(action_id, attempt, total_lines)
+
+    async def close_many(self, ends: list[tuple[str, int, int]]) -> None:
+        """Several `close` calls in one, (action_id, attempt, total_lines) each; agents
+        batch the closes of attempts that printed nothing, which are many and urgent to
+        nobody."""
+        for action_id, attempt, total_lines in ends:
+            self._close(action_id, attempt, total_lines)
+
+    def _close(self, action_id: str, attempt: int, total_lines: int) -> None:
         _guard("close", _check_attempt, action_id, attempt)
         _guard("close", _check_count, "total_lines", total_lines, 0)
         _guard("close", self._store.close, action_id, attempt, total_lines)

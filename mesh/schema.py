@@ -380,6 +380,10 @@ class MeshConfig(Model):
     node_check_interval: PositiveSeconds = Field(1.0, description="seconds between node checks")
     kill_grace: PositiveSeconds = Field(5.0, description="seconds between TERM and KILL")
     log_flush_interval: PositiveSeconds = Field(0.1, description="longest a line waits to ship")
+    running_report_delay: float = Field(
+        0.02, ge=0, le=10,
+        description="an attempt that ends sooner than this after it started sends only its "
+        "end report (which implies the start); 0 reports every start at once")
     log_flush_bytes: int = Field(256 * 1024, ge=1024)
     relay_memory_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     capacity_percent: float = Field(100.0, gt=0, le=1000)

@@ -193,10 +193,7 @@ class Scheduler:
                                                 self.clock(), "agent left before the start")
                     self.kick()
                     continue
-                entry = self.core.actions[decision.action_id]
-                call = handle.start(Assignment(action=entry.spec, action_id=entry.id,
-                                               attempt=decision.attempt,
-                                               agent_id=decision.agent_id))
+                call = handle.start(self._assignment(decision))
                 self._spawn(self._follow_call(decision, call))
             elif isinstance(decision, Stop) and handle is not None:
                 self._spawn(self._follow_call(decision, handle.stop(decision.action_id,
@@ -223,10 +220,32 @@ class Scheduler:
                 self.core.by_stage[Stage.QUEUED]:
             self.kick()
 
-    def report_attempt(self, report: AttemptReport) -> None:
-        self._carry_out(self.core.report_attempt(report, self.clock()))
-        if report.stage != "running":
-            self.kick()
+    def report_attempt(self, report: AttemptReport) -> list[Assignment]:
+        """Apply a report; answer an end report with the reporting agent's next work.
+
+        The end of an attempt frees room on its agent, so a step runs at once and what it
+        places there rides back on this call's answer: the freed slot is refilled one
+        round trip sooner than with a separate start call.
+        """
+        now = self.clock()
+        self._carry_out(self.core.report_attempt(report, now))
+        if report.stage == "running" or report.agent_id not in self.handles:
+            return []
+        try:
+            decisions = self.core.step(now)
+        except Exception:
+            self.step_errors += 1
+            log.exception("scheduling step failed; the loop goes on")
+            return []
+        mine = [d for d in decisions
+                if isinstance(d, Assign) and d.agent_id == report.agent_id]
+        self._carry_out([d for d in decisions if d not in mine])
+        return [self._assignment(d) for d in mine]
+
+    def _assignment(self, decision: Assign) -> Assignment:
+        entry = self.core.actions[decision.action_id]
+        return Assignment(action=entry.spec, action_id=entry.id, attempt=decision.attempt,
+                          agent_id=decision.agent_id)
 
     # ---- calls from clients --------------------------------------------------------------
 
@@ -314,9 +333,9 @@ class SchedulerActor:
         self.s.ensure_started()
         self.s.report_load(agent_id, load)
 
-    async def report_attempt(self, report: AttemptReport) -> None:
+    async def report_attempt(self, report: AttemptReport) -> list[Assignment]:
         self.s.ensure_started()
-        self.s.report_attempt(report)
+        return self.s.report_attempt(report)
 
     async def submit(self, specs: list[Action | dict[str, Any]],
                      reject_unplaceable: bool = True) -> list[SubmitOutcome]:

@@ -21,7 +21,8 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 CALL_TIMEOUT = 60.0
-CONFIG = MeshConfig(load_interval=0.2, kill_grace=0.5, log_flush_interval=0.05)
+CONFIG = MeshConfig(load_interval=0.2, kill_grace=0.5, log_flush_interval=0.05,
+                    running_report_delay=0)
 
 
 @ray.remote(num_cpus=0)

@@ -18,7 +18,7 @@ from mesh.schema import ActionId, AgentId, Assignment, MeshConfig
 from tests.unit.test_agent_harness import RecordingSinks, in_group, marked, run
 from tests.waiting import async_wait_until
 
-CONFIG = MeshConfig(kill_grace=0.3, log_flush_interval=0.05)
+CONFIG = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, running_report_delay=0)
 TREE = "sleep 60 & sleep 60 & wait"
 _tokens = itertools.count()
 
@@ -83,6 +83,21 @@ def test_exit_zero_reports_running_then_succeeded_with_clock_times() -> None:
         assert end is not None and end.exit_code == 0 and end.reason == ""
         assert [r.time for r in sinks.reports] == [1000.0, 1001.0]
         assert {r.agent_id for r in sinks.reports} == {"agent-test"}
+
+    run(body())
+
+
+def test_a_start_is_reported_only_if_the_attempt_outlives_the_delay() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        config = CONFIG.model_copy(update={"running_report_delay": 0.3})
+        async with executor(sinks, config) as ex:
+            await ex.start(assignment(["true"], action_id="quick"))
+            await ex.start(assignment(["sleep", "0.6"], action_id="slow"))
+            await ended(sinks, "quick")
+            await ended(sinks, "slow")
+        assert sinks.stages("quick") == ["succeeded"]
+        assert sinks.stages("slow") == ["running", "succeeded"]
 
     run(body())
 
@@ -342,7 +357,8 @@ def test_carriage_returns_are_stripped_and_bad_utf8_is_replaced() -> None:
 
 def test_a_slow_sink_applies_back_pressure_and_loses_nothing() -> None:
     n = 20_000
-    config = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, log_flush_bytes=1024)
+    config = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, log_flush_bytes=1024,
+                        running_report_delay=0)
 
     async def body() -> None:
         sinks = RecordingSinks(push_delay=0.002)

@@ -146,7 +146,8 @@ class Sinks:
 
 async def main():
     token, action_id, script = sys.argv[1:4]
-    executor = Executor(AgentId("fake"), token, MeshConfig(), Sinks(), Sinks())
+    executor = Executor(AgentId("fake"), token, MeshConfig(running_report_delay=0), Sinks(),
+                        Sinks())
     await executor.start(Assignment.model_validate({
         "action": {"command": [script], "shell": True},
         "action_id": action_id, "attempt": 1, "agent_id": "fake"}))

@@ -67,6 +67,7 @@ class AgentActor:
     async def hello(self) -> AgentInfo:
         """Register: start the reaper and the load stream (once), describe the machine."""
         if self._sampler is None:
+            _watch_children_with_pidfd()
             self._sampler = asyncio.get_running_loop().create_task(self._stream_load())
             # From the event loop's thread, which lives as long as the actor: the reaper's
             # parent-death signal fires when the thread that spawned it ends.

@@ -77,7 +77,7 @@ def _argv(assignment: Assignment) -> list[str]:
     return ["/bin/sh", "-c", action.command[0]] if action.shell else list(action.command)
 
 
-def _spawn_failure(exc: OSError | ValueError, argv: list[str], cwd: str | None) -> str:
+def _spawn_failure(exc: Exception, argv: list[str], cwd: str | None) -> str:
     if not isinstance(exc, OSError):
         return f"could not start {argv[0]!r}: {exc}"
     why = exc.strerror or str(exc)
@@ -176,12 +176,15 @@ class Executor:
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True, cwd=cwd, env=env,
             )
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # any failure to spawn ends the attempt as failed
             await shipper.finish()  # an empty, closed log rather than one that never ends
             self._finish(attempt, Outcome("failed", None, _spawn_failure(exc, argv, cwd)))
             return
         assert attempt.protocol.transport is not None
         attempt.pgid = attempt.protocol.transport.get_pid()
+        # Watch it before anything else can fail: a running process must never be left
+        # without the task that reports its end.
+        attempt.task = loop.create_task(self._run(attempt))
         if not reaper.register(attempt.pgid):
             self._ensure_reaper()  # it died: a new one gets every group, this one included
         delay = self.config.running_report_delay
@@ -191,7 +194,6 @@ class Executor:
             attempt.running_timer = loop.call_later(delay, self._report_running, attempt)
         else:
             self._report(attempt, "running")
-        attempt.task = loop.create_task(self._run(attempt))
 
     def _report_running(self, attempt: _Attempt) -> None:
         attempt.running_timer = None

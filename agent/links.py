@@ -161,12 +161,14 @@ class RelayLogs:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_empty())
 
     async def _flush_empty(self) -> None:
-        await asyncio.sleep(EMPTY_CLOSE_LINGER)
-        ends, self._empty = self._empty, []
-        try:
-            await self._call("close_many", ends)
-        except Exception as exc:
-            log.warning("closing %d empty logs failed: %r", len(ends), exc)
+        # Loop: closes that arrive while a batch is in flight go in the next one.
+        while self._empty:
+            await asyncio.sleep(EMPTY_CLOSE_LINGER)
+            ends, self._empty = self._empty, []
+            try:
+                await self._call("close_many", ends)
+            except Exception as exc:
+                log.warning("closing %d empty logs failed: %r", len(ends), exc)
 
     async def _call(self, method: str, *args: Any) -> None:
         for retry in (False, True):

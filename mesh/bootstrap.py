@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayError
 
-from mesh import names
+from mesh import calls, names
 from mesh.errors import ClusterUnavailable, MeshNotRunning
 from mesh.schema import MeshConfig
 
@@ -85,7 +86,7 @@ def connect_ray(address: str | None = "auto", start_local: bool = False) -> None
     try:
         ray.init(address=address or "auto", namespace=names.NAMESPACE,
                  logging_level=logging.WARNING, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, RayError) as exc:
         raise ClusterUnavailable(
             f"no Ray cluster at {address!r}: {exc}. Start one with `mesh up` "
             "(it starts a local cluster), or `ray up cluster.yaml`."
@@ -98,13 +99,16 @@ def up(config: MeshConfig | None = None, timeout: float = 120.0) -> dict[str, An
     from scheduler.actor import SchedulerActor, scheduler_options
 
     config = config or MeshConfig()
-    relay = LogRelay.options(**relay_options()).remote(config)  # type: ignore[attr-defined]
-    scheduler = SchedulerActor.options(  # type: ignore[attr-defined]
-        **scheduler_options()).remote(config)
-    ray.get(relay.ping.remote(), timeout=timeout)
-    if not ray.get(scheduler.ready.remote(timeout), timeout=timeout + 5):
+    try:
+        relay = LogRelay.options(**relay_options()).remote(config)  # type: ignore[attr-defined]
+        scheduler = SchedulerActor.options(  # type: ignore[attr-defined]
+            **scheduler_options()).remote(config)
+    except RayError as exc:
+        raise ClusterUnavailable(f"could not create the mesh actors: {exc}") from exc
+    calls.call(relay.ping, timeout=timeout)
+    if not calls.call(scheduler.ready, timeout, timeout=timeout + 5):
         log.warning("the scheduler has not registered every node's agent yet")
-    agents = ray.get(scheduler.pool.remote(), timeout=timeout)
+    agents = calls.call(scheduler.pool, timeout=timeout)
     return {"agents": len(agents), "address": ray.get_runtime_context().gcs_address}
 
 
@@ -134,14 +138,17 @@ def down(stop_cluster: bool = True) -> dict[str, Any]:
 
 
 def scheduler_handle() -> Any:
-    try:
-        return ray.get_actor(names.SCHEDULER, namespace=names.NAMESPACE)
-    except ValueError as exc:
-        raise MeshNotRunning("the mesh is not running on this cluster; run `mesh up`") from exc
+    return _named(names.SCHEDULER)
 
 
 def relay_handle() -> Any:
+    return _named(names.RELAY)
+
+
+def _named(name: str) -> Any:
     try:
-        return ray.get_actor(names.RELAY, namespace=names.NAMESPACE)
+        return ray.get_actor(name, namespace=names.NAMESPACE)
     except ValueError as exc:
         raise MeshNotRunning("the mesh is not running on this cluster; run `mesh up`") from exc
+    except RayError as exc:
+        raise ClusterUnavailable(str(exc)) from exc

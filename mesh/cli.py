@@ -211,10 +211,8 @@ def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: 
         _dump([a.model_dump(mode="json") for a in actions])
         return
     agents = client.pool()
-    click.echo(f"{len(agents)} agent(s); {len(actions)} action(s)")
-    counts: dict[str, int] = {}
-    for a in actions:
-        counts[a.stage.value] = counts.get(a.stage.value, 0) + 1
+    counts = {stage: n for stage, n in client.counts().items() if n}
+    click.echo(f"{len(agents)} agent(s); {sum(counts.values())} action(s)")
     if counts:
         click.echo("  " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     rows = [[a.id, a.stage.value, str(a.attempt), a.agent_id or "-",

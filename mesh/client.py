@@ -8,17 +8,14 @@ import uuid
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
-import ray
 from pydantic import ValidationError
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from mesh import bootstrap
+from mesh.calls import CALL_TIMEOUT, call, send, wait
 from mesh.errors import (
     ActionTimeout,
-    ClusterUnavailable,
     InvalidInput,
     MeshError,
-    SchedulerUnavailable,
     Unplaceable,
 )
 from mesh.schema import (
@@ -33,25 +30,7 @@ from mesh.schema import (
 )
 from mesh.stages import TERMINAL, Stage
 
-CALL_TIMEOUT = 60.0
 POLL = 5.0
-
-
-def _call(ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
-    """`ray.get` with Ray's exceptions turned into ours; our own errors pass through."""
-    try:
-        return ray.get(ref, timeout=timeout)
-    except RayTaskError as exc:
-        cause = exc.cause
-        if isinstance(cause, MeshError):
-            raise cause from None
-        raise MeshError(f"the scheduler failed a call: {cause!r}") from exc
-    except GetTimeoutError as exc:
-        raise SchedulerUnavailable(f"no answer within {timeout:g}s") from exc
-    except RayActorError as exc:
-        raise SchedulerUnavailable(f"the mesh actor is unavailable: {exc}") from exc
-    except RayError as exc:
-        raise ClusterUnavailable(str(exc)) from exc
 
 
 def _action(spec: Action | dict[str, Any]) -> Action:
@@ -85,8 +64,9 @@ class ActionHandle:
     def events(self, follow: bool = True, after: int = 0) -> Iterator[StageEvent]:
         """Stage events in order; with follow, until the action reaches a final stage."""
         while True:
-            batch: list[StageEvent] = _call(self.client.scheduler.wait_events.remote(
-                self.id, after, POLL if follow else 0.0), POLL + CALL_TIMEOUT)
+            batch: list[StageEvent] = call(self.client.scheduler.wait_events, self.id, after,
+                                           POLL if follow else 0.0,
+                                           timeout=POLL + CALL_TIMEOUT)
             for event in batch:
                 after = event.seq
                 yield event
@@ -103,8 +83,8 @@ class ActionHandle:
             left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if left <= 0:
                 raise ActionTimeout(f"action {self.id} did not finish within {timeout:g}s")
-            batch: list[StageEvent] = _call(self.client.scheduler.wait_events.remote(
-                self.id, after, left), left + CALL_TIMEOUT)
+            batch: list[StageEvent] = call(self.client.scheduler.wait_events, self.id, after,
+                                           left, timeout=left + CALL_TIMEOUT)
             if batch:
                 after = batch[-1].seq
                 if any(e.stage in TERMINAL for e in batch):
@@ -119,28 +99,47 @@ class ActionHandle:
         """
         current = attempt if attempt is not None else max(self.status().attempt, 1)
         while True:
-            offset = yield from self._read_attempt(current, offset, follow)
+            offset, closed = yield from self._read_attempt(current, offset, follow)
             if not follow or attempt is not None:
                 return
-            status = self.status()
-            if status.stage in TERMINAL and status.attempt <= current:
-                return
+            status = self._await_next(current, closed)
             if status.attempt > current:
                 current, offset = status.attempt, 0
             elif status.stage in TERMINAL:
                 return
 
+    def _await_next(self, current: int, closed: bool) -> ActionStatus:
+        """Wait, on stage events, until the action has ended or an attempt not yet read has
+        begun. A closed log means `current` is done, so only a newer attempt can follow;
+        otherwise `current` itself may just not have started yet."""
+
+        def ready(st: ActionStatus) -> bool:
+            return (st.stage in TERMINAL or st.attempt > current
+                    or (not closed and st.attempt == current))
+
+        events: list[StageEvent] = call(self.client.scheduler.wait_events, self.id, 0, 0.0)
+        seen = events[-1].seq if events else 0
+        status = self.status()
+        while not ready(status):
+            new: list[StageEvent] = call(self.client.scheduler.wait_events, self.id, seen,
+                                         POLL, timeout=POLL + CALL_TIMEOUT)
+            seen = new[-1].seq if new else seen
+            status = self.status()
+        return status
+
     def _read_attempt(self, attempt: int, offset: int, follow: bool,
-                      ) -> Generator[LogLine, None, int]:
+                      ) -> Generator[LogLine, None, tuple[int, bool]]:
+        """Yield the attempt's lines from `offset`; return where reading stopped and whether
+        the log is complete (closed)."""
         relay = self.client.relay
         last_pass = not follow
 
         def ask(at: int) -> Any:
-            return relay.read.remote(self.id, attempt, at, 10_000, 0.0 if last_pass else POLL)
+            return send(relay.read, self.id, attempt, at, 10_000, 0.0 if last_pass else POLL)
 
         pending = ask(offset)
         while True:
-            read: LogRead = _call(pending, POLL + CALL_TIMEOUT)
+            read: LogRead = wait(pending, POLL + CALL_TIMEOUT)
             offset = read.next_offset
             done = read.closed or (last_pass and not read.batches)
             if read.batches and not done:
@@ -152,7 +151,7 @@ class ActionHandle:
                     yield LogLine(batch.action_id, batch.attempt, batch.stream,
                                   batch.offset + i, text)
             if done:
-                return offset
+                return offset, read.closed
             if not read.batches:
                 # Quiet for a while. An attempt lost with its agent is never closed, so check
                 # it is still the live one, then drain what arrived meanwhile and stop.
@@ -177,7 +176,7 @@ class Client:
                     reject_unplaceable: bool = True) -> builtins.list[ActionHandle]:
         """Submit a batch. Ids are chosen here, so repeating the call is idempotent."""
         specs = [_action(a) for a in actions]
-        outcomes = _call(self.scheduler.submit.remote(specs, reject_unplaceable))
+        outcomes = call(self.scheduler.submit, specs, reject_unplaceable)
         refused = [o for o in outcomes if not o.accepted]
         if refused:
             detail = "; ".join(f"{o.action_id}: {o.reason}" for o in refused)
@@ -188,11 +187,11 @@ class Client:
         return ActionHandle(self, ActionId(action_id))
 
     def get(self, action_id: str) -> ActionStatus:
-        status: ActionStatus = _call(self.scheduler.get.remote(ActionId(action_id)))
+        status: ActionStatus = call(self.scheduler.get, ActionId(action_id))
         return status
 
     def cancel(self, action_id: str) -> ActionStatus:
-        status: ActionStatus = _call(self.scheduler.cancel.remote(ActionId(action_id)))
+        status: ActionStatus = call(self.scheduler.cancel, ActionId(action_id))
         return status
 
     def list(self, stage: Stage | str | None = None, limit: int | None = None,
@@ -203,17 +202,16 @@ class Client:
             raise InvalidInput(f"stage: unknown stage {stage!r}; one of "
                                f"{', '.join(s.value for s in Stage)}",
                                [("stage", "unknown")]) from None
-        result: builtins.list[ActionStatus] = _call(
-            self.scheduler.list_actions.remote(wanted, limit))
+        result: builtins.list[ActionStatus] = call(self.scheduler.list_actions, wanted, limit)
         return result
 
     def counts(self) -> dict[str, int]:
         """How many accepted actions are in each stage."""
-        result: dict[str, int] = _call(self.scheduler.counts.remote())
+        result: dict[str, int] = call(self.scheduler.counts)
         return result
 
     def pool(self) -> builtins.list[AgentStatus]:
-        result: builtins.list[AgentStatus] = _call(self.scheduler.pool.remote())
+        result: builtins.list[AgentStatus] = call(self.scheduler.pool)
         return result
 
 

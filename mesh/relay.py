@@ -130,7 +130,10 @@ class LogRelay:
         batch the closes of attempts that printed nothing, which are many and urgent to
         nobody."""
         for action_id, attempt, total_lines in ends:
-            self._close(action_id, attempt, total_lines)
+            try:
+                self._close(action_id, attempt, total_lines)
+            except Exception:  # one bad entry must not keep the others open
+                log.exception("close of %r attempt %r failed", action_id, attempt)
 
     def _close(self, action_id: str, attempt: int, total_lines: int) -> None:
         _guard("close", _check_attempt, action_id, attempt)

@@ -186,10 +186,6 @@ class Load(Model):
     load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     sampled_at: float = Field(..., description="agent wall-clock time of the sample")
 
-    @property
-    def free_cpus(self) -> float:
-        return self.cpu_count * (100.0 - self.cpu_percent) / 100.0
-
 
 class AgentInfo(Model):
     """What an agent says about its machine when it registers."""
@@ -391,6 +387,3 @@ class MeshConfig(Model):
         95.0, gt=0, le=100, description="no CPU work for an agent whose machine is this busy")
     head_agent: bool = Field(True, description="run an agent on the head node too")
 
-
-def is_terminal(stage: Stage) -> bool:
-    return stage in TERMINAL

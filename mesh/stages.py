@@ -38,10 +38,6 @@ TRANSITIONS: dict[Stage, frozenset[Stage]] = {
 }
 
 
-def can_transition(current: Stage, target: Stage) -> bool:
-    return target in TRANSITIONS[current]
-
-
 def transition(current: Stage, target: Stage) -> Stage:
     """Return `target` if the table allows `current -> target`, else raise StageError."""
     if target not in TRANSITIONS[current]:

@@ -31,7 +31,7 @@ from mesh.schema import (
 )
 from mesh.stages import Stage
 from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, RayAgentHandle
-from scheduler.core.decisions import Assign, Decision, Stop
+from scheduler.core.decisions import Assign, Decision
 from scheduler.core.state import SchedulerState
 from scheduler.eventbook import EventBook
 from scheduler.nodes import alive, parse_nodes, wanted
@@ -81,6 +81,7 @@ class Scheduler:
         if self._wake is not None:
             return
         self._wake = asyncio.Event()
+        self._wake.set()  # look at the queue once at start: it may hold work already
         self._synced = asyncio.Event()
         self._spawn(self._dispatch_loop())
         self._spawn(self._node_loop())
@@ -144,11 +145,18 @@ class Scheduler:
             self.agent_lost(agent_id, "its node is dead")
         todo = [n for n in wanted(views, self.config.head_agent)
                 if AgentId(n) not in self.handles and n not in self.bringing_up]
-        if todo:
+        if todo and not self._synced.is_set():
+            # The first pass waits, so `mesh up` returns with the pool filled; later ones
+            # must not, or one slow agent would hold up noticing dead nodes.
             await asyncio.gather(*(self._bring_up(n) for n in todo))
+        else:
+            for node_id in todo:
+                self._spawn(self._bring_up(node_id))
         self._synced.set()
 
     async def _bring_up(self, node_id: str) -> None:
+        if node_id in self.bringing_up:
+            return
         self.bringing_up.add(node_id)
         try:
             handle = self.agent_factory(node_id, self.config)
@@ -166,20 +174,31 @@ class Scheduler:
         self.kick()
 
     async def _watch(self, agent_id: AgentId, handle: AgentHandle) -> None:
-        # One call stays in flight per agent; when the actor dies Ray fails it at once.
-        try:
-            await handle.wait_closed()
-        except AgentGone:
-            if self.handles.get(agent_id) is handle:
-                self.agent_lost(agent_id, "its actor died")
-        except Exception as exc:
-            log.info("watch on agent %s ended: %s", agent_id, exc)
+        # One call stays in flight per agent; when the actor dies Ray fails it at once. An
+        # unreachable agent is only suspect (its node may be slow, not dead): watch again.
+        while self.handles.get(agent_id) is handle:
+            try:
+                await handle.wait_closed()
+            except AgentGone:
+                self.agent_lost(agent_id, "its actor died", handle)
+                return
+            except AgentUnreachable:
+                self.core.mark_suspect(agent_id)
+                await asyncio.sleep(self.config.load_interval)
+            except Exception as exc:
+                log.warning("watch on agent %s failed: %r; watching again", agent_id, exc)
+                await asyncio.sleep(self.config.load_interval)
 
-    def agent_lost(self, agent_id: AgentId, why: str) -> None:
-        if self.handles.pop(agent_id, None) is None:
+    def agent_lost(self, agent_id: AgentId, why: str, handle: AgentHandle | None = None,
+                   ) -> None:
+        """Drop the agent; with `handle`, only if it is still the one registered (a late
+        failure of an old actor must not remove its replacement)."""
+        current = self.handles.get(agent_id)
+        if current is None or (handle is not None and current is not handle):
             return
+        del self.handles[agent_id]
         log.warning("agent %s left the pool: %s", agent_id, why)
-        self._carry_out(self.core.remove_agent(agent_id, self.clock()))
+        self.core.remove_agent(agent_id, self.clock())
         self.kick()
 
     # ---- carrying out decisions ----------------------------------------------------------
@@ -187,31 +206,37 @@ class Scheduler:
     def _carry_out(self, decisions: list[Decision]) -> None:
         for decision in decisions:
             handle = self.handles.get(decision.agent_id)
-            if isinstance(decision, Assign):
-                if handle is None:
-                    self.core.assignment_failed(decision.action_id, decision.attempt,
-                                                self.clock(), "agent left before the start")
-                    self.kick()
-                    continue
-                call = handle.start(self._assignment(decision))
-                self._spawn(self._follow_call(decision, call))
-            elif isinstance(decision, Stop) and handle is not None:
-                self._spawn(self._follow_call(decision, handle.stop(decision.action_id,
-                                                                    decision.attempt)))
+            if handle is None:
+                if isinstance(decision, Assign):
+                    self._start_failed(decision, "agent left before the start")
+                continue
+            try:
+                if isinstance(decision, Assign):
+                    call = handle.start(self._assignment(decision))
+                else:
+                    call = handle.stop(decision.action_id, decision.attempt)
+            except Exception as exc:  # submitting the call itself failed (serialisation)
+                log.exception("could not send %s", decision)
+                if isinstance(decision, Assign):
+                    self._start_failed(decision, f"could not send the start: {exc}")
+                continue
+            self._spawn(self._follow_call(decision, handle, call))
 
-    async def _follow_call(self, decision: Decision, call: Any) -> None:
+    def _start_failed(self, decision: Assign, why: str) -> None:
+        self.core.assignment_failed(decision.action_id, decision.attempt, self.clock(), why)
+        self.kick()
+
+    async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
         try:
             await call
         except AgentGone:
-            self.agent_lost(decision.agent_id, "a call to it failed: actor died")
+            self.agent_lost(decision.agent_id, "a call to it failed: actor died", handle)
         except AgentUnreachable:
             self.core.mark_suspect(decision.agent_id)
         except Exception as exc:
             log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
             if isinstance(decision, Assign):
-                self.core.assignment_failed(decision.action_id, decision.attempt,
-                                            self.clock(), f"agent refused the start: {exc}")
-                self.kick()
+                self._start_failed(decision, f"agent refused the start: {exc}")
 
     # ---- calls from agents ---------------------------------------------------------------
 
@@ -251,12 +276,14 @@ class Scheduler:
 
     def submit(self, specs: list[Action | dict[str, Any]], reject_unplaceable: bool,
                ) -> list[SubmitOutcome]:
-        actions = [_validated(spec, i) for i, spec in enumerate(specs)]
+        """Accept a batch. Every spec is checked before any is accepted, so a bad one (or an
+        id already used by a different action) leaves the whole batch unaccepted."""
+        actions = [_with_id(_validated(spec, i)) for i, spec in enumerate(specs)]
+        for action in actions:
+            self.core.check_resubmission(action)
         now = self.clock()
         outcomes = []
         for action in actions:
-            if action.id is None:
-                action = action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
             assert action.id is not None
             known = action.id in self.core.actions
             verdict = None if known else self.core.unplaceable_reason(action, now)
@@ -303,6 +330,12 @@ class Scheduler:
         for task in list(self._tasks):
             task.cancel()
         return sum(1 for r in results if not isinstance(r, BaseException))
+
+
+def _with_id(action: Action) -> Action:
+    if action.id is not None:
+        return action
+    return action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
 
 
 def _validated(spec: Action | dict[str, Any], index: int) -> Action:

@@ -86,15 +86,10 @@ class SchedulerState:
 
     def submit(self, spec: Action, now: float) -> tuple[ActionEntry, bool]:
         """Accept an action; the same id again returns the first one (created=False)."""
-        if spec.id is None:
-            raise InvalidInput("action id: the scheduler needs an id; the client assigns one",
-                               [("id", "missing")])
+        self.check_resubmission(spec)
+        assert spec.id is not None
         existing = self.actions.get(spec.id)
         if existing is not None:
-            if existing.spec != spec:
-                raise InvalidInput(
-                    f"action id: {spec.id!r} is already used by a different action",
-                    [("id", "already used by a different action")])
             return existing, False
         self._seq += 1
         entry = ActionEntry(spec=spec, id=spec.id, seq=self._seq, submitted_at=now)
@@ -103,6 +98,16 @@ class SchedulerState:
         self._emit(entry, now, reason="accepted")
         self._judge(entry, now)
         return entry, True
+
+    def check_resubmission(self, spec: Action) -> None:
+        """Raise InvalidInput unless `spec` has an id that is new or names this same action."""
+        if spec.id is None:
+            raise InvalidInput("action id: the scheduler needs an id; the client assigns one",
+                               [("id", "missing")])
+        existing = self.actions.get(spec.id)
+        if existing is not None and existing.spec != spec:
+            raise InvalidInput(f"action id: {spec.id!r} is already used by a different action",
+                               [("id", "already used by a different action")])
 
     def unplaceable_reason(self, spec: Action, now: float) -> PendingReason | None:
         """Why no agent in a non-empty pool could ever run this action, or None."""
@@ -170,16 +175,15 @@ class SchedulerState:
         if entry is not None and entry.state == "alive":
             entry.state = "suspect"
 
-    def remove_agent(self, agent_id: AgentId, now: float) -> list[Decision]:
+    def remove_agent(self, agent_id: AgentId, now: float) -> None:
         """The agent is gone: its attempts are lost and their actions go back to the queue."""
         entry = self.agents.pop(agent_id, None)
         if entry is None:
-            return []
+            return
         for action_id in list(entry.reservations):
             action = self.actions[action_id]
             self._lose(action, now, agent_id)
         self._flag_unplaceable(now)
-        return []
 
     def pool(self, now: float) -> list[AgentStatus]:
         return [self.agents[a].status(now) for a in sorted(self.agents)]
@@ -204,7 +208,7 @@ class SchedulerState:
             # Only an attempt that may still be running needs stopping: one that ended on
             # its own (an outcome other than lost) has no process left.
             ended = entry.attempts[report.attempt - 1].outcome not in (None, "lost")
-            if report.stage == "running" and report.attempt < entry.attempt and not ended:
+            if report.stage == "running" and not ended:
                 return [Stop(report.action_id, report.attempt, report.agent_id,
                              reasons.SUPERSEDED.format(attempt=report.attempt,
                                                        current=entry.attempt))]
@@ -216,6 +220,11 @@ class SchedulerState:
             self._agent_reservation_stage(entry, Stage.RUNNING)
         stage = _REPORT_STAGES[report.stage]
         if stage is Stage.RUNNING:
+            # A cancel's Stop can reach the agent before the start it answers (the start may
+            # ride on the answer to another report); repeat it now that the attempt runs.
+            if entry.cancel_requested and entry.agent_id is not None:
+                return [Stop(entry.id, entry.attempt, entry.agent_id,
+                             reasons.CANCELLED_BY_USER)]
             return []
         reason = report.reason
         if stage is Stage.FAILED and not reason and report.exit_code is not None:
@@ -252,11 +261,12 @@ class SchedulerState:
             agent = self.placer.choose(agents, entry.spec, now)
             if agent is None:
                 continue
-            entry.attempt += 1
-            entry.agent_id = AgentId(agent.agent_id)
+            record = AttemptRecord(number=entry.attempt + 1, agent_id=AgentId(agent.agent_id),
+                                   assigned_at=now)
+            entry.attempt = record.number
+            entry.agent_id = record.agent_id
             agent.reserve(entry.id, entry.attempt, entry.spec)
-            entry.attempts.append(AttemptRecord(number=entry.attempt, agent_id=entry.agent_id,
-                                                assigned_at=now))
+            entry.attempts.append(record)
             self._move(entry, Stage.ASSIGNED, now, "")
             decisions.append(Assign(entry.id, entry.attempt, entry.agent_id, now))
             any_room = any(_has_room(a) for a in agents)

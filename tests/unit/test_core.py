@@ -216,3 +216,22 @@ def test_a_late_running_report_of_a_retried_attempt_is_dropped_not_stopped() -> 
     core.step(2)  # attempt 2
     assert core.report_attempt(report("a", 1, "n1", "running"), 3) == []
     assert core.actions["a"].stage is Stage.ASSIGNED  # type: ignore[index]
+
+
+def test_a_running_report_from_a_lost_attempt_gets_a_stop() -> None:
+    core, _ = core_with(("n1", 1, ["os:linux"]))
+    core.submit(action("a"), 0)
+    core.step(0)
+    core.remove_agent("n1", 1)  # type: ignore[arg-type]  # lost, queued again, not placed yet
+    assert core.report_attempt(report("a", 1, "n1", "running"), 2) == [
+        Stop("a", 1, "n1", "attempt 1 was superseded by attempt 1")]  # type: ignore[arg-type]
+
+
+def test_a_cancel_that_overtook_the_start_is_repeated_when_the_attempt_runs() -> None:
+    core, _ = core_with(("n1", 1, ["os:linux"]))
+    core.submit(action("a"), 0)
+    core.step(0)
+    first = core.cancel("a", 1)  # type: ignore[arg-type]
+    assert first == [Stop("a", 1, "n1", "cancelled by request")]  # type: ignore[arg-type]
+    again = core.report_attempt(report("a", 1, "n1", "running"), 2)
+    assert again == first

@@ -1,0 +1,133 @@
+"""The scheduler actor's body driven in memory: fake agents record every call made to them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from mesh.errors import InvalidInput
+from mesh.schema import AgentInfo, Assignment, MeshConfig
+from mesh.stages import Stage
+from scheduler.actor import Scheduler
+from scheduler.agent_handle import AgentGone, AgentUnreachable
+from tests.builders import action, agent, load, report
+
+T = TypeVar("T")
+
+
+class FakeAgent:
+    """An AgentHandle that records calls; `closed` decides how its watch call ends."""
+
+    def __init__(self, info: AgentInfo) -> None:
+        self.info = info
+        self.calls: list[tuple[str, Any]] = []
+        self.closed: asyncio.Future[None] | None = None
+
+    async def hello(self, timeout: float) -> AgentInfo:
+        return self.info
+
+    def start(self, assignment: Assignment) -> Any:
+        self.calls.append(("start", assignment.action_id))
+        return _done()
+
+    def stop(self, action_id: str, attempt: int) -> Any:
+        self.calls.append(("stop", action_id))
+        return _done()
+
+    async def running(self, timeout: float) -> list[tuple[str, int]]:
+        return []
+
+    async def wait_closed(self) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+        await self.closed
+
+    async def shutdown(self, timeout: float) -> None:
+        self.calls.append(("shutdown", None))
+
+
+async def _done() -> None:
+    return None
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def shell(*infos: AgentInfo) -> tuple[Scheduler, dict[str, FakeAgent]]:
+    fakes: dict[str, FakeAgent] = {str(i.agent_id): FakeAgent(i) for i in infos}
+    clock = iter(float(t) for t in range(1, 1_000_000))
+    nodes = [{"NodeID": i.node_id, "Alive": True, "Resources": {}, "Labels": {}} for i in infos]
+    s = Scheduler(MeshConfig(), agent_factory=lambda node, _: fakes[node],
+                  list_nodes=lambda: nodes, clock=lambda: next(clock))
+    for info in infos:
+        s.register(info, fakes[info.agent_id])
+        s.report_load(info.agent_id, load(at=0.0))
+    return s, fakes
+
+
+def state_of(s: Scheduler, agent_id: str) -> str:
+    return s.core.agents[agent_id].state  # type: ignore[index]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_bad_action_in_a_batch_leaves_the_whole_batch_unaccepted() -> None:
+    async def body() -> None:
+        s, _ = shell()
+        s.submit([action("x")], True)
+        with pytest.raises(InvalidInput, match="already used"):
+            s.submit([action("new"), action("x", command=["false"])], True)
+        assert "new" not in s.core.actions
+    run(body())
+
+
+def test_an_end_report_is_answered_with_the_agents_next_assignment() -> None:
+    async def body() -> None:
+        s, fakes = shell(agent("n1", cpus=1))
+        s.submit([action("a"), action("b")], True)
+        s.ensure_started()
+        await settle()
+        assert fakes["n1"].calls == [("start", "a")]
+        answer = s.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0))
+        assert [x.action_id for x in answer] == ["b"]
+        assert fakes["n1"].calls == [("start", "a")], "b must not also get a start call"
+        assert s.core.actions["b"].stage is Stage.ASSIGNED  # type: ignore[index]
+    run(body())
+
+
+def test_an_unreachable_agent_is_suspect_and_watched_again() -> None:
+    async def body() -> None:
+        s, fakes = shell(agent("n1"))
+        await settle()
+        first = fakes["n1"].closed
+        assert first is not None
+        first.set_exception(AgentUnreachable("slow"))
+        await settle()
+        assert state_of(s, "n1") == "suspect"
+        s.report_load("n1", load(at=1.0))  # type: ignore[arg-type]  # it answers again
+        assert state_of(s, "n1") == "alive"
+        await asyncio.sleep(s.config.load_interval + 0.1)
+        assert fakes["n1"].closed is not first, "the watch was not re-armed"
+    run(body())
+
+
+def test_a_late_death_of_an_old_actor_does_not_remove_its_replacement() -> None:
+    async def body() -> None:
+        s, fakes = shell(agent("n1"))
+        await settle()
+        old = fakes["n1"]
+        replacement = FakeAgent(old.info)
+        s.register(old.info, replacement)
+        await settle()
+        assert old.closed is not None
+        old.closed.set_exception(AgentGone("old actor died"))
+        await settle()
+        assert s.handles["n1"] is replacement  # type: ignore[index]
+        assert "n1" in s.core.agents
+    run(body())

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mesh import names
-from mesh.errors import InvalidInput
+from mesh.errors import InvalidInput, NotFound
 from mesh.schema import (
     Action,
     ActionId,
@@ -85,7 +85,6 @@ class Scheduler:
         self._synced = asyncio.Event()
         self._spawn(self._dispatch_loop())
         self._spawn(self._node_loop())
-        self._spawn(self._tick_loop())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -118,14 +117,6 @@ class Scheduler:
             except Exception:
                 self.step_errors += 1
                 log.exception("scheduling step failed; the loop goes on")
-
-    async def _tick_loop(self) -> None:
-        # Loads go stale and agents free up without an event reaching us; a slow tick makes
-        # sure queued work is looked at again.
-        while True:
-            await asyncio.sleep(self.config.load_interval)
-            if self.core.by_stage[Stage.QUEUED]:
-                self.kick()
 
     async def _node_loop(self) -> None:
         assert self._synced is not None
@@ -316,7 +307,8 @@ class Scheduler:
 
     async def wait_events(self, action_id: ActionId, after: int, timeout: float,
                           ) -> list[StageEvent]:
-        self.core.get(action_id, self.clock())  # NotFound for an unknown id
+        if action_id not in self.core.actions:
+            raise NotFound(f"no action with id {action_id!r}")
         return await self.book.wait(action_id, after, min(max(timeout, 0.0), 60.0))
 
     async def shutdown(self) -> int:

@@ -31,6 +31,9 @@ from scheduler.core.events import EventSink, NullSink
 from scheduler.core.placement import Placer, could_ever_run, default_checks
 from scheduler.core.pool import AgentEntry
 
+# Memory freed on an agent that is worth another placement pass (or 1% of the machine).
+MEMORY_STEP = 64 * 2**20
+
 _REPORT_STAGES = {
     "running": Stage.RUNNING,
     "succeeded": Stage.SUCCEEDED,
@@ -74,6 +77,8 @@ class SchedulerState:
     def __init__(self, *, stale_after: float = 3.0, capacity_percent: float = 100.0,
                  cpu_busy_percent: float = 95.0, sink: EventSink | None = None) -> None:
         self.placer = Placer(default_checks(stale_after, cpu_busy_percent))
+        self.stale_after = stale_after
+        self.cpu_busy_percent = cpu_busy_percent
         self.capacity_percent = capacity_percent
         self.sink: EventSink = sink or NullSink()
         self.actions: dict[ActionId, ActionEntry] = {}
@@ -161,14 +166,25 @@ class SchedulerState:
         return entry
 
     def report_load(self, agent_id: AgentId, load: Load, now: float) -> bool:
-        """Record a load sample; False if the agent is not in the pool."""
+        """Record a load sample. True when it may let more work onto the agent (it was
+        suspect, stale or saturated and is not now, or it has notably more memory free),
+        so placement is re-run on samples that can change its answer and not on every one.
+        """
         entry = self.agents.get(agent_id)
         if entry is None:
             return False
+        was_blocked = entry.state == "suspect" or not self._live_room(entry, now)
+        before = entry.load.memory_available if entry.load is not None else 0
         entry.take_load(load, now)
         if entry.state == "suspect":
             entry.state = "alive"
-        return True
+        grew = load.memory_available - before >= max(MEMORY_STEP, load.memory_total // 100)
+        return (was_blocked and self._live_room(entry, now)) or grew
+
+    def _live_room(self, entry: AgentEntry, now: float) -> bool:
+        age = entry.load_age(now)
+        return (entry.load is not None and age is not None and age <= self.stale_after
+                and entry.load.cpu_percent < self.cpu_busy_percent)
 
     def mark_suspect(self, agent_id: AgentId) -> None:
         entry = self.agents.get(agent_id)

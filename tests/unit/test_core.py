@@ -235,3 +235,17 @@ def test_a_cancel_that_overtook_the_start_is_repeated_when_the_attempt_runs() ->
     assert first == [Stop("a", 1, "n1", "cancelled by request")]  # type: ignore[arg-type]
     again = core.report_attempt(report("a", 1, "n1", "running"), 2)
     assert again == first
+
+
+def test_only_load_samples_that_can_free_room_ask_for_placement() -> None:
+    core = SchedulerState(stale_after=3.0, cpu_busy_percent=90)
+    core.register_agent(agent("n1"), 0)
+    n1 = "n1"
+    assert core.report_load(n1, load(10), 0.0)  # type: ignore[arg-type]  # first sample
+    assert not core.report_load(n1, load(20), 0.5)  # type: ignore[arg-type]  # nothing new
+    assert not core.report_load(n1, load(95), 1.0)  # type: ignore[arg-type]  # saturated
+    assert core.report_load(n1, load(50), 1.5)  # type: ignore[arg-type]  # room again
+    assert core.report_load(n1, load(50), 9.0)  # type: ignore[arg-type]  # stale before
+    assert core.report_load(n1, load(50, available=9 * 2**30), 9.5)  # type: ignore[arg-type]
+    assert not core.report_load(n1, load(50, available=9 * 2**30 + 2**20), 10)  # type: ignore[arg-type]
+    assert not core.report_load("ghost", load(), 10)  # type: ignore[arg-type]

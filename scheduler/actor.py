@@ -112,11 +112,7 @@ class Scheduler:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            try:
-                self._carry_out(self.core.step(self.clock()))
-            except Exception:
-                self.step_errors += 1
-                log.exception("scheduling step failed; the loop goes on")
+            self._carry_out(self._step(self.clock()))
 
     async def _node_loop(self) -> None:
         assert self._synced is not None
@@ -194,6 +190,15 @@ class Scheduler:
 
     # ---- carrying out decisions ----------------------------------------------------------
 
+    def _step(self, now: float) -> list[Decision]:
+        """One placement step; a failing step is logged and counted, never fatal."""
+        try:
+            return self.core.step(now)
+        except Exception:
+            self.step_errors += 1
+            log.exception("scheduling step failed; the loop goes on")
+            return []
+
     def _carry_out(self, decisions: list[Decision]) -> None:
         for decision in decisions:
             handle = self.handles.get(decision.agent_id)
@@ -247,12 +252,7 @@ class Scheduler:
         self._carry_out(self.core.report_attempt(report, now))
         if report.stage == "running" or report.agent_id not in self.handles:
             return []
-        try:
-            decisions = self.core.step(now)
-        except Exception:
-            self.step_errors += 1
-            log.exception("scheduling step failed; the loop goes on")
-            return []
+        decisions = self._step(now)
         mine = [d for d in decisions
                 if isinstance(d, Assign) and d.agent_id == report.agent_id]
         self._carry_out([d for d in decisions if d not in mine])

@@ -13,7 +13,7 @@ import ray
 from pydantic import ValidationError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mesh import names
+from mesh import names, reasons
 from mesh.errors import InvalidInput, NotFound
 from mesh.schema import (
     Action,
@@ -129,7 +129,7 @@ class Scheduler:
         records = await asyncio.get_running_loop().run_in_executor(None, self.list_nodes)
         views = parse_nodes(records)
         for agent_id in [a for a in self.handles if a not in alive(views)]:
-            self.agent_lost(agent_id, "its node is dead")
+            self.agent_lost(agent_id, reasons.NODE_DEAD)
         todo = [n for n in wanted(views, self.config.head_agent)
                 if AgentId(n) not in self.handles and n not in self.bringing_up]
         if todo and not self._synced.is_set():
@@ -167,7 +167,7 @@ class Scheduler:
             try:
                 await handle.wait_closed()
             except AgentGone:
-                self.agent_lost(agent_id, "its actor died", handle)
+                self.agent_lost(agent_id, reasons.ACTOR_DIED, handle)
                 return
             except AgentUnreachable:
                 self.core.mark_suspect(agent_id)
@@ -204,7 +204,7 @@ class Scheduler:
             handle = self.handles.get(decision.agent_id)
             if handle is None:
                 if isinstance(decision, Assign):
-                    self._start_failed(decision, "agent left before the start")
+                    self._start_failed(decision, reasons.AGENT_LEFT)
                 continue
             try:
                 if isinstance(decision, Assign):
@@ -214,7 +214,7 @@ class Scheduler:
             except Exception as exc:  # submitting the call itself failed (serialisation)
                 log.exception("could not send %s", decision)
                 if isinstance(decision, Assign):
-                    self._start_failed(decision, f"could not send the start: {exc}")
+                    self._start_failed(decision, reasons.START_NOT_SENT.format(error=exc))
                 continue
             self._spawn(self._follow_call(decision, handle, call))
 
@@ -226,13 +226,13 @@ class Scheduler:
         try:
             await call
         except AgentGone:
-            self.agent_lost(decision.agent_id, "a call to it failed: actor died", handle)
+            self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)
         except AgentUnreachable:
             self.core.mark_suspect(decision.agent_id)
         except Exception as exc:
             log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
             if isinstance(decision, Assign):
-                self._start_failed(decision, f"agent refused the start: {exc}")
+                self._start_failed(decision, reasons.START_REFUSED.format(error=exc))
 
     # ---- calls from agents ---------------------------------------------------------------
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mesh import reasons
 from mesh.schema import Action, AgentId, PendingReason, Rejection
-from scheduler.core import reasons
 from scheduler.core.pool import AgentEntry
 
 # Reservations are compared with a little slack so that 0.1 + 0.2 CPUs fit in 0.3.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mesh import reasons
 from mesh.errors import InvalidInput, NotFound
 from mesh.schema import (
     Action,
@@ -25,7 +26,6 @@ from mesh.schema import (
     StageEvent,
 )
 from mesh.stages import TERMINAL, Stage, transition
-from scheduler.core import reasons
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.events import EventSink, NullSink
 from scheduler.core.placement import Placer, could_ever_run, default_checks

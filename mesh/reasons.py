@@ -1,4 +1,4 @@
-"""User-visible reasons for waiting, refusal and endings: the one place their words live."""
+"""User-visible reasons for waiting, refusal, loss and endings: the one place their words live."""
 
 # Attempt and action endings.
 EXITED_NONZERO = "exited with code {code}"
@@ -8,6 +8,14 @@ RETRY_AFTER_FAILURE = "retrying after failure {n} of {budget}"
 RETRY_AFTER_LOSS = "requeued after losing agent {agent} (loss {n} of {budget})"
 CANCELLED_BY_USER = "cancelled by request"
 SUPERSEDED = "attempt {attempt} was superseded by attempt {current}"
+
+# Why an agent left the pool, or a start did not happen.
+NODE_DEAD = "its node is dead"
+ACTOR_DIED = "its actor died"
+CALL_FAILED = "a call to it failed: actor died"
+AGENT_LEFT = "agent left before the start"
+START_NOT_SENT = "could not send the start: {error}"
+START_REFUSED = "agent refused the start: {error}"
 
 # Waiting.
 NO_AGENTS = "no agents in the pool yet; waiting for one to join"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 from agent import reaper
-from agent.reaper import ReaperHandle
+from agent.reaper import FLUSH_LINGER, ReaperHandle
 from mesh.names import ENV_ACTION, ENV_AGENT
 from tests.unit.test_agent_harness import exited, in_group, marked
 from tests.waiting import wait_until
@@ -134,6 +135,7 @@ def test_a_reaper_whose_parent_is_already_gone_reaps_at_once(
 _FAKE_AGENT = """
 import asyncio, sys
 from agent.executor import Executor
+from agent.reaper import FLUSH_LINGER
 from mesh.schema import AgentId, Assignment, MeshConfig
 
 class Sinks:
@@ -151,6 +153,9 @@ async def main():
     await executor.start(Assignment.model_validate({
         "action": {"command": [script], "shell": True},
         "action_id": action_id, "attempt": 1, "agent_id": "fake"}))
+    # Past the registration linger, as an agent whose attempt has run for a while: the
+    # group is then registered with the reaper, which is the path this test is about.
+    await asyncio.sleep(FLUSH_LINGER * 4)
     print("reaper", executor.reaper_pid, flush=True)
     await asyncio.Event().wait()
 
@@ -225,3 +230,20 @@ def test_the_parent_death_signal_works_when_the_pipe_stays_open(
         assert b"signalled" in agent.stderr.readline()
     finally:
         os.kill(leaker_pid, signal.SIGKILL)
+
+
+def test_on_an_event_loop_short_lived_groups_never_reach_the_reaper(
+    cleanup: list[subprocess.Popen[bytes]],
+) -> None:
+    async def body() -> tuple[int, int, int]:
+        handle = ReaperHandle.spawn(new_token(), ENV_AGENT)
+        cleanup.append(handle.process)
+        assert handle.register(101) and handle.unregister(101)  # both within one linger
+        assert handle.register(202)
+        pending_now = len(handle._pending)
+        await asyncio.sleep(FLUSH_LINGER * 3)
+        pending_later = len(handle._pending)
+        return pending_now, pending_later, handle.close() or 0
+
+    pending_now, pending_later, code = asyncio.run(body())
+    assert (pending_now, pending_later, code) == (1, 0, 0)

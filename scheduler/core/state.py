@@ -86,6 +86,8 @@ class SchedulerState:
         self.by_stage: dict[Stage, dict[ActionId, ActionEntry]] = {s: {} for s in Stage}
         self.agents: dict[AgentId, AgentEntry] = {}
         self._seq = 0
+        # Queued actions that reserve no CPU: the only ones a pool with no CPU room can take.
+        self._queued_zero_cpu = 0
 
     # ---- actions -------------------------------------------------------------------------
 
@@ -100,6 +102,7 @@ class SchedulerState:
         entry = ActionEntry(spec=spec, id=spec.id, seq=self._seq, submitted_at=now)
         self.actions[entry.id] = entry
         self.by_stage[Stage.QUEUED][entry.id] = entry
+        self._queued_zero_cpu += entry.spec.cpus == 0
         self._emit(entry, now, reason="accepted")
         self._judge(entry, now)
         return entry, True
@@ -270,8 +273,10 @@ class SchedulerState:
         agents = list(self.agents.values())
         any_room = any(_has_room(a) for a in agents)
         for entry in list(queue.values()):
-            # With every agent's CPUs reserved only zero-CPU actions can still be placed,
-            # so a long queue costs one comparison per action rather than a placement.
+            # With every agent's CPUs reserved only zero-CPU actions can still be placed:
+            # stop when there are none, else skip to them without a placement each.
+            if not any_room and not self._queued_zero_cpu:
+                break
             if entry.unplaceable or (entry.spec.cpus > 0 and not any_room):
                 continue
             agent = self.placer.choose(agents, entry.spec, now)
@@ -313,6 +318,8 @@ class SchedulerState:
 
     def _move(self, entry: ActionEntry, stage: Stage, now: float, reason: str) -> None:
         new = transition(entry.stage, stage)
+        if entry.spec.cpus == 0:
+            self._queued_zero_cpu += (new is Stage.QUEUED) - (entry.stage is Stage.QUEUED)
         del self.by_stage[entry.stage][entry.id]
         entry.stage = new
         self.by_stage[new][entry.id] = entry

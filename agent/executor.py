@@ -105,6 +105,8 @@ class Executor:
         self.logs = logs
         self.clock = clock
         self._attempts: dict[Key, _Attempt] = {}
+        # The worker's environment does not change; copy it once, not once per attempt.
+        self._base_env = dict(os.environ)
         self._finished: dict[Key, None] = {}
         self._reaper: ReaperHandle | None = None
         self._closed = False
@@ -167,7 +169,7 @@ class Executor:
         self._attempts[key] = attempt
         argv = _argv(assignment)
         cwd = assignment.action.cwd
-        env = {**os.environ, **assignment.action.env, ENV_AGENT: self.token, **attempt.marks}
+        env = {**self._base_env, **assignment.action.env, ENV_AGENT: self.token, **attempt.marks}
         try:
             # No preexec_fn: it is unsafe in a multithreaded Ray worker. A new session makes
             # the attempt its own process group (pgid == pid) without one.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import ray
@@ -30,10 +31,6 @@ class AgentHandle(Protocol):
 async def _await(ref: Any, timeout: float | None = None) -> Any:
     """Await a Ray call, translating actor failures into AgentGone / AgentUnreachable."""
     try:
-        if timeout is None:
-            return await ref
-        import asyncio
-
         return await asyncio.wait_for(ref, timeout)
     except ActorUnavailableError as exc:
         raise AgentUnreachable(str(exc)) from exc

@@ -21,8 +21,9 @@ from typing import Any
 import ray
 
 from agent.executor import Executor
-from agent.links import NamedActor, RelayLogs, SchedulerReports
+from agent.links import NamedActor, RelayLogs
 from agent.nodeinfo import find_node, offered
+from agent.reports import SchedulerReports
 from agent.sampler import LoadSampler
 from mesh.names import RELAY, SCHEDULER
 from mesh.schema import ActionId, AgentId, AgentInfo, Assignment, MeshConfig
@@ -59,7 +60,7 @@ class AgentActor:
         # A fresh token per agent process: the reaper of a dead agent on this node must not
         # match a new agent's actions, nor the other way round.
         self.executor = Executor(self.agent_id, uuid.uuid4().hex, config,
-                                 SchedulerReports(self.scheduler, self._start_all),
+                                 SchedulerReports(self.scheduler, self.agent_id, self._start_all),
                                  RelayLogs(NamedActor(RELAY)))
         self._starts: set[asyncio.Task[None]] = set()
         self._sampler: asyncio.Task[None] | None = None

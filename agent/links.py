@@ -1,11 +1,10 @@
-"""The agent's calls out to the mesh: named-actor look-ups and the Ray-backed sinks."""
+"""The agent's calls out to the mesh: named-actor look-ups and the relay's log sink."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -13,18 +12,12 @@ import ray
 from ray.exceptions import RayActorError
 
 from mesh.names import NAMESPACE
-from mesh.schema import ActionId, Assignment, AttemptReport, LogBatch
+from mesh.schema import ActionId, LogBatch
 
 log = logging.getLogger(__name__)
 
 # How long a fire-and-forget call is watched for an actor failure; a slower answer is fine.
 WATCH_SECONDS = 30.0
-# Retries of a report whose call failed because the scheduler died or restarted.
-REPORT_RETRIES = 3
-# Reports kept while the scheduler cannot be found; past this the oldest are dropped (the
-# scheduler reconciles with `running()` when it comes back).
-MAX_QUEUED_REPORTS = 10_000
-LOOKUP_BACKOFF = 0.5
 # How long closes of empty logs gather before they go to the relay in one call.
 EMPTY_CLOSE_LINGER = 0.05
 
@@ -60,7 +53,7 @@ class NamedActor:
     async def _check(self, ref: Any, on_failure: Callable[[], None] | None,
                      on_result: Callable[[Any], None] | None) -> None:
         try:
-            result = await asyncio.wait_for(_resolve(ref), WATCH_SECONDS)
+            result = await asyncio.wait_for(resolve(ref), WATCH_SECONDS)
             if on_result is not None:
                 on_result(result)
         except TimeoutError:
@@ -74,64 +67,8 @@ class NamedActor:
             log.warning("call to %s raised: %r", self.name, exc)
 
 
-async def _resolve(ref: Any) -> Any:
+async def resolve(ref: Any) -> Any:
     return await ref
-
-
-class SchedulerReports:
-    """ReportSink: `scheduler.report_attempt.remote(report)`, fire-and-forget, in order.
-
-    One pump submits the queued reports one after another, and Ray runs calls from one
-    caller to one actor in submission order. A report whose call failed is sent again
-    (possibly after later ones): the scheduler fences reports by attempt and stage, so a
-    repeat or a late one is dropped there.
-    """
-
-    def __init__(self, scheduler: NamedActor,
-                 on_assignments: Callable[[list[Assignment]], None] | None = None) -> None:
-        self.scheduler = scheduler
-        # The scheduler answers an end report with this agent's next assignments, so the
-        # slot that just freed is refilled without a separate start call.
-        self.on_assignments = on_assignments
-        self._queue: deque[tuple[AttemptReport, int]] = deque()
-        self._pump: asyncio.Task[None] | None = None
-
-    def report(self, report: AttemptReport) -> None:
-        self._enqueue(report, 0)
-
-    def _enqueue(self, report: AttemptReport, tries: int) -> None:
-        self._queue.append((report, tries))
-        while len(self._queue) > MAX_QUEUED_REPORTS:
-            dropped, _ = self._queue.popleft()
-            log.warning("dropping report %s of %s: scheduler unreachable", dropped.stage,
-                        dropped.action_id)
-        if self._pump is None or self._pump.done():
-            self._pump = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while self._queue:
-            try:
-                handle = await self.scheduler.get()
-            except Exception as exc:
-                log.warning("scheduler not found (%r); %d reports wait", exc, len(self._queue))
-                await asyncio.sleep(LOOKUP_BACKOFF)
-                continue
-            report, tries = self._queue.popleft()
-            again = (functools.partial(self._enqueue, report, tries + 1)
-                     if tries < REPORT_RETRIES else None)
-            try:
-                ref = handle.report_attempt.remote(report)
-            except Exception as exc:
-                log.warning("submitting a report to the scheduler failed: %r", exc)
-                self.scheduler.forget()
-                if again is not None:
-                    again()
-                continue
-            self.scheduler.watch(ref, again, self._answered)
-
-    def _answered(self, answer: Any) -> None:
-        if answer and self.on_assignments is not None:
-            self.on_assignments(list(answer))
 
 
 class RelayLogs:

@@ -264,7 +264,7 @@ def agents(ctx: click.Context, as_json: bool) -> None:
         return
     _table([_agent_row(a) for a in pool],
            ["AGENT", "STATE", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL", "RUNNING",
-            "LABELS"])
+            "REPORTS", "LABELS"])
 
 
 def _agent_row(a: AgentStatus) -> list[str]:
@@ -273,7 +273,7 @@ def _agent_row(a: AgentStatus) -> list[str]:
             f"{a.reserved_cpus:g} CPU/{_size(a.reserved_memory)}",
             f"{load.cpu_percent:.0f}%" if load else "-",
             _size(load.memory_available) if load else "-", str(len(a.running)),
-            ",".join(a.info.labels)]
+            "channel" if a.report_channel else "calls", ",".join(a.info.labels)]
 
 
 @cli.command()

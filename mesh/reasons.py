@@ -7,7 +7,9 @@ LOST_BUDGET_SPENT = "lost {n} times with its agents; no retries left"
 RETRY_AFTER_FAILURE = "retrying after failure {n} of {budget}"
 RETRY_AFTER_LOSS = "requeued after losing agent {agent} (loss {n} of {budget})"
 CANCELLED_BY_USER = "cancelled by request"
+CANCELLED_BEFORE_START = "cancelled before its agent started it"
 SUPERSEDED = "attempt {attempt} was superseded by attempt {current}"
+GIVEN_UP = "attempt {attempt} was already given up as lost"
 
 # Why an agent left the pool, or a start did not happen.
 NODE_DEAD = "its node is dead"

@@ -223,6 +223,8 @@ class AgentStatus(Model):
     reserved_cpus: float
     reserved_memory: int
     running: list[RunningAttempt]
+    report_channel: bool = Field(
+        False, description="its reports arrive on the report channel, not by Ray calls")
 
 
 class Rejection(Model):
@@ -323,6 +325,30 @@ class AttemptReport(Model):
     reason: str = ""
 
 
+class ReportChannel(Model):
+    """Where an agent sends its stage reports without a Ray call per report, and the secret
+    that admits it; handed out by the scheduler over Ray, which authenticates the caller."""
+
+    host: str
+    port: int = Field(..., ge=1, le=65535)
+    secret: str = Field(..., min_length=16)
+
+
+class ChannelHello(Model):
+    """The first frame on a report channel: who connects, and the secret."""
+
+    agent_id: AgentId
+    secret: str
+
+
+class ReportAnswer(Model):
+    """The scheduler's answer to one report frame, in order: the reporting agent's next
+    assignments, or why the report was refused."""
+
+    assignments: list[Assignment] = Field(default_factory=list)
+    error: str = ""
+
+
 Stream = Literal["stdout", "stderr"]
 
 
@@ -386,4 +412,8 @@ class MeshConfig(Model):
     cpu_busy_percent: float = Field(
         95.0, gt=0, le=100, description="no CPU work for an agent whose machine is this busy")
     head_agent: bool = Field(True, description="run an agent on the head node too")
+    report_port: int = Field(
+        0, ge=0, le=65535,
+        description="TCP port on the head for the agents' report channel; 0 picks a free one "
+        "(set one where a firewall sits between the nodes)")
 

@@ -26,12 +26,14 @@ from mesh.schema import (
     AttemptReport,
     Load,
     MeshConfig,
+    ReportChannel,
     StageEvent,
     SubmitOutcome,
 )
 from mesh.stages import Stage
 from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, RayAgentHandle
-from scheduler.core.decisions import Assign, Decision
+from scheduler.channel import ReportServer
+from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.state import SchedulerState
 from scheduler.eventbook import EventBook
 from scheduler.nodes import alive, parse_nodes, wanted
@@ -59,7 +61,8 @@ class Scheduler:
     def __init__(self, config: MeshConfig,
                  agent_factory: Callable[[str, MeshConfig], AgentHandle] = make_agent_handle,
                  list_nodes: Callable[[], list[dict[str, Any]]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, channel_host: str = "127.0.0.1",
+                 ) -> None:
         self.config = config
         self.clock = clock
         self.book = EventBook()
@@ -74,6 +77,9 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._synced: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.channel = ReportServer(self.report_attempt, self._deliver_otherwise, channel_host,
+                                    config.report_port)
+        self._channel_up: asyncio.Future[ReportChannel | None] | None = None
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -83,6 +89,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._wake.set()  # look at the queue once at start: it may hold work already
         self._synced = asyncio.Event()
+        self._channel_up = asyncio.get_running_loop().create_future()
+        self._spawn(self._open_channel(self._channel_up))
         self._spawn(self._dispatch_loop())
         self._spawn(self._node_loop())
 
@@ -104,6 +112,24 @@ class Scheduler:
         except TimeoutError:
             return False
         return True
+
+    async def _open_channel(self, up: asyncio.Future[ReportChannel | None]) -> None:
+        try:
+            address = await self.channel.start()
+        except OSError as exc:
+            # Agents then report by Ray calls: slower, but nothing is lost.
+            log.error("report channel not opened on %s:%d: %s", self.channel.host,
+                      self.channel.port, exc)
+            up.set_result(None)
+            return
+        log.info("report channel on %s:%d", address.host, address.port)
+        up.set_result(address)
+
+    async def report_channel(self) -> ReportChannel | None:
+        """Where agents send reports, or None when the channel could not be opened."""
+        self.ensure_started()
+        assert self._channel_up is not None
+        return await self._channel_up
 
     # ---- the loops, which must never die -------------------------------------------------
 
@@ -224,7 +250,9 @@ class Scheduler:
 
     async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
         try:
-            await call
+            found = await call
+            if isinstance(decision, Stop) and found is False:
+                self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
         except AgentGone:
             self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)
         except AgentUnreachable:
@@ -257,6 +285,13 @@ class Scheduler:
                 if isinstance(d, Assign) and d.agent_id == report.agent_id]
         self._carry_out([d for d in decisions if d not in mine])
         return [self._assignment(d) for d in mine]
+
+    def _deliver_otherwise(self, assignments: list[Assignment]) -> None:
+        """Start calls for assignments a lost channel may not have delivered; only those
+        still waiting for their start (a cancelled or ended one must not run again)."""
+        now = self.clock()
+        still = [a for a in assignments if self.core.awaits_start(a.action_id, a.attempt)]
+        self._carry_out([Assign(a.action_id, a.attempt, a.agent_id, now) for a in still])
 
     def _assignment(self, decision: Assign) -> Assignment:
         entry = self.core.actions[decision.action_id]
@@ -300,7 +335,9 @@ class Scheduler:
         return self.core.list_actions(stage, limit)
 
     def pool(self) -> list[AgentStatus]:
-        return self.core.pool(self.clock())
+        return [status.model_copy(update={
+                    "report_channel": status.info.agent_id in self.channel.connected})
+                for status in self.core.pool(self.clock())]
 
     def counts(self) -> dict[str, int]:
         return self.core.counts()
@@ -319,6 +356,7 @@ class Scheduler:
             self.core.remove_agent(agent_id, self.clock())
         results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
                                        return_exceptions=True)
+        await self.channel.close()
         for task in list(self._tasks):
             task.cancel()
         return sum(1 for r in results if not isinstance(r, BaseException))
@@ -345,7 +383,8 @@ class SchedulerActor:
 
     def __init__(self, config: MeshConfig) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.s = Scheduler(config)
+        host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self.s = Scheduler(config, channel_host=host)
 
     async def ready(self, timeout: float = 60.0) -> bool:
         return await self.s.ready(timeout)
@@ -361,6 +400,9 @@ class SchedulerActor:
     async def report_attempt(self, report: AttemptReport) -> list[Assignment]:
         self.s.ensure_started()
         return self.s.report_attempt(report)
+
+    async def report_channel(self) -> ReportChannel | None:
+        return await self.s.report_channel()
 
     async def submit(self, specs: list[Action | dict[str, Any]],
                      reject_unplaceable: bool = True) -> list[SubmitOutcome]:

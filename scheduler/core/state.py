@@ -229,8 +229,7 @@ class SchedulerState:
             ended = entry.attempts[report.attempt - 1].outcome not in (None, "lost")
             if report.stage == "running" and not ended:
                 return [Stop(report.action_id, report.attempt, report.agent_id,
-                             reasons.SUPERSEDED.format(attempt=report.attempt,
-                                                       current=entry.attempt))]
+                             _why_stopped(entry, report.attempt))]
             return []
         if entry.stage is Stage.ASSIGNED:
             self._move(entry, Stage.RUNNING, now, "")
@@ -292,6 +291,24 @@ class SchedulerState:
             decisions.append(Assign(entry.id, entry.attempt, entry.agent_id, now))
             any_room = any(_has_room(a) for a in agents)
         return decisions
+
+    def awaits_start(self, action_id: ActionId, attempt: int) -> bool:
+        """Whether this attempt should still start: assigned, not yet reported on by its
+        agent, and not cancelled meanwhile."""
+        entry = self.actions.get(action_id)
+        return (entry is not None and entry.attempt == attempt
+                and entry.stage is Stage.ASSIGNED and not entry.cancel_requested)
+
+    def stop_found_nothing(self, action_id: ActionId, attempt: int, now: float) -> None:
+        """The agent had no such attempt to stop. A cancelled attempt that never started
+        then ends as cancelled (were its start still on the way, the `running` report it
+        brings is answered with a Stop); any other attempt waits for its agent's reports."""
+        entry = self.actions.get(action_id)
+        if (entry is None or entry.attempt != attempt or entry.stage is not Stage.ASSIGNED
+                or not entry.cancel_requested):
+            return
+        assert entry.agent_id is not None
+        self._lose(entry, now, entry.agent_id, reasons.CANCELLED_BEFORE_START)
 
     def assignment_failed(self, action_id: ActionId, attempt: int, now: float,
                           reason: str) -> None:
@@ -378,6 +395,14 @@ class SchedulerState:
             self._emit(entry, now, verdict.summary)
         elif verdict is None and was:
             entry.reason = ""
+
+
+def _why_stopped(entry: ActionEntry, attempt: int) -> str:
+    if attempt < entry.attempt:
+        return reasons.SUPERSEDED.format(attempt=attempt, current=entry.attempt)
+    if entry.stage is Stage.CANCELLED:
+        return reasons.CANCELLED_BY_USER
+    return reasons.GIVEN_UP.format(attempt=attempt)
 
 
 def _has_room(agent: AgentEntry) -> bool:

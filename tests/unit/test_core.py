@@ -224,7 +224,7 @@ def test_a_running_report_from_a_lost_attempt_gets_a_stop() -> None:
     core.step(0)
     core.remove_agent("n1", 1)  # type: ignore[arg-type]  # lost, queued again, not placed yet
     assert core.report_attempt(report("a", 1, "n1", "running"), 2) == [
-        Stop("a", 1, "n1", "attempt 1 was superseded by attempt 1")]  # type: ignore[arg-type]
+        Stop("a", 1, "n1", "attempt 1 was already given up as lost")]  # type: ignore[arg-type]
 
 
 def test_a_cancel_that_overtook_the_start_is_repeated_when_the_attempt_runs() -> None:
@@ -235,6 +235,32 @@ def test_a_cancel_that_overtook_the_start_is_repeated_when_the_attempt_runs() ->
     assert first == [Stop("a", 1, "n1", "cancelled by request")]  # type: ignore[arg-type]
     again = core.report_attempt(report("a", 1, "n1", "running"), 2)
     assert again == first
+
+
+def test_a_cancelled_attempt_its_agent_never_had_ends_cancelled_and_is_stopped_if_it_starts(
+) -> None:
+    core, _ = core_with(("n1", 1, ["os:linux"]))
+    core.submit(action("a"), 0)
+    core.submit(action("b"), 0)
+    core.step(0)
+    core.cancel("a", 1)  # type: ignore[arg-type]
+    assert not core.awaits_start("a", 1)  # type: ignore[arg-type]  # never start it again
+    core.stop_found_nothing("a", 1, 2)  # type: ignore[arg-type]
+    status = core.get("a", 2)  # type: ignore[arg-type]
+    assert status.stage is Stage.CANCELLED
+    assert status.attempts[-1].reason == "cancelled before its agent started it"
+    assert assigned(core.step(3)) == {"b": "n1"}, "the cancelled attempt kept its CPU"
+    late = core.report_attempt(report("a", 1, "n1", "running"), 4)
+    assert late == [Stop("a", 1, "n1", "cancelled by request")]  # type: ignore[arg-type]
+
+
+def test_a_stop_that_found_nothing_leaves_an_uncancelled_attempt_alone() -> None:
+    core, _ = core_with(("n1", 1, ["os:linux"]))
+    core.submit(action("a"), 0)
+    core.step(0)
+    assert core.awaits_start("a", 1)  # type: ignore[arg-type]
+    core.stop_found_nothing("a", 1, 1)  # type: ignore[arg-type]
+    assert core.get("a", 1).stage is Stage.ASSIGNED  # type: ignore[arg-type]
 
 
 def test_only_load_samples_that_can_free_room_ask_for_placement() -> None:

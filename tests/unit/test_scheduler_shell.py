@@ -9,11 +9,22 @@ from typing import Any, TypeVar
 import pytest
 
 from mesh.errors import InvalidInput
-from mesh.schema import AgentInfo, Assignment, MeshConfig
+from mesh.schema import (
+    ActionId,
+    AgentId,
+    AgentInfo,
+    Assignment,
+    AttemptReport,
+    ChannelHello,
+    MeshConfig,
+    ReportAnswer,
+)
 from mesh.stages import Stage
+from mesh.wire import encode, read_frame
 from scheduler.actor import Scheduler
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from tests.builders import action, agent, load, report
+from tests.waiting import async_wait_until
 
 T = TypeVar("T")
 
@@ -130,4 +141,48 @@ def test_a_late_death_of_an_old_actor_does_not_remove_its_replacement() -> None:
         await settle()
         assert s.handles["n1"] is replacement  # type: ignore[index]
         assert "n1" in s.core.agents
+    run(body())
+
+
+async def _channel_client(s: Scheduler) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    address = await s.report_channel()
+    assert address is not None
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    writer.write(encode(ChannelHello(agent_id=AgentId("n1"), secret=address.secret)))
+    assert ReportAnswer.model_validate_json(await read_frame(reader)).error == ""
+    return reader, writer
+
+
+async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+               r: AttemptReport) -> list[str]:
+    writer.write(encode(r))
+    answer = ReportAnswer.model_validate_json(await read_frame(reader))
+    return [a.action_id for a in answer.assignments]
+
+
+def test_a_start_answered_on_a_channel_that_closes_unconfirmed_goes_by_a_start_call() -> None:
+    async def body() -> None:
+        s, fakes = shell(agent("n1", cpus=1))
+        s.submit([action("a"), action("b"), action("c")], True)
+        s.ensure_started()
+        await settle()
+        assert fakes["n1"].calls == [("start", "a")]
+        reader, writer = await _channel_client(s)
+        assert await _ask(reader, writer, report("a", 1, "n1", "succeeded", exit_code=0)) == ["b"]
+        assert s.pool()[0].report_channel
+        writer.close()  # before the agent said a word about b: b may never have reached it
+        await async_wait_until(lambda: list(fakes["n1"].calls),
+                               lambda calls: calls[-1] == ("start", "b"),
+                               what="b's start sent by a call")
+        s.report_load(AgentId("n1"), load(at=s.clock()))  # the shell's clock has moved on
+        reader, writer = await _channel_client(s)
+        assert await _ask(reader, writer, report("b", 1, "n1", "succeeded", exit_code=0)) == ["c"]
+        s.cancel(ActionId("c"))
+        writer.close()
+        await async_wait_until(lambda: s.channel.connected, lambda c: c == {},
+                               what="the channel closed at the scheduler")
+        await settle()
+        assert ("start", "c") not in fakes["n1"].calls, "a cancelled attempt was started again"
+        assert not s.pool()[0].report_channel
+        await s.shutdown()
     run(body())

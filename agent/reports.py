@@ -1,0 +1,199 @@
+"""The agent's stage reports on their way to the scheduler: over the report channel, or by
+Ray calls while the channel is down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.links import NamedActor, resolve
+from mesh.schema import AgentId, Assignment, AttemptReport, ChannelHello, ReportAnswer
+from mesh.wire import FrameError, encode, read_frame
+
+log = logging.getLogger(__name__)
+
+# Retries of a report whose Ray call failed because the scheduler died or restarted.
+REPORT_RETRIES = 3
+# Reports kept while the scheduler cannot be found; past this the oldest are dropped (the
+# scheduler reconciles with `running()` when it comes back).
+MAX_QUEUED_REPORTS = 10_000
+LOOKUP_BACKOFF = 0.5
+# Seconds to wait for the channel's address, the connection and the hello's answer.
+CONNECT_TIMEOUT = 5.0
+# After a failed attempt to open the channel, reports go by Ray calls for this long.
+CHANNEL_RETRY = 5.0
+
+Assignments = Callable[[list[Assignment]], None]
+
+
+class SchedulerReports:
+    """ReportSink: reports go out in order, and the answer to each end report (the agent's
+    next assignments) goes to `on_assignments`.
+
+    The usual path is the report channel, one TCP stream to the scheduler that keeps order
+    and costs no Ray call per report. Reports sent on it stay unanswered until their answer
+    arrives; when the stream breaks they are sent again (the scheduler fences reports by
+    attempt and stage, so a repeat is dropped there). While the channel cannot be opened,
+    reports go by Ray calls, one after another, retried after an actor failure.
+    """
+
+    def __init__(self, scheduler: NamedActor, agent_id: AgentId,
+                 on_assignments: Assignments | None = None, use_channel: bool = True) -> None:
+        self.scheduler = scheduler
+        self.agent_id = agent_id
+        self.on_assignments = on_assignments
+        self.use_channel = use_channel
+        self._queue: deque[tuple[AttemptReport, int]] = deque()
+        self._unanswered: deque[AttemptReport] = deque()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._retry_channel_at = 0.0
+        self._channel_failing = False
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def on_channel(self) -> bool:
+        return self._writer is not None
+
+    def report(self, report: AttemptReport) -> None:
+        self._enqueue(report, 0)
+
+    def _enqueue(self, report: AttemptReport, tries: int) -> None:
+        self._queue.append((report, tries))
+        self._trim()
+        self._kick()
+
+    def _trim(self) -> None:
+        while len(self._queue) > MAX_QUEUED_REPORTS:
+            dropped, _ = self._queue.popleft()
+            log.warning("dropping report %s of %s: scheduler unreachable", dropped.stage,
+                        dropped.action_id)
+
+    def _kick(self) -> None:
+        if self._queue and (self._pump is None or self._pump.done()):
+            self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._queue:
+            writer = await self._channel()
+            if writer is not None:
+                # No await in this loop: the channel cannot be lost half way through it.
+                while self._queue:
+                    report, _ = self._queue.popleft()
+                    self._unanswered.append(report)
+                    writer.write(encode(report))
+                # On a loss the answer reader queues these again.
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                continue
+            await self._send_by_call()
+
+    # ---- the channel ------------------------------------------------------------------------
+
+    async def _channel(self) -> asyncio.StreamWriter | None:
+        """The open channel, or a new one, or None (use Ray calls for now)."""
+        loop = asyncio.get_running_loop()
+        if self._writer is not None or not self.use_channel or loop.time() < self._retry_channel_at:
+            return self._writer
+        try:
+            reader, writer = await self._connect()
+        except Exception as exc:
+            self._retry_channel_at = loop.time() + CHANNEL_RETRY
+            if not self._channel_failing:
+                log.warning("report channel not open (%r); reporting by Ray calls, trying the "
+                            "channel again every %gs", exc, CHANNEL_RETRY)
+            self._channel_failing = True
+            return None
+        if self._channel_failing:
+            log.info("report channel open again")
+        self._channel_failing = False
+        self._writer = writer
+        self._reader = loop.create_task(self._read_answers(reader, writer))
+        return writer
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            handle = await self.scheduler.get()
+            address = await asyncio.wait_for(resolve(handle.report_channel.remote()),
+                                             CONNECT_TIMEOUT)
+        except Exception:
+            self.scheduler.forget()
+            raise
+        if address is None:
+            raise ConnectionError("the scheduler has no report channel")
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(address.host, address.port), CONNECT_TIMEOUT)
+        try:
+            writer.write(encode(ChannelHello(agent_id=self.agent_id, secret=address.secret)))
+            welcome = ReportAnswer.model_validate_json(
+                await asyncio.wait_for(read_frame(reader), CONNECT_TIMEOUT))
+        except BaseException:
+            writer.close()
+            raise
+        if welcome.error:
+            writer.close()
+            raise ConnectionError(f"the scheduler refused the channel: {welcome.error}")
+        return reader, writer
+
+    async def _read_answers(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                answer = ReportAnswer.model_validate_json(await read_frame(reader))
+                report = self._unanswered.popleft()
+                if answer.error:
+                    log.warning("the scheduler refused report %s of %s attempt %d: %s",
+                                report.stage, report.action_id, report.attempt, answer.error)
+                elif answer.assignments and self.on_assignments is not None:
+                    self.on_assignments(answer.assignments)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            log.warning("report channel closed (%r); %d unanswered reports go again", exc,
+                        len(self._unanswered))
+        except (ValidationError, FrameError, IndexError) as exc:
+            log.error("report channel spoke out of turn (%r); closing it", exc)
+        finally:
+            self._lost(writer)
+
+    def _lost(self, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        if self._writer is not writer:
+            return
+        self._writer = None
+        # Back to the front, oldest first: order is kept, and the next pump pass resends.
+        self._queue.extendleft((report, 0) for report in reversed(self._unanswered))
+        self._unanswered.clear()
+        self._trim()
+        self._kick()
+
+    # ---- Ray calls ----------------------------------------------------------------------------
+
+    async def _send_by_call(self) -> None:
+        try:
+            handle = await self.scheduler.get()
+        except Exception as exc:
+            log.warning("scheduler not found (%r); %d reports wait", exc, len(self._queue))
+            await asyncio.sleep(LOOKUP_BACKOFF)
+            return
+        report, tries = self._queue.popleft()
+        again = (functools.partial(self._enqueue, report, tries + 1)
+                 if tries < REPORT_RETRIES else None)
+        try:
+            ref = handle.report_attempt.remote(report)
+        except Exception as exc:
+            log.warning("submitting a report to the scheduler failed: %r", exc)
+            self.scheduler.forget()
+            if again is not None:
+                again()
+            return
+        self.scheduler.watch(ref, again, self._answered)
+
+    def _answered(self, answer: Any) -> None:
+        if answer and self.on_assignments is not None:
+            self.on_assignments(list(answer))

@@ -75,13 +75,18 @@ def cli(ctx: click.Context, address: str) -> None:
 @cli.command()
 @click.option("--state-dir", default=None, help="where the head keeps logs and state")
 @click.option("--no-head-agent", is_flag=True, help="do not run an agent on the head node")
+@click.option("--report-port", type=int, default=None,
+              help="TCP port on the head for the agents' report channel (default: any free)")
 @click.pass_context
 @_errors
-def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool) -> None:
+def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
+       report_port: int | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
     fields: dict[str, Any] = {"head_agent": not no_head_agent}
     if state_dir:
         fields["state_dir"] = state_dir
+    if report_port is not None:
+        fields["report_port"] = report_port
     try:
         config = MeshConfig(**fields)
     except ValidationError as exc:

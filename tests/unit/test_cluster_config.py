@@ -1,0 +1,83 @@
+"""cluster.yaml: valid for Ray's `ray up`, and every command in it parses with its tool."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.scripts.scripts import start as ray_start
+
+from mesh import bootstrap
+from mesh.cli import cli
+from mesh.names import AGENT_OPT_OUT
+from mesh.schema import LABEL_RE
+
+CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(CLUSTER_YAML.read_text())
+    return loaded
+
+
+def commands(lines: list[str], tool: str) -> list[list[str]]:
+    """The argument lists of every `tool ...` command, environment assignments dropped."""
+    found = []
+    for line in lines:
+        words = shlex.split(line)
+        while words and "=" in words[0] and not words[0].startswith("-"):
+            words.pop(0)
+        if words and words[0] == tool:
+            found.append(words[1:])
+    return found
+
+
+def as_dict(value: str | dict[str, Any]) -> dict[str, Any]:
+    """Ray's `start` parses some JSON options itself, others it leaves as text."""
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
+def parse(command: click.Command, args: list[str]) -> dict[str, Any]:
+    with command.make_context(command.name or "", list(args), resilient_parsing=False) as ctx:
+        return dict(ctx.params)
+
+
+def test_ray_accepts_the_cluster_config(config: dict[str, Any]) -> None:
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)  # Ray's own schema, as `ray up` applies it
+    assert len(config["provider"]["worker_ips"]) == config["max_workers"]
+
+
+def test_the_head_starts_ray_with_our_health_checks_and_stays_out_of_the_pool(
+        config: dict[str, Any]) -> None:
+    (head,) = [parse(ray_start, args[1:]) for args in
+               commands(config["head_start_ray_commands"], "ray") if args[0] == "start"]
+    assert head["head"] and as_dict(head["system_config"]) == bootstrap.HEALTH_CHECKS
+    assert as_dict(head["labels"]) == {AGENT_OPT_OUT: "off"}
+
+
+def test_the_workers_join_the_head_with_labels_actions_can_require(
+        config: dict[str, Any]) -> None:
+    (worker,) = [parse(ray_start, args[1:]) for args in
+                 commands(config["worker_start_ray_commands"], "ray") if args[0] == "start"]
+    assert worker["address"] == "$RAY_HEAD_IP:6379"
+    labels = as_dict(worker["labels"])
+    assert labels and all(LABEL_RE.match(f"{k}:{v}" if v else k) for k, v in labels.items())
+
+
+def test_mesh_up_runs_on_the_head_with_a_fixed_report_port(config: dict[str, Any]) -> None:
+    (args,) = commands(config["head_start_ray_commands"], "mesh")
+    with cli.make_context("mesh", list(args)) as ctx:
+        assert ctx.params["address"] == "auto"
+        sub = cli.get_command(ctx, ctx.protected_args[0])
+        assert sub is not None and sub.name == "up"
+        params = parse(sub, ctx.args)
+    assert params["report_port"] == 6390

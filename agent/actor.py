@@ -26,7 +26,7 @@ from agent.nodeinfo import find_node, offered
 from agent.reports import SchedulerReports
 from agent.sampler import LoadSampler
 from mesh.names import RELAY, SCHEDULER
-from mesh.schema import ActionId, AgentId, AgentInfo, Assignment, MeshConfig
+from mesh.schema import ActionId, AgentId, AgentInfo, Assignment, CancelOutcome, MeshConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class AgentActor:
         self.scheduler = NamedActor(SCHEDULER)
         # A fresh token per agent process: the reaper of a dead agent on this node must not
         # match a new agent's actions, nor the other way round.
-        self.executor = Executor(self.agent_id, uuid.uuid4().hex, config,
-                                 SchedulerReports(self.scheduler, self.agent_id, self._start_all),
+        self.reports = SchedulerReports(self.scheduler, self.agent_id, self._start_all)
+        self.executor = Executor(self.agent_id, uuid.uuid4().hex, config, self.reports,
                                  RelayLogs(NamedActor(RELAY)))
         self._starts: set[asyncio.Task[None]] = set()
         self._sampler: asyncio.Task[None] | None = None
@@ -73,6 +73,7 @@ class AgentActor:
             # From the event loop's thread, which lives as long as the actor: the reaper's
             # parent-death signal fires when the thread that spawned it ends.
             await self.executor.start_reaper()
+            self.reports.open_channel()
         nodes: list[dict[str, Any]] = await asyncio.get_running_loop().run_in_executor(
             None, ray.nodes)
         cpus, memory, labels = offered(find_node(nodes, self.node_id))
@@ -107,7 +108,7 @@ class AgentActor:
             log.exception("starting %s attempt %d from a report answer failed",
                           assignment.action_id, assignment.attempt)
 
-    async def cancel(self, action_id: str, attempt: int) -> bool:
+    async def cancel(self, action_id: str, attempt: int) -> CancelOutcome:
         return await self.executor.cancel(ActionId(action_id), attempt)
 
     async def running(self) -> list[tuple[str, int]]:
@@ -117,6 +118,7 @@ class AgentActor:
         if self._sampler is not None:
             self._sampler.cancel()
         await self.executor.shutdown()
+        await self.reports.close()
 
     async def wait_closed(self) -> None:
         """Never returns: the scheduler keeps one such call in flight, so the agent's death

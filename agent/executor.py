@@ -27,7 +27,15 @@ from agent.pipes import OutputProtocol
 from agent.reaper import ReaperHandle
 from agent.sinks import LogSink, ReportSink
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
-from mesh.schema import ActionId, AgentId, Assignment, AttemptReport, MeshConfig, ReportStage
+from mesh.schema import (
+    ActionId,
+    AgentId,
+    Assignment,
+    AttemptReport,
+    CancelOutcome,
+    MeshConfig,
+    ReportStage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,17 +209,19 @@ class Executor:
         attempt.running_timer = None
         self._report(attempt, "running")
 
-    async def cancel(self, action_id: ActionId, attempt: int) -> bool:
+    async def cancel(self, action_id: ActionId, attempt: int) -> CancelOutcome:
         """Kill the attempt's whole tree and wait until it has ended and been reported.
 
-        False when this agent does not run that attempt.
+        "finished" when it had already ended (its end report may still be on the way),
+        "unknown" when this agent never started it (or ended it too long ago to remember).
         """
-        running = self._attempts.get((action_id, attempt))
+        key = (action_id, attempt)
+        running = self._attempts.get(key)
         if running is None:
-            return False
+            return "finished" if key in self._finished else "unknown"
         running.request_stop("cancelled", "cancelled")
         await running.done.wait()
-        return True
+        return "stopped"
 
     def running(self) -> list[Key]:
         """Attempts not yet reported ended, oldest first."""

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from agent.links import NamedActor, resolve
 from mesh.schema import AgentId, Assignment, AttemptReport, ChannelHello, ReportAnswer
-from mesh.wire import FrameError, encode, read_frame
+from mesh.wire import FrameError, encode, keep_alive, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,10 @@ MAX_QUEUED_REPORTS = 10_000
 LOOKUP_BACKOFF = 0.5
 # Seconds to wait for the channel's address, the connection and the hello's answer.
 CONNECT_TIMEOUT = 5.0
-# After a failed attempt to open the channel, reports go by Ray calls for this long.
-CHANNEL_RETRY = 5.0
+# After a failed attempt to open the channel, or a lost channel, wait this long, doubling
+# up to MAX_BACKOFF, before the next attempt (reports go by Ray calls meanwhile).
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
 
 Assignments = Callable[[list[Assignment]], None]
 
@@ -54,13 +56,26 @@ class SchedulerReports:
         self._unanswered: deque[AttemptReport] = deque()
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._connector: asyncio.Task[None] | None = None
         self._retry_channel_at = 0.0
+        self._failures = 0
         self._channel_failing = False
         self._pump: asyncio.Task[None] | None = None
 
     @property
     def on_channel(self) -> bool:
         return self._writer is not None
+
+    async def close(self) -> None:
+        """Stop sending: close the channel and end the background tasks."""
+        self.use_channel = False
+        tasks = [t for t in (self._connector, self._reader, self._pump) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def report(self, report: AttemptReport) -> None:
         self._enqueue(report, 0)
@@ -81,42 +96,67 @@ class SchedulerReports:
             self._pump = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        while self._queue:
-            writer = await self._channel()
-            if writer is not None:
+        try:
+            while self._queue:
+                writer = self._writer
+                if writer is None:
+                    self.open_channel()
+                    await self._send_by_call()
+                    continue
                 # No await in this loop: the channel cannot be lost half way through it.
                 while self._queue:
                     report, _ = self._queue.popleft()
+                    try:
+                        frame = encode(report)
+                    except FrameError as exc:
+                        log.error("dropping report %s of %s: %s", report.stage,
+                                  report.action_id, exc)
+                        continue
                     self._unanswered.append(report)
-                    writer.write(encode(report))
+                    writer.write(frame)
                 # On a loss the answer reader queues these again.
-                with contextlib.suppress(ConnectionError):
+                with contextlib.suppress(OSError):
                     await writer.drain()
-                continue
-            await self._send_by_call()
+        finally:
+            # Reports queued again while this pump was finishing must not wait for the next.
+            if self._queue:
+                asyncio.get_running_loop().call_soon(self._kick)
 
     # ---- the channel ------------------------------------------------------------------------
 
-    async def _channel(self) -> asyncio.StreamWriter | None:
-        """The open channel, or a new one, or None (use Ray calls for now)."""
+    def open_channel(self) -> None:
+        """Open the channel in the background; reports go by Ray calls until it is open."""
+        if not self.use_channel or self._writer is not None:
+            return
+        if self._connector is None or self._connector.done():
+            self._connector = asyncio.get_running_loop().create_task(self._connect_loop())
+
+    def _backoff(self) -> float:
+        self._failures += 1
+        return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** (self._failures - 1)))
+
+    async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._writer is not None or not self.use_channel or loop.time() < self._retry_channel_at:
-            return self._writer
-        try:
-            reader, writer = await self._connect()
-        except Exception as exc:
-            self._retry_channel_at = loop.time() + CHANNEL_RETRY
-            if not self._channel_failing:
-                log.warning("report channel not open (%r); reporting by Ray calls, trying the "
-                            "channel again every %gs", exc, CHANNEL_RETRY)
-            self._channel_failing = True
-            return None
-        if self._channel_failing:
-            log.info("report channel open again")
-        self._channel_failing = False
-        self._writer = writer
-        self._reader = loop.create_task(self._read_answers(reader, writer))
-        return writer
+        while self._writer is None:
+            delay = self._retry_channel_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                reader, writer = await self._connect()
+            except Exception as exc:
+                backoff = self._backoff()
+                self._retry_channel_at = loop.time() + backoff
+                if not self._channel_failing:
+                    log.warning("report channel not open (%r); reporting by Ray calls and "
+                                "trying again, backing off to %gs", exc, MAX_BACKOFF)
+                self._channel_failing = True
+                continue
+            if self._channel_failing:
+                log.info("report channel open again")
+            self._channel_failing = False
+            self._writer = writer
+            self._reader = loop.create_task(self._read_answers(reader, writer))
+            self._kick()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -131,6 +171,7 @@ class SchedulerReports:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(address.host, address.port), CONNECT_TIMEOUT)
         try:
+            keep_alive(writer)
             writer.write(encode(ChannelHello(agent_id=self.agent_id, secret=address.secret)))
             welcome = ReportAnswer.model_validate_json(
                 await asyncio.wait_for(read_frame(reader), CONNECT_TIMEOUT))
@@ -148,16 +189,19 @@ class SchedulerReports:
             while True:
                 answer = ReportAnswer.model_validate_json(await read_frame(reader))
                 report = self._unanswered.popleft()
+                self._failures = 0  # a working channel: the next loss retries at once
                 if answer.error:
                     log.warning("the scheduler refused report %s of %s attempt %d: %s",
                                 report.stage, report.action_id, report.attempt, answer.error)
                 elif answer.assignments and self.on_assignments is not None:
                     self.on_assignments(answer.assignments)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        except (asyncio.IncompleteReadError, OSError) as exc:
             log.warning("report channel closed (%r); %d unanswered reports go again", exc,
                         len(self._unanswered))
         except (ValidationError, FrameError, IndexError) as exc:
             log.error("report channel spoke out of turn (%r); closing it", exc)
+        except Exception:
+            log.exception("reading the report channel failed; closing it")
         finally:
             self._lost(writer)
 
@@ -170,6 +214,11 @@ class SchedulerReports:
         self._queue.extendleft((report, 0) for report in reversed(self._unanswered))
         self._unanswered.clear()
         self._trim()
+        self._retry_channel_at = asyncio.get_running_loop().time() + (
+            0.0 if self._failures == 0 else self._backoff())
+        if self._failures == 0:
+            self._failures = 1  # a second loss before any answer backs off
+        self.open_channel()
         self._kick()
 
     # ---- Ray calls ----------------------------------------------------------------------------

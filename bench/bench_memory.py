@@ -48,7 +48,7 @@ def with_children(pids: set[int]) -> set[int]:
 
 def main() -> None:
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "_system_config": bootstrap.HEALTH_CHECKS})
+        "num_cpus": 1, "_system_config": bootstrap.health_checks()})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace=names.NAMESPACE, log_to_driver=False)

@@ -20,7 +20,7 @@ def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[
     """A new single-node Ray cluster in this process with the mesh up on it."""
     with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=names.NAMESPACE,
-                 log_to_driver=False, _system_config=bootstrap.HEALTH_CHECKS)
+                 log_to_driver=False, _system_config=bootstrap.health_checks())
         try:
             bootstrap.up(config or MeshConfig(state_dir=state))
             client = Client()

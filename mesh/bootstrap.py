@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import ray
@@ -22,12 +24,18 @@ log = logging.getLogger("actionmesh")
 
 # Unclean node death is seen in ~2.3 s with these, against ~13.5 s with Ray's defaults;
 # 500/500/2 once declared a healthy head dead on a 2-core machine (RAY_NOTES.md §1).
-HEALTH_CHECKS: dict[str, int] = {
+# Read-only: `ray.init(_system_config=...)` adds its own keys to the dict it is given, so
+# callers pass `health_checks()`, a fresh copy.
+HEALTH_CHECKS: Mapping[str, int] = MappingProxyType({
     "health_check_initial_delay_ms": 0,
     "health_check_period_ms": 1000,
     "health_check_timeout_ms": 1000,
     "health_check_failure_threshold": 3,
-}
+})
+
+
+def health_checks() -> dict[str, int]:
+    return dict(HEALTH_CHECKS)
 
 
 STOP_TIMEOUT = 30.0
@@ -50,7 +58,7 @@ def cluster_running() -> bool:
 def start_local_cluster(num_cpus: int | None = None) -> None:
     """Start a head on this machine with `ray start`, so it outlives this process."""
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
-           "--disable-usage-stats", f"--system-config={json.dumps(HEALTH_CHECKS)}"]
+           "--disable-usage-stats", f"--system-config={json.dumps(health_checks())}"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     log.info("starting a local Ray cluster: %s", " ".join(cmd))

@@ -175,6 +175,64 @@ class Action(Model):
         return self
 
 
+NUM_PRIORITIES = 5  # paid priorities 0 (highest) .. 4; the free bucket is below them
+
+
+class AccountConfig(Model):
+    """A quota account: how fast it earns the right to run work at each priority, how much
+    it may save up, and how far its work may fan out (the quotascheduler model)."""
+
+    charge_rate: list[float] = Field(
+        default_factory=list, max_length=NUM_PRIORITIES,
+        description="per priority 0 (highest) .. 4: CPU-seconds earned per second, i.e. the "
+        "CPUs the account may keep busy on average at that priority; missing ones are 0")
+    max_charge_seconds: float = Field(
+        0.0, ge=0, le=10 * 365 * 86400,
+        description="how many seconds of earning a balance may hold: the cap at each "
+        "priority is charge_rate x max_charge_seconds")
+    max_fanout: int = Field(
+        0, ge=0, le=2**31 - 1,
+        description="most paid actions running at once per set of labels (0: no limit); "
+        "more run in the free bucket")
+    per_label_task_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="label prefix -> most of this account's actions running at once on "
+        "agents with the same label of that prefix (e.g. {'model': 2})")
+    disable_free_tasks: bool = Field(
+        False, description="never start this account's work in the free bucket")
+    description: str = Field("", max_length=1024)
+
+    @field_validator("charge_rate")
+    @classmethod
+    def _rates(cls, value: list[float]) -> list[float]:
+        for priority, rate in enumerate(value):
+            if not rate >= 0 or rate == float("inf"):
+                raise ValueError(f"charge rate at priority {priority} must be a finite number "
+                                 f">= 0, got {rate!r}")
+        return value
+
+    @field_validator("per_label_task_limits")
+    @classmethod
+    def _limits(cls, value: dict[str, int]) -> dict[str, int]:
+        for prefix, limit in value.items():
+            if not prefix.strip():
+                raise ValueError("a per-label limit needs a non-empty label prefix")
+            if limit < 0:
+                raise ValueError(f"limit for label prefix {prefix!r} must be >= 0, got {limit}")
+        return value
+
+
+class QuotaOptions(Model):
+    """Pool-wide options of the quota scheduler."""
+
+    disable_preemption: bool = Field(
+        False, description="never stop lower-priority work to make room for higher")
+    agent_expiry: float = Field(
+        300.0, gt=0, le=30 * 86400,
+        description="seconds an idle agent may go unconfirmed before the quota scheduler "
+        "forgets it (upstream's bot expiration)")
+
+
 class Load(Model):
     """One psutil sample of an agent's machine."""
 
@@ -311,6 +369,9 @@ class Assignment(Model):
 
 
 ReportStage = Literal["running", "succeeded", "failed", "timed_out", "cancelled"]
+# An agent's answer to a stop: it stopped the attempt, the attempt had already ended, or
+# the agent never ran it.
+CancelOutcome = Literal["stopped", "finished", "unknown"]
 
 
 class AttemptReport(Model):

@@ -212,6 +212,7 @@ class Scheduler:
         del self.handles[agent_id]
         log.warning("agent %s left the pool: %s", agent_id, why)
         self.core.remove_agent(agent_id, self.clock())
+        self.channel.close_agent(agent_id)
         self.kick()
 
     # ---- carrying out decisions ----------------------------------------------------------
@@ -251,7 +252,7 @@ class Scheduler:
     async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
         try:
             found = await call
-            if isinstance(decision, Stop) and found is False:
+            if isinstance(decision, Stop) and found == "unknown":
                 self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
         except AgentGone:
             self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)

@@ -26,11 +26,14 @@ from mesh.schema import (
     ReportAnswer,
     ReportChannel,
 )
-from mesh.wire import FrameError, encode, read_frame
+from mesh.wire import FrameError, encode, keep_alive, read_frame
 
 log = logging.getLogger("actionmesh.scheduler.channel")
 
 HELLO_TIMEOUT = 10.0
+# Before its secret is checked a peer gets little: a small hello, and a few at a time.
+HELLO_LIMIT = 4096
+MAX_GREETING = 64
 
 # Applies a report and returns the reporting agent's next assignments.
 Handler = Callable[[AttemptReport], list[Assignment]]
@@ -55,9 +58,20 @@ class ReportServer:
         self.address: ReportChannel | None = None
         self.refused = 0
         # Open channels per agent (a reconnect can briefly overlap the old connection).
-        self.connected: dict[AgentId, int] = {}
+        self.channels: dict[AgentId, set[asyncio.StreamWriter]] = {}
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._greeting = 0
+
+    @property
+    def connected(self) -> dict[AgentId, int]:
+        return {agent: len(writers) for agent, writers in self.channels.items()}
+
+    def close_agent(self, agent_id: AgentId) -> None:
+        """Close the agent's channels (it left the pool): what they carried unconfirmed is
+        handed on, and a half-open connection is not kept waiting."""
+        for writer in self.channels.get(agent_id, set()):
+            writer.close()
 
     async def start(self) -> ReportChannel:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -75,50 +89,65 @@ class ReportServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if self._greeting >= MAX_GREETING:
+            log.warning("report channel from %s refused: %d connections await their hello",
+                        peer, self._greeting)
+            writer.close()
+            return
         self._writers.add(writer)
         agent: AgentId | None = None
         unconfirmed: dict[Key, Assignment] = {}
         try:
-            hello = ChannelHello.model_validate_json(
-                await asyncio.wait_for(read_frame(reader), HELLO_TIMEOUT))
+            self._greeting += 1
+            try:
+                hello = ChannelHello.model_validate_json(
+                    await asyncio.wait_for(read_frame(reader, HELLO_LIMIT), HELLO_TIMEOUT))
+            finally:
+                self._greeting -= 1
             if not hmac.compare_digest(hello.secret.encode(), self.secret.encode()):
                 log.warning("report channel from %s (agent %s): wrong secret", peer,
                             hello.agent_id)
                 writer.write(encode(ReportAnswer(error="wrong secret")))
                 return
+            keep_alive(writer)
             writer.write(encode(ReportAnswer()))
             agent = hello.agent_id
-            self.connected[agent] = self.connected.get(agent, 0) + 1
+            self.channels.setdefault(agent, set()).add(writer)
             while True:
-                answer = self._answer(await read_frame(reader), unconfirmed)
+                answer = self._answer(await read_frame(reader), agent, unconfirmed)
                 unconfirmed.update(((a.action_id, a.attempt), a) for a in answer.assignments)
                 writer.write(encode(answer))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the agent went away; it sends unanswered reports again when it is back
-        except (TimeoutError, ValidationError, FrameError) as exc:
-            log.warning("report channel from %s closed: %s", peer, exc)
+        except (OSError, ValidationError, FrameError) as exc:  # TimeoutError is an OSError
+            log.warning("report channel from %s closed: %r", peer, exc)
         finally:
             if agent is not None:
-                self._disconnected(agent)
+                self._disconnected(agent, writer)
             if unconfirmed:
                 self.undelivered(list(unconfirmed.values()))
             self._writers.discard(writer)
             writer.close()
 
-    def _disconnected(self, agent: AgentId) -> None:
-        left = self.connected.get(agent, 0) - 1
-        if left > 0:
-            self.connected[agent] = left
-        else:
-            self.connected.pop(agent, None)
+    def _disconnected(self, agent: AgentId, writer: asyncio.StreamWriter) -> None:
+        writers = self.channels.get(agent, set())
+        writers.discard(writer)
+        if not writers:
+            self.channels.pop(agent, None)
 
-    def _answer(self, frame: bytes, unconfirmed: dict[Key, Assignment]) -> ReportAnswer:
+    def _answer(self, frame: bytes, agent: AgentId, unconfirmed: dict[Key, Assignment],
+                ) -> ReportAnswer:
         try:
             report = AttemptReport.model_validate_json(frame)
         except ValidationError as exc:
             self.refused += 1
             return ReportAnswer(error=f"invalid report: {exc}")
+        if report.agent_id != agent:
+            # The answer carries the reporting agent's next work: only that agent may ask.
+            self.refused += 1
+            return ReportAnswer(error=f"a report from agent {report.agent_id!r} on the "
+                                      f"channel of agent {agent!r}")
         unconfirmed.pop((report.action_id, report.attempt), None)
         try:
             return ReportAnswer(assignments=self.handler(report))

@@ -300,7 +300,7 @@ class SchedulerState:
                 and entry.stage is Stage.ASSIGNED and not entry.cancel_requested)
 
     def stop_found_nothing(self, action_id: ActionId, attempt: int, now: float) -> None:
-        """The agent had no such attempt to stop. A cancelled attempt that never started
+        """The agent never had such an attempt to stop. A cancelled attempt that never started
         then ends as cancelled (were its start still on the way, the `running` report it
         brings is answered with a Stop); any other attempt waits for its agent's reports."""
         entry = self.actions.get(action_id)

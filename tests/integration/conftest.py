@@ -23,7 +23,7 @@ from mesh.schema import MeshConfig
 # The head carries no agent, so what runs where is decided by the two workers alone:
 # `big` offers 2 CPUs and `vpn`, `small` offers 1 CPU and `arch:arm64`-like `pool:small`.
 HEAD = {"num_cpus": 1, "labels": {names.AGENT_OPT_OUT: "off"},
-        "_system_config": bootstrap.HEALTH_CHECKS}
+        "_system_config": bootstrap.health_checks()}
 BIG = {"num_cpus": 2, "labels": {"vpn": "", "pool": "big"}}
 SMALL = {"num_cpus": 1, "labels": {"pool": "small"}}
 

@@ -207,12 +207,13 @@ def test_cancel_kills_every_process_of_the_tree() -> None:
             await ex.start(shell(TREE, "victim"))
             pgid = await tree_of(ex, "victim", 3)
             assert ex.running() == [("victim", 1)]
-            assert await ex.cancel(ActionId("victim"), 1) is True
+            assert await ex.cancel(ActionId("victim"), 1) == "stopped"
             # cancel returns once the attempt is dead and reported
             assert sinks.stages("victim") == ["running", "cancelled"]
             assert in_group(pgid) == [] and of(ex, "victim") == []
             assert ex.running() == []
-            assert await ex.cancel(ActionId("victim"), 1) is False
+            assert await ex.cancel(ActionId("victim"), 1) == "finished"
+            assert await ex.cancel(ActionId("never"), 1) == "unknown"
 
     run(body())
 

@@ -70,6 +70,9 @@ def test_the_workers_join_the_head_with_labels_actions_can_require(
         config: dict[str, Any]) -> None:
     (worker,) = [parse(ray_start, args[1:]) for args in
                  commands(config["worker_start_ray_commands"], "ray") if args[0] == "start"]
+    # Ray 2.60 enables token auth on the head: a worker without it fails to join.
+    assert any("RAY_AUTH_MODE=token" in line and "ray start" in line
+               for line in config["worker_start_ray_commands"])
     assert worker["address"] == "$RAY_HEAD_IP:6379"
     labels = as_dict(worker["labels"])
     assert labels and all(LABEL_RE.match(f"{k}:{v}" if v else k) for k, v in labels.items())

@@ -133,6 +133,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+async def opened(sink: SchedulerReports) -> None:
+    sink.open_channel()
+    await async_wait_until(lambda: sink.on_channel, bool, what="the channel open")
+
+
 def reports(n: int) -> list[AttemptReport]:
     """`running` then `succeeded` for actions a0, a1, ..."""
     return [report(f"a{i // 2}", 1, "n1", "running" if i % 2 == 0 else "succeeded",
@@ -163,6 +168,7 @@ def test_reports_arrive_in_order_and_end_reports_bring_the_next_assignments() ->
         ray_side = FakeSchedulerHandle(server.address)
         got: list[Assignment] = []
         sink = SchedulerReports(Preset(ray_side), AgentId("n1"), got.extend)
+        await opened(sink)
         sent = reports(40)
         for r in sent:
             sink.report(r)
@@ -174,6 +180,7 @@ def test_reports_arrive_in_order_and_end_reports_bring_the_next_assignments() ->
                                what="the answers' assignments")
         assert sink.on_channel and ray_side.by_call == []
         assert server.connected == {"n1": 1}
+        await sink.close()
         await server.close()
     run(body())
 
@@ -192,6 +199,7 @@ def test_a_wrong_secret_is_refused_and_reports_go_by_ray_calls_instead() -> None
         await async_wait_until(lambda: list(ray_side.by_call), lambda seen: seen == sent,
                                what="the reports by Ray calls")
         assert handler.seen == [] and server.connected == {} and not sink.on_channel
+        await sink.close()
         await server.close()
     run(body())
 
@@ -211,7 +219,10 @@ def test_a_malformed_report_is_answered_with_its_error_and_the_channel_stays_ope
         assert "attempt" in refused.error and "Field required" in refused.error
         writer.write(encode(report("a1", 1, "n1", "running")))
         assert ReportAnswer.model_validate_json(await read_frame(reader)).error == ""
-        assert handler.keys() == [("a1", "running")] and server.refused == 1
+        writer.write(encode(report("a9", 1, "n2", "running")))  # another agent's report
+        foreign = ReportAnswer.model_validate_json(await read_frame(reader))
+        assert "channel of agent 'n1'" in foreign.error
+        assert handler.keys() == [("a1", "running")] and server.refused == 2
         writer.close()
         await server.close()
     run(body())
@@ -239,6 +250,7 @@ def test_a_cut_channel_resends_unanswered_reports_and_redelivers_unconfirmed_sta
         ray_side = FakeSchedulerHandle(server.address.model_copy(update={"port": proxy.port}))
         got: list[Assignment] = []
         sink = SchedulerReports(Preset(ray_side), AgentId("n1"), got.extend)
+        await opened(sink)
         a1, a2 = reports(6)[2:4], reports(6)[4:6]
         for r in a1:
             sink.report(r)
@@ -248,13 +260,28 @@ def test_a_cut_channel_resends_unanswered_reports_and_redelivers_unconfirmed_sta
             sink.report(r)
         await async_wait_until(lambda: [a.action_id for a in handler.undelivered],
                                lambda ids: ids == ["a3"], what="a3 handed on after the cut")
-        await async_wait_until(handler.keys,
-                               lambda keys: keys.count(("a2", "succeeded")) == 2,
-                               what="the unanswered end report sent again")
+        # Sent again on the new channel, or by a Ray call while it was being opened.
+        await async_wait_until(
+            lambda: handler.keys() + [(r.action_id, r.stage) for r in ray_side.by_call],
+            lambda keys: keys.count(("a2", "succeeded")) == 2,
+            what="the unanswered end report sent again")
+        await opened(sink)
         sink.report(report("a3", 1, "n1", "running"))
         await async_wait_until(handler.keys, lambda keys: keys[-1] == ("a3", "running"),
-                               what="a report after the reconnect")
+                               what="a report on the reopened channel")
         assert cuts == 1 and [a.action_id for a in got] == ["a2"]
-        assert sink.on_channel and ray_side.by_call == []
+        await sink.close()
+        await server.close()
+    run(body())
+
+
+def test_a_peer_without_the_secret_cannot_send_a_large_hello() -> None:
+    async def body() -> None:
+        server = await serve(Recorder())
+        assert server.address is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.address.port)
+        writer.write(struct.pack(">I", 1_000_000))  # announces a 1 MB hello
+        assert await reader.read() == b"", "the server should hang up at once"
+        writer.close()
         await server.close()
     run(body())

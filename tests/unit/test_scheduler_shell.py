@@ -15,6 +15,7 @@ from mesh.schema import (
     AgentInfo,
     Assignment,
     AttemptReport,
+    CancelOutcome,
     ChannelHello,
     MeshConfig,
     ReportAnswer,
@@ -36,6 +37,7 @@ class FakeAgent:
         self.info = info
         self.calls: list[tuple[str, Any]] = []
         self.closed: asyncio.Future[None] | None = None
+        self.stop_outcome: CancelOutcome = "stopped"
 
     async def hello(self, timeout: float) -> AgentInfo:
         return self.info
@@ -46,7 +48,7 @@ class FakeAgent:
 
     def stop(self, action_id: str, attempt: int) -> Any:
         self.calls.append(("stop", action_id))
-        return _done()
+        return _answer(self.stop_outcome)
 
     async def running(self, timeout: float) -> list[tuple[str, int]]:
         return []
@@ -61,6 +63,10 @@ class FakeAgent:
 
 async def _done() -> None:
     return None
+
+
+async def _answer(outcome: CancelOutcome) -> CancelOutcome:
+    return outcome
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -184,5 +190,24 @@ def test_a_start_answered_on_a_channel_that_closes_unconfirmed_goes_by_a_start_c
         await settle()
         assert ("start", "c") not in fakes["n1"].calls, "a cancelled attempt was started again"
         assert not s.pool()[0].report_channel
+        await s.shutdown()
+    run(body())
+
+
+@pytest.mark.parametrize(("outcome", "stage"), [("unknown", Stage.CANCELLED),
+                                                ("finished", Stage.ASSIGNED)])
+def test_a_cancelled_attempt_its_agent_never_had_ends_cancelled_at_once(
+        outcome: CancelOutcome, stage: Stage) -> None:
+    async def body() -> None:
+        s, fakes = shell(agent("n1", cpus=1))
+        fakes["n1"].stop_outcome = outcome
+        s.submit([action("a", command=["sleep", "60"])], True)
+        s.ensure_started()
+        await settle()
+        assert fakes["n1"].calls == [("start", "a")]
+        s.cancel(ActionId("a"))
+        await settle()
+        # "finished": its end report is on the way and decides; "unknown": none will come.
+        assert s.core.actions["a"].stage is stage  # type: ignore[index]
         await s.shutdown()
     run(body())

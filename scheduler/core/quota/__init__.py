@@ -1,0 +1,1 @@
+"""The quota scheduler: Chromium's qscheduler algorithm (qslib), ported and generalised."""

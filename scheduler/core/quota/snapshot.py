@@ -1,0 +1,103 @@
+"""The quota scheduler's whole state as one pydantic value, and back, losing nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from mesh.schema import AccountConfig, QuotaOptions
+from scheduler.core.quota.events import QuotaSink
+from scheduler.core.quota.model import Quirks, Request, TaskRun, Worker
+from scheduler.core.quota.scheduler import QuotaScheduler
+from scheduler.core.quota.vector import vector
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RequestState(_Frozen):
+    id: str
+    account_id: str
+    base_labels: list[str]
+    provisionable_labels: list[str]
+    enqueue_time: float
+    cpus: float
+    memory: int
+    confirmed_time: float
+    examined_time: float
+
+
+class TaskState(_Frozen):
+    request: RequestState
+    priority: int
+    cost: list[float]
+
+
+class WorkerState(_Frozen):
+    id: str
+    labels: list[str]
+    cpus: float
+    memory: int
+    confirmed_time: float
+    modified_time: float
+    running: list[TaskState]
+
+
+class QuotaSnapshot(_Frozen):
+    last_update_time: float
+    options: QuotaOptions
+    accounts: dict[str, AccountConfig]
+    balances: dict[str, list[float]]
+    queued: list[RequestState]
+    workers: list[WorkerState]
+
+
+def _request_state(r: Request) -> RequestState:
+    return RequestState(id=r.id, account_id=r.account_id, base_labels=sorted(r.base_labels),
+                        provisionable_labels=sorted(r.provisionable_labels),
+                        enqueue_time=r.enqueue_time, cpus=r.cpus, memory=r.memory,
+                        confirmed_time=r.confirmed_time, examined_time=r.examined_time)
+
+
+def _request(s: RequestState) -> Request:
+    return Request(s.id, s.account_id, frozenset(s.base_labels),
+                   frozenset(s.provisionable_labels), s.enqueue_time, s.cpus, s.memory,
+                   s.confirmed_time, s.examined_time)
+
+
+def to_snapshot(qs: QuotaScheduler) -> QuotaSnapshot:
+    workers = []
+    for worker_id in sorted(qs.workers):
+        w = qs.workers[worker_id]
+        running = [TaskState(request=_request_state(run.request), priority=run.priority,
+                             cost=list(run.cost))
+                   for _, run in sorted(w.running.items())]
+        workers.append(WorkerState(id=w.id, labels=sorted(w.labels), cpus=w.cpus,
+                                   memory=w.memory, confirmed_time=w.confirmed_time,
+                                   modified_time=w.modified_time, running=running))
+    return QuotaSnapshot(
+        last_update_time=qs.last_update_time, options=qs.options,
+        accounts=dict(sorted(qs.configs.items())),
+        balances={a: list(b) for a, b in sorted(qs.balances.items())},
+        queued=[_request_state(qs.queued[r]) for r in sorted(qs.queued)],
+        workers=workers)
+
+
+def from_snapshot(snapshot: QuotaSnapshot, quirks: Quirks | None = None,
+                  sink: QuotaSink | None = None,
+                  wall_clock: Callable[[], float] | None = None) -> QuotaScheduler:
+    qs = QuotaScheduler(snapshot.last_update_time, snapshot.options, quirks, sink, wall_clock)
+    qs.configs = dict(snapshot.accounts)
+    qs.balances = {a: vector(b) for a, b in snapshot.balances.items()}
+    qs.queued = {s.id: _request(s) for s in snapshot.queued}
+    for ws in snapshot.workers:
+        worker = Worker(ws.id, frozenset(ws.labels), ws.cpus, ws.memory, ws.confirmed_time,
+                        ws.modified_time)
+        for ts in ws.running:
+            worker.running[ts.request.id] = TaskRun(_request(ts.request), ts.priority,
+                                                    vector(ts.cost))
+            qs.running[ts.request.id] = ws.id
+        qs.workers[ws.id] = worker
+    return qs

@@ -45,6 +45,11 @@ class NotFound(MeshError):
     """An id (action, agent, account) that the scheduler does not know."""
 
 
+class Conflict(MeshError):
+    """The request contradicts the scheduler's state (an account that already exists, or
+    one still used by actions)."""
+
+
 class Unplaceable(MeshError):
     """No agent in the pool could ever run the action, so it was refused."""
 

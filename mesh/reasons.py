@@ -9,6 +9,7 @@ RETRY_AFTER_LOSS = "requeued after losing agent {agent} (loss {n} of {budget})"
 CANCELLED_BY_USER = "cancelled by request"
 CANCELLED_BEFORE_START = "cancelled before its agent started it"
 SUPERSEDED = "attempt {attempt} was superseded by attempt {current}"
+PREEMPTED = "preempted by action {by} (account {account}, priority {priority})"
 GIVEN_UP = "attempt {attempt} was already given up as lost"
 
 # Why an agent left the pool, or a start did not happen.
@@ -23,6 +24,17 @@ START_REFUSED = "agent refused the start: {error}"
 NO_AGENTS = "no agents in the pool yet; waiting for one to join"
 UNPLACEABLE = "unplaceable: {detail}"
 WAITING = "waiting: {detail}"
+
+# What an account's quota says about a waiting action.
+QUOTA_NO_ACCOUNT = "no account: it runs in the free bucket when no paid work needs the room"
+QUOTA_PAID = "account {account} pays for it at priority {priority}"
+QUOTA_FREE = "account {account} is out of quota: it waits in the free bucket"
+QUOTA_NO_FREE = ("account {account} is out of quota and may not run free: it waits until "
+                 "the account earns a positive balance")
+QUOTA_FANOUT = ("account {account} is at its fanout limit ({limit}) for these labels: "
+                "it runs in the free bucket")
+QUOTA_LABEL_LIMIT = ("account {account} is at its per-label limit on every agent with the "
+                     "labels")
 
 # Placement checks, by name.
 CHECK_ALIVE = "alive"

@@ -222,6 +222,21 @@ class AccountConfig(Model):
         return value
 
 
+class AccountStatus(Model):
+    """An account as the quota scheduler sees it now."""
+
+    id: AccountId
+    config: AccountConfig
+    balance: list[float] = Field(description="per priority 0 .. 4, in CPU-seconds")
+    running: int = 0
+    running_cpus: float = 0.0
+    running_by_priority: dict[int, int] = Field(
+        default_factory=dict, description="running actions by the priority they run at")
+    queued_by_priority: dict[int, int] = Field(
+        default_factory=dict, description="queued actions by the priority they would be "
+        "matched at now (5: the free bucket)")
+
+
 class QuotaOptions(Model):
     """Pool-wide options of the quota scheduler."""
 
@@ -301,6 +316,9 @@ class PendingReason(Model):
     summary: str
     unplaceable: bool = False
     rejections: list[Rejection] = Field(default_factory=list)
+    priority: int | None = Field(
+        None, description="the quota priority it would be matched at now; 5 is free")
+    quota: str = Field("", description="what its account's quota says about it")
 
 
 class AttemptRecord(Model):
@@ -309,7 +327,9 @@ class AttemptRecord(Model):
     assigned_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    outcome: Stage | Literal["lost"] | None = None
+    outcome: Stage | Literal["lost", "preempted"] | None = None
+    priority: int = Field(NUM_PRIORITIES, ge=0, le=NUM_PRIORITIES,
+                          description="the quota priority it was started at; 5 is free")
     exit_code: int | None = None
     reason: str = ""
 

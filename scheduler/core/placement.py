@@ -1,4 +1,4 @@
-"""Where an action runs: the chain of feasibility checks, the rankers, and the explanations."""
+"""Whether an action can run on an agent: the chain of feasibility checks and the explanations."""
 
 from __future__ import annotations
 
@@ -98,16 +98,27 @@ class LiveLoad:
     name: str = reasons.CHECK_LOAD
 
     def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
+        return self._judge(agent, action, now, 0, making_room=False)
+
+    def admits(self, agent: AgentEntry, action: Action, now: float, extra_memory: int = 0,
+               making_room: bool = False) -> bool:
+        """The check with `extra_memory` placed since the sample on top of what the agent
+        knows; `making_room`: other work is being stopped for this, so a saturated CPU
+        does not keep it off."""
+        return self._judge(agent, action, now, extra_memory, making_room) is None
+
+    def _judge(self, agent: AgentEntry, action: Action, now: float, extra_memory: int,
+               making_room: bool) -> Rejection | None:
         age = agent.load_age(now)
         if agent.load is None or age is None:
             return _rejection(agent, self.name, "has not reported its load yet")
         if age > self.stale_after:
             return _rejection(agent, self.name, f"load report is stale ({age:.1f}s old)")
         busy = agent.load.cpu_percent
-        if action.cpus > 0 and busy >= self.cpu_busy_percent:
+        if action.cpus > 0 and busy >= self.cpu_busy_percent and not making_room:
             return _rejection(agent, self.name, f"is saturated (CPU {busy:.0f}%, limit "
                               f"{self.cpu_busy_percent:.0f}%)", busy, self.cpu_busy_percent)
-        free_memory = agent.load.memory_available - agent.memory_since_sample
+        free_memory = agent.load.memory_available - agent.memory_since_sample - extra_memory
         if action.memory > free_memory:
             return _rejection(agent, self.name, f"has {_gib(max(free_memory, 0))} of memory "
                               "available", action.memory, free_memory)
@@ -131,26 +142,14 @@ def could_ever_run(agent: AgentEntry, action: Action) -> bool:
 
 
 class Placer:
-    """Runs the check chain over the pool and ranks the agents that pass."""
+    """Runs the check chain over the pool to say why an action waits, or cannot ever run.
+
+    Which agent takes which action is the quota pass's choice (scheduler/core/quota): it
+    prefers agents that need no provisioning, then the best fit.
+    """
 
     def __init__(self, checks: Sequence[Check]) -> None:
         self.checks = list(checks)
-
-    def feasible(self, agent: AgentEntry, action: Action, now: float) -> bool:
-        return all(check.reject(agent, action, now) is None for check in self.checks)
-
-    def choose(self, agents: Iterable[AgentEntry], action: Action, now: float,
-               ) -> AgentEntry | None:
-        """The best feasible agent, or None."""
-        best: AgentEntry | None = None
-        best_key: tuple[float, float, str] | None = None
-        for agent in agents:
-            if not self.feasible(agent, action, now):
-                continue
-            key = rank_key(agent, action)
-            if best_key is None or key < best_key:
-                best, best_key = agent, key
-        return best
 
     def explain(self, agents: Iterable[AgentEntry], action: Action, now: float,
                 ) -> PendingReason:
@@ -194,13 +193,6 @@ def _plural(detail: str) -> str:
     """Details are written for one agent ("lacks `vpn`"); agree the verb with several."""
     verb, _, rest = detail.partition(" ")
     return f"{_VERBS.get(verb, verb)} {rest}"
-
-
-def rank_key(agent: AgentEntry, action: Action) -> tuple[float, float, str]:
-    """Lower is better: most provisionable labels present, then best fit, then id."""
-    provisioned = sum(1 for label in action.provisionable_labels if label in agent.labels)
-    leftover = agent.cpu_capacity - agent.reserved_cpus - action.cpus
-    return (-float(provisioned), leftover, agent.agent_id)
 
 
 def _gib(n: float) -> str:

@@ -1,18 +1,22 @@
 """The pure scheduling core: actions by stage, the pool, and one step that returns decisions.
 
 No Ray, no clock, no I/O: every call takes `now`, and what must happen outside comes back as
-`Assign` and `Stop` values. Order within the queue is first come, first served, with
-backfill: an action that cannot be placed does not hold back the ones behind it.
+`Assign` and `Stop` values. Who runs first, and whom to preempt, is the quota scheduler's
+pass (`scheduler/core/quota`); where, it decides within what placement allows: labels and
+reservations in the quota core, the agent's state and live load through a gate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mesh import reasons
-from mesh.errors import InvalidInput, NotFound
+from mesh.errors import Conflict, InvalidInput, NotFound
 from mesh.schema import (
+    AccountConfig,
+    AccountId,
+    AccountStatus,
     Action,
     ActionId,
     ActionStatus,
@@ -23,13 +27,22 @@ from mesh.schema import (
     AttemptReport,
     Load,
     PendingReason,
+    Priority,
+    QuotaOptions,
     StageEvent,
 )
 from mesh.stages import TERMINAL, Stage, transition
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.events import EventSink, NullSink
-from scheduler.core.placement import Placer, could_ever_run, default_checks
+from scheduler.core.placement import LiveLoad, Placer, could_ever_run, default_checks
 from scheduler.core.pool import AgentEntry
+from scheduler.core.quota.events import QuotaSink
+from scheduler.core.quota.limits import FanoutCounter, LabelCounter
+from scheduler.core.quota.model import Quirks, QuotaAssignment, Worker
+from scheduler.core.quota.model import Request as QuotaRequest
+from scheduler.core.quota.run import run_once
+from scheduler.core.quota.scheduler import QuotaScheduler
+from scheduler.core.quota.vector import FREE_BUCKET
 
 # Memory freed on an agent that is worth another placement pass (or 1% of the machine).
 MEMORY_STEP = 64 * 2**20
@@ -75,8 +88,12 @@ class SchedulerState:
     """Accepted actions, the pool, and the placement of queued actions onto agents."""
 
     def __init__(self, *, stale_after: float = 3.0, capacity_percent: float = 100.0,
-                 cpu_busy_percent: float = 95.0, sink: EventSink | None = None) -> None:
+                 cpu_busy_percent: float = 95.0, sink: EventSink | None = None,
+                 quota_options: QuotaOptions | None = None, quirks: Quirks | None = None,
+                 quota_sink: QuotaSink | None = None) -> None:
         self.placer = Placer(default_checks(stale_after, cpu_busy_percent))
+        self.live_load = LiveLoad(stale_after, cpu_busy_percent)
+        self.quota = QuotaScheduler(0.0, quota_options, quirks, quota_sink)
         self.stale_after = stale_after
         self.cpu_busy_percent = cpu_busy_percent
         self.capacity_percent = capacity_percent
@@ -86,8 +103,10 @@ class SchedulerState:
         self.by_stage: dict[Stage, dict[ActionId, ActionEntry]] = {s: {} for s in Stage}
         self.agents: dict[AgentId, AgentEntry] = {}
         self._seq = 0
-        # Queued actions that reserve no CPU: the only ones a pool with no CPU room can take.
-        self._queued_zero_cpu = 0
+
+    def advance(self, now: float) -> None:
+        """Move the quota scheduler's time on: charge running work, recharge accounts."""
+        self.quota.update_time(now)
 
     # ---- actions -------------------------------------------------------------------------
 
@@ -98,11 +117,12 @@ class SchedulerState:
         existing = self.actions.get(spec.id)
         if existing is not None:
             return existing, False
+        self.advance(now)
         self._seq += 1
         entry = ActionEntry(spec=spec, id=spec.id, seq=self._seq, submitted_at=now)
         self.actions[entry.id] = entry
         self.by_stage[Stage.QUEUED][entry.id] = entry
-        self._queued_zero_cpu += entry.spec.cpus == 0
+        self.quota.add_request(self._request(entry), now)
         self._emit(entry, now, reason="accepted")
         self._judge(entry, now)
         return entry, True
@@ -116,6 +136,10 @@ class SchedulerState:
         if existing is not None and existing.spec != spec:
             raise InvalidInput(f"action id: {spec.id!r} is already used by a different action",
                                [("id", "already used by a different action")])
+        if existing is None and spec.account and spec.account not in self.quota.configs:
+            raise InvalidInput(f"account: no account {spec.account!r}; create it first "
+                               "(`mesh accounts create`) or submit without one",
+                               [("account", f"unknown account {spec.account!r}")])
 
     def unplaceable_reason(self, spec: Action, now: float) -> PendingReason | None:
         """Why no agent in a non-empty pool could ever run this action, or None."""
@@ -139,7 +163,37 @@ class SchedulerState:
         pending = None
         if entry.stage is Stage.QUEUED:
             pending = self.placer.explain(self.agents.values(), entry.spec, now)
+            request = self.quota.queued.get(entry.id)
+            if request is not None:
+                priority, quota = self._quota_reason(request)
+                pending = pending.model_copy(update={
+                    "priority": priority, "quota": quota,
+                    "summary": f"{pending.summary} ({quota})"})
         return entry.status(pending)
+
+    def _quota_reason(self, request: QuotaRequest) -> tuple[int, str]:
+        """The priority a waiting request would be matched at now, and why."""
+        account = request.account_id
+        config = self.quota.configs.get(account)
+        p = self.quota.priority_for(request)
+        if not account or config is None:
+            return FREE_BUCKET, reasons.QUOTA_NO_ACCOUNT
+        if p == FREE_BUCKET:
+            why = reasons.QUOTA_NO_FREE if config.disable_free_tasks else reasons.QUOTA_FREE
+            return p, why.format(account=account)
+        if self.quota.quirks.enforce_limits:
+            fanout, labels = FanoutCounter(self.quota.configs), LabelCounter(self.quota.configs)
+            for worker, run in self.quota.runs():
+                fanout.count(run.request)
+                labels.count(run.request, worker)
+            if fanout.throttled(request):
+                return FREE_BUCKET, reasons.QUOTA_FANOUT.format(account=account,
+                                                                limit=config.max_fanout)
+            fitting = [w for w in self.quota.workers.values()
+                       if request.base_labels <= w.labels]
+            if fitting and all(labels.at_limit(request, w) for w in fitting):
+                return p, reasons.QUOTA_LABEL_LIMIT.format(account=account)
+        return p, reasons.QUOTA_PAID.format(account=account, priority=p)
 
     def list_actions(self, stage: Stage | None = None, limit: int | None = None,
              ) -> list[ActionStatus]:
@@ -155,9 +209,81 @@ class SchedulerState:
     def counts(self) -> dict[str, int]:
         return {stage.value: len(entries) for stage, entries in self.by_stage.items()}
 
+    # ---- accounts ------------------------------------------------------------------------
+
+    def create_account(self, account_id: AccountId, config: AccountConfig, now: float,
+                       ) -> AccountStatus:
+        self.advance(now)
+        if account_id in self.quota.configs:
+            raise Conflict(f"account {account_id!r} already exists; modify it instead")
+        self.quota.add_account(account_id, config)
+        return self.account(account_id)
+
+    def modify_account(self, account_id: AccountId, config: AccountConfig, now: float,
+                       reset_balance: bool = False) -> AccountStatus:
+        """Replace the account's config; its balance stays unless reset (to zero)."""
+        self._account_config(account_id)
+        self.advance(now)
+        self.quota.set_account_config(account_id, config)
+        if reset_balance:
+            self.quota.reset_balance(account_id)
+        return self.account(account_id)
+
+    def delete_account(self, account_id: AccountId, now: float) -> None:
+        """Delete an account no waiting or running action uses (they would be left paying
+        into nothing: upstream keeps their priorities frozen)."""
+        self._account_config(account_id)
+        users = [e.id for stage in (Stage.QUEUED, Stage.ASSIGNED, Stage.RUNNING)
+                 for e in self.by_stage[stage].values() if e.spec.account == account_id]
+        if users:
+            shown = ", ".join(sorted(users)[:5]) + (" ..." if len(users) > 5 else "")
+            raise Conflict(f"account {account_id!r} is used by {len(users)} unfinished "
+                           f"action(s) ({shown}); cancel them or let them finish first")
+        self.advance(now)
+        self.quota.delete_account(account_id)
+
+    def account_config(self, account_id: AccountId) -> AccountConfig:
+        return self._account_config(account_id)
+
+    def _account_config(self, account_id: AccountId) -> AccountConfig:
+        config = self.quota.configs.get(account_id)
+        if config is None:
+            raise NotFound(f"no account {account_id!r}")
+        return config
+
+    def account(self, account_id: AccountId) -> AccountStatus:
+        config = self._account_config(account_id)
+        running: dict[int, int] = {}
+        cpus = 0.0
+        for _, run in self.quota.runs():
+            if run.request.account_id == account_id:
+                running[run.priority] = running.get(run.priority, 0) + 1
+                cpus += run.request.cpus
+        queued: dict[int, int] = {}
+        for request in self.quota.queued.values():
+            if request.account_id == account_id:
+                p = self.quota.priority_for(request)
+                queued[p] = queued.get(p, 0) + 1
+        return AccountStatus(id=account_id, config=config,
+                             balance=list(self.quota.balances.get(account_id, ())),
+                             running=sum(running.values()), running_cpus=cpus,
+                             running_by_priority=dict(sorted(running.items())),
+                             queued_by_priority=dict(sorted(queued.items())))
+
+    def accounts(self) -> list[AccountStatus]:
+        return [self.account(AccountId(a)) for a in sorted(self.quota.configs)]
+
+    @property
+    def quota_options(self) -> QuotaOptions:
+        return self.quota.options
+
+    def set_quota_options(self, options: QuotaOptions) -> None:
+        self.quota.options = options
+
     # ---- the pool ------------------------------------------------------------------------
 
     def register_agent(self, info: AgentInfo, now: float) -> AgentEntry:
+        self.advance(now)
         entry = self.agents.get(info.agent_id)
         if entry is None:
             entry = AgentEntry(info=info, capacity_percent=self.capacity_percent)
@@ -165,8 +291,16 @@ class SchedulerState:
         else:
             entry.info = info
             entry.state = "alive"
+        self._mark_idle(entry, now)
         self._flag_unplaceable(now)
         return entry
+
+    def _mark_idle(self, agent: AgentEntry, now: float) -> None:
+        """Tell the quota scheduler about the agent, as upstream's bots ask for work."""
+        if agent.agent_id in self.quota.workers and agent.reservations:
+            return  # it knows the agent and what runs there; nothing to refresh
+        self.quota.mark_idle(agent.agent_id, agent.labels, now, cpus=agent.cpu_capacity,
+                             memory=int(agent.memory_capacity))
 
     def report_load(self, agent_id: AgentId, load: Load, now: float) -> bool:
         """Record a load sample. True when it may let more work onto the agent (it was
@@ -181,8 +315,15 @@ class SchedulerState:
         entry.take_load(load, now)
         if entry.state == "suspect":
             entry.state = "alive"
+        if agent_id in self.quota.workers:
+            self.quota.confirm_worker(agent_id, now)
+        else:
+            self._mark_idle(entry, now)  # expired while idle and silent: back in the pool
         grew = load.memory_available - before >= max(MEMORY_STEP, load.memory_total // 100)
-        return (was_blocked and self._live_room(entry, now)) or grew
+        more_room = (was_blocked and self._live_room(entry, now)) or grew
+        if more_room:
+            self.quota.touch_worker(agent_id)  # requests it turned down may fit now
+        return more_room
 
     def _live_room(self, entry: AgentEntry, now: float) -> bool:
         age = entry.load_age(now)
@@ -199,6 +340,7 @@ class SchedulerState:
         entry = self.agents.pop(agent_id, None)
         if entry is None:
             return
+        self.quota.forget_worker(agent_id)
         for action_id in list(entry.reservations):
             action = self.actions[action_id]
             self._lose(action, now, agent_id)
@@ -226,7 +368,7 @@ class SchedulerState:
         if not current:
             # Only an attempt that may still be running needs stopping: one that ended on
             # its own (an outcome other than lost) has no process left.
-            ended = entry.attempts[report.attempt - 1].outcome not in (None, "lost")
+            ended = entry.attempts[report.attempt - 1].outcome not in (None, "lost", "preempted")
             if report.stage == "running" and not ended:
                 return [Stop(report.action_id, report.attempt, report.agent_id,
                              _why_stopped(entry, report.attempt))]
@@ -250,7 +392,7 @@ class SchedulerState:
         entry.attempts[-1] = record.model_copy(update={
             "finished_at": now, "outcome": stage, "exit_code": report.exit_code,
             "reason": reason})
-        self._release(entry)
+        self._release(entry, now)
         entry.exit_code = report.exit_code
         retryable = stage in (Stage.FAILED, Stage.TIMED_OUT) and not entry.cancel_requested
         if retryable and entry.failures < entry.spec.retry.on_failure:
@@ -264,33 +406,65 @@ class SchedulerState:
     # ---- one scheduling step -------------------------------------------------------------
 
     def step(self, now: float) -> list[Decision]:
-        """Place queued actions, oldest first, on the best feasible agents."""
+        """One quota pass at `now`: who starts where, at which priority, and who is stopped
+        to make room for higher-priority work."""
+        self.advance(now)
+        if not self.by_stage[Stage.QUEUED] or not self.agents:
+            return []
         decisions: list[Decision] = []
-        queue = self.by_stage[Stage.QUEUED]
-        if not queue or not self.agents:
-            return decisions
-        agents = list(self.agents.values())
-        any_room = any(_has_room(a) for a in agents)
-        for entry in list(queue.values()):
-            # With every agent's CPUs reserved only zero-CPU actions can still be placed:
-            # stop when there are none, else skip to them without a placement each.
-            if not any_room and not self._queued_zero_cpu:
-                break
-            if entry.unplaceable or (entry.spec.cpus > 0 and not any_room):
-                continue
-            agent = self.placer.choose(agents, entry.spec, now)
-            if agent is None:
-                continue
-            record = AttemptRecord(number=entry.attempt + 1, agent_id=AgentId(agent.agent_id),
-                                   assigned_at=now)
-            entry.attempt = record.number
-            entry.agent_id = record.agent_id
-            agent.reserve(entry.id, entry.attempt, entry.spec)
-            entry.attempts.append(record)
-            self._move(entry, Stage.ASSIGNED, now, "")
-            decisions.append(Assign(entry.id, entry.attempt, entry.agent_id, now))
-            any_room = any(_has_room(a) for a in agents)
+        for assignment in run_once(self.quota, self._gate(now)):
+            decisions.extend(self._apply(assignment, now))
         return decisions
+
+    def _gate(self, now: float) -> Callable[[Worker, QuotaRequest, bool], bool]:
+        """What the quota core cannot see: the agent's state and its live load. Memory
+        granted during this pass counts against the live sample at once."""
+        granted: dict[str, int] = {}
+
+        def admit(worker: Worker, request: QuotaRequest, preempting: bool) -> bool:
+            agent = self.agents.get(AgentId(worker.id))
+            entry = self.actions.get(ActionId(request.id))
+            if agent is None or entry is None or agent.state != "alive":
+                return False
+            extra = granted.get(worker.id, 0)
+            if not self.live_load.admits(agent, entry.spec, now, extra, making_room=preempting):
+                return False
+            granted[worker.id] = extra + entry.spec.memory
+            return True
+
+        return admit
+
+    def _apply(self, assignment: QuotaAssignment, now: float) -> list[Decision]:
+        entry = self.actions[ActionId(assignment.request_id)]
+        agent = self.agents[AgentId(assignment.worker_id)]
+        decisions: list[Decision] = []
+        if assignment.kind == "preempt":
+            victim = self.actions[ActionId(assignment.task_to_abort)]
+            decisions.append(self._preempt(victim, entry, assignment.priority, now))
+        record = AttemptRecord(number=entry.attempt + 1, agent_id=AgentId(agent.agent_id),
+                               assigned_at=now, priority=assignment.priority)
+        entry.attempt = record.number
+        entry.agent_id = record.agent_id
+        agent.reserve(entry.id, entry.attempt, entry.spec)
+        entry.attempts.append(record)
+        self._move(entry, Stage.ASSIGNED, now, "")
+        decisions.append(Assign(entry.id, entry.attempt, entry.agent_id, now,
+                                Priority(assignment.priority)))
+        return decisions
+
+    def _preempt(self, victim: ActionEntry, by: ActionEntry, priority: int, now: float) -> Stop:
+        """Stop the victim's attempt and queue the action again; a preemption spends
+        neither its failure nor its loss budget."""
+        assert victim.agent_id is not None
+        why = reasons.PREEMPTED.format(by=by.id, account=by.spec.account or "-",
+                                       priority=priority)
+        stop = Stop(victim.id, victim.attempt, victim.agent_id, why)
+        if victim.attempts:
+            victim.attempts[-1] = victim.attempts[-1].model_copy(
+                update={"finished_at": now, "outcome": "preempted", "reason": why})
+        self._release(victim, now)
+        self._move(victim, Stage.QUEUED, now, why)
+        return stop
 
     def awaits_start(self, action_id: ActionId, attempt: int) -> bool:
         """Whether this attempt should still start: assigned, not yet reported on by its
@@ -335,25 +509,34 @@ class SchedulerState:
 
     def _move(self, entry: ActionEntry, stage: Stage, now: float, reason: str) -> None:
         new = transition(entry.stage, stage)
-        if entry.spec.cpus == 0:
-            self._queued_zero_cpu += (new is Stage.QUEUED) - (entry.stage is Stage.QUEUED)
         del self.by_stage[entry.stage][entry.id]
         entry.stage = new
         self.by_stage[new][entry.id] = entry
         if new is Stage.QUEUED:
             entry.agent_id = None
             entry.exit_code = None
+            self.quota.add_request(self._request(entry), now)
+        elif new in TERMINAL:
+            self.quota.finished(entry.id, now)
             entry.cancel_requested = False
         entry.reason = reason
         self._emit(entry, now, reason)
+
+    @staticmethod
+    def _request(entry: ActionEntry) -> QuotaRequest:
+        spec = entry.spec
+        return QuotaRequest(entry.id, spec.account, frozenset(spec.labels),
+                            frozenset(spec.provisionable_labels), entry.submitted_at,
+                            spec.cpus, spec.memory)
 
     def _finish(self, entry: ActionEntry, stage: Stage, now: float, reason: str) -> None:
         entry.finished_at = now
         self._move(entry, stage, now, reason)
 
-    def _release(self, entry: ActionEntry) -> None:
+    def _release(self, entry: ActionEntry, now: float) -> None:
         if entry.agent_id is not None and entry.agent_id in self.agents:
             self.agents[entry.agent_id].release(entry.id)
+        self.quota.finished(entry.id, now)
 
     def _agent_reservation_stage(self, entry: ActionEntry, stage: Stage) -> None:
         if entry.agent_id is not None and entry.agent_id in self.agents:
@@ -367,7 +550,7 @@ class SchedulerState:
         if entry.attempts:
             entry.attempts[-1] = entry.attempts[-1].model_copy(
                 update={"finished_at": now, "outcome": "lost", "reason": why})
-        self._release(entry)
+        self._release(entry, now)
         if entry.cancel_requested:
             self._finish(entry, Stage.CANCELLED, now, reasons.CANCELLED_BY_USER)
             return
@@ -403,7 +586,3 @@ def _why_stopped(entry: ActionEntry, attempt: int) -> str:
     if entry.stage is Stage.CANCELLED:
         return reasons.CANCELLED_BY_USER
     return reasons.GIVEN_UP.format(attempt=attempt)
-
-
-def _has_room(agent: AgentEntry) -> bool:
-    return agent.state == "alive" and agent.cpu_capacity - agent.reserved_cpus > 1e-9

@@ -39,8 +39,10 @@ def check_invariants(core: SchedulerState) -> None:
             assert action_id not in seen, "an action in two stages"
             seen.add(action_id)
     assert seen == set(core.actions)
-    assert core._queued_zero_cpu == sum(
-        1 for e in core.by_stage[Stage.QUEUED].values() if e.spec.cpus == 0)
+    assert set(core.quota.queued) == set(core.by_stage[Stage.QUEUED]), \
+        "the quota scheduler's queue differs from the queued actions"
+    assert set(core.quota.running) == \
+        set(core.by_stage[Stage.ASSIGNED]) | set(core.by_stage[Stage.RUNNING])
     holders = {}
     for agent_id, a in core.agents.items():
         assert a.reserved_cpus <= a.cpu_capacity + 1e-9, "agent over CPU capacity"

@@ -99,16 +99,6 @@ def test_memory_placed_since_the_sample_is_subtracted() -> None:
     assert LiveLoad(3.0).reject(e, action(memory=4 * GIB), 0.5) is None
 
 
-def test_choose_prefers_provisionable_labels_then_best_fit() -> None:
-    placer = Placer(default_checks(3.0))
-    big = entry(cpus=8, agent_id="big")
-    small = entry(cpus=2, agent_id="small")
-    tagged = entry(cpus=8, labels=["os:linux", "warm"], agent_id="tagged")
-    assert placer.choose([big, small], action(cpus=2), 0) is small
-    assert placer.choose([big, small, tagged], action(cpus=2, provisionable_labels=["warm"]),
-                         0) is tagged
-
-
 def test_explain_counts_every_failing_dimension() -> None:
     placer = Placer(default_checks(3.0))
     pool = [entry(agent_id=f"n{i}", labels=["os:linux"]) for i in range(3)]

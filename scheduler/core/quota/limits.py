@@ -19,10 +19,11 @@ Group = tuple[str, ...]
 def fanout_group(request: Request) -> Group:
     """Account plus every label: requests of one group count against one limit. Work with
     no account shares one group (upstream's group 0), which is always throttled."""
-    if not request.account_id:
-        return ("",)
-    return (request.account_id, *sorted(request.provisionable_labels),
-            "|", *sorted(request.base_labels))
+    if request.group is None:
+        request.group = ("",) if not request.account_id else (
+            request.account_id, *sorted(request.provisionable_labels), "|",
+            *sorted(request.base_labels))
+    return request.group
 
 
 class FanoutCounter:

@@ -66,14 +66,16 @@ class Request:
     memory: int = 0
     confirmed_time: float = ZERO_TIME
     examined_time: float = NEVER_EXAMINED
+    # More base labels is a more specific request: a worker prefers it.
+    quality: int = field(init=False, default=0)
+    # The fanout group, worked out once (upstream memoises it too).
+    group: tuple[str, ...] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.quality = len(self.base_labels)
 
     def confirm(self, t: float) -> None:
         self.confirmed_time = max(self.confirmed_time, t)
-
-    @property
-    def quality(self) -> int:
-        """More base labels is a more specific request: a worker prefers it."""
-        return len(self.base_labels)
 
 
 @dataclass(slots=True, eq=False)

@@ -10,7 +10,7 @@ time and id; workers by free CPUs (best fit) and id; running tasks by worker and
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from operator import attrgetter
 
 from scheduler.core.quota.events import QuotaEvent
 from scheduler.core.quota.limits import FanoutCounter, LabelCounter
@@ -45,15 +45,9 @@ def _admit_all(worker: Worker, request: Request, preempting: bool) -> bool:
     return True
 
 
-@dataclass(slots=True, eq=False)
-class _Entry:
-    request: Request
-    disable_if_free: bool
-    matched: bool = False
-
-
-def _order(request: Request) -> tuple[float, float, str]:
-    return (request.examined_time, request.enqueue_time, request.id)
+# Requests are taken least recently examined first; upstream leaves ties to map order.
+_ORDER = attrgetter("examined_time", "enqueue_time", "id")
+_QUALITY = attrgetter("quality")
 
 
 def run_once(qs: QuotaScheduler, gate: Gate | None = None) -> list[QuotaAssignment]:
@@ -66,9 +60,15 @@ class _Pass:
         self.qs = qs
         self.gate = gate
         self.now = qs.last_update_time
-        self.lists: list[list[_Entry]] = [[] for _ in range(FREE_BUCKET + 1)]
+        self.lists: list[list[Request]] = [[] for _ in range(FREE_BUCKET + 1)]
+        self.matched: set[str] = set()
+        # Accounts whose work must not start in the free bucket (DisableFreeTasks).
+        self.no_free: set[str] = {a for a, c in qs.configs.items() if c.disable_free_tasks}
         self.assignments: list[QuotaAssignment] = []
-        self.zero_cpu_waiting = any(r.cpus <= EPSILON for r in qs.queued.values())
+        self._zero_cpu_waiting: bool | None = None
+        # Match lists per (worker, level, cut), as upstream computes them once per level for
+        # both idle steps; entries matched since are skipped where the list is used.
+        self._match_cache: dict[tuple[str, int, bool], list[Request]] = {}
         self.fanout: FanoutCounter | None = None
         self.labels: LabelCounter | None = None
         if qs.quirks.enforce_limits:
@@ -96,63 +96,77 @@ class _Pass:
     # ---- prioritising ------------------------------------------------------------------------
 
     def _prioritize(self) -> None:
-        for request in sorted(self.qs.queued.values(), key=_order):
-            p = self.qs.priority_for(request)
-            if p < FREE_BUCKET and self.fanout is not None and self.fanout.throttled(request):
-                p = FREE_BUCKET
-            config = self.qs.configs.get(request.account_id)
-            disable_if_free = config is not None and config.disable_free_tasks
-            if p == FREE_BUCKET and disable_if_free:
-                continue  # left out entirely: not matched, not marked examined
-            self.lists[p].append(_Entry(request, disable_if_free))
+        qs, lists, fanout, no_free = self.qs, self.lists, self.fanout, self.no_free
+        free = lists[FREE_BUCKET]
+        levels: dict[str, int] = {}  # an account's level is the same for all its requests
+        for request in sorted(qs.queued.values(), key=_ORDER):
+            account = request.account_id
+            p = levels.get(account)
+            if p is None:
+                p = levels[account] = qs.priority_for(request)
+            if p < FREE_BUCKET and (fanout is None or not fanout.throttled(request)):
+                lists[p].append(request)
+            elif account not in no_free:  # else left out: not matched, not marked examined
+                free.append(request)
 
     # ---- idle matching -----------------------------------------------------------------------
 
     def _has_room(self, worker: Worker) -> bool:
         free = worker.free_cpus
-        return free > EPSILON or (self.zero_cpu_waiting and free > -EPSILON)
+        if free > EPSILON:
+            return True
+        if self._zero_cpu_waiting is None:
+            self._zero_cpu_waiting = any(r.cpus <= EPSILON for r in self.qs.queued.values())
+        return self._zero_cpu_waiting and free > -EPSILON
 
-    def _matches(self, worker: Worker, p: int, cut: bool = True) -> list[_Entry]:
+    def _unmatched(self, p: int) -> bool:
+        matched = self.matched
+        return any(r.id not in matched for r in self.lists[p])
+
+    def _matches(self, worker: Worker, p: int, cut: bool = True) -> list[Request]:
         """Level p's unmatched requests this worker can take, most specific first. With
         `cut`, only those examined no later than the worker last changed: a pair examined
         since then was already tried and did not match."""
-        found = [e for e in self.lists[p]
-                 if not e.matched
-                 and (not cut or e.request.examined_time <= worker.modified_time)
-                 and e.request.base_labels <= worker.labels]
-        if len(found) < MAX_SORTED_MATCHES:
-            found.sort(key=lambda e: -e.request.quality)
+        key = (worker.id, p, cut)
+        found = self._match_cache.get(key)
+        if found is None:
+            # (The free list only ever grows before the free pass, which is the first to
+            # look at it, so its lists are complete when cached too.)
+            matched, labels = self.matched, worker.labels
+            since = worker.modified_time if cut else float("inf")
+            found = [r for r in self.lists[p] if r.id not in matched
+                     and r.examined_time <= since and r.base_labels <= labels]
+            if len(found) < MAX_SORTED_MATCHES:
+                found.sort(key=_QUALITY, reverse=True)  # stable: list order within a quality
+            self._match_cache[key] = found
         return found
 
-    def _eligible(self, entry: _Entry, worker: Worker, p: int) -> bool:
-        request = entry.request
-        if p == FREE_BUCKET and entry.disable_if_free:
+    def _eligible(self, request: Request, worker: Worker, p: int) -> bool:
+        if p == FREE_BUCKET and request.account_id in self.no_free:
             return False
         if p < FREE_BUCKET and self.fanout is not None and self.fanout.throttled(request):
             return False
         return self.labels is None or not self.labels.at_limit(request, worker)
 
     def _match_idle(self, p: int, provisioned_only: bool) -> None:
-        if not any(not e.matched for e in self.lists[p]):
+        if not self._unmatched(p):
             return
         workers = sorted((w for w in self.qs.workers.values() if self._has_room(w)),
                          key=lambda w: (w.free_cpus, w.id))
         for worker in workers:
-            for entry in self._matches(worker, p):
-                request = entry.request
-                if entry.matched or not self._eligible(entry, worker, p):
+            for request in self._matches(worker, p):
+                if request.id in self.matched or not self._eligible(request, worker, p):
                     continue
                 if provisioned_only and not request.provisionable_labels <= worker.labels:
                     continue
                 if not worker.fits(request) or not self.gate(worker, request, False):
                     continue
-                self._assign(worker, entry, p)
+                self._assign(worker, request, p)
                 if not self._has_room(worker):
                     break
 
-    def _assign(self, worker: Worker, entry: _Entry, p: int) -> None:
-        request = entry.request
-        entry.matched = True
+    def _assign(self, worker: Worker, request: Request, p: int) -> None:
+        self.matched.add(request.id)
         assignment = QuotaAssignment(
             "idle", worker.id, request.id, p, self.now,
             provision_required=not request.provisionable_labels <= worker.labels)
@@ -207,7 +221,7 @@ class _Pass:
     # ---- preempting --------------------------------------------------------------------------
 
     def _preempt(self, p: int) -> None:
-        if not any(not e.matched for e in self.lists[p]):
+        if not self._unmatched(p):
             return
         candidates = [(w, run) for w, run in self.qs.runs() if run.priority > p]
         banned = {run.request.account_id for _, run in candidates}
@@ -217,25 +231,24 @@ class _Pass:
             current = run
             if worker.running.get(current.request.id) is not current:
                 continue  # preempted already in this pass
-            for entry in self._matches(worker, p, cut=cut):
-                request = entry.request
-                if entry.matched or request.account_id in banned:
+            for request in self._matches(worker, p, cut=cut):
+                if request.id in self.matched or request.account_id in banned:
                     continue
                 if not less(current.cost, self.qs.balances.get(request.account_id, ZERO)):
                     continue
-                if not self._eligible(entry, worker, p):
+                if not self._eligible(request, worker, p):
                     continue
                 if not worker.fits(request, freed=current) or not self.gate(worker, request,
                                                                             True):
                     continue
-                current = self._preempt_with(worker, current, entry, p)
+                current = self._preempt_with(worker, current, request, p)
                 if not self.qs.quirks.chained_preemption:
                     break
 
-    def _preempt_with(self, worker: Worker, victim: TaskRun, entry: _Entry, p: int,
+    def _preempt_with(self, worker: Worker, victim: TaskRun, request: Request, p: int,
                       ) -> TaskRun:
-        request, old = entry.request, victim.request
-        entry.matched = True
+        old = victim.request
+        self.matched.add(request.id)
         cost = victim.cost
         assignment = QuotaAssignment(
             "preempt", worker.id, request.id, p, self.now, task_to_abort=old.id,
@@ -262,17 +275,19 @@ class _Pass:
     def _throttled_to_free(self, p: int) -> None:
         """Requests a fanout limit held back at their paid level get a chance for free."""
         assert self.fanout is not None
-        for entry in self.lists[p]:
-            if (not entry.matched and not entry.disable_if_free
-                    and self.fanout.throttled(entry.request)):
-                self.lists[FREE_BUCKET].append(entry)
+        matched, no_free = self.matched, self.no_free
+        for request in self.lists[p]:
+            if (request.id not in matched and request.account_id not in no_free
+                    and self.fanout.throttled(request)):
+                self.lists[FREE_BUCKET].append(request)
 
     def _mark_examined(self) -> None:
-        for entries in self.lists:
-            for entry in entries:
-                if entry.matched:
+        matched, no_free, now = self.matched, self.no_free, self.now
+        for requests in self.lists:
+            for request in requests:
+                if request.id in matched:
                     continue
-                if (entry.disable_if_free and self.fanout is not None
-                        and self.fanout.throttled(entry.request)):
+                if (request.account_id in no_free and self.fanout is not None
+                        and self.fanout.throttled(request)):
                     continue
-                entry.request.examined_time = self.now
+                request.examined_time = now

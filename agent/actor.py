@@ -108,8 +108,8 @@ class AgentActor:
             log.exception("starting %s attempt %d from a report answer failed",
                           assignment.action_id, assignment.attempt)
 
-    async def cancel(self, action_id: str, attempt: int) -> CancelOutcome:
-        return await self.executor.cancel(ActionId(action_id), attempt)
+    async def cancel(self, action_id: str, attempt: int, reason: str = "") -> CancelOutcome:
+        return await self.executor.cancel(ActionId(action_id), attempt, reason)
 
     async def running(self) -> list[tuple[str, int]]:
         return [(str(action_id), attempt) for action_id, attempt in self.executor.running()]

@@ -209,8 +209,10 @@ class Executor:
         attempt.running_timer = None
         self._report(attempt, "running")
 
-    async def cancel(self, action_id: ActionId, attempt: int) -> CancelOutcome:
+    async def cancel(self, action_id: ActionId, attempt: int, reason: str = "",
+                     ) -> CancelOutcome:
         """Kill the attempt's whole tree and wait until it has ended and been reported.
+        A `reason` goes into the attempt's log as its last line, so its reader sees why.
 
         "finished" when it had already ended (its end report may still be on the way),
         "unknown" when this agent never started it (or ended it too long ago to remember).
@@ -219,7 +221,9 @@ class Executor:
         running = self._attempts.get(key)
         if running is None:
             return "finished" if key in self._finished else "unknown"
-        running.request_stop("cancelled", "cancelled")
+        if reason and running.stop_reason is None:
+            running.shipper.add("stderr", [f"actionmesh: stopping this attempt: {reason}"])
+        running.request_stop("cancelled", reason or "cancelled")
         await running.done.wait()
         return "stopped"
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from mesh.errors import (
     ActionTimeout,
     ClusterUnavailable,
+    Conflict,
     InvalidInput,
     MeshError,
     MeshNotRunning,
@@ -15,24 +16,37 @@ from mesh.errors import (
     StageError,
     Unplaceable,
 )
-from mesh.schema import Action, ActionStatus, LogLine, RetryPolicy, StageEvent
+from mesh.schema import (
+    AccountConfig,
+    AccountStatus,
+    Action,
+    ActionStatus,
+    LogLine,
+    QuotaOptions,
+    RetryPolicy,
+    StageEvent,
+)
 from mesh.stages import Stage
 
 if TYPE_CHECKING:
     from mesh.client import ActionHandle, Client, connect
 
 __all__ = [
+    "AccountConfig",
+    "AccountStatus",
     "Action",
     "ActionHandle",
     "ActionStatus",
     "ActionTimeout",
     "Client",
     "ClusterUnavailable",
+    "Conflict",
     "InvalidInput",
     "LogLine",
     "MeshError",
     "MeshNotRunning",
     "NotFound",
+    "QuotaOptions",
     "RetryPolicy",
     "SchedulerUnavailable",
     "Stage",

@@ -2,65 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Callable, Sequence
-from functools import wraps
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from mesh import bootstrap
-from mesh.client import Client, connect
-from mesh.errors import InvalidInput, MeshError, Unplaceable
-from mesh.schema import Action, ActionStatus, AgentStatus, MeshConfig
+from mesh.cli_accounts import accounts, print_accounts
+from mesh.client import connect
+from mesh.cliout import client_of, dump, errors, size, table
+from mesh.errors import InvalidInput
+from mesh.schema import NUM_PRIORITIES, Action, ActionStatus, AgentStatus, MeshConfig
 from mesh.stages import TERMINAL
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_UNPLACEABLE = 3
-EXIT_MESH_ERROR = 2
-
-
-def _errors(fn: F) -> F:
-    """Print our errors as one clear line and exit non-zero; never a Ray traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Unplaceable as exc:
-            click.echo(f"error: unplaceable: {exc}", err=True)
-            sys.exit(EXIT_UNPLACEABLE)
-        except MeshError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_MESH_ERROR)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _client(ctx: click.Context) -> Client:
-    return connect(ctx.obj["address"])
-
-
-def _dump(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}TiB"
 
 
 @click.group()
@@ -78,7 +34,7 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.option("--report-port", type=int, default=None,
               help="TCP port on the head for the agents' report channel (default: any free)")
 @click.pass_context
-@_errors
+@errors
 def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
        report_port: int | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
@@ -99,7 +55,7 @@ def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
 @cli.command()
 @click.option("--keep-cluster", is_flag=True, help="leave the Ray cluster running")
 @click.pass_context
-@_errors
+@errors
 def down(ctx: click.Context, keep_cluster: bool) -> None:
     """Stop the mesh, and the local Ray cluster if `mesh up` started it."""
     if not bootstrap.cluster_running():
@@ -141,7 +97,7 @@ def _parse_env(values: Sequence[str]) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-@_errors
+@errors
 def submit(ctx: click.Context, cpus: float, memory: str, labels: tuple[str, ...],
            provisionable: tuple[str, ...], timeout: str | None, env: tuple[str, ...],
            cwd: str | None, account: str, job: str, action_id: str | None, retries: int,
@@ -158,10 +114,10 @@ def submit(ctx: click.Context, cpus: float, memory: str, labels: tuple[str, ...]
         action = Action.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInput.from_validation("action", exc) from None
-    client = _client(ctx)
+    client = client_of(ctx)
     handle = client.submit(action)
     if detach:
-        _dump({"id": handle.id}) if as_json else click.echo(handle.id)
+        dump({"id": handle.id}) if as_json else click.echo(handle.id)
         return
     click.echo(f"submitted {handle.id}", err=True)
     for line in handle.logs(follow=True):
@@ -170,7 +126,7 @@ def submit(ctx: click.Context, cpus: float, memory: str, labels: tuple[str, ...]
     status = handle.result()
     stream_done = sys.stdout if as_json else sys.stderr
     if as_json:
-        _dump(status.model_dump(mode="json"))
+        dump(status.model_dump(mode="json"))
     else:
         stream_done.write(f"{status.id}: {status.stage.value}"
                           f"{' (' + status.reason + ')' if status.reason else ''}\n")
@@ -191,15 +147,15 @@ def _exit_code(status: ActionStatus) -> int:
 @click.option("--limit", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_errors
+@errors
 def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: int | None,
            as_json: bool) -> None:
     """The pool and the queue, or one action with why it waits."""
-    client = _client(ctx)
+    client = client_of(ctx)
     if action_id:
         one = client.get(action_id)
         if as_json:
-            _dump(one.model_dump(mode="json"))
+            dump(one.model_dump(mode="json"))
             return
         click.echo(f"{one.id}  {one.stage.value}  attempt {one.attempt}"
                    f"  agent {one.agent_id or '-'}")
@@ -208,22 +164,30 @@ def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: 
             click.echo(f"  reason: {one.reason}")
         if one.pending is not None:
             click.echo(f"  pending: {one.pending.summary}")
+            if one.pending.priority is not None:
+                level = ("free bucket" if one.pending.priority >= NUM_PRIORITIES
+                         else f"priority {one.pending.priority}")
+                click.echo(f"  waits at: {level}")
         if one.exit_code is not None:
             click.echo(f"  exit code: {one.exit_code}")
         return
     actions = client.list(stage, limit)
     if as_json:
-        _dump([a.model_dump(mode="json") for a in actions])
+        dump([a.model_dump(mode="json") for a in actions])
         return
     agents = client.pool()
     counts = {stage: n for stage, n in client.counts().items() if n}
     click.echo(f"{len(agents)} agent(s); {sum(counts.values())} action(s)")
     if counts:
         click.echo("  " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    rows = [[a.id, a.stage.value, str(a.attempt), a.agent_id or "-",
+    known = client.accounts()
+    if known:
+        click.echo("accounts:")
+        print_accounts(known)
+    rows = [[a.id, a.stage.value, str(a.attempt), a.agent_id or "-", a.action.account or "-",
              " ".join(a.action.command)[:40]] for a in actions]
     if rows:
-        _table(rows, ["ID", "STAGE", "ATTEMPT", "AGENT", "COMMAND"])
+        table(rows, ["ID", "STAGE", "ATTEMPT", "AGENT", "ACCOUNT", "COMMAND"])
 
 
 @cli.command()
@@ -232,13 +196,13 @@ def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: 
 @click.option("--attempt", type=int, default=None)
 @click.option("--from", "offset", type=int, default=0, help="first line offset")
 @click.pass_context
-@_errors
+@errors
 def logs(ctx: click.Context, action_id: str, follow: bool, attempt: int | None,
          offset: int) -> None:
     """Print an action's output."""
     if offset < 0:
         raise InvalidInput("from: the offset must be 0 or more", [("from", str(offset))])
-    handle = _client(ctx).handle(action_id)
+    handle = client_of(ctx).handle(action_id)
     handle.status()
     for line in handle.logs(follow=follow, attempt=attempt, offset=offset):
         (sys.stdout if line.stream == "stdout" else sys.stderr).write(line.text + "\n")
@@ -247,10 +211,10 @@ def logs(ctx: click.Context, action_id: str, follow: bool, attempt: int | None,
 @cli.command()
 @click.argument("action_id")
 @click.pass_context
-@_errors
+@errors
 def cancel(ctx: click.Context, action_id: str) -> None:
     """Cancel an action (kills its process tree if it runs)."""
-    client = _client(ctx)
+    client = client_of(ctx)
     st = client.cancel(action_id)
     if st.stage not in TERMINAL:
         st = client.handle(action_id).result(timeout=60)
@@ -260,14 +224,14 @@ def cancel(ctx: click.Context, action_id: str) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_errors
+@errors
 def agents(ctx: click.Context, as_json: bool) -> None:
     """The pool: agents with labels, live load and reservations."""
-    pool = _client(ctx).pool()
+    pool = client_of(ctx).pool()
     if as_json:
-        _dump([a.model_dump(mode="json") for a in pool])
+        dump([a.model_dump(mode="json") for a in pool])
         return
-    _table([_agent_row(a) for a in pool],
+    table([_agent_row(a) for a in pool],
            ["AGENT", "STATE", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL", "RUNNING",
             "REPORTS", "LABELS"])
 
@@ -275,16 +239,16 @@ def agents(ctx: click.Context, as_json: bool) -> None:
 def _agent_row(a: AgentStatus) -> list[str]:
     load = a.load
     return [a.info.agent_id[:12], a.state, a.info.hostname, f"{a.info.cpus:g}",
-            f"{a.reserved_cpus:g} CPU/{_size(a.reserved_memory)}",
+            f"{a.reserved_cpus:g} CPU/{size(a.reserved_memory)}",
             f"{load.cpu_percent:.0f}%" if load else "-",
-            _size(load.memory_available) if load else "-", str(len(a.running)),
+            size(load.memory_available) if load else "-", str(len(a.running)),
             "channel" if a.report_channel else "calls", ",".join(a.info.labels)]
 
 
 @cli.command()
 @click.option("--count", type=int, default=3, show_default=True)
 @click.pass_context
-@_errors
+@errors
 def demo(ctx: click.Context, count: int) -> None:
     """The main job: start what is needed, run a few actions, stream their output."""
     started = time.monotonic()
@@ -302,6 +266,9 @@ def demo(ctx: click.Context, count: int) -> None:
         st = handle.result(timeout=120)
         click.echo(f"{handle.id}: {st.stage.value} (exit {st.exit_code})")
     click.echo("done; `mesh status` shows them, `mesh down` stops the mesh")
+
+
+cli.add_command(accounts)
 
 
 def main() -> None:

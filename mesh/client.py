@@ -19,6 +19,8 @@ from mesh.errors import (
     Unplaceable,
 )
 from mesh.schema import (
+    AccountConfig,
+    AccountStatus,
     Action,
     ActionId,
     ActionStatus,
@@ -26,6 +28,7 @@ from mesh.schema import (
     LogLine,
     LogRead,
     MeshConfig,
+    QuotaOptions,
     StageEvent,
 )
 from mesh.stages import TERMINAL, Stage
@@ -213,6 +216,38 @@ class Client:
     def pool(self) -> builtins.list[AgentStatus]:
         result: builtins.list[AgentStatus] = call(self.scheduler.pool)
         return result
+
+    # ---- quota accounts --------------------------------------------------------------------
+
+    def create_account(self, account_id: str, config: AccountConfig | None = None,
+                       **fields: Any) -> AccountStatus:
+        """Create an account from a config, or from AccountConfig's fields by name."""
+        spec: AccountConfig | dict[str, Any] = config if config is not None else fields
+        status: AccountStatus = call(self.scheduler.create_account, account_id, spec)
+        return status
+
+    def modify_account(self, account_id: str, reset_balance: bool = False,
+                       **changes: Any) -> AccountStatus:
+        """Change the named fields of an account's config; the rest stays."""
+        status: AccountStatus = call(self.scheduler.modify_account, account_id, changes,
+                                     reset_balance)
+        return status
+
+    def delete_account(self, account_id: str) -> None:
+        call(self.scheduler.delete_account, account_id)
+
+    def accounts(self) -> builtins.list[AccountStatus]:
+        result: builtins.list[AccountStatus] = call(self.scheduler.accounts)
+        return result
+
+    def account(self, account_id: str) -> AccountStatus:
+        status: AccountStatus = call(self.scheduler.account, account_id)
+        return status
+
+    def quota_options(self, **changes: Any) -> QuotaOptions:
+        """The pool-wide quota options, after setting the named ones if any are given."""
+        options: QuotaOptions = call(self.scheduler.quota_options, changes or None)
+        return options
 
 
 def connect(address: str | None = "auto", start_local: bool = False,

@@ -16,6 +16,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from mesh import names, reasons
 from mesh.errors import InvalidInput, NotFound
 from mesh.schema import (
+    AccountConfig,
+    AccountId,
+    AccountStatus,
     Action,
     ActionId,
     ActionStatus,
@@ -26,14 +29,17 @@ from mesh.schema import (
     AttemptReport,
     Load,
     MeshConfig,
+    QuotaOptions,
     ReportChannel,
     StageEvent,
     SubmitOutcome,
+    check_id,
 )
 from mesh.stages import Stage
 from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, RayAgentHandle
 from scheduler.channel import ReportServer
 from scheduler.core.decisions import Assign, Decision, Stop
+from scheduler.core.quota.events import QuotaEvent
 from scheduler.core.state import SchedulerState
 from scheduler.eventbook import EventBook
 from scheduler.nodes import alive, parse_nodes, wanted
@@ -68,7 +74,8 @@ class Scheduler:
         self.book = EventBook()
         self.core = SchedulerState(stale_after=config.load_stale_after,
                                    capacity_percent=config.capacity_percent,
-                                   cpu_busy_percent=config.cpu_busy_percent, sink=self.book)
+                                   cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
+                                   quota_sink=QuotaLog())
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
         self.handles: dict[AgentId, AgentHandle] = {}
@@ -237,7 +244,7 @@ class Scheduler:
                 if isinstance(decision, Assign):
                     call = handle.start(self._assignment(decision))
                 else:
-                    call = handle.stop(decision.action_id, decision.attempt)
+                    call = handle.stop(decision.action_id, decision.attempt, decision.reason)
             except Exception as exc:  # submitting the call itself failed (serialisation)
                 log.exception("could not send %s", decision)
                 if isinstance(decision, Assign):
@@ -298,6 +305,48 @@ class Scheduler:
         entry = self.core.actions[decision.action_id]
         return Assignment(action=entry.spec, action_id=entry.id, attempt=decision.attempt,
                           agent_id=decision.agent_id)
+
+    # ---- accounts (admin calls from clients) ---------------------------------------------
+
+    def create_account(self, account_id: str, config: AccountConfig | dict[str, Any],
+                       ) -> AccountStatus:
+        status = self.core.create_account(_account_id(account_id),
+                                          _account_config(config), self.clock())
+        self.kick()
+        return status
+
+    def modify_account(self, account_id: str, changes: dict[str, Any],
+                       reset_balance: bool = False) -> AccountStatus:
+        """Change only the given fields of the account's config."""
+        current = self.core.account_config(_account_id(account_id))
+        config = _account_config({**current.model_dump(), **changes})
+        status = self.core.modify_account(AccountId(account_id), config, self.clock(),
+                                          reset_balance)
+        self.kick()
+        return status
+
+    def delete_account(self, account_id: str) -> None:
+        self.core.delete_account(_account_id(account_id), self.clock())
+
+    def accounts(self) -> list[AccountStatus]:
+        self.core.advance(self.clock())
+        return self.core.accounts()
+
+    def account(self, account_id: str) -> AccountStatus:
+        self.core.advance(self.clock())
+        return self.core.account(_account_id(account_id))
+
+    def quota_options(self, changes: dict[str, Any] | None = None) -> QuotaOptions:
+        """The pool-wide quota options, after applying `changes` if any."""
+        if changes:
+            try:
+                options = QuotaOptions.model_validate(
+                    {**self.core.quota_options.model_dump(), **changes})
+            except ValidationError as exc:
+                raise InvalidInput.from_validation("quota options", exc) from None
+            self.core.set_quota_options(options)
+            self.kick()
+        return self.core.quota_options
 
     # ---- calls from clients --------------------------------------------------------------
 
@@ -363,6 +412,35 @@ class Scheduler:
         return sum(1 for r in results if not isinstance(r, BaseException))
 
 
+class QuotaLog:
+    """The quota scheduler's events that an operator wants in the log."""
+
+    def emit(self, event: QuotaEvent) -> None:
+        if event.type == "preempted":
+            log.info("%s (account %s) preempted by %s (account %s) at priority %s",
+                     event.task_id, event.account_id or "-", event.preempting_task_id,
+                     event.preempting_account_id or "-", event.new_priority)
+        elif event.type == "reprioritized":
+            log.info("%s (account %s) moved from priority %s to %s", event.task_id,
+                     event.account_id, event.priority, event.new_priority)
+
+
+def _account_id(value: str) -> AccountId:
+    try:
+        return AccountId(check_id(value, "account id"))
+    except ValueError as exc:
+        raise InvalidInput(f"account id: {exc}", [("id", str(exc))]) from None
+
+
+def _account_config(config: AccountConfig | dict[str, Any]) -> AccountConfig:
+    if isinstance(config, AccountConfig):
+        return config
+    try:
+        return AccountConfig.model_validate(config)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation("account config", exc) from None
+
+
 def _with_id(action: Action) -> Action:
     if action.id is not None:
         return action
@@ -404,6 +482,32 @@ class SchedulerActor:
 
     async def report_channel(self) -> ReportChannel | None:
         return await self.s.report_channel()
+
+    async def create_account(self, account_id: str, config: AccountConfig | dict[str, Any],
+                             ) -> AccountStatus:
+        self.s.ensure_started()
+        return self.s.create_account(account_id, config)
+
+    async def modify_account(self, account_id: str, changes: dict[str, Any],
+                             reset_balance: bool = False) -> AccountStatus:
+        self.s.ensure_started()
+        return self.s.modify_account(account_id, changes, reset_balance)
+
+    async def delete_account(self, account_id: str) -> None:
+        self.s.ensure_started()
+        self.s.delete_account(account_id)
+
+    async def accounts(self) -> list[AccountStatus]:
+        self.s.ensure_started()
+        return self.s.accounts()
+
+    async def account(self, account_id: str) -> AccountStatus:
+        self.s.ensure_started()
+        return self.s.account(account_id)
+
+    async def quota_options(self, changes: dict[str, Any] | None = None) -> QuotaOptions:
+        self.s.ensure_started()
+        return self.s.quota_options(changes)
 
     async def submit(self, specs: list[Action | dict[str, Any]],
                      reject_unplaceable: bool = True) -> list[SubmitOutcome]:

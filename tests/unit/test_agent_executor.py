@@ -218,6 +218,22 @@ def test_cancel_kills_every_process_of_the_tree() -> None:
     run(body())
 
 
+def test_a_stop_with_a_reason_says_so_in_the_attempts_log() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            await ex.start(shell("echo working; sleep 60", "victim"))
+            await tree_of(ex, "victim", 2)
+            why = "preempted by action p1 (account ci, priority 0)"
+            assert await ex.cancel(ActionId("victim"), 1, why) == "stopped"
+            end = sinks.end("victim")
+            assert end is not None and end.stage == "cancelled" and end.reason.startswith(why)
+            texts = [text for _, _, text in sinks.lines("victim")]
+            assert texts[-1] == f"actionmesh: stopping this attempt: {why}"
+
+    run(body())
+
+
 def test_a_process_ignoring_term_is_killed_after_the_grace() -> None:
     async def body() -> None:
         sinks = RecordingSinks()

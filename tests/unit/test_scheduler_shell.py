@@ -46,7 +46,7 @@ class FakeAgent:
         self.calls.append(("start", assignment.action_id))
         return _done()
 
-    def stop(self, action_id: str, attempt: int) -> Any:
+    def stop(self, action_id: str, attempt: int, reason: str = "") -> Any:
         self.calls.append(("stop", action_id))
         return _answer(self.stop_outcome)
 

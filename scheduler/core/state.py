@@ -149,6 +149,7 @@ class SchedulerState:
 
     def cancel(self, action_id: ActionId, now: float) -> list[Decision]:
         entry = self._get(action_id)
+        self.advance(now)
         if entry.stage in TERMINAL:
             return []
         if entry.stage is Stage.QUEUED:
@@ -310,6 +311,7 @@ class SchedulerState:
         entry = self.agents.get(agent_id)
         if entry is None:
             return False
+        self.advance(now)
         was_blocked = entry.state == "suspect" or not self._live_room(entry, now)
         before = entry.load.memory_available if entry.load is not None else 0
         entry.take_load(load, now)
@@ -340,6 +342,7 @@ class SchedulerState:
         entry = self.agents.pop(agent_id, None)
         if entry is None:
             return
+        self.advance(now)
         self.quota.forget_worker(agent_id)
         for action_id in list(entry.reservations):
             action = self.actions[action_id]
@@ -359,6 +362,7 @@ class SchedulerState:
         and a `running` that comes after the end is dropped. Reports of a superseded attempt
         are fenced off; if one says it is running, its agent is told to stop it.
         """
+        self.advance(now)  # charge the attempt up to now, before it may leave the pool
         entry = self.actions.get(report.action_id)
         if entry is None or report.attempt > entry.attempt or not entry.attempts:
             return []
@@ -481,6 +485,7 @@ class SchedulerState:
         if (entry is None or entry.attempt != attempt or entry.stage is not Stage.ASSIGNED
                 or not entry.cancel_requested):
             return
+        self.advance(now)
         assert entry.agent_id is not None
         self._lose(entry, now, entry.agent_id, reasons.CANCELLED_BEFORE_START)
 
@@ -490,6 +495,7 @@ class SchedulerState:
         entry = self.actions.get(action_id)
         if entry is None or entry.attempt != attempt or entry.stage is not Stage.ASSIGNED:
             return
+        self.advance(now)
         assert entry.agent_id is not None
         self._lose(entry, now, entry.agent_id, reason)
 

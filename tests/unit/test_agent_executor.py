@@ -224,6 +224,8 @@ def test_a_stop_with_a_reason_says_so_in_the_attempts_log() -> None:
         async with executor(sinks) as ex:
             await ex.start(shell("echo working; sleep 60", "victim"))
             await tree_of(ex, "victim", 2)
+            # Its own output first, so the stop's line is the last one whatever the load.
+            await async_wait_until(lambda: sinks.lines("victim"), bool, what="its output")
             why = "preempted by action p1 (account ci, priority 0)"
             assert await ex.cancel(ActionId("victim"), 1, why) == "stopped"
             end = sinks.end("victim")

@@ -143,3 +143,15 @@ def test_accounts_are_created_modified_listed_and_deleted_only_when_unused() -> 
     assert core.accounts() == []
     with pytest.raises(NotFound):
         core.account(A)
+
+
+def test_an_attempt_is_charged_until_it_ends_even_between_passes() -> None:
+    core = core_with()
+    funded(core, rate=0.5, seconds=100)
+    core.step(10)  # 5 CPU-seconds
+    core.submit(action("a", account=A), 10)
+    assert started(core.step(10)) == [("a", 0)]
+    core.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0), 14)
+    core.step(14)
+    # 5 - 4 s x 1 CPU + 4 s x 0.5 = 3: the four seconds it ran are paid for.
+    assert core.account(A).balance[0] == 3

@@ -40,13 +40,17 @@ from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, Ray
 from scheduler.channel import ReportServer
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.quota.events import QuotaEvent
+from scheduler.core.quota.snapshot import accounts_snapshot, restore_accounts
 from scheduler.core.state import SchedulerState
 from scheduler.eventbook import EventBook
 from scheduler.nodes import alive, parse_nodes, wanted
+from scheduler.store import FileStore, Store
 
 log = logging.getLogger("actionmesh.scheduler")
 
 HELLO_TIMEOUT = 60.0
+# How often balances are written while they change; account changes are written at once.
+ACCOUNT_SAVE_INTERVAL = 5.0
 
 
 def make_agent_handle(node_id: str, config: MeshConfig) -> AgentHandle:
@@ -68,7 +72,7 @@ class Scheduler:
                  agent_factory: Callable[[str, MeshConfig], AgentHandle] = make_agent_handle,
                  list_nodes: Callable[[], list[dict[str, Any]]] | None = None,
                  clock: Callable[[], float] = time.time, channel_host: str = "127.0.0.1",
-                 ) -> None:
+                 store: Store | None = None) -> None:
         self.config = config
         self.clock = clock
         self.book = EventBook()
@@ -76,6 +80,13 @@ class Scheduler:
                                    capacity_percent=config.capacity_percent,
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog())
+        self.store: Store = store or FileStore(config.state_dir)
+        saved = self.store.load_quota()  # a corrupt file stops the start-up, loudly
+        if saved is not None:
+            restore_accounts(self.core.quota, saved)
+            log.info("restored %d quota account(s) saved at %.0f", len(saved.accounts),
+                     saved.last_update_time)
+        self._saved_accounts = ""
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
         self.handles: dict[AgentId, AgentHandle] = {}
@@ -100,6 +111,7 @@ class Scheduler:
         self._spawn(self._open_channel(self._channel_up))
         self._spawn(self._dispatch_loop())
         self._spawn(self._node_loop())
+        self._spawn(self._save_loop())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -146,6 +158,27 @@ class Scheduler:
             await self._wake.wait()
             self._wake.clear()
             self._carry_out(self._step(self.clock()))
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACCOUNT_SAVE_INTERVAL)
+            try:
+                await self.save_accounts()
+            except Exception:
+                log.exception("saving the quota accounts failed; will retry")
+
+    async def save_accounts(self) -> None:
+        """Write accounts and balances if they changed since the last write (off the loop:
+        it fsyncs)."""
+        if not self.core.quota.configs and not self._saved_accounts:
+            return
+        self.core.advance(self.clock())
+        snapshot = accounts_snapshot(self.core.quota)
+        text = snapshot.model_dump_json()
+        if text == self._saved_accounts:
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self.store.save_quota, snapshot)
+        self._saved_accounts = text
 
     async def _node_loop(self) -> None:
         assert self._synced is not None
@@ -486,16 +519,21 @@ class SchedulerActor:
     async def create_account(self, account_id: str, config: AccountConfig | dict[str, Any],
                              ) -> AccountStatus:
         self.s.ensure_started()
-        return self.s.create_account(account_id, config)
+        status = self.s.create_account(account_id, config)
+        await self.s.save_accounts()
+        return status
 
     async def modify_account(self, account_id: str, changes: dict[str, Any],
                              reset_balance: bool = False) -> AccountStatus:
         self.s.ensure_started()
-        return self.s.modify_account(account_id, changes, reset_balance)
+        status = self.s.modify_account(account_id, changes, reset_balance)
+        await self.s.save_accounts()
+        return status
 
     async def delete_account(self, account_id: str) -> None:
         self.s.ensure_started()
         self.s.delete_account(account_id)
+        await self.s.save_accounts()
 
     async def accounts(self) -> list[AccountStatus]:
         self.s.ensure_started()
@@ -507,7 +545,9 @@ class SchedulerActor:
 
     async def quota_options(self, changes: dict[str, Any] | None = None) -> QuotaOptions:
         self.s.ensure_started()
-        return self.s.quota_options(changes)
+        options = self.s.quota_options(changes)
+        await self.s.save_accounts()
+        return options
 
     async def submit(self, specs: list[Action | dict[str, Any]],
                      reject_unplaceable: bool = True) -> list[SubmitOutcome]:

@@ -215,8 +215,12 @@ class SchedulerState:
     def create_account(self, account_id: AccountId, config: AccountConfig, now: float,
                        ) -> AccountStatus:
         self.advance(now)
-        if account_id in self.quota.configs:
-            raise Conflict(f"account {account_id!r} already exists; modify it instead")
+        existing = self.quota.configs.get(account_id)
+        if existing == config:
+            return self.account(account_id)  # the same create again: nothing to do
+        if existing is not None:
+            raise Conflict(f"account {account_id!r} already exists with another config; "
+                           "modify it instead")
         self.quota.add_account(account_id, config)
         return self.account(account_id)
 

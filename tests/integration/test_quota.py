@@ -29,6 +29,8 @@ def test_accounts_from_python_with_configs_checked_field_by_field(mesh: Mesh) ->
     client = mesh.client
     created = client.create_account("qa-admin", charge_rate=[2, 1], max_charge_seconds=60)
     assert created.config.charge_rate == [2, 1] and created.balance == [0.0] * 5
+    again = client.create_account("qa-admin", charge_rate=[2, 1], max_charge_seconds=60)
+    assert again.config == created.config, "the same create again is harmless"
     with pytest.raises(Conflict, match="already exists"):
         client.create_account("qa-admin", AccountConfig())
     with pytest.raises(InvalidInput, match="charge_rate") as bad:

@@ -128,8 +128,9 @@ def test_over_fanout_work_runs_free_and_says_why() -> None:
 def test_accounts_are_created_modified_listed_and_deleted_only_when_unused() -> None:
     core = core_with()
     funded(core)
-    with pytest.raises(Conflict, match="already exists"):
-        funded(core)
+    funded(core)  # the same create twice is one account, like a submit by id
+    with pytest.raises(Conflict, match="already exists with another config"):
+        funded(core, rate=3.0)
     core.step(10)
     core.modify_account(A, AccountConfig(charge_rate=[2], max_charge_seconds=100), 10)
     assert core.account(A).balance[0] == 10, "a modify keeps the balance"

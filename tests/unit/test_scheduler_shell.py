@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -24,6 +26,7 @@ from mesh.stages import Stage
 from mesh.wire import encode, read_frame
 from scheduler.actor import Scheduler
 from scheduler.agent_handle import AgentGone, AgentUnreachable
+from scheduler.store import StateCorrupt
 from tests.builders import action, agent, load, report
 from tests.waiting import async_wait_until
 
@@ -77,7 +80,8 @@ def shell(*infos: AgentInfo) -> tuple[Scheduler, dict[str, FakeAgent]]:
     fakes: dict[str, FakeAgent] = {str(i.agent_id): FakeAgent(i) for i in infos}
     clock = iter(float(t) for t in range(1, 1_000_000))
     nodes = [{"NodeID": i.node_id, "Alive": True, "Resources": {}, "Labels": {}} for i in infos]
-    s = Scheduler(MeshConfig(), agent_factory=lambda node, _: fakes[node],
+    s = Scheduler(MeshConfig(state_dir=tempfile.mkdtemp(prefix="meshshell-")),
+                  agent_factory=lambda node, _: fakes[node],
                   list_nodes=lambda: nodes, clock=lambda: next(clock))
     for info in infos:
         s.register(info, fakes[info.agent_id])
@@ -211,3 +215,30 @@ def test_a_cancelled_attempt_its_agent_never_had_ends_cancelled_at_once(
         assert s.core.actions["a"].stage is stage  # type: ignore[index]
         await s.shutdown()
     run(body())
+
+
+def test_accounts_and_balances_outlive_the_scheduler(tmp_path: Path) -> None:
+    clock = [1000.0]
+
+    def scheduler() -> Scheduler:
+        return Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda n, c: None,  # type: ignore[arg-type,return-value]
+                         list_nodes=list, clock=lambda: clock[0])
+
+    async def first() -> None:
+        s = scheduler()
+        s.create_account("ci", {"charge_rate": [1], "max_charge_seconds": 100})
+        s.quota_options({"disable_preemption": True})
+        clock[0] += 30
+        await s.save_accounts()
+
+    async def second() -> None:
+        s = scheduler()
+        assert s.quota_options().disable_preemption
+        clock[0] += 10  # ten more seconds accrue while it was down
+        assert s.account("ci").balance[0] == 40
+
+    run(first())
+    run(second())
+    (tmp_path / "quota.json").write_text('{"last_update_time": "soon"}')
+    with pytest.raises(StateCorrupt, match="not a quota snapshot"):
+        scheduler()

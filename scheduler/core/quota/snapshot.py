@@ -101,3 +101,21 @@ def from_snapshot(snapshot: QuotaSnapshot, quirks: Quirks | None = None,
             qs.running[ts.request.id] = ws.id
         qs.workers[ws.id] = worker
     return qs
+
+
+def accounts_snapshot(qs: QuotaScheduler) -> QuotaSnapshot:
+    """Only what must outlive the scheduler while its queue does not: accounts, balances,
+    options and the time they are good for."""
+    return QuotaSnapshot(
+        last_update_time=qs.last_update_time, options=qs.options,
+        accounts=dict(sorted(qs.configs.items())),
+        balances={a: list(b) for a, b in sorted(qs.balances.items())}, queued=[], workers=[])
+
+
+def restore_accounts(qs: QuotaScheduler, snapshot: QuotaSnapshot) -> None:
+    """Take the accounts, balances and options of a snapshot; the time they were saved at
+    becomes the quota clock, so the next update accrues the time in between."""
+    qs.options = snapshot.options
+    qs.configs = dict(snapshot.accounts)
+    qs.balances = {a: vector(b) for a, b in snapshot.balances.items()}
+    qs.last_update_time = snapshot.last_update_time

@@ -12,6 +12,7 @@ sorting the queue once by its order key.
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import statistics
@@ -25,7 +26,7 @@ from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.snapshot import to_snapshot
 
-TICKS = 100
+TICKS = int(os.environ.get("QUOTA_TICKS", "100"))
 REQUESTS_PER_TICK = 1_000
 AGENTS_PER_TICK = 50
 ACCOUNTS = 20

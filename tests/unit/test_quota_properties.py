@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scheduler.core.quota import run as run_module
 from scheduler.core.quota.events import KeepEvents
 from scheduler.core.quota.model import UPSTREAM, Quirks
 from scheduler.core.quota.run import run_once
@@ -167,3 +169,16 @@ def test_a_snapshot_taken_anywhere_continues_exactly_like_the_original(
         original.apply(op)
         copy.apply(op)
         assert to_snapshot(copy.qs) == to_snapshot(original.qs)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(ops)
+def test_the_label_index_changes_no_decision(monkeypatch: pytest.MonkeyPatch,
+                                             script: list[tuple[Any, ...]]) -> None:
+    plain = _run(Quirks(), script)
+    with monkeypatch.context() as patched:
+        patched.setattr(run_module, "WORTH_INDEXING", -1)  # index every level, every pass
+        indexed = _run(Quirks(), script)
+    assert to_snapshot(indexed.qs) == to_snapshot(plain.qs)
+    assert indexed.events.events == plain.events.events

@@ -44,7 +44,11 @@ class FanoutCounter:
         return group, left
 
     def throttled(self, request: Request) -> bool:
-        return self._left(request)[1] <= 0
+        left = self.remaining.get(request.group if request.group is not None
+                                  else fanout_group(request))
+        if left is None:
+            left = self._left(request)[1]
+        return left <= 0
 
     def count(self, request: Request) -> None:
         group, left = self._left(request)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from operator import attrgetter
 
 from scheduler.core.quota.events import QuotaEvent
+from scheduler.core.quota.index import WORTH_INDEXING, LevelIndex
 from scheduler.core.quota.limits import FanoutCounter, LabelCounter
 from scheduler.core.quota.model import (
     DEMOTE_THRESHOLD,
@@ -69,6 +70,8 @@ class _Pass:
         # Match lists per (worker, level, cut), as upstream computes them once per level for
         # both idle steps; entries matched since are skipped where the list is used.
         self._match_cache: dict[tuple[str, int, bool], list[Request]] = {}
+        self._indexes: dict[int, LevelIndex | None] = {}
+        self.sorted_len: list[int] = []
         self.fanout: FanoutCounter | None = None
         self.labels: LabelCounter | None = None
         if qs.quirks.enforce_limits:
@@ -80,6 +83,8 @@ class _Pass:
 
     def run(self) -> list[QuotaAssignment]:
         self._prioritize()
+        # Each list is in examined-time order up to here; only the free list grows later.
+        self.sorted_len = [len(requests) for requests in self.lists]
         for p in range(NUM_PRIORITIES):
             self._match_idle(p, provisioned_only=True)
             self._match_idle(p, provisioned_only=False)
@@ -132,14 +137,26 @@ class _Pass:
         if found is None:
             # (The free list only ever grows before the free pass, which is the first to
             # look at it, so its lists are complete when cached too.)
-            matched, labels = self.matched, worker.labels
+            matched, labels, requests = self.matched, worker.labels, self.lists[p]
             since = worker.modified_time if cut else float("inf")
-            found = [r for r in self.lists[p] if r.id not in matched
+            index = self._index(p)
+            pool = requests if index is None else [
+                requests[i] for i in index.candidates(labels, since)]
+            found = [r for r in pool if r.id not in matched
                      and r.examined_time <= since and r.base_labels <= labels]
             if len(found) < MAX_SORTED_MATCHES:
                 found.sort(key=_QUALITY, reverse=True)  # stable: list order within a quality
             self._match_cache[key] = found
         return found
+
+    def _index(self, p: int) -> LevelIndex | None:
+        """The level's label index, built on first use when it pays for itself. (The free
+        list grows only before the free pass, the first to look at it.)"""
+        if p not in self._indexes:
+            roomy = sum(1 for w in self.qs.workers.values() if self._has_room(w))
+            worth = roomy * len(self.lists[p]) > WORTH_INDEXING
+            self._indexes[p] = LevelIndex(self.lists[p], self.sorted_len[p]) if worth else None
+        return self._indexes[p]
 
     def _eligible(self, request: Request, worker: Worker, p: int) -> bool:
         if p == FREE_BUCKET and request.account_id in self.no_free:

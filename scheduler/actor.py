@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -49,6 +50,8 @@ from scheduler.store import FileStore, Store
 log = logging.getLogger("actionmesh.scheduler")
 
 HELLO_TIMEOUT = 60.0
+# Seconds between passes when nothing else asks for one.
+QUOTA_PASS_INTERVAL = 2.0
 # How often balances are written while they change; account changes are written at once.
 ACCOUNT_SAVE_INTERVAL = 5.0
 
@@ -155,7 +158,10 @@ class Scheduler:
     async def _dispatch_loop(self) -> None:
         assert self._wake is not None
         while True:
-            await self._wake.wait()
+            # Also on a timer: balances move with time alone, so a waiting request may come
+            # to afford a preemption, and running work be promoted or demoted, unasked.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), QUOTA_PASS_INTERVAL)
             self._wake.clear()
             self._carry_out(self._step(self.clock()))
 

@@ -8,7 +8,7 @@ reservations in the quota core, the agent's state and live load through a gate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mesh import reasons
@@ -38,12 +38,14 @@ from scheduler.core.placement import LiveLoad, Placer, could_ever_run, default_c
 from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.events import QuotaSink
 from scheduler.core.quota.limits import FanoutCounter, LabelCounter
-from scheduler.core.quota.model import Quirks, QuotaAssignment, Worker
+from scheduler.core.quota.model import Quirks, QuotaAssignment, TaskRun, Worker
 from scheduler.core.quota.model import Request as QuotaRequest
-from scheduler.core.quota.run import run_once
+from scheduler.core.quota.run import Gate, run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.vector import FREE_BUCKET
 
+# Seconds between moves of the quota clock (see `SchedulerState.advance`).
+QUOTA_TICK = 0.25
 # Memory freed on an agent that is worth another placement pass (or 1% of the machine).
 MEMORY_STEP = 64 * 2**20
 
@@ -103,10 +105,18 @@ class SchedulerState:
         self.by_stage: dict[Stage, dict[ActionId, ActionEntry]] = {s: {} for s in Stage}
         self.agents: dict[AgentId, AgentEntry] = {}
         self._seq = 0
+        # Agents whose live load turned work away: their next sample may let it in.
+        self._turned_away: set[str] = set()
 
-    def advance(self, now: float) -> None:
-        """Move the quota scheduler's time on: charge running work, recharge accounts."""
-        self.quota.update_time(now)
+    def advance(self, now: float, force: bool = False) -> None:
+        """Move the quota scheduler's time on: charge running work, recharge accounts.
+
+        At most every QUOTA_TICK seconds unless forced: balances are float32, as upstream's,
+        and steps of a millisecond would round a large balance's change away. Work that
+        ends in between is charged up to its end on its own (`QuotaScheduler.finished`).
+        """
+        if force or now - self.quota.last_update_time >= QUOTA_TICK:
+            self.quota.update_time(now)
 
     # ---- actions -------------------------------------------------------------------------
 
@@ -214,7 +224,7 @@ class SchedulerState:
 
     def create_account(self, account_id: AccountId, config: AccountConfig, now: float,
                        ) -> AccountStatus:
-        self.advance(now)
+        self.advance(now, force=True)
         existing = self.quota.configs.get(account_id)
         if existing == config:
             return self.account(account_id)  # the same create again: nothing to do
@@ -228,7 +238,7 @@ class SchedulerState:
                        reset_balance: bool = False) -> AccountStatus:
         """Replace the account's config; its balance stays unless reset (to zero)."""
         self._account_config(account_id)
-        self.advance(now)
+        self.advance(now, force=True)
         self.quota.set_account_config(account_id, config)
         if reset_balance:
             self.quota.reset_balance(account_id)
@@ -244,7 +254,7 @@ class SchedulerState:
             shown = ", ".join(sorted(users)[:5]) + (" ..." if len(users) > 5 else "")
             raise Conflict(f"account {account_id!r} is used by {len(users)} unfinished "
                            f"action(s) ({shown}); cancel them or let them finish first")
-        self.advance(now)
+        self.advance(now, force=True)
         self.quota.delete_account(account_id)
 
     def account_config(self, account_id: AccountId) -> AccountConfig:
@@ -327,6 +337,9 @@ class SchedulerState:
             self._mark_idle(entry, now)  # expired while idle and silent: back in the pool
         grew = load.memory_available - before >= max(MEMORY_STEP, load.memory_total // 100)
         more_room = (was_blocked and self._live_room(entry, now)) or grew
+        if agent_id in self._turned_away:
+            self._turned_away.discard(agent_id)
+            more_room = True
         if more_room:
             self.quota.touch_worker(agent_id)  # requests it turned down may fit now
         return more_room
@@ -347,7 +360,7 @@ class SchedulerState:
         if entry is None:
             return
         self.advance(now)
-        self.quota.forget_worker(agent_id)
+        self.quota.forget_worker(agent_id, now)
         for action_id in list(entry.reservations):
             action = self.actions[action_id]
             self._lose(action, now, agent_id)
@@ -417,27 +430,32 @@ class SchedulerState:
         """One quota pass at `now`: who starts where, at which priority, and who is stopped
         to make room for higher-priority work."""
         self.advance(now)
-        if not self.by_stage[Stage.QUEUED] or not self.agents:
-            return []
+        if not self.agents or not (self.by_stage[Stage.QUEUED] or self.quota.running):
+            return []  # (with only running work, the pass still promotes and demotes)
         decisions: list[Decision] = []
         for assignment in run_once(self.quota, self._gate(now)):
             decisions.extend(self._apply(assignment, now))
         return decisions
 
-    def _gate(self, now: float) -> Callable[[Worker, QuotaRequest, bool], bool]:
+    def _gate(self, now: float) -> Gate:
         """What the quota core cannot see: the agent's state and its live load. Memory
-        granted during this pass counts against the live sample at once."""
+        granted during this pass counts against the live sample at once; a preemption's
+        victim gives its memory back. An agent that turned work away for its load is
+        looked at again after its next sample."""
         granted: dict[str, int] = {}
 
-        def admit(worker: Worker, request: QuotaRequest, preempting: bool) -> bool:
+        def admit(worker: Worker, request: QuotaRequest, freed: TaskRun | None) -> bool:
             agent = self.agents.get(AgentId(worker.id))
             entry = self.actions.get(ActionId(request.id))
             if agent is None or entry is None or agent.state != "alive":
                 return False
-            extra = granted.get(worker.id, 0)
-            if not self.live_load.admits(agent, entry.spec, now, extra, making_room=preempting):
+            delta = entry.spec.memory - (freed.request.memory if freed else 0)
+            extra = granted.get(worker.id, 0) + delta - entry.spec.memory
+            if not self.live_load.admits(agent, entry.spec, now, extra,
+                                         making_room=freed is not None):
+                self._turned_away.add(agent.agent_id)
                 return False
-            granted[worker.id] = extra + entry.spec.memory
+            granted[worker.id] = granted.get(worker.id, 0) + delta
             return True
 
         return admit
@@ -471,7 +489,10 @@ class SchedulerState:
             victim.attempts[-1] = victim.attempts[-1].model_copy(
                 update={"finished_at": now, "outcome": "preempted", "reason": why})
         self._release(victim, now)
-        self._move(victim, Stage.QUEUED, now, why)
+        if victim.cancel_requested:  # its stop was on the way already: it ends here
+            self._finish(victim, Stage.CANCELLED, now, reasons.CANCELLED_BY_USER)
+        else:
+            self._move(victim, Stage.QUEUED, now, why)
         return stop
 
     def awaits_start(self, action_id: ActionId, attempt: int) -> bool:

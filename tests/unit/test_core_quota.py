@@ -8,6 +8,7 @@ from mesh.errors import Conflict, InvalidInput, NotFound
 from mesh.schema import AccountConfig, AccountId, ActionId, QuotaOptions
 from mesh.stages import Stage
 from scheduler.core.decisions import Assign, Stop
+from scheduler.core.quota.vector import f32, vector
 from scheduler.core.state import SchedulerState
 from tests.builders import GIB, action, agent, load, report
 
@@ -156,3 +157,75 @@ def test_an_attempt_is_charged_until_it_ends_even_between_passes() -> None:
     core.step(14)
     # 5 - 4 s x 1 CPU + 4 s x 0.5 = 3: the four seconds it ran are paid for.
     assert core.account(A).balance[0] == 3
+
+
+def test_frequent_events_still_charge_a_large_balance() -> None:
+    # Millisecond steps would round a float32 balance of 1e5 unchanged; the quota clock
+    # moves in ticks instead.
+    core = core_with()
+    funded(core, rate=0.0, seconds=0.0)
+    core.quota.balances[A] = vector([1e5])
+    core.submit(action("a", account=A, command=["sleep", "60"]), 0)
+    core.step(0)
+    for i in range(1, 10_001):
+        core.report_load("n1", load(0.0), i / 1000)  # type: ignore[arg-type]
+    core.step(10)
+    assert core.account(A).balance[0] == f32(1e5 - 10)
+
+
+def test_running_work_is_demoted_by_a_pass_with_nothing_queued() -> None:
+    core = core_with(cpus=4)
+    funded(core, rate=1.0, seconds=10)
+    core.step(5)
+    for i in range(4):
+        core.submit(action(f"r{i}", account=A, command=["sleep", "600"]), 5)
+    assert [p for _, p in started(core.step(5))] == [0, 0, 0, 0]
+    core.quota.balances[A] = vector([-1000])
+    assert core.step(6) == []  # nothing queued, but the pass still runs
+    # 1 - 4 running = -3 below -600: the three cheapest move down a level.
+    assert sorted(r.priority for _, r in core.quota.runs()) == [0, 1, 1, 1]
+
+
+def test_work_turned_away_by_live_memory_is_reconsidered_after_the_next_sample() -> None:
+    core = core_with(cpus=8, memory=16 * GIB)
+    core.report_load("n1", load(0.0, available=4 * GIB), 0)  # type: ignore[arg-type]
+    core.submit(action("a", memory=3 * GIB), 0)
+    core.submit(action("b", memory=3 * GIB), 0)
+    assert started(core.step(0)) == [("a", 5)]
+    # A little more memory is free: not the 1% that counts as "grew", but b was refused.
+    assert core.report_load("n1", load(0.0, available=4 * GIB + 2**20), 1)  # type: ignore[arg-type]
+    assert started(core.step(1)) == [("b", 5)]
+
+
+def test_a_preemption_counts_the_victims_memory_as_freed() -> None:
+    core = core_with(memory=8 * GIB)
+    core.submit(action("free", memory=6 * GIB), 0)
+    core.step(0)
+    core.report_load("n1", load(0.0, available=2 * GIB), 1)  # type: ignore[arg-type]
+    funded(core, now=1)
+    core.submit(action("paid", account=A, memory=4 * GIB), 2)
+    assert started(core.step(2)) == [("paid", 0)]
+
+
+def test_a_big_victim_leaves_room_that_waiting_work_then_uses() -> None:
+    core = core_with(cpus=4)
+    core.submit(action("big", cpus=4), 0)
+    core.step(0)
+    core.submit(action("mid", cpus=2), 1)
+    assert core.step(1) == []  # examined, no room
+    funded(core, now=2)
+    core.submit(action("paid", account=A, cpus=1), 3)
+    # The 3 CPUs the 4-CPU victim leaves go to "mid" in the same pass's free level.
+    assert started(core.step(3)) == [("paid", 0), ("mid", 5)]
+
+
+def test_a_cancelled_attempt_that_is_preempted_ends_cancelled() -> None:
+    core = core_with()
+    core.submit(action("free"), 0)
+    core.step(0)
+    core.report_attempt(report("free", 1, "n1", "running"), 0.5)
+    core.cancel(ActionId("free"), 1)  # its stop is on the way
+    funded(core, now=1)
+    core.submit(action("paid", account=A), 2)
+    assert started(core.step(2)) == [("paid", 0)]
+    assert core.get(ActionId("free"), 2).stage is Stage.CANCELLED

@@ -38,11 +38,11 @@ from scheduler.core.quota.vector import (
 )
 
 # May this request start on this worker now, beyond labels and reservations (the agent's
-# state and live load)? `preempting`: room is being made by stopping other work there.
-Gate = Callable[[Worker, Request, bool], bool]
+# state and live load)? With a task run: room is being made by preempting it.
+Gate = Callable[[Worker, Request, TaskRun | None], bool]
 
 
-def _admit_all(worker: Worker, request: Request, preempting: bool) -> bool:
+def _admit_all(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
     return True
 
 
@@ -153,8 +153,8 @@ class _Pass:
         """The level's label index, built on first use when it pays for itself. (The free
         list grows only before the free pass, the first to look at it.)"""
         if p not in self._indexes:
-            roomy = sum(1 for w in self.qs.workers.values() if self._has_room(w))
-            worth = roomy * len(self.lists[p]) > WORTH_INDEXING
+            # Every worker may be looked at: those with room, and busy ones for preemption.
+            worth = len(self.qs.workers) * len(self.lists[p]) > WORTH_INDEXING
             self._indexes[p] = LevelIndex(self.lists[p], self.sorted_len[p]) if worth else None
         return self._indexes[p]
 
@@ -176,7 +176,7 @@ class _Pass:
                     continue
                 if provisioned_only and not request.provisionable_labels <= worker.labels:
                     continue
-                if not worker.fits(request) or not self.gate(worker, request, False):
+                if not worker.fits(request) or not self.gate(worker, request, None):
                     continue
                 self._assign(worker, request, p)
                 if not self._has_room(worker):
@@ -200,6 +200,7 @@ class _Pass:
     # ---- reprioritising ----------------------------------------------------------------------
 
     def _reprioritize(self, p: int) -> None:
+        by_account: dict[str, list[TaskRun]] | None = None
         for account_id in sorted(self.qs.balances):
             config = self.qs.configs.get(account_id)
             if config is None:
@@ -208,7 +209,11 @@ class _Pass:
             demote, promote = balance < DEMOTE_THRESHOLD, balance > PROMOTE_THRESHOLD
             if not (demote or promote):
                 continue
-            mine = [run for _, run in self.qs.runs() if run.request.account_id == account_id]
+            if by_account is None:  # once per level, and only when some account needs it
+                by_account = {}
+                for _, run in self.qs.runs():
+                    by_account.setdefault(run.request.account_id, []).append(run)
+            mine = by_account.get(account_id, [])
             at_p = [run for run in mine if run.priority == p]
             used = f32(sum(run.request.cpus for run in at_p))
             net = f32(vector(config.charge_rate)[p] - used)
@@ -256,7 +261,7 @@ class _Pass:
                 if not self._eligible(request, worker, p):
                     continue
                 if not worker.fits(request, freed=current) or not self.gate(worker, request,
-                                                                            True):
+                                                                            current):
                     continue
                 current = self._preempt_with(worker, current, request, p)
                 if not self.qs.quirks.chained_preemption:
@@ -284,6 +289,10 @@ class _Pass:
         worker.running.pop(old.id)
         self.qs.running.pop(old.id)
         run = self.qs.start(request, worker, p, cost)
+        if worker.free_cpus > EPSILON:
+            # A bigger victim left room that work examined earlier may now use. (A one-slot
+            # worker never has any, so upstream's results are kept.)
+            worker.modified_time = self.now
         self._count(request, worker)
         return run
 

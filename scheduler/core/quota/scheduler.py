@@ -261,6 +261,7 @@ class QuotaScheduler:
         if worker_id is not None:
             worker = self.workers[worker_id]
             run = worker.running.pop(request_id)
+            self._charge_until(run, t)
             worker.modified_time = self.last_update_time
             self._emit("completed", run.request, t, worker, reason=ev.FINISHED, cost=run.cost)
             return
@@ -268,12 +269,16 @@ class QuotaScheduler:
         if queued is not None:
             self._emit("completed", queued, t, reason=ev.FINISHED)
 
-    def forget_worker(self, worker_id: str) -> list[str]:
-        """The agent is gone: delete it and what it ran; returns those request ids."""
+    def forget_worker(self, worker_id: str, t: float | None = None) -> list[str]:
+        """The agent is gone: delete it and what it ran (charged up to `t`); returns those
+        request ids."""
         worker = self.workers.get(worker_id)
         if worker is None:
             return []
         lost = sorted(worker.running)
+        if t is not None:
+            for run in worker.running.values():
+                self._charge_until(run, t)
         self._delete_worker(worker)
         return lost
 
@@ -290,6 +295,22 @@ class QuotaScheduler:
             worker.modified_time = self.last_update_time
 
     # ---- internals ---------------------------------------------------------------------------
+
+    def _charge_until(self, run: TaskRun, t: float) -> None:
+        """Charge work leaving between two time updates for the part since the last one,
+        which the next update can no longer see. (Upstream charges only at updates.)"""
+        elapsed = f32(t - self.last_update_time)
+        if run.priority >= FREE_BUCKET or elapsed <= 0:
+            return
+        amount = f32(elapsed * f32(run.request.cpus))
+        costs = list(run.cost)
+        costs[run.priority] = f32(costs[run.priority] + amount)
+        run.cost = vector(costs)
+        balance = self.balances.get(run.request.account_id)
+        if balance is not None:
+            values = list(balance)
+            values[run.priority] = f32(values[run.priority] - amount)
+            self.balances[run.request.account_id] = vector(values)
 
     def start(self, request: Request, worker: Worker, priority: int, cost: Vector) -> TaskRun:
         self.queued.pop(request.id, None)

@@ -4,6 +4,8 @@
 EXITED_NONZERO = "exited with code {code}"
 LOST_AGENT = "agent {agent} was lost"
 LOST_BUDGET_SPENT = "lost {n} times with its agents; no retries left"
+QUARANTINED = ("quarantined: lost with {n} different agents in a row ({agents}); it may be "
+               "what kills them")
 RETRY_AFTER_FAILURE = "retrying after failure {n} of {budget}"
 RETRY_AFTER_LOSS = "requeued after losing agent {agent} (loss {n} of {budget})"
 CANCELLED_BY_USER = "cancelled by request"

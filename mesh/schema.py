@@ -102,6 +102,9 @@ class RetryPolicy(Model):
 
     on_failure: int = Field(0, ge=0, le=100, description="retries after a non-zero exit or timeout")
     on_lost: int = Field(3, ge=0, le=100, description="retries after the agent or node died")
+    quarantine_after: int = Field(
+        3, ge=1, le=100, description="fail it once it was lost with this many different "
+        "agents in a row: an action that kills its agents must not walk through the fleet")
 
 
 class Action(Model):

@@ -72,6 +72,8 @@ class ActionEntry:
     reason: str = ""
     failures: int = 0
     losses: int = 0
+    # Agents whose death took this action's attempts, since its last attempt that ended.
+    deaths_in_a_row: list[AgentId] = field(default_factory=list)
     cancel_requested: bool = False
     unplaceable: bool = False
     events: int = 0
@@ -363,7 +365,7 @@ class SchedulerState:
         self.quota.forget_worker(agent_id, now)
         for action_id in list(entry.reservations):
             action = self.actions[action_id]
-            self._lose(action, now, agent_id)
+            self._lose(action, now, agent_id, died=True)
         self._flag_unplaceable(now)
 
     def pool(self, now: float) -> list[AgentStatus]:
@@ -413,6 +415,7 @@ class SchedulerState:
         entry.attempts[-1] = record.model_copy(update={
             "finished_at": now, "outcome": stage, "exit_code": report.exit_code,
             "reason": reason})
+        entry.deaths_in_a_row.clear()  # it ended on its own: its agent survived it
         self._release(entry, now)
         entry.exit_code = report.exit_code
         retryable = stage in (Stage.FAILED, Stage.TIMED_OUT) and not entry.cancel_requested
@@ -576,7 +579,8 @@ class SchedulerState:
                 reservation.stage = stage
 
     def _lose(self, entry: ActionEntry, now: float, agent_id: AgentId,
-              reason: str | None = None) -> None:
+              reason: str | None = None, died: bool = False) -> None:
+        """The attempt is gone without an ending; `died`: with its agent."""
         why = reason or reasons.LOST_AGENT.format(agent=agent_id)
         if entry.attempts:
             entry.attempts[-1] = entry.attempts[-1].model_copy(
@@ -586,6 +590,13 @@ class SchedulerState:
             self._finish(entry, Stage.CANCELLED, now, reasons.CANCELLED_BY_USER)
             return
         entry.losses += 1
+        if died:
+            entry.deaths_in_a_row.append(agent_id)
+            distinct = list(dict.fromkeys(entry.deaths_in_a_row))
+            if len(distinct) >= entry.spec.retry.quarantine_after:
+                self._finish(entry, Stage.FAILED, now, reasons.QUARANTINED.format(
+                    n=len(distinct), agents=", ".join(distinct)))
+                return
         budget = entry.spec.retry.on_lost
         if entry.losses > budget:
             self._finish(entry, Stage.FAILED, now,

@@ -275,3 +275,39 @@ def test_only_load_samples_that_can_free_room_ask_for_placement() -> None:
     assert core.report_load(n1, load(50, available=9 * 2**30), 9.5)  # type: ignore[arg-type]
     assert not core.report_load(n1, load(50, available=9 * 2**30 + 2**20), 10)  # type: ignore[arg-type]
     assert not core.report_load("ghost", load(), 10)  # type: ignore[arg-type]
+
+
+def _lose_on(core: SchedulerState, agent_id: str, t: float) -> None:
+    core.register_agent(agent(agent_id, cpus=1), t)
+    core.report_load(agent_id, load(0.0), t)  # type: ignore[arg-type]
+    assert assigned(core.step(t)) == {"poison": agent_id}
+    core.remove_agent(agent_id, t + 0.5)  # type: ignore[arg-type]
+
+
+def test_an_action_lost_with_three_different_agents_in_a_row_is_quarantined() -> None:
+    core, _ = core_with()
+    core.submit(action("poison", retry=RetryPolicy(on_lost=10)), 0)
+    _lose_on(core, "n1", 1)
+    _lose_on(core, "n2", 2)
+    assert core.get("poison", 3).stage is Stage.QUEUED  # type: ignore[arg-type]
+    _lose_on(core, "n3", 3)
+    status = core.get("poison", 4)  # type: ignore[arg-type]
+    assert status.stage is Stage.FAILED
+    assert status.reason.startswith("quarantined: lost with 3 different agents in a row "
+                                    "(n1, n2, n3)")
+
+
+def test_deaths_of_one_agent_or_an_attempt_that_ended_restart_the_count() -> None:
+    core, _ = core_with()
+    core.submit(action("poison", retry=RetryPolicy(on_lost=10, on_failure=1)), 0)
+    _lose_on(core, "n1", 1)
+    _lose_on(core, "n1", 2)  # the same machine again: not a walk through the fleet
+    _lose_on(core, "n2", 3)
+    core.register_agent(agent("n4", cpus=1), 4)
+    core.report_load("n4", load(0.0), 4)  # type: ignore[arg-type]
+    core.step(4)
+    core.report_attempt(report("poison", 4, "n4", "failed", exit_code=1), 5)  # ended
+    core.remove_agent("n4", 5)  # type: ignore[arg-type]
+    _lose_on(core, "n5", 6)
+    _lose_on(core, "n6", 7)
+    assert core.get("poison", 8).stage is Stage.QUEUED  # type: ignore[arg-type]

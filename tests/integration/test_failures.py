@@ -1,0 +1,93 @@
+"""Agents and nodes die mid-action on a real cluster: every action still ends exactly once.
+
+A cluster of its own: the tests kill agents and, last, a whole node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ray.cluster_utils import Cluster
+
+from mesh import Action, RetryPolicy, Stage
+from mesh.client import Client
+from tests.integration.conftest import start_mesh, stop_mesh
+from tests.integration.test_mesh import survivors
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+WORKER = {"num_cpus": 1, "labels": {"pool": "fail"}}
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Client]]:
+    cluster, _, _ = start_mesh(Path(tmp_path_factory.mktemp("failures")),
+                               WORKER, WORKER, WORKER)
+    try:
+        client = Client()
+        wait_until(client.pool, lambda p: len(p) == 3 and all(a.load for a in p),
+                   what="three agents reporting load")
+        yield cluster, client
+    finally:
+        stop_mesh(cluster)
+
+
+def agent_pid(client: Client, agent_id: str) -> int:
+    [agent] = [a for a in client.pool() if a.info.agent_id == agent_id]
+    return agent.info.pid
+
+
+def test_an_agent_killed_mid_action_has_it_run_again_and_end_once(
+        three: tuple[Cluster, Client]) -> None:
+    _, client = three
+    handle = client.submit(Action(command=["echo started; sleep 3; echo finished"],
+                                  shell=True, labels=["pool:fail"]))
+    first = wait_until(handle.status, lambda s: s.stage is Stage.RUNNING,
+                       what="the first attempt running")
+    victims = wait_until(lambda: survivors(handle.id), bool, what="its processes")
+    assert first.agent_id is not None
+    os.kill(agent_pid(client, first.agent_id), signal.SIGKILL)
+    result = handle.result(timeout=90)
+    assert result.stage is Stage.SUCCEEDED and result.attempt == 2
+    assert result.attempts[0].outcome == "lost" and result.attempts[1].outcome is Stage.SUCCEEDED
+    # The lost attempt's processes died with their agent; the second ran to its end.
+    assert not set(victims) & set(survivors(handle.id))
+    assert [line.text for line in handle.logs(attempt=2)] == ["started", "finished"]
+    wait_until(client.pool, lambda p: len(p) == 3, what="the killed agent replaced")
+
+
+def test_an_action_that_kills_its_agents_is_quarantined_after_three(
+        three: tuple[Cluster, Client]) -> None:
+    _, client = three
+    poison = client.submit(Action(command=["kill -9 $PPID; sleep 30"], shell=True,
+                                  labels=["pool:fail"],
+                                  retry=RetryPolicy(on_lost=30, quarantine_after=3)))
+    result = poison.result(timeout=180)
+    assert result.stage is Stage.FAILED and result.reason.startswith(
+        "quarantined: lost with 3 different agents in a row"), result.reason
+    assert all(a.outcome == "lost" for a in result.attempts)
+    assert len({a.agent_id for a in result.attempts}) == 3
+    wait_until(lambda: survivors(poison.id), lambda pids: not pids, what="no processes left")
+    wait_until(client.pool, lambda p: len(p) == 3, what="every agent back")
+
+
+def test_a_sigkilled_node_has_its_action_run_again_on_another(
+        three: tuple[Cluster, Client]) -> None:
+    cluster, client = three
+    handle = client.submit(Action(command=["sleep 2; echo done"], shell=True,
+                                  labels=["pool:fail"]))
+    first = wait_until(handle.status, lambda s: s.stage is Stage.RUNNING,
+                       what="the first attempt running")
+    [node] = [n for n in cluster.worker_nodes if n.node_id == first.agent_id]
+    cluster.remove_node(node, allow_graceful=False)
+    result = handle.result(timeout=90)
+    assert result.stage is Stage.SUCCEEDED and result.attempt == 2
+    assert result.agent_id != first.agent_id
+    assert "its node is dead" in result.attempts[0].reason or \
+        "lost" in result.attempts[0].reason
+    wait_until(client.pool, lambda p: len(p) == 2, what="the dead node's agent gone")

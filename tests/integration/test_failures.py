@@ -76,6 +76,45 @@ def test_an_action_that_kills_its_agents_is_quarantined_after_three(
     wait_until(client.pool, lambda p: len(p) == 3, what="every agent back")
 
 
+def test_a_frozen_agent_gets_no_new_work_loses_none_and_is_trusted_when_it_thaws(
+        three: tuple[Cluster, Client]) -> None:
+    _, client = three
+    agents = wait_until(client.pool, lambda p: len(p) == 3 and all(a.load for a in p),
+                        what="three agents with load")
+    busy = client.submit(Action(command=["sleep 4; echo survived"], shell=True,
+                                labels=["pool:fail"]))
+    running = wait_until(busy.status, lambda s: s.stage is Stage.RUNNING, what="it running")
+    frozen = running.agent_id
+    assert frozen is not None
+    pid = agent_pid(client, frozen)
+    os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing and reports no load
+    try:
+        # Its load goes stale: new work goes elsewhere, nothing of its own is rescheduled.
+        wait_until(client.pool, lambda p: any(
+            a.info.agent_id == frozen and (a.load_age or 0) > 3.5 for a in p),
+            what="the frozen agent's load gone stale")
+        others = [client.submit(Action(command=["true"], labels=["pool:fail"]))
+                  for _ in range(4)]
+        assert {h.result(timeout=60).agent_id for h in others} <= \
+            {a.info.agent_id for a in agents} - {frozen}
+        assert busy.status().attempt == 1 and busy.status().stage is Stage.RUNNING
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    result = busy.result(timeout=60)
+    assert result.stage is Stage.SUCCEEDED and result.attempt == 1 and result.agent_id == frozen
+    wait_until(client.pool, lambda p: all((a.load_age or 9) < 2 for a in p),
+               what="every agent reporting again")
+    # Trusted again: work lands on it when it is the only one with room.
+    sleepers = [client.submit(Action(command=["sleep", "2"], labels=["pool:fail"]))
+                for _ in range(3)]
+    placed = {wait_until(h.status, lambda s: s.agent_id is not None,
+                         what="placed").agent_id for h in sleepers}
+    assert frozen in placed
+    for h in sleepers:
+        assert h.result(timeout=60).stage is Stage.SUCCEEDED
+
+
+# Last: it removes a node for good.
 def test_a_sigkilled_node_has_its_action_run_again_on_another(
         three: tuple[Cluster, Client]) -> None:
     cluster, client = three

@@ -114,10 +114,28 @@ def test_a_frozen_agent_gets_no_new_work_loses_none_and_is_trusted_when_it_thaws
         assert h.result(timeout=60).stage is Stage.SUCCEEDED
 
 
-# Last: it removes a node for good.
+# Last: these two take nodes away for good.
+def test_a_killed_raylet_takes_its_node_and_the_action_runs_on_another(
+        three: tuple[Cluster, Client]) -> None:
+    cluster, client = three
+    before = len(client.pool())
+    handle = client.submit(Action(command=["sleep 2; echo done"], shell=True,
+                                  labels=["pool:fail"]))
+    first = wait_until(handle.status, lambda s: s.stage is Stage.RUNNING,
+                       what="the first attempt running")
+    [node] = [n for n in cluster.worker_nodes if n.node_id == first.agent_id]
+    node.kill_raylet()  # only the raylet: Ray's health checks declare the node dead
+    result = handle.result(timeout=90)
+    assert result.stage is Stage.SUCCEEDED and result.attempt == 2
+    assert result.agent_id != first.agent_id and result.attempts[0].outcome == "lost"
+    wait_until(client.pool, lambda p: len(p) == before - 1, what="its agent gone")
+    wait_until(lambda: survivors(handle.id), lambda pids: not pids, what="no processes left")
+
+
 def test_a_sigkilled_node_has_its_action_run_again_on_another(
         three: tuple[Cluster, Client]) -> None:
     cluster, client = three
+    before = len(client.pool())
     handle = client.submit(Action(command=["sleep 2; echo done"], shell=True,
                                   labels=["pool:fail"]))
     first = wait_until(handle.status, lambda s: s.stage is Stage.RUNNING,
@@ -129,4 +147,4 @@ def test_a_sigkilled_node_has_its_action_run_again_on_another(
     assert result.agent_id != first.agent_id
     assert "its node is dead" in result.attempts[0].reason or \
         "lost" in result.attempts[0].reason
-    wait_until(client.pool, lambda p: len(p) == 2, what="the dead node's agent gone")
+    wait_until(client.pool, lambda p: len(p) == before - 1, what="the dead node's agent gone")

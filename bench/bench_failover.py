@@ -15,6 +15,7 @@ import signal
 import statistics
 import tempfile
 import time
+from functools import partial
 from typing import Any
 
 import ray
@@ -24,6 +25,7 @@ from bench.harness import report
 from mesh import Action, Stage, bootstrap, names
 from mesh.client import Client
 from mesh.schema import ActionStatus, MeshConfig
+from tests.waiting import wait_until
 
 HEAD = {"num_cpus": 0, "labels": {names.AGENT_OPT_OUT: "off"},
         "_system_config": bootstrap.health_checks()}
@@ -31,20 +33,10 @@ WORKER: dict[str, Any] = {"num_cpus": 1, "labels": {"pool": "failover"}}
 ROUNDS = 5
 
 
-def _until(probe: Any, ok: Any, timeout: float = 60.0, every: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = probe()
-        if ok(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; last saw {seen!r}")
-        time.sleep(every)
-
-
 def _running(client: Client, action_id: str, attempt: int) -> ActionStatus:
-    return _until(lambda: client.get(action_id),  # type: ignore[no-any-return]
-                  lambda s: s.attempt == attempt and s.stage is Stage.RUNNING)
+    return wait_until(lambda: client.get(action_id),
+                      lambda s: s.attempt == attempt and s.stage is Stage.RUNNING,
+                      timeout=60, interval=0.005, what=f"attempt {attempt} running")
 
 
 def _restarted_at(client: Client, action_id: str) -> float:
@@ -60,13 +52,18 @@ def agent_kill(client: Client) -> list[float]:
         handle = client.submit(Action(command=["sleep", "60"], labels=["pool:failover"]))
         first = _running(client, handle.id, 1)
         [agent] = [a for a in client.pool() if a.info.agent_id == first.agent_id]
-        _until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p))
+        wait_until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p), timeout=60)
         killed = time.time()
         os.kill(agent.info.pid, signal.SIGKILL)
         gaps.append(_restarted_at(client, handle.id) - killed)
         handle.cancel()
-        _until(lambda h=handle: client.get(h.id).stage, lambda s: s is Stage.CANCELLED)
+        wait_until(partial(client.get, handle.id), lambda s: s.stage is Stage.CANCELLED,
+                   timeout=60)
     return gaps
+
+
+def _declared_dead(node_id: str, nodes: list[dict[str, Any]]) -> bool:
+    return any(n["NodeID"] == node_id and not n["Alive"] for n in nodes)
 
 
 def node_kill(cluster: Cluster, client: Client) -> tuple[list[float], list[float]]:
@@ -76,12 +73,10 @@ def node_kill(cluster: Cluster, client: Client) -> tuple[list[float], list[float
         first = _running(client, handle.id, 1)
         [node] = [n for n in cluster.worker_nodes if n.node_id == first.agent_id]
         cluster.add_node(**WORKER)  # a place to run again, and the next round's victim
-        _until(client.pool, lambda p: len(p) == 3 and all(a.load for a in p))
+        wait_until(client.pool, lambda p: len(p) == 3 and all(a.load for a in p), timeout=60)
         killed = time.time()
         cluster.remove_node(node, allow_graceful=False)
-        dead = node.node_id
-        _until(ray.nodes, lambda ns, dead=dead: any(n["NodeID"] == dead and not n["Alive"]
-                                                    for n in ns), every=0.02)
+        wait_until(ray.nodes, partial(_declared_dead, node.node_id), timeout=60, interval=0.02)
         detected.append(time.time() - killed)
         restarted.append(_restarted_at(client, handle.id) - killed)
         handle.cancel()
@@ -98,7 +93,7 @@ def main() -> None:
         try:
             bootstrap.up(MeshConfig(state_dir=state))
             client = Client()
-            _until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p))
+            wait_until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p), timeout=60)
             agents = agent_kill(client)
             detected, restarted = node_kill(cluster, client)
         finally:

@@ -239,7 +239,7 @@ class SchedulerState:
     def modify_account(self, account_id: AccountId, config: AccountConfig, now: float,
                        reset_balance: bool = False) -> AccountStatus:
         """Replace the account's config; its balance stays unless reset (to zero)."""
-        self._account_config(account_id)
+        self.account_config(account_id)
         self.advance(now, force=True)
         self.quota.set_account_config(account_id, config)
         if reset_balance:
@@ -249,7 +249,7 @@ class SchedulerState:
     def delete_account(self, account_id: AccountId, now: float) -> None:
         """Delete an account no waiting or running action uses (they would be left paying
         into nothing: upstream keeps their priorities frozen)."""
-        self._account_config(account_id)
+        self.account_config(account_id)
         users = [e.id for stage in (Stage.QUEUED, Stage.ASSIGNED, Stage.RUNNING)
                  for e in self.by_stage[stage].values() if e.spec.account == account_id]
         if users:
@@ -260,16 +260,13 @@ class SchedulerState:
         self.quota.delete_account(account_id)
 
     def account_config(self, account_id: AccountId) -> AccountConfig:
-        return self._account_config(account_id)
-
-    def _account_config(self, account_id: AccountId) -> AccountConfig:
         config = self.quota.configs.get(account_id)
         if config is None:
             raise NotFound(f"no account {account_id!r}")
         return config
 
     def account(self, account_id: AccountId) -> AccountStatus:
-        config = self._account_config(account_id)
+        config = self.account_config(account_id)
         running: dict[int, int] = {}
         cpus = 0.0
         for _, run in self.quota.runs():
@@ -452,13 +449,12 @@ class SchedulerState:
             entry = self.actions.get(ActionId(request.id))
             if agent is None or entry is None or agent.state != "alive":
                 return False
-            delta = entry.spec.memory - (freed.request.memory if freed else 0)
-            extra = granted.get(worker.id, 0) + delta - entry.spec.memory
+            extra = granted.get(worker.id, 0) - (freed.request.memory if freed else 0)
             if not self.live_load.admits(agent, entry.spec, now, extra,
                                          making_room=freed is not None):
                 self._turned_away.add(agent.agent_id)
                 return False
-            granted[worker.id] = granted.get(worker.id, 0) + delta
+            granted[worker.id] = extra + entry.spec.memory
             return True
 
         return admit

@@ -9,12 +9,14 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ray.cluster_utils import Cluster
 
 from mesh import Action, RetryPolicy, Stage
-from mesh.client import Client
+from mesh.client import ActionHandle, Client
+from mesh.schema import ActionStatus
 from tests.integration.conftest import start_mesh, stop_mesh
 from tests.integration.test_mesh import survivors
 from tests.waiting import wait_until
@@ -114,16 +116,23 @@ def test_a_frozen_agent_gets_no_new_work_loses_none_and_is_trusted_when_it_thaws
         assert h.result(timeout=60).stage is Stage.SUCCEEDED
 
 
-# Last: these two take nodes away for good.
-def test_a_killed_raylet_takes_its_node_and_the_action_runs_on_another(
-        three: tuple[Cluster, Client]) -> None:
-    cluster, client = three
-    before = len(client.pool())
+def running_on_a_node(cluster: Cluster, client: Client,
+                      ) -> tuple[ActionHandle, ActionStatus, Any]:
+    """A short action, once it runs, and the Ray node under its agent."""
     handle = client.submit(Action(command=["sleep 2; echo done"], shell=True,
                                   labels=["pool:fail"]))
     first = wait_until(handle.status, lambda s: s.stage is Stage.RUNNING,
                        what="the first attempt running")
     [node] = [n for n in cluster.worker_nodes if n.node_id == first.agent_id]
+    return handle, first, node
+
+
+# Last: these two take nodes away for good.
+def test_a_killed_raylet_takes_its_node_and_the_action_runs_on_another(
+        three: tuple[Cluster, Client]) -> None:
+    cluster, client = three
+    before = len(client.pool())
+    handle, first, node = running_on_a_node(cluster, client)
     node.kill_raylet()  # only the raylet: Ray's health checks declare the node dead
     result = handle.result(timeout=90)
     assert result.stage is Stage.SUCCEEDED and result.attempt == 2
@@ -136,11 +145,7 @@ def test_a_sigkilled_node_has_its_action_run_again_on_another(
         three: tuple[Cluster, Client]) -> None:
     cluster, client = three
     before = len(client.pool())
-    handle = client.submit(Action(command=["sleep 2; echo done"], shell=True,
-                                  labels=["pool:fail"]))
-    first = wait_until(handle.status, lambda s: s.stage is Stage.RUNNING,
-                       what="the first attempt running")
-    [node] = [n for n in cluster.worker_nodes if n.node_id == first.agent_id]
+    handle, first, node = running_on_a_node(cluster, client)
     cluster.remove_node(node, allow_graceful=False)
     result = handle.result(timeout=90)
     assert result.stage is Stage.SUCCEEDED and result.attempt == 2

@@ -9,6 +9,7 @@ time and id; workers by free CPUs (best fit) and id; running tasks by worker and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from operator import attrgetter
 
@@ -25,7 +26,7 @@ from scheduler.core.quota.model import (
     TaskRun,
     Worker,
 )
-from scheduler.core.quota.scheduler import QuotaScheduler, demand
+from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.vector import (
     FREE_BUCKET,
     NUM_PRIORITIES,
@@ -49,6 +50,12 @@ def _admit_all(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
 # Requests are taken least recently examined first; upstream leaves ties to map order.
 _ORDER = attrgetter("examined_time", "enqueue_time", "id")
 _QUALITY = attrgetter("quality")
+
+
+def _demand(amount: float) -> float:
+    """How many CPUs a reprioritisation moves for a shortfall or surplus of `amount`:
+    upstream moves ceil(amount) one-slot tasks."""
+    return float(math.ceil(amount))
 
 
 def run_once(qs: QuotaScheduler, gate: Gate | None = None) -> list[QuotaAssignment]:
@@ -219,11 +226,11 @@ class _Pass:
             net = f32(vector(config.charge_rate)[p] - used)
             if demote and net < 0:
                 at_p.sort(key=lambda run: run.cost)
-                self._move(at_p, demand(-net), p + 1, promotion=False)
+                self._move(at_p, _demand(-net), p + 1, promotion=False)
             elif promote and net > 0:
                 lower = sorted((run for run in mine if run.priority > p),
                                key=lambda run: run.cost, reverse=True)
-                self._move(lower, demand(net), p, promotion=True)
+                self._move(lower, _demand(net), p, promotion=True)
 
     def _move(self, runs: list[TaskRun], cpus: float, to: int, promotion: bool) -> None:
         """Move runs, in order, to level `to` until `cpus` CPUs' worth have moved."""

@@ -9,7 +9,6 @@ the agent runs others (a one-slot worker is still deleted, as upstream does).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
 from mesh.schema import AccountConfig, QuotaOptions
@@ -17,7 +16,6 @@ from scheduler.core.quota import events as ev
 from scheduler.core.quota.events import DropEvents, QuotaEvent, QuotaSink
 from scheduler.core.quota.model import (
     UNASSIGN_MAX_AGE,
-    ZERO_TIME,
     Quirks,
     QuotaAssignment,
     Request,
@@ -31,6 +29,7 @@ from scheduler.core.quota.vector import (
     Vector,
     best_priority,
     f32,
+    plus_at,
     vector,
 )
 
@@ -128,9 +127,7 @@ class QuotaScheduler:
                 continue
             cpus = run.request.cpus
             using.setdefault(run.request.account_id, [0.0] * NUM_PRIORITIES)[p] += cpus
-            costs = list(run.cost)
-            costs[p] = f32(costs[p] + f32(elapsed * f32(cpus)))
-            run.cost = vector(costs)
+            run.cost = plus_at(run.cost, p, f32(elapsed * f32(cpus)))
         for account_id in [a for a in self.balances if a not in self.configs]:
             del self.balances[account_id]
         for account_id, config in self.configs.items():
@@ -303,14 +300,10 @@ class QuotaScheduler:
         if run.priority >= FREE_BUCKET or elapsed <= 0:
             return
         amount = f32(elapsed * f32(run.request.cpus))
-        costs = list(run.cost)
-        costs[run.priority] = f32(costs[run.priority] + amount)
-        run.cost = vector(costs)
+        run.cost = plus_at(run.cost, run.priority, amount)
         balance = self.balances.get(run.request.account_id)
         if balance is not None:
-            values = list(balance)
-            values[run.priority] = f32(values[run.priority] - amount)
-            self.balances[run.request.account_id] = vector(values)
+            self.balances[run.request.account_id] = plus_at(balance, run.priority, -amount)
 
     def start(self, request: Request, worker: Worker, priority: int, cost: Vector) -> TaskRun:
         self.queued.pop(request.id, None)
@@ -360,12 +353,3 @@ class QuotaScheduler:
             type=kind, task_id=request.id, time=t, account_id=request.account_id,
             worker_id=worker.id if worker is not None else "", reason=reason, cost=cost,
             details=details or {}))
-
-
-def demand(amount: float) -> float:
-    """How many CPUs a reprioritisation moves for a shortfall or surplus of `amount`:
-    upstream moves ceil(amount) one-slot tasks."""
-    return float(math.ceil(amount))
-
-
-__all__ = ["ZERO_TIME", "NotAssigned", "QuotaScheduler", "demand"]

@@ -67,42 +67,6 @@ def _request(s: RequestState) -> Request:
                    s.confirmed_time, s.examined_time)
 
 
-def to_snapshot(qs: QuotaScheduler) -> QuotaSnapshot:
-    workers = []
-    for worker_id in sorted(qs.workers):
-        w = qs.workers[worker_id]
-        running = [TaskState(request=_request_state(run.request), priority=run.priority,
-                             cost=list(run.cost))
-                   for _, run in sorted(w.running.items())]
-        workers.append(WorkerState(id=w.id, labels=sorted(w.labels), cpus=w.cpus,
-                                   memory=w.memory, confirmed_time=w.confirmed_time,
-                                   modified_time=w.modified_time, running=running))
-    return QuotaSnapshot(
-        last_update_time=qs.last_update_time, options=qs.options,
-        accounts=dict(sorted(qs.configs.items())),
-        balances={a: list(b) for a, b in sorted(qs.balances.items())},
-        queued=[_request_state(qs.queued[r]) for r in sorted(qs.queued)],
-        workers=workers)
-
-
-def from_snapshot(snapshot: QuotaSnapshot, quirks: Quirks | None = None,
-                  sink: QuotaSink | None = None,
-                  wall_clock: Callable[[], float] | None = None) -> QuotaScheduler:
-    qs = QuotaScheduler(snapshot.last_update_time, snapshot.options, quirks, sink, wall_clock)
-    qs.configs = dict(snapshot.accounts)
-    qs.balances = {a: vector(b) for a, b in snapshot.balances.items()}
-    qs.queued = {s.id: _request(s) for s in snapshot.queued}
-    for ws in snapshot.workers:
-        worker = Worker(ws.id, frozenset(ws.labels), ws.cpus, ws.memory, ws.confirmed_time,
-                        ws.modified_time)
-        for ts in ws.running:
-            worker.running[ts.request.id] = TaskRun(_request(ts.request), ts.priority,
-                                                    vector(ts.cost))
-            qs.running[ts.request.id] = ws.id
-        qs.workers[ws.id] = worker
-    return qs
-
-
 def accounts_snapshot(qs: QuotaScheduler) -> QuotaSnapshot:
     """Only what must outlive the scheduler while its queue does not: accounts, balances,
     options and the time they are good for."""
@@ -119,3 +83,34 @@ def restore_accounts(qs: QuotaScheduler, snapshot: QuotaSnapshot) -> None:
     qs.configs = dict(snapshot.accounts)
     qs.balances = {a: vector(b) for a, b in snapshot.balances.items()}
     qs.last_update_time = snapshot.last_update_time
+
+
+def to_snapshot(qs: QuotaScheduler) -> QuotaSnapshot:
+    workers = []
+    for worker_id in sorted(qs.workers):
+        w = qs.workers[worker_id]
+        running = [TaskState(request=_request_state(run.request), priority=run.priority,
+                             cost=list(run.cost))
+                   for _, run in sorted(w.running.items())]
+        workers.append(WorkerState(id=w.id, labels=sorted(w.labels), cpus=w.cpus,
+                                   memory=w.memory, confirmed_time=w.confirmed_time,
+                                   modified_time=w.modified_time, running=running))
+    queued = [_request_state(qs.queued[r]) for r in sorted(qs.queued)]
+    return accounts_snapshot(qs).model_copy(update={"queued": queued, "workers": workers})
+
+
+def from_snapshot(snapshot: QuotaSnapshot, quirks: Quirks | None = None,
+                  sink: QuotaSink | None = None,
+                  wall_clock: Callable[[], float] | None = None) -> QuotaScheduler:
+    qs = QuotaScheduler(snapshot.last_update_time, snapshot.options, quirks, sink, wall_clock)
+    restore_accounts(qs, snapshot)
+    qs.queued = {s.id: _request(s) for s in snapshot.queued}
+    for ws in snapshot.workers:
+        worker = Worker(ws.id, frozenset(ws.labels), ws.cpus, ws.memory, ws.confirmed_time,
+                        ws.modified_time)
+        for ts in ws.running:
+            worker.running[ts.request.id] = TaskRun(_request(ts.request), ts.priority,
+                                                    vector(ts.cost))
+            qs.running[ts.request.id] = ws.id
+        qs.workers[ws.id] = worker
+    return qs

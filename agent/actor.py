@@ -26,7 +26,15 @@ from agent.nodeinfo import find_node, offered
 from agent.reports import SchedulerReports
 from agent.sampler import LoadSampler
 from mesh.names import RELAY, SCHEDULER
-from mesh.schema import ActionId, AgentId, AgentInfo, Assignment, CancelOutcome, MeshConfig
+from mesh.schema import (
+    ActionId,
+    AgentHoldings,
+    AgentId,
+    AgentInfo,
+    Assignment,
+    CancelOutcome,
+    MeshConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,10 @@ class AgentActor:
 
     async def running(self) -> list[tuple[str, int]]:
         return [(str(action_id), attempt) for action_id, attempt in self.executor.running()]
+
+    async def holdings(self) -> AgentHoldings:
+        """What a (re)starting scheduler reconciles against: what runs here, what ended."""
+        return self.executor.holdings()
 
     async def shutdown(self) -> None:
         if self._sampler is not None:

@@ -29,10 +29,12 @@ from agent.sinks import LogSink, ReportSink
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
 from mesh.schema import (
     ActionId,
+    AgentHoldings,
     AgentId,
     Assignment,
     AttemptReport,
     CancelOutcome,
+    HeldAttempt,
     MeshConfig,
     ReportStage,
 )
@@ -45,8 +47,9 @@ Key = tuple[ActionId, int]
 # at once. If no byte arrives for this long while one stays open, a process that left the
 # group holds it: it is hunted down by its environment, then the pipe is closed regardless.
 DRAIN_QUIET = 1.0
-# Finished attempts remembered so that a repeated start of one is not run twice.
-REMEMBER_FINISHED = 1024
+# Finished attempts remembered so that a repeated start of one is not run twice, and so a
+# restarted scheduler learns their endings (at 500 endings a second, 20 s of them).
+REMEMBER_FINISHED = 10_000
 # Log pushes in flight per attempt before its pipes stop being read.
 MAX_PUSHES_IN_FLIGHT = 8
 
@@ -115,7 +118,9 @@ class Executor:
         self._attempts: dict[Key, _Attempt] = {}
         # The worker's environment does not change; copy it once, not once per attempt.
         self._base_env = dict(os.environ)
-        self._finished: dict[Key, None] = {}
+        # Recently ended attempts, with their end report: a restarted scheduler asks for
+        # these, since a report sent while it was away may never have reached it.
+        self._finished: dict[Key, AttemptReport | None] = {}
         self._reaper: ReaperHandle | None = None
         self._closed = False
 
@@ -231,6 +236,12 @@ class Executor:
         """Attempts not yet reported ended, oldest first."""
         return list(self._attempts)
 
+    def holdings(self) -> AgentHoldings:
+        """What runs here and the end reports of what ended lately, oldest first."""
+        return AgentHoldings(
+            running=[HeldAttempt(action_id=a, attempt=n) for a, n in self._attempts],
+            ended=[r for r in self._finished.values() if r is not None])
+
     async def shutdown(self) -> None:
         """Kill every attempt (TERM, grace, KILL), then the reaper; take no new work.
 
@@ -335,15 +346,16 @@ class Executor:
         if attempt.protocol.transport is not None:
             attempt.protocol.transport.close()
         self._attempts.pop(attempt.key, None)
-        self._finished[attempt.key] = None
+        report = None
+        if attempt.send_end_report:
+            report = self._report(attempt, end.stage, end.exit_code, end.reason)
+        self._finished[attempt.key] = report
         while len(self._finished) > REMEMBER_FINISHED:
             del self._finished[next(iter(self._finished))]
-        if attempt.send_end_report:
-            self._report(attempt, end.stage, end.exit_code, end.reason)
         attempt.done.set()
 
     def _report(self, attempt: _Attempt, stage: ReportStage, exit_code: int | None = None,
-                reason: str = "") -> None:
+                reason: str = "") -> AttemptReport:
         report = AttemptReport(
             action_id=attempt.assignment.action_id,
             attempt=attempt.assignment.attempt,
@@ -357,3 +369,4 @@ class Executor:
             self.reports.report(report)
         except Exception:
             log.exception("reporting %s of %s attempt %d failed", stage, *attempt.key)
+        return report

@@ -13,6 +13,9 @@ CANCELLED_BEFORE_START = "cancelled before its agent started it"
 SUPERSEDED = "attempt {attempt} was superseded by attempt {current}"
 PREEMPTED = "preempted by action {by} (account {account}, priority {priority})"
 GIVEN_UP = "attempt {attempt} was already given up as lost"
+UNKNOWN_ATTEMPT = "the scheduler has no such action"
+NOT_HELD = ("requeued: the scheduler restarted and agent {agent} does not have this attempt "
+            "(its start never arrived)")
 
 # Why an agent left the pool, or a start did not happen.
 NODE_DEAD = "its node is dead"

@@ -409,6 +409,19 @@ class AttemptReport(Model):
     reason: str = ""
 
 
+class HeldAttempt(Model):
+    action_id: ActionId
+    attempt: int = Field(..., ge=1)
+
+
+class AgentHoldings(Model):
+    """What an agent tells a scheduler that (re)registers it: the attempts it runs, and
+    the end reports of attempts that ended lately (some may never have been delivered)."""
+
+    running: list[HeldAttempt] = Field(default_factory=list)
+    ended: list[AttemptReport] = Field(default_factory=list)
+
+
 class ReportChannel(Model):
     """Where an agent sends its stage reports without a Ray call per report, and the secret
     that admits it; handed out by the scheduler over Ray, which authenticates the caller."""

@@ -23,6 +23,7 @@ from mesh.schema import (
     Action,
     ActionId,
     ActionStatus,
+    AgentHoldings,
     AgentId,
     AgentInfo,
     AgentStatus,
@@ -45,15 +46,18 @@ from scheduler.core.quota.snapshot import accounts_snapshot, restore_accounts
 from scheduler.core.state import SchedulerState
 from scheduler.eventbook import EventBook
 from scheduler.nodes import alive, parse_nodes, wanted
-from scheduler.store import FileStore, Store
+from scheduler.store import Batch, Store
 
 log = logging.getLogger("actionmesh.scheduler")
 
 HELLO_TIMEOUT = 60.0
+# At start-up (and after a restart) clients wait until every agent has said what it runs,
+# or this many seconds; a slower agent is reconciled when it answers.
+FIRST_SYNC_WAIT = 10.0
 # Seconds between passes when nothing else asks for one.
 QUOTA_PASS_INTERVAL = 2.0
 # How often balances are written while they change; account changes are written at once.
-ACCOUNT_SAVE_INTERVAL = 5.0
+ACCOUNT_SAVE_INTERVAL = 1.0
 
 
 def make_agent_handle(node_id: str, config: MeshConfig) -> AgentHandle:
@@ -83,13 +87,9 @@ class Scheduler:
                                    capacity_percent=config.capacity_percent,
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog())
-        self.store: Store = store or FileStore(config.state_dir)
-        saved = self.store.load_quota()  # a corrupt file stops the start-up, loudly
-        if saved is not None:
-            restore_accounts(self.core.quota, saved)
-            log.info("restored %d quota account(s) saved at %.0f", len(saved.accounts),
-                     saved.last_update_time)
+        self.store = store or Store(config.state_dir)
         self._saved_accounts = ""
+        self._restore()
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
         self.handles: dict[AgentId, AgentHandle] = {}
@@ -101,6 +101,40 @@ class Scheduler:
         self.channel = ReportServer(self.report_attempt, self._deliver_otherwise, channel_host,
                                     config.report_port)
         self._channel_up: asyncio.Future[ReportChannel | None] | None = None
+
+    # ---- durable state -------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Take back the saved state (a corrupt store stops the start-up, loudly). Attempts
+        it has in flight stay unclaimed until their agents say what they run."""
+        saved = self.store.load()
+        if saved.quota is not None:
+            restore_accounts(self.core.quota, saved.quota)
+            self._saved_accounts = saved.quota.model_dump_json()
+        self.core.restore(saved.actions, self.clock())
+        self.book.restore(saved.events)
+        if saved.actions or saved.quota is not None:
+            log.info("restored %d action(s) (%d in flight, %d queued) and %d account(s)",
+                     len(saved.actions), len(self.core.unclaimed),
+                     len(self.core.by_stage[Stage.QUEUED]),
+                     len(saved.quota.accounts) if saved.quota else 0)
+
+    def persist(self, durable: bool = False) -> None:
+        """Write what changed since the last write, as one transaction; `durable`: fsynced.
+        On failure the changes stay pending for the next write, and the error is raised."""
+        batch = Batch(actions=self.core.take_changed(), events=self.book.take_unsaved())
+        try:
+            self.store.write(batch, durable)
+        except Exception:
+            self.core.changed.update(e.id for e in batch.actions)
+            self.book.unsaved[:0] = batch.events
+            raise
+
+    def _persist_or_log(self) -> None:
+        try:
+            self.persist()
+        except Exception:
+            log.exception("writing the scheduler's state failed; will retry at the next step")
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -174,8 +208,7 @@ class Scheduler:
                 log.exception("saving the quota accounts failed; will retry")
 
     async def save_accounts(self) -> None:
-        """Write accounts and balances if they changed since the last write (off the loop:
-        it fsyncs)."""
+        """Write accounts, balances and options if they changed since the last write."""
         if not self.core.quota.configs and not self._saved_accounts:
             return
         self.core.advance(self.clock())
@@ -183,7 +216,7 @@ class Scheduler:
         text = snapshot.model_dump_json()
         if text == self._saved_accounts:
             return
-        await asyncio.get_running_loop().run_in_executor(None, self.store.save_quota, snapshot)
+        self.store.save_quota(snapshot)
         self._saved_accounts = text
 
     async def _node_loop(self) -> None:
@@ -204,31 +237,47 @@ class Scheduler:
             self.agent_lost(agent_id, reasons.NODE_DEAD)
         todo = [n for n in wanted(views, self.config.head_agent)
                 if AgentId(n) not in self.handles and n not in self.bringing_up]
-        if todo and not self._synced.is_set():
-            # The first pass waits, so `mesh up` returns with the pool filled; later ones
-            # must not, or one slow agent would hold up noticing dead nodes.
-            await asyncio.gather(*(self._bring_up(n) for n in todo))
-        else:
-            for node_id in todo:
-                self._spawn(self._bring_up(node_id))
+        self.bringing_up.update(todo)
+        tasks = [asyncio.get_running_loop().create_task(self._bring_up(n)) for n in todo]
+        for task in tasks:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if tasks and not self._synced.is_set():
+            # The first pass waits, so `mesh up` returns with the pool filled and clients
+            # are answered only once the agents said what they run; later passes must not,
+            # or one slow agent would hold up noticing dead nodes.
+            await asyncio.wait(tasks, timeout=FIRST_SYNC_WAIT)
+        # Saved in-flight attempts whose agent is neither registered nor coming up went
+        # with their agent while the scheduler was away.
+        gone = self.core.unclaimed_agents() - set(self.handles) - {
+            AgentId(n) for n in self.bringing_up}
+        if gone:
+            log.warning("agents gone while the scheduler was away: %s", ", ".join(sorted(gone)))
+            self.core.lose_unclaimed(self.clock(), gone, died=True)
+            self._persist_or_log()
+            self.kick()
         self._synced.set()
 
     async def _bring_up(self, node_id: str) -> None:
-        if node_id in self.bringing_up:
-            return
-        self.bringing_up.add(node_id)
+        """Create or find the node's agent, learn what it runs, register it. The caller
+        has put the node in `bringing_up`."""
         try:
             handle = self.agent_factory(node_id, self.config)
             info = await handle.hello(HELLO_TIMEOUT)
-            self.register(info, handle)
+            held = await handle.holdings(HELLO_TIMEOUT)
+            self.register(info, handle, held)
         except Exception as exc:
             log.warning("agent on node %s did not come up: %s", node_id, exc)
         finally:
             self.bringing_up.discard(node_id)
 
-    def register(self, info: AgentInfo, handle: AgentHandle) -> None:
+    def register(self, info: AgentInfo, handle: AgentHandle,
+                 held: AgentHoldings | None = None) -> None:
+        """Add the agent to the pool, squaring what it runs with the saved state."""
         self.handles[info.agent_id] = handle
-        self.core.register_agent(info, self.clock())
+        now = self.clock()
+        self.core.register_agent(info, now)
+        self._carry_out(self.core.reconcile_agent(info.agent_id, held or AgentHoldings(), now))
         self._spawn(self._watch(info.agent_id, handle))
         self.kick()
 
@@ -258,6 +307,7 @@ class Scheduler:
         del self.handles[agent_id]
         log.warning("agent %s left the pool: %s", agent_id, why)
         self.core.remove_agent(agent_id, self.clock())
+        self._persist_or_log()
         self.channel.close_agent(agent_id)
         self.kick()
 
@@ -273,6 +323,9 @@ class Scheduler:
             return []
 
     def _carry_out(self, decisions: list[Decision]) -> None:
+        """Write the state, then act: an assignment is durable before its agent hears of
+        it, so a restarted scheduler never meets an attempt it did not know it made."""
+        self._persist_or_log()
         for decision in decisions:
             handle = self.handles.get(decision.agent_id)
             if handle is None:
@@ -293,6 +346,7 @@ class Scheduler:
 
     def _start_failed(self, decision: Assign, why: str) -> None:
         self.core.assignment_failed(decision.action_id, decision.attempt, self.clock(), why)
+        self._persist_or_log()
         self.kick()
 
     async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
@@ -300,6 +354,7 @@ class Scheduler:
             found = await call
             if isinstance(decision, Stop) and found == "unknown":
                 self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
+                self._persist_or_log()
         except AgentGone:
             self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)
         except AgentUnreachable:
@@ -324,13 +379,12 @@ class Scheduler:
         round trip sooner than with a separate start call.
         """
         now = self.clock()
-        self._carry_out(self.core.report_attempt(report, now))
-        if report.stage == "running" or report.agent_id not in self.handles:
-            return []
-        decisions = self._step(now)
+        decisions = self.core.report_attempt(report, now)
+        if report.stage != "running" and report.agent_id in self.handles:
+            decisions += self._step(now)
         mine = [d for d in decisions
                 if isinstance(d, Assign) and d.agent_id == report.agent_id]
-        self._carry_out([d for d in decisions if d not in mine])
+        self._carry_out([d for d in decisions if d not in mine])  # (writes `mine` too)
         return [self._assignment(d) for d in mine]
 
     def _deliver_otherwise(self, assignments: list[Assignment]) -> None:
@@ -409,6 +463,7 @@ class Scheduler:
             entry, created = self.core.submit(action, now)
             outcomes.append(SubmitOutcome(action_id=entry.id, accepted=True, created=created,
                                           status=entry.status(), reason=entry.reason))
+        self.persist(durable=True)  # accepted means durable: answer only once it is
         self.kick()
         return outcomes
 
@@ -507,6 +562,11 @@ class SchedulerActor:
     async def ready(self, timeout: float = 60.0) -> bool:
         return await self.s.ready(timeout)
 
+    async def _serving(self) -> None:
+        """Clients are answered once the agents have said what they run (after a restart,
+        the saved state is reconciled with them first)."""
+        await self.s.ready(FIRST_SYNC_WAIT + 60.0)
+
     async def ping(self) -> float:
         self.s.ensure_started()
         return time.time()
@@ -524,66 +584,66 @@ class SchedulerActor:
 
     async def create_account(self, account_id: str, config: AccountConfig | dict[str, Any],
                              ) -> AccountStatus:
-        self.s.ensure_started()
+        await self._serving()
         status = self.s.create_account(account_id, config)
         await self.s.save_accounts()
         return status
 
     async def modify_account(self, account_id: str, changes: dict[str, Any],
                              reset_balance: bool = False) -> AccountStatus:
-        self.s.ensure_started()
+        await self._serving()
         status = self.s.modify_account(account_id, changes, reset_balance)
         await self.s.save_accounts()
         return status
 
     async def delete_account(self, account_id: str) -> None:
-        self.s.ensure_started()
+        await self._serving()
         self.s.delete_account(account_id)
         await self.s.save_accounts()
 
     async def accounts(self) -> list[AccountStatus]:
-        self.s.ensure_started()
+        await self._serving()
         return self.s.accounts()
 
     async def account(self, account_id: str) -> AccountStatus:
-        self.s.ensure_started()
+        await self._serving()
         return self.s.account(account_id)
 
     async def quota_options(self, changes: dict[str, Any] | None = None) -> QuotaOptions:
-        self.s.ensure_started()
+        await self._serving()
         options = self.s.quota_options(changes)
         await self.s.save_accounts()
         return options
 
     async def submit(self, specs: list[Action | dict[str, Any]],
                      reject_unplaceable: bool = True) -> list[SubmitOutcome]:
-        self.s.ensure_started()
+        await self._serving()
         return self.s.submit(specs, reject_unplaceable)
 
     async def cancel(self, action_id: ActionId) -> ActionStatus:
-        self.s.ensure_started()
+        await self._serving()
         return self.s.cancel(action_id)
 
     async def get(self, action_id: ActionId) -> ActionStatus:
-        self.s.ensure_started()
+        await self._serving()
         return self.s.get(action_id)
 
     async def list_actions(self, stage: Stage | None = None, limit: int | None = None,
                            ) -> list[ActionStatus]:
-        self.s.ensure_started()
+        await self._serving()
         return self.s.list_actions(stage, limit)
 
     async def pool(self) -> list[AgentStatus]:
-        self.s.ensure_started()
+        await self._serving()
         return self.s.pool()
 
     async def counts(self) -> dict[str, int]:
-        self.s.ensure_started()
+        await self._serving()
         return self.s.counts()
 
     async def wait_events(self, action_id: ActionId, after: int = 0, timeout: float = 10.0,
                           ) -> list[StageEvent]:
-        self.s.ensure_started()
+        await self._serving()
         return await self.s.wait_events(action_id, after, timeout)
 
     async def shutdown(self) -> int:

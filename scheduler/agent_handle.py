@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from mesh.schema import AgentInfo, Assignment
+from mesh.schema import AgentHoldings, AgentInfo, Assignment
 
 
 class AgentGone(Exception):
@@ -23,7 +23,7 @@ class AgentHandle(Protocol):
     async def hello(self, timeout: float) -> AgentInfo: ...
     def start(self, assignment: Assignment) -> Any: ...
     def stop(self, action_id: str, attempt: int, reason: str = "") -> Any: ...
-    async def running(self, timeout: float) -> list[tuple[str, int]]: ...
+    async def holdings(self, timeout: float) -> AgentHoldings: ...
     async def wait_closed(self) -> None: ...
     async def shutdown(self, timeout: float) -> None: ...
 
@@ -57,9 +57,9 @@ class RayAgentHandle:
     def stop(self, action_id: str, attempt: int, reason: str = "") -> Any:
         return _await(self.actor.cancel.remote(action_id, attempt, reason))
 
-    async def running(self, timeout: float) -> list[tuple[str, int]]:
-        result: list[tuple[str, int]] = await _await(self.actor.running.remote(), timeout)
-        return result
+    async def holdings(self, timeout: float) -> AgentHoldings:
+        held: AgentHoldings = await _await(self.actor.holdings.remote(), timeout)
+        return held
 
     async def wait_closed(self) -> None:
         await _await(self.actor.wait_closed.remote())

@@ -9,16 +9,28 @@ from mesh.schema import ActionId, StageEvent
 
 
 class EventBook:
-    """An EventSink that keeps events per action and wakes whoever waits on that action."""
+    """An EventSink that keeps events per action, wakes whoever waits on that action, and
+    holds the events not yet written to the store."""
 
     def __init__(self) -> None:
         self.events: dict[ActionId, list[StageEvent]] = defaultdict(list)
         self._waiters: dict[ActionId, set[asyncio.Event]] = defaultdict(set)
+        self.unsaved: list[StageEvent] = []
 
     def emit(self, event: StageEvent) -> None:
+        self.unsaved.append(event)
         self.events[event.action_id].append(event)
         for waiter in self._waiters.pop(event.action_id, ()):
             waiter.set()
+
+    def restore(self, saved: dict[ActionId, list[StageEvent]]) -> None:
+        """Take back saved events (a restarted scheduler's); they are not written again."""
+        for action_id, events in saved.items():
+            self.events[action_id] = list(events)
+
+    def take_unsaved(self) -> list[StageEvent]:
+        taken, self.unsaved = self.unsaved, []
+        return taken
 
     def since(self, action_id: ActionId, after: int) -> list[StageEvent]:
         # seq counts from 1 and events are appended in seq order, so seq n sits at index n-1.

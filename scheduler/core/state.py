@@ -20,6 +20,7 @@ from mesh.schema import (
     Action,
     ActionId,
     ActionStatus,
+    AgentHoldings,
     AgentId,
     AgentInfo,
     AgentStatus,
@@ -42,7 +43,7 @@ from scheduler.core.quota.model import Quirks, QuotaAssignment, TaskRun, Worker
 from scheduler.core.quota.model import Request as QuotaRequest
 from scheduler.core.quota.run import Gate, run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
-from scheduler.core.quota.vector import FREE_BUCKET
+from scheduler.core.quota.vector import FREE_BUCKET, ZERO
 
 # Seconds between moves of the quota clock (see `SchedulerState.advance`).
 QUOTA_TICK = 0.25
@@ -109,6 +110,11 @@ class SchedulerState:
         self._seq = 0
         # Agents whose live load turned work away: their next sample may let it in.
         self._turned_away: set[str] = set()
+        # Actions whose record changed since the shell last took them (to write them).
+        self.changed: set[ActionId] = set()
+        # After a restart: attempts the saved state has in flight that their agent has not
+        # yet confirmed, by action, with the agent they were on.
+        self.unclaimed: dict[ActionId, AgentId] = {}
 
     def advance(self, now: float, force: bool = False) -> None:
         """Move the quota scheduler's time on: charge running work, recharge accounts.
@@ -119,6 +125,82 @@ class SchedulerState:
         """
         if force or now - self.quota.last_update_time >= QUOTA_TICK:
             self.quota.update_time(now)
+
+    # ---- restart -------------------------------------------------------------------------
+
+    def restore(self, entries: Iterable[ActionEntry], now: float) -> None:
+        """Take back saved actions. Queued ones wait again; ones in flight stay assigned to
+        their agent, unclaimed, until it says what it runs (`reconcile_agent`) or is found
+        gone (`lose_unclaimed`)."""
+        for entry in sorted(entries, key=lambda e: e.seq):
+            self.actions[entry.id] = entry
+            self.by_stage[entry.stage][entry.id] = entry
+            self._seq = max(self._seq, entry.seq)
+            if entry.stage is Stage.QUEUED:
+                self.quota.add_request(self._request(entry), now)
+            elif entry.stage not in TERMINAL:
+                assert entry.agent_id is not None
+                self.unclaimed[entry.id] = entry.agent_id
+
+    def reconcile_agent(self, agent_id: AgentId, held: AgentHoldings, now: float,
+                        ) -> list[Decision]:
+        """Square what a (re)registered agent runs with what this state says: attempts it
+        knows in flight there are kept, any other running attempt is stopped, endings it
+        missed are applied, and its unclaimed attempts the agent does not have are lost."""
+        decisions: list[Decision] = []
+        for attempt in held.running:
+            entry = self.actions.get(attempt.action_id)
+            if entry is None or not self._in_flight_on(entry, agent_id, attempt.attempt):
+                why = (reasons.UNKNOWN_ATTEMPT if entry is None
+                       else _why_stopped(entry, attempt.attempt))
+                decisions.append(Stop(attempt.action_id, attempt.attempt, agent_id, why))
+                continue
+            if self.unclaimed.pop(entry.id, None) is not None:
+                self._claim(entry, agent_id, now)
+            decisions.extend(self.report_attempt(AttemptReport(
+                action_id=entry.id, attempt=entry.attempt, agent_id=agent_id,
+                stage="running", time=now), now))
+        for report in held.ended:
+            if report.agent_id == agent_id:
+                decisions.extend(self.report_attempt(report, now))
+        self.lose_unclaimed(now, {agent_id}, died=False)
+        return decisions
+
+    def lose_unclaimed(self, now: float, agents: set[AgentId], died: bool) -> None:
+        """Unclaimed attempts on these agents are lost: with the agent when it `died`
+        (counted like any agent death), else never started (not counted)."""
+        for action_id, agent_id in list(self.unclaimed.items()):
+            if agent_id in agents:
+                del self.unclaimed[action_id]
+                self.advance(now)
+                entry = self.actions[action_id]
+                why = (reasons.LOST_AGENT.format(agent=agent_id) if died
+                       else reasons.NOT_HELD.format(agent=agent_id))
+                self._lose(entry, now, agent_id, why, died=died, counted=died)
+
+    def unclaimed_agents(self) -> set[AgentId]:
+        return set(self.unclaimed.values())
+
+    def _in_flight_on(self, entry: ActionEntry, agent_id: AgentId, attempt: int) -> bool:
+        return (entry.attempt == attempt and entry.agent_id == agent_id
+                and entry.stage in (Stage.ASSIGNED, Stage.RUNNING))
+
+    def _claim(self, entry: ActionEntry, agent_id: AgentId, now: float) -> None:
+        """Put a restored attempt back on its agent: its reservation, and its quota run at
+        the priority it was started at (the next pass may promote or demote it)."""
+        agent = self.agents[agent_id]
+        agent.reserve(entry.id, entry.attempt, entry.spec)
+        agent.reservations[entry.id].stage = entry.stage
+        worker = self.quota.workers.get(agent_id)
+        if worker is not None:
+            priority = entry.attempts[-1].priority if entry.attempts else FREE_BUCKET
+            self.quota.start(self._request(entry), worker, priority, ZERO)
+
+    def take_changed(self) -> list[ActionEntry]:
+        """The actions changed since the last call, to be written."""
+        changed = [self.actions[a] for a in self.changed if a in self.actions]
+        self.changed.clear()
+        return changed
 
     # ---- actions -------------------------------------------------------------------------
 
@@ -168,6 +250,7 @@ class SchedulerState:
             self._finish(entry, Stage.CANCELLED, now, reasons.CANCELLED_BY_USER)
             return []
         entry.cancel_requested = True
+        self.changed.add(entry.id)
         assert entry.agent_id is not None
         return [Stop(entry.id, entry.attempt, entry.agent_id, reasons.CANCELLED_BY_USER)]
 
@@ -532,6 +615,7 @@ class SchedulerState:
         return entry
 
     def _emit(self, entry: ActionEntry, now: float, reason: str) -> None:
+        self.changed.add(entry.id)
         entry.events += 1
         self.sink.emit(StageEvent(
             seq=entry.events, action_id=entry.id, attempt=entry.attempt, stage=entry.stage,
@@ -542,6 +626,8 @@ class SchedulerState:
         del self.by_stage[entry.stage][entry.id]
         entry.stage = new
         self.by_stage[new][entry.id] = entry
+        if new is Stage.QUEUED or new in TERMINAL:
+            self.unclaimed.pop(entry.id, None)
         if new is Stage.QUEUED:
             entry.agent_id = None
             entry.exit_code = None
@@ -575,8 +661,9 @@ class SchedulerState:
                 reservation.stage = stage
 
     def _lose(self, entry: ActionEntry, now: float, agent_id: AgentId,
-              reason: str | None = None, died: bool = False) -> None:
-        """The attempt is gone without an ending; `died`: with its agent."""
+              reason: str | None = None, died: bool = False, counted: bool = True) -> None:
+        """The attempt is gone without an ending; `died`: with its agent; `counted`:
+        against the action's loss budget (not when the mesh itself dropped it)."""
         why = reason or reasons.LOST_AGENT.format(agent=agent_id)
         if entry.attempts:
             entry.attempts[-1] = entry.attempts[-1].model_copy(
@@ -584,6 +671,9 @@ class SchedulerState:
         self._release(entry, now)
         if entry.cancel_requested:
             self._finish(entry, Stage.CANCELLED, now, reasons.CANCELLED_BY_USER)
+            return
+        if not counted:
+            self._move(entry, Stage.QUEUED, now, why)
             return
         entry.losses += 1
         if died:
@@ -616,6 +706,7 @@ class SchedulerState:
             self._emit(entry, now, verdict.summary)
         elif verdict is None and was:
             entry.reason = ""
+            self.changed.add(entry.id)
 
 
 def _why_stopped(entry: ActionEntry, attempt: int) -> str:

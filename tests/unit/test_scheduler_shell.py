@@ -13,12 +13,14 @@ import pytest
 from mesh.errors import InvalidInput
 from mesh.schema import (
     ActionId,
+    AgentHoldings,
     AgentId,
     AgentInfo,
     Assignment,
     AttemptReport,
     CancelOutcome,
     ChannelHello,
+    HeldAttempt,
     MeshConfig,
     ReportAnswer,
 )
@@ -41,6 +43,7 @@ class FakeAgent:
         self.calls: list[tuple[str, Any]] = []
         self.closed: asyncio.Future[None] | None = None
         self.stop_outcome: CancelOutcome = "stopped"
+        self.held = AgentHoldings()
 
     async def hello(self, timeout: float) -> AgentInfo:
         return self.info
@@ -53,8 +56,8 @@ class FakeAgent:
         self.calls.append(("stop", action_id))
         return _answer(self.stop_outcome)
 
-    async def running(self, timeout: float) -> list[tuple[str, int]]:
-        return []
+    async def holdings(self, timeout: float) -> AgentHoldings:
+        return self.held
 
     async def wait_closed(self) -> None:
         self.closed = asyncio.get_running_loop().create_future()
@@ -239,6 +242,69 @@ def test_accounts_and_balances_outlive_the_scheduler(tmp_path: Path) -> None:
 
     run(first())
     run(second())
-    (tmp_path / "quota.json").write_text('{"last_update_time": "soon"}')
+
+
+def test_a_quota_file_of_the_release_before_is_imported_and_a_bad_one_refused(
+        tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "quota.json").write_text(
+        '{"last_update_time": 5, "options": {"disable_preemption": true}, "accounts": '
+        '{"ci": {"charge_rate": [2]}}, "balances": {"ci": [7, 0, 0, 0, 0]}, "queued": [], '
+        '"workers": []}')
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path / "old")), list_nodes=list,
+                  clock=lambda: 5.0)
+    assert s.account("ci").balance[0] == 7 and s.quota_options().disable_preemption
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "quota.json").write_text('{"last_update_time": "soon"}')
     with pytest.raises(StateCorrupt, match="not a quota snapshot"):
-        scheduler()
+        Scheduler(MeshConfig(state_dir=str(tmp_path / "bad")), list_nodes=list)
+
+
+def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
+        tmp_path: Path) -> None:
+    info = agent("n1", cpus=2)
+    nodes = [{"NodeID": "n1", "Alive": True, "Resources": {}, "Labels": {}}]
+
+    def scheduler(fake: FakeAgent) -> Scheduler:
+        return Scheduler(MeshConfig(state_dir=str(tmp_path)),
+                         agent_factory=lambda node, _: fake,  # type: ignore[arg-type,return-value]
+                         list_nodes=lambda: nodes)
+
+    async def before() -> None:
+        fake = FakeAgent(info)
+        s = scheduler(fake)
+        s.submit([action("a"), action("b"), action("c"), action("d", cpus=2)], True)
+        assert await s.ready(5)
+        s.report_load(AgentId("n1"), load(at=0.0))
+        await async_wait_until(lambda: len(fake.calls), lambda n: n == 2, what="two starts")
+        s.report_attempt(report("a", 1, "n1", "running"))
+        # The process dies here: its agents are not told, its state is not closed.
+        await s.channel.close()
+        for task in list(s._tasks):
+            task.cancel()
+
+    async def after() -> None:
+        fake = FakeAgent(info)
+        # a ended while the scheduler was away; b's start never reached the agent; an
+        # attempt the state never made runs there.
+        fake.held = AgentHoldings(
+            running=[HeldAttempt(action_id=ActionId("zz"), attempt=1)],
+            ended=[report("a", 1, "n1", "succeeded", exit_code=0)])
+        s = scheduler(fake)
+        assert {a: e.stage for a, e in s.core.actions.items()} == {
+            "a": Stage.RUNNING, "b": Stage.ASSIGNED, "c": Stage.QUEUED, "d": Stage.QUEUED}
+        assert await s.ready(5)
+        assert s.core.actions["a"].stage is Stage.SUCCEEDED  # type: ignore[index]
+        b = s.core.actions["b"]  # type: ignore[index]
+        assert b.attempts[0].outcome == "lost" and b.losses == 0
+        assert ("stop", "zz") in fake.calls
+        s.report_load(AgentId("n1"), load(at=0.0))
+        await async_wait_until(lambda: fake.calls, lambda c: ("start", "b") in c,
+                               what="b started again")
+        assert s.core.actions["b"].attempt == 2  # type: ignore[index]
+        events = [e.reason for e in s.book.since(ActionId("a"), 0)]
+        assert events[0] == "accepted" and len(events) == 4, events
+        await s.shutdown()
+
+    run(before())
+    run(after())

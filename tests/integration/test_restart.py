@@ -1,0 +1,129 @@
+"""The scheduler dies, then the whole head: every accepted action still ends exactly once.
+
+Clusters of their own: the scheduler actor is SIGKILLed (Ray restarts it), then the whole
+cluster is torn down and a new one started over the same state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from mesh import Action, Stage, names
+from mesh.client import ActionHandle, Client
+from mesh.schema import AccountConfig
+from mesh.stages import TERMINAL
+from tests.integration.conftest import start_mesh, stop_mesh
+from tests.integration.test_mesh import survivors
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+WORKER = {"num_cpus": 2, "labels": {"pool": "restart"}}
+
+
+def scheduler_pid() -> int:
+    """The live scheduler actor's process (Ray's debugging view of its actor table)."""
+    from ray._private import state
+
+    [pid] = [info["Pid"] for info in state.actors(actor_state_name="ALIVE").values()
+             if info["Name"] == names.SCHEDULER]
+    return int(pid)
+
+
+def marked(action_id: str, log: Path, seconds: float, **fields: Any) -> Action:
+    """An action that sleeps, then appends its id to `log`: each line is one run that got
+    to its end, so an action run twice to success shows twice."""
+    return Action(id=action_id, command=[f"sleep {seconds}; echo {action_id} >> {log}"],
+                  shell=True, labels=["pool:restart"], **fields)
+
+
+def runs(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def assert_each_ended_once(client: Client, handles: list[ActionHandle], log: Path) -> None:
+    results = [h.result(timeout=120) for h in handles]
+    assert [r.stage for r in results] == [Stage.SUCCEEDED] * len(handles), [
+        (r.id, r.stage, r.reason) for r in results if r.stage is not Stage.SUCCEEDED]
+    for r in results:
+        assert [a.outcome for a in r.attempts].count(Stage.SUCCEEDED) == 1, r.attempts
+    assert sorted(runs(log)) == sorted(h.id for h in handles), "each ran to its end once"
+    events = {h.id: list(h.events(follow=False)) for h in handles}
+    for action_id, story in events.items():
+        assert [e.seq for e in story] == list(range(1, len(story) + 1)), action_id
+        assert story[0].reason == "accepted" and story[-1].stage is Stage.SUCCEEDED
+    assert not any(client.list(stage=s) for s in (Stage.QUEUED, Stage.ASSIGNED,
+                                                  Stage.RUNNING))
+
+
+def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None:
+    cluster, _, _ = start_mesh(tmp_path / "state", WORKER, WORKER)
+    log = tmp_path / "runs"
+    try:
+        client = Client()
+        wait_until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p),
+                   what="two agents reporting load")
+        client.create_account("ci", AccountConfig(charge_rate=[2.0], max_charge_seconds=30))
+        # 4 CPUs: four run at once, the rest queue; they end at different times, some
+        # while the scheduler is away.
+        handles = client.submit_many([
+            marked(f"r{i}", log, 1.0 + (i % 4) * 0.7, account="ci" if i % 2 else "")
+            for i in range(14)])
+        wait_until(lambda: client.counts(), lambda c: c["running"] == 4,
+                   what="four running")
+        balance = client.account("ci").balance[0]
+        os.kill(scheduler_pid(), signal.SIGKILL)
+        killed_at = time.monotonic()
+        # The next call waits for the restarted scheduler, which answers once it has
+        # reconciled: the actions in flight are still there, running where they were.
+        counts = client.counts()
+        back_after = time.monotonic() - killed_at
+        assert counts["queued"] + counts["assigned"] + counts["running"] + \
+            counts["succeeded"] == 14, counts
+        assert_each_ended_once(client, handles, log)
+        account = client.account("ci")
+        assert -60.0 <= account.balance[0] <= 60.0 and account.balance[0] != balance
+        print(f"scheduler answered again {back_after:.2f}s after its SIGKILL")
+    finally:
+        stop_mesh(cluster)
+
+
+def test_a_restarted_head_with_its_state_kept_runs_what_it_had_accepted(
+        tmp_path: Path) -> None:
+    state, log = tmp_path / "state", tmp_path / "runs"
+    cluster, _, _ = start_mesh(state, WORKER)
+    try:
+        client = Client()
+        wait_until(client.pool, lambda p: len(p) == 1 and all(a.load for a in p),
+                   what="the agent reporting load")
+        done = client.submit(marked("done", log, 0.1))
+        assert done.result(timeout=60).stage is Stage.SUCCEEDED
+        handles = client.submit_many([marked(f"h{i}", log, 8.0 if i < 2 else 0.5)
+                                      for i in range(6)])
+        wait_until(lambda: client.counts(), lambda c: c["running"] == 2, what="two running")
+        lost = [survivors(h.id) for h in handles[:2]]
+        assert all(lost)
+    finally:
+        # The head goes down hard: no `mesh down`, the agents' processes die with it.
+        ray.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
+    assert not any(survivors(h.id) for h in handles)
+    cluster, _, _ = start_mesh(state, WORKER)
+    try:
+        client = Client()
+        assert client.get("done").stage is Stage.SUCCEEDED, "finished work stays finished"
+        results = [client.handle(h.id).result(timeout=120) for h in handles]
+        assert all(r.stage is Stage.SUCCEEDED for r in results), results
+        for r in results[:2]:
+            assert [a.outcome for a in r.attempts] == ["lost", Stage.SUCCEEDED]
+        assert sorted(runs(log)) == sorted(["done"] + [h.id for h in handles])
+        assert all(s.stage in TERMINAL for s in client.list())
+    finally:
+        stop_mesh(cluster)

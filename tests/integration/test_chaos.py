@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 SEED = int(os.environ.get("CHAOS_SEED", "20261123"))
 ACTIONS = 300
-WORKER = {"num_cpus": 2, "labels": {"pool": "chaos"}}
+WORKER: dict[str, Any] = {"num_cpus": 2, "labels": {"pool": "chaos"}}
 KILLS = ["agent", "agent", "scheduler", "scheduler", "node"]
 
 

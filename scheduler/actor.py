@@ -150,10 +150,11 @@ class Scheduler:
         self._spawn(self._node_loop())
         self._spawn(self._save_loop())
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def kick(self) -> None:
         if self._wake is not None:
@@ -238,22 +239,19 @@ class Scheduler:
         todo = [n for n in wanted(views, self.config.head_agent)
                 if AgentId(n) not in self.handles and n not in self.bringing_up]
         self.bringing_up.update(todo)
-        tasks = [asyncio.get_running_loop().create_task(self._bring_up(n)) for n in todo]
-        for task in tasks:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        tasks = [self._spawn(self._bring_up(n)) for n in todo]
         if tasks and not self._synced.is_set():
             # The first pass waits, so `mesh up` returns with the pool filled and clients
             # are answered only once the agents said what they run; later passes must not,
             # or one slow agent would hold up noticing dead nodes.
             await asyncio.wait(tasks, timeout=FIRST_SYNC_WAIT)
-        # Saved in-flight attempts whose agent is neither registered nor coming up went
-        # with their agent while the scheduler was away.
-        gone = self.core.unclaimed_agents() - set(self.handles) - {
-            AgentId(n) for n in self.bringing_up}
+        # Saved in-flight attempts on agents of nodes that are gone (or no longer carry
+        # an agent) went with them while the scheduler was away.
+        gone = self.core.unclaimed_agents() - {
+            AgentId(n) for n in wanted(views, self.config.head_agent)}
         if gone:
             log.warning("agents gone while the scheduler was away: %s", ", ".join(sorted(gone)))
-            self.core.lose_unclaimed(self.clock(), gone, died=True)
+            self.core.lose_unclaimed(self.clock(), gone)
             self._persist_or_log()
             self.kick()
         self._synced.set()

@@ -163,20 +163,28 @@ class SchedulerState:
         for report in held.ended:
             if report.agent_id == agent_id:
                 decisions.extend(self.report_attempt(report, now))
-        self.lose_unclaimed(now, {agent_id}, died=False)
+        # What it does not have either never reached it or died with an agent process
+        # before this one (same node, same id, started after the attempt was assigned).
+        born = self.agents[agent_id].info.started_at
+        for action_id in [a for a, on in self.unclaimed.items() if on == agent_id]:
+            entry = self.actions[action_id]
+            self._lose_unclaimed(entry, now, died=entry.attempts[-1].assigned_at < born)
         return decisions
 
-    def lose_unclaimed(self, now: float, agents: set[AgentId], died: bool) -> None:
-        """Unclaimed attempts on these agents are lost: with the agent when it `died`
-        (counted like any agent death), else never started (not counted)."""
-        for action_id, agent_id in list(self.unclaimed.items()):
-            if agent_id in agents:
-                del self.unclaimed[action_id]
-                self.advance(now)
-                entry = self.actions[action_id]
-                why = (reasons.LOST_AGENT.format(agent=agent_id) if died
-                       else reasons.NOT_HELD.format(agent=agent_id))
-                self._lose(entry, now, agent_id, why, died=died, counted=died)
+    def lose_unclaimed(self, now: float, agents: set[AgentId]) -> None:
+        """Unclaimed attempts on these agents, gone while the scheduler was away, are
+        lost with them."""
+        for action_id in [a for a, on in self.unclaimed.items() if on in agents]:
+            self._lose_unclaimed(self.actions[action_id], now, died=True)
+
+    def _lose_unclaimed(self, entry: ActionEntry, now: float, died: bool) -> None:
+        """`died`: with its agent, counted as any agent death; else it never started,
+        which the action is not charged for."""
+        agent_id = self.unclaimed.pop(entry.id)
+        self.advance(now)
+        why = (reasons.LOST_AGENT.format(agent=agent_id) if died
+               else reasons.NOT_HELD.format(agent=agent_id))
+        self._lose(entry, now, agent_id, why, died=died, counted=died)
 
     def unclaimed_agents(self) -> set[AgentId]:
         return set(self.unclaimed.values())

@@ -39,8 +39,8 @@ def restarted(before: SchedulerState, now: float = 10.0) -> SchedulerState:
 
 
 def join(core: SchedulerState, name: str, held: AgentHoldings, now: float = 11.0,
-         ) -> list[Assign | Stop]:
-    core.register_agent(agent(name, cpus=1), now)
+         born: float = 0.0) -> list[Assign | Stop]:
+    core.register_agent(agent(name, cpus=1).model_copy(update={"started_at": born}), now)
     core.report_load(AgentId(name), load(), now)
     return core.reconcile_agent(AgentId(name), held, now)
 
@@ -104,9 +104,17 @@ def test_an_attempt_its_live_agent_never_got_is_requeued_without_spending_a_retr
     assert [d.attempt for d in starts] == [2], "the next attempt has a new number"
 
 
+def test_an_agent_process_started_since_lost_its_predecessors_attempts_with_it() -> None:
+    core = restarted(running_core())
+    join(core, "n2", AgentHoldings(), born=5.0)  # b was assigned at 2, before it started
+    b = core.actions["b"]  # type: ignore[index]
+    assert (b.stage, b.losses, b.deaths_in_a_row) == (Stage.QUEUED, 1, ["n2"])
+    assert b.attempts[-1].reason == "agent n2 was lost"
+
+
 def test_attempts_on_agents_gone_meanwhile_are_lost_with_them() -> None:
     core = restarted(running_core())
-    core.lose_unclaimed(11, {AgentId("n1")}, died=True)
+    core.lose_unclaimed(11, {AgentId("n1")})
     a = core.actions["a"]  # type: ignore[index]
     assert (a.stage, a.losses, a.deaths_in_a_row) == (Stage.QUEUED, 1, ["n1"])
     assert core.unclaimed == {"b": "n2"}

@@ -225,7 +225,12 @@ class Executor:
         key = (action_id, attempt)
         running = self._attempts.get(key)
         if running is None:
-            return "finished" if key in self._finished else "unknown"
+            if key in self._finished:
+                return "finished"
+            # Its start may still be on the way (from a scheduler that has since died or
+            # moved on): remembered as finished, it is refused when it comes.
+            self._remember(key, None)
+            return "unknown"
         if reason and running.stop_reason is None:
             running.shipper.add("stderr", [f"actionmesh: stopping this attempt: {reason}"])
         running.request_stop("cancelled", reason or "cancelled")
@@ -349,10 +354,13 @@ class Executor:
         report = None
         if attempt.send_end_report:
             report = self._report(attempt, end.stage, end.exit_code, end.reason)
-        self._finished[attempt.key] = report
+        self._remember(attempt.key, report)
+        attempt.done.set()
+
+    def _remember(self, key: Key, report: AttemptReport | None) -> None:
+        self._finished[key] = report
         while len(self._finished) > REMEMBER_FINISHED:
             del self._finished[next(iter(self._finished))]
-        attempt.done.set()
 
     def _report(self, attempt: _Attempt, stage: ReportStage, exit_code: int | None = None,
                 reason: str = "") -> AttemptReport:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import statistics
-import tempfile
 import time
 from functools import partial
 from typing import Any
@@ -21,14 +20,12 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
-from bench.harness import report
-from mesh import Action, Stage, bootstrap, names
+from bench.harness import cluster_mesh, report
+from mesh import Action, Stage
 from mesh.client import Client
-from mesh.schema import ActionStatus, MeshConfig
+from mesh.schema import ActionStatus
 from tests.waiting import wait_until
 
-HEAD = {"num_cpus": 0, "labels": {names.AGENT_OPT_OUT: "off"},
-        "_system_config": bootstrap.health_checks()}
 WORKER: dict[str, Any] = {"num_cpus": 1, "labels": {"pool": "failover"}}
 ROUNDS = 5
 
@@ -84,22 +81,9 @@ def node_kill(cluster: Cluster, client: Client) -> tuple[list[float], list[float
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
-        cluster = Cluster(initialize_head=True, head_node_args=dict(HEAD))
-        for _ in range(2):
-            cluster.add_node(**WORKER)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, namespace=names.NAMESPACE, log_to_driver=False)
-        try:
-            bootstrap.up(MeshConfig(state_dir=state))
-            client = Client()
-            wait_until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p), timeout=60)
-            agents = agent_kill(client)
-            detected, restarted = node_kill(cluster, client)
-        finally:
-            bootstrap.down(stop_cluster=False)
-            ray.shutdown()
-            cluster.shutdown()  # type: ignore[no-untyped-call]
+    with cluster_mesh(WORKER) as (cluster, client):
+        agents = agent_kill(client)
+        detected, restarted = node_kill(cluster, client)
     print(f"agent SIGKILL -> running again: median {statistics.median(agents) * 1e3:.0f} ms, "
           f"max {max(agents) * 1e3:.0f} ms over {len(agents)} (target < 500 ms)")
     overhead = [r - d for r, d in zip(restarted, detected, strict=True)]

@@ -11,22 +11,17 @@ from __future__ import annotations
 import os
 import signal
 import statistics
-import tempfile
 import time
 from typing import Any
 
 import ray
-from ray.cluster_utils import Cluster
 
-from bench.harness import report
-from mesh import Action, bootstrap, names
+from bench.harness import cluster_mesh, report
+from mesh import Action
 from mesh.client import Client
-from mesh.schema import MeshConfig
 from tests.integration.test_restart import scheduler_pid
 from tests.waiting import wait_until
 
-HEAD = {"num_cpus": 0, "labels": {names.AGENT_OPT_OUT: "off"},
-        "_system_config": bootstrap.health_checks()}
 WORKER: dict[str, Any] = {"num_cpus": 25, "labels": {"pool": "restart"}}
 QUEUED = int(os.environ.get("RESTART_QUEUED", "10000"))
 RUNNING = 50
@@ -66,36 +61,22 @@ def scheduler_restart(client: Client) -> tuple[float, float]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
-        cluster = Cluster(initialize_head=True, head_node_args=dict(HEAD))
-        for _ in range(2):
-            cluster.add_node(**WORKER)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, namespace=names.NAMESPACE, log_to_driver=False)
-        try:
-            bootstrap.up(MeshConfig(state_dir=state))
-            client = Client()
-            wait_until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p),
-                       timeout=60)
-            long = Action(command=["sleep", "600"], labels=["pool:restart"])
-            client.submit_many([long] * RUNNING)
-            wait_until(client.counts, lambda c: c["running"] == RUNNING, timeout=120)
-            for start in range(0, QUEUED, 1000):
-                client.submit_many([long] * min(1000, QUEUED - start))
+    with cluster_mesh(WORKER) as (_, client):
+        long = Action(command=["sleep", "600"], labels=["pool:restart"])
+        client.submit_many([long] * RUNNING)
+        wait_until(client.counts, lambda c: c["running"] == RUNNING, timeout=120)
+        for start in range(0, QUEUED, 1000):
+            client.submit_many([long] * min(1000, QUEUED - start))
+        counts = client.counts()
+        assert (counts["queued"], counts["running"]) == (QUEUED, RUNNING), counts
+        bases, answers, reconciled = [], [], []
+        for _ in range(ROUNDS):
+            bases.append(baseline())
+            answered, whole = scheduler_restart(client)
+            answers.append(answered)
+            reconciled.append(whole)
             counts = client.counts()
             assert (counts["queued"], counts["running"]) == (QUEUED, RUNNING), counts
-            bases, answers, reconciled = [], [], []
-            for _ in range(ROUNDS):
-                bases.append(baseline())
-                answered, whole = scheduler_restart(client)
-                answers.append(answered)
-                reconciled.append(whole)
-                counts = client.counts()
-                assert (counts["queued"], counts["running"]) == (QUEUED, RUNNING), counts
-        finally:
-            bootstrap.down(stop_cluster=False)
-            ray.shutdown()
-            cluster.shutdown()  # type: ignore[no-untyped-call]
     base = statistics.median(bases)
     print(f"scheduler SIGKILL with {QUEUED} queued and {RUNNING} running: answers clients "
           f"again after median {statistics.median(answers):.2f}s (max {max(answers):.2f}s), "

@@ -7,12 +7,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray
+from ray.cluster_utils import Cluster
 
 from mesh import bootstrap, names
 from mesh.client import Client
 from mesh.schema import MeshConfig
+from tests.waiting import wait_until
 
 
 @contextmanager
@@ -33,6 +36,30 @@ def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[
         finally:
             bootstrap.down(stop_cluster=False)
             ray.shutdown()
+
+
+@contextmanager
+def cluster_mesh(worker: dict[str, Any], workers: int = 2) -> Iterator[tuple[Cluster, Client]]:
+    """A new multi-node cluster (the head without an agent, health checks 1000/1000/3)
+    with the mesh up and every agent reporting its load."""
+    head = {"num_cpus": 0, "labels": {names.AGENT_OPT_OUT: "off"},
+            "_system_config": bootstrap.health_checks()}
+    with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        for _ in range(workers):
+            cluster.add_node(**worker)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace=names.NAMESPACE, log_to_driver=False)
+        try:
+            bootstrap.up(MeshConfig(state_dir=state))
+            client = Client()
+            wait_until(client.pool, lambda p: len(p) == workers and all(a.load for a in p),
+                       timeout=60, what="every agent reporting its load")
+            yield cluster, client
+        finally:
+            bootstrap.down(stop_cluster=False)
+            ray.shutdown()
+            cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 def pct(values: list[float], q: float) -> float:

@@ -327,6 +327,9 @@ class PendingReason(Model):
 class AttemptRecord(Model):
     number: int
     agent_id: AgentId
+    agent_started_at: float | None = Field(
+        None, description="when the agent process it was given to started: tells that "
+        "process from a later one on the same node")
     assigned_at: float
     started_at: float | None = None
     finished_at: float | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mesh import names, reasons
-from mesh.errors import InvalidInput, NotFound
+from mesh.errors import InvalidInput, NotFound, SchedulerUnavailable
 from mesh.schema import (
     AccountConfig,
     AccountId,
@@ -79,7 +80,8 @@ class Scheduler:
                  agent_factory: Callable[[str, MeshConfig], AgentHandle] = make_agent_handle,
                  list_nodes: Callable[[], list[dict[str, Any]]] | None = None,
                  clock: Callable[[], float] = time.time, channel_host: str = "127.0.0.1",
-                 store: Store | None = None) -> None:
+                 store: Store | None = None,
+                 on_store_failure: Callable[[BaseException], None] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.book = EventBook()
@@ -88,6 +90,7 @@ class Scheduler:
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog())
         self.store = store or Store(config.state_dir)
+        self.on_store_failure = on_store_failure or _exit_process
         self._saved_accounts = ""
         self._restore()
         self.agent_factory = agent_factory
@@ -130,11 +133,19 @@ class Scheduler:
             self.book.unsaved[:0] = batch.events
             raise
 
-    def _persist_or_log(self) -> None:
+    def _written(self, durable: bool = False) -> bool:
+        """Write the pending changes. A scheduler that cannot write must not act on what
+        it could not record (a restart would hand out the same attempt numbers again), so
+        a failed write stops it: Ray restarts it from what was written."""
         try:
-            self.persist()
-        except Exception:
-            log.exception("writing the scheduler's state failed; will retry at the next step")
+            self.persist(durable)
+        except Exception as exc:
+            log.critical("writing the scheduler's state to %s failed: %r; stopping so the "
+                         "restarted scheduler continues from the saved state",
+                         self.store.path, exc)
+            self.on_store_failure(exc)
+            return False
+        return True
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -252,7 +263,7 @@ class Scheduler:
         if gone:
             log.warning("agents gone while the scheduler was away: %s", ", ".join(sorted(gone)))
             self.core.lose_unclaimed(self.clock(), gone)
-            self._persist_or_log()
+            self._written()
             self.kick()
         self._synced.set()
 
@@ -305,7 +316,7 @@ class Scheduler:
         del self.handles[agent_id]
         log.warning("agent %s left the pool: %s", agent_id, why)
         self.core.remove_agent(agent_id, self.clock())
-        self._persist_or_log()
+        self._written()
         self.channel.close_agent(agent_id)
         self.kick()
 
@@ -320,10 +331,12 @@ class Scheduler:
             log.exception("scheduling step failed; the loop goes on")
             return []
 
-    def _carry_out(self, decisions: list[Decision]) -> None:
-        """Write the state, then act: an assignment is durable before its agent hears of
-        it, so a restarted scheduler never meets an attempt it did not know it made."""
-        self._persist_or_log()
+    def _carry_out(self, decisions: list[Decision]) -> bool:
+        """Write the state, then act: an assignment is written before its agent hears of
+        it, so a restarted scheduler never meets an attempt it did not know it made.
+        False (and nothing sent) when the write failed."""
+        if not self._written():
+            return False
         for decision in decisions:
             handle = self.handles.get(decision.agent_id)
             if handle is None:
@@ -341,10 +354,11 @@ class Scheduler:
                     self._start_failed(decision, reasons.START_NOT_SENT.format(error=exc))
                 continue
             self._spawn(self._follow_call(decision, handle, call))
+        return True
 
     def _start_failed(self, decision: Assign, why: str) -> None:
         self.core.assignment_failed(decision.action_id, decision.attempt, self.clock(), why)
-        self._persist_or_log()
+        self._written()
         self.kick()
 
     async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
@@ -352,7 +366,7 @@ class Scheduler:
             found = await call
             if isinstance(decision, Stop) and found == "unknown":
                 self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
-                self._persist_or_log()
+                self._written()
         except AgentGone:
             self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)
         except AgentUnreachable:
@@ -382,7 +396,8 @@ class Scheduler:
             decisions += self._step(now)
         mine = [d for d in decisions
                 if isinstance(d, Assign) and d.agent_id == report.agent_id]
-        self._carry_out([d for d in decisions if d not in mine])  # (writes `mine` too)
+        if not self._carry_out([d for d in decisions if d not in mine]):  # writes `mine` too
+            return []
         return [self._assignment(d) for d in mine]
 
     def _deliver_otherwise(self, assignments: list[Assignment]) -> None:
@@ -461,7 +476,8 @@ class Scheduler:
             entry, created = self.core.submit(action, now)
             outcomes.append(SubmitOutcome(action_id=entry.id, accepted=True, created=created,
                                           status=entry.status(), reason=entry.reason))
-        self.persist(durable=True)  # accepted means durable: answer only once it is
+        if not self._written(durable=True):  # accepted means durable: answer once it is
+            raise SchedulerUnavailable("the submission could not be written; try again")
         self.kick()
         return outcomes
 
@@ -496,12 +512,18 @@ class Scheduler:
         self.handles.clear()
         for agent_id, _ in handles:
             self.core.remove_agent(agent_id, self.clock())
+        self._written()
         results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
                                        return_exceptions=True)
         await self.channel.close()
         for task in list(self._tasks):
             task.cancel()
         return sum(1 for r in results if not isinstance(r, BaseException))
+
+
+def _exit_process(_: BaseException) -> None:
+    logging.shutdown()
+    os._exit(70)  # EX_SOFTWARE; Ray restarts the actor
 
 
 class QuotaLog:

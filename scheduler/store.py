@@ -145,7 +145,7 @@ class Store:
             self._open()
         except sqlite3.DatabaseError as exc:
             self.db.close()
-            raise self._corrupt(str(exc)) from exc
+            raise self._unreadable(exc) from exc
         except BaseException:
             self.db.close()
             raise
@@ -153,6 +153,12 @@ class Store:
     def _corrupt(self, what: str) -> StateCorrupt:
         return StateCorrupt(f"{self.path} cannot be used: {what}. Nothing was changed; move "
                             "it away to start with an empty state, or put back a copy")
+
+    def _unreadable(self, exc: sqlite3.DatabaseError) -> StateCorrupt:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            return self._corrupt(str(exc))
+        # Locked, read-only, I/O: the file may be fine; moving it away is not the answer.
+        return StateCorrupt(f"{self.path} cannot be read: {exc}")
 
     def _open(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -167,7 +173,10 @@ class Store:
             problems = [row[0] for row in self.db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise self._corrupt("the integrity check found: " + "; ".join(problems))
-        self.db.execute("PRAGMA journal_mode=WAL")
+        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise StateCorrupt(f"{self.path} cannot be put in WAL mode (it stays {mode!r}); "
+                               "is it on a network file system?")
         # A commit survives the scheduler's crash once written to the WAL; `durable` writes
         # (submissions) also survive the machine's.
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -195,7 +204,7 @@ class Store:
         try:
             return self._load()
         except sqlite3.DatabaseError as exc:
-            raise self._corrupt(str(exc)) from exc
+            raise self._unreadable(exc) from exc
 
     def _load(self) -> Saved:
         saved = Saved()
@@ -227,12 +236,14 @@ class Store:
                 self._write(batch)
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                # A failed COMMIT (disk full, I/O) may have rolled back already.
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
+            self._known.update(e.id for e in batch.actions)
         finally:
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")
-        self._known.update(e.id for e in batch.actions)
 
     def save_quota(self, snapshot: QuotaSnapshot) -> None:
         self.write(Batch(quota=snapshot))

@@ -77,6 +77,9 @@ class ActionEntry:
     deaths_in_a_row: list[AgentId] = field(default_factory=list)
     cancel_requested: bool = False
     unplaceable: bool = False
+    # Attempt numbers up to here were seen on agents after a restart though the saved state
+    # never made them (a write lost with the head machine): the next attempt goes above.
+    floor: int = 0
     events: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)
 
@@ -148,8 +151,11 @@ class SchedulerState:
         knows in flight there are kept, any other running attempt is stopped, endings it
         missed are applied, and its unclaimed attempts the agent does not have are lost."""
         decisions: list[Decision] = []
+        for report in held.ended:
+            self._above_floor(report.action_id, report.attempt)
         for attempt in held.running:
             entry = self.actions.get(attempt.action_id)
+            self._above_floor(attempt.action_id, attempt.attempt)
             if entry is None or not self._in_flight_on(entry, agent_id, attempt.attempt):
                 why = (reasons.UNKNOWN_ATTEMPT if entry is None
                        else _why_stopped(entry, attempt.attempt))
@@ -163,13 +169,23 @@ class SchedulerState:
         for report in held.ended:
             if report.agent_id == agent_id:
                 decisions.extend(self.report_attempt(report, now))
-        # What it does not have either never reached it or died with an agent process
-        # before this one (same node, same id, started after the attempt was assigned).
+        # What it does not have died with an earlier agent process on the node, or never
+        # reached it; then it is stopped too, in case its start is still on the way.
         born = self.agents[agent_id].info.started_at
         for action_id in [a for a, on in self.unclaimed.items() if on == agent_id]:
             entry = self.actions[action_id]
-            self._lose_unclaimed(entry, now, died=entry.attempts[-1].assigned_at < born)
+            given_to = entry.attempts[-1].agent_started_at
+            died = given_to is not None and given_to != born
+            if not died:
+                decisions.append(Stop(entry.id, entry.attempt, agent_id,
+                                      reasons.NOT_HELD.format(agent=agent_id)))
+            self._lose_unclaimed(entry, now, died)
         return decisions
+
+    def _above_floor(self, action_id: ActionId, attempt: int) -> None:
+        entry = self.actions.get(action_id)
+        if entry is not None and attempt > entry.attempt:
+            entry.floor = max(entry.floor, attempt)
 
     def lose_unclaimed(self, now: float, agents: set[AgentId]) -> None:
         """Unclaimed attempts on these agents, gone while the scheduler was away, are
@@ -199,6 +215,7 @@ class SchedulerState:
         agent = self.agents[agent_id]
         agent.reserve(entry.id, entry.attempt, entry.spec)
         agent.reservations[entry.id].stage = entry.stage
+        agent.memory_since_sample -= entry.spec.memory  # it ran before: samples show it
         worker = self.quota.workers.get(agent_id)
         if worker is not None:
             priority = entry.attempts[-1].priority if entry.attempts else FREE_BUCKET
@@ -479,7 +496,9 @@ class SchedulerState:
         if not current:
             # Only an attempt that may still be running needs stopping: one that ended on
             # its own (an outcome other than lost) has no process left.
-            ended = entry.attempts[report.attempt - 1].outcome not in (None, "lost", "preempted")
+            record_of = next((r for r in entry.attempts if r.number == report.attempt), None)
+            ended = record_of is not None and record_of.outcome not in (
+                None, "lost", "preempted")
             if report.stage == "running" and not ended:
                 return [Stop(report.action_id, report.attempt, report.agent_id,
                              _why_stopped(entry, report.attempt))]
@@ -557,8 +576,10 @@ class SchedulerState:
         if assignment.kind == "preempt":
             victim = self.actions[ActionId(assignment.task_to_abort)]
             decisions.append(self._preempt(victim, entry, assignment.priority, now))
-        record = AttemptRecord(number=entry.attempt + 1, agent_id=AgentId(agent.agent_id),
-                               assigned_at=now, priority=assignment.priority)
+        record = AttemptRecord(number=max(entry.attempt, entry.floor) + 1,
+                               agent_id=AgentId(agent.agent_id),
+                               agent_started_at=agent.info.started_at, assigned_at=now,
+                               priority=assignment.priority)
         entry.attempt = record.number
         entry.agent_id = record.agent_id
         agent.reserve(entry.id, entry.attempt, entry.spec)

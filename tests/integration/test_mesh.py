@@ -7,7 +7,7 @@ import sys
 import psutil
 import pytest
 
-from mesh import Action, InvalidInput, Stage, Unplaceable
+from mesh import Action, InvalidInput, RetryPolicy, Stage, Unplaceable
 from mesh.names import ENV_ACTION
 from tests.integration.conftest import Mesh
 from tests.waiting import wait_until
@@ -108,6 +108,16 @@ def test_stage_events_flow_while_it_runs(mesh: Mesh) -> None:
     assert stages == [Stage.QUEUED, Stage.ASSIGNED, Stage.RUNNING, Stage.FAILED]
     result = handle.result(timeout=30)
     assert result.exit_code == 7 and "code 7" in result.reason
+
+
+def test_a_failing_action_runs_again_only_when_asked(mesh: Mesh) -> None:
+    once = mesh.client.submit(Action(command=["sh", "-c", "exit 7"]))
+    twice = mesh.client.submit(Action(command=["sh", "-c", "exit 7"],
+                                      retry=RetryPolicy(on_failure=1)))
+    assert [a.outcome for a in once.result(timeout=30).attempts] == [Stage.FAILED]
+    result = twice.result(timeout=30)
+    assert result.stage is Stage.FAILED
+    assert [a.outcome for a in result.attempts] == [Stage.FAILED, Stage.FAILED]
 
 
 def test_cancel_kills_the_whole_process_tree(mesh: Mesh) -> None:

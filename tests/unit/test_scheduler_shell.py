@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
@@ -28,7 +29,7 @@ from mesh.stages import Stage
 from mesh.wire import encode, read_frame
 from scheduler.actor import Scheduler
 from scheduler.agent_handle import AgentGone, AgentUnreachable
-from scheduler.store import StateCorrupt
+from scheduler.store import Batch, StateCorrupt, Store
 from tests.builders import action, agent, load, report
 from tests.waiting import async_wait_until
 
@@ -308,3 +309,31 @@ def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
 
     run(before())
     run(after())
+
+
+def test_a_scheduler_that_cannot_write_its_state_sends_nothing_and_stops(
+        tmp_path: Path) -> None:
+    class FullDisk(Store):
+        def write(self, batch: Batch, durable: bool = False) -> None:
+            if batch.actions and any(e.stage is Stage.ASSIGNED for e in batch.actions):
+                raise sqlite3.OperationalError("database or disk is full")
+            super().write(batch, durable)
+
+    async def body() -> None:
+        stopped: list[BaseException] = []
+        fake = FakeAgent(agent("n1"))
+        s = Scheduler(MeshConfig(state_dir=str(tmp_path)),
+                      agent_factory=lambda node, _: fake,  # type: ignore[arg-type,return-value]
+                      list_nodes=lambda: [{"NodeID": "n1", "Alive": True}],
+                      store=FullDisk(tmp_path),
+                      on_store_failure=stopped.append)
+        s.register(fake.info, fake)  # type: ignore[arg-type]
+        s.report_load(AgentId("n1"), load(at=0.0))
+        s.submit([action("a")], True)  # written: it is only queued
+        s.ensure_started()
+        await async_wait_until(lambda: stopped, bool, what="the failed write reported")
+        await settle()
+        assert fake.calls == [], "an assignment that was not written is not sent"
+        assert "disk is full" in str(stopped[0])
+        await s.shutdown()
+    run(body())

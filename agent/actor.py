@@ -119,9 +119,6 @@ class AgentActor:
     async def cancel(self, action_id: str, attempt: int, reason: str = "") -> CancelOutcome:
         return await self.executor.cancel(ActionId(action_id), attempt, reason)
 
-    async def running(self) -> list[tuple[str, int]]:
-        return [(str(action_id), attempt) for action_id, attempt in self.executor.running()]
-
     async def holdings(self) -> AgentHoldings:
         """What a (re)starting scheduler reconciles against: what runs here, what ended."""
         return self.executor.holdings()

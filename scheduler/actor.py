@@ -215,11 +215,11 @@ class Scheduler:
         while True:
             await asyncio.sleep(ACCOUNT_SAVE_INTERVAL)
             try:
-                await self.save_accounts()
+                self.save_accounts()
             except Exception:
                 log.exception("saving the quota accounts failed; will retry")
 
-    async def save_accounts(self) -> None:
+    def save_accounts(self) -> None:
         """Write accounts, balances and options if they changed since the last write."""
         if not self.core.quota.configs and not self._saved_accounts:
             return
@@ -258,7 +258,7 @@ class Scheduler:
             await asyncio.wait(tasks, timeout=FIRST_SYNC_WAIT)
         # Saved in-flight attempts on agents of nodes that are gone (or no longer carry
         # an agent) went with them while the scheduler was away.
-        gone = self.core.unclaimed_agents() - {
+        gone = set(self.core.unclaimed.values()) - {
             AgentId(n) for n in wanted(views, self.config.head_agent)}
         if gone:
             log.warning("agents gone while the scheduler was away: %s", ", ".join(sorted(gone)))
@@ -606,20 +606,20 @@ class SchedulerActor:
                              ) -> AccountStatus:
         await self._serving()
         status = self.s.create_account(account_id, config)
-        await self.s.save_accounts()
+        self.s.save_accounts()
         return status
 
     async def modify_account(self, account_id: str, changes: dict[str, Any],
                              reset_balance: bool = False) -> AccountStatus:
         await self._serving()
         status = self.s.modify_account(account_id, changes, reset_balance)
-        await self.s.save_accounts()
+        self.s.save_accounts()
         return status
 
     async def delete_account(self, account_id: str) -> None:
         await self._serving()
         self.s.delete_account(account_id)
-        await self.s.save_accounts()
+        self.s.save_accounts()
 
     async def accounts(self) -> list[AccountStatus]:
         await self._serving()
@@ -632,7 +632,7 @@ class SchedulerActor:
     async def quota_options(self, changes: dict[str, Any] | None = None) -> QuotaOptions:
         await self._serving()
         options = self.s.quota_options(changes)
-        await self.s.save_accounts()
+        self.s.save_accounts()
         return options
 
     async def submit(self, specs: list[Action | dict[str, Any]],

@@ -219,9 +219,6 @@ class Store:
             saved.quota = _parse_quota(quota[0], f"{self.path} (quota)")
         return saved
 
-    def load_quota(self) -> QuotaSnapshot | None:
-        return self.load().quota
-
     # ---- writing, once per step ----------------------------------------------------------
 
     def write(self, batch: Batch, durable: bool = False) -> None:

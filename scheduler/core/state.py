@@ -202,9 +202,6 @@ class SchedulerState:
                else reasons.NOT_HELD.format(agent=agent_id))
         self._lose(entry, now, agent_id, why, died=died, counted=died)
 
-    def unclaimed_agents(self) -> set[AgentId]:
-        return set(self.unclaimed.values())
-
     def _in_flight_on(self, entry: ActionEntry, agent_id: AgentId, attempt: int) -> bool:
         return (entry.attempt == attempt and entry.agent_id == agent_id
                 and entry.stage in (Stage.ASSIGNED, Stage.RUNNING))

@@ -123,7 +123,9 @@ def test_agent_registers_streams_load_runs_actions_and_takes_them_down_when_kill
         call(agent.start.remote(assignment("sleep 60 & sleep 60 & wait", tree, node_id)))
         wait_until(lambda: marked({ENV_ACTION: tree}), lambda p: len(p) == 3,
                    what="the action's three processes")
-        assert call(agent.running.remote()) == [(tree, 1)]
+        held = call(agent.holdings.remote())
+        assert [(h.action_id, h.attempt) for h in held.running] == [(tree, 1)]
+        assert {(r.action_id, r.stage) for r in held.ended} >= {("again", "succeeded")}
 
         # The worker dies as hard as it can: its reaper still takes the action down.
         os.kill(info.pid, signal.SIGKILL)

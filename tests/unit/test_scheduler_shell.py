@@ -233,7 +233,7 @@ def test_accounts_and_balances_outlive_the_scheduler(tmp_path: Path) -> None:
         s.create_account("ci", {"charge_rate": [1], "max_charge_seconds": 100})
         s.quota_options({"disable_preemption": True})
         clock[0] += 30
-        await s.save_accounts()
+        s.save_accounts()
 
     async def second() -> None:
         s = scheduler()

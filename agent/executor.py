@@ -237,10 +237,6 @@ class Executor:
         await running.done.wait()
         return "stopped"
 
-    def running(self) -> list[Key]:
-        """Attempts not yet reported ended, oldest first."""
-        return list(self._attempts)
-
     def holdings(self) -> AgentHoldings:
         """What runs here and the end reports of what ended lately, oldest first."""
         return AgentHoldings(

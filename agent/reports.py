@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # Retries of a report whose Ray call failed because the scheduler died or restarted.
 REPORT_RETRIES = 3
 # Reports kept while the scheduler cannot be found; past this the oldest are dropped (the
-# scheduler reconciles with `running()` when it comes back).
+# scheduler asks for `holdings()` when it comes back, which carries recent end reports).
 MAX_QUEUED_REPORTS = 10_000
 LOOKUP_BACKOFF = 0.5
 # Seconds to wait for the channel's address, the connection and the hello's answer.

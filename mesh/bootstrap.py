@@ -14,11 +14,14 @@ from types import MappingProxyType
 from typing import Any
 
 import ray
+from ray._private.services import find_gcs_addresses
 from ray.exceptions import RayError
 
 from mesh import calls, names
 from mesh.errors import ClusterUnavailable, MeshNotRunning
+from mesh.relay import LogRelay, relay_options
 from mesh.schema import MeshConfig
+from scheduler.actor import SchedulerActor, scheduler_options
 
 log = logging.getLogger("actionmesh")
 
@@ -48,8 +51,6 @@ def marker_path() -> Path:
 
 def cluster_running() -> bool:
     """True when `ray.init(address="auto")` would find a cluster on this machine."""
-    from ray._private.services import find_gcs_addresses
-
     # Ray caches a non-empty answer for the life of the process; we need today's.
     find_gcs_addresses.cache_clear()  # type: ignore[attr-defined]
     return bool(find_gcs_addresses())  # type: ignore[no-untyped-call]
@@ -103,9 +104,6 @@ def connect_ray(address: str | None = "auto", start_local: bool = False) -> None
 
 def up(config: MeshConfig | None = None, timeout: float = 120.0) -> dict[str, Any]:
     """Create the relay and the scheduler (or find them), and wait for the agents."""
-    from mesh.relay import LogRelay, relay_options
-    from scheduler.actor import SchedulerActor, scheduler_options
-
     config = config or MeshConfig()
     try:
         relay = LogRelay.options(**relay_options()).remote(config)  # type: ignore[attr-defined]

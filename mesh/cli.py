@@ -15,7 +15,7 @@ from mesh.cli_accounts import accounts, print_accounts
 from mesh.client import connect
 from mesh.cliout import client_of, dump, errors, size, table
 from mesh.errors import InvalidInput
-from mesh.schema import NUM_PRIORITIES, Action, ActionStatus, AgentStatus, MeshConfig
+from mesh.schema import FREE_BUCKET, Action, ActionStatus, AgentStatus, MeshConfig
 from mesh.stages import TERMINAL
 
 
@@ -165,7 +165,7 @@ def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: 
         if one.pending is not None:
             click.echo(f"  pending: {one.pending.summary}")
             if one.pending.priority is not None:
-                level = ("free bucket" if one.pending.priority >= NUM_PRIORITIES
+                level = ("free bucket" if one.pending.priority >= FREE_BUCKET
                          else f"priority {one.pending.priority}")
                 click.echo(f"  waits at: {level}")
         if one.exit_code is not None:

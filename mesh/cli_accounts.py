@@ -9,9 +9,7 @@ import click
 
 from mesh.cliout import client_of, dump, errors, table
 from mesh.errors import InvalidInput
-from mesh.schema import NUM_PRIORITIES, AccountStatus
-
-FREE = NUM_PRIORITIES
+from mesh.schema import FREE_BUCKET, NUM_PRIORITIES, AccountStatus
 
 
 def _pairs(values: tuple[str, ...], option: str, example: str) -> list[tuple[str, str]]:
@@ -93,7 +91,7 @@ def _balances(values: list[float]) -> str:
 
 
 def _by_priority(counts: dict[int, int]) -> str:
-    return " ".join(f"p{p}:{n}" if p < FREE else f"free:{n}"
+    return " ".join(f"p{p}:{n}" if p < FREE_BUCKET else f"free:{n}"
                     for p, n in sorted(counts.items())) or "-"
 
 

@@ -3,6 +3,7 @@
     MeshError
      ├── InvalidInput            bad input from outside; names the field
      ├── NotFound                unknown action, agent or account id
+     ├── Conflict                contradicts the state (an account that exists, or is used)
      ├── Unplaceable             no agent in the pool could ever take the action
      ├── StageError              a stage move the transition table forbids (a bug)
      ├── ClusterUnavailable      no Ray cluster to connect to, or it went away

@@ -179,6 +179,8 @@ class Action(Model):
 
 
 NUM_PRIORITIES = 5  # paid priorities 0 (highest) .. 4; the free bucket is below them
+# The level below every paid one: work whose account has no positive balance runs here.
+FREE_BUCKET = Priority(NUM_PRIORITIES)
 
 
 class AccountConfig(Model):
@@ -334,7 +336,7 @@ class AttemptRecord(Model):
     started_at: float | None = None
     finished_at: float | None = None
     outcome: Stage | Literal["lost", "preempted"] | None = None
-    priority: int = Field(NUM_PRIORITIES, ge=0, le=NUM_PRIORITIES,
+    priority: int = Field(FREE_BUCKET, ge=0, le=FREE_BUCKET,
                           description="the quota priority it was started at; 5 is free")
     exit_code: int | None = None
     reason: str = ""

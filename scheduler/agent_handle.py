@@ -7,8 +7,11 @@ from typing import Any, Protocol
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mesh.schema import AgentHoldings, AgentInfo, Assignment
+from agent.actor import AgentActor
+from mesh import names
+from mesh.schema import AgentHoldings, AgentInfo, Assignment, MeshConfig
 
 
 class AgentGone(Exception):
@@ -69,3 +72,13 @@ class RayAgentHandle:
             await _await(self.actor.shutdown.remote(), timeout)
         finally:
             ray.kill(self.actor, no_restart=True)
+
+
+def make_agent_handle(node_id: str, config: MeshConfig) -> AgentHandle:
+    """Create (or find, after a scheduler restart) the detached agent pinned to the node."""
+    actor = AgentActor.options(  # type: ignore[attr-defined]
+        name=names.agent_name(node_id), namespace=names.NAMESPACE, lifetime="detached",
+        get_if_exists=True, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote(node_id, config)
+    return RayAgentHandle(actor)

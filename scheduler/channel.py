@@ -56,7 +56,6 @@ class ReportServer:
         self.port = port
         self.secret = secrets.token_hex(16)
         self.address: ReportChannel | None = None
-        self.refused = 0
         # Open channels per agent (a reconnect can briefly overlap the old connection).
         self.channels: dict[AgentId, set[asyncio.StreamWriter]] = {}
         self._server: asyncio.Server | None = None
@@ -141,11 +140,9 @@ class ReportServer:
         try:
             report = AttemptReport.model_validate_json(frame)
         except ValidationError as exc:
-            self.refused += 1
             return ReportAnswer(error=f"invalid report: {exc}")
         if report.agent_id != agent:
             # The answer carries the reporting agent's next work: only that agent may ask.
-            self.refused += 1
             return ReportAnswer(error=f"a report from agent {report.agent_id!r} on the "
                                       f"channel of agent {agent!r}")
         unconfirmed.pop((report.action_id, report.attempt), None)
@@ -153,7 +150,6 @@ class ReportServer:
             return ReportAnswer(assignments=self.handler(report))
         except Exception as exc:
             # A bug in applying one report must cost that report, not the channel.
-            self.refused += 1
             log.exception("applying %s of %s attempt %d failed", report.stage,
                           report.action_id, report.attempt)
             return ReportAnswer(error=f"the scheduler failed to apply it: {exc!r}")

@@ -1,12 +1,12 @@
 """The scheduler's durable state: one SQLite file on the head (WAL, one writer, versioned).
 
-Everything a restarted scheduler needs comes from here: accepted actions with their stage,
-attempts and results, every stage event, the quota accounts with their balances, and the
-pool-wide quota options. The actor writes one transaction per scheduling step (what the
-step changed), and makes a submission durable (fsynced) before answering it.
-
-Each changed action is written whole, as one row: a restart must never see an action
-half-updated, and a row per action keeps a step's write to a few statements.
+Everything a restarted scheduler needs comes from here: accepted actions with their stage
+and results, their attempts and stage events as rows of their own, the quota accounts with
+their balances, and the pool-wide quota options. The actor writes one transaction per
+scheduling step (what the step changed, in the core's snapshot form, `Changes`), and makes
+a submission durable (fsynced) before answering it. A restart loads only unfinished
+actions; finished ones are read from here when asked for (the store is the core's
+`Archive`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,19 @@ from pydantic import TypeAdapter, ValidationError
 
 from mesh.errors import MeshError
 from mesh.schema import Action, ActionId, AgentId, AttemptRecord, StageEvent
-from mesh.stages import Stage
+from mesh.stages import TERMINAL, Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
-from scheduler.core.state import ActionEntry
+from scheduler.core.records import ActionRecord, Changes, Kept, Saved
 
 DB_FILE = "scheduler.db"
 # The accounts file of releases before this store, imported once by the first migration.
 LEGACY_QUOTA_FILE = "quota.json"
 # "AMsh": tells our files from other SQLite databases.
 APPLICATION_ID = 0x414D7368
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_ATTEMPTS = TypeAdapter(list[AttemptRecord])
+_ATTEMPT_LIST = TypeAdapter(list[AttemptRecord])
+_TERMINAL = tuple(sorted(s.value for s in TERMINAL))
 
 _SCHEMA_1 = """
 CREATE TABLE actions (
@@ -73,38 +73,60 @@ CREATE TABLE quota (
 );
 """
 
-_UPDATE = """UPDATE actions SET stage=?, attempt=?, agent_id=?, finished_at=?, exit_code=?,
-    reason=?, failures=?, losses=?, deaths=?, cancel_requested=?, unplaceable=?, events=?,
-    attempts=? WHERE id=?"""
-_INSERT = """INSERT INTO actions (stage, attempt, agent_id, finished_at, exit_code, reason,
-    failures, losses, deaths, cancel_requested, unplaceable, events, attempts, id, seq, spec,
-    submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+# Version 2: an action's attempts are rows of their own (appended, and updated when the
+# attempt starts or ends) instead of a JSON list rewritten on every change; the attempt
+# floor is kept; the current agent is the current attempt's, so it is not a column.
+_SCHEMA_2 = """
+CREATE TABLE actions_2 (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    submitted_at REAL NOT NULL,
+    finished_at REAL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    losses INTEGER NOT NULL,
+    deaths TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL,
+    unplaceable INTEGER NOT NULL,
+    floor INTEGER NOT NULL,
+    events INTEGER NOT NULL
+);
+CREATE TABLE attempts (
+    action_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    agent_id TEXT NOT NULL,
+    agent_started_at REAL,
+    assigned_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    outcome TEXT,
+    priority INTEGER NOT NULL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (action_id, number)
+)
+"""
+
+_ACTION_COLUMNS = ("stage, attempt, finished_at, exit_code, reason, failures, losses, deaths, "
+                   "cancel_requested, unplaceable, floor, events")
+_UPDATE = """UPDATE actions SET stage=?, attempt=?, finished_at=?, exit_code=?, reason=?,
+    failures=?, losses=?, deaths=?, cancel_requested=?, unplaceable=?, floor=?, events=?
+    WHERE id=?"""
+_INSERT = f"""INSERT INTO actions ({_ACTION_COLUMNS}, id, seq, spec, submitted_at)
+    VALUES ({", ".join("?" * 16)})"""
+_SELECT = f"SELECT id, seq, spec, submitted_at, {_ACTION_COLUMNS} FROM actions"
+_ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# Ids per query when reading attempts for many actions (well under SQLite's limit of 32,766).
+_CHUNK = 500
 
 
 class StateCorrupt(MeshError):
     """The saved state cannot be read: start-up stops rather than silently start empty."""
-
-
-@dataclass
-class Saved:
-    """What a restarting scheduler begins from."""
-
-    actions: list[ActionEntry] = field(default_factory=list)
-    events: dict[ActionId, list[StageEvent]] = field(default_factory=dict)
-    quota: QuotaSnapshot | None = None
-
-
-@dataclass
-class Batch:
-    """One step's changes, written as one transaction."""
-
-    actions: list[ActionEntry] = field(default_factory=list)
-    events: list[StageEvent] = field(default_factory=list)
-    quota: QuotaSnapshot | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.actions or self.events or self.quota)
 
 
 def _import_legacy_quota(db: sqlite3.Connection, directory: Path) -> None:
@@ -117,15 +139,36 @@ def _import_legacy_quota(db: sqlite3.Connection, directory: Path) -> None:
     db.execute("INSERT OR REPLACE INTO quota VALUES (1, ?)", (snapshot.model_dump_json(),))
 
 
-def _to_1(db: sqlite3.Connection, directory: Path) -> None:
-    for statement in _SCHEMA_1.split(";"):
+def _execute_all(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
         if statement.strip():
             db.execute(statement)  # (executescript would commit the open transaction)
+
+
+def _to_1(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, _SCHEMA_1)
     _import_legacy_quota(db, directory)
 
 
+def _to_2(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, _SCHEMA_2)
+    db.execute("""INSERT INTO actions_2 SELECT id, seq, spec, stage, attempt, submitted_at,
+        finished_at, exit_code, reason, failures, losses, deaths, cancel_requested,
+        unplaceable, 0, events FROM actions""")
+    for action_id, text in db.execute("SELECT id, attempts FROM actions").fetchall():
+        try:
+            attempts = _ATTEMPT_LIST.validate_json(text)
+        except ValidationError as exc:
+            raise StateCorrupt(f"saved attempts of action {action_id!r} cannot be read: "
+                               f"{exc}") from exc
+        db.executemany(_ATTEMPT, [_attempt_row(ActionId(action_id), a) for a in attempts])
+    db.execute("DROP TABLE actions")
+    db.execute("ALTER TABLE actions_2 RENAME TO actions")
+    db.execute("CREATE INDEX actions_by_stage ON actions (stage, seq)")
+
+
 # Migration n takes a database at version n to n + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -136,7 +179,6 @@ class Store:
         self.directory = Path(directory)
         self.path = self.directory / DB_FILE
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._known: set[str] = set()
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -198,9 +240,10 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    # ---- reading, at start-up ------------------------------------------------------------
+    # ---- reading ---------------------------------------------------------------------------
 
     def load(self) -> Saved:
+        """What a restarting core needs: unfinished actions with attempts and events."""
         try:
             return self._load()
         except sqlite3.DatabaseError as exc:
@@ -208,82 +251,136 @@ class Store:
 
     def _load(self) -> Saved:
         saved = Saved()
-        for row in self.db.execute("SELECT * FROM actions ORDER BY seq"):
-            saved.actions.append(_entry(row))
-            self._known.add(row[0])
-        for row in self.db.execute("SELECT * FROM events ORDER BY action_id, seq"):
+        marks = ", ".join("?" * len(_TERMINAL))
+        rows = self.db.execute(f"{_SELECT} WHERE stage NOT IN ({marks}) ORDER BY seq",
+                               _TERMINAL).fetchall()
+        saved.actions = self._kept(rows)
+        wanted = {record.id for record, _ in saved.actions}
+        for row in self.db.execute(f"""SELECT * FROM events WHERE action_id IN (SELECT id
+                FROM actions WHERE stage NOT IN ({marks})) ORDER BY action_id, seq""",
+                                   _TERMINAL):
             event = _event(row)
-            saved.events.setdefault(event.action_id, []).append(event)
+            if event.action_id in wanted:
+                saved.events.setdefault(event.action_id, []).append(event)
+        saved.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM actions"
+                                         ).fetchone()[0]
+        saved.finished = {Stage(stage): n for stage, n in self.db.execute(
+            f"SELECT stage, count(*) FROM actions WHERE stage IN ({marks}) GROUP BY stage",
+            _TERMINAL)}
         quota = self.db.execute("SELECT snapshot FROM quota").fetchone()
         if quota is not None:
-            saved.quota = _parse_quota(quota[0], f"{self.path} (quota)")
+            saved.accounts = _parse_quota(quota[0], f"{self.path} (quota)")
         return saved
+
+    def find(self, action_id: ActionId) -> Kept | None:
+        rows = self.db.execute(f"{_SELECT} WHERE id = ?", (action_id,)).fetchall()
+        kept = self._kept(rows)
+        return kept[0] if kept else None
+
+    def finished(self, stage: Stage | None, after_seq: int, limit: int) -> list[Kept]:
+        stages = _TERMINAL if stage is None else (stage.value,)
+        marks = ", ".join("?" * len(stages))
+        rows = self.db.execute(
+            f"{_SELECT} WHERE stage IN ({marks}) AND seq > ? ORDER BY seq LIMIT ?",
+            (*stages, after_seq, limit)).fetchall()
+        return self._kept(rows)
+
+    def events(self, action_id: ActionId) -> list[StageEvent]:
+        rows = self.db.execute("SELECT * FROM events WHERE action_id = ? ORDER BY seq",
+                               (action_id,))
+        return [_event(row) for row in rows]
+
+    def _kept(self, rows: list[Any]) -> list[Kept]:
+        """Actions from their rows, each with its attempts."""
+        attempts: dict[str, list[AttemptRecord]] = {row[0]: [] for row in rows}
+        ids = list(attempts)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            found = self.db.execute(
+                f"SELECT * FROM attempts WHERE action_id IN ({', '.join('?' * len(chunk))}) "
+                "ORDER BY action_id, number", chunk)
+            for row in found:
+                attempts[row[0]].append(_attempt(row))
+        return [(_record(row), attempts[row[0]]) for row in rows]
 
     # ---- writing, once per step ----------------------------------------------------------
 
-    def write(self, batch: Batch, durable: bool = False) -> None:
-        """Write the batch as one transaction; `durable`: fsynced before returning."""
-        if not batch:
+    def write(self, changes: Changes, durable: bool = False) -> None:
+        """Write the changes as one transaction; `durable`: fsynced before returning."""
+        if not changes:
             return
         if durable:
             self.db.execute("PRAGMA synchronous=FULL")
         try:
             self.db.execute("BEGIN")
             try:
-                self._write(batch)
+                self._write(changes)
                 self.db.execute("COMMIT")
             except BaseException:
                 # A failed COMMIT (disk full, I/O) may have rolled back already.
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise
-            self._known.update(e.id for e in batch.actions)
         finally:
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")
 
     def save_quota(self, snapshot: QuotaSnapshot) -> None:
-        self.write(Batch(quota=snapshot))
+        self.write(Changes(accounts=snapshot))
 
-    def _write(self, batch: Batch) -> None:
-        updates, inserts = [], []
-        for entry in batch.actions:
-            row = _row(entry)
-            if entry.id in self._known:
-                updates.append(row)
-            else:
-                inserts.append((*row, entry.seq, entry.spec.model_dump_json(),
-                                entry.submitted_at))
-        self.db.executemany(_UPDATE, updates)
-        self.db.executemany(_INSERT, inserts)
+    def _write(self, changes: Changes) -> None:
+        self.db.executemany(_INSERT, [(*_row(r), r.seq, r.spec.model_dump_json(),
+                                       r.submitted_at) for r in changes.created])
+        self.db.executemany(_UPDATE, [_row(r) for r in changes.updated])
+        self.db.executemany(_ATTEMPT, [_attempt_row(a, r) for a, r in changes.attempts])
         self.db.executemany(_INSERT_EVENT, [
             (e.action_id, e.seq, e.attempt, e.stage.value, e.time, e.agent_id, e.exit_code,
-             e.reason) for e in batch.events])
-        if batch.quota is not None:
+             e.reason) for e in changes.events])
+        if changes.accounts is not None:
             self.db.execute("INSERT OR REPLACE INTO quota VALUES (1, ?)",
-                            (batch.quota.model_dump_json(),))
+                            (changes.accounts.model_dump_json(),))
 
 
-def _row(e: ActionEntry) -> tuple[object, ...]:
-    return (e.stage.value, e.attempt, e.agent_id, e.finished_at, e.exit_code, e.reason,
-            e.failures, e.losses, json.dumps(e.deaths_in_a_row), int(e.cancel_requested),
-            int(e.unplaceable), e.events, _ATTEMPTS.dump_json(e.attempts).decode(), e.id)
+def _row(r: ActionRecord) -> tuple[object, ...]:
+    return (r.stage.value, r.attempt, r.finished_at, r.exit_code, r.reason, r.failures,
+            r.losses, json.dumps(r.deaths_in_a_row), int(r.cancel_requested),
+            int(r.unplaceable), r.floor, r.events, r.id)
 
 
-def _entry(row: Any) -> ActionEntry:
-    (action_id, seq, spec, stage, attempt, agent_id, submitted_at, finished_at, exit_code,
-     reason, failures, losses, deaths, cancel_requested, unplaceable, events, attempts) = row
+def _record(row: Any) -> ActionRecord:
+    (action_id, seq, spec, submitted_at, stage, attempt, finished_at, exit_code, reason,
+     failures, losses, deaths, cancel_requested, unplaceable, floor, events) = row
     try:
-        return ActionEntry(
-            spec=Action.model_validate_json(spec), id=ActionId(action_id), seq=int(seq),
+        return ActionRecord(
+            id=ActionId(action_id), seq=int(seq), spec=Action.model_validate_json(spec),
             submitted_at=float(submitted_at), stage=Stage(stage), attempt=int(attempt),
-            agent_id=agent_id, finished_at=finished_at, exit_code=exit_code,
-            reason=str(reason), failures=int(failures), losses=int(losses),
-            deaths_in_a_row=[AgentId(a) for a in json.loads(deaths)],
+            finished_at=finished_at, exit_code=exit_code, reason=str(reason),
+            failures=int(failures), losses=int(losses),
+            deaths_in_a_row=tuple(AgentId(a) for a in json.loads(deaths)),
             cancel_requested=bool(cancel_requested), unplaceable=bool(unplaceable),
-            events=int(events), attempts=_ATTEMPTS.validate_json(attempts))
+            floor=int(floor), events=int(events))
     except (ValueError, TypeError, ValidationError) as exc:
         raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc}") from exc
+
+
+def _attempt_row(action_id: ActionId, a: AttemptRecord) -> tuple[object, ...]:
+    outcome = a.outcome.value if isinstance(a.outcome, Stage) else a.outcome
+    return (action_id, a.number, a.agent_id, a.agent_started_at, a.assigned_at,
+            a.started_at, a.finished_at, outcome, a.priority, a.exit_code, a.reason)
+
+
+def _attempt(row: Any) -> AttemptRecord:
+    (action_id, number, agent_id, agent_started_at, assigned_at, started_at, finished_at,
+     outcome, priority, exit_code, reason) = row
+    try:
+        return AttemptRecord(number=number, agent_id=agent_id,
+                             agent_started_at=agent_started_at, assigned_at=assigned_at,
+                             started_at=started_at, finished_at=finished_at,
+                             outcome=outcome, priority=priority, exit_code=exit_code,
+                             reason=reason)
+    except ValidationError as exc:
+        raise StateCorrupt(f"saved attempt {number} of action {action_id!r} cannot be read: "
+                           f"{exc}") from exc
 
 
 def _event(row: Any) -> StageEvent:

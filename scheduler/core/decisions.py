@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.schema import ActionId, AgentId, Priority
-
-FREE_PRIORITY = Priority(5)
+from mesh.schema import FREE_BUCKET, ActionId, AgentId, Priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +15,7 @@ class Assign:
     attempt: int
     agent_id: AgentId
     time: float
-    priority: Priority = FREE_PRIORITY
+    priority: Priority = FREE_BUCKET
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,77 +8,102 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mesh import reasons
-from mesh.schema import Action, AgentId, PendingReason, Rejection
+from mesh.schema import PendingReason, Rejection
 from scheduler.core.pool import AgentEntry
+from scheduler.core.quota.model import EPSILON, Request, TaskRun, Worker
 
-# Reservations are compared with a little slack so that 0.1 + 0.2 CPUs fit in 0.3.
-EPSILON = 1e-9
+
+@dataclass(slots=True)
+class Slot:
+    """One agent as the checks see it: the pool's entry, the quota worker whose running
+    work is its reservations (None when the quota scheduler holds none: nothing runs), and
+    what the pass in progress changed there."""
+
+    agent: AgentEntry
+    worker: Worker | None
+    # Work being preempted to make room: its reservation counts as free.
+    freed: TaskRun | None = None
+    # Memory placed on the agent earlier in the same pass, which no sample shows yet.
+    granted_memory: int = 0
+
+    def reserved(self) -> tuple[float, int]:
+        """CPUs and memory reserved by what runs there, less what is being freed."""
+        cpus, memory = 0.0, 0
+        if self.worker is not None:
+            for run in self.worker.running.values():
+                cpus += run.request.cpus
+                memory += run.request.memory
+        if self.freed is not None:
+            cpus -= self.freed.request.cpus
+            memory -= self.freed.request.memory
+        return cpus, memory
 
 
 class Check(Protocol):
-    """One feasibility question about one agent and one action; None means it passes."""
+    """One feasibility question about one agent and one request; None means it passes."""
 
     @property
     def name(self) -> str: ...
 
-    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None: ...
+    def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None: ...
 
 
 def _rejection(agent: AgentEntry, check: str, detail: str, requested: float = 0.0,
                available: float = 0.0) -> Rejection:
-    return Rejection(agent_id=AgentId(agent.agent_id), check=check, detail=detail,
+    return Rejection(agent_id=agent.agent_id, check=check, detail=detail,
                      requested=requested, available=available)
 
 
 class Alive:
     name = reasons.CHECK_ALIVE
 
-    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
-        if agent.state in ("alive", "draining", "blocked"):
+    def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
+        if slot.agent.state in ("alive", "draining", "blocked"):
             return None
-        return _rejection(agent, self.name, f"agent is {agent.state}")
+        return _rejection(slot.agent, self.name, f"agent is {slot.agent.state}")
 
 
 class Open:
     name = reasons.CHECK_OPEN
 
-    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
-        if agent.state in ("draining", "blocked"):
-            return _rejection(agent, self.name, f"agent is {agent.state}")
+    def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
+        if slot.agent.state in ("draining", "blocked"):
+            return _rejection(slot.agent, self.name, f"agent is {slot.agent.state}")
         return None
 
 
 class BaseLabels:
     name = reasons.CHECK_LABELS
 
-    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
-        missing = [label for label in action.labels if label not in agent.labels]
-        if not missing:
+    def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
+        if need.base_labels <= slot.agent.labels:
             return None
-        return _rejection(agent, self.name, "lacks " + ", ".join(f"`{m}`" for m in missing))
+        missing = sorted(need.base_labels - slot.agent.labels)
+        return _rejection(slot.agent, self.name,
+                          "lacks " + ", ".join(f"`{m}`" for m in missing))
 
 
 class CpuReservation:
     name = reasons.CHECK_CPU
 
-    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
-        free = agent.cpu_capacity - agent.reserved_cpus
-        if action.cpus <= free + EPSILON:
+    def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
+        capacity = slot.agent.cpu_capacity
+        free = capacity - slot.reserved()[0]
+        if need.cpus <= free + EPSILON:
             return None
-        return _rejection(agent, self.name, f"lacks {action.cpus:g} CPUs of headroom "
-                          f"({max(free, 0.0):g} free of {agent.cpu_capacity:g})",
-                          action.cpus, free)
+        return _rejection(slot.agent, self.name, f"lacks {need.cpus:g} CPUs of headroom "
+                          f"({max(free, 0.0):g} free of {capacity:g})", need.cpus, free)
 
 
 class MemoryReservation:
     name = reasons.CHECK_MEMORY
 
-    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
-        free = agent.memory_capacity - agent.reserved_memory
-        if action.memory <= free + EPSILON:
+    def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
+        free = slot.agent.memory_capacity - slot.reserved()[1]
+        if need.memory <= free + EPSILON:
             return None
-        return _rejection(agent, self.name, f"lacks {_gib(action.memory)} of memory headroom "
-                          f"({_gib(max(free, 0.0))} free)", action.memory, free)
+        return _rejection(slot.agent, self.name, f"lacks {_gib(need.memory)} of memory "
+                          f"headroom ({_gib(max(free, 0.0))} free)", need.memory, free)
 
 
 @dataclass(frozen=True)
@@ -86,80 +111,86 @@ class LiveLoad:
     """The machine's measured load must leave room, and the measurement must be fresh.
 
     Memory is incompressible, so it is strict: psutil's available memory, less what was
-    placed since the sample, must hold the request. CPU is compressible and already bounded
-    by reservations, so the live check only keeps work off a machine that something else
-    has saturated: utilisation must be below `cpu_busy_percent`. (Subtracting live CPU use
-    from the request as for memory starves small machines, where Ray and the mesh itself are
-    a large share of the load.) A sample older than `stale_after` seconds counts as no room.
+    placed since the sample (and earlier in this pass), must hold the request. CPU is
+    compressible and already bounded by reservations, so the live check only keeps work
+    off a machine that something else has saturated: utilisation must be below
+    `cpu_busy_percent`, unless room is being made by preempting work there. (Subtracting
+    live CPU use from the request as for memory starves small machines, where Ray and the
+    mesh itself are a large share of the load.) A sample older than `stale_after` seconds
+    counts as no room.
     """
 
     stale_after: float
     cpu_busy_percent: float = 95.0
     name: str = reasons.CHECK_LOAD
 
-    def reject(self, agent: AgentEntry, action: Action, now: float) -> Rejection | None:
-        return self._judge(agent, action, now, 0, making_room=False)
+    def fresh(self, agent: AgentEntry, now: float) -> bool:
+        age = agent.load_age(now)
+        return agent.load is not None and age is not None and age <= self.stale_after
 
-    def admits(self, agent: AgentEntry, action: Action, now: float, extra_memory: int = 0,
-               making_room: bool = False) -> bool:
-        """The check with `extra_memory` placed since the sample on top of what the agent
-        knows; `making_room`: other work is being stopped for this, so a saturated CPU
-        does not keep it off."""
-        return self._judge(agent, action, now, extra_memory, making_room) is None
+    def cpu_saturated(self, agent: AgentEntry) -> bool:
+        return agent.load is not None and agent.load.cpu_percent >= self.cpu_busy_percent
 
-    def _judge(self, agent: AgentEntry, action: Action, now: float, extra_memory: int,
-               making_room: bool) -> Rejection | None:
+    def takes_cpu_work(self, agent: AgentEntry, now: float) -> bool:
+        """Whether the live load lets CPU work onto the agent at all."""
+        return self.fresh(agent, now) and not self.cpu_saturated(agent)
+
+    def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
+        agent = slot.agent
         age = agent.load_age(now)
         if agent.load is None or age is None:
             return _rejection(agent, self.name, "has not reported its load yet")
         if age > self.stale_after:
             return _rejection(agent, self.name, f"load report is stale ({age:.1f}s old)")
         busy = agent.load.cpu_percent
-        if action.cpus > 0 and busy >= self.cpu_busy_percent and not making_room:
+        if need.cpus > 0 and self.cpu_saturated(agent) and slot.freed is None:
             return _rejection(agent, self.name, f"is saturated (CPU {busy:.0f}%, limit "
                               f"{self.cpu_busy_percent:.0f}%)", busy, self.cpu_busy_percent)
-        free_memory = agent.load.memory_available - agent.memory_since_sample - extra_memory
-        if action.memory > free_memory:
+        freed = slot.freed.request.memory if slot.freed is not None else 0
+        free_memory = (agent.load.memory_available - agent.memory_since_sample
+                       - slot.granted_memory + freed)
+        if need.memory > free_memory:
             return _rejection(agent, self.name, f"has {_gib(max(free_memory, 0))} of memory "
-                              "available", action.memory, free_memory)
+                              "available", need.memory, free_memory)
         return None
 
 
-def default_checks(stale_after: float, cpu_busy_percent: float = 95.0) -> list[Check]:
-    """Cheapest first: state, labels, reservations, then the live load."""
-    return [Alive(), Open(), BaseLabels(), CpuReservation(), MemoryReservation(),
-            LiveLoad(stale_after, cpu_busy_percent)]
-
-
-def could_ever_run(agent: AgentEntry, action: Action) -> bool:
-    """True when the agent would take the action once idle: labels and machine size fit."""
+def could_ever_run(agent: AgentEntry, need: Request) -> bool:
+    """True when the agent would take the request once idle: labels and machine size fit."""
     return (
         agent.state != "dead"
-        and all(label in agent.labels for label in action.labels)
-        and action.cpus <= agent.cpu_capacity + EPSILON
-        and action.memory <= agent.memory_capacity + EPSILON
+        and need.base_labels <= agent.labels
+        and need.cpus <= agent.cpu_capacity + EPSILON
+        and need.memory <= agent.memory_capacity + EPSILON
     )
 
 
 class Placer:
-    """Runs the check chain over the pool to say why an action waits, or cannot ever run.
-
-    Which agent takes which action is the quota pass's choice (scheduler/core/quota): it
-    prefers agents that need no provisioning, then the best fit.
+    """The chain of checks, cheapest first: state, labels, reservations, live load. The
+    quota pass asks it whether a request may start on an agent (`first_rejection`), and
+    `mesh status` asks it why a request waits (`explain`): one chain decides and explains.
     """
 
-    def __init__(self, checks: Sequence[Check]) -> None:
-        self.checks = list(checks)
+    def __init__(self, stale_after: float, cpu_busy_percent: float = 95.0) -> None:
+        self.live_load = LiveLoad(stale_after, cpu_busy_percent)
+        self.checks: list[Check] = [Alive(), Open(), BaseLabels(), CpuReservation(),
+                                    MemoryReservation(), self.live_load]
 
-    def explain(self, agents: Iterable[AgentEntry], action: Action, now: float,
-                ) -> PendingReason:
+    def first_rejection(self, slot: Slot, need: Request, now: float) -> Rejection | None:
+        for check in self.checks:
+            rejection = check.reject(slot, need, now)
+            if rejection is not None:
+                return rejection
+        return None
+
+    def explain(self, slots: Iterable[Slot], need: Request, now: float) -> PendingReason:
         """Every failing check of every agent, and a sentence that counts them."""
-        pool = list(agents)
+        pool = list(slots)
         if not pool:
             return PendingReason(summary=reasons.NO_AGENTS)
-        rejections = [r for agent in pool for check in self.checks
-                      if (r := check.reject(agent, action, now)) is not None]
-        if not any(could_ever_run(agent, action) for agent in pool):
+        rejections = [r for slot in pool for check in self.checks
+                      if (r := check.reject(slot, need, now)) is not None]
+        if not any(could_ever_run(slot.agent, need) for slot in pool):
             detail = summarize(rejections, len(pool), static_only=True)
             return PendingReason(summary=reasons.UNPLACEABLE.format(detail=detail),
                                  unplaceable=True, rejections=rejections)

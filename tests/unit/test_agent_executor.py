@@ -14,7 +14,7 @@ import pytest
 
 from agent.executor import Executor
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
-from mesh.schema import ActionId, AgentId, Assignment, MeshConfig
+from mesh.schema import ActionId, AgentId, Assignment, HeldAttempt, MeshConfig
 from tests.unit.test_agent_harness import RecordingSinks, in_group, marked, run
 from tests.waiting import async_wait_until
 
@@ -142,7 +142,7 @@ def test_a_spawn_failure_fails_at_once_with_a_reason(command: list[str], cwd: st
         sinks = RecordingSinks()
         async with executor(sinks) as ex:
             await ex.start(assignment(command, cwd=cwd))
-            assert ex.running() == []
+            assert ex.holdings().running == []
         assert sinks.stages("a1") == ["failed"]
         end = sinks.end("a1")
         assert end is not None
@@ -206,12 +206,12 @@ def test_cancel_kills_every_process_of_the_tree() -> None:
         async with executor(sinks) as ex:
             await ex.start(shell(TREE, "victim"))
             pgid = await tree_of(ex, "victim", 3)
-            assert ex.running() == [("victim", 1)]
+            assert ex.holdings().running == [HeldAttempt(action_id=ActionId("victim"), attempt=1)]
             assert await ex.cancel(ActionId("victim"), 1) == "stopped"
             # cancel returns once the attempt is dead and reported
             assert sinks.stages("victim") == ["running", "cancelled"]
             assert in_group(pgid) == [] and of(ex, "victim") == []
-            assert ex.running() == []
+            assert ex.holdings().running == []
             assert await ex.cancel(ActionId("victim"), 1) == "finished"
             assert await ex.cancel(ActionId("never"), 1) == "unknown"
 
@@ -316,7 +316,7 @@ def test_shutdown_kills_everything_without_end_reports_and_refuses_new_work() ->
             await tree_of(ex, "s1", 3)
             await tree_of(ex, "s2", 3)
             await ex.shutdown()
-            assert ex.running() == []
+            assert ex.holdings().running == []
             assert of(ex, "s1") == [] and of(ex, "s2") == []
             assert sinks.stages("s1") == ["running"] and sinks.stages("s2") == ["running"]
             with pytest.raises(RuntimeError, match="shutting down"):

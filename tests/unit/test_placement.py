@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from mesh.schema import Action
+from mesh.schema import AgentState
 from scheduler.core.placement import (
     BaseLabels,
     Check,
@@ -13,112 +15,154 @@ from scheduler.core.placement import (
     MemoryReservation,
     Open,
     Placer,
-    default_checks,
+    Slot,
 )
 from scheduler.core.pool import AgentEntry
-from tests.builders import GIB, action, agent, load
+from scheduler.core.quota.model import Request, TaskRun, Worker
+from tests.builders import GIB, action, agent, aid, load
 
 
 def entry(cpus: float = 4, memory: int = 8 * GIB, labels: list[str] | None = None,
           cpu_percent: float = 0.0, available: int = 8 * GIB, loaded_at: float = 0.0,
-          state: str = "alive", agent_id: str = "n1") -> AgentEntry:
-    e = AgentEntry(info=agent(agent_id, cpus=cpus, memory=memory, labels=labels))
-    e.state = state  # type: ignore[assignment]
+          state: AgentState = "alive", agent_id: str = "n1") -> Slot:
+    """An agent with a fresh load sample and nothing reserved yet."""
+    e = AgentEntry(info=agent(agent_id, cpus=cpus, memory=memory, labels=labels), state=state)
     e.take_load(load(cpu_percent, available=available), loaded_at)
-    return e
+    return Slot(e, Worker(e.agent_id, e.labels, e.cpu_capacity, int(e.memory_capacity)))
 
 
-def reserve(e: AgentEntry, cpus: float, memory: int = 0, name: str = "other") -> None:
-    e.reserve(name, 1, Action(id=name, command=["true"], cpus=cpus, memory=memory))  # type: ignore[arg-type]
+def need(**fields: Any) -> Request:
+    """What an action asks of an agent, as the checks see it."""
+    spec = action("x", **fields)
+    return Request(aid("x"), spec.account, frozenset(spec.labels), cpus=spec.cpus,
+                   memory=spec.memory)
 
 
-CASES: list[tuple[str, Check, AgentEntry, Action, bool]] = [
+def reserve(slot: Slot, cpus: float, memory: int = 0, name: str = "other",
+            since_sample: bool = True) -> TaskRun:
+    """Something runs there; `since_sample`: placed after the last load sample."""
+    assert slot.worker is not None
+    run = TaskRun(Request(aid(name), cpus=cpus, memory=memory), priority=5)
+    slot.worker.running[name] = run
+    if since_sample:
+        slot.agent.placed(aid(name), memory)
+    return run
+
+
+CASES: list[tuple[str, Check, Slot, Request, bool]] = [
     ("labels all offered", BaseLabels(), entry(labels=["os:linux", "vpn"]),
-     action(labels=["vpn"]), True),
-    ("label missing", BaseLabels(), entry(labels=["os:linux"]), action(labels=["vpn"]), False),
-    ("no labels asked", BaseLabels(), entry(labels=["os:linux"]), action(), True),
-    ("cpu exactly fits", CpuReservation(), entry(cpus=4), action(cpus=4), True),
-    ("cpu one over", CpuReservation(), entry(cpus=4), action(cpus=4.5), False),
-    ("fractional cpus fit", CpuReservation(), entry(cpus=0.3), action(cpus=0.3), True),
-    ("memory exactly fits", MemoryReservation(), entry(memory=2 * GIB), action(memory=2 * GIB),
+     need(labels=["vpn"]), True),
+    ("label missing", BaseLabels(), entry(labels=["os:linux"]), need(labels=["vpn"]), False),
+    ("no labels asked", BaseLabels(), entry(labels=["os:linux"]), need(), True),
+    ("cpu exactly fits", CpuReservation(), entry(cpus=4), need(cpus=4), True),
+    ("cpu one over", CpuReservation(), entry(cpus=4), need(cpus=4.5), False),
+    ("fractional cpus fit", CpuReservation(), entry(cpus=0.3), need(cpus=0.3), True),
+    ("memory exactly fits", MemoryReservation(), entry(memory=2 * GIB), need(memory=2 * GIB),
      True),
     ("memory one byte over", MemoryReservation(), entry(memory=2 * GIB),
-     action(memory=2 * GIB + 1), False),
-    ("draining refuses", Open(), entry(state="draining"), action(), False),
-    ("blocked refuses", Open(), entry(state="blocked"), action(), False),
-    ("alive is open", Open(), entry(), action(), True),
-    ("idle machine has room", LiveLoad(3.0), entry(cpus=4, cpu_percent=0), action(cpus=4), True),
+     need(memory=2 * GIB + 1), False),
+    ("draining refuses", Open(), entry(state="draining"), need(), False),
+    ("blocked refuses", Open(), entry(state="blocked"), need(), False),
+    ("alive is open", Open(), entry(), need(), True),
+    ("idle machine has room", LiveLoad(3.0), entry(cpus=4, cpu_percent=0), need(cpus=4), True),
     ("busy machine below the limit", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=89.9),
-     action(cpus=1), True),
+     need(cpus=1), True),
     ("machine at the limit is saturated", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=90),
-     action(cpus=1), False),
+     need(cpus=1), False),
     ("saturated machine still takes zero-CPU work", LiveLoad(3.0, 90),
-     entry(cpus=4, cpu_percent=100), action(cpus=0), True),
-    ("live memory exactly fits", LiveLoad(3.0), entry(available=GIB), action(memory=GIB), True),
-    ("live memory short", LiveLoad(3.0), entry(available=GIB), action(memory=GIB + 1), False),
+     entry(cpus=4, cpu_percent=100), need(cpus=0), True),
+    ("live memory exactly fits", LiveLoad(3.0), entry(available=GIB), need(memory=GIB), True),
+    ("live memory short", LiveLoad(3.0), entry(available=GIB), need(memory=GIB + 1), False),
 ]
 
 
-@pytest.mark.parametrize(("check", "agent_entry", "act", "passes"), [c[1:] for c in CASES],
+@pytest.mark.parametrize(("check", "slot", "asked", "passes"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_check(check: Check, agent_entry: AgentEntry, act: Action, passes: bool) -> None:
-    assert (check.reject(agent_entry, act, now=1.0) is None) is passes
+def test_check(check: Check, slot: Slot, asked: Request, passes: bool) -> None:
+    assert (check.reject(slot, asked, now=1.0) is None) is passes
+
+
+@pytest.mark.parametrize(("slot", "asked"), [c[2:4] for c in CASES], ids=[c[0] for c in CASES])
+def test_the_chain_decides_what_it_explains(slot: Slot, asked: Request) -> None:
+    """The pass's answer is the first rejection the explanation lists, or none of them."""
+    placer = Placer(3.0, 90)
+    decided = placer.first_rejection(slot, asked, 1.0)
+    explained = placer.explain([slot], asked, 1.0).rejections
+    assert decided == (explained[0] if explained else None)
 
 
 def test_reservations_count_against_capacity() -> None:
-    e = entry(cpus=4)
-    reserve(e, 3)
-    assert CpuReservation().reject(e, action(cpus=1), 0) is None
-    assert CpuReservation().reject(e, action(cpus=1.5), 0) is not None
+    slot = entry(cpus=4)
+    reserve(slot, 3)
+    assert CpuReservation().reject(slot, need(cpus=1), 0) is None
+    assert CpuReservation().reject(slot, need(cpus=1.5), 0) is not None
 
 
 def test_capacity_percent_scales_headroom() -> None:
-    e = entry(cpus=4)
-    e.capacity_percent = 50
-    assert CpuReservation().reject(e, action(cpus=2), 0) is None
-    assert CpuReservation().reject(e, action(cpus=2.5), 0) is not None
+    slot = entry(cpus=4)
+    slot.agent.capacity_percent = 50
+    assert CpuReservation().reject(slot, need(cpus=2), 0) is None
+    assert CpuReservation().reject(slot, need(cpus=2.5), 0) is not None
 
 
 def test_stale_load_counts_as_no_room() -> None:
-    e = entry(loaded_at=0.0)
+    slot = entry(loaded_at=0.0)
     check = LiveLoad(stale_after=3.0)
-    assert check.reject(e, action(), now=3.0) is None
-    rejection = check.reject(e, action(), now=3.5)
+    assert check.reject(slot, need(), now=3.0) is None
+    rejection = check.reject(slot, need(), now=3.5)
     assert rejection is not None and "stale" in rejection.detail
 
 
 def test_memory_placed_since_the_sample_is_subtracted() -> None:
-    e = entry(available=4 * GIB)
-    reserve(e, 0, memory=3 * GIB)
-    assert LiveLoad(3.0).reject(e, action(memory=GIB), 0) is None
-    assert LiveLoad(3.0).reject(e, action(memory=GIB + 1), 0) is not None
-    e.release("other")  # type: ignore[arg-type]  # gone before any sample saw it
-    assert LiveLoad(3.0).reject(e, action(memory=4 * GIB), 0) is None
-    reserve(e, 0, memory=3 * GIB)
-    e.take_load(load(available=4 * GIB), 0.5)  # a fresh sample resets what it could not see
-    assert LiveLoad(3.0).reject(e, action(memory=4 * GIB), 0.5) is None
+    slot = entry(available=4 * GIB)
+    reserve(slot, 0, memory=3 * GIB)
+    assert LiveLoad(3.0).reject(slot, need(memory=GIB), 0) is None
+    assert LiveLoad(3.0).reject(slot, need(memory=GIB + 1), 0) is not None
+    slot.agent.left(aid("other"))  # gone before any sample saw it
+    assert LiveLoad(3.0).reject(slot, need(memory=4 * GIB), 0) is None
+    reserve(slot, 0, memory=3 * GIB)
+    slot.agent.take_load(load(available=4 * GIB), 0.5)  # a fresh sample sees it
+    assert LiveLoad(3.0).reject(slot, need(memory=4 * GIB), 0.5) is None
+
+
+def test_making_room_frees_the_victims_reservation_and_memory() -> None:
+    slot = entry(cpus=1, available=GIB, cpu_percent=100)
+    victim = reserve(slot, 1, memory=GIB, since_sample=False)  # the sample shows its use
+    placer = Placer(3.0)
+    assert placer.first_rejection(slot, need(cpus=1, memory=GIB), 0) is not None
+    slot.freed = victim
+    assert placer.first_rejection(slot, need(cpus=1, memory=2 * GIB), 0) is None, \
+        "its CPU, its memory, and the saturation it causes go with it"
+    assert placer.first_rejection(slot, need(cpus=1, memory=2 * GIB + 1), 0) is not None
+
+
+def test_memory_granted_earlier_in_the_pass_counts() -> None:
+    slot = entry(available=4 * GIB)
+    slot.granted_memory = 3 * GIB
+    assert LiveLoad(3.0).reject(slot, need(memory=GIB), 0) is None
+    assert LiveLoad(3.0).reject(slot, need(memory=GIB + 1), 0) is not None
 
 
 def test_explain_counts_every_failing_dimension() -> None:
-    placer = Placer(default_checks(3.0))
+    placer = Placer(3.0)
     pool = [entry(agent_id=f"n{i}", labels=["os:linux"]) for i in range(3)]
     vpn = entry(agent_id="v1", labels=["vpn"], cpus=4)
     reserve(vpn, 3)
     pool.append(vpn)
-    reason = placer.explain(pool, action(labels=["vpn"], cpus=2), 0)
+    reason = placer.explain(pool, need(labels=["vpn"], cpus=2), 0)
     assert not reason.unplaceable
     assert "3 agents lack `vpn`" in reason.summary
     assert "1 agent lacks 2 CPUs of headroom" in reason.summary
 
 
 def test_explain_flags_unplaceable_when_no_machine_could_ever_take_it() -> None:
-    placer = Placer(default_checks(3.0))
-    reason = placer.explain([entry(cpus=4), entry(cpus=2, agent_id="n2")], action(cpus=16), 0)
+    placer = Placer(3.0)
+    reason = placer.explain([entry(cpus=4), entry(cpus=2, agent_id="n2")], need(cpus=16), 0)
     assert reason.unplaceable
     assert reason.summary.startswith("unplaceable:")
     assert {r.agent_id for r in reason.rejections} == {"n1", "n2"}
 
 
 def test_explain_with_no_agents_says_so() -> None:
-    reason = Placer(default_checks(3.0)).explain([], action(), 0)
+    reason = Placer(3.0).explain([], need(), 0)
     assert not reason.unplaceable and "no agents" in reason.summary

@@ -11,8 +11,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from mesh.errors import InvalidInput
+from mesh.errors import InvalidInput, NotFound
 from mesh.schema import (
+    AccountConfig,
+    AccountId,
     ActionId,
     AgentHoldings,
     AgentId,
@@ -23,13 +25,15 @@ from mesh.schema import (
     ChannelHello,
     HeldAttempt,
     MeshConfig,
+    QuotaOptions,
     ReportAnswer,
 )
 from mesh.stages import Stage
 from mesh.wire import encode, read_frame
-from scheduler.actor import Scheduler
 from scheduler.agent_handle import AgentGone, AgentUnreachable
-from scheduler.store import Batch, StateCorrupt, Store
+from scheduler.core.records import Changes
+from scheduler.shell import Scheduler
+from scheduler.store import StateCorrupt, Store
 from tests.builders import action, agent, load, report
 from tests.waiting import async_wait_until
 
@@ -82,11 +86,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def shell(*infos: AgentInfo) -> tuple[Scheduler, dict[str, FakeAgent]]:
     fakes: dict[str, FakeAgent] = {str(i.agent_id): FakeAgent(i) for i in infos}
-    clock = iter(float(t) for t in range(1, 1_000_000))
+    clock = [1.0]  # still, unless a test moves it
     nodes = [{"NodeID": i.node_id, "Alive": True, "Resources": {}, "Labels": {}} for i in infos]
     s = Scheduler(MeshConfig(state_dir=tempfile.mkdtemp(prefix="meshshell-")),
                   agent_factory=lambda node, _: fakes[node],
-                  list_nodes=lambda: nodes, clock=lambda: next(clock))
+                  list_nodes=lambda: nodes, clock=lambda: clock[0])
     for info in infos:
         s.register(info, fakes[info.agent_id])
         s.report_load(info.agent_id, load(at=0.0))
@@ -94,7 +98,7 @@ def shell(*infos: AgentInfo) -> tuple[Scheduler, dict[str, FakeAgent]]:
 
 
 def state_of(s: Scheduler, agent_id: str) -> str:
-    return s.core.agents[agent_id].state  # type: ignore[index]
+    return next(a.state for a in s.pool() if a.info.agent_id == agent_id)
 
 
 async def settle() -> None:
@@ -108,7 +112,8 @@ def test_a_bad_action_in_a_batch_leaves_the_whole_batch_unaccepted() -> None:
         s.submit([action("x")], True)
         with pytest.raises(InvalidInput, match="already used"):
             s.submit([action("new"), action("x", command=["false"])], True)
-        assert "new" not in s.core.actions
+        with pytest.raises(NotFound):
+            s.core.get(ActionId("new"), s.clock())
     run(body())
 
 
@@ -122,7 +127,7 @@ def test_an_end_report_is_answered_with_the_agents_next_assignment() -> None:
         answer = s.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0))
         assert [x.action_id for x in answer] == ["b"]
         assert fakes["n1"].calls == [("start", "a")], "b must not also get a start call"
-        assert s.core.actions["b"].stage is Stage.ASSIGNED  # type: ignore[index]
+        assert s.core.get(ActionId("b"), s.clock()).stage is Stage.ASSIGNED
     run(body())
 
 
@@ -135,7 +140,7 @@ def test_an_unreachable_agent_is_suspect_and_watched_again() -> None:
         first.set_exception(AgentUnreachable("slow"))
         await settle()
         assert state_of(s, "n1") == "suspect"
-        s.report_load("n1", load(at=1.0))  # type: ignore[arg-type]  # it answers again
+        s.report_load(AgentId("n1"), load(at=1.0))  # it answers again
         assert state_of(s, "n1") == "alive"
         await asyncio.sleep(s.config.load_interval + 0.1)
         assert fakes["n1"].closed is not first, "the watch was not re-armed"
@@ -153,8 +158,8 @@ def test_a_late_death_of_an_old_actor_does_not_remove_its_replacement() -> None:
         assert old.closed is not None
         old.closed.set_exception(AgentGone("old actor died"))
         await settle()
-        assert s.handles["n1"] is replacement  # type: ignore[index]
-        assert "n1" in s.core.agents
+        assert s.handles[AgentId("n1")] is replacement
+        assert [a.info.agent_id for a in s.pool()] == ["n1"]
     run(body())
 
 
@@ -216,7 +221,7 @@ def test_a_cancelled_attempt_its_agent_never_had_ends_cancelled_at_once(
         s.cancel(ActionId("a"))
         await settle()
         # "finished": its end report is on the way and decides; "unknown": none will come.
-        assert s.core.actions["a"].stage is stage  # type: ignore[index]
+        assert s.core.get(ActionId("a"), s.clock()).stage is stage
         await s.shutdown()
     run(body())
 
@@ -230,16 +235,18 @@ def test_accounts_and_balances_outlive_the_scheduler(tmp_path: Path) -> None:
 
     async def first() -> None:
         s = scheduler()
-        s.create_account("ci", {"charge_rate": [1], "max_charge_seconds": 100})
-        s.quota_options({"disable_preemption": True})
+        s.core.accounts.create(AccountId("ci"), AccountConfig(charge_rate=[1],
+                                                              max_charge_seconds=100), clock[0])
+        s.core.accounts.set_options(QuotaOptions(disable_preemption=True))
+        s.accounts_changed()
         clock[0] += 30
         s.save_accounts()
 
     async def second() -> None:
         s = scheduler()
-        assert s.quota_options().disable_preemption
+        assert s.core.accounts.options.disable_preemption
         clock[0] += 10  # ten more seconds accrue while it was down
-        assert s.account("ci").balance[0] == 40
+        assert s.core.accounts.status(AccountId("ci"), clock[0]).balance[0] == 40
 
     run(first())
     run(second())
@@ -254,7 +261,8 @@ def test_a_quota_file_of_the_release_before_is_imported_and_a_bad_one_refused(
         '"workers": []}')
     s = Scheduler(MeshConfig(state_dir=str(tmp_path / "old")), list_nodes=list,
                   clock=lambda: 5.0)
-    assert s.account("ci").balance[0] == 7 and s.quota_options().disable_preemption
+    assert s.core.accounts.status(AccountId("ci"), 5.0).balance[0] == 7
+    assert s.core.accounts.options.disable_preemption
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "quota.json").write_text('{"last_update_time": "soon"}')
     with pytest.raises(StateCorrupt, match="not a quota snapshot"):
@@ -292,18 +300,18 @@ def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
             running=[HeldAttempt(action_id=ActionId("zz"), attempt=1)],
             ended=[report("a", 1, "n1", "succeeded", exit_code=0)])
         s = scheduler(fake)
-        assert {a: e.stage for a, e in s.core.actions.items()} == {
+        assert {a.id: a.stage for a in s.core.list_actions()} == {
             "a": Stage.RUNNING, "b": Stage.ASSIGNED, "c": Stage.QUEUED, "d": Stage.QUEUED}
         assert await s.ready(5)
-        assert s.core.actions["a"].stage is Stage.SUCCEEDED  # type: ignore[index]
-        b = s.core.actions["b"]  # type: ignore[index]
-        assert b.attempts[0].outcome == "lost" and b.losses == 0
+        assert s.core.get(ActionId("a"), s.clock()).stage is Stage.SUCCEEDED
+        b = s.core.get(ActionId("b"), s.clock())
+        assert b.attempts[0].outcome == "lost" and "restarted" in b.reason, "not a loss"
         assert ("stop", "zz") in fake.calls
         s.report_load(AgentId("n1"), load(at=0.0))
         await async_wait_until(lambda: fake.calls, lambda c: ("start", "b") in c,
                                what="b started again")
-        assert s.core.actions["b"].attempt == 2  # type: ignore[index]
-        events = [e.reason for e in s.book.since(ActionId("a"), 0)]
+        assert s.core.get(ActionId("b"), s.clock()).attempt == 2
+        events = [e.reason for e in await s.wait_events(ActionId("a"), 0, 0)]
         assert events[0] == "accepted" and len(events) == 4, events
         await s.shutdown()
 
@@ -314,10 +322,10 @@ def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
 def test_a_scheduler_that_cannot_write_its_state_sends_nothing_and_stops(
         tmp_path: Path) -> None:
     class FullDisk(Store):
-        def write(self, batch: Batch, durable: bool = False) -> None:
-            if batch.actions and any(e.stage is Stage.ASSIGNED for e in batch.actions):
+        def write(self, changes: Changes, durable: bool = False) -> None:
+            if any(r.stage is Stage.ASSIGNED for r in changes.updated):
                 raise sqlite3.OperationalError("database or disk is full")
-            super().write(batch, durable)
+            super().write(changes, durable)
 
     async def body() -> None:
         stopped: list[BaseException] = []

@@ -7,77 +7,145 @@ from pathlib import Path
 
 import pytest
 
-from mesh.schema import AccountConfig, AccountId, AgentId
+from mesh.schema import AccountConfig, AccountId, ActionId, AgentId
 from mesh.stages import Stage
 from scheduler.core.events import ListSink
-from scheduler.core.quota.snapshot import accounts_snapshot
-from scheduler.core.state import ActionEntry, SchedulerState
-from scheduler.store import DB_FILE, SCHEMA_VERSION, Batch, StateCorrupt, Store
-from tests.builders import action, agent, load, report
+from scheduler.core.records import Changes
+from scheduler.core.state import SchedulerState
+from scheduler.store import DB_FILE, SCHEMA_VERSION, StateCorrupt, Store
+from tests.builders import action, agent, aid, load, nid, report
 
 
 def worked_core() -> tuple[SchedulerState, ListSink]:
     """Actions in every kind of state: succeeded after a loss, running, queued, cancelled."""
     sink = ListSink()
     core = SchedulerState(sink=sink)
-    core.create_account(AccountId("ci"), AccountConfig(charge_rate=[1.0],
-                                                       max_charge_seconds=60), 0)
-    core.register_agent(agent("n1", cpus=1), 0)
-    core.report_load(AgentId("n1"), load(), 0)
-    core.submit(action("a", account="ci", env={"K": "v"}, labels=["os:linux"]), 0)
-    core.submit(action("b", cpus=1), 0)
-    core.submit(action("c"), 0)
+    core.accounts.create(AccountId("ci"), AccountConfig(charge_rate=[1.0],
+                                                        max_charge_seconds=60), 0)
+    core.agent_joined(agent("n1", cpus=1), 0)
+    core.load(nid("n1"), load(), 0)
+    core.submit([action("a", account="ci", env={"K": "v"}, labels=["os:linux"])], 0)
+    core.submit([action("b", cpus=1)], 0)
+    core.submit([action("c")], 0)
     core.step(0)
-    core.remove_agent(AgentId("n1"), 1)  # a's first attempt is lost with its agent
-    core.register_agent(agent("n2", cpus=1), 2)
-    core.report_load(AgentId("n2"), load(), 2)
+    core.agent_left(nid("n1"), 1)  # a's first attempt is lost with its agent
+    core.agent_joined(agent("n2", cpus=1), 2)
+    core.load(nid("n2"), load(), 2)
     core.step(2)
-    core.report_attempt(report("a", 2, "n2", "succeeded", exit_code=0), 3)
+    core.report(report("a", 2, "n2", "succeeded", exit_code=0), 3)
     core.step(3)
-    core.report_attempt(report("b", 1, "n2", "running"), 4)
-    core.cancel("c", 5)  # type: ignore[arg-type]
+    core.report(report("b", 1, "n2", "running"), 4)
+    core.cancel(aid("c"), 5)
     return core, sink
 
 
-def fields(entry: ActionEntry) -> dict[str, object]:
-    return {name: getattr(entry, name) for name in ActionEntry.__slots__}  # type: ignore[attr-defined]
+def write_all(core: SchedulerState, store: Store, now: float = 6.0) -> None:
+    with core.writing() as changes:
+        changes.accounts = core.accounts.snapshot(now)
+        store.write(changes, durable=True)
 
 
-def test_actions_events_and_accounts_come_back_exactly(tmp_path: Path) -> None:
+def test_actions_attempts_events_and_accounts_come_back_exactly(tmp_path: Path) -> None:
     core, sink = worked_core()
     store = Store(tmp_path)
-    quota = accounts_snapshot(core.quota)
-    store.write(Batch(actions=core.take_changed(), events=sink.events, quota=quota),
-                durable=True)
+    write_all(core, store)
     # A later step's changes update the rows written before.
-    core.report_attempt(report("b", 1, "n2", "failed", exit_code=2), 6)
-    store.write(Batch(actions=core.take_changed(), events=sink.events[-1:]))
+    core.report(report("b", 1, "n2", "failed", exit_code=2), 6)
+    write_all(core, store, 7)
+    core.submit([action("d")], 8)
+    write_all(core, store, 8)
     store.close()
 
-    saved = Store(tmp_path).load()
-    assert [e.id for e in saved.actions] == ["a", "b", "c"]
-    for entry in saved.actions:
-        assert fields(entry) == fields(core.actions[entry.id])
-    assert saved.actions[0].attempts[0].outcome == "lost"
-    assert saved.actions[1].stage is Stage.FAILED and saved.actions[1].exit_code == 2
-    for action_id, events in saved.events.items():
-        assert events == [e for e in sink.events if e.action_id == action_id]
-    assert saved.quota == quota and saved.quota.balances["ci"][0] > 0
-
-
-def test_a_failed_write_leaves_the_previous_state(tmp_path: Path) -> None:
-    core, sink = worked_core()
     store = Store(tmp_path)
-    store.write(Batch(actions=core.take_changed(), events=sink.events))
-    core.report_attempt(report("b", 1, "n2", "succeeded", exit_code=0), 6)
-    broken = Batch(actions=core.take_changed(), events=[sink.events[0]] * 2)
+    saved = store.load()
+    # Only unfinished work is loaded; the rest is read when asked for.
+    assert [record.id for record, _ in saved.actions] == ["d"]
+    assert saved.last_seq == 4
+    assert saved.finished == {Stage.SUCCEEDED: 1, Stage.FAILED: 1, Stage.CANCELLED: 1}
+    assert set(saved.events) == {"d"}
+    for name in ("a", "b", "c", "d"):
+        kept = store.find(aid(name))
+        assert kept is not None
+        record, attempts = kept
+        assert record.id == name
+        live = core.get(aid(name), 8)
+        assert (record.stage, record.attempt, record.exit_code, record.reason) == (
+            live.stage, live.attempt, live.exit_code, live.reason)
+        assert attempts == live.attempts
+        assert store.events(aid(name)) == [e for e in sink.events if e.action_id == name]
+    a_record, a_attempts = store.find(aid("a")) or pytest.fail()
+    assert [x.outcome for x in a_attempts] == ["lost", Stage.SUCCEEDED]
+    assert a_record.spec.env == {"K": "v"}
+    assert [r.id for r, _ in store.finished(None, 0, 10)] == ["a", "b", "c"]
+    assert [r.id for r, _ in store.finished(Stage.FAILED, 0, 10)] == ["b"]
+    assert [r.id for r, _ in store.finished(None, 1, 1)] == ["b"]
+    assert saved.accounts is not None and saved.accounts.balances["ci"][0] > 0
+
+
+def test_a_failed_write_leaves_the_previous_state_and_the_changes_for_the_next(
+        tmp_path: Path) -> None:
+    core, _ = worked_core()
+    store = Store(tmp_path)
+    write_all(core, store)
+    core.report(report("b", 1, "n2", "succeeded", exit_code=0), 6)
     store.db.execute("CREATE TRIGGER no BEFORE INSERT ON events BEGIN "
                      "SELECT RAISE(ABORT, 'disk full'); END")
-    with pytest.raises(sqlite3.Error, match="disk full"):
-        store.write(broken)
-    store.close()
-    saved: dict[str, ActionEntry] = {e.id: e for e in Store(tmp_path).load().actions}
-    assert saved["b"].stage is Stage.RUNNING, "the batch is all or nothing"
+    with pytest.raises(sqlite3.Error, match="disk full"), core.writing() as changes:
+        store.write(changes)
+    kept = store.find(aid("b"))
+    assert kept is not None and kept[0].stage is Stage.RUNNING, "the batch is all or nothing"
+    store.db.execute("DROP TRIGGER no")
+    with core.writing() as changes:
+        assert changes.events, "what failed to be written is written next time"
+        store.write(changes)
+    kept = store.find(aid("b"))
+    assert kept is not None and kept[0].stage is Stage.SUCCEEDED
+
+
+def test_a_version_1_file_is_migrated_with_its_attempts_as_rows(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    db.executescript(V1_FILE)
+    db.close()
+    store = Store(tmp_path)
+    assert store.version == SCHEMA_VERSION
+    saved = store.load()
+    [(record, attempts)] = saved.actions
+    assert (record.id, record.stage, record.attempt) == ("b", Stage.RUNNING, 2)
+    assert [(x.number, x.agent_id, x.outcome) for x in attempts] == [
+        (1, "n1", "lost"), (2, AgentId("n2"), None)]
+    done = store.find(ActionId("a"))
+    assert done is not None and done[0].stage is Stage.SUCCEEDED and done[1][0].exit_code == 0
+    assert saved.last_seq == 2
+
+
+# A state file as the previous release wrote it: a finished, b running its second attempt.
+V1_FILE = """
+CREATE TABLE actions (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL,
+    stage TEXT NOT NULL, attempt INTEGER NOT NULL, agent_id TEXT, submitted_at REAL NOT NULL,
+    finished_at REAL, exit_code INTEGER, reason TEXT NOT NULL, failures INTEGER NOT NULL,
+    losses INTEGER NOT NULL, deaths TEXT NOT NULL, cancel_requested INTEGER NOT NULL,
+    unplaceable INTEGER NOT NULL, events INTEGER NOT NULL, attempts TEXT NOT NULL);
+CREATE INDEX actions_by_stage ON actions (stage);
+CREATE TABLE events (action_id TEXT NOT NULL, seq INTEGER NOT NULL, attempt INTEGER NOT NULL,
+    stage TEXT NOT NULL, time REAL NOT NULL, agent_id TEXT, exit_code INTEGER,
+    reason TEXT NOT NULL, PRIMARY KEY (action_id, seq));
+CREATE TABLE quota (id INTEGER PRIMARY KEY CHECK (id = 1), snapshot TEXT NOT NULL);
+INSERT INTO actions VALUES ('a', 1, '{"command": ["true"]}', 'succeeded', 1, 'n1', 0.0, 2.0,
+    0, '', 0, 0, '[]', 0, 0, 4, '[{"number": 1, "agent_id": "n1", "assigned_at": 0.5,
+    "started_at": 1.0, "finished_at": 2.0, "outcome": "succeeded", "exit_code": 0}]');
+INSERT INTO actions VALUES ('b', 2, '{"command": ["sleep", "9"]}', 'running', 2, 'n2', 0.0,
+    NULL, NULL, '', 0, 1, '["n1"]', 0, 0, 5, '[{"number": 1, "agent_id": "n1",
+    "assigned_at": 0.5, "finished_at": 3.0, "outcome": "lost", "reason": "agent n1 was lost"},
+    {"number": 2, "agent_id": "n2", "assigned_at": 3.5, "started_at": 4.0}]');
+PRAGMA application_id = 1095594856;
+PRAGMA user_version = 1;
+"""
+
+
+def test_changes_with_nothing_in_them_write_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write(Changes())
+    assert store.load().actions == []
 
 
 def test_a_new_file_gets_the_current_schema(tmp_path: Path) -> None:
@@ -92,11 +160,11 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
-    core, sink = worked_core()
+    core, _ = worked_core()
     store = Store(tmp_path)
     for i in range(200):  # enough rows for several pages
-        core.submit(action(f"x{i}", command=["echo", "y" * 500]), 10)
-    store.write(Batch(actions=core.take_changed(), events=sink.events))
+        core.submit([action(f"x{i}", command=["echo", "y" * 500])], 10)
+    write_all(core, store)
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
     path = tmp_path / DB_FILE
@@ -127,9 +195,9 @@ def test_another_programs_database_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_row_that_does_not_parse_is_named(tmp_path: Path) -> None:
-    core, sink = worked_core()
+    core, _ = worked_core()
     store = Store(tmp_path)
-    store.write(Batch(actions=core.take_changed(), events=sink.events))
+    write_all(core, store)
     store.db.execute("UPDATE actions SET spec = '{\"command\": []}' WHERE id = 'b'")
     with pytest.raises(StateCorrupt, match="saved action 'b' cannot be read"):
         store.load()

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import struct
 
-NUM_PRIORITIES = 5
-# The level below every paid one: work whose account has no positive balance runs here.
-FREE_BUCKET = NUM_PRIORITIES
+from mesh.schema import FREE_BUCKET as FREE_BUCKET
+from mesh.schema import NUM_PRIORITIES as NUM_PRIORITIES
 
 Vector = tuple[float, float, float, float, float]
 ZERO: Vector = (0.0, 0.0, 0.0, 0.0, 0.0)

@@ -1,36 +1,34 @@
-"""Each action's stage events as the scheduler emitted them, with long-poll waiting on them."""
+"""Where the core's events go in a running scheduler: stage events to the clients that wait
+on them, quota events an operator wants to the log."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 
 from mesh.schema import ActionId, StageEvent
+from scheduler.core.quota.events import QuotaEvent
+
+log = logging.getLogger("actionmesh.scheduler")
 
 
 class EventBook:
-    """An EventSink that keeps events per action, wakes whoever waits on that action, and
-    holds the events not yet written to the store."""
+    """An EventSink that keeps events per action and wakes whoever waits on that action."""
 
     def __init__(self) -> None:
         self.events: dict[ActionId, list[StageEvent]] = defaultdict(list)
         self._waiters: dict[ActionId, set[asyncio.Event]] = defaultdict(set)
-        self.unsaved: list[StageEvent] = []
 
     def emit(self, event: StageEvent) -> None:
-        self.unsaved.append(event)
         self.events[event.action_id].append(event)
         for waiter in self._waiters.pop(event.action_id, ()):
             waiter.set()
 
     def restore(self, saved: dict[ActionId, list[StageEvent]]) -> None:
-        """Take back saved events (a restarted scheduler's); they are not written again."""
+        """Take back saved events (a restarted scheduler's)."""
         for action_id, events in saved.items():
             self.events[action_id] = list(events)
-
-    def take_unsaved(self) -> list[StageEvent]:
-        taken, self.unsaved = self.unsaved, []
-        return taken
 
     def since(self, action_id: ActionId, after: int) -> list[StageEvent]:
         # seq counts from 1 and events are appended in seq order, so seq n sits at index n-1.
@@ -54,3 +52,16 @@ class EventBook:
                 if not waiting:
                     del self._waiters[action_id]
         return self.since(action_id, after)
+
+
+class QuotaLog:
+    """The quota scheduler's events that an operator wants in the log."""
+
+    def emit(self, event: QuotaEvent) -> None:
+        if event.type == "preempted":
+            log.info("%s (account %s) preempted by %s (account %s) at priority %s",
+                     event.task_id, event.account_id or "-", event.preempting_task_id,
+                     event.preempting_account_id or "-", event.new_priority)
+        elif event.type == "reprioritized":
+            log.info("%s (account %s) moved from priority %s to %s", event.task_id,
+                     event.account_id, event.priority, event.new_priority)

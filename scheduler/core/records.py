@@ -1,0 +1,87 @@
+"""The core's durable form: what the store writes after each step and a restart reads back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mesh.schema import Action, ActionId, AgentId, AttemptRecord, StageEvent
+from mesh.stages import Stage
+from scheduler.core.quota.snapshot import QuotaSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One accepted action's own state; its attempts and events are rows of their own."""
+
+    id: ActionId
+    seq: int
+    spec: Action
+    submitted_at: float
+    stage: Stage
+    attempt: int
+    finished_at: float | None
+    exit_code: int | None
+    reason: str
+    failures: int
+    losses: int
+    deaths_in_a_row: tuple[AgentId, ...]
+    cancel_requested: bool
+    unplaceable: bool
+    floor: int
+    events: int
+
+
+@dataclass
+class Changes:
+    """What changed since the last write, written as one transaction: actions accepted
+    since (with their spec), actions changed, attempts started or changed, and events."""
+
+    created: list[ActionRecord] = field(default_factory=list)
+    updated: list[ActionRecord] = field(default_factory=list)
+    attempts: list[tuple[ActionId, AttemptRecord]] = field(default_factory=list)
+    events: list[StageEvent] = field(default_factory=list)
+    accounts: QuotaSnapshot | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.created or self.updated or self.attempts or self.events
+                    or self.accounts is not None)
+
+
+# An action as the store keeps it: its own state and its attempts, oldest first.
+Kept = tuple[ActionRecord, list[AttemptRecord]]
+
+
+@dataclass
+class Saved:
+    """What a restarting core begins from: unfinished actions with their attempts and
+    events (finished ones stay in the store, read when asked for), the highest sequence
+    number handed out, and the accounts."""
+
+    actions: list[Kept] = field(default_factory=list)
+    events: dict[ActionId, list[StageEvent]] = field(default_factory=dict)
+    last_seq: int = 0
+    # How many finished actions the store keeps, by stage (they are not in `actions`).
+    finished: dict[Stage, int] = field(default_factory=dict)
+    accounts: QuotaSnapshot | None = None
+
+
+class Archive(Protocol):
+    """Finished actions the store keeps that a restarted core did not load."""
+
+    def find(self, action_id: ActionId) -> Kept | None: ...
+
+    def finished(self, stage: Stage | None, after_seq: int, limit: int) -> list[Kept]:
+        """Finished actions (in `stage`, if given) with a sequence number above
+        `after_seq`, in sequence order, at most `limit`."""
+        ...
+
+
+class NoArchive:
+    """For a core with nothing saved before it: every action it knows is in memory."""
+
+    def find(self, action_id: ActionId) -> Kept | None:
+        return None
+
+    def finished(self, stage: Stage | None, after_seq: int, limit: int) -> list[Kept]:
+        return []

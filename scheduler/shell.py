@@ -1,0 +1,437 @@
+"""The scheduler's body: loops that never die, durable writes, and carrying out decisions.
+
+It feeds the pure core (`scheduler/core`) events from agents, nodes and clients, writes what
+each step changed before acting on it, and turns the core's `Assign` / `Stop` decisions into
+calls to agents. Ray appears only behind injected interfaces (agent handles, node listing),
+so tests drive it in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import ray
+
+from mesh import reasons
+from mesh.errors import MeshError, SchedulerUnavailable
+from mesh.schema import (
+    Action,
+    ActionId,
+    ActionStatus,
+    AgentHoldings,
+    AgentId,
+    AgentInfo,
+    AgentStatus,
+    Assignment,
+    AttemptReport,
+    Load,
+    MeshConfig,
+    ReportChannel,
+    StageEvent,
+    SubmitOutcome,
+)
+from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, make_agent_handle
+from scheduler.channel import ReportServer
+from scheduler.core.decisions import Assign, Decision, Stop
+from scheduler.core.records import Changes
+from scheduler.core.state import SchedulerState
+from scheduler.nodes import alive, parse_nodes, wanted
+from scheduler.sinks import EventBook, QuotaLog
+from scheduler.store import Store
+
+log = logging.getLogger("actionmesh.scheduler")
+
+HELLO_TIMEOUT = 60.0
+# At start-up (and after a restart) clients wait until every agent has said what it runs,
+# or this many seconds; a slower agent is reconciled when it answers.
+FIRST_SYNC_WAIT = 10.0
+# Seconds between passes when nothing else asks for one.
+QUOTA_PASS_INTERVAL = 2.0
+# How often balances are written while they change; account changes are written at once.
+ACCOUNT_SAVE_INTERVAL = 1.0
+
+
+class Scheduler:
+    """The actor's body, Ray-free apart from node discovery, so tests can drive it directly."""
+
+    def __init__(self, config: MeshConfig,
+                 agent_factory: Callable[[str, MeshConfig], AgentHandle] = make_agent_handle,
+                 list_nodes: Callable[[], list[dict[str, Any]]] | None = None,
+                 clock: Callable[[], float] = time.time, channel_host: str = "127.0.0.1",
+                 store: Store | None = None,
+                 on_store_failure: Callable[[BaseException], None] | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.book = EventBook()
+        self.store = store or Store(config.state_dir)
+        self.core = SchedulerState(stale_after=config.load_stale_after,
+                                   capacity_percent=config.capacity_percent,
+                                   cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
+                                   quota_sink=QuotaLog(), archive=self.store)
+        self.on_store_failure = on_store_failure or _exit_process
+        self._saved_accounts = ""
+        self._restore()
+        self.agent_factory = agent_factory
+        self.list_nodes = list_nodes or ray.nodes
+        self.handles: dict[AgentId, AgentHandle] = {}
+        self.bringing_up: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._synced: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.channel = ReportServer(self.report_attempt, self._deliver_otherwise, channel_host,
+                                    config.report_port)
+        self._channel_up: asyncio.Future[ReportChannel | None] | None = None
+
+    # ---- durable state -------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Take back the saved state (a corrupt store stops the start-up, loudly). Attempts
+        it has in flight stay unclaimed until their agents say what they run."""
+        saved = self.store.load()
+        self.core.restore(saved, self.clock())
+        self.book.restore(saved.events)
+        if saved.accounts is not None:
+            self._saved_accounts = saved.accounts.model_dump_json()
+        if saved.actions or saved.accounts is not None:
+            log.info("restored %d unfinished action(s) and %d account(s)",
+                     len(saved.actions), len(saved.accounts.accounts) if saved.accounts else 0)
+
+    def _written(self, durable: bool = False) -> bool:
+        """Write the pending changes. A scheduler that cannot write must not act on what
+        it could not record (a restart would hand out the same attempt numbers again), so
+        a failed write stops it: Ray restarts it from what was written."""
+        try:
+            with self.core.writing() as changes:
+                self.store.write(changes, durable)
+        except Exception as exc:
+            log.critical("writing the scheduler's state to %s failed: %r; stopping so the "
+                         "restarted scheduler continues from the saved state",
+                         self.store.path, exc)
+            self.on_store_failure(exc)
+            return False
+        return True
+
+    def _commit_durably(self, changes: Changes) -> None:
+        self.store.write(changes, durable=True)
+
+    def save_accounts(self) -> None:
+        """Write accounts, balances and options if they changed since the last write."""
+        snapshot = self.core.accounts.snapshot(self.clock())
+        if not snapshot.accounts and not self._saved_accounts:
+            return
+        text = snapshot.model_dump_json()
+        if text == self._saved_accounts:
+            return
+        self.store.save_quota(snapshot)
+        self._saved_accounts = text
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        if self._wake is not None:
+            return
+        self._wake = asyncio.Event()
+        self._wake.set()  # look at the queue once at start: it may hold work already
+        self._synced = asyncio.Event()
+        self._channel_up = asyncio.get_running_loop().create_future()
+        self._spawn(self._open_channel(self._channel_up))
+        self._spawn(self._dispatch_loop())
+        self._spawn(self._node_loop())
+        self._spawn(self._save_loop())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def ready(self, timeout: float) -> bool:
+        """True once the first pass over the cluster's nodes has registered their agents."""
+        self.ensure_started()
+        assert self._synced is not None
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _open_channel(self, up: asyncio.Future[ReportChannel | None]) -> None:
+        try:
+            address = await self.channel.start()
+        except OSError as exc:
+            # Agents then report by Ray calls: slower, but nothing is lost.
+            log.error("report channel not opened on %s:%d: %s", self.channel.host,
+                      self.channel.port, exc)
+            up.set_result(None)
+            return
+        log.info("report channel on %s:%d", address.host, address.port)
+        up.set_result(address)
+
+    async def report_channel(self) -> ReportChannel | None:
+        """Where agents send reports, or None when the channel could not be opened."""
+        self.ensure_started()
+        assert self._channel_up is not None
+        return await self._channel_up
+
+    # ---- the loops, which must never die -------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            # Also on a timer: balances move with time alone, so a waiting request may come
+            # to afford a preemption, and running work be promoted or demoted, unasked.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), QUOTA_PASS_INTERVAL)
+            self._wake.clear()
+            self._carry_out(self._step(self.clock()))
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACCOUNT_SAVE_INTERVAL)
+            try:
+                self.save_accounts()
+            except Exception:
+                log.exception("saving the quota accounts failed; will retry")
+
+    async def _node_loop(self) -> None:
+        while True:
+            try:
+                await self.sync_nodes()
+            except Exception:
+                log.exception("node check failed; will retry")
+            await asyncio.sleep(self.config.node_check_interval)
+
+    async def sync_nodes(self) -> None:
+        """Give every wanted alive node an agent; drop the agents of nodes that are gone."""
+        assert self._synced is not None
+        records = await asyncio.get_running_loop().run_in_executor(None, self.list_nodes)
+        views = parse_nodes(records)
+        for agent_id in [a for a in self.handles if a not in alive(views)]:
+            self.agent_lost(agent_id, reasons.NODE_DEAD)
+        todo = [n for n in wanted(views, self.config.head_agent)
+                if AgentId(n) not in self.handles and n not in self.bringing_up]
+        self.bringing_up.update(todo)
+        tasks = [self._spawn(self._bring_up(n)) for n in todo]
+        if tasks and not self._synced.is_set():
+            # The first pass waits, so `mesh up` returns with the pool filled and clients
+            # are answered only once the agents said what they run; later passes must not,
+            # or one slow agent would hold up noticing dead nodes.
+            await asyncio.wait(tasks, timeout=FIRST_SYNC_WAIT)
+        # Saved in-flight attempts on agents of nodes that are gone (or no longer carry
+        # an agent) went with them while the scheduler was away.
+        gone = self.core.agents_wanted(
+            {AgentId(n) for n in wanted(views, self.config.head_agent)}, self.clock())
+        if gone:
+            log.warning("agents gone while the scheduler was away: %s", ", ".join(sorted(gone)))
+            self._written()
+            self.kick()
+        self._synced.set()
+
+    async def _bring_up(self, node_id: str) -> None:
+        """Create or find the node's agent, learn what it runs, register it. The caller
+        has put the node in `bringing_up`."""
+        try:
+            handle = self.agent_factory(node_id, self.config)
+            info = await handle.hello(HELLO_TIMEOUT)
+            held = await handle.holdings(HELLO_TIMEOUT)
+            self.register(info, handle, held)
+        except Exception as exc:
+            log.warning("agent on node %s did not come up: %s", node_id, exc)
+        finally:
+            self.bringing_up.discard(node_id)
+
+    def register(self, info: AgentInfo, handle: AgentHandle,
+                 held: AgentHoldings | None = None) -> None:
+        """Add the agent to the pool, squaring what it runs with the saved state."""
+        self.handles[info.agent_id] = handle
+        self._carry_out(self.core.agent_joined(info, self.clock(), held))
+        self._spawn(self._watch(info.agent_id, handle))
+        self.kick()
+
+    async def _watch(self, agent_id: AgentId, handle: AgentHandle) -> None:
+        # One call stays in flight per agent; when the actor dies Ray fails it at once. An
+        # unreachable agent is only suspect (its node may be slow, not dead): watch again.
+        while self.handles.get(agent_id) is handle:
+            try:
+                await handle.wait_closed()
+            except AgentGone:
+                self.agent_lost(agent_id, reasons.ACTOR_DIED, handle)
+                return
+            except AgentUnreachable:
+                self.core.agent_suspect(agent_id)
+                await asyncio.sleep(self.config.load_interval)
+            except Exception as exc:
+                log.warning("watch on agent %s failed: %r; watching again", agent_id, exc)
+                await asyncio.sleep(self.config.load_interval)
+
+    def agent_lost(self, agent_id: AgentId, why: str, handle: AgentHandle | None = None,
+                   ) -> None:
+        """Drop the agent; with `handle`, only if it is still the one registered (a late
+        failure of an old actor must not remove its replacement)."""
+        current = self.handles.get(agent_id)
+        if current is None or (handle is not None and current is not handle):
+            return
+        del self.handles[agent_id]
+        log.warning("agent %s left the pool: %s", agent_id, why)
+        self.core.agent_left(agent_id, self.clock())
+        self._written()
+        self.channel.close_agent(agent_id)
+        self.kick()
+
+    # ---- carrying out decisions ----------------------------------------------------------
+
+    def _step(self, now: float) -> list[Decision]:
+        """One placement step; a failing step is logged, never fatal."""
+        try:
+            return self.core.step(now)
+        except Exception:
+            log.exception("scheduling step failed; the loop goes on")
+            return []
+
+    def _carry_out(self, decisions: list[Decision]) -> bool:
+        """Write the state, then act: an assignment is written before its agent hears of
+        it, so a restarted scheduler never meets an attempt it did not know it made.
+        False (and nothing sent) when the write failed."""
+        if not self._written():
+            return False
+        for decision in decisions:
+            handle = self.handles.get(decision.agent_id)
+            if handle is None:
+                if isinstance(decision, Assign):
+                    self._start_failed(decision, reasons.AGENT_LEFT)
+                continue
+            try:
+                if isinstance(decision, Assign):
+                    call = handle.start(self.core.assignment(decision))
+                else:
+                    call = handle.stop(decision.action_id, decision.attempt, decision.reason)
+            except Exception as exc:  # submitting the call itself failed (serialisation)
+                log.exception("could not send %s", decision)
+                if isinstance(decision, Assign):
+                    self._start_failed(decision, reasons.START_NOT_SENT.format(error=exc))
+                continue
+            self._spawn(self._follow_call(decision, handle, call))
+        return True
+
+    def _start_failed(self, decision: Assign, why: str) -> None:
+        self.core.start_failed(decision.action_id, decision.attempt, self.clock(), why)
+        self._written()
+        self.kick()
+
+    async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
+        try:
+            found = await call
+            if isinstance(decision, Stop) and found == "unknown":
+                self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
+                self._written()
+        except AgentGone:
+            self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)
+        except AgentUnreachable:
+            self.core.agent_suspect(decision.agent_id)
+        except Exception as exc:
+            log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
+            if isinstance(decision, Assign):
+                self._start_failed(decision, reasons.START_REFUSED.format(error=exc))
+
+    # ---- calls from agents ---------------------------------------------------------------
+
+    def report_load(self, agent_id: AgentId, load: Load) -> None:
+        if self.core.load(agent_id, load, self.clock()):
+            self.kick()
+
+    def report_attempt(self, report: AttemptReport) -> list[Assignment]:
+        """Apply a report; answer an end report with the reporting agent's next work.
+
+        The end of an attempt frees room on its agent, so a step runs at once and what it
+        places there rides back on this call's answer: the freed slot is refilled one
+        round trip sooner than with a separate start call.
+        """
+        now = self.clock()
+        decisions = self.core.report(report, now)
+        if report.stage != "running" and report.agent_id in self.handles:
+            decisions += self._step(now)
+        mine = [d for d in decisions
+                if isinstance(d, Assign) and d.agent_id == report.agent_id]
+        if not self._carry_out([d for d in decisions if d not in mine]):  # writes `mine` too
+            return []
+        return [self.core.assignment(d) for d in mine]
+
+    def _deliver_otherwise(self, assignments: list[Assignment]) -> None:
+        """Start calls for assignments a lost channel may not have delivered; only those
+        still waiting for their start (a cancelled or ended one must not run again)."""
+        now = self.clock()
+        still = [a for a in assignments if self.core.awaits_start(a.action_id, a.attempt)]
+        self._carry_out([Assign(a.action_id, a.attempt, a.agent_id, now) for a in still])
+
+    # ---- calls from clients that change state --------------------------------------------
+
+    def submit(self, specs: list[Action], reject_unplaceable: bool) -> list[SubmitOutcome]:
+        """Accept a batch (all or nothing); accepted means durable, so the answer comes
+        once it is on disk. A batch that could not be written is not accepted."""
+        try:
+            outcomes = self.core.submit(specs, self.clock(), reject_unplaceable,
+                                        commit=self._commit_durably)
+        except MeshError:
+            raise
+        except Exception as exc:
+            log.error("writing a submission to %s failed: %r", self.store.path, exc)
+            raise SchedulerUnavailable("the submission could not be written; nothing was "
+                                       "accepted; try again") from None
+        self.kick()
+        return outcomes
+
+    def cancel(self, action_id: ActionId) -> ActionStatus:
+        self._carry_out(self.core.cancel(action_id, self.clock()))
+        self.kick()
+        return self.core.get(action_id, self.clock())
+
+    def accounts_changed(self) -> None:
+        """An admin call changed accounts or options: write them, and run a pass."""
+        self.save_accounts()
+        self.kick()
+
+    # ---- reads that are not the core's alone ---------------------------------------------
+
+    def pool(self) -> list[AgentStatus]:
+        return [status.model_copy(update={
+                    "report_channel": status.info.agent_id in self.channel.connected})
+                for status in self.core.pool(self.clock())]
+
+    async def wait_events(self, action_id: ActionId, after: int, timeout: float,
+                          ) -> list[StageEvent]:
+        """Events with seq > after; an action finished before a restart has all of its
+        events in the store already."""
+        if action_id not in self.book.events:
+            self.core.get(action_id, self.clock())  # NotFound for an unknown id
+            return self.store.events(action_id)[max(after, 0):]
+        return await self.book.wait(action_id, after, min(max(timeout, 0.0), 60.0))
+
+    async def shutdown(self) -> int:
+        """Stop every agent (their attempts are killed); returns how many were stopped."""
+        handles = list(self.handles.items())
+        self.handles.clear()
+        for agent_id, _ in handles:
+            self.core.agent_left(agent_id, self.clock())
+        self._written()
+        results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
+                                       return_exceptions=True)
+        await self.channel.close()
+        for task in list(self._tasks):
+            task.cancel()
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+
+def _exit_process(_: BaseException) -> None:
+    logging.shutdown()
+    os._exit(70)  # EX_SOFTWARE; Ray restarts the actor
+

@@ -6,7 +6,14 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NewType
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from mesh.stages import TERMINAL, Stage
 
@@ -91,6 +98,17 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
+# Validation context for models read back from the scheduler's own store: they passed
+# every check when they were accepted, so the checks that cost Python code per value
+# (ids, labels, names) are skipped; types and bounds are still checked by pydantic.
+STORED: dict[str, bool] = {"stored": True}
+
+
+def _stored(info: ValidationInfo) -> bool:
+    context = info.context
+    return isinstance(context, dict) and context.get("stored") is True
+
+
 class Model(BaseModel):
     """Base of every model crossing a boundary: unknown fields are refused."""
 
@@ -131,8 +149,10 @@ class Action(Model):
 
     @field_validator("id")
     @classmethod
-    def _id(cls, value: str | None) -> str | None:
-        return None if value is None else check_id(value, "action id")
+    def _id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or _stored(info):
+            return value
+        return check_id(value, "action id")
 
     @field_validator("command")
     @classmethod
@@ -143,7 +163,9 @@ class Action(Model):
 
     @field_validator("env")
     @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+    def _env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if _stored(info):
+            return value
         for name in value:
             if not ENV_NAME_RE.match(name):
                 raise ValueError(f"malformed environment variable name {name!r}")
@@ -151,13 +173,15 @@ class Action(Model):
 
     @field_validator("labels", "provisionable_labels")
     @classmethod
-    def _labels(cls, value: list[str]) -> list[str]:
+    def _labels(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if _stored(info):
+            return value
         return sorted({check_label(label) for label in value})
 
     @field_validator("account")
     @classmethod
-    def _account(cls, value: str) -> str:
-        return value if value == "" else check_id(value, "account id")
+    def _account(cls, value: str, info: ValidationInfo) -> str:
+        return value if value == "" or _stored(info) else check_id(value, "account id")
 
     @field_validator("memory", mode="before")
     @classmethod

@@ -68,8 +68,8 @@ class Scheduler:
                  on_store_failure: Callable[[BaseException], None] | None = None) -> None:
         self.config = config
         self.clock = clock
-        self.book = EventBook()
         self.store = store or Store(config.state_dir)
+        self.book = EventBook(self.store.events)
         self.core = SchedulerState(stale_after=config.load_stale_after,
                                    capacity_percent=config.capacity_percent,
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
@@ -95,7 +95,6 @@ class Scheduler:
         it has in flight stay unclaimed until their agents say what they run."""
         saved = self.store.load()
         self.core.restore(saved, self.clock())
-        self.book.restore(saved.events)
         if saved.accounts is not None:
             self._saved_accounts = saved.accounts.model_dump_json()
         if saved.actions or saved.accounts is not None:
@@ -409,11 +408,9 @@ class Scheduler:
 
     async def wait_events(self, action_id: ActionId, after: int, timeout: float,
                           ) -> list[StageEvent]:
-        """Events with seq > after; an action finished before a restart has all of its
-        events in the store already."""
-        if action_id not in self.book.events:
+        """Events with seq > after, waiting up to `timeout` for the first one."""
+        if not self.book.since(action_id, 0):
             self.core.get(action_id, self.clock())  # NotFound for an unknown id
-            return self.store.events(action_id)[max(after, 0):]
         return await self.book.wait(action_id, after, min(max(timeout, 0.0), 60.0))
 
     async def shutdown(self) -> int:

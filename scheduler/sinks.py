@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from mesh.schema import ActionId, StageEvent
 from scheduler.core.quota.events import QuotaEvent
@@ -14,25 +15,41 @@ log = logging.getLogger("actionmesh.scheduler")
 
 
 class EventBook:
-    """An EventSink that keeps events per action and wakes whoever waits on that action."""
+    """An EventSink that keeps events per action and wakes whoever waits on that action.
 
-    def __init__(self) -> None:
-        self.events: dict[ActionId, list[StageEvent]] = defaultdict(list)
+    An action's events from before a restart are read from the store (`load`) the first
+    time someone asks for them, not at start-up: most are never asked for again.
+    """
+
+    def __init__(self, load: Callable[[ActionId], list[StageEvent]] | None = None) -> None:
+        self.load = load
+        self._events: dict[ActionId, list[StageEvent]] = defaultdict(list)
+        # Actions whose every event is in `_events` (seq 1 onwards).
+        self._whole: set[ActionId] = set()
         self._waiters: dict[ActionId, set[asyncio.Event]] = defaultdict(set)
 
     def emit(self, event: StageEvent) -> None:
-        self.events[event.action_id].append(event)
+        self._events[event.action_id].append(event)
+        if event.seq == 1:
+            self._whole.add(event.action_id)
         for waiter in self._waiters.pop(event.action_id, ()):
             waiter.set()
 
-    def restore(self, saved: dict[ActionId, list[StageEvent]]) -> None:
-        """Take back saved events (a restarted scheduler's)."""
-        for action_id, events in saved.items():
-            self.events[action_id] = list(events)
-
     def since(self, action_id: ActionId, after: int) -> list[StageEvent]:
         # seq counts from 1 and events are appended in seq order, so seq n sits at index n-1.
-        return self.events.get(action_id, [])[max(after, 0):]
+        return self._all(action_id)[max(after, 0):]
+
+    def _all(self, action_id: ActionId) -> list[StageEvent]:
+        if action_id in self._whole or self.load is None:
+            return self._events.get(action_id, [])
+        recent = self._events.get(action_id, [])
+        first = recent[0].seq if recent else None
+        earlier = [e for e in self.load(action_id) if first is None or e.seq < first]
+        if not earlier and not recent:
+            return []  # unknown here and in the store: nothing to keep
+        whole = self._events[action_id] = earlier + recent
+        self._whole.add(action_id)
+        return whole
 
     async def wait(self, action_id: ActionId, after: int, timeout: float) -> list[StageEvent]:
         """Events with seq > after; waits up to `timeout` seconds for the first one."""

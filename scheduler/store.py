@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from mesh.errors import MeshError
-from mesh.schema import Action, ActionId, AgentId, AttemptRecord, StageEvent
+from mesh.schema import STORED, Action, ActionId, AgentId, AttemptRecord, StageEvent
 from mesh.stages import TERMINAL, Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
 from scheduler.core.records import ActionRecord, Changes, Kept, Saved
@@ -243,7 +243,7 @@ class Store:
     # ---- reading ---------------------------------------------------------------------------
 
     def load(self) -> Saved:
-        """What a restarting core needs: unfinished actions with attempts and events."""
+        """What a restarting core needs: unfinished actions with their attempts."""
         try:
             return self._load()
         except sqlite3.DatabaseError as exc:
@@ -255,13 +255,6 @@ class Store:
         rows = self.db.execute(f"{_SELECT} WHERE stage NOT IN ({marks}) ORDER BY seq",
                                _TERMINAL).fetchall()
         saved.actions = self._kept(rows)
-        wanted = {record.id for record, _ in saved.actions}
-        for row in self.db.execute(f"""SELECT * FROM events WHERE action_id IN (SELECT id
-                FROM actions WHERE stage NOT IN ({marks})) ORDER BY action_id, seq""",
-                                   _TERMINAL):
-            event = _event(row)
-            if event.action_id in wanted:
-                saved.events.setdefault(event.action_id, []).append(event)
         saved.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM actions"
                                          ).fetchone()[0]
         saved.finished = {Stage(stage): n for stage, n in self.db.execute(
@@ -352,7 +345,8 @@ def _record(row: Any) -> ActionRecord:
      failures, losses, deaths, cancel_requested, unplaceable, floor, events) = row
     try:
         return ActionRecord(
-            id=ActionId(action_id), seq=int(seq), spec=Action.model_validate_json(spec),
+            id=ActionId(action_id), seq=int(seq),
+            spec=Action.model_validate_json(spec, context=STORED),
             submitted_at=float(submitted_at), stage=Stage(stage), attempt=int(attempt),
             finished_at=finished_at, exit_code=exit_code, reason=str(reason),
             failures=int(failures), losses=int(losses),

@@ -86,7 +86,6 @@ class MemoryStore:
         unfinished = sorted((r for r in self.records.values() if r.stage not in TERMINAL),
                             key=lambda r: r.seq)
         return Saved(actions=[self._kept(r) for r in unfinished],
-                     events={r.id: list(self.events.get(r.id, [])) for r in unfinished},
                      last_seq=max((r.seq for r in self.records.values()), default=0),
                      finished=dict(Counter(r.stage for r in self.records.values()
                                            if r.stage in TERMINAL)),

@@ -54,12 +54,11 @@ Kept = tuple[ActionRecord, list[AttemptRecord]]
 
 @dataclass
 class Saved:
-    """What a restarting core begins from: unfinished actions with their attempts and
-    events (finished ones stay in the store, read when asked for), the highest sequence
-    number handed out, and the accounts."""
+    """What a restarting core begins from: unfinished actions with their attempts (finished
+    ones, and every action's events, stay in the store, read when asked for), the highest
+    sequence number handed out, and the accounts."""
 
     actions: list[Kept] = field(default_factory=list)
-    events: dict[ActionId, list[StageEvent]] = field(default_factory=dict)
     last_seq: int = 0
     # How many finished actions the store keeps, by stage (they are not in `actions`).
     finished: dict[Stage, int] = field(default_factory=dict)

@@ -241,6 +241,9 @@ class SchedulerState:
                      ) -> list[Decision]:
         """Add (or refresh) the agent, and square what it says it runs with the ledger."""
         advance(self._quota, now)
+        # Joining a pool that had agents only adds ways to run: it can clear verdicts of
+        # unplaceable, never make new ones. The first agent can make new ones.
+        only_clears = bool(self._agents)
         entry = self._agents.get(info.agent_id)
         if entry is None:
             entry = AgentEntry(info=info, capacity_percent=self.capacity_percent)
@@ -249,7 +252,7 @@ class SchedulerState:
             entry.info = info
             entry.state = "alive"
         self._mark_idle(entry, now)
-        self._judge_queue(now)
+        self._judge_queue(now, only_clears)
         return self._reconciler.agent_holds(info.agent_id, held or AgentHoldings(), now)
 
     def agent_left(self, agent_id: AgentId, now: float) -> None:
@@ -259,7 +262,7 @@ class SchedulerState:
         advance(self._quota, now)
         for action_id in self._quota.forget_worker(agent_id, now):
             self._life.lose(self._ledger.get(ActionId(action_id)), now, died=True)
-        self._judge_queue(now)
+        self._judge_queue(now, only_clears=False)
 
     def agent_suspect(self, agent_id: AgentId) -> None:
         entry = self._agents.get(agent_id)
@@ -402,11 +405,19 @@ class SchedulerState:
             return None
         return self._placer.explain(self._slots(), need, now)
 
-    def _judge_queue(self, now: float) -> None:
+    def _judge_queue(self, now: float, only_clears: bool) -> None:
         """Re-judge queued actions after the pool changed: flag the ones no agent could
-        ever take, and tell watchers once."""
+        ever take, and tell watchers once. With `only_clears`, only flagged ones can
+        change, so only they are looked at; actions of one shape share one verdict."""
+        verdicts: dict[tuple[frozenset[str], float, int], PendingReason | None] = {}
         for entry in self._ledger.in_stage(Stage.QUEUED):
-            verdict = self._unplaceable(entry.spec, now)
+            if only_clears and not entry.unplaceable:
+                continue
+            spec = entry.spec
+            shape = (frozenset(spec.labels), spec.cpus, spec.memory)
+            if shape not in verdicts:
+                verdicts[shape] = self._unplaceable(spec, now)
+            verdict = verdicts[shape]
             was = entry.unplaceable
             entry.unplaceable = verdict is not None
             if verdict is not None and not was:

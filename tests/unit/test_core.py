@@ -315,3 +315,13 @@ def test_deaths_of_one_agent_or_an_attempt_that_ended_restart_the_count() -> Non
     _lose_on(core, "n5", 6)
     _lose_on(core, "n6", 7)
     assert core.get(aid("poison"), 8).stage is Stage.QUEUED
+
+
+def test_the_first_agent_to_join_flags_what_it_could_never_run() -> None:
+    core, sink = core_with()
+    core.submit([action("huge", cpus=64)], 0)  # no pool yet: it waits, not unplaceable
+    core.agent_joined(agent("n1", cpus=2), 1)
+    assert (core.get(aid("huge"), 1).pending or pytest.fail()).unplaceable
+    core.agent_joined(agent("n2", cpus=64), 2)
+    assert not (core.get(aid("huge"), 2).pending or pytest.fail()).unplaceable
+    assert [e.reason.split(":")[0] for e in sink.events] == ["accepted", "unplaceable"]

@@ -428,6 +428,25 @@ def test_over_fanout_work_runs_in_the_free_bucket() -> None:  # [TestMatchThrott
     assert sorted(by_request.values()) == [0, 0, FREE_BUCKET]
 
 
+def test_a_fanout_group_is_one_set_of_labels_whichever_list_they_are_in() -> None:
+    """Upstream keys a fanout group by the account and the sorted concatenation of the
+    provisionable and base labels (derived, from `TaskRequest.fanoutGroup`, 2019-09 on).
+    r1 (provisionable x) and r2 (base x) are one group, so with MaxFanout 1 only one runs
+    paid: w2 is the only worker r2 fits and needs no provisioning for, so it takes r2 at
+    P0; r1 is throttled at P0, moves to the free list and gets w1 in the free pass."""
+    qs, _ = scheduler()
+    qs.add_account("A", account(fanout=1), [1])
+    qs.mark_idle("w1", NO_LABELS, 0)
+    qs.mark_idle("w2", frozenset({"x"}), 0)
+    qs.add_request(request("r1", "A", provisionable=("x",)), 0)
+    qs.add_request(request("r2", "A", base=("x",)), 0)
+    result = run_once(qs)
+    assert [(a.kind, a.request_id, a.worker_id, a.priority, a.provision_required)
+            for a in result] == [("idle", "r2", "w2", 0, False),
+                                 ("idle", "r1", "w1", FREE_BUCKET, True)]
+    assert {r.request.id: r.priority for _, r in qs.runs()} == {"r1": FREE_BUCKET, "r2": 0}
+
+
 def test_without_enforced_limits_fanout_is_ignored_as_upstream_now_does() -> None:
     qs, _ = scheduler(quirks=Quirks(enforce_limits=False))
     qs.add_account("a", account(fanout=1), [1])

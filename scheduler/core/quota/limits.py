@@ -17,12 +17,16 @@ Group = tuple[str, ...]
 
 
 def fanout_group(request: Request) -> Group:
-    """Account plus every label: requests of one group count against one limit. Work with
-    no account shares one group (upstream's group 0), which is always throttled."""
+    """Account plus every label, provisionable and base merged into one sorted set:
+    requests of one group count against one limit, whichever list names a label. Work
+    with no account shares one group (upstream's group 0), which is always throttled.
+
+    Upstream hashes the sorted concatenation of its two label lists; ours are sets, so a
+    label named in both lists counts once (swarming's two lists never overlap).
+    """
     if request.group is None:
         request.group = ("",) if not request.account_id else (
-            request.account_id, *sorted(request.provisionable_labels), "|",
-            *sorted(request.base_labels))
+            request.account_id, *sorted(request.provisionable_labels | request.base_labels))
     return request.group
 
 

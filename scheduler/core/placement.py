@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mesh import reasons
-from mesh.schema import Action, AgentId, PendingReason, Rejection
+from mesh.schema import Action, AgentId, Load, PendingReason, Rejection
 from scheduler.core.pool import AgentEntry
 
 # Reservations are compared with a little slack so that 0.1 + 0.2 CPUs fit in 0.3.
@@ -88,9 +88,12 @@ class LiveLoad:
     Memory is incompressible, so it is strict: psutil's available memory, less what was
     placed since the sample, must hold the request. CPU is compressible and already bounded
     by reservations, so the live check only keeps work off a machine that something else
-    has saturated: utilisation must be below `cpu_busy_percent`. (Subtracting live CPU use
-    from the request as for memory starves small machines, where Ray and the mesh itself are
-    a large share of the load.) A sample older than `stale_after` seconds counts as no room.
+    has saturated: the CPU use the mesh's own attempts do not explain
+    (`Load.foreign_cpu_percent`) must be below `cpu_busy_percent`. A machine kept busy by
+    the mesh's attempts is doing what its reservations allow, and a slot one of them frees
+    is filled again at once. (Subtracting live CPU use from the request as for memory
+    starves small machines, where Ray and the mesh itself are a large share of the load.)
+    A sample older than `stale_after` seconds counts as no room.
     """
 
     stale_after: float
@@ -107,18 +110,36 @@ class LiveLoad:
         does not keep it off."""
         return self._judge(agent, action, now, extra_memory, making_room) is None
 
-    def _judge(self, agent: AgentEntry, action: Action, now: float, extra_memory: int,
-               making_room: bool) -> Rejection | None:
+    def saturated(self, load: Load) -> bool:
+        """The CPU rule, stated once: other processes hold the machine at or over the
+        limit."""
+        return load.foreign_cpu_percent >= self.cpu_busy_percent
+
+    def takes_cpu_work(self, agent: AgentEntry, now: float) -> bool:
+        """Whether the agent's live load lets any CPU work on: fresh and not saturated."""
+        return (self._no_fresh_sample(agent, now) is None and agent.load is not None
+                and not self.saturated(agent.load))
+
+    def _no_fresh_sample(self, agent: AgentEntry, now: float) -> Rejection | None:
         age = agent.load_age(now)
         if agent.load is None or age is None:
             return _rejection(agent, self.name, "has not reported its load yet")
         if age > self.stale_after:
             return _rejection(agent, self.name, f"load report is stale ({age:.1f}s old)")
-        busy = agent.load.cpu_percent
-        if action.cpus > 0 and busy >= self.cpu_busy_percent and not making_room:
-            return _rejection(agent, self.name, f"is saturated (CPU {busy:.0f}%, limit "
-                              f"{self.cpu_busy_percent:.0f}%)", busy, self.cpu_busy_percent)
-        free_memory = agent.load.memory_available - agent.memory_since_sample - extra_memory
+        return None
+
+    def _judge(self, agent: AgentEntry, action: Action, now: float, extra_memory: int,
+               making_room: bool) -> Rejection | None:
+        missing = self._no_fresh_sample(agent, now)
+        if missing is not None or agent.load is None:
+            return missing
+        load = agent.load
+        if action.cpus > 0 and self.saturated(load) and not making_room:
+            foreign = load.foreign_cpu_percent
+            return _rejection(agent, self.name, f"is saturated by other processes (CPU "
+                              f"{foreign:.0f}% not ours, limit {self.cpu_busy_percent:.0f}%)",
+                              foreign, self.cpu_busy_percent)
+        free_memory = load.memory_available - agent.memory_since_sample - extra_memory
         if action.memory > free_memory:
             return _rejection(agent, self.name, f"has {_gib(max(free_memory, 0))} of memory "
                               "available", action.memory, free_memory)

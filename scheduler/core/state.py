@@ -449,9 +449,7 @@ class SchedulerState:
         return more_room
 
     def _live_room(self, entry: AgentEntry, now: float) -> bool:
-        age = entry.load_age(now)
-        return (entry.load is not None and age is not None and age <= self.stale_after
-                and entry.load.cpu_percent < self.cpu_busy_percent)
+        return self.live_load.takes_cpu_work(entry, now)
 
     def mark_suspect(self, agent_id: AgentId) -> None:
         entry = self.agents.get(agent_id)

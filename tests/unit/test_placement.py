@@ -21,10 +21,10 @@ from tests.builders import GIB, action, agent, load
 
 def entry(cpus: float = 4, memory: int = 8 * GIB, labels: list[str] | None = None,
           cpu_percent: float = 0.0, available: int = 8 * GIB, loaded_at: float = 0.0,
-          state: str = "alive", agent_id: str = "n1") -> AgentEntry:
+          state: str = "alive", agent_id: str = "n1", mesh: float = 0.0) -> AgentEntry:
     e = AgentEntry(info=agent(agent_id, cpus=cpus, memory=memory, labels=labels))
     e.state = state  # type: ignore[assignment]
-    e.take_load(load(cpu_percent, available=available), loaded_at)
+    e.take_load(load(cpu_percent, available=available, mesh=mesh), loaded_at)
     return e
 
 
@@ -48,10 +48,20 @@ CASES: list[tuple[str, Check, AgentEntry, Action, bool]] = [
     ("blocked refuses", Open(), entry(state="blocked"), action(), False),
     ("alive is open", Open(), entry(), action(), True),
     ("idle machine has room", LiveLoad(3.0), entry(cpus=4, cpu_percent=0), action(cpus=4), True),
-    ("busy machine below the limit", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=89.9),
+    ("others just below the limit", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=89.9),
      action(cpus=1), True),
-    ("machine at the limit is saturated", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=90),
-     action(cpus=1), False),
+    ("others exactly at the limit saturate it", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=90), action(cpus=1), False),
+    ("machine busy only with our attempts has room", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100, mesh=100), action(cpus=1), True),
+    ("ours and others together over the limit has room", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100, mesh=40), action(cpus=1), True),
+    ("others just below the limit beside ours", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100, mesh=10.1), action(cpus=1), True),
+    ("others exactly at the limit beside ours saturate it", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100, mesh=10), action(cpus=1), False),
+    ("ours measured above the total leaves nothing foreign", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=50, mesh=60), action(cpus=1), True),
     ("saturated machine still takes zero-CPU work", LiveLoad(3.0, 90),
      entry(cpus=4, cpu_percent=100), action(cpus=0), True),
     ("live memory exactly fits", LiveLoad(3.0), entry(available=GIB), action(memory=GIB), True),
@@ -85,6 +95,19 @@ def test_stale_load_counts_as_no_room() -> None:
     assert check.reject(e, action(), now=3.0) is None
     rejection = check.reject(e, action(), now=3.5)
     assert rejection is not None and "stale" in rejection.detail
+
+
+def test_a_saturated_machine_is_explained_by_the_load_that_is_not_ours() -> None:
+    rejection = LiveLoad(3.0, 95).reject(entry(cpu_percent=99, mesh=2), action(cpus=1), 0)
+    assert rejection is not None
+    assert rejection.detail == "is saturated by other processes (CPU 97% not ours, limit 95%)"
+    assert (rejection.requested, rejection.available) == (97, 95)
+
+
+def test_memory_stays_strict_on_a_machine_busy_with_our_attempts() -> None:
+    e = entry(cpu_percent=100, mesh=100, available=GIB)
+    assert LiveLoad(3.0).reject(e, action(memory=GIB), 0) is None
+    assert LiveLoad(3.0).reject(e, action(memory=GIB + 1), 0) is not None
 
 
 def test_memory_placed_since_the_sample_is_subtracted() -> None:

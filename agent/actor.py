@@ -138,7 +138,7 @@ class AgentActor:
         return time.time()
 
     async def _stream_load(self) -> None:
-        sampler = LoadSampler()
+        sampler = LoadSampler(self.executor.process_groups)
         failing = False
         while True:
             await asyncio.sleep(self.config.load_interval)

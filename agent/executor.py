@@ -237,6 +237,11 @@ class Executor:
         await running.done.wait()
         return "stopped"
 
+    def process_groups(self) -> list[int]:
+        """The process group (== session) of every attempt whose processes may still run:
+        what the load sampler counts as the mesh's own CPU use."""
+        return [a.pgid for a in self._attempts.values() if a.pgid]
+
     def holdings(self) -> AgentHoldings:
         """What runs here and the end reports of what ended lately, oldest first."""
         return AgentHoldings(

@@ -240,7 +240,8 @@ def _agent_row(a: AgentStatus) -> list[str]:
     load = a.load
     return [a.info.agent_id[:12], a.state, a.info.hostname, f"{a.info.cpus:g}",
             f"{a.reserved_cpus:g} CPU/{size(a.reserved_memory)}",
-            f"{load.cpu_percent:.0f}%" if load else "-",
+            # The live-load check judges by the share that is not the mesh's own.
+            f"{load.cpu_percent:.0f}% ({load.mesh_cpu_percent:.0f}% ours)" if load else "-",
             size(load.memory_available) if load else "-", str(len(a.running)),
             "channel" if a.report_channel else "calls", ",".join(a.info.labels)]
 

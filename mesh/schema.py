@@ -280,13 +280,23 @@ class QuotaOptions(Model):
 class Load(Model):
     """One psutil sample of an agent's machine."""
 
-    cpu_percent: float = Field(..., ge=0, le=100)
+    cpu_percent: float = Field(..., ge=0, le=100, description="the whole machine's CPU use")
+    mesh_cpu_percent: float = Field(
+        0.0, ge=0, le=100,
+        description="of it, what this agent's attempts used over the same interval (0 from "
+        "agents that do not measure it)")
     cpu_count: int = Field(..., ge=1, description="logical CPUs of the machine")
     memory_total: int = Field(..., ge=0)
     memory_used: int = Field(..., ge=0)
     memory_available: int = Field(..., ge=0)
     load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     sampled_at: float = Field(..., description="agent wall-clock time of the sample")
+
+    @property
+    def foreign_cpu_percent(self) -> float:
+        """CPU use the mesh's own attempts do not explain: other processes, Ray, the agent.
+        Derived, not stored, so that the two figures can never disagree."""
+        return max(0.0, self.cpu_percent - self.mesh_cpu_percent)
 
 
 class AgentInfo(Model):

@@ -38,8 +38,10 @@ def agent(agent_id: str = "n1", cpus: float = 4, memory: int = 8 * GIB,
 
 
 def load(cpu_percent: float = 0.0, cpus: int = 4, available: int = 8 * GIB,
-         at: float = 0.0) -> Load:
-    return Load(cpu_percent=cpu_percent, cpu_count=cpus, memory_total=available,
+         at: float = 0.0, mesh: float = 0.0) -> Load:
+    """`mesh`: the share of `cpu_percent` the agent's own attempts used."""
+    return Load(cpu_percent=cpu_percent, mesh_cpu_percent=mesh, cpu_count=cpus,
+                memory_total=available,
                 memory_used=0, memory_available=available, sampled_at=at)
 
 

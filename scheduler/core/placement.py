@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mesh import reasons
-from mesh.schema import PendingReason, Rejection
+from mesh.schema import Load, PendingReason, Rejection
 from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.model import EPSILON, Request, TaskRun, Worker
 
@@ -113,11 +113,13 @@ class LiveLoad:
     Memory is incompressible, so it is strict: psutil's available memory, less what was
     placed since the sample (and earlier in this pass), must hold the request. CPU is
     compressible and already bounded by reservations, so the live check only keeps work
-    off a machine that something else has saturated: utilisation must be below
-    `cpu_busy_percent`, unless room is being made by preempting work there. (Subtracting
-    live CPU use from the request as for memory starves small machines, where Ray and the
-    mesh itself are a large share of the load.) A sample older than `stale_after` seconds
-    counts as no room.
+    off a machine that something else has saturated: the CPU use the mesh's own attempts
+    do not explain (`Load.foreign_cpu_percent`) must be below `cpu_busy_percent`, unless
+    room is being made by preempting work there. A machine kept busy by the mesh's attempts
+    is doing what its reservations allow, and a slot one of them frees is filled again at
+    once. (Subtracting live CPU use from the request as for memory starves small machines,
+    where Ray and the mesh itself are a large share of the load.) A sample older than
+    `stale_after` seconds counts as no room.
     """
 
     stale_after: float
@@ -128,12 +130,15 @@ class LiveLoad:
         age = agent.load_age(now)
         return agent.load is not None and age is not None and age <= self.stale_after
 
-    def cpu_saturated(self, agent: AgentEntry) -> bool:
-        return agent.load is not None and agent.load.cpu_percent >= self.cpu_busy_percent
+    def saturated(self, load: Load) -> bool:
+        """The CPU rule, stated once: other processes hold the machine at or over the
+        limit."""
+        return load.foreign_cpu_percent >= self.cpu_busy_percent
 
     def takes_cpu_work(self, agent: AgentEntry, now: float) -> bool:
         """Whether the live load lets CPU work onto the agent at all."""
-        return self.fresh(agent, now) and not self.cpu_saturated(agent)
+        return (self.fresh(agent, now) and agent.load is not None
+                and not self.saturated(agent.load))
 
     def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
         agent = slot.agent
@@ -142,12 +147,14 @@ class LiveLoad:
             return _rejection(agent, self.name, "has not reported its load yet")
         if age > self.stale_after:
             return _rejection(agent, self.name, f"load report is stale ({age:.1f}s old)")
-        busy = agent.load.cpu_percent
-        if need.cpus > 0 and self.cpu_saturated(agent) and slot.freed is None:
-            return _rejection(agent, self.name, f"is saturated (CPU {busy:.0f}%, limit "
-                              f"{self.cpu_busy_percent:.0f}%)", busy, self.cpu_busy_percent)
+        load = agent.load
+        if need.cpus > 0 and self.saturated(load) and slot.freed is None:
+            foreign = load.foreign_cpu_percent
+            return _rejection(agent, self.name, f"is saturated by other processes (CPU "
+                              f"{foreign:.0f}% not ours, limit {self.cpu_busy_percent:.0f}%)",
+                              foreign, self.cpu_busy_percent)
         freed = slot.freed.request.memory if slot.freed is not None else 0
-        free_memory = (agent.load.memory_available - agent.memory_since_sample
+        free_memory = (load.memory_available - agent.memory_since_sample
                        - slot.granted_memory + freed)
         if need.memory > free_memory:
             return _rejection(agent, self.name, f"has {_gib(max(free_memory, 0))} of memory "

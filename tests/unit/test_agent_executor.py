@@ -200,6 +200,23 @@ def test_timeout_kills_the_whole_tree_and_reports_timed_out() -> None:
     run(body())
 
 
+def test_the_process_group_of_each_running_attempt_is_listed_until_it_ends() -> None:
+    async def body() -> None:
+        sinks = RecordingSinks()
+        async with executor(sinks) as ex:
+            assert ex.process_groups() == []
+            await ex.start(shell(TREE, "one"))
+            await ex.start(shell(TREE, "two"))
+            groups = [await tree_of(ex, "one", 3), await tree_of(ex, "two", 3)]
+            assert ex.process_groups() == groups
+            await ex.cancel(ActionId("one"), 1)
+            assert ex.process_groups() == groups[1:]
+            await ex.start(assignment(["/nonexistent/no-such-command"], "never"))
+            assert ex.process_groups() == groups[1:]  # a failed spawn has no group
+
+    run(body())
+
+
 def test_cancel_kills_every_process_of_the_tree() -> None:
     async def body() -> None:
         sinks = RecordingSinks()

@@ -281,6 +281,32 @@ def test_only_load_samples_that_can_free_room_ask_for_placement() -> None:
     assert not core.load(nid("ghost"), load(), 10)
 
 
+def test_a_slot_freed_on_a_machine_busy_with_our_own_attempts_is_refilled_at_once() -> None:
+    core = SchedulerState(stale_after=3.0, cpu_busy_percent=95)
+    core.agent_joined(agent("n1", cpus=2), 0)
+    core.load(nid("n1"), load(0), 0)
+    for name in ("a", "b", "c"):
+        core.submit([action(name, cpus=1)], 0)
+    assert set(assigned(core.step(0))) == {"a", "b"}
+    # Both CPUs busy, nearly all of it our attempts': no reason to look again.
+    assert not core.load(nid("n1"), load(100, mesh=97), 0.5)
+    core.report(report("a", 1, "n1", "succeeded", exit_code=0), 0.7)
+    assert assigned(core.step(0.7)) == {"c": "n1"}
+
+
+def test_a_machine_saturated_by_others_gets_no_cpu_work_until_they_stop() -> None:
+    core = SchedulerState(stale_after=3.0, cpu_busy_percent=95)
+    core.agent_joined(agent("n1", cpus=2), 0)
+    core.load(nid("n1"), load(100, mesh=3), 0)
+    core.submit([action("a", cpus=1)], 0)
+    assert core.step(0) == []
+    pending = core.get(aid("a"), 0).pending
+    assert pending is not None and "1 agent is saturated by other processes (CPU 97% not " \
+        "ours, limit 95%)" in pending.summary
+    assert core.load(nid("n1"), load(40, mesh=0), 0.5)
+    assert assigned(core.step(0.5)) == {"a": "n1"}
+
+
 def _lose_on(core: SchedulerState, agent_id: str, t: float) -> None:
     core.agent_joined(agent(agent_id, cpus=1), t)
     core.load(nid(agent_id), load(0.0), t)

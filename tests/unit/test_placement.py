@@ -24,10 +24,11 @@ from tests.builders import GIB, action, agent, aid, load
 
 def entry(cpus: float = 4, memory: int = 8 * GIB, labels: list[str] | None = None,
           cpu_percent: float = 0.0, available: int = 8 * GIB, loaded_at: float = 0.0,
-          state: AgentState = "alive", agent_id: str = "n1") -> Slot:
-    """An agent with a fresh load sample and nothing reserved yet."""
+          state: AgentState = "alive", agent_id: str = "n1", mesh: float = 0.0) -> Slot:
+    """An agent with a fresh load sample (`mesh`: the share of it our attempts use) and
+    nothing reserved yet."""
     e = AgentEntry(info=agent(agent_id, cpus=cpus, memory=memory, labels=labels), state=state)
-    e.take_load(load(cpu_percent, available=available), loaded_at)
+    e.take_load(load(cpu_percent, available=available, mesh=mesh), loaded_at)
     return Slot(e, Worker(e.agent_id, e.labels, e.cpu_capacity, int(e.memory_capacity)))
 
 
@@ -65,10 +66,20 @@ CASES: list[tuple[str, Check, Slot, Request, bool]] = [
     ("blocked refuses", Open(), entry(state="blocked"), need(), False),
     ("alive is open", Open(), entry(), need(), True),
     ("idle machine has room", LiveLoad(3.0), entry(cpus=4, cpu_percent=0), need(cpus=4), True),
-    ("busy machine below the limit", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=89.9),
+    ("others just below the limit", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=89.9),
      need(cpus=1), True),
-    ("machine at the limit is saturated", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=90),
-     need(cpus=1), False),
+    ("others exactly at the limit saturate it", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=90), need(cpus=1), False),
+    ("machine busy only with our attempts has room", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100, mesh=100), need(cpus=1), True),
+    ("ours and others together over the limit has room", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100, mesh=40), need(cpus=1), True),
+    ("others just below the limit beside ours", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100, mesh=10.1), need(cpus=1), True),
+    ("others exactly at the limit beside ours saturate it", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=100, mesh=10), need(cpus=1), False),
+    ("ours measured above the total leaves nothing foreign", LiveLoad(3.0, 90),
+     entry(cpus=4, cpu_percent=50, mesh=60), need(cpus=1), True),
     ("saturated machine still takes zero-CPU work", LiveLoad(3.0, 90),
      entry(cpus=4, cpu_percent=100), need(cpus=0), True),
     ("live memory exactly fits", LiveLoad(3.0), entry(available=GIB), need(memory=GIB), True),
@@ -111,6 +122,19 @@ def test_stale_load_counts_as_no_room() -> None:
     assert check.reject(slot, need(), now=3.0) is None
     rejection = check.reject(slot, need(), now=3.5)
     assert rejection is not None and "stale" in rejection.detail
+
+
+def test_a_saturated_machine_is_explained_by_the_load_that_is_not_ours() -> None:
+    rejection = LiveLoad(3.0, 95).reject(entry(cpu_percent=99, mesh=2), need(cpus=1), 0)
+    assert rejection is not None
+    assert rejection.detail == "is saturated by other processes (CPU 97% not ours, limit 95%)"
+    assert (rejection.requested, rejection.available) == (97, 95)
+
+
+def test_memory_stays_strict_on_a_machine_busy_with_our_attempts() -> None:
+    slot = entry(cpu_percent=100, mesh=100, available=GIB)
+    assert LiveLoad(3.0).reject(slot, need(memory=GIB), 0) is None
+    assert LiveLoad(3.0).reject(slot, need(memory=GIB + 1), 0) is not None
 
 
 def test_memory_placed_since_the_sample_is_subtracted() -> None:

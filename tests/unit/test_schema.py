@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from mesh.errors import InvalidInput
-from mesh.schema import Action, MeshConfig, parse_duration, parse_size
+from mesh.schema import Action, Load, MeshConfig, parse_duration, parse_size
 
 BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown field", {"command": ["true"], "colour": "red"}, "colour", "Extra inputs"),
@@ -73,3 +73,25 @@ def test_action_round_trips_through_json() -> None:
 def test_config_refuses_unknown_fields() -> None:
     with pytest.raises(ValidationError, match="extra"):
         MeshConfig.model_validate({"load_intervall": 1})
+
+
+LOAD = {"cpu_percent": 97.0, "cpu_count": 2, "memory_total": 1, "memory_used": 0,
+        "memory_available": 1, "sampled_at": 0.0}
+
+
+def test_a_load_from_an_agent_that_does_not_measure_its_attempts_is_all_foreign() -> None:
+    load = Load.model_validate(LOAD)
+    assert load.mesh_cpu_percent == 0 and load.foreign_cpu_percent == 97
+
+
+@pytest.mark.parametrize(("mesh", "foreign"), [(90.0, 7.0), (97.0, 0.0), (99.0, 0.0)],
+                         ids=["part ours", "all ours", "ours measured above the total"])
+def test_the_foreign_share_is_what_the_attempts_do_not_explain(mesh: float,
+                                                                 foreign: float) -> None:
+    load = Load.model_validate({**LOAD, "mesh_cpu_percent": mesh})
+    assert load.foreign_cpu_percent == pytest.approx(foreign)
+
+
+def test_the_attempts_share_is_a_percentage() -> None:
+    with pytest.raises(ValidationError, match="mesh_cpu_percent"):
+        Load.model_validate({**LOAD, "mesh_cpu_percent": 101})

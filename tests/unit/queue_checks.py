@@ -21,13 +21,14 @@ def check_queue(queue: Queue) -> None:
     for account_id, account in queue.accounts.items():
         assert account.id == account_id and account.queue is queue
         assert account.size == sum(len(s) for s in account.shapes.values()) > 0
-        filed = set(account.unlabelled)
+        filed = list(account.unlabelled)
         for label, bucket in account.by_label.items():
             assert bucket, f"empty label bucket {label!r}"
             assert all(s.label == label for s in bucket)
-            filed.update(bucket)
-        assert filed == set(account.shapes.values()), "label index out of step"
-        assert set(account.exceptions) <= filed
+            filed.extend(bucket)
+        assert len(filed) == len(set(filed)), "a shape filed twice"
+        assert set(filed) == set(account.shapes.values()), "label index out of step"
+        assert set(account.exceptions) <= set(filed)
         for key, shape in account.shapes.items():
             assert shape.key == key and shape.account is account and len(shape) > 0
             assert shape.label is None if not shape.base else shape.label in shape.base
@@ -45,6 +46,7 @@ def check_queue(queue: Queue) -> None:
             groups.setdefault(shape.group, set()).add(shape)
             labels.update(shape.base)
     assert seen.keys() == set(queue) and all(queue[i] is r for i, r in seen.items())
+    assert sum(map(len, queue.groups.values())) == sum(map(len, groups.values()))
     assert {g: set(s) for g, s in queue.groups.items()} == groups, "group index out of step"
     assert +queue._label_shapes == labels
     assert queue.zero_cpu == sum(r.cpus <= EPSILON for r in seen.values())

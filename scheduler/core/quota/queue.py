@@ -165,8 +165,9 @@ class AccountQueue:
         self.id = account_id
         self.stamp = float("-inf")
         self.shapes: dict[ShapeKey, Shape] = {}
-        self.by_label: dict[str, dict[Shape, None]] = {}
-        self.unlabelled: dict[Shape, None] = {}
+        # Lists, not sets: a shape costs a pointer in each (the queue may hold 100k shapes).
+        self.by_label: dict[str, list[Shape]] = {}
+        self.unlabelled: list[Shape] = []
         # Shapes not all of whose requests carry `stamp`: with fresh requests, or frozen.
         self.exceptions: dict[Shape, None] = {}
         self.size = 0
@@ -197,7 +198,7 @@ class Queue(MutableMapping[str, Request]):
     def __init__(self, requests: Iterable[Request] = ()) -> None:
         self._by_id: dict[str, Request] = {}
         self.accounts: dict[str, AccountQueue] = {}
-        self.groups: dict[Group, dict[Shape, None]] = {}  # fanout group -> its shapes
+        self.groups: dict[Group, list[Shape]] = {}  # fanout group -> its shapes
         self.zero_cpu = 0  # queued requests that reserve no CPU
         self._label_shapes: Counter[str] = Counter()  # shapes per base label
         for request in requests:
@@ -300,10 +301,10 @@ class Queue(MutableMapping[str, Request]):
         shape = account.shapes[key] = Shape(account, key, fanout_group(request), label)
         counts.update(request.base_labels)
         if label is None:
-            account.unlabelled[shape] = None
+            account.unlabelled.append(shape)
         else:
-            account.by_label.setdefault(label, {})[shape] = None
-        self.groups.setdefault(shape.group, {})[shape] = None
+            account.by_label.setdefault(label, []).append(shape)
+        self.groups.setdefault(shape.group, []).append(shape)
         return shape
 
     def _drop_shape(self, shape: Shape) -> None:
@@ -311,10 +312,10 @@ class Queue(MutableMapping[str, Request]):
         del account.shapes[shape.key]
         account.exceptions.pop(shape, None)
         if shape.label is None:
-            del account.unlabelled[shape]
+            account.unlabelled.remove(shape)
         else:
             bucket = account.by_label[shape.label]
-            del bucket[shape]
+            bucket.remove(shape)
             if not bucket:
                 del account.by_label[shape.label]
         counts = self._label_shapes
@@ -323,6 +324,6 @@ class Queue(MutableMapping[str, Request]):
             if not counts[label]:
                 del counts[label]
         members = self.groups[shape.group]
-        del members[shape]
+        members.remove(shape)
         if not members:
             del self.groups[shape.group]

@@ -31,6 +31,15 @@ _SCAN = 32
 Skip = Callable[[Request], bool]
 
 
+_NEVER = float("inf")
+
+
+def _earliest(shape: Shape) -> float:
+    """The earliest examined time in the shape (its fresh part is in that order)."""
+    fresh = shape.fresh[0].own_examined if shape.fresh else _NEVER
+    return min(fresh, shape.stamp) if shape.stamped else fresh
+
+
 class _Shapes:
     """A few shapes, found by base label as `AccountQueue.compatible` finds them."""
 
@@ -77,6 +86,7 @@ class LevelView:
         self.tail: list[list[Shape]] = []
         self._extras: dict[int, _Shapes] = {}
         self._plans: dict[tuple[str, int, bool], tuple[float, list[list[Shape]]]] = {}
+        self._floors: dict[int, float] = {}
 
     def level_of(self, shape: Shape) -> int:
         level = self.levels[shape.account.id]
@@ -96,8 +106,12 @@ class LevelView:
         plan = self._plans.get(key)
         if plan is None:
             since = worker.modified_time if cut else float("inf")
-            plan = self._plans[key] = (since, self._plan(worker.labels, p, since))
-        since, runs = plan
+            runs = self._plan(worker.labels, p, since) if since >= self._floor(p) else []
+            plan = self._plans[key] = (since, runs)
+        return self._walk(*plan, skip) if plan[1] else iter(())
+
+    @staticmethod
+    def _walk(since: float, runs: list[list[Shape]], skip: Skip) -> Iterator[Request]:
         for run in runs:
             # Decided as each run starts: what `skip` passes over stays passed over.
             streams = [s.stream(since) for s in run if len(s) and not skip(s.any())]
@@ -108,6 +122,20 @@ class LevelView:
                 merged: Iterator[tuple[OrderKey, Request]] = heapq.merge(*streams)
                 for _, request in merged:
                     yield request
+
+    def _floor(self, p: int) -> float:
+        """The earliest examined time at level p: a worker that last changed before it
+        has nothing to look at there (most workers, most passes)."""
+        floor = self._floors.get(p)
+        if floor is None:
+            # Accounts' stamps cover their stamped requests; their exceptions the rest.
+            floor = min((a.stamp for a in self.at[p]), default=_NEVER)
+            shapes = list(self._extras_at(p).shapes)
+            if p == FREE_BUCKET:  # complete once the free level is first looked at
+                shapes.extend(s for segment in self.tail for s in segment)
+            floor = min([floor, *map(_earliest, shapes)])
+            self._floors[p] = floor
+        return floor
 
     def _plan(self, labels: frozenset[str], p: int, since: float) -> list[list[Shape]]:
         """Shapes to walk, in runs: each run merged in level order, the runs in turn.

@@ -2,8 +2,10 @@
 
 A request can only run on a worker that has all of its base labels, so it is filed under
 one of them, its rarest in the level; a worker then looks only under its own labels. For
-one worker and a short list a plain scan is cheaper, so the pass builds this only when
-many workers meet many requests.
+one worker and a short list a plain scan is cheaper, so the full pass (`reference.py`)
+builds this only when many workers meet many requests; the incremental pass keeps its
+shapes filed by label in the queue instead, and uses the threshold to decide whether
+looking them up by label pays.
 """
 
 from __future__ import annotations

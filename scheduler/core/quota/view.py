@@ -143,6 +143,12 @@ class LevelView:
         Upstream sorts a match list by quality (stably), so the runs are, per quality
         from the highest: the level's shapes of that quality, then each tail segment's;
         a list of MAX_SORTED_MATCHES or more is left unsorted: the level, then the tail.
+
+        Worked example, the free level: shapes A (base {x}) and B ({}) sit there, and
+        the pass appended shape C ({x}) after level 1 and D ({}) after level 3. Upstream's
+        list is A+B merged by (examined, enqueue, id), then C, then D; sorting it stably
+        by quality gives [A, C] then [B, D], so the runs are [A], [C], [B], [D], and an
+        old request of C still comes after a new one of A.
         """
         found = self._gather(labels, p, since)
         segments = ([[s for s in segment if s.base <= labels] for segment in self.tail]

@@ -32,8 +32,11 @@ def _wait_for(ready: Callable[[], bool], what: str, timeout: float = 60.0) -> No
 def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[Client]:
     """A new single-node Ray cluster in this process with the mesh up on it."""
     with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=names.NAMESPACE,
-                 log_to_driver=False, _system_config=bootstrap.health_checks())
+        # address="local": always a new cluster, never one another process left running
+        # on a shared machine (ray.init would join that one).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 namespace=names.NAMESPACE, log_to_driver=False,
+                 _system_config=bootstrap.health_checks())
         try:
             bootstrap.up(config or MeshConfig(state_dir=state))
             client = Client()

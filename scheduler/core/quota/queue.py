@@ -136,7 +136,7 @@ class Shape:
         else:
             part, at = self.fresh, bisect_left(self.fresh, _by_own_order(request),
                                                key=_by_own_order)
-        assert part[at] is request, "the queue lost its order"
+        assert at < len(part) and part[at] is request, "the queue lost its order"
         del part[at]
         request.home, request.stamped = None, False
 

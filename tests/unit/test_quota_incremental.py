@@ -1,10 +1,10 @@
-"""The incremental pass decides exactly what the full pass (`reference.py`) decides.
+"""The incremental pass decides exactly what the full pass (`quota_reference.py`) decides.
 
 Two schedulers live through the same seeded random history of every quota call: accounts
 created, changed, poked and deleted (rates, caps, fanout, per-label limits, no free work),
 requests added (alone and in bulk, some alike), workers of 1-4 CPUs with random labels,
 every notification, unassign, finish, time moving on (and back), snapshots, and passes
-whose gate refuses some starts. One runs `run.Pass`, the other `reference.FullPass`.
+whose gate refuses some starts. One runs `run.Pass`, the other `FullPass`.
 After every pass their assignments, events and gate calls must be equal; so must
 their whole state (balances, running priorities and costs, examined times, modified
 times); after every other call, their queues (order and examined times) and indexes.
@@ -23,13 +23,14 @@ import pytest
 
 from mesh.schema import AccountConfig, QuotaOptions
 from scheduler.core.quota import queue as queue_module
-from scheduler.core.quota import reference, view
 from scheduler.core.quota import run as run_module
+from scheduler.core.quota import view
 from scheduler.core.quota.events import KeepEvents
 from scheduler.core.quota.model import UPSTREAM, Quirks, Request, TaskRun, Worker
 from scheduler.core.quota.scheduler import NotAssigned, QuotaScheduler
 from scheduler.core.quota.snapshot import from_snapshot, to_snapshot
 from scheduler.core.quota.vector import FREE_BUCKET, vector
+from tests.unit import quota_reference as reference
 from tests.unit.queue_checks import check_queue
 
 LABELS = ["os:linux", "vpn", "model:a", "model:b", "gpu"]

@@ -8,8 +8,9 @@ time and id; workers by free CPUs (best fit) and id; running tasks by worker and
 
 The pass is incremental: it reads the levels off the queue's kept order (`view.py`) and
 stamps examined times per account (`queue.py`), so its cost follows what changed and
-what it takes, not how much waits. `reference.FullPass` recomputes the same from the
-whole queue, as the pass used to; a test holds the two to the same decisions.
+what it takes, not how much waits. The full pass it replaced, which worked the same out
+from the whole queue every time, is kept for tests (tests/unit/quota_reference.py),
+which hold the two to the same decisions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import math
 from collections.abc import Callable, Iterable
 
 from scheduler.core.quota.events import QuotaEvent
-from scheduler.core.quota.index import WORTH_INDEXING
 from scheduler.core.quota.limits import FanoutCounter, Group, LabelCounter, fanout_group
 from scheduler.core.quota.model import (
     DEMOTE_THRESHOLD,
@@ -47,7 +47,9 @@ from scheduler.core.quota.view import OUT, LevelView, Skip
 # state and live load)? With a task run: room is being made by preempting it.
 Gate = Callable[[Worker, Request, TaskRun | None], bool]
 
-__all__ = ["WORTH_INDEXING", "Gate", "Pass", "run_once"]
+# Workers times an account's shapes above which looking its shapes up by label pays for
+# itself (rather than checking each shape's labels against each worker's).
+WORTH_INDEXING = 50_000
 
 
 def _admit_all(worker: Worker, request: Request, freed: TaskRun | None) -> bool:

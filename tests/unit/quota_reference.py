@@ -1,23 +1,74 @@
-"""The full pass: the pass's requests worked out from the whole queue every time.
+"""The full quota pass, the reference the incremental one is held to (for tests).
 
-This is how `run.Pass` found its requests before it became incremental, kept as the
-reference it must agree with (tests/unit/test_quota_incremental.py). Each pass sorts the
-whole queue into its six levels, builds and sorts a worker's whole match list, scans the
-queue for zero-CPU work, and stamps every request it examined; the decisions on top are
-`Pass`'s own, shared.
+This is how `run.Pass` found its requests before it became incremental: each pass sorts
+the whole queue into its six levels, builds and sorts a worker's whole match list (with
+a label index, `LevelIndex`, when many workers meet many requests), scans the queue for
+zero-CPU work, and stamps every request it examined. The decisions on top are `Pass`'s
+own, shared, so a test comparing the two (test_quota_incremental.py) tests where the
+passes find their requests.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Iterable
 from operator import attrgetter
 
-from scheduler.core.quota.index import WORTH_INDEXING, LevelIndex
 from scheduler.core.quota.model import EPSILON, MAX_SORTED_MATCHES, QuotaAssignment, Request, Worker
 from scheduler.core.quota.run import Gate, Pass, _admit_all
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.vector import FREE_BUCKET
 from scheduler.core.quota.view import Skip
+
+# Workers with room times requests in the level above which an index pays for itself.
+WORTH_INDEXING = 50_000
+
+
+class LevelIndex:
+    """Positions in a level's list, filed by each request's rarest base label."""
+
+    def __init__(self, requests: list[Request], sorted_upto: int) -> None:
+        """`requests[:sorted_upto]` are in examined-time order (the rest were appended)."""
+        self.sorted_upto = sorted_upto
+        self.has_tail = len(requests) > sorted_upto
+        self.examined = [r.examined_time for r in requests[:sorted_upto]]
+        counts = Counter(label for r in requests for label in r.base_labels)
+        self.by_label: dict[str, list[int]] = {}
+        self.unlabelled: list[int] = []
+        for position, request in enumerate(requests):
+            if not request.base_labels:
+                self.unlabelled.append(position)
+                continue
+            rarest = min(request.base_labels, key=lambda label: (counts[label], label))
+            self.by_label.setdefault(rarest, []).append(position)
+
+    def candidates(self, labels: frozenset[str], since: float) -> list[int]:
+        """Positions, in list order, of every request examined no later than `since` that
+        a worker with `labels` might take (a superset: the caller checks base labels).
+
+        The examined-time order of the sorted part makes the cut a prefix, so a worker
+        that nothing new was examined for since it changed costs a bisect, not a scan.
+        """
+        limit = bisect_right(self.examined, since)
+        if limit == 0 and not self.has_tail:
+            return []
+        found: list[int] = []
+        for positions in self._buckets(labels):
+            # Positions before `limit`, and any appended after the sorted part.
+            found.extend(positions[:bisect_left(positions, limit)])
+            found.extend(positions[bisect_left(positions, self.sorted_upto):])
+        found.sort()
+        return found
+
+    def _buckets(self, labels: frozenset[str]) -> list[list[int]]:
+        buckets = [self.unlabelled] if self.unlabelled else []
+        if len(self.by_label) < len(labels):
+            buckets.extend(b for label, b in self.by_label.items() if label in labels)
+        else:
+            buckets.extend(b for label in labels if (b := self.by_label.get(label)))
+        return buckets
+
 
 # Requests are taken least recently examined first; upstream leaves ties to map order.
 _ORDER = attrgetter("examined_time", "enqueue_time", "id")

@@ -125,9 +125,9 @@ def _line(what: str, samples: dict[int, list[float]]) -> float:
     ms = 1000.0
     shallow, deep = samples[SHALLOW], samples[DEEP]
     ratio = median(deep) / median(shallow)
-    print(f"{what}: {SHALLOW:,} queued p50 {median(shallow) * ms:.2f} ms p99 "
-          f"{pct(shallow, 99) * ms:.2f} ms; {DEEP:,} queued p50 {median(deep) * ms:.2f} ms "
-          f"p99 {pct(deep, 99) * ms:.2f} ms; p50 ratio {ratio:.2f} (target <= {TARGET})")
+    print(f"{what}: {SHALLOW:,} queued p50 {median(shallow) * ms:.3f} ms p99 "
+          f"{pct(shallow, 99) * ms:.3f} ms; {DEEP:,} queued p50 {median(deep) * ms:.3f} ms "
+          f"p99 {pct(deep, 99) * ms:.3f} ms; p50 ratio {ratio:.2f} (target <= {TARGET})")
     return ratio
 
 

@@ -1,11 +1,14 @@
-"""What every benchmark shares: a fresh local mesh, percentiles, and the ratio printout."""
+"""What every benchmark shares: a fresh local mesh, percentiles, and the ratio printout.
+
+Benchmarks import nothing from `tests/`: the little waiting they need is here.
+"""
 
 from __future__ import annotations
 
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,23 +18,30 @@ from ray.cluster_utils import Cluster
 from mesh import bootstrap, names
 from mesh.client import Client
 from mesh.schema import MeshConfig
-from tests.waiting import wait_until
+
+
+def _wait_for(ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.1)
 
 
 @contextmanager
 def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[Client]:
     """A new single-node Ray cluster in this process with the mesh up on it."""
     with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=names.NAMESPACE,
-                 log_to_driver=False, _system_config=bootstrap.health_checks())
+        # address="local": always a new cluster, never one another process left running
+        # on a shared machine (ray.init would join that one).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 namespace=names.NAMESPACE, log_to_driver=False,
+                 _system_config=bootstrap.health_checks())
         try:
             bootstrap.up(config or MeshConfig(state_dir=state))
             client = Client()
-            deadline = time.monotonic() + 60
-            while not all(a.load for a in client.pool()) or not client.pool():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("agents never reported their load")
-                time.sleep(0.1)
+            _wait_for(lambda: bool(pool := client.pool()) and all(a.load for a in pool),
+                      "the agents to report their load")
             yield client
         finally:
             bootstrap.down(stop_cluster=False)
@@ -53,8 +63,8 @@ def cluster_mesh(worker: dict[str, Any], workers: int = 2) -> Iterator[tuple[Clu
         try:
             bootstrap.up(MeshConfig(state_dir=state))
             client = Client()
-            wait_until(client.pool, lambda p: len(p) == workers and all(a.load for a in p),
-                       timeout=60, what="every agent reporting its load")
+            _wait_for(lambda: len(pool := client.pool()) == workers
+                      and all(a.load for a in pool), "every agent to report its load")
             yield cluster, client
         finally:
             bootstrap.down(stop_cluster=False)

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-for b in throughput latency logs memory quota failover restart cpu_bound; do
+for b in throughput latency logs memory quota deep_queue cpu_bound failover restart; do
   echo "== $b"
   "$PY" -m "bench.bench_$b"
 done

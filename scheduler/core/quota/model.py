@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from scheduler.core.quota.vector import ZERO, Vector
 
@@ -53,29 +53,73 @@ UPSTREAM = Quirks(chained_preemption=True, examined_cut_in_preemption=True,
                   enforce_limits=True)
 
 
-@dataclass(slots=True, eq=False)
+class Home(Protocol):
+    """Where a queued request's examined time is kept while its queue stamps it in bulk
+    (`queue.Shape`): one value shared by every request of the shape examined together."""
+
+    @property
+    def stamp(self) -> float: ...
+
+    def reexamine(self, request: Request, value: float) -> None: ...
+
+
 class Request:
-    """Work waiting to run (or running: the same object moves onto a worker)."""
+    """Work waiting to run (or running: the same object moves onto a worker).
 
-    id: str
-    account_id: str = ""
-    base_labels: frozenset[str] = frozenset()
-    provisionable_labels: frozenset[str] = frozenset()
-    enqueue_time: float = 0.0
-    cpus: float = 1.0
-    memory: int = 0
-    confirmed_time: float = ZERO_TIME
-    examined_time: float = NEVER_EXAMINED
-    # More base labels is a more specific request: a worker prefers it.
-    quality: int = field(init=False, default=0)
-    # The fanout group, worked out once (upstream memoises it too).
-    group: tuple[str, ...] | None = field(init=False, default=None)
+    While it is queued, the queue files it by everything but `confirmed_time` (and keeps
+    its place when `examined_time` is set), so those other fields must not change then.
+    """
 
-    def __post_init__(self) -> None:
-        self.quality = len(self.base_labels)
+    __slots__ = ("account_id", "base_labels", "confirmed_time", "cpus", "enqueue_time",
+                 "group", "home", "id", "memory", "own_examined", "provisionable_labels",
+                 "quality", "stamped")
+
+    def __init__(self, id: str, account_id: str = "",
+                 base_labels: frozenset[str] = frozenset(),
+                 provisionable_labels: frozenset[str] = frozenset(), enqueue_time: float = 0.0,
+                 cpus: float = 1.0, memory: int = 0, confirmed_time: float = ZERO_TIME,
+                 examined_time: float = NEVER_EXAMINED) -> None:
+        self.id = id
+        self.account_id = account_id
+        self.base_labels = base_labels
+        self.provisionable_labels = provisionable_labels
+        self.enqueue_time = enqueue_time
+        self.cpus = cpus
+        self.memory = memory
+        self.confirmed_time = confirmed_time
+        # More base labels is a more specific request: a worker prefers it.
+        self.quality = len(base_labels)
+        # The fanout group, worked out once (upstream memoises it too).
+        self.group: tuple[str, ...] | None = None
+        # Its own examined time; while `stamped`, its queue's `home` holds it instead.
+        self.own_examined = examined_time
+        self.home: Home | None = None
+        self.stamped = False
+
+    @property
+    def examined_time(self) -> float:
+        """The scheduler time of the last pass it took part in without being matched."""
+        if self.stamped:
+            assert self.home is not None
+            return self.home.stamp
+        return self.own_examined
+
+    @examined_time.setter
+    def examined_time(self, value: float) -> None:
+        if self.home is not None:
+            self.home.reexamine(self, value)  # it moves in its queue's kept order
+        else:
+            self.own_examined = value
 
     def confirm(self, t: float) -> None:
         self.confirmed_time = max(self.confirmed_time, t)
+
+    def __repr__(self) -> str:
+        return (f"Request({self.id!r}, account_id={self.account_id!r}, "
+                f"base_labels={sorted(self.base_labels)}, "
+                f"provisionable_labels={sorted(self.provisionable_labels)}, "
+                f"enqueue_time={self.enqueue_time}, cpus={self.cpus}, memory={self.memory}, "
+                f"confirmed_time={self.confirmed_time}, examined_time={self.examined_time})")
 
 
 @dataclass(slots=True, eq=False)

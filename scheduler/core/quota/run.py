@@ -5,27 +5,31 @@ provisioning, then any matching request; then running work is promoted or demote
 account's balance; then lower-priority work may be preempted. Then a free pass. Orders
 that upstream leaves to map iteration are fixed here: requests by examined time, enqueue
 time and id; workers by free CPUs (best fit) and id; running tasks by worker and id.
+
+The pass is incremental: it reads the levels off the queue's kept order (`view.py`) and
+stamps examined times per account (`queue.py`), so its cost follows what changed and
+what it takes, not how much waits. The full pass it replaced, which worked the same out
+from the whole queue every time, is kept for tests (tests/unit/quota_full_pass.py),
+which hold the two to the same decisions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from operator import attrgetter
+from collections.abc import Callable, Iterable
 
 from scheduler.core.quota.events import QuotaEvent
-from scheduler.core.quota.index import WORTH_INDEXING, LevelIndex
-from scheduler.core.quota.limits import FanoutCounter, LabelCounter
+from scheduler.core.quota.limits import FanoutCounter, Group, LabelCounter, fanout_group
 from scheduler.core.quota.model import (
     DEMOTE_THRESHOLD,
     EPSILON,
-    MAX_SORTED_MATCHES,
     PROMOTE_THRESHOLD,
     QuotaAssignment,
     Request,
     TaskRun,
     Worker,
 )
+from scheduler.core.quota.queue import AccountQueue, Shape
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.vector import (
     FREE_BUCKET,
@@ -37,19 +41,19 @@ from scheduler.core.quota.vector import (
     sub,
     vector,
 )
+from scheduler.core.quota.view import OUT, LevelView, Skip
 
 # May this request start on this worker now, beyond labels and reservations (the agent's
 # state and live load)? With a task run: room is being made by preempting it.
 Gate = Callable[[Worker, Request, TaskRun | None], bool]
 
+# Workers times an account's shapes above which looking its shapes up by label pays for
+# itself (rather than checking each shape's labels against each worker's).
+WORTH_INDEXING = 50_000
+
 
 def _admit_all(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
     return True
-
-
-# Requests are taken least recently examined first; upstream leaves ties to map order.
-_ORDER = attrgetter("examined_time", "enqueue_time", "id")
-_QUALITY = attrgetter("quality")
 
 
 def _demand(amount: float) -> float:
@@ -60,38 +64,36 @@ def _demand(amount: float) -> float:
 
 def run_once(qs: QuotaScheduler, gate: Gate | None = None) -> list[QuotaAssignment]:
     """Run one pass at the scheduler's current time; the state is updated as it goes."""
-    return _Pass(qs, gate or _admit_all).run()
+    return Pass(qs, gate or _admit_all).run()
 
 
-class _Pass:
+class Pass:
+    """The decisions of one pass, and (overridable) where it finds its requests."""
+
     def __init__(self, qs: QuotaScheduler, gate: Gate) -> None:
         self.qs = qs
         self.gate = gate
         self.now = qs.last_update_time
-        self.lists: list[list[Request]] = [[] for _ in range(FREE_BUCKET + 1)]
         self.matched: set[str] = set()
+        self.matched_at = [0] * (FREE_BUCKET + 1)  # requests taken from each level
         # Accounts whose work must not start in the free bucket (DisableFreeTasks).
         self.no_free: set[str] = {a for a, c in qs.configs.items() if c.disable_free_tasks}
         self.assignments: list[QuotaAssignment] = []
-        self._zero_cpu_waiting: bool | None = None
-        # Match lists per (worker, level, cut), as upstream computes them once per level for
-        # both idle steps; entries matched since are skipped where the list is used.
-        self._match_cache: dict[tuple[str, int, bool], list[Request]] = {}
-        self._indexes: dict[int, LevelIndex | None] = {}
-        self.sorted_len: list[int] = []
+        self._zero_cpu: bool | None = None
         self.fanout: FanoutCounter | None = None
         self.labels: LabelCounter | None = None
+        # Fanout groups counted in this pass (what runs, then what is assigned), one
+        # request of each: only these can have run out of paid slots.
+        self.counted: dict[Group, Request] = {}
         if qs.quirks.enforce_limits:
             self.fanout = FanoutCounter(qs.configs)
             self.labels = LabelCounter(qs.configs)
             for worker, run in qs.runs():
-                self.fanout.count(run.request)
-                self.labels.count(run.request, worker)
+                self._count(run.request, worker)
+        self.counted_at_start = dict(self.counted)
 
     def run(self) -> list[QuotaAssignment]:
         self._prioritize()
-        # Each list is in examined-time order up to here; only the free list grows later.
-        self.sorted_len = [len(requests) for requests in self.lists]
         for p in range(NUM_PRIORITIES):
             self._match_idle(p, provisioned_only=True)
             self._match_idle(p, provisioned_only=False)
@@ -105,21 +107,70 @@ class _Pass:
         self._mark_examined()
         return self.assignments
 
-    # ---- prioritising ------------------------------------------------------------------------
+    # ---- where requests come from: the queue's kept order ---------------------------------
 
     def _prioritize(self) -> None:
-        qs, lists, fanout, no_free = self.qs, self.lists, self.fanout, self.no_free
-        free = lists[FREE_BUCKET]
-        levels: dict[str, int] = {}  # an account's level is the same for all its requests
-        for request in sorted(qs.queued.values(), key=_ORDER):
-            account = request.account_id
-            p = levels.get(account)
-            if p is None:
-                p = levels[account] = qs.priority_for(request)
-            if p < FREE_BUCKET and (fanout is None or not fanout.throttled(request)):
-                lists[p].append(request)
-            elif account not in no_free:  # else left out: not matched, not marked examined
-                free.append(request)
+        """Each account's level (and each throttled shape's): QSCHEDULER.md §3.2."""
+        qs, queue = self.qs, self.qs.queued
+        levels: dict[str, int] = {}
+        for account_id, account in queue.accounts.items():
+            p = qs.priority_for(next(iter(account.shapes.values())).any())
+            if p < FREE_BUCKET and self.fanout is not None and account_id not in qs.configs:
+                p = FREE_BUCKET  # no config, no paid slots: FanoutCounter starts it at 0
+            levels[account_id] = OUT if p == FREE_BUCKET and account_id in self.no_free else p
+        throttled: dict[Shape, None] = {}
+        if self.fanout is not None:
+            for group, request in self.counted_at_start.items():
+                if self.fanout.throttled(request):
+                    for shape in queue.groups.get(group, ()):
+                        if levels[shape.account.id] < FREE_BUCKET:
+                            throttled[shape] = None
+        workers = len(qs.workers)
+
+        def indexed(account: AccountQueue) -> bool:
+            return workers * len(account.shapes) > WORTH_INDEXING
+
+        self.view = LevelView(queue, levels, throttled, self.no_free, indexed)
+
+    def _unmatched(self, p: int) -> bool:
+        return self.view.size[p] > self.matched_at[p]
+
+    def _candidates(self, worker: Worker, p: int, cut: bool, skip: Skip) -> Iterable[Request]:
+        """Level p's unmatched requests this worker can take, most specific first. With
+        `cut`, only those examined no later than the worker last changed: a pair examined
+        since then was already tried and did not match. Shapes that `skip` passes over
+        may be left out: it must stay true for them while the caller walks."""
+        return self.view.matches(worker, p, cut, skip)
+
+    def _throttled_to_free(self, p: int) -> None:
+        """Requests a fanout limit held back at their paid level get a chance for free."""
+        assert self.fanout is not None
+        moved = []
+        for group, request in self.counted.items():
+            if self.fanout.throttled(request):
+                for shape in self.qs.queued.groups.get(group, ()):
+                    if (self.view.level_of(shape) == p
+                            and shape.account.id not in self.no_free):
+                        moved.append(shape)
+        if moved:
+            self.view.add_tail(moved)
+
+    def _mark_examined(self) -> None:
+        """Every request the pass looked at and did not match was examined now, but work
+        left out, and work of no-free accounts their fanout limit holds back."""
+        left_out: dict[str, list[Shape]] = {}
+        if self.fanout is not None:
+            for group, request in self.counted.items():
+                if request.account_id in self.no_free and self.fanout.throttled(request):
+                    for shape in self.qs.queued.groups.get(group, ()):
+                        left_out.setdefault(shape.account.id, []).append(shape)
+        queue = self.qs.queued
+        for account_id, account in list(queue.accounts.items()):
+            if self.view.levels[account_id] != OUT:
+                queue.stamp(account, self.now, left_out.get(account_id, ()))
+
+    def _zero_cpu_waiting(self) -> bool:
+        return self.qs.queued.zero_cpu > 0
 
     # ---- idle matching -----------------------------------------------------------------------
 
@@ -127,43 +178,9 @@ class _Pass:
         free = worker.free_cpus
         if free > EPSILON:
             return True
-        if self._zero_cpu_waiting is None:
-            self._zero_cpu_waiting = any(r.cpus <= EPSILON for r in self.qs.queued.values())
-        return self._zero_cpu_waiting and free > -EPSILON
-
-    def _unmatched(self, p: int) -> bool:
-        matched = self.matched
-        return any(r.id not in matched for r in self.lists[p])
-
-    def _matches(self, worker: Worker, p: int, cut: bool = True) -> list[Request]:
-        """Level p's unmatched requests this worker can take, most specific first. With
-        `cut`, only those examined no later than the worker last changed: a pair examined
-        since then was already tried and did not match."""
-        key = (worker.id, p, cut)
-        found = self._match_cache.get(key)
-        if found is None:
-            # (The free list only ever grows before the free pass, which is the first to
-            # look at it, so its lists are complete when cached too.)
-            matched, labels, requests = self.matched, worker.labels, self.lists[p]
-            since = worker.modified_time if cut else float("inf")
-            index = self._index(p)
-            pool = requests if index is None else [
-                requests[i] for i in index.candidates(labels, since)]
-            found = [r for r in pool if r.id not in matched
-                     and r.examined_time <= since and r.base_labels <= labels]
-            if len(found) < MAX_SORTED_MATCHES:
-                found.sort(key=_QUALITY, reverse=True)  # stable: list order within a quality
-            self._match_cache[key] = found
-        return found
-
-    def _index(self, p: int) -> LevelIndex | None:
-        """The level's label index, built on first use when it pays for itself. (The free
-        list grows only before the free pass, the first to look at it.)"""
-        if p not in self._indexes:
-            # Every worker may be looked at: those with room, and busy ones for preemption.
-            worth = len(self.qs.workers) * len(self.lists[p]) > WORTH_INDEXING
-            self._indexes[p] = LevelIndex(self.lists[p], self.sorted_len[p]) if worth else None
-        return self._indexes[p]
+        if self._zero_cpu is None:
+            self._zero_cpu = self._zero_cpu_waiting()
+        return self._zero_cpu and free > -EPSILON
 
     def _eligible(self, request: Request, worker: Worker, p: int) -> bool:
         if p == FREE_BUCKET and request.account_id in self.no_free:
@@ -178,7 +195,13 @@ class _Pass:
         workers = sorted((w for w in self.qs.workers.values() if self._has_room(w)),
                          key=lambda w: (w.free_cpus, w.id))
         for worker in workers:
-            for request in self._matches(worker, p):
+
+            # Limits only tighten as work is assigned, so what fails them stays failing.
+            def skip(request: Request, worker: Worker = worker) -> bool:
+                return not self._eligible(request, worker, p) or (
+                    provisioned_only and not request.provisionable_labels <= worker.labels)
+
+            for request in self._candidates(worker, p, True, skip):
                 if request.id in self.matched or not self._eligible(request, worker, p):
                     continue
                 if provisioned_only and not request.provisionable_labels <= worker.labels:
@@ -191,6 +214,7 @@ class _Pass:
 
     def _assign(self, worker: Worker, request: Request, p: int) -> None:
         self.matched.add(request.id)
+        self.matched_at[p] += 1
         assignment = QuotaAssignment(
             "idle", worker.id, request.id, p, self.now,
             provision_required=not request.provisionable_labels <= worker.labels)
@@ -203,6 +227,7 @@ class _Pass:
         if self.fanout is not None and self.labels is not None:
             self.fanout.count(request)
             self.labels.count(request, worker)
+            self.counted.setdefault(fanout_group(request), request)
 
     # ---- reprioritising ----------------------------------------------------------------------
 
@@ -256,11 +281,21 @@ class _Pass:
         banned = {run.request.account_id for _, run in candidates}
         candidates.sort(key=lambda c: c[1].cost)
         cut = self.qs.quirks.examined_cut_in_preemption
+        chained = self.qs.quirks.chained_preemption
+        balances = self.qs.balances
         for worker, run in candidates:
             current = run
             if worker.running.get(current.request.id) is not current:
                 continue  # preempted already in this pass
-            for request in self._matches(worker, p, cut=cut):
+
+            # Nothing changes before the first preemption on this worker, which ends the
+            # walk unless chained (that moves balances); limits only tighten.
+            def skip(request: Request, worker: Worker = worker, victim: TaskRun = run) -> bool:
+                return (request.account_id in banned or not self._eligible(request, worker, p)
+                        or (not chained and not less(
+                            victim.cost, balances.get(request.account_id, ZERO))))
+
+            for request in self._candidates(worker, p, cut, skip):
                 if request.id in self.matched or request.account_id in banned:
                     continue
                 if not less(current.cost, self.qs.balances.get(request.account_id, ZERO)):
@@ -271,13 +306,14 @@ class _Pass:
                                                                             current):
                     continue
                 current = self._preempt_with(worker, current, request, p)
-                if not self.qs.quirks.chained_preemption:
+                if not chained:
                     break
 
     def _preempt_with(self, worker: Worker, victim: TaskRun, request: Request, p: int,
                       ) -> TaskRun:
         old = victim.request
         self.matched.add(request.id)
+        self.matched_at[p] += 1
         cost = victim.cost
         assignment = QuotaAssignment(
             "preempt", worker.id, request.id, p, self.now, task_to_abort=old.id,
@@ -302,25 +338,3 @@ class _Pass:
             worker.modified_time = self.now
         self._count(request, worker)
         return run
-
-    # ---- after each level, and at the end ------------------------------------------------------
-
-    def _throttled_to_free(self, p: int) -> None:
-        """Requests a fanout limit held back at their paid level get a chance for free."""
-        assert self.fanout is not None
-        matched, no_free = self.matched, self.no_free
-        for request in self.lists[p]:
-            if (request.id not in matched and request.account_id not in no_free
-                    and self.fanout.throttled(request)):
-                self.lists[FREE_BUCKET].append(request)
-
-    def _mark_examined(self) -> None:
-        matched, no_free, now = self.matched, self.no_free, self.now
-        for requests in self.lists:
-            for request in requests:
-                if request.id in matched:
-                    continue
-                if (request.account_id in no_free and self.fanout is not None
-                        and self.fanout.throttled(request)):
-                    continue
-                request.examined_time = now

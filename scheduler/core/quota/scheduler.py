@@ -22,6 +22,7 @@ from scheduler.core.quota.model import (
     TaskRun,
     Worker,
 )
+from scheduler.core.quota.queue import Queue
 from scheduler.core.quota.vector import (
     FREE_BUCKET,
     NUM_PRIORITIES,
@@ -51,7 +52,8 @@ class QuotaScheduler:
         self.wall_clock = wall_clock
         self.configs: dict[str, AccountConfig] = {}
         self.balances: dict[str, Vector] = {}
-        self.queued: dict[str, Request] = {}
+        # Request id -> waiting request; kept in pass order between passes (queue.py).
+        self.queued = Queue()
         self.workers: dict[str, Worker] = {}
         self.running: dict[str, str] = {}  # request id -> worker id
         self.last_update_time = now

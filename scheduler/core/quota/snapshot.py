@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from mesh.schema import AccountConfig, QuotaOptions
 from scheduler.core.quota.events import QuotaSink
 from scheduler.core.quota.model import Quirks, Request, TaskRun, Worker
+from scheduler.core.quota.queue import Queue
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.vector import vector
 
@@ -104,7 +105,7 @@ def from_snapshot(snapshot: QuotaSnapshot, quirks: Quirks | None = None,
                   wall_clock: Callable[[], float] | None = None) -> QuotaScheduler:
     qs = QuotaScheduler(snapshot.last_update_time, snapshot.options, quirks, sink, wall_clock)
     restore_accounts(qs, snapshot)
-    qs.queued = {s.id: _request(s) for s in snapshot.queued}
+    qs.queued = Queue(_request(s) for s in snapshot.queued)
     for ws in snapshot.workers:
         worker = Worker(ws.id, frozenset(ws.labels), ws.cpus, ws.memory, ws.confirmed_time,
                         ws.modified_time)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from operator import attrgetter
 
 from scheduler.core.quota.model import EPSILON, MAX_SORTED_MATCHES, QuotaAssignment, Request, Worker
-from scheduler.core.quota.run import Gate, Pass, _admit_all
+from scheduler.core.quota.run import Gate, Pass, reservations_fit
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.vector import FREE_BUCKET
 from scheduler.core.quota.view import Skip
@@ -77,7 +77,7 @@ _QUALITY = attrgetter("quality")
 
 def run_once(qs: QuotaScheduler, gate: Gate | None = None) -> list[QuotaAssignment]:
     """`run.run_once`, the long way."""
-    return FullPass(qs, gate or _admit_all).run()
+    return FullPass(qs, gate or reservations_fit).run()
 
 
 class FullPass(Pass):

@@ -116,8 +116,11 @@ class Side:
 
 def _gate(mode: str, seed: int, passes: int) -> Callable[[Worker, Request, TaskRun | None],
                                                           bool]:
-    """Refuses some starts, as a pure function of its arguments (not of call order)."""
+    """Refuses what does not fit, and some starts that do, as a pure function of its
+    arguments (not of call order)."""
     def gate(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
+        if not run_module.reservations_fit(worker, request, freed):
+            return False
         if mode == "all":
             return True
         if mode == "none":

@@ -43,8 +43,9 @@ from scheduler.core.quota.vector import (
 )
 from scheduler.core.quota.view import OUT, LevelView, Skip
 
-# May this request start on this worker now, beyond labels and reservations (the agent's
-# state and live load)? With a task run: room is being made by preempting it.
+# May this request start on this worker now: do its reservations fit, and whatever else the
+# caller knows (the mesh asks its placement chain: the agent's state and live load too)?
+# With a task run: room is being made by preempting it.
 Gate = Callable[[Worker, Request, TaskRun | None], bool]
 
 # Workers times an account's shapes above which looking its shapes up by label pays for
@@ -52,8 +53,9 @@ Gate = Callable[[Worker, Request, TaskRun | None], bool]
 WORTH_INDEXING = 50_000
 
 
-def _admit_all(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
-    return True
+def reservations_fit(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
+    """The gate of a pass that knows nothing beyond the quota state: reservations only."""
+    return worker.fits(request, freed)
 
 
 def _demand(amount: float) -> float:
@@ -64,7 +66,7 @@ def _demand(amount: float) -> float:
 
 def run_once(qs: QuotaScheduler, gate: Gate | None = None) -> list[QuotaAssignment]:
     """Run one pass at the scheduler's current time; the state is updated as it goes."""
-    return Pass(qs, gate or _admit_all).run()
+    return Pass(qs, gate or reservations_fit).run()
 
 
 class Pass:
@@ -206,7 +208,7 @@ class Pass:
                     continue
                 if provisioned_only and not request.provisionable_labels <= worker.labels:
                     continue
-                if not worker.fits(request) or not self.gate(worker, request, None):
+                if not self.gate(worker, request, None):
                     continue
                 self._assign(worker, request, p)
                 if not self._has_room(worker):
@@ -302,8 +304,7 @@ class Pass:
                     continue
                 if not self._eligible(request, worker, p):
                     continue
-                if not worker.fits(request, freed=current) or not self.gate(worker, request,
-                                                                            current):
+                if not self.gate(worker, request, current):
                     continue
                 current = self._preempt_with(worker, current, request, p)
                 if not chained:

@@ -19,8 +19,8 @@ import ray
 from bench.harness import cluster_mesh, report
 from mesh import Action
 from mesh.client import Client
+from mesh.waiting import wait_until
 from tests.integration.test_restart import scheduler_pid
-from tests.waiting import wait_until
 
 WORKER: dict[str, Any] = {"num_cpus": 25, "labels": {"pool": "restart"}}
 QUEUED = int(os.environ.get("RESTART_QUEUED", "10000"))

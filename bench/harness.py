@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +14,7 @@ from ray.cluster_utils import Cluster
 from mesh import bootstrap, names
 from mesh.client import Client
 from mesh.schema import MeshConfig
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
 
 
 @contextmanager
@@ -27,11 +26,8 @@ def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[
         try:
             bootstrap.up(config or MeshConfig(state_dir=state))
             client = Client()
-            deadline = time.monotonic() + 60
-            while not all(a.load for a in client.pool()) or not client.pool():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("agents never reported their load")
-                time.sleep(0.1)
+            wait_until(client.pool, lambda p: bool(p) and all(a.load for a in p), timeout=60,
+                       interval=0.1, what="the agents reporting their load")
             yield client
         finally:
             bootstrap.down(stop_cluster=False)

@@ -17,9 +17,9 @@ from ray.cluster_utils import Cluster
 from mesh import Action, RetryPolicy, Stage
 from mesh.client import ActionHandle, Client
 from mesh.schema import ActionStatus
+from mesh.waiting import wait_until
 from tests.integration.conftest import start_mesh, stop_mesh
 from tests.integration.test_mesh import survivors
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

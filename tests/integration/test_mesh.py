@@ -9,8 +9,8 @@ import pytest
 
 from mesh import Action, InvalidInput, RetryPolicy, Stage, Unplaceable
 from mesh.names import ENV_ACTION
+from mesh.waiting import wait_until
 from tests.integration.conftest import Mesh
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mesh import AccountConfig, Action, Conflict, InvalidInput, NotFound, Stage
+from mesh.waiting import wait_until
 from tests.integration.conftest import Mesh
 from tests.integration.test_mesh import survivors
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,9 +19,9 @@ from mesh import Action, Stage, names
 from mesh.client import ActionHandle, Client
 from mesh.schema import AccountConfig, ActionStatus
 from mesh.stages import TERMINAL
+from mesh.waiting import wait_until
 from tests.integration.conftest import start_mesh, stop_mesh
 from tests.integration.test_mesh import survivors
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 from agent.executor import Executor
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
 from mesh.schema import ActionId, AgentId, Assignment, HeldAttempt, MeshConfig
+from mesh.waiting import async_wait_until
 from tests.unit.test_agent_harness import RecordingSinks, in_group, marked, run
-from tests.waiting import async_wait_until
 
 CONFIG = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, running_report_delay=0)
 TREE = "sleep 60 & sleep 60 & wait"

@@ -8,10 +8,9 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 import psutil
-import pytest
 
 from mesh.schema import ActionId, AttemptReport, LogBatch
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
 
 T = TypeVar("T")
 
@@ -110,11 +109,6 @@ def exited(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def test_wait_until_names_the_last_observation_on_timeout() -> None:
-    with pytest.raises(AssertionError, match="last saw 7"):
-        wait_until(lambda: 7, lambda v: v == 8, timeout=0.05, what="eight")
 
 
 def test_marked_finds_a_process_by_its_environment() -> None:

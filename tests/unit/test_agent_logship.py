@@ -7,8 +7,8 @@ import random
 
 from agent.logship import LineSplitter, LogShipper
 from mesh.schema import ActionId
+from mesh.waiting import async_wait_until
 from tests.unit.test_agent_harness import RecordingSinks, run
-from tests.waiting import async_wait_until
 
 
 def split_all(chunks: list[bytes], max_line_bytes: int = 1 << 20) -> list[str]:

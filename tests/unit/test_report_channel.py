@@ -21,10 +21,10 @@ from mesh.schema import (
     ReportAnswer,
     ReportChannel,
 )
+from mesh.waiting import async_wait_until
 from mesh.wire import MAX_FRAME, FrameError, encode, read_frame
 from scheduler.channel import ReportServer
 from tests.builders import action, report
-from tests.waiting import async_wait_until
 
 T = TypeVar("T")
 

@@ -29,13 +29,13 @@ from mesh.schema import (
     ReportAnswer,
 )
 from mesh.stages import Stage
+from mesh.waiting import async_wait_until
 from mesh.wire import encode, read_frame
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from scheduler.core.records import Changes
 from scheduler.shell import Scheduler
 from scheduler.store import StateCorrupt, Store
 from tests.builders import action, agent, load, report
-from tests.waiting import async_wait_until
 
 T = TypeVar("T")
 

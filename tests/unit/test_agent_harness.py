@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeVar
 
 import psutil
 
 from mesh.schema import ActionId, AttemptReport, LogBatch
 from mesh.waiting import wait_until
-
-T = TypeVar("T")
 
 
 class RecordingSinks:
@@ -61,15 +57,6 @@ class RecordingSinks:
                 out.extend((batch.offset + i, batch.stream, text)
                            for i, text in enumerate(batch.lines))
         return sorted(out)
-
-
-def run(coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float = 30.0) -> T:
-    """Run one test's coroutine on a fresh loop, bounded so a hang fails instead of stalling."""
-
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 def marked(marks: dict[str, str]) -> list[int]:

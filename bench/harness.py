@@ -1,4 +1,5 @@
-"""What every benchmark shares: a fresh local mesh, percentiles, and the ratio printout."""
+"""What every benchmark shares: a fresh local mesh, the scheduler's process, percentiles, and
+the ratio printout."""
 
 from __future__ import annotations
 
@@ -56,6 +57,15 @@ def cluster_mesh(worker: dict[str, Any], workers: int = 2) -> Iterator[tuple[Clu
             bootstrap.down(stop_cluster=False)
             ray.shutdown()
             cluster.shutdown()  # type: ignore[no-untyped-call]
+
+
+def scheduler_pid() -> int:
+    """The live scheduler actor's process (Ray's debugging view of its actor table)."""
+    from ray._private import state
+
+    [pid] = [info["Pid"] for info in state.actors(actor_state_name="ALIVE").values()
+             if info["Name"] == names.SCHEDULER]
+    return int(pid)
 
 
 def pct(values: list[float], q: float) -> float:

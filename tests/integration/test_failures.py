@@ -18,8 +18,7 @@ from mesh import Action, RetryPolicy, Stage
 from mesh.client import ActionHandle, Client
 from mesh.schema import ActionStatus
 from mesh.waiting import wait_until
-from tests.integration.conftest import start_mesh, stop_mesh
-from tests.integration.test_mesh import survivors
+from tests.integration.cluster import start_mesh, stop_mesh, survivors
 
 pytestmark = pytest.mark.integration
 

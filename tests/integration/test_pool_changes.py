@@ -10,7 +10,7 @@ from ray.cluster_utils import Cluster
 from mesh import Action, Stage
 from mesh.client import Client
 from mesh.waiting import wait_until
-from tests.integration.conftest import start_mesh, stop_mesh
+from tests.integration.cluster import start_mesh, stop_mesh
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from agent.executor import Executor
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
 from mesh.schema import ActionId, AgentId, Assignment, HeldAttempt, MeshConfig
 from mesh.waiting import async_wait_until
-from tests.unit.test_agent_harness import RecordingSinks, in_group, marked
+from tests.agent_support import RecordingSinks, in_group, marked
 
 CONFIG = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, running_report_delay=0)
 TREE = "sleep 60 & sleep 60 & wait"

@@ -10,7 +10,7 @@ import pytest
 from agent.logship import LineSplitter, LogShipper
 from mesh.schema import ActionId
 from mesh.waiting import async_wait_until
-from tests.unit.test_agent_harness import RecordingSinks
+from tests.agent_support import RecordingSinks
 
 # A hang fails within 30 s instead of stalling the run.
 pytestmark = pytest.mark.timeout(30)

@@ -19,7 +19,7 @@ from agent import reaper
 from agent.reaper import ReaperHandle
 from mesh.names import ENV_ACTION, ENV_AGENT
 from mesh.waiting import wait_until
-from tests.unit.test_agent_harness import exited, in_group, marked
+from tests.agent_support import exited, in_group, marked
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = "sleep 60 & sleep 60 & wait"

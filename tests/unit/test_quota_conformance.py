@@ -17,7 +17,7 @@ from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import NotAssigned
 from scheduler.core.quota.snapshot import QuotaSnapshot, from_snapshot, to_snapshot
 from scheduler.core.quota.vector import FREE_BUCKET, f32, vector
-from tests.unit.quota_helpers import (
+from tests.builders import (
     account,
     apply_idle,
     balance,

@@ -21,7 +21,7 @@ from mesh.schema import (
 )
 from mesh.stages import TERMINAL, Stage
 from scheduler.core.quota.events import KeepEvents
-from scheduler.core.quota.model import UPSTREAM, Quirks, QuotaAssignment, Request
+from scheduler.core.quota.model import UPSTREAM, Quirks, QuotaAssignment, Request, TaskRun
 from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.snapshot import QuotaSnapshot
@@ -169,3 +169,17 @@ def step(qs: QuotaScheduler, t: float) -> list[QuotaAssignment]:
 def pairs(assignments: list[QuotaAssignment]) -> list[tuple[str, str, int]]:
     """(request, worker, priority) of each assignment, in order."""
     return [(a.request_id, a.worker_id, a.priority) for a in assignments]
+
+
+def running(qs: QuotaScheduler, request_id: str) -> TaskRun:
+    """The request's run; the test fails here if it is not running."""
+    run = qs.run_of(request_id)
+    assert run is not None, f"{request_id} is not running"
+    return run
+
+
+def known(qs: QuotaScheduler, request_id: str) -> Request:
+    """The request, queued or running; the test fails here if the scheduler lost it."""
+    found = qs.get_request(request_id)
+    assert found is not None, f"{request_id} is unknown"
+    return found

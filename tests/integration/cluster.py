@@ -53,11 +53,18 @@ def start_mesh(tmp: Path, *workers: dict[str, Any]) -> tuple[Cluster, MeshConfig
 
 
 def stop_mesh(cluster: Cluster) -> None:
+    """`mesh down` (agents stopped, their attempts killed), then the cluster."""
     try:
         bootstrap.down(stop_cluster=False)
     finally:
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
+        tear_down(cluster)
+
+
+def tear_down(cluster: Cluster) -> None:
+    """Disconnect and stop every node at once, as a head that dies takes its cluster down:
+    nothing of the mesh is told."""
+    ray.shutdown()
+    cluster.shutdown()  # type: ignore[no-untyped-call]  # Ray's Cluster is not annotated
 
 
 class Accounts:

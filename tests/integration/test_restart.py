@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 
 from mesh import Action, Stage
 from mesh.client import ActionHandle, Client
 from mesh.schema import AccountConfig, ActionStatus
 from mesh.stages import TERMINAL
 from mesh.waiting import wait_until
-from tests.integration.cluster import runs, scheduler_pid, start_mesh, stop_mesh, survivors
+from tests.integration.cluster import (
+    runs,
+    scheduler_pid,
+    start_mesh,
+    stop_mesh,
+    survivors,
+    tear_down,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +112,7 @@ def test_a_restarted_head_with_its_state_kept_runs_what_it_had_accepted(
         assert all(lost)
     finally:
         # The head goes down hard: no `mesh down`, the agents' processes die with it.
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
+        tear_down(cluster)
     assert not any(survivors(h.id) for h in handles)
     cluster, _, _ = start_mesh(state, WORKER)
     try:

@@ -24,7 +24,9 @@ from mesh.waiting import wait_until
 
 # The shared mesh's shape. The head carries no agent, so what runs where is decided by the
 # two workers alone: `big` offers 2 CPUs and `vpn`, `small` offers 1 CPU and `pool:small`.
-HEAD = {"num_cpus": 1, "labels": {names.AGENT_OPT_OUT: "off"},
+# No dashboard: no test reads it, and its forkserver, killed with the cluster, left a
+# `pymp-*` directory in the temp dir after every cluster.
+HEAD = {"num_cpus": 1, "labels": {names.AGENT_OPT_OUT: "off"}, "include_dashboard": False,
         "_system_config": bootstrap.health_checks()}
 BIG = {"num_cpus": 2, "labels": {"vpn": "", "pool": "big"}}
 SMALL = {"num_cpus": 1, "labels": {"pool": "small"}}

@@ -24,7 +24,7 @@ from bench.harness import cluster_mesh, report
 from mesh import Action, Stage
 from mesh.client import Client
 from mesh.schema import ActionStatus
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
 
 WORKER: dict[str, Any] = {"num_cpus": 1, "labels": {"pool": "failover"}}
 ROUNDS = 5

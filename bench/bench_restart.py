@@ -16,11 +16,10 @@ from typing import Any
 
 import ray
 
-from bench.harness import cluster_mesh, report
+from bench.harness import cluster_mesh, report, scheduler_pid
 from mesh import Action
 from mesh.client import Client
-from tests.integration.test_restart import scheduler_pid
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
 
 WORKER: dict[str, Any] = {"num_cpus": 25, "labels": {"pool": "restart"}}
 QUEUED = int(os.environ.get("RESTART_QUEUED", "10000"))

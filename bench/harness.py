@@ -1,14 +1,11 @@
-"""What every benchmark shares: a fresh local mesh, percentiles, and the ratio printout.
-
-Benchmarks import nothing from `tests/`: the little waiting they need is here.
-"""
+"""What every benchmark shares: a fresh local mesh, the scheduler's process, percentiles, and
+the ratio printout."""
 
 from __future__ import annotations
 
 import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,14 +15,7 @@ from ray.cluster_utils import Cluster
 from mesh import bootstrap, names
 from mesh.client import Client
 from mesh.schema import MeshConfig
-
-
-def _wait_for(ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
+from mesh.waiting import wait_until
 
 
 @contextmanager
@@ -40,8 +30,8 @@ def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[
         try:
             bootstrap.up(config or MeshConfig(state_dir=state))
             client = Client()
-            _wait_for(lambda: bool(pool := client.pool()) and all(a.load for a in pool),
-                      "the agents to report their load")
+            wait_until(client.pool, lambda p: bool(p) and all(a.load for a in p), timeout=60,
+                       interval=0.1, what="the agents reporting their load")
             yield client
         finally:
             bootstrap.down(stop_cluster=False)
@@ -63,13 +53,22 @@ def cluster_mesh(worker: dict[str, Any], workers: int = 2) -> Iterator[tuple[Clu
         try:
             bootstrap.up(MeshConfig(state_dir=state))
             client = Client()
-            _wait_for(lambda: len(pool := client.pool()) == workers
-                      and all(a.load for a in pool), "every agent to report its load")
+            wait_until(client.pool, lambda p: len(p) == workers and all(a.load for a in p),
+                       timeout=60, interval=0.1, what="every agent reporting its load")
             yield cluster, client
         finally:
             bootstrap.down(stop_cluster=False)
             ray.shutdown()
             cluster.shutdown()  # type: ignore[no-untyped-call]
+
+
+def scheduler_pid() -> int:
+    """The live scheduler actor's process (Ray's debugging view of its actor table)."""
+    from ray._private import state
+
+    [pid] = [info["Pid"] for info in state.actors(actor_state_name="ALIVE").values()
+             if info["Name"] == names.SCHEDULER]
+    return int(pid)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -18,9 +17,10 @@ from ray._private.services import find_gcs_addresses
 from ray.exceptions import RayError
 
 from mesh import calls, names
-from mesh.errors import ClusterUnavailable, MeshNotRunning
+from mesh.errors import ClusterUnavailable, MeshNotRunning, WaitTimeout
 from mesh.relay import LogRelay, relay_options
 from mesh.schema import MeshConfig
+from mesh.waiting import wait_until
 from scheduler.actor import SchedulerActor, scheduler_options
 
 log = logging.getLogger("actionmesh")
@@ -80,9 +80,11 @@ def stop_local_cluster() -> bool:
                    capture_output=True, check=False)
     marker.unlink(missing_ok=True)
     # `ray stop` can return while the GCS is still exiting; `mesh down` promises it is gone.
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while cluster_running() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    try:
+        wait_until(cluster_running, lambda running: not running, STOP_TIMEOUT,
+                   "the local Ray cluster to stop", interval=0.1)
+    except WaitTimeout as exc:
+        log.warning("%s", exc)
     return True
 
 

@@ -9,7 +9,8 @@
      ├── ClusterUnavailable      no Ray cluster to connect to, or it went away
      ├── MeshNotRunning          the cluster is up but the mesh actors are not
      ├── SchedulerUnavailable    the scheduler did not answer (restarting, gone)
-     └── ActionTimeout           waiting for a result took longer than asked
+     ├── ActionTimeout           waiting for a result took longer than asked
+     └── WaitTimeout             a condition polled with `mesh.waiting` never held
 """
 
 from __future__ import annotations
@@ -77,3 +78,14 @@ class SchedulerUnavailable(MeshError):
 
 class ActionTimeout(MeshError):
     """An action did not reach the awaited stage within the caller's timeout."""
+
+
+class WaitTimeout(MeshError, TimeoutError):
+    """`mesh.waiting.wait_until` gave up: the condition never held within its timeout.
+
+    `last` is the last observation, which the message also quotes.
+    """
+
+    def __init__(self, message: str, last: object = None) -> None:
+        super().__init__(message)
+        self.last = last

@@ -15,8 +15,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from agent.actor import AgentActor
 from mesh.names import ENV_ACTION, NAMESPACE, RELAY, SCHEDULER, agent_name
 from mesh.schema import AgentInfo, Assignment, AttemptReport, LogBatch, MeshConfig
-from tests.unit.test_agent_harness import exited, marked
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.agent_support import exited, marked
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,8 @@ from mesh.client import ActionHandle, Client
 from mesh.names import ENV_ACTION
 from mesh.schema import ActionStatus
 from mesh.stages import TERMINAL
-from tests.integration.conftest import start_mesh, stop_mesh
-from tests.integration.test_restart import runs, scheduler_pid
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.integration.cluster import runs, scheduler_pid, start_mesh, stop_mesh
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,8 @@ from ray.cluster_utils import Cluster
 from mesh import Action, RetryPolicy, Stage
 from mesh.client import ActionHandle, Client
 from mesh.schema import ActionStatus
-from tests.integration.conftest import start_mesh, stop_mesh
-from tests.integration.test_mesh import survivors
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.integration.cluster import start_mesh, stop_mesh, survivors
 
 pytestmark = pytest.mark.integration
 

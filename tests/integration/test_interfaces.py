@@ -15,29 +15,21 @@ from typing import Any
 import pytest
 
 from mesh import Stage
-from tests.integration.conftest import Mesh
+from tests.integration.cluster import Accounts, Mesh
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-ADDRESS: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def _cluster_address(mesh: Mesh) -> None:
+def mesh_cli(mesh: Mesh, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     # An explicit address: `auto` would find whichever cluster on this machine started last.
-    ADDRESS[:] = [mesh.cluster.address]
-
-
-def mesh_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mesh.cli", "--address", ADDRESS[0], *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "mesh.cli", "--address", mesh.cluster.address,
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           check=False)
 
 
 def test_submit_streams_output_and_exits_with_the_action_exit_code(mesh: Mesh) -> None:
-    done = mesh_cli("submit", "--label", "pool:small", "--", "sh", "-c",
+    done = mesh_cli(mesh, "submit", "--label", "pool:small", "--", "sh", "-c",
                     "echo out-line; echo err-line >&2; exit 3")
     assert done.returncode == 3, done.stderr
     assert done.stdout.splitlines() == ["out-line"]
@@ -45,53 +37,53 @@ def test_submit_streams_output_and_exits_with_the_action_exit_code(mesh: Mesh) -
 
 
 def test_submit_success_exits_zero(mesh: Mesh) -> None:
-    done = mesh_cli("submit", "--cpus", "1", "--memory", "64M", "--timeout", "1m", "--",
+    done = mesh_cli(mesh, "submit", "--cpus", "1", "--memory", "64M", "--timeout", "1m", "--",
                     "echo", "hello world")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello world\n"
 
 
 def test_unplaceable_submit_is_refused_at_once(mesh: Mesh) -> None:
-    done = mesh_cli("submit", "--cpus", "512", "--", "true")
+    done = mesh_cli(mesh, "submit", "--cpus", "512", "--", "true")
     assert done.returncode == 3
     assert "unplaceable" in done.stderr and "512 CPUs" in done.stderr
 
 
 def test_bad_input_names_the_field(mesh: Mesh) -> None:
-    done = mesh_cli("submit", "--label", "bad label", "--", "true")
+    done = mesh_cli(mesh, "submit", "--label", "bad label", "--", "true")
     assert done.returncode == 2
     assert "labels" in done.stderr and "'bad label'" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_status_json_lists_actions_with_id_and_stage(mesh: Mesh) -> None:
-    submitted = mesh_cli("submit", "--detach", "--id", "cli-status-1", "--", "true")
+    submitted = mesh_cli(mesh, "submit", "--detach", "--id", "cli-status-1", "--", "true")
     assert submitted.stdout.strip() == "cli-status-1"
     mesh.client.handle("cli-status-1").result(timeout=60)
-    listing = json.loads(mesh_cli("status", "--json").stdout)
+    listing = json.loads(mesh_cli(mesh, "status", "--json").stdout)
     assert {"id": "cli-status-1", "stage": "succeeded"}.items() <= \
         next(a for a in listing if a["id"] == "cli-status-1").items()
-    one = mesh_cli("status", "cli-status-1")
+    one = mesh_cli(mesh, "status", "cli-status-1")
     assert "succeeded" in one.stdout
 
 
 def test_logs_from_an_offset_and_cancel(mesh: Mesh) -> None:
-    mesh_cli("submit", "--detach", "--id", "cli-logs-1", "--", "seq", "1", "10")
+    mesh_cli(mesh, "submit", "--detach", "--id", "cli-logs-1", "--", "seq", "1", "10")
     mesh.client.handle("cli-logs-1").result(timeout=60)
-    assert mesh_cli("logs", "cli-logs-1", "--from", "7").stdout.split() == ["8", "9", "10"]
-    mesh_cli("submit", "--detach", "--id", "cli-cancel-1", "--", "sleep", "300")
-    cancelled = mesh_cli("cancel", "cli-cancel-1")
+    assert mesh_cli(mesh, "logs", "cli-logs-1", "--from", "7").stdout.split() == ["8", "9", "10"]
+    mesh_cli(mesh, "submit", "--detach", "--id", "cli-cancel-1", "--", "sleep", "300")
+    cancelled = mesh_cli(mesh, "cancel", "cli-cancel-1")
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
-    missing = mesh_cli("logs", "no-such-action")
+    missing = mesh_cli(mesh, "logs", "no-such-action")
     assert missing.returncode == 2 and "no-such-action" in missing.stderr
 
 
 def test_agents_and_up_on_a_running_cluster(mesh: Mesh) -> None:
-    agents = json.loads(mesh_cli("agents", "--json").stdout)
+    agents = json.loads(mesh_cli(mesh, "agents", "--json").stdout)
     assert {a["info"]["node_id"] for a in agents} == {mesh.big_id, mesh.small_id}
-    table = mesh_cli("agents").stdout
+    table = mesh_cli(mesh, "agents").stdout
     assert "pool:big" in table and "LOAD" in table
-    again = mesh_cli("up")
+    again = mesh_cli(mesh, "up")
     assert again.returncode == 0 and "2 agent(s)" in again.stdout
 
 
@@ -102,7 +94,8 @@ def readme_example() -> str:
     return match.group(1)
 
 
-def test_readme_python_example_step_by_step(mesh: Mesh) -> None:
+def test_readme_python_example_step_by_step(mesh: Mesh, accounts: Accounts) -> None:
+    accounts.own("ci")  # the example creates it
     namespace: dict[str, Any] = {}
     out = io.StringIO()
     for statement in ast.parse(readme_example()).body:

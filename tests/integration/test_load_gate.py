@@ -13,8 +13,8 @@ import pytest
 from mesh import Action, Stage
 from mesh.client import Client
 from mesh.schema import ActionStatus, Load, MeshConfig
-from tests.integration.conftest import start_mesh, stop_mesh
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.integration.cluster import start_mesh, stop_mesh
 
 pytestmark = pytest.mark.integration
 

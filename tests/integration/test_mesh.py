@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import sys
 
-import psutil
 import pytest
 
 from mesh import Action, InvalidInput, RetryPolicy, Stage, Unplaceable
-from mesh.names import ENV_ACTION
-from tests.integration.conftest import Mesh
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.integration.cluster import Mesh, survivors
 
 pytestmark = pytest.mark.integration
-
-
-def survivors(action_id: str) -> list[int]:
-    """Pids of processes still carrying the action's id in their environment."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get(ENV_ACTION) == action_id:
-                found.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def test_pool_shows_both_workers_with_labels_and_live_load(mesh: Mesh) -> None:

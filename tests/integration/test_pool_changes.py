@@ -9,8 +9,8 @@ from ray.cluster_utils import Cluster
 
 from mesh import Action, Stage
 from mesh.client import Client
-from tests.integration.conftest import start_mesh, stop_mesh
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.integration.cluster import start_mesh, stop_mesh
 
 pytestmark = pytest.mark.integration
 

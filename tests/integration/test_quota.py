@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from mesh import AccountConfig, Action, Conflict, InvalidInput, NotFound, Stage
-from tests.integration.conftest import Mesh
-from tests.integration.test_mesh import survivors
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.integration.cluster import Accounts, Mesh, survivors
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,9 +24,11 @@ def mesh_cli(mesh: Mesh, *args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
-def test_accounts_from_python_with_configs_checked_field_by_field(mesh: Mesh) -> None:
+def test_accounts_from_python_with_configs_checked_field_by_field(
+        mesh: Mesh, accounts: Accounts) -> None:
     client = mesh.client
-    created = client.create_account("qa-admin", charge_rate=[2, 1], max_charge_seconds=60)
+    accounts.own("qa-neg")  # refused below; removed should it be created all the same
+    created = accounts.create("qa-admin", charge_rate=[2, 1], max_charge_seconds=60)
     assert created.config.charge_rate == [2, 1] and created.balance == [0.0] * 5
     again = client.create_account("qa-admin", charge_rate=[2, 1], max_charge_seconds=60)
     assert again.config == created.config, "the same create again is harmless"
@@ -51,7 +52,8 @@ def test_accounts_from_python_with_configs_checked_field_by_field(mesh: Mesh) ->
     assert client.quota_options().disable_preemption is False
 
 
-def test_accounts_from_the_cli(mesh: Mesh) -> None:
+def test_accounts_from_the_cli(mesh: Mesh, accounts: Accounts) -> None:
+    accounts.own("qa-cli")
     made = mesh_cli(mesh, "accounts", "create", "qa-cli", "--rate", "0=1", "--rate", "2=0.5",
                     "--max-charge-seconds", "10", "--label-limit", "pool=1", "--no-free")
     assert made.returncode == 0, made.stderr
@@ -76,13 +78,13 @@ def test_accounts_from_the_cli(mesh: Mesh) -> None:
 
 
 def test_paid_work_preempts_free_work_which_is_killed_requeued_and_told_why(
-        mesh: Mesh) -> None:
+        mesh: Mesh, accounts: Accounts) -> None:
     client = mesh.client
     free = client.submit(Action(command=["echo free-started; sleep 60"], shell=True,
                                 labels=["pool:small"]))
     wait_until(free.status, lambda s: s.stage is Stage.RUNNING, what="the free action running")
     wait_until(lambda: survivors(free.id), bool, what="its processes")
-    client.create_account("qa-prio", charge_rate=[1], max_charge_seconds=100)
+    accounts.create("qa-prio", charge_rate=[1], max_charge_seconds=100)
     paid = client.submit(Action(command=["echo paid"], shell=True, labels=["pool:small"],
                                 account="qa-prio"))
     assert paid.result(timeout=60).stage is Stage.SUCCEEDED
@@ -99,15 +101,15 @@ def test_paid_work_preempts_free_work_which_is_killed_requeued_and_told_why(
     free.cancel()
     assert free.result(timeout=60).stage is Stage.CANCELLED
     wait_until(lambda: survivors(free.id), lambda pids: not pids, what="no processes left")
-    client.delete_account("qa-prio")
 
 
-def test_two_accounts_get_cpu_in_proportion_to_their_charge_rates(mesh: Mesh) -> None:
+def test_two_accounts_get_cpu_in_proportion_to_their_charge_rates(
+        mesh: Mesh, accounts: Accounts) -> None:
     client = mesh.client
     # The big agent has 2 CPUs; rates 1.5 and 0.5 share them 3:1. A small cap keeps either
     # from saving up a burst.
-    client.create_account("qa-fast", charge_rate=[1.5], max_charge_seconds=1)
-    client.create_account("qa-slow", charge_rate=[0.5], max_charge_seconds=1)
+    accounts.create("qa-fast", charge_rate=[1.5], max_charge_seconds=1)
+    accounts.create("qa-slow", charge_rate=[0.5], max_charge_seconds=1)
     actions = []
     for i in range(40):  # interleaved: first come, first served would give 1:1
         for account in ("qa-fast", "qa-slow"):
@@ -126,10 +128,4 @@ def test_two_accounts_get_cpu_in_proportion_to_their_charge_rates(mesh: Mesh) ->
                         what="32 of the 80 actions done")
     ratio = counts["qa-fast"] / max(1, counts["qa-slow"])
     assert 2.0 <= ratio <= 5.0, f"CPU shares {counts} are not about 3:1"
-    for h in handles:
-        h.cancel()
-    wait_until(lambda: [h.status().stage for h in handles],
-               lambda stages: all(s in (Stage.SUCCEEDED, Stage.CANCELLED) for s in stages),
-               timeout=60, what="all of them finished or cancelled")
-    client.delete_account("qa-fast")
-    client.delete_account("qa-slow")
+    # The 48 or so still waiting are cancelled with their accounts after the test.

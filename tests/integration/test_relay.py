@@ -14,7 +14,7 @@ import ray
 from mesh.errors import InvalidInput
 from mesh.relay import LogRelay, relay_options
 from mesh.schema import ActionId, LogBatch, LogRead, MeshConfig, Stream
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -13,28 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 
-from mesh import Action, Stage, names
+from mesh import Action, Stage
 from mesh.client import ActionHandle, Client
 from mesh.schema import AccountConfig, ActionStatus
 from mesh.stages import TERMINAL
-from tests.integration.conftest import start_mesh, stop_mesh
-from tests.integration.test_mesh import survivors
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.integration.cluster import (
+    runs,
+    scheduler_pid,
+    start_mesh,
+    stop_mesh,
+    survivors,
+    tear_down,
+)
 
 pytestmark = pytest.mark.integration
 
 WORKER = {"num_cpus": 2, "labels": {"pool": "restart"}}
-
-
-def scheduler_pid() -> int:
-    """The live scheduler actor's process (Ray's debugging view of its actor table)."""
-    from ray._private import state
-
-    [pid] = [info["Pid"] for info in state.actors(actor_state_name="ALIVE").values()
-             if info["Name"] == names.SCHEDULER]
-    return int(pid)
 
 
 def marked(action_id: str, log: Path, seconds: float, **fields: Any) -> Action:
@@ -42,10 +38,6 @@ def marked(action_id: str, log: Path, seconds: float, **fields: Any) -> Action:
     to its end, so an action run twice to success shows twice."""
     return Action(id=action_id, command=[f"sleep {seconds}; echo {action_id} >> {log}"],
                   shell=True, labels=["pool:restart"], **fields)
-
-
-def runs(log: Path) -> list[str]:
-    return log.read_text().split() if log.exists() else []
 
 
 def assert_each_ended_once(client: Client, handles: list[ActionHandle], log: Path,
@@ -120,8 +112,7 @@ def test_a_restarted_head_with_its_state_kept_runs_what_it_had_accepted(
         assert all(lost)
     finally:
         # The head goes down hard: no `mesh down`, the agents' processes die with it.
-        ray.shutdown()
-        cluster.shutdown()  # type: ignore[no-untyped-call]
+        tear_down(cluster)
     assert not any(survivors(h.id) for h in handles)
     cluster, _, _ = start_mesh(state, WORKER)
     try:

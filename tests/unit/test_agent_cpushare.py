@@ -16,7 +16,7 @@ import pytest
 
 from agent.cpushare import TICKS, AttemptCpu, GroupScan
 from agent.sampler import LoadSampler
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
 
 SPIN = ["sh", "-c", "while :; do :; done"]
 # /proc counts in ticks and getrusage in microseconds: a process's time read both ways may

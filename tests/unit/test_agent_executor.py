@@ -15,12 +15,14 @@ import pytest
 from agent.executor import Executor
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
 from mesh.schema import ActionId, AgentId, Assignment, HeldAttempt, MeshConfig
-from tests.unit.test_agent_harness import RecordingSinks, in_group, marked, run
-from tests.waiting import async_wait_until
+from mesh.waiting import async_wait_until
+from tests.agent_support import RecordingSinks, in_group, marked
 
 CONFIG = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, running_report_delay=0)
 TREE = "sleep 60 & sleep 60 & wait"
 _tokens = itertools.count()
+# A hang fails within 30 s instead of stalling the run.
+pytestmark = pytest.mark.timeout(30)
 
 
 def assignment(command: list[str], action_id: str = "a1", attempt: int = 1,
@@ -39,6 +41,8 @@ def shell(script: str, action_id: str = "a1", **action: Any) -> Assignment:
 
 @asynccontextmanager
 async def executor(sinks: RecordingSinks, config: MeshConfig = CONFIG) -> AsyncIterator[Executor]:
+    """An executor reporting to `sinks`, its clock ticking 1000, 1001, ...; shut down (its
+    attempts killed, its reaper closed) on the way out."""
     clock = itertools.count(1000.0)
     ex = Executor(AgentId("agent-test"), f"test-{os.getpid()}-{next(_tokens)}", config,
                   sinks, sinks, clock=lambda: float(next(clock)))
@@ -46,6 +50,18 @@ async def executor(sinks: RecordingSinks, config: MeshConfig = CONFIG) -> AsyncI
         yield ex
     finally:
         await ex.shutdown()
+
+
+@pytest.fixture
+def sinks() -> RecordingSinks:
+    return RecordingSinks()
+
+
+@pytest.fixture
+async def ex(sinks: RecordingSinks) -> AsyncIterator[Executor]:
+    """An executor with CONFIG reporting to `sinks`, shut down after the test."""
+    async with executor(sinks) as started:
+        yield started
 
 
 async def ended(sinks: RecordingSinks, action_id: str = "a1", attempt: int = 1,
@@ -72,60 +88,44 @@ async def tree_of(ex: Executor, action_id: str, size: int) -> int:
 # ---- how attempts end -------------------------------------------------------------------
 
 
-def test_exit_zero_reports_running_then_succeeded_with_clock_times() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(assignment(["true"]))
-            await ended(sinks)
-        assert sinks.stages("a1") == ["running", "succeeded"]
-        end = sinks.end("a1")
-        assert end is not None and end.exit_code == 0 and end.reason == ""
-        assert [r.time for r in sinks.reports] == [1000.0, 1001.0]
-        assert {r.agent_id for r in sinks.reports} == {"agent-test"}
-
-    run(body())
+async def test_exit_zero_reports_running_then_succeeded_with_clock_times(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(assignment(["true"]))
+    await ended(sinks)
+    assert sinks.stages("a1") == ["running", "succeeded"]
+    end = sinks.end("a1")
+    assert end is not None and end.exit_code == 0 and end.reason == ""
+    assert [r.time for r in sinks.reports] == [1000.0, 1001.0]
+    assert {r.agent_id for r in sinks.reports} == {"agent-test"}
 
 
-def test_a_start_is_reported_only_if_the_attempt_outlives_the_delay() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        config = CONFIG.model_copy(update={"running_report_delay": 0.3})
-        async with executor(sinks, config) as ex:
-            await ex.start(assignment(["true"], action_id="quick"))
-            await ex.start(assignment(["sleep", "0.6"], action_id="slow"))
-            await ended(sinks, "quick")
-            await ended(sinks, "slow")
-        assert sinks.stages("quick") == ["succeeded"]
-        assert sinks.stages("slow") == ["running", "succeeded"]
-
-    run(body())
+async def test_a_start_is_reported_only_if_the_attempt_outlives_the_delay() -> None:
+    sinks = RecordingSinks()
+    config = CONFIG.model_copy(update={"running_report_delay": 0.3})
+    async with executor(sinks, config) as ex:
+        await ex.start(assignment(["true"], action_id="quick"))
+        await ex.start(assignment(["sleep", "0.6"], action_id="slow"))
+        await ended(sinks, "quick")
+        await ended(sinks, "slow")
+    assert sinks.stages("quick") == ["succeeded"]
+    assert sinks.stages("slow") == ["running", "succeeded"]
 
 
-def test_non_zero_exit_fails_with_its_code() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(assignment(["sh", "-c", "exit 3"]))
-            await ended(sinks)
-        end = sinks.end("a1")
-        assert end is not None
-        assert (end.stage, end.exit_code, end.reason) == ("failed", 3, "exited with code 3")
-
-    run(body())
+async def test_non_zero_exit_fails_with_its_code(ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(assignment(["sh", "-c", "exit 3"]))
+    await ended(sinks)
+    end = sinks.end("a1")
+    assert end is not None
+    assert (end.stage, end.exit_code, end.reason) == ("failed", 3, "exited with code 3")
 
 
-def test_death_by_signal_is_128_plus_n_and_names_the_signal() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell("kill -SEGV $$"))
-            await ended(sinks)
-        end = sinks.end("a1")
-        assert end is not None and (end.stage, end.exit_code) == ("failed", 139)
-        assert "SIGSEGV" in end.reason
-
-    run(body())
+async def test_death_by_signal_is_128_plus_n_and_names_the_signal(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell("kill -SEGV $$"))
+    await ended(sinks)
+    end = sinks.end("a1")
+    assert end is not None and (end.stage, end.exit_code) == ("failed", 139)
+    assert "SIGSEGV" in end.reason
 
 
 @pytest.mark.parametrize(
@@ -136,149 +136,110 @@ def test_death_by_signal_is_128_plus_n_and_names_the_signal() -> None:
     ],
     ids=["no-such-command", "no-such-cwd"],
 )
-def test_a_spawn_failure_fails_at_once_with_a_reason(command: list[str], cwd: str | None,
-                                                     reason: str) -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(assignment(command, cwd=cwd))
-            assert ex.holdings().running == []
-        assert sinks.stages("a1") == ["failed"]
-        end = sinks.end("a1")
-        assert end is not None
-        assert end.reason.startswith(reason), end.reason
-        assert "No such file or directory" in end.reason
-        assert sinks.closed == {("a1", 1): 0}
-
-    run(body())
+async def test_a_spawn_failure_fails_at_once_with_a_reason(
+        ex: Executor, sinks: RecordingSinks, command: list[str], cwd: str | None,
+        reason: str) -> None:
+    await ex.start(assignment(command, cwd=cwd))
+    assert ex.holdings().running == []
+    assert sinks.stages("a1") == ["failed"]
+    end = sinks.end("a1")
+    assert end is not None
+    assert end.reason.startswith(reason), end.reason
+    assert "No such file or directory" in end.reason
+    assert sinks.closed == {("a1", 1): 0}
 
 
-def test_shell_runs_the_script_with_sh() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell("echo $((6 * 7)) && echo two"))
-            await ended(sinks)
-        assert [t for _, _, t in sinks.lines("a1")] == ["42", "two"]
-        assert sinks.stages("a1") == ["running", "succeeded"]
-
-    run(body())
+async def test_shell_runs_the_script_with_sh(ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell("echo $((6 * 7)) && echo two"))
+    await ended(sinks)
+    assert [t for _, _, t in sinks.lines("a1")] == ["42", "two"]
+    assert sinks.stages("a1") == ["running", "succeeded"]
 
 
-def test_env_cwd_and_marks_reach_the_process(tmp_path: Path) -> None:
+async def test_env_cwd_and_marks_reach_the_process(ex: Executor, sinks: RecordingSinks,
+                                                   tmp_path: Path) -> None:
     script = (f'echo "$FOO"; pwd; echo "${ENV_ACTION}" "${ENV_ATTEMPT}"; '
               f'test -n "${ENV_AGENT}" && echo marked')
-
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            # The action's env cannot override the marks the reaper relies on.
-            await ex.start(shell(script, "envtest", env={"FOO": "bar", ENV_ACTION: "spoof"},
-                                 cwd=str(tmp_path)))
-            await ended(sinks, "envtest")
-        texts = [t for _, _, t in sinks.lines("envtest")]
-        assert texts == ["bar", str(tmp_path.resolve()), "envtest 1", "marked"]
-
-    run(body())
+    # The action's env cannot override the marks the reaper relies on.
+    await ex.start(shell(script, "envtest", env={"FOO": "bar", ENV_ACTION: "spoof"},
+                         cwd=str(tmp_path)))
+    await ended(sinks, "envtest")
+    texts = [t for _, _, t in sinks.lines("envtest")]
+    assert texts == ["bar", str(tmp_path.resolve()), "envtest 1", "marked"]
 
 
 # ---- stopping attempts --------------------------------------------------------------------
 
 
-def test_timeout_kills_the_whole_tree_and_reports_timed_out() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell(TREE, "slow", timeout=1.5))
-            pgid = await tree_of(ex, "slow", 3)
-            await ended(sinks, "slow")
-            end = sinks.end("slow")
-            assert end is not None and end.stage == "timed_out"
-            assert "timed out after 1.5s" in end.reason
-            assert in_group(pgid) == [] and of(ex, "slow") == []
-
-    run(body())
+async def test_timeout_kills_the_whole_tree_and_reports_timed_out(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell(TREE, "slow", timeout=1.5))
+    pgid = await tree_of(ex, "slow", 3)
+    await ended(sinks, "slow")
+    end = sinks.end("slow")
+    assert end is not None and end.stage == "timed_out"
+    assert "timed out after 1.5s" in end.reason
+    assert in_group(pgid) == [] and of(ex, "slow") == []
 
 
-def test_the_process_group_of_each_running_attempt_is_listed_until_it_ends() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            assert ex.process_groups() == []
-            await ex.start(shell(TREE, "one"))
-            await ex.start(shell(TREE, "two"))
-            groups = [await tree_of(ex, "one", 3), await tree_of(ex, "two", 3)]
-            assert ex.process_groups() == groups
-            await ex.cancel(ActionId("one"), 1)
-            assert ex.process_groups() == groups[1:]
-            await ex.start(assignment(["/nonexistent/no-such-command"], "never"))
-            assert ex.process_groups() == groups[1:]  # a failed spawn has no group
-
-    run(body())
+async def test_the_process_group_of_each_running_attempt_is_listed_until_it_ends(
+        ex: Executor) -> None:
+    assert ex.process_groups() == []
+    await ex.start(shell(TREE, "one"))
+    await ex.start(shell(TREE, "two"))
+    groups = [await tree_of(ex, "one", 3), await tree_of(ex, "two", 3)]
+    assert ex.process_groups() == groups
+    await ex.cancel(ActionId("one"), 1)
+    assert ex.process_groups() == groups[1:]
+    await ex.start(assignment(["/nonexistent/no-such-command"], "never"))
+    assert ex.process_groups() == groups[1:]  # a failed spawn has no group
 
 
-def test_cancel_kills_every_process_of_the_tree() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell(TREE, "victim"))
-            pgid = await tree_of(ex, "victim", 3)
-            assert ex.holdings().running == [HeldAttempt(action_id=ActionId("victim"), attempt=1)]
-            assert await ex.cancel(ActionId("victim"), 1) == "stopped"
-            # cancel returns once the attempt is dead and reported
-            assert sinks.stages("victim") == ["running", "cancelled"]
-            assert in_group(pgid) == [] and of(ex, "victim") == []
-            assert ex.holdings().running == []
-            assert await ex.cancel(ActionId("victim"), 1) == "finished"
-            assert await ex.cancel(ActionId("never"), 1) == "unknown"
-
-    run(body())
+async def test_cancel_kills_every_process_of_the_tree(ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell(TREE, "victim"))
+    pgid = await tree_of(ex, "victim", 3)
+    assert ex.holdings().running == [HeldAttempt(action_id=ActionId("victim"), attempt=1)]
+    assert await ex.cancel(ActionId("victim"), 1) == "stopped"
+    # cancel returns once the attempt is dead and reported
+    assert sinks.stages("victim") == ["running", "cancelled"]
+    assert in_group(pgid) == [] and of(ex, "victim") == []
+    assert ex.holdings().running == []
+    assert await ex.cancel(ActionId("victim"), 1) == "finished"
+    assert await ex.cancel(ActionId("never"), 1) == "unknown"
 
 
-def test_a_stop_with_a_reason_says_so_in_the_attempts_log() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell("echo working; sleep 60", "victim"))
-            await tree_of(ex, "victim", 2)
-            # Its own output first, so the stop's line is the last one whatever the load.
-            await async_wait_until(lambda: sinks.lines("victim"), bool, what="its output")
-            why = "preempted by action p1 (account ci, priority 0)"
-            assert await ex.cancel(ActionId("victim"), 1, why) == "stopped"
-            end = sinks.end("victim")
-            assert end is not None and end.stage == "cancelled" and end.reason.startswith(why)
-            texts = [text for _, _, text in sinks.lines("victim")]
-            assert texts[-1] == f"actionmesh: stopping this attempt: {why}"
-
-    run(body())
+async def test_a_stop_with_a_reason_says_so_in_the_attempts_log(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell("echo working; sleep 60", "victim"))
+    await tree_of(ex, "victim", 2)
+    # Its own output first, so the stop's line is the last one whatever the load.
+    await async_wait_until(lambda: sinks.lines("victim"), bool, what="its output")
+    why = "preempted by action p1 (account ci, priority 0)"
+    assert await ex.cancel(ActionId("victim"), 1, why) == "stopped"
+    end = sinks.end("victim")
+    assert end is not None and end.stage == "cancelled" and end.reason.startswith(why)
+    texts = [text for _, _, text in sinks.lines("victim")]
+    assert texts[-1] == f"actionmesh: stopping this attempt: {why}"
 
 
-def test_a_process_ignoring_term_is_killed_after_the_grace() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell(f"trap '' TERM; {TREE}", "stubborn"))
-            pgid = await tree_of(ex, "stubborn", 3)
-            await ex.cancel(ActionId("stubborn"), 1)
-            end = sinks.end("stubborn")
-            assert end is not None and end.stage == "cancelled"
-            assert end.exit_code == 137 and "SIGKILL" in end.reason
-            assert in_group(pgid) == [] and of(ex, "stubborn") == []
-
-    run(body())
+async def test_a_process_ignoring_term_is_killed_after_the_grace(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell(f"trap '' TERM; {TREE}", "stubborn"))
+    pgid = await tree_of(ex, "stubborn", 3)
+    await ex.cancel(ActionId("stubborn"), 1)
+    end = sinks.end("stubborn")
+    assert end is not None and end.stage == "cancelled"
+    assert end.exit_code == 137 and "SIGKILL" in end.reason
+    assert in_group(pgid) == [] and of(ex, "stubborn") == []
 
 
-def test_processes_left_behind_by_a_finished_attempt_are_killed() -> None:
+async def test_processes_left_behind_by_a_finished_attempt_are_killed(
+        ex: Executor, sinks: RecordingSinks) -> None:
     # The background sleep keeps stdout open: the attempt must still end promptly.
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell("sleep 60 & echo done", "leaver"))
-            await ended(sinks, "leaver", timeout=5.0)
-            assert sinks.stages("leaver") == ["running", "succeeded"]
-            assert of(ex, "leaver") == []
-
-    run(body())
+    await ex.start(shell("sleep 60 & echo done", "leaver"))
+    await ended(sinks, "leaver", timeout=5.0)
+    assert sinks.stages("leaver") == ["running", "succeeded"]
+    assert of(ex, "leaver") == []
 
 
 _ESCAPE = """
@@ -294,52 +255,40 @@ print("done")
 """
 
 
-def test_a_child_that_left_the_group_holding_stdout_is_hunted_down() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(assignment([sys.executable, "-c", _ESCAPE], "escapee"))
-            await ended(sinks, "escapee", timeout=5.0)
-            assert sinks.stages("escapee") == ["running", "succeeded"]
-            assert [t for _, _, t in sinks.lines("escapee")] == ["done"]
-            assert of(ex, "escapee") == []
-
-    run(body())
+async def test_a_child_that_left_the_group_holding_stdout_is_hunted_down(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(assignment([sys.executable, "-c", _ESCAPE], "escapee"))
+    await ended(sinks, "escapee", timeout=5.0)
+    assert sinks.stages("escapee") == ["running", "succeeded"]
+    assert [t for _, _, t in sinks.lines("escapee")] == ["done"]
+    assert of(ex, "escapee") == []
 
 
-def test_a_newer_attempt_supersedes_the_older_and_repeats_are_ignored() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell(TREE, "twice", attempt=1))
-            await ex.start(shell(TREE, "twice", attempt=1))  # a repeat: ignored
-            await tree_of(ex, "twice", 3)
-            await ex.start(shell("exit 0", "twice", attempt=2))
-            await ended(sinks, "twice", 2)
-            await ended(sinks, "twice", 1)
-            await ex.start(shell("exit 0", "twice", attempt=1))  # stale: ignored
-        assert sinks.stages("twice", 1) == ["running", "cancelled"]
-        assert sinks.stages("twice", 2) == ["running", "succeeded"]
-
-    run(body())
+async def test_a_newer_attempt_supersedes_the_older_and_repeats_are_ignored(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell(TREE, "twice", attempt=1))
+    await ex.start(shell(TREE, "twice", attempt=1))  # a repeat: ignored
+    await tree_of(ex, "twice", 3)
+    await ex.start(shell("exit 0", "twice", attempt=2))
+    await ended(sinks, "twice", 2)
+    await ended(sinks, "twice", 1)
+    await ex.start(shell("exit 0", "twice", attempt=1))  # stale: ignored
+    assert sinks.stages("twice", 1) == ["running", "cancelled"]
+    assert sinks.stages("twice", 2) == ["running", "succeeded"]
 
 
-def test_shutdown_kills_everything_without_end_reports_and_refuses_new_work() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell(TREE, "s1"))
-            await ex.start(shell(TREE, "s2"))
-            await tree_of(ex, "s1", 3)
-            await tree_of(ex, "s2", 3)
-            await ex.shutdown()
-            assert ex.holdings().running == []
-            assert of(ex, "s1") == [] and of(ex, "s2") == []
-            assert sinks.stages("s1") == ["running"] and sinks.stages("s2") == ["running"]
-            with pytest.raises(RuntimeError, match="shutting down"):
-                await ex.start(shell("true", "s3"))
-
-    run(body())
+async def test_shutdown_kills_everything_without_end_reports_and_refuses_new_work(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell(TREE, "s1"))
+    await ex.start(shell(TREE, "s2"))
+    await tree_of(ex, "s1", 3)
+    await tree_of(ex, "s2", 3)
+    await ex.shutdown()
+    assert ex.holdings().running == []
+    assert of(ex, "s1") == [] and of(ex, "s2") == []
+    assert sinks.stages("s1") == ["running"] and sinks.stages("s2") == ["running"]
+    with pytest.raises(RuntimeError, match="shutting down"):
+        await ex.start(shell("true", "s3"))
 
 
 # ---- output -------------------------------------------------------------------------------
@@ -355,54 +304,41 @@ sys.stdout.write("tail-without-newline")
 """
 
 
-def test_many_lines_arrive_complete_in_order_with_contiguous_offsets() -> None:
+async def test_many_lines_arrive_complete_in_order_with_contiguous_offsets(
+        ex: Executor, sinks: RecordingSinks) -> None:
     n = 100_000
-
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(assignment([sys.executable, "-c", _MANY_LINES, str(n)], "many"))
-            await ended(sinks, "many", timeout=20.0)
-        lines = sinks.lines("many")
-        assert [offset for offset, _, _ in lines] == list(range(n + 3))
-        out = [text for _, stream, text in lines if stream == "stdout"]
-        err = [text for _, stream, text in lines if stream == "stderr"]
-        assert out[:n] == [f"{i:08d} {'x' * 55}" for i in range(n)]
-        assert out[n:] == ["tail-without-newline"]
-        assert err == ["err-1", "err-2"]
-        assert sinks.closed == {("many", 1): n + 3}
-        # Every batch is one stream's consecutive lines.
-        assert all(len(b.lines) > 0 for b in sinks.batches)
-        # The log is closed before the end report, so the result implies a complete log.
-        assert sinks.events[-2:] == [("close", "many", 1, str(n + 3)),
-                                     ("report", "many", 1, "succeeded")]
-
-    run(body())
+    await ex.start(assignment([sys.executable, "-c", _MANY_LINES, str(n)], "many"))
+    await ended(sinks, "many", timeout=20.0)
+    lines = sinks.lines("many")
+    assert [offset for offset, _, _ in lines] == list(range(n + 3))
+    out = [text for _, stream, text in lines if stream == "stdout"]
+    err = [text for _, stream, text in lines if stream == "stderr"]
+    assert out[:n] == [f"{i:08d} {'x' * 55}" for i in range(n)]
+    assert out[n:] == ["tail-without-newline"]
+    assert err == ["err-1", "err-2"]
+    assert sinks.closed == {("many", 1): n + 3}
+    # Every batch is one stream's consecutive lines.
+    assert all(len(b.lines) > 0 for b in sinks.batches)
+    # The log is closed before the end report, so the result implies a complete log.
+    assert sinks.events[-2:] == [("close", "many", 1, str(n + 3)),
+                                 ("report", "many", 1, "succeeded")]
 
 
-def test_carriage_returns_are_stripped_and_bad_utf8_is_replaced() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        async with executor(sinks) as ex:
-            await ex.start(shell(r"printf 'dos\r\nbad\377\nmid\rline\n'", "bytes"))
-            await ended(sinks, "bytes")
-        assert [t for _, _, t in sinks.lines("bytes")] == ["dos", "bad\ufffd", "mid\rline"]
-
-    run(body())
+async def test_carriage_returns_are_stripped_and_bad_utf8_is_replaced(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell(r"printf 'dos\r\nbad\377\nmid\rline\n'", "bytes"))
+    await ended(sinks, "bytes")
+    assert [t for _, _, t in sinks.lines("bytes")] == ["dos", "bad\ufffd", "mid\rline"]
 
 
-def test_a_slow_sink_applies_back_pressure_and_loses_nothing() -> None:
+async def test_a_slow_sink_applies_back_pressure_and_loses_nothing() -> None:
     n = 20_000
     config = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, log_flush_bytes=1024,
                         running_report_delay=0)
-
-    async def body() -> None:
-        sinks = RecordingSinks(push_delay=0.002)
-        async with executor(sinks, config) as ex:
-            await ex.start(assignment([sys.executable, "-c", _MANY_LINES, str(n)], "slow-sink"))
-            await ended(sinks, "slow-sink", timeout=20.0)
-        assert [offset for offset, _, _ in sinks.lines("slow-sink")] == list(range(n + 3))
-        # The cap is 8; a pipe read already under way and the flush timer may add a couple.
-        assert sinks.max_in_flight <= 12, sinks.max_in_flight
-
-    run(body())
+    sinks = RecordingSinks(push_delay=0.002)
+    async with executor(sinks, config) as ex:
+        await ex.start(assignment([sys.executable, "-c", _MANY_LINES, str(n)], "slow-sink"))
+        await ended(sinks, "slow-sink", timeout=20.0)
+    assert [offset for offset, _, _ in sinks.lines("slow-sink")] == list(range(n + 3))
+    # The cap is 8; a pipe read already under way and the flush timer may add a couple.
+    assert sinks.max_in_flight <= 12, sinks.max_in_flight

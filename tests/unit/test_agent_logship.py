@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from agent.logship import LineSplitter, LogShipper
 from mesh.schema import ActionId
-from tests.unit.test_agent_harness import RecordingSinks, run
-from tests.waiting import async_wait_until
+from mesh.waiting import async_wait_until
+from tests.agent_support import RecordingSinks
+
+# A hang fails within 30 s instead of stalling the run.
+pytestmark = pytest.mark.timeout(30)
 
 
 def split_all(chunks: list[bytes], max_line_bytes: int = 1 << 20) -> list[str]:
@@ -53,76 +58,61 @@ def test_invalid_utf8_is_replaced() -> None:
     assert split_all([b"ok\xff\xfe\n"]) == ["ok\ufffd\ufffd"]
 
 
-def test_batches_are_one_stream_with_contiguous_offsets() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        shipper = LogShipper(sinks, ActionId("x"), 2, flush_bytes=1 << 20, flush_interval=60)
-        shipper.add("stdout", ["a", "b"])
-        shipper.add("stderr", ["c"])
-        shipper.add("stdout", ["d"])
-        assert await shipper.finish() == 4
-        got = [(b.stream, b.offset, b.lines, b.attempt) for b in sinks.batches]
-        assert got == [("stdout", 0, ["a", "b"], 2), ("stderr", 2, ["c"], 2),
-                       ("stdout", 3, ["d"], 2)]
-        assert sinks.closed == {("x", 2): 4}
-
-    run(body())
+async def test_batches_are_one_stream_with_contiguous_offsets() -> None:
+    sinks = RecordingSinks()
+    shipper = LogShipper(sinks, ActionId("x"), 2, flush_bytes=1 << 20, flush_interval=60)
+    shipper.add("stdout", ["a", "b"])
+    shipper.add("stderr", ["c"])
+    shipper.add("stdout", ["d"])
+    assert await shipper.finish() == 4
+    got = [(b.stream, b.offset, b.lines, b.attempt) for b in sinks.batches]
+    assert got == [("stdout", 0, ["a", "b"], 2), ("stderr", 2, ["c"], 2),
+                   ("stdout", 3, ["d"], 2)]
+    assert sinks.closed == {("x", 2): 4}
 
 
-def test_a_batch_is_flushed_at_the_byte_threshold() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60)
-        shipper.add("stdout", ["y" * 99] * 10)  # 1000 bytes with newlines: below
-        await asyncio.sleep(0)
-        assert sinks.batches == []
-        shipper.add("stdout", ["y" * 99])  # 1100: at or over
-        await async_wait_until(lambda: len(sinks.batches), lambda n: n == 1)
-        assert len(sinks.batches[0].lines) == 11
-        await shipper.finish()
-
-    run(body())
+async def test_a_batch_is_flushed_at_the_byte_threshold() -> None:
+    sinks = RecordingSinks()
+    shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60)
+    shipper.add("stdout", ["y" * 99] * 10)  # 1000 bytes with newlines: below
+    await asyncio.sleep(0)
+    assert sinks.batches == []
+    shipper.add("stdout", ["y" * 99])  # 1100: at or over
+    await async_wait_until(lambda: len(sinks.batches), lambda n: n == 1)
+    assert len(sinks.batches[0].lines) == 11
+    await shipper.finish()
 
 
-def test_a_batch_is_flushed_after_the_interval_without_more_lines() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks()
-        shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1 << 20, flush_interval=0.05)
-        shipper.add("stdout", ["lonely"])
-        batches = await async_wait_until(lambda: sinks.batches, lambda b: len(b) == 1)
-        assert batches[0].lines == ["lonely"]
-        await shipper.finish()
-
-    run(body())
+async def test_a_batch_is_flushed_after_the_interval_without_more_lines() -> None:
+    sinks = RecordingSinks()
+    shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1 << 20, flush_interval=0.05)
+    shipper.add("stdout", ["lonely"])
+    batches = await async_wait_until(lambda: sinks.batches, lambda b: len(b) == 1)
+    assert batches[0].lines == ["lonely"]
+    await shipper.finish()
 
 
-def test_too_many_pushes_in_flight_signal_congestion_until_they_drain() -> None:
-    async def body() -> None:
-        sinks = RecordingSinks(push_delay=0.05)
-        signals: list[bool] = []
-        shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60,
-                             max_in_flight=4, on_congestion=signals.append)
-        for _ in range(5):
-            shipper.add("stdout", ["z" * 2000])
-        assert shipper.congested and signals == [True]
-        await async_wait_until(lambda: signals, lambda s: s == [True, False])
-        await shipper.finish()
-        assert [b.offset for b in sinks.batches] == [0, 1, 2, 3, 4]
-
-    run(body())
+async def test_too_many_pushes_in_flight_signal_congestion_until_they_drain() -> None:
+    sinks = RecordingSinks(push_delay=0.05)
+    signals: list[bool] = []
+    shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60,
+                         max_in_flight=4, on_congestion=signals.append)
+    for _ in range(5):
+        shipper.add("stdout", ["z" * 2000])
+    assert shipper.congested and signals == [True]
+    await async_wait_until(lambda: signals, lambda s: s == [True, False])
+    await shipper.finish()
+    assert [b.offset for b in sinks.batches] == [0, 1, 2, 3, 4]
 
 
-def test_a_failing_push_is_counted_and_the_log_still_closes() -> None:
+async def test_a_failing_push_is_counted_and_the_log_still_closes() -> None:
     class Broken(RecordingSinks):
         async def push(self, batch: object) -> None:
             raise ConnectionError("relay gone")
 
-    async def body() -> None:
-        sinks = Broken()
-        shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60)
-        shipper.add("stdout", ["a"])
-        assert await shipper.finish() == 1
-        assert shipper.failed_pushes == 1
-        assert sinks.closed == {("x", 1): 1}
-
-    run(body())
+    sinks = Broken()
+    shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60)
+    shipper.add("stdout", ["a"])
+    assert await shipper.finish() == 1
+    assert shipper.failed_pushes == 1
+    assert sinks.closed == {("x", 1): 1}

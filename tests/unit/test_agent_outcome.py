@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.outcome import Outcome, outcome
+from mesh.schema import ReportStage
 
 
 @pytest.mark.parametrize(
@@ -25,5 +26,6 @@ from agent.outcome import Outcome, outcome
     ids=["zero", "one", "255", "sigkill", "cancel-term", "cancel-clean-exit", "timeout",
          "unknown-signal"],
 )
-def test_outcome(returncode: int, stopped: tuple[str, str] | None, expected: Outcome) -> None:
-    assert outcome(returncode, stopped) == expected  # type: ignore[arg-type]
+def test_outcome(returncode: int, stopped: tuple[ReportStage, str] | None,
+                 expected: Outcome) -> None:
+    assert outcome(returncode, stopped) == expected

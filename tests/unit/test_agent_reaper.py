@@ -16,10 +16,10 @@ import psutil
 import pytest
 
 from agent import reaper
-from agent.reaper import FLUSH_LINGER, ReaperHandle
+from agent.reaper import ReaperHandle
 from mesh.names import ENV_ACTION, ENV_AGENT
-from tests.unit.test_agent_harness import exited, in_group, marked
-from tests.waiting import wait_until
+from mesh.waiting import wait_until
+from tests.agent_support import exited, in_group, marked
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = "sleep 60 & sleep 60 & wait"
@@ -148,14 +148,15 @@ class Sinks:
 
 async def main():
     token, action_id, script = sys.argv[1:4]
-    executor = Executor(AgentId("fake"), token, MeshConfig(running_report_delay=0), Sinks(),
-                        Sinks())
+    # The running report waits twice the registration linger. The registration's flush was
+    # timed first and for sooner, so by the time the agent says "running" the group is
+    # registered with the reaper, as for an attempt that has run for a while: the path
+    # this test is about.
+    config = MeshConfig(running_report_delay=FLUSH_LINGER * 2)
+    executor = Executor(AgentId("fake"), token, config, Sinks(), Sinks())
     await executor.start(Assignment.model_validate({
         "action": {"command": [script], "shell": True},
         "action_id": action_id, "attempt": 1, "agent_id": "fake"}))
-    # Past the registration linger, as an agent whose attempt has run for a while: the
-    # group is then registered with the reaper, which is the path this test is about.
-    await asyncio.sleep(FLUSH_LINGER * 4)
     print("reaper", executor.reaper_pid, flush=True)
     await asyncio.Event().wait()
 
@@ -171,8 +172,8 @@ def test_sigkill_of_the_agent_takes_its_action_tree_down(
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cleanup.append(agent)
     assert agent.stdout is not None and agent.stderr is not None
-    assert agent.stdout.readline() == b"running\n"
     reaper_pid = int(agent.stdout.readline().split()[1])
+    assert agent.stdout.readline() == b"running\n"  # the group is registered by now
     pids = tree_pids(token, "doomed")
     assert all(os.getpgid(pid) != os.getpgid(agent.pid) for pid in pids)
     wait_until(lambda: wchan(reaper_pid), lambda w: "poll" in w, what="the reaper to serve")
@@ -232,18 +233,22 @@ def test_the_parent_death_signal_works_when_the_pipe_stays_open(
         os.kill(leaker_pid, signal.SIGKILL)
 
 
-def test_on_an_event_loop_short_lived_groups_never_reach_the_reaper(
+@pytest.mark.timeout(30)  # a hang fails instead of stalling the run
+async def test_on_an_event_loop_short_lived_groups_never_reach_the_reaper(
     cleanup: list[subprocess.Popen[bytes]],
 ) -> None:
-    async def body() -> tuple[int, int, int]:
-        handle = ReaperHandle.spawn(new_token(), ENV_AGENT)
-        cleanup.append(handle.process)
-        assert handle.register(101) and handle.unregister(101)  # both within one linger
-        assert handle.register(202)
-        pending_now = len(handle._pending)
-        await asyncio.sleep(FLUSH_LINGER * 3)
-        pending_later = len(handle._pending)
-        return pending_now, pending_later, handle.close() or 0
-
-    pending_now, pending_later, code = asyncio.run(body())
-    assert (pending_now, pending_later, code) == (1, 0, 0)
+    # `cat` stands in for the reaper process: what it prints is what the reaper would read.
+    stand_in = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    cleanup.append(stand_in)
+    assert stand_in.stdout is not None
+    received = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(received), stand_in.stdout)
+    handle = ReaperHandle(stand_in)
+    assert handle.register(101) and handle.unregister(101)  # both within one linger
+    assert handle.register(202)
+    # The linger's end is the flush that its timer makes: whatever was pending then goes
+    # out together, so the first line the reaper gets shows everything that was sent.
+    assert await received.readline() == b"+202\n"
+    assert handle.close() == 0  # EOF: nothing more was sent
+    assert await received.read() == b""

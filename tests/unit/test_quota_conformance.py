@@ -12,17 +12,20 @@ from __future__ import annotations
 import pytest
 
 from scheduler.core.quota import events as ev
+from scheduler.core.quota.events import KeepEvents
 from scheduler.core.quota.model import UPSTREAM, Quirks
 from scheduler.core.quota.run import run_once
-from scheduler.core.quota.scheduler import NotAssigned
+from scheduler.core.quota.scheduler import NotAssigned, QuotaScheduler
 from scheduler.core.quota.snapshot import QuotaSnapshot, from_snapshot, to_snapshot
 from scheduler.core.quota.vector import FREE_BUCKET, f32, vector
-from tests.unit.quota_helpers import (
+from tests.builders import (
     account,
     apply_idle,
     balance,
+    known,
     pairs,
     request,
+    running,
     scheduler,
     step,
 )
@@ -237,7 +240,8 @@ def test_unassign_of_a_request_not_on_that_worker_is_an_error() -> None:
 # ---- reprioritising ----------------------------------------------------------------------
 
 
-def _two_running(rates: list[float], balances: list[float], priority: int):  # type: ignore[no-untyped-def]
+def _two_running(rates: list[float], balances: list[float], priority: int,
+                 ) -> tuple[QuotaScheduler, KeepEvents]:
     qs, events = scheduler()
     qs.add_account("a1", account(rates), balances)
     for i in (1, 2):
@@ -277,7 +281,7 @@ def test_a_task_can_fall_several_levels_in_one_pass() -> None:  # derived D6
     qs.mark_idle("w1", NO_LABELS, 0)
     apply_idle(qs, "r1", "w1", 0)
     assert run_once(qs) == []
-    assert qs.run_of("r1").priority == 2  # type: ignore[union-attr]
+    assert running(qs, "r1").priority == 2
     assert [(e.priority, e.new_priority) for e in events.of_type("reprioritized")] == \
         [(0, 1), (1, 2)]
 
@@ -289,13 +293,13 @@ def test_a_free_task_is_promoted_when_its_account_can_pay() -> None:  # derived 
     qs.mark_idle("w1", NO_LABELS, 0)
     apply_idle(qs, "r1", "w1", FREE_BUCKET)
     assert run_once(qs) == []
-    assert qs.run_of("r1").priority == 0  # type: ignore[union-attr]
+    assert running(qs, "r1").priority == 0
 
 
 # ---- preemption --------------------------------------------------------------------------
 
 
-def _preemption_setup(disable_preemption: bool = False):  # type: ignore[no-untyped-def]
+def _preemption_setup(disable_preemption: bool = False) -> tuple[QuotaScheduler, KeepEvents]:
     """[TestSchedulerPreempt]: a1 runs r1 on w1 and r2 on w2 at P1; r2 is cheaper."""
     qs, events = scheduler(disable_preemption=disable_preemption)
     qs.add_account("a1", account([1, 1, 1]), [300, 1])
@@ -322,7 +326,7 @@ def test_a_funded_request_preempts_the_cheapest_lower_priority_task() -> None:
     run = qs.run_of("r3")
     assert run is not None and (run.priority, list(run.cost)) == (0, [0, 1, 0, 0, 0])
     assert qs.get_request("r2") is None
-    assert qs.run_of("r1").cost == vector([0, 2])  # type: ignore[union-attr]
+    assert running(qs, "r1").cost == vector([0, 2])
     [preempted] = events.of_type("preempted")
     assert (preempted.task_id, preempted.preempting_task_id, preempted.priority,
             preempted.new_priority) == ("r2", "r3", 1, 0)
@@ -369,7 +373,7 @@ def test_preemption_refunds_the_victim_and_charges_the_preemptor() -> None:  # [
     qs.add_request(request("t2", "a2"), 0)
     assert pairs(run_once(qs)) == [("t2", "w1", 0)]
     assert (balance(qs, "a1"), balance(qs, "a2")) == ([2, 0, 0, 0, 0], [1, 0, 0, 0, 0])
-    assert qs.run_of("t2").cost == vector([1]) and qs.queued == {}  # type: ignore[union-attr]
+    assert running(qs, "t2").cost == vector([1]) and qs.queued == {}
 
 
 def test_disabled_preemption_and_the_examined_time_cut() -> None:  # derived D2a, D2b
@@ -546,7 +550,7 @@ def test_a_workers_modified_time_is_scheduler_time_and_moves_only_on_change() ->
     assert qs.workers["w1"].idle and qs.workers["w1"].modified_time == 110
 
 
-def _r1_on_w1(worker_confirmed: float = 3):  # type: ignore[no-untyped-def]
+def _r1_on_w1(worker_confirmed: float = 3) -> tuple[QuotaScheduler, KeepEvents]:
     qs, events = scheduler()
     qs.add_request(request("r1", enqueued=1), 1)
     qs.mark_idle("w1", NO_LABELS, worker_confirmed)
@@ -573,7 +577,7 @@ def test_news_that_a_request_runs_where_it_does_confirms_both(
     qs, _ = _r1_on_w1()
     qs.notify_running("r1", "w1", t)
     assert qs.is_assigned("r1", "w1")
-    assert qs.get_request("r1").confirmed_time == request_confirmed  # type: ignore[union-attr]
+    assert known(qs, "r1").confirmed_time == request_confirmed
     assert qs.workers["w1"].confirmed_time == worker_confirmed
 
 
@@ -642,7 +646,7 @@ def test_the_upstream_example_end_to_end() -> None:  # [Example, doc_test.go]
         ("Request1", 0, True)
     qs.update_time(3)
     assert balance(qs, "Account1") == [1, 2, 3, 0, 0]
-    assert qs.run_of("Request1").cost == vector([1])  # type: ignore[union-attr]
+    assert running(qs, "Request1").cost == vector([1])
     qs.notify_running("Request1", "Worker1", 3)
     assert qs.is_assigned("Request1", "Worker1")
     qs.update_time(4)

@@ -15,7 +15,7 @@ from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.snapshot import from_snapshot, to_snapshot
 from scheduler.core.quota.vector import FREE_BUCKET, NUM_PRIORITIES, f32, vector
-from tests.unit.quota_helpers import account, request
+from tests.builders import account, request
 
 LABELS = ["os:linux", "vpn", "model:a", "model:b"]
 ACCOUNTS = ["", "a", "b", "c"]

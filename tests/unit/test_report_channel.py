@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -21,16 +21,13 @@ from mesh.schema import (
     ReportAnswer,
     ReportChannel,
 )
+from mesh.waiting import async_wait_until
 from mesh.wire import MAX_FRAME, FrameError, encode, read_frame
 from scheduler.channel import ReportServer
 from tests.builders import action, report
-from tests.waiting import async_wait_until
 
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+# A hang fails within 30 s instead of stalling the run.
+pytestmark = pytest.mark.timeout(30)
 
 
 def assignment(action_id: str) -> Assignment:
@@ -94,10 +91,42 @@ class Recorder:
         return [(r.action_id, r.stage) for r in self.seen]
 
 
-async def serve(handler: Recorder) -> ReportServer:
-    server = ReportServer(handler, handler.undelivered.extend, "127.0.0.1")
-    await server.start()
-    return server
+Serve = Callable[[Recorder], Awaitable[ReportServer]]
+AgentSide = Callable[..., SchedulerReports]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Starts a report server on loopback for a handler; closes every one after the test."""
+    servers: list[ReportServer] = []
+
+    async def start(handler: Recorder) -> ReportServer:
+        server = ReportServer(handler, handler.undelivered.extend, "127.0.0.1")
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def agent_side(serve: Serve) -> AsyncIterator[AgentSide]:
+    """Agent n1's report sink, finding the scheduler through a fake handle; closed after
+    the test, before the servers (it depends on `serve` for that order)."""
+    sinks: list[SchedulerReports] = []
+
+    def make(ray_side: FakeSchedulerHandle,
+             on_assignments: Callable[[list[Assignment]], None] | None = None,
+             ) -> SchedulerReports:
+        sink = SchedulerReports(Preset(ray_side), AgentId("n1"), on_assignments)
+        sinks.append(sink)
+        return sink
+
+    yield make
+    for sink in sinks:
+        await sink.close()
 
 
 class Proxy:
@@ -144,144 +173,128 @@ def reports(n: int) -> list[AttemptReport]:
                    exit_code=None if i % 2 == 0 else 0) for i in range(n)]
 
 
-def test_a_frame_carries_one_model_and_an_oversized_frame_is_refused() -> None:
-    async def body() -> None:
-        sent = report("a1", 2, "n1", "failed", exit_code=3)
-        stream = asyncio.StreamReader()
-        stream.feed_data(encode(sent))
-        stream.feed_eof()
-        assert AttemptReport.model_validate_json(await read_frame(stream)) == sent
-        with pytest.raises(asyncio.IncompleteReadError):
-            await read_frame(stream)
-        huge = asyncio.StreamReader()
-        huge.feed_data(struct.pack(">I", MAX_FRAME + 1))
-        with pytest.raises(FrameError, match="limit"):
-            await read_frame(huge)
-    run(body())
+async def test_a_frame_carries_one_model_and_an_oversized_frame_is_refused() -> None:
+    sent = report("a1", 2, "n1", "failed", exit_code=3)
+    stream = asyncio.StreamReader()
+    stream.feed_data(encode(sent))
+    stream.feed_eof()
+    assert AttemptReport.model_validate_json(await read_frame(stream)) == sent
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_frame(stream)
+    huge = asyncio.StreamReader()
+    huge.feed_data(struct.pack(">I", MAX_FRAME + 1))
+    with pytest.raises(FrameError, match="limit"):
+        await read_frame(huge)
 
 
-def test_reports_arrive_in_order_and_end_reports_bring_the_next_assignments() -> None:
-    async def body() -> None:
-        handler = Recorder({("a3", "succeeded"): [assignment("b1")],
-                            ("a7", "succeeded"): [assignment("b2"), assignment("b3")]})
-        server = await serve(handler)
-        ray_side = FakeSchedulerHandle(server.address)
-        got: list[Assignment] = []
-        sink = SchedulerReports(Preset(ray_side), AgentId("n1"), got.extend)
-        await opened(sink)
-        sent = reports(40)
-        for r in sent:
-            sink.report(r)
-        await async_wait_until(lambda: len(handler.seen), lambda n: n >= len(sent),
-                               what="every report at the server")
-        assert handler.seen == sent
-        await async_wait_until(lambda: [a.action_id for a in got],
-                               lambda ids: ids == ["b1", "b2", "b3"],
-                               what="the answers' assignments")
-        assert sink.on_channel and ray_side.by_call == []
-        assert server.connected == {"n1": 1}
-        await sink.close()
-        await server.close()
-    run(body())
+async def test_reports_arrive_in_order_and_end_reports_bring_the_next_assignments(
+        serve: Serve, agent_side: AgentSide) -> None:
+    handler = Recorder({("a3", "succeeded"): [assignment("b1")],
+                        ("a7", "succeeded"): [assignment("b2"), assignment("b3")]})
+    server = await serve(handler)
+    ray_side = FakeSchedulerHandle(server.address)
+    got: list[Assignment] = []
+    sink = agent_side(ray_side, got.extend)
+    await opened(sink)
+    sent = reports(40)
+    for r in sent:
+        sink.report(r)
+    await async_wait_until(lambda: len(handler.seen), lambda n: n >= len(sent),
+                           what="every report at the server")
+    assert handler.seen == sent
+    await async_wait_until(lambda: [a.action_id for a in got],
+                           lambda ids: ids == ["b1", "b2", "b3"],
+                           what="the answers' assignments")
+    assert sink.on_channel and ray_side.by_call == []
+    assert server.connected == {"n1": 1}
 
 
-def test_a_wrong_secret_is_refused_and_reports_go_by_ray_calls_instead() -> None:
-    async def body() -> None:
-        handler = Recorder()
-        server = await serve(handler)
-        assert server.address is not None
-        forged = server.address.model_copy(update={"secret": "0" * 32})
-        ray_side = FakeSchedulerHandle(forged)
-        sink = SchedulerReports(Preset(ray_side), AgentId("n1"))
-        sent = reports(6)
-        for r in sent:
-            sink.report(r)
-        await async_wait_until(lambda: list(ray_side.by_call), lambda seen: seen == sent,
-                               what="the reports by Ray calls")
-        assert handler.seen == [] and server.connected == {} and not sink.on_channel
-        await sink.close()
-        await server.close()
-    run(body())
+async def test_a_wrong_secret_is_refused_and_reports_go_by_ray_calls_instead(
+        serve: Serve, agent_side: AgentSide) -> None:
+    handler = Recorder()
+    server = await serve(handler)
+    assert server.address is not None
+    forged = server.address.model_copy(update={"secret": "0" * 32})
+    ray_side = FakeSchedulerHandle(forged)
+    sink = agent_side(ray_side)
+    sent = reports(6)
+    for r in sent:
+        sink.report(r)
+    await async_wait_until(lambda: list(ray_side.by_call), lambda seen: seen == sent,
+                           what="the reports by Ray calls")
+    assert handler.seen == [] and server.connected == {} and not sink.on_channel
 
 
-def test_a_malformed_report_is_answered_with_its_error_and_the_channel_stays_open() -> None:
-    async def body() -> None:
-        handler = Recorder()
-        server = await serve(handler)
-        assert server.address is not None
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.address.port)
-        writer.write(encode(ChannelHello(agent_id=AgentId("n1"),
-                                         secret=server.address.secret)))
-        assert ReportAnswer.model_validate_json(await read_frame(reader)).error == ""
-        body_ = b'{"action_id": "a1", "agent_id": "n1", "stage": "running", "time": 0}'
-        writer.write(struct.pack(">I", len(body_)) + body_)
-        refused = ReportAnswer.model_validate_json(await read_frame(reader))
-        assert "attempt" in refused.error and "Field required" in refused.error
-        writer.write(encode(report("a1", 1, "n1", "running")))
-        assert ReportAnswer.model_validate_json(await read_frame(reader)).error == ""
-        writer.write(encode(report("a9", 1, "n2", "running")))  # another agent's report
-        foreign = ReportAnswer.model_validate_json(await read_frame(reader))
-        assert "channel of agent 'n1'" in foreign.error
-        assert handler.keys() == [("a1", "running")], "refused reports are not applied"
-        writer.close()
-        await server.close()
-    run(body())
+async def test_a_malformed_report_is_answered_with_its_error_and_the_channel_stays_open(
+        serve: Serve) -> None:
+    handler = Recorder()
+    server = await serve(handler)
+    assert server.address is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.address.port)
+    writer.write(encode(ChannelHello(agent_id=AgentId("n1"),
+                                     secret=server.address.secret)))
+    assert ReportAnswer.model_validate_json(await read_frame(reader)).error == ""
+    body_ = b'{"action_id": "a1", "agent_id": "n1", "stage": "running", "time": 0}'
+    writer.write(struct.pack(">I", len(body_)) + body_)
+    refused = ReportAnswer.model_validate_json(await read_frame(reader))
+    assert "attempt" in refused.error and "Field required" in refused.error
+    writer.write(encode(report("a1", 1, "n1", "running")))
+    assert ReportAnswer.model_validate_json(await read_frame(reader)).error == ""
+    writer.write(encode(report("a9", 1, "n2", "running")))  # another agent's report
+    foreign = ReportAnswer.model_validate_json(await read_frame(reader))
+    assert "channel of agent 'n1'" in foreign.error
+    assert handler.keys() == [("a1", "running")], "refused reports are not applied"
+    writer.close()
 
 
-def test_a_cut_channel_resends_unanswered_reports_and_redelivers_unconfirmed_starts() -> None:
-    async def body() -> None:
-        proxy: Proxy | None = None
-        cuts = 0
+async def test_a_cut_channel_resends_unanswered_reports_and_redelivers_unconfirmed_starts(
+        serve: Serve, agent_side: AgentSide) -> None:
+    proxy: Proxy | None = None
+    cuts = 0
 
-        def cut_at_a2_end(r: AttemptReport) -> None:
-            nonlocal cuts
-            if (r.action_id, r.stage) == ("a2", "succeeded") and proxy is not None and not cuts:
-                cuts += 1
-                proxy.cut()  # before the answer goes out: it is lost with the connection
+    def cut_at_a2_end(r: AttemptReport) -> None:
+        nonlocal cuts
+        if (r.action_id, r.stage) == ("a2", "succeeded") and proxy is not None and not cuts:
+            cuts += 1
+            proxy.cut()  # before the answer goes out: it is lost with the connection
 
-        # a1's end brings a2, which the agent confirms by reporting on it; a2's end brings
-        # a3, whose answer is lost in the cut: the server must hand a3 on another way.
-        handler = Recorder({("a1", "succeeded"): [assignment("a2")],
-                            ("a2", "succeeded"): [assignment("a3")]}, cut_at_a2_end)
-        server = await serve(handler)
-        assert server.address is not None
-        proxy = Proxy(server.address.port)
-        await proxy.start()
-        ray_side = FakeSchedulerHandle(server.address.model_copy(update={"port": proxy.port}))
-        got: list[Assignment] = []
-        sink = SchedulerReports(Preset(ray_side), AgentId("n1"), got.extend)
-        await opened(sink)
-        a1, a2 = reports(6)[2:4], reports(6)[4:6]
-        for r in a1:
-            sink.report(r)
-        await async_wait_until(lambda: [a.action_id for a in got], lambda ids: ids == ["a2"],
-                               what="a2 on the answer to a1's end")
-        for r in a2:
-            sink.report(r)
-        await async_wait_until(lambda: [a.action_id for a in handler.undelivered],
-                               lambda ids: ids == ["a3"], what="a3 handed on after the cut")
-        # Sent again on the new channel, or by a Ray call while it was being opened.
-        await async_wait_until(
-            lambda: handler.keys() + [(r.action_id, r.stage) for r in ray_side.by_call],
-            lambda keys: keys.count(("a2", "succeeded")) == 2,
-            what="the unanswered end report sent again")
-        await opened(sink)
-        sink.report(report("a3", 1, "n1", "running"))
-        await async_wait_until(handler.keys, lambda keys: keys[-1] == ("a3", "running"),
-                               what="a report on the reopened channel")
-        assert cuts == 1 and [a.action_id for a in got] == ["a2"]
-        await sink.close()
-        await server.close()
-    run(body())
+    # a1's end brings a2, which the agent confirms by reporting on it; a2's end brings
+    # a3, whose answer is lost in the cut: the server must hand a3 on another way.
+    handler = Recorder({("a1", "succeeded"): [assignment("a2")],
+                        ("a2", "succeeded"): [assignment("a3")]}, cut_at_a2_end)
+    server = await serve(handler)
+    assert server.address is not None
+    proxy = Proxy(server.address.port)
+    await proxy.start()
+    ray_side = FakeSchedulerHandle(server.address.model_copy(update={"port": proxy.port}))
+    got: list[Assignment] = []
+    sink = agent_side(ray_side, got.extend)
+    await opened(sink)
+    a1, a2 = reports(6)[2:4], reports(6)[4:6]
+    for r in a1:
+        sink.report(r)
+    await async_wait_until(lambda: [a.action_id for a in got], lambda ids: ids == ["a2"],
+                           what="a2 on the answer to a1's end")
+    for r in a2:
+        sink.report(r)
+    await async_wait_until(lambda: [a.action_id for a in handler.undelivered],
+                           lambda ids: ids == ["a3"], what="a3 handed on after the cut")
+    # Sent again on the new channel, or by a Ray call while it was being opened.
+    await async_wait_until(
+        lambda: handler.keys() + [(r.action_id, r.stage) for r in ray_side.by_call],
+        lambda keys: keys.count(("a2", "succeeded")) == 2,
+        what="the unanswered end report sent again")
+    await opened(sink)
+    sink.report(report("a3", 1, "n1", "running"))
+    await async_wait_until(handler.keys, lambda keys: keys[-1] == ("a3", "running"),
+                           what="a report on the reopened channel")
+    assert cuts == 1 and [a.action_id for a in got] == ["a2"]
 
 
-def test_a_peer_without_the_secret_cannot_send_a_large_hello() -> None:
-    async def body() -> None:
-        server = await serve(Recorder())
-        assert server.address is not None
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.address.port)
-        writer.write(struct.pack(">I", 1_000_000))  # announces a 1 MB hello
-        assert await reader.read() == b"", "the server should hang up at once"
-        writer.close()
-        await server.close()
-    run(body())
+async def test_a_peer_without_the_secret_cannot_send_a_large_hello(serve: Serve) -> None:
+    server = await serve(Recorder())
+    assert server.address is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.address.port)
+    writer.write(struct.pack(">I", 1_000_000))  # announces a 1 MB hello
+    assert await reader.read() == b"", "the server should hang up at once"
+    writer.close()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import tempfile
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -29,15 +28,16 @@ from mesh.schema import (
     ReportAnswer,
 )
 from mesh.stages import Stage
+from mesh.waiting import async_wait_until
 from mesh.wire import encode, read_frame
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from scheduler.core.records import Changes
 from scheduler.shell import Scheduler
 from scheduler.store import StateCorrupt, Store
 from tests.builders import action, agent, load, report
-from tests.waiting import async_wait_until
 
-T = TypeVar("T")
+# A hang fails within 30 s instead of stalling the run.
+pytestmark = pytest.mark.timeout(30)
 
 
 class FakeAgent:
@@ -80,21 +80,26 @@ async def _answer(outcome: CancelOutcome) -> CancelOutcome:
     return outcome
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+@pytest.fixture
+def n1() -> FakeAgent:
+    """The one agent of the scheduler `s`: node n1, 1 CPU."""
+    return FakeAgent(agent("n1", cpus=1))
 
 
-def shell(*infos: AgentInfo) -> tuple[Scheduler, dict[str, FakeAgent]]:
-    fakes: dict[str, FakeAgent] = {str(i.agent_id): FakeAgent(i) for i in infos}
-    clock = [1.0]  # still, unless a test moves it
-    nodes = [{"NodeID": i.node_id, "Alive": True, "Resources": {}, "Labels": {}} for i in infos]
-    s = Scheduler(MeshConfig(state_dir=tempfile.mkdtemp(prefix="meshshell-")),
-                  agent_factory=lambda node, _: fakes[node],
-                  list_nodes=lambda: nodes, clock=lambda: clock[0])
-    for info in infos:
-        s.register(info, fakes[info.agent_id])
-        s.report_load(info.agent_id, load(at=0.0))
-    return s, fakes
+@pytest.fixture
+async def s(n1: FakeAgent, tmp_path: Path) -> AsyncIterator[Scheduler]:
+    """A scheduler driven in memory, its state in the test's own directory and its clock
+    standing still at 1.0, with `n1` registered and its load reported. Not started: a test
+    starts its loops when it has set up what the first pass should see. Shut down after the
+    test (its agents told, its channel closed, its loops cancelled)."""
+    nodes = [{"NodeID": "n1", "Alive": True, "Resources": {}, "Labels": {}}]
+    scheduler = Scheduler(MeshConfig(state_dir=str(tmp_path)),
+                          agent_factory=lambda node, _: n1, list_nodes=lambda: nodes,
+                          clock=lambda: 1.0)
+    scheduler.register(n1.info, n1)
+    scheduler.report_load(n1.info.agent_id, load(at=0.0))
+    yield scheduler
+    await scheduler.shutdown()
 
 
 def state_of(s: Scheduler, agent_id: str) -> str:
@@ -106,61 +111,54 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def test_a_bad_action_in_a_batch_leaves_the_whole_batch_unaccepted() -> None:
-    async def body() -> None:
-        s, _ = shell()
-        s.submit([action("x")], True)
-        with pytest.raises(InvalidInput, match="already used"):
-            s.submit([action("new"), action("x", command=["false"])], True)
-        with pytest.raises(NotFound):
-            s.core.get(ActionId("new"), s.clock())
-    run(body())
+def test_a_bad_action_in_a_batch_leaves_the_whole_batch_unaccepted(tmp_path: Path) -> None:
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list, clock=lambda: 1.0)
+    s.submit([action("x")], True)
+    with pytest.raises(InvalidInput, match="already used"):
+        s.submit([action("new"), action("x", command=["false"])], True)
+    with pytest.raises(NotFound):
+        s.core.get(ActionId("new"), s.clock())
 
 
-def test_an_end_report_is_answered_with_the_agents_next_assignment() -> None:
-    async def body() -> None:
-        s, fakes = shell(agent("n1", cpus=1))
-        s.submit([action("a"), action("b")], True)
-        s.ensure_started()
-        await settle()
-        assert fakes["n1"].calls == [("start", "a")]
-        answer = s.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0))
-        assert [x.action_id for x in answer] == ["b"]
-        assert fakes["n1"].calls == [("start", "a")], "b must not also get a start call"
-        assert s.core.get(ActionId("b"), s.clock()).stage is Stage.ASSIGNED
-    run(body())
+async def test_an_end_report_is_answered_with_the_agents_next_assignment(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.submit([action("a"), action("b")], True)
+    s.ensure_started()
+    await settle()
+    assert n1.calls == [("start", "a")]
+    answer = s.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0))
+    assert [x.action_id for x in answer] == ["b"]
+    assert n1.calls == [("start", "a")], "b must not also get a start call"
+    assert s.core.get(ActionId("b"), s.clock()).stage is Stage.ASSIGNED
 
 
-def test_an_unreachable_agent_is_suspect_and_watched_again() -> None:
-    async def body() -> None:
-        s, fakes = shell(agent("n1"))
-        await settle()
-        first = fakes["n1"].closed
-        assert first is not None
-        first.set_exception(AgentUnreachable("slow"))
-        await settle()
-        assert state_of(s, "n1") == "suspect"
-        s.report_load(AgentId("n1"), load(at=1.0))  # it answers again
-        assert state_of(s, "n1") == "alive"
-        await asyncio.sleep(s.config.load_interval + 0.1)
-        assert fakes["n1"].closed is not first, "the watch was not re-armed"
-    run(body())
+async def test_an_unreachable_agent_is_suspect_and_watched_again(
+        s: Scheduler, n1: FakeAgent) -> None:
+    await settle()
+    first = n1.closed
+    assert first is not None
+    first.set_exception(AgentUnreachable("slow"))
+    await settle()
+    assert state_of(s, "n1") == "suspect"
+    s.report_load(AgentId("n1"), load(at=1.0))  # it answers again
+    assert state_of(s, "n1") == "alive"
+    # The watch is armed again once the agent has had `load_interval` to recover.
+    await async_wait_until(lambda: n1.closed, lambda closed: closed is not first,
+                           what="the watch re-armed")
 
 
-def test_a_late_death_of_an_old_actor_does_not_remove_its_replacement() -> None:
-    async def body() -> None:
-        s, fakes = shell(agent("n1"))
-        await settle()
-        old = fakes["n1"]
-        replacement = FakeAgent(old.info)
-        s.register(old.info, replacement)
-        await settle()
-        assert old.closed is not None
-        old.closed.set_exception(AgentGone("old actor died"))
-        await settle()
-        assert s.handles[AgentId("n1")] is replacement
-        assert [a.info.agent_id for a in s.pool()] == ["n1"]
-    run(body())
+async def test_a_late_death_of_an_old_actor_does_not_remove_its_replacement(
+        s: Scheduler, n1: FakeAgent) -> None:
+    await settle()
+    old = n1
+    replacement = FakeAgent(old.info)
+    s.register(old.info, replacement)
+    await settle()
+    assert old.closed is not None
+    old.closed.set_exception(AgentGone("old actor died"))
+    await settle()
+    assert s.handles[AgentId("n1")] is replacement
+    assert [a.info.agent_id for a in s.pool()] == ["n1"]
 
 
 async def _channel_client(s: Scheduler) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -179,77 +177,65 @@ async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return [a.action_id for a in answer.assignments]
 
 
-def test_a_start_answered_on_a_channel_that_closes_unconfirmed_goes_by_a_start_call() -> None:
-    async def body() -> None:
-        s, fakes = shell(agent("n1", cpus=1))
-        s.submit([action("a"), action("b"), action("c")], True)
-        s.ensure_started()
-        await settle()
-        assert fakes["n1"].calls == [("start", "a")]
-        reader, writer = await _channel_client(s)
-        assert await _ask(reader, writer, report("a", 1, "n1", "succeeded", exit_code=0)) == ["b"]
-        assert s.pool()[0].report_channel
-        writer.close()  # before the agent said a word about b: b may never have reached it
-        await async_wait_until(lambda: list(fakes["n1"].calls),
-                               lambda calls: calls[-1] == ("start", "b"),
-                               what="b's start sent by a call")
-        s.report_load(AgentId("n1"), load(at=s.clock()))  # the shell's clock has moved on
-        reader, writer = await _channel_client(s)
-        assert await _ask(reader, writer, report("b", 1, "n1", "succeeded", exit_code=0)) == ["c"]
-        s.cancel(ActionId("c"))
-        writer.close()
-        await async_wait_until(lambda: s.channel.connected, lambda c: c == {},
-                               what="the channel closed at the scheduler")
-        await settle()
-        assert ("start", "c") not in fakes["n1"].calls, "a cancelled attempt was started again"
-        assert not s.pool()[0].report_channel
-        await s.shutdown()
-    run(body())
+async def test_a_start_answered_on_a_channel_that_closes_unconfirmed_goes_by_a_start_call(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.submit([action("a"), action("b"), action("c")], True)
+    s.ensure_started()
+    await settle()
+    assert n1.calls == [("start", "a")]
+    reader, writer = await _channel_client(s)
+    assert await _ask(reader, writer, report("a", 1, "n1", "succeeded", exit_code=0)) == ["b"]
+    assert s.pool()[0].report_channel
+    writer.close()  # before the agent said a word about b: b may never have reached it
+    await async_wait_until(lambda: list(n1.calls),
+                           lambda calls: calls[-1] == ("start", "b"),
+                           what="b's start sent by a call")
+    s.report_load(AgentId("n1"), load(at=s.clock()))  # the shell's clock has moved on
+    reader, writer = await _channel_client(s)
+    assert await _ask(reader, writer, report("b", 1, "n1", "succeeded", exit_code=0)) == ["c"]
+    s.cancel(ActionId("c"))
+    writer.close()
+    await async_wait_until(lambda: s.channel.connected, lambda c: c == {},
+                           what="the channel closed at the scheduler")
+    await settle()
+    assert ("start", "c") not in n1.calls, "a cancelled attempt was started again"
+    assert not s.pool()[0].report_channel
 
 
 @pytest.mark.parametrize(("outcome", "stage"), [("unknown", Stage.CANCELLED),
                                                 ("finished", Stage.ASSIGNED)])
-def test_a_cancelled_attempt_its_agent_never_had_ends_cancelled_at_once(
-        outcome: CancelOutcome, stage: Stage) -> None:
-    async def body() -> None:
-        s, fakes = shell(agent("n1", cpus=1))
-        fakes["n1"].stop_outcome = outcome
-        s.submit([action("a", command=["sleep", "60"])], True)
-        s.ensure_started()
-        await settle()
-        assert fakes["n1"].calls == [("start", "a")]
-        s.cancel(ActionId("a"))
-        await settle()
-        # "finished": its end report is on the way and decides; "unknown": none will come.
-        assert s.core.get(ActionId("a"), s.clock()).stage is stage
-        await s.shutdown()
-    run(body())
+async def test_a_cancelled_attempt_its_agent_never_had_ends_cancelled_at_once(
+        s: Scheduler, n1: FakeAgent, outcome: CancelOutcome, stage: Stage) -> None:
+    n1.stop_outcome = outcome
+    s.submit([action("a", command=["sleep", "60"])], True)
+    s.ensure_started()
+    await settle()
+    assert n1.calls == [("start", "a")]
+    s.cancel(ActionId("a"))
+    await settle()
+    # "finished": its end report is on the way and decides; "unknown": none will come.
+    assert s.core.get(ActionId("a"), s.clock()).stage is stage
 
 
 def test_accounts_and_balances_outlive_the_scheduler(tmp_path: Path) -> None:
     clock = [1000.0]
 
-    def scheduler() -> Scheduler:
-        return Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda n, c: None,  # type: ignore[arg-type,return-value]
-                         list_nodes=list, clock=lambda: clock[0])
+    def scheduler() -> Scheduler:  # no nodes, never started: it makes no agents
+        return Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list,
+                         clock=lambda: clock[0])
 
-    async def first() -> None:
-        s = scheduler()
-        s.core.accounts.create(AccountId("ci"), AccountConfig(charge_rate=[1],
+    first = scheduler()
+    first.core.accounts.create(AccountId("ci"), AccountConfig(charge_rate=[1],
                                                               max_charge_seconds=100), clock[0])
-        s.core.accounts.set_options(QuotaOptions(disable_preemption=True))
-        s.accounts_changed()
-        clock[0] += 30
-        s.save_accounts()
+    first.core.accounts.set_options(QuotaOptions(disable_preemption=True))
+    first.accounts_changed()
+    clock[0] += 30
+    first.save_accounts()
 
-    async def second() -> None:
-        s = scheduler()
-        assert s.core.accounts.options.disable_preemption
-        clock[0] += 10  # ten more seconds accrue while it was down
-        assert s.core.accounts.status(AccountId("ci"), clock[0]).balance[0] == 40
-
-    run(first())
-    run(second())
+    second = scheduler()
+    assert second.core.accounts.options.disable_preemption
+    clock[0] += 10  # ten more seconds accrue while it was down
+    assert second.core.accounts.status(AccountId("ci"), clock[0]).balance[0] == 40
 
 
 def test_a_quota_file_of_the_release_before_is_imported_and_a_bad_one_refused(
@@ -269,17 +255,16 @@ def test_a_quota_file_of_the_release_before_is_imported_and_a_bad_one_refused(
         Scheduler(MeshConfig(state_dir=str(tmp_path / "bad")), list_nodes=list)
 
 
-def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
+async def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
         tmp_path: Path) -> None:
     info = agent("n1", cpus=2)
     nodes = [{"NodeID": "n1", "Alive": True, "Resources": {}, "Labels": {}}]
 
     def scheduler(fake: FakeAgent) -> Scheduler:
         return Scheduler(MeshConfig(state_dir=str(tmp_path)),
-                         agent_factory=lambda node, _: fake,  # type: ignore[arg-type,return-value]
-                         list_nodes=lambda: nodes)
+                         agent_factory=lambda node, _: fake, list_nodes=lambda: nodes)
 
-    async def before() -> None:
+    async def first_life() -> None:
         fake = FakeAgent(info)
         s = scheduler(fake)
         s.submit([action("a"), action("b"), action("c"), action("d", cpus=2)], True)
@@ -289,37 +274,35 @@ def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
         s.report_attempt(report("a", 1, "n1", "running"))
         # The process dies here: its agents are not told, its state is not closed.
         await s.channel.close()
-        for task in list(s._tasks):
-            task.cancel()
 
-    async def after() -> None:
-        fake = FakeAgent(info)
-        # a ended while the scheduler was away; b's start never reached the agent; an
-        # attempt the state never made runs there.
-        fake.held = AgentHoldings(
-            running=[HeldAttempt(action_id=ActionId("zz"), attempt=1)],
-            ended=[report("a", 1, "n1", "succeeded", exit_code=0)])
-        s = scheduler(fake)
-        assert {a.id: a.stage for a in s.core.list_actions()} == {
-            "a": Stage.RUNNING, "b": Stage.ASSIGNED, "c": Stage.QUEUED, "d": Stage.QUEUED}
-        assert await s.ready(5)
-        assert s.core.get(ActionId("a"), s.clock()).stage is Stage.SUCCEEDED
-        b = s.core.get(ActionId("b"), s.clock())
-        assert b.attempts[0].outcome == "lost" and "restarted" in b.reason, "not a loss"
-        assert ("stop", "zz") in fake.calls
-        s.report_load(AgentId("n1"), load(at=0.0))
-        await async_wait_until(lambda: fake.calls, lambda c: ("start", "b") in c,
-                               what="b started again")
-        assert s.core.get(ActionId("b"), s.clock()).attempt == 2
-        events = [e.reason for e in await s.wait_events(ActionId("a"), 0, 0)]
-        assert events[0] == "accepted" and len(events) == 4, events
-        await s.shutdown()
+    # The first scheduler lives on an event loop of its own, in a thread: its loops end with
+    # that loop, as they would with its process.
+    await asyncio.to_thread(asyncio.run, first_life())
 
-    run(before())
-    run(after())
+    fake = FakeAgent(info)
+    # a ended while the scheduler was away; b's start never reached the agent; an
+    # attempt the state never made runs there.
+    fake.held = AgentHoldings(
+        running=[HeldAttempt(action_id=ActionId("zz"), attempt=1)],
+        ended=[report("a", 1, "n1", "succeeded", exit_code=0)])
+    s = scheduler(fake)
+    assert {a.id: a.stage for a in s.core.list_actions()} == {
+        "a": Stage.RUNNING, "b": Stage.ASSIGNED, "c": Stage.QUEUED, "d": Stage.QUEUED}
+    assert await s.ready(5)
+    assert s.core.get(ActionId("a"), s.clock()).stage is Stage.SUCCEEDED
+    b = s.core.get(ActionId("b"), s.clock())
+    assert b.attempts[0].outcome == "lost" and "restarted" in b.reason, "not a loss"
+    assert ("stop", "zz") in fake.calls
+    s.report_load(AgentId("n1"), load(at=0.0))
+    await async_wait_until(lambda: fake.calls, lambda c: ("start", "b") in c,
+                           what="b started again")
+    assert s.core.get(ActionId("b"), s.clock()).attempt == 2
+    events = [e.reason for e in await s.wait_events(ActionId("a"), 0, 0)]
+    assert events[0] == "accepted" and len(events) == 4, events
+    await s.shutdown()
 
 
-def test_a_scheduler_that_cannot_write_its_state_sends_nothing_and_stops(
+async def test_a_scheduler_that_cannot_write_its_state_sends_nothing_and_stops(
         tmp_path: Path) -> None:
     class FullDisk(Store):
         def write(self, changes: Changes, durable: bool = False) -> None:
@@ -327,21 +310,19 @@ def test_a_scheduler_that_cannot_write_its_state_sends_nothing_and_stops(
                 raise sqlite3.OperationalError("database or disk is full")
             super().write(changes, durable)
 
-    async def body() -> None:
-        stopped: list[BaseException] = []
-        fake = FakeAgent(agent("n1"))
-        s = Scheduler(MeshConfig(state_dir=str(tmp_path)),
-                      agent_factory=lambda node, _: fake,  # type: ignore[arg-type,return-value]
-                      list_nodes=lambda: [{"NodeID": "n1", "Alive": True}],
-                      store=FullDisk(tmp_path),
-                      on_store_failure=stopped.append)
-        s.register(fake.info, fake)  # type: ignore[arg-type]
-        s.report_load(AgentId("n1"), load(at=0.0))
-        s.submit([action("a")], True)  # written: it is only queued
-        s.ensure_started()
-        await async_wait_until(lambda: stopped, bool, what="the failed write reported")
-        await settle()
-        assert fake.calls == [], "an assignment that was not written is not sent"
-        assert "disk is full" in str(stopped[0])
-        await s.shutdown()
-    run(body())
+    stopped: list[BaseException] = []
+    fake = FakeAgent(agent("n1"))
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)),
+                  agent_factory=lambda node, _: fake,
+                  list_nodes=lambda: [{"NodeID": "n1", "Alive": True}],
+                  store=FullDisk(tmp_path),
+                  on_store_failure=stopped.append)
+    s.register(fake.info, fake)
+    s.report_load(AgentId("n1"), load(at=0.0))
+    s.submit([action("a")], True)  # written: it is only queued
+    s.ensure_started()
+    await async_wait_until(lambda: stopped, bool, what="the failed write reported")
+    await settle()
+    assert fake.calls == [], "an assignment that was not written is not sent"
+    assert "disk is full" in str(stopped[0])
+    await s.shutdown()

@@ -1,19 +1,14 @@
-"""Test harness for the agent: recording sinks, condition polling, and a process census."""
+"""What agent tests share: the executor's sinks in memory, recording every call, and a
+census of live processes read with psutil (independently of the agent's own scanner)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeVar
 
 import psutil
-import pytest
 
 from mesh.schema import ActionId, AttemptReport, LogBatch
-from tests.waiting import wait_until
-
-T = TypeVar("T")
 
 
 class RecordingSinks:
@@ -64,15 +59,6 @@ class RecordingSinks:
         return sorted(out)
 
 
-def run(coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float = 30.0) -> T:
-    """Run one test's coroutine on a fresh loop, bounded so a hang fails instead of stalling."""
-
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
 def marked(marks: dict[str, str]) -> list[int]:
     """Live (non-zombie) processes whose environment has every `name=value` of `marks`.
 
@@ -110,19 +96,3 @@ def exited(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def test_wait_until_names_the_last_observation_on_timeout() -> None:
-    with pytest.raises(AssertionError, match="last saw 7"):
-        wait_until(lambda: 7, lambda v: v == 8, timeout=0.05, what="eight")
-
-
-def test_marked_finds_a_process_by_its_environment() -> None:
-    mark = {"HARNESS_MARK": f"x{os.getpid()}"}
-    proc = psutil.Popen(["sleep", "30"], env={**os.environ, **mark})
-    try:
-        wait_until(lambda: marked(mark), lambda p: p == [proc.pid])
-    finally:
-        proc.kill()
-        proc.wait()
-    assert marked(mark) == []

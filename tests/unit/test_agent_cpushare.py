@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,8 +36,11 @@ def spawned(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        # Every process of its session: some made process groups of their own in it.
+        for other in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getsid(other.pid) == proc.pid:
+                    other.kill()
         proc.wait()
 
 

@@ -108,7 +108,18 @@ CREATE TABLE attempts (
     exit_code INTEGER,
     reason TEXT NOT NULL,
     PRIMARY KEY (action_id, number)
-)
+) WITHOUT ROWID;
+CREATE TABLE events_2 (
+    action_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    time REAL NOT NULL,
+    agent_id TEXT,
+    exit_code INTEGER,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (action_id, seq)
+) WITHOUT ROWID
 """
 
 _ACTION_COLUMNS = ("stage, attempt, finished_at, exit_code, reason, failures, losses, deaths, "
@@ -164,7 +175,9 @@ def _to_2(db: sqlite3.Connection, directory: Path) -> None:
         db.executemany(_ATTEMPT, [_attempt_row(ActionId(action_id), a) for a in attempts])
     db.execute("DROP TABLE actions")
     db.execute("ALTER TABLE actions_2 RENAME TO actions")
-    db.execute("CREATE INDEX actions_by_stage ON actions (stage, seq)")
+    db.execute("INSERT INTO events_2 SELECT * FROM events")
+    db.execute("DROP TABLE events")
+    db.execute("ALTER TABLE events_2 RENAME TO events")
 
 
 # Migration n takes a database at version n to n + 1, inside one transaction.

@@ -192,6 +192,9 @@ class Store:
         self.directory = Path(directory)
         self.path = self.directory / DB_FILE
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Every id the file holds, read at the first `find`: most ids asked about are new
+        # ones (a submit checks that its ids are unused), answered without a query.
+        self._ids: set[str] | None = None
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -279,6 +282,10 @@ class Store:
         return saved
 
     def find(self, action_id: ActionId) -> Kept | None:
+        if self._ids is None:
+            self._ids = {row[0] for row in self.db.execute("SELECT id FROM actions")}
+        if action_id not in self._ids:
+            return None
         rows = self.db.execute(f"{_SELECT} WHERE id = ?", (action_id,)).fetchall()
         kept = self._kept(rows)
         return kept[0] if kept else None
@@ -322,6 +329,8 @@ class Store:
             try:
                 self._write(changes)
                 self.db.execute("COMMIT")
+                if self._ids is not None:
+                    self._ids.update(r.id for r in changes.created)
             except BaseException:
                 # A failed COMMIT (disk full, I/O) may have rolled back already.
                 if self.db.in_transaction:

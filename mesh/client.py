@@ -81,17 +81,14 @@ class ActionHandle:
     def result(self, timeout: float | None = None) -> ActionStatus:
         """Wait until the action ends; raise ActionTimeout after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        after = 0
         while True:
             left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if left <= 0:
                 raise ActionTimeout(f"action {self.id} did not finish within {timeout:g}s")
-            batch: list[StageEvent] = call(self.client.scheduler.wait_events, self.id, after,
-                                           left, timeout=left + CALL_TIMEOUT)
-            if batch:
-                after = batch[-1].seq
-                if any(e.stage in TERMINAL for e in batch):
-                    return self.status()
+            status: ActionStatus | None = call(self.client.scheduler.wait_result, self.id,
+                                               left, timeout=left + CALL_TIMEOUT)
+            if status is not None:
+                return status
 
     def logs(self, follow: bool = False, attempt: int | None = None, offset: int = 0,
              ) -> Iterator[LogLine]:

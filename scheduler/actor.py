@@ -107,6 +107,11 @@ class SchedulerActor:
         await self._serving()
         return await self.s.wait_events(action_id, after, timeout)
 
+    async def wait_result(self, action_id: ActionId, timeout: float = 10.0,
+                          ) -> ActionStatus | None:
+        await self._serving()
+        return await self.s.wait_result(action_id, timeout)
+
     # ---- accounts ------------------------------------------------------------------------
 
     async def create_account(self, account_id: str, config: AccountConfig | dict[str, Any],

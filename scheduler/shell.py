@@ -413,6 +413,20 @@ class Scheduler:
             self.core.get(action_id, self.clock())  # NotFound for an unknown id
         return await self.book.wait(action_id, after, min(max(timeout, 0.0), 60.0))
 
+    async def wait_result(self, action_id: ActionId, timeout: float) -> ActionStatus | None:
+        """The action's status once it has ended, waiting up to `timeout` for that; None if
+        it is still unfinished then. (One call where events, then a get, would be two.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(timeout, 0.0), 60.0)
+        while True:
+            status = self.core.get(action_id, self.clock())
+            if status.done:
+                return status
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            await self.book.wait(action_id, len(self.book.since(action_id, 0)), left)
+
     async def shutdown(self) -> int:
         """Stop every agent (their attempts are killed); returns how many were stopped."""
         handles = list(self.handles.items())

@@ -326,3 +326,20 @@ async def test_a_scheduler_that_cannot_write_its_state_sends_nothing_and_stops(
     assert fake.calls == [], "an assignment that was not written is not sent"
     assert "disk is full" in str(stopped[0])
     await s.shutdown()
+
+
+async def test_a_result_waiter_gets_the_final_status_in_one_answer(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.submit([action("a")], True)
+    s.ensure_started()
+    await settle()
+    assert await s.wait_result(ActionId("a"), 0.0) is None, "still running: no status"
+    waiter = asyncio.ensure_future(s.wait_result(ActionId("a"), 30.0))
+    s.report_attempt(report("a", 1, "n1", "running"))
+    await settle()
+    assert not waiter.done(), "a running report is not the end"
+    s.report_attempt(report("a", 1, "n1", "failed", exit_code=3))
+    status = await waiter
+    assert status is not None and status.stage is Stage.FAILED and status.exit_code == 3
+    with pytest.raises(NotFound):
+        await s.wait_result(ActionId("nope"), 0.0)

@@ -93,13 +93,17 @@ class Scheduler:
     def _restore(self) -> None:
         """Take back the saved state (a corrupt store stops the start-up, loudly). Attempts
         it has in flight stay unclaimed until their agents say what they run."""
+        began = time.perf_counter()
         saved = self.store.load()
+        loaded = time.perf_counter()
         self.core.restore(saved, self.clock())
         if saved.accounts is not None:
             self._saved_accounts = saved.accounts.model_dump_json()
         if saved.actions or saved.accounts is not None:
-            log.info("restored %d unfinished action(s) and %d account(s)",
-                     len(saved.actions), len(saved.accounts.accounts) if saved.accounts else 0)
+            log.info("restored %d unfinished action(s) and %d account(s): read in %.3fs, "
+                     "taken back in %.3fs", len(saved.actions),
+                     len(saved.accounts.accounts) if saved.accounts else 0, loaded - began,
+                     time.perf_counter() - loaded)
 
     def _written(self, durable: bool = False) -> bool:
         """Write the pending changes. A scheduler that cannot write must not act on what
@@ -225,7 +229,10 @@ class Scheduler:
             # The first pass waits, so `mesh up` returns with the pool filled and clients
             # are answered only once the agents said what they run; later passes must not,
             # or one slow agent would hold up noticing dead nodes.
+            began = time.perf_counter()
             await asyncio.wait(tasks, timeout=FIRST_SYNC_WAIT)
+            log.info("%d agent(s) registered in %.3fs", len(self.handles),
+                     time.perf_counter() - began)
         # Saved in-flight attempts on agents of nodes that are gone (or no longer carry
         # an agent) went with them while the scheduler was away.
         gone = self.core.agents_wanted(

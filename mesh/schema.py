@@ -143,7 +143,8 @@ class Action(Model):
     )
     account: AccountId = Field(AccountId(""), description="quota account; empty for none")
     job: str = Field("", max_length=256, description="job name this action belongs to")
-    timeout: float | None = Field(None, gt=0, description="seconds before it is timed out")
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                  description="seconds before it is timed out")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -444,7 +445,9 @@ class AttemptReport(Model):
     agent_id: AgentId
     stage: ReportStage
     time: float
-    exit_code: int | None = None
+    # An exit status, or minus the signal that ended it: what a store can keep, and a
+    # record that cannot be stored must not be accepted (it would stop the scheduler).
+    exit_code: int | None = Field(None, ge=-255, le=255)
     reason: str = ""
 
 

@@ -127,10 +127,8 @@ class SchedulerActor:
                              reset_balance: bool = False) -> AccountStatus:
         """Change only the given fields of the account's config."""
         await self._serving()
-        account = _account_id(account_id)
-        current = self.s.core.accounts.config(account)
-        config = _model(AccountConfig, {**current.model_dump(), **changes}, "account config")
-        status = self.s.core.accounts.modify(account, config, self.s.clock(), reset_balance)
+        status = self.s.core.accounts.modify(_account_id(account_id), changes, self.s.clock(),
+                                             reset_balance)
         self.s.accounts_changed()
         return status
 
@@ -150,11 +148,9 @@ class SchedulerActor:
     async def quota_options(self, changes: dict[str, Any] | None = None) -> QuotaOptions:
         """The pool-wide quota options, after applying `changes` if any."""
         await self._serving()
-        current = self.s.core.accounts.options
         if not changes:
-            return current
-        options = _model(QuotaOptions, {**current.model_dump(), **changes}, "quota options")
-        self.s.core.accounts.set_options(options)
+            return self.s.core.accounts.options
+        options = self.s.core.accounts.set_options(changes)
         self.s.accounts_changed()
         return options
 

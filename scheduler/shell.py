@@ -426,8 +426,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(timeout, 0.0), 60.0)
         while True:
-            status = self.core.get(action_id, self.clock())
-            if status.done:
+            status = self.core.result(action_id)
+            if status is not None:
                 return status
             left = deadline - loop.time()
             if left <= 0:

@@ -3,8 +3,13 @@ quota says about an action that waits."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
 from mesh import reasons
-from mesh.errors import Conflict, NotFound
+from mesh.errors import Conflict, InvalidInput, NotFound
 from mesh.schema import AccountConfig, AccountId, AccountStatus, QuotaOptions
 from mesh.stages import Stage
 from scheduler.core.clock import advance
@@ -34,10 +39,11 @@ class Accounts:
         self.quota.add_account(account_id, config)
         return self._status(account_id)
 
-    def modify(self, account_id: AccountId, config: AccountConfig, now: float,
-               reset_balance: bool = False) -> AccountStatus:
-        """Replace the account's config; its balance stays unless reset (to zero)."""
-        self.config(account_id)
+    def modify(self, account_id: AccountId, changes: AccountConfig | Mapping[str, Any],
+               now: float, reset_balance: bool = False) -> AccountStatus:
+        """Change the account's config: a whole new one, or only the fields given (checked
+        as a whole afterwards). Its balance stays unless reset (to zero)."""
+        config = _merged(AccountConfig, self.config(account_id), changes, "account config")
         advance(self.quota, now, force=True)
         self.quota.set_account_config(account_id, config)
         if reset_balance:
@@ -104,8 +110,11 @@ class Accounts:
     def options(self) -> QuotaOptions:
         return self.quota.options
 
-    def set_options(self, options: QuotaOptions) -> None:
-        self.quota.options = options
+    def set_options(self, changes: QuotaOptions | Mapping[str, Any]) -> QuotaOptions:
+        """Change the pool-wide options: whole, or only the fields given."""
+        self.quota.options = _merged(QuotaOptions, self.quota.options, changes,
+                                     "quota options")
+        return self.quota.options
 
     def why_waiting(self, request: Request) -> tuple[int, str]:
         """The priority a waiting request would be matched at now, and why."""
@@ -130,3 +139,17 @@ class Accounts:
             if fitting and all(labels.at_limit(request, w) for w in fitting):
                 return p, reasons.QUOTA_LABEL_LIMIT.format(account=account)
         return p, reasons.QUOTA_PAID.format(account=account, priority=p)
+
+
+M = TypeVar("M", AccountConfig, QuotaOptions)
+
+
+def _merged(kind: type[M], current: M, changes: M | Mapping[str, Any], what: str) -> M:
+    """`changes` itself if whole, else `current` with the given fields replaced; bad
+    fields raise InvalidInput naming them."""
+    if not isinstance(changes, Mapping):
+        return changes
+    try:
+        return kind.model_validate({**current.model_dump(), **changes})
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(what, exc) from None

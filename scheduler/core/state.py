@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from itertools import islice
 
 from mesh import reasons
 from mesh.errors import InvalidInput, NotFound
@@ -185,13 +186,20 @@ class SchedulerState:
                     "summary": f"{pending.summary} ({quota})"})
         return entry.status(pending)
 
+    def result(self, action_id: ActionId) -> ActionStatus | None:
+        """The action's status if it has ended, else None (NotFound if unknown): cheap
+        enough to ask on every wake of a waiting client, unlike `get`, which explains
+        a wait."""
+        entry = self._find(action_id)
+        return entry.status() if entry.stage in TERMINAL else None
+
     def list_actions(self, stage: Stage | None = None, limit: int | None = None,
                      ) -> list[ActionStatus]:
         """Actions in memory (unfinished, and finished since the last restart), then
         those finished before it, oldest first."""
         source = (self._ledger.actions.values() if stage is None
                   else self._ledger.by_stage[stage].values())
-        out = [entry.status() for entry in source][:limit]
+        out = [entry.status() for entry in islice(source, limit)]
         if stage is not None and stage not in TERMINAL:
             return out
         after = 0

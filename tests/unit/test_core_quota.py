@@ -231,3 +231,15 @@ def test_a_cancelled_attempt_that_is_preempted_ends_cancelled() -> None:
     core.submit([action("paid", account=A)], 2)
     assert started(core.step(2)) == [("paid", 0)]
     assert core.get(ActionId("free"), 2).stage is Stage.CANCELLED
+
+
+def test_a_modify_changes_only_the_fields_given_and_names_a_bad_one() -> None:
+    core = core_with()
+    funded(core, rate=2.0, seconds=50)
+    status = core.accounts.modify(A, {"max_fanout": 3}, 1)
+    assert status.config.max_fanout == 3 and status.config.charge_rate == [2.0]
+    with pytest.raises(InvalidInput, match="max_fanout"):
+        core.accounts.modify(A, {"max_fanout": -1}, 2)
+    assert core.accounts.config(A).max_fanout == 3, "a refused change changes nothing"
+    assert core.accounts.set_options({"agent_expiry": 60}).agent_expiry == 60
+    assert not core.accounts.options.disable_preemption, "other options keep their value"

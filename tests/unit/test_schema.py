@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from mesh.errors import InvalidInput
-from mesh.schema import Action, Load, MeshConfig, parse_duration, parse_size
+from mesh.schema import Action, AttemptReport, Load, MeshConfig, parse_duration, parse_size
 
 BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown field", {"command": ["true"], "colour": "red"}, "colour", "Extra inputs"),
@@ -95,3 +95,21 @@ def test_the_foreign_share_is_what_the_attempts_do_not_explain(mesh: float,
 def test_the_attempts_share_is_a_percentage() -> None:
     with pytest.raises(ValidationError, match="mesh_cpu_percent"):
         Load.model_validate({**LOAD, "mesh_cpu_percent": 101})
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), "inf", float("nan")])
+def test_a_timeout_the_store_could_not_keep_is_refused(timeout: object) -> None:
+    with pytest.raises(ValidationError, match="timeout"):
+        Action.model_validate({"command": ["true"], "timeout": timeout})
+
+
+@pytest.mark.parametrize(("code", "ok"), [(-255, True), (255, True), (256, False),
+                                          (2**70, False), (-256, False)])
+def test_an_end_report_carries_an_exit_code_a_store_can_keep(code: int, ok: bool) -> None:
+    fields = {"action_id": "a", "attempt": 1, "agent_id": "n1", "stage": "failed",
+              "time": 0.0, "exit_code": code}
+    if ok:
+        assert AttemptReport.model_validate(fields).exit_code == code
+    else:
+        with pytest.raises(ValidationError, match="exit_code"):
+            AttemptReport.model_validate(fields)

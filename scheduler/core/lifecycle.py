@@ -4,7 +4,7 @@ retry budgets and quarantine decide whether it waits again or ends."""
 from __future__ import annotations
 
 from mesh import reasons
-from mesh.schema import AgentId, AttemptRecord, AttemptReport, Priority
+from mesh.schema import Action, AgentId, AttemptRecord, AttemptReport, Priority
 from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision, Stop
@@ -26,10 +26,14 @@ _MAY_RUN = (None, "lost", "preempted")
 
 def request_of(entry: ActionEntry) -> Request:
     """The quota scheduler's view of a waiting action."""
-    spec = entry.spec
-    return Request(entry.id, spec.account, frozenset(spec.labels),
-                   frozenset(spec.provisionable_labels), entry.submitted_at, spec.cpus,
-                   spec.memory)
+    return need_of(entry.spec, entry.submitted_at)
+
+
+def need_of(spec: Action, submitted_at: float = 0.0) -> Request:
+    """What an action asks of an agent and of the quota scheduler, as a request."""
+    assert spec.id is not None
+    return Request(spec.id, spec.account, frozenset(spec.labels),
+                   frozenset(spec.provisionable_labels), submitted_at, spec.cpus, spec.memory)
 
 
 class Lifecycle:

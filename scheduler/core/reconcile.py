@@ -25,6 +25,11 @@ class Reconciler:
     def unclaimed(self) -> list[ActionEntry]:
         """Attempts in flight that no agent has confirmed since the restart."""
         running = self.quota.running
+        in_flight = self.ledger.by_stage
+        # Everything claimed is in flight, so equal counts mean nothing is unclaimed: the
+        # usual answer, found without a scan (the node loop asks every second).
+        if len(in_flight[Stage.ASSIGNED]) + len(in_flight[Stage.RUNNING]) == len(running):
+            return []
         return [e for e in self.ledger.in_stage(Stage.ASSIGNED, Stage.RUNNING)
                 if e.id not in running]
 

@@ -37,7 +37,7 @@ from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision
 from scheduler.core.events import EventSink
 from scheduler.core.ledger import ActionEntry, Ledger
-from scheduler.core.lifecycle import Lifecycle, request_of
+from scheduler.core.lifecycle import Lifecycle, need_of, request_of
 from scheduler.core.placement import Placer, Slot, could_ever_run
 from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.events import QuotaSink
@@ -406,9 +406,7 @@ class SchedulerState:
 
     def _unplaceable(self, spec: Action, now: float) -> PendingReason | None:
         """Why no agent in a non-empty pool could ever run this action, or None."""
-        assert spec.id is not None
-        need = Request(spec.id, spec.account, frozenset(spec.labels), cpus=spec.cpus,
-                       memory=spec.memory)
+        need = need_of(spec)
         if not self._agents or any(could_ever_run(a, need) for a in self._agents.values()):
             return None
         return self._placer.explain(self._slots(), need, now)

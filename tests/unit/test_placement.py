@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from mesh.schema import AgentState
+from scheduler.core.lifecycle import need_of
 from scheduler.core.placement import (
     BaseLabels,
     Check,
@@ -34,9 +35,7 @@ def entry(cpus: float = 4, memory: int = 8 * GIB, labels: list[str] | None = Non
 
 def need(**fields: Any) -> Request:
     """What an action asks of an agent, as the checks see it."""
-    spec = action("x", **fields)
-    return Request(aid("x"), spec.account, frozenset(spec.labels), cpus=spec.cpus,
-                   memory=spec.memory)
+    return need_of(action("x", **fields))
 
 
 def reserve(slot: Slot, cpus: float, memory: int = 0, name: str = "other",

@@ -32,6 +32,7 @@ from mesh.schema import (
     AgentId,
     AgentInfo,
     Assignment,
+    AttemptReport,
     CancelOutcome,
     MeshConfig,
 )
@@ -101,20 +102,23 @@ class AgentActor:
         await self.executor.start(assignment)
 
     def _start_all(self, assignments: list[Assignment]) -> None:
-        """Start assignments that came back on the answer to an end report."""
+        """Start assignments that came down the report channel."""
         for assignment in assignments:
             task = asyncio.get_running_loop().create_task(self._start_one(assignment))
             self._starts.add(task)
             task.add_done_callback(self._starts.discard)
 
     async def _start_one(self, assignment: Assignment) -> None:
+        """Start an assignment that came down the report channel; a refusal goes back the
+        same way, so the scheduler runs the action elsewhere at once."""
         try:
             await self.executor.start(assignment)
-        except Exception:
-            # The scheduler holds it as assigned; with no report it is found lost when this
-            # agent is, or reconciled when the scheduler asks what runs here.
-            log.exception("starting %s attempt %d from a report answer failed",
-                          assignment.action_id, assignment.attempt)
+        except Exception as exc:
+            log.exception("starting %s attempt %d failed", assignment.action_id,
+                          assignment.attempt)
+            self.reports.report(AttemptReport(
+                action_id=assignment.action_id, attempt=assignment.attempt,
+                agent_id=self.agent_id, stage="refused", time=time.time(), reason=repr(exc)))
 
     async def cancel(self, action_id: str, attempt: int, reason: str = "") -> CancelOutcome:
         return await self.executor.cancel(ActionId(action_id), attempt, reason)

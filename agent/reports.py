@@ -188,6 +188,10 @@ class SchedulerReports:
         try:
             while True:
                 answer = ReportAnswer.model_validate_json(await read_frame(reader))
+                if answer.unasked:
+                    if self.on_assignments is not None:
+                        self.on_assignments(answer.assignments)
+                    continue
                 report = self._unanswered.popleft()
                 self._failures = 0  # a working channel: the next loss retries at once
                 if answer.error:

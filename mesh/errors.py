@@ -6,6 +6,7 @@
      ├── Conflict                contradicts the state (an account that exists, or is used)
      ├── Unplaceable             no agent in the pool could ever take the action
      ├── StageError              a stage move the transition table forbids (a bug)
+     ├── StateCorrupt            the scheduler's saved state cannot be read
      ├── ClusterUnavailable      no Ray cluster to connect to, or it went away
      ├── MeshNotRunning          the cluster is up but the mesh actors are not
      ├── SchedulerUnavailable    the scheduler did not answer (restarting, gone)
@@ -62,6 +63,11 @@ class Unplaceable(MeshError):
 
 class StageError(MeshError):
     """A stage change the transition table does not allow: a broken invariant."""
+
+
+class StateCorrupt(MeshError):
+    """The saved state cannot be read. At start-up the scheduler stops rather than silently
+    start empty; a damaged record found later costs only its action."""
 
 
 class ClusterUnavailable(MeshError):

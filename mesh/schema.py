@@ -432,18 +432,21 @@ class Assignment(Model):
 
 
 ReportStage = Literal["running", "succeeded", "failed", "timed_out", "cancelled"]
+# What an agent says of a start it did not carry out (it is shutting down, or could not
+# guard the attempt): the attempt never ran, which is the agent's doing, not the action's.
+Refused = Literal["refused"]
 # An agent's answer to a stop: it stopped the attempt, the attempt had already ended, or
 # the agent never ran it.
 CancelOutcome = Literal["stopped", "finished", "unknown"]
 
 
 class AttemptReport(Model):
-    """An agent's word on one attempt: it started, or it ended and how."""
+    """An agent's word on one attempt: it started, or it ended and how, or it was refused."""
 
     action_id: ActionId
     attempt: int = Field(..., ge=1)
     agent_id: AgentId
-    stage: ReportStage
+    stage: ReportStage | Refused
     time: float
     # An exit status, or minus the signal that ended it: what a store can keep, and a
     # record that cannot be stored must not be accepted (it would stop the scheduler).
@@ -481,11 +484,13 @@ class ChannelHello(Model):
 
 
 class ReportAnswer(Model):
-    """The scheduler's answer to one report frame, in order: the reporting agent's next
-    assignments, or why the report was refused."""
+    """What the scheduler sends down a report channel. The answer to one report frame, in
+    order: the reporting agent's next assignments, or why the report was refused. Or, with
+    `unasked`, assignments sent without a report to answer (starts of new work)."""
 
     assignments: list[Assignment] = Field(default_factory=list)
     error: str = ""
+    unasked: bool = False
 
 
 Stream = Literal["stdout", "stderr"]

@@ -1,10 +1,12 @@
-"""The scheduler's end of the report channel: one TCP stream per agent, answered in order.
+"""The scheduler's end of the report channel: one TCP stream per agent, reports answered in
+order, and new assignments pushed down it unasked.
 
 A Ray call per stage report costs a round trip through several threads on both sides
 (~2 ms on a busy 2-core machine); on a plain stream served on the scheduler's event loop a
 report and its answer cost a fraction of that, which is what refills a freed slot at
 hundreds of short actions a second. Ray still carries everything else, and the address and
-secret of this channel, so only agents Ray admitted can connect.
+secret of this channel, so only agents Ray admitted can connect. A start pushed down the
+stream reaches its agent in a fraction of a Ray call's time too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
@@ -45,6 +48,19 @@ Undelivered = Callable[[list[Assignment]], None]
 Key = tuple[ActionId, int]
 
 
+@dataclass(eq=False)
+class _Link:
+    """One open channel: its stream, and the assignments sent on it that its agent has not
+    yet confirmed by a report on the attempt."""
+
+    writer: asyncio.StreamWriter
+    unconfirmed: dict[Key, Assignment] = field(default_factory=dict)
+
+    def send(self, frame: ReportAnswer) -> None:
+        self.unconfirmed.update(((a.action_id, a.attempt), a) for a in frame.assignments)
+        self.writer.write(encode(frame))
+
+
 class ReportServer:
     """Serves report channels: a hello with the secret, then report frames, each answered."""
 
@@ -56,21 +72,31 @@ class ReportServer:
         self.port = port
         self.secret = secrets.token_hex(16)
         self.address: ReportChannel | None = None
-        # Open channels per agent (a reconnect can briefly overlap the old connection).
-        self.channels: dict[AgentId, set[asyncio.StreamWriter]] = {}
+        # Open channels per agent, newest last (a reconnect can briefly overlap the old).
+        self.channels: dict[AgentId, list[_Link]] = {}
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._greeting = 0
 
     @property
     def connected(self) -> dict[AgentId, int]:
-        return {agent: len(writers) for agent, writers in self.channels.items()}
+        return {agent: len(links) for agent, links in self.channels.items()}
+
+    def push(self, agent_id: AgentId, assignments: list[Assignment]) -> bool:
+        """Send assignments down the agent's newest channel; False when it has none open.
+        Should the channel close before the agent confirms them, they are handed on as
+        undelivered."""
+        links = self.channels.get(agent_id)
+        if not links or links[-1].writer.is_closing():
+            return False
+        links[-1].send(ReportAnswer(assignments=assignments, unasked=True))
+        return True
 
     def close_agent(self, agent_id: AgentId) -> None:
         """Close the agent's channels (it left the pool): what they carried unconfirmed is
         handed on, and a half-open connection is not kept waiting."""
-        for writer in self.channels.get(agent_id, set()):
-            writer.close()
+        for link in self.channels.get(agent_id, []):
+            link.writer.close()
 
     async def start(self) -> ReportChannel:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -95,7 +121,7 @@ class ReportServer:
             return
         self._writers.add(writer)
         agent: AgentId | None = None
-        unconfirmed: dict[Key, Assignment] = {}
+        link = _Link(writer)
         try:
             self._greeting += 1
             try:
@@ -111,11 +137,9 @@ class ReportServer:
             keep_alive(writer)
             writer.write(encode(ReportAnswer()))
             agent = hello.agent_id
-            self.channels.setdefault(agent, set()).add(writer)
+            self.channels.setdefault(agent, []).append(link)
             while True:
-                answer = self._answer(await read_frame(reader), agent, unconfirmed)
-                unconfirmed.update(((a.action_id, a.attempt), a) for a in answer.assignments)
-                writer.write(encode(answer))
+                link.send(self._answer(await read_frame(reader), agent, link.unconfirmed))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the agent went away; it sends unanswered reports again when it is back
@@ -123,16 +147,17 @@ class ReportServer:
             log.warning("report channel from %s closed: %r", peer, exc)
         finally:
             if agent is not None:
-                self._disconnected(agent, writer)
-            if unconfirmed:
-                self.undelivered(list(unconfirmed.values()))
+                self._disconnected(agent, link)
+            if link.unconfirmed:
+                self.undelivered(list(link.unconfirmed.values()))
             self._writers.discard(writer)
             writer.close()
 
-    def _disconnected(self, agent: AgentId, writer: asyncio.StreamWriter) -> None:
-        writers = self.channels.get(agent, set())
-        writers.discard(writer)
-        if not writers:
+    def _disconnected(self, agent: AgentId, link: _Link) -> None:
+        links = self.channels.get(agent, [])
+        if link in links:
+            links.remove(link)
+        if not links:
             self.channels.pop(agent, None)
 
     def _answer(self, frame: bytes, agent: AgentId, unconfirmed: dict[Key, Assignment],

@@ -307,27 +307,42 @@ class Scheduler:
     def _carry_out(self, decisions: list[Decision]) -> bool:
         """Write the state, then act: an assignment is written before its agent hears of
         it, so a restarted scheduler never meets an attempt it did not know it made.
-        False (and nothing sent) when the write failed."""
+        False (and nothing sent) when the write failed.
+
+        Starts go down the agent's report channel when it has one open (one frame per
+        agent, no Ray call); stops, and starts for an agent without a channel, by Ray call.
+        """
         if not self._written():
             return False
+        starts: dict[AgentId, list[Assign]] = {}
         for decision in decisions:
-            handle = self.handles.get(decision.agent_id)
-            if handle is None:
+            if decision.agent_id not in self.handles:
                 if isinstance(decision, Assign):
                     self._start_failed(decision, reasons.AGENT_LEFT)
-                continue
-            try:
-                if isinstance(decision, Assign):
-                    call = handle.start(self.core.assignment(decision))
-                else:
-                    call = handle.stop(decision.action_id, decision.attempt, decision.reason)
-            except Exception as exc:  # submitting the call itself failed (serialisation)
-                log.exception("could not send %s", decision)
-                if isinstance(decision, Assign):
-                    self._start_failed(decision, reasons.START_NOT_SENT.format(error=exc))
-                continue
-            self._spawn(self._follow_call(decision, handle, call))
+            elif isinstance(decision, Assign):
+                starts.setdefault(decision.agent_id, []).append(decision)
+            else:
+                self._call(decision)
+        for agent_id, assigns in starts.items():
+            if not self.channel.push(agent_id, [self.core.assignment(a) for a in assigns]):
+                for assign in assigns:
+                    self._call(assign)
         return True
+
+    def _call(self, decision: Decision) -> None:
+        """Carry out one decision by a Ray call to its agent, and follow the call."""
+        handle = self.handles[decision.agent_id]
+        try:
+            if isinstance(decision, Assign):
+                call = handle.start(self.core.assignment(decision))
+            else:
+                call = handle.stop(decision.action_id, decision.attempt, decision.reason)
+        except Exception as exc:  # submitting the call itself failed (serialisation)
+            log.exception("could not send %s", decision)
+            if isinstance(decision, Assign):
+                self._start_failed(decision, reasons.START_NOT_SENT.format(error=exc))
+            return
+        self._spawn(self._follow_call(decision, handle, call))
 
     def _start_failed(self, decision: Assign, why: str) -> None:
         self.core.start_failed(decision.action_id, decision.attempt, self.clock(), why)

@@ -19,18 +19,18 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from mesh.errors import MeshError
-from mesh.schema import STORED, Action, ActionId, AgentId, AttemptRecord, StageEvent
+from mesh.errors import StateCorrupt
+from mesh.schema import STORED, AccountId, Action, ActionId, AgentId, AttemptRecord, StageEvent
 from mesh.stages import TERMINAL, Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
-from scheduler.core.records import ActionRecord, Changes, Kept, Saved
+from scheduler.core.records import ActionRecord, Changes, Kept, Saved, SavedSpec
 
 DB_FILE = "scheduler.db"
 # The accounts file of releases before this store, imported once by the first migration.
 LEGACY_QUOTA_FILE = "quota.json"
 # "AMsh": tells our files from other SQLite databases.
 APPLICATION_ID = 0x414D7368
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _ATTEMPT_LIST = TypeAdapter(list[AttemptRecord])
 _TERMINAL = tuple(sorted(s.value for s in TERMINAL))
@@ -122,22 +122,28 @@ CREATE TABLE events_2 (
 ) WITHOUT ROWID
 """
 
+# Version 3: the fields that queue an action are columns of their own, so a restart queues
+# its waiting actions without parsing their specs. Label lists are kept space-separated
+# (a label cannot hold a space).
+_SHAPE_COLUMNS = ("account", "labels", "provisionable_labels", "cpus", "memory")
+_SCHEMA_3 = ";".join(f"ALTER TABLE actions ADD COLUMN {name} {kind}" for name, kind in (
+    ("account", "TEXT NOT NULL DEFAULT ''"), ("labels", "TEXT NOT NULL DEFAULT ''"),
+    ("provisionable_labels", "TEXT NOT NULL DEFAULT ''"), ("cpus", "REAL NOT NULL DEFAULT 1"),
+    ("memory", "INTEGER NOT NULL DEFAULT 0")))
+
 _ACTION_COLUMNS = ("stage, attempt, finished_at, exit_code, reason, failures, losses, deaths, "
                    "cancel_requested, unplaceable, floor, events")
 _UPDATE = """UPDATE actions SET stage=?, attempt=?, finished_at=?, exit_code=?, reason=?,
     failures=?, losses=?, deaths=?, cancel_requested=?, unplaceable=?, floor=?, events=?
     WHERE id=?"""
-_INSERT = f"""INSERT INTO actions ({_ACTION_COLUMNS}, id, seq, spec, submitted_at)
-    VALUES ({", ".join("?" * 16)})"""
-_SELECT = f"SELECT id, seq, spec, submitted_at, {_ACTION_COLUMNS} FROM actions"
+_INSERT = f"""INSERT INTO actions ({_ACTION_COLUMNS}, id, seq, spec, submitted_at,
+    {", ".join(_SHAPE_COLUMNS)}) VALUES ({", ".join("?" * 21)})"""
+_SELECT = (f"SELECT id, seq, spec, submitted_at, {_ACTION_COLUMNS}, "
+           f"{', '.join(_SHAPE_COLUMNS)} FROM actions")
 _ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 # Ids per query when reading attempts for many actions (well under SQLite's limit of 32,766).
 _CHUNK = 500
-
-
-class StateCorrupt(MeshError):
-    """The saved state cannot be read: start-up stops rather than silently start empty."""
 
 
 def _import_legacy_quota(db: sqlite3.Connection, directory: Path) -> None:
@@ -180,8 +186,21 @@ def _to_2(db: sqlite3.Connection, directory: Path) -> None:
     db.execute("ALTER TABLE events_2 RENAME TO events")
 
 
+def _to_3(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, _SCHEMA_3)
+    shapes = []
+    for action_id, text in db.execute("SELECT id, spec FROM actions").fetchall():
+        try:
+            spec = Action.model_validate_json(text, context=STORED)
+        except ValidationError as exc:
+            raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc}") from exc
+        shapes.append((*_shape_row(spec), action_id))
+    db.executemany(f"UPDATE actions SET {', '.join(f'{c}=?' for c in _SHAPE_COLUMNS)} "
+                   "WHERE id=?", shapes)
+
+
 # Migration n takes a database at version n to n + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2, _to_3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -344,8 +363,9 @@ class Store:
         self.write(Changes(accounts=snapshot))
 
     def _write(self, changes: Changes) -> None:
-        self.db.executemany(_INSERT, [(*_row(r), r.seq, r.spec.model_dump_json(),
-                                       r.submitted_at) for r in changes.created])
+        self.db.executemany(_INSERT, [
+            (*_row(r), r.seq, _spec_text(r.spec), r.submitted_at, *_shape_row(r.spec))
+            for r in changes.created])
         self.db.executemany(_UPDATE, [_row(r) for r in changes.updated])
         self.db.executemany(_ATTEMPT, [_attempt_row(a, r) for a, r in changes.attempts])
         self.db.executemany(_INSERT_EVENT, [
@@ -362,13 +382,27 @@ def _row(r: ActionRecord) -> tuple[object, ...]:
             int(r.unplaceable), r.floor, r.events, r.id)
 
 
+def _spec_text(spec: Action | SavedSpec) -> str:
+    return spec.text if isinstance(spec, SavedSpec) else spec.model_dump_json()
+
+
+def _shape_row(spec: Action | SavedSpec) -> tuple[object, ...]:
+    return (spec.account, " ".join(sorted(spec.labels)),
+            " ".join(sorted(spec.provisionable_labels)), spec.cpus, spec.memory)
+
+
 def _record(row: Any) -> ActionRecord:
     (action_id, seq, spec, submitted_at, stage, attempt, finished_at, exit_code, reason,
-     failures, losses, deaths, cancel_requested, unplaceable, floor, events) = row
+     failures, losses, deaths, cancel_requested, unplaceable, floor, events, account, labels,
+     provisionable_labels, cpus, memory) = row
     try:
+        saved = SavedSpec(str(spec), AccountId(account), frozenset(labels.split()),
+                          frozenset(provisionable_labels.split()), float(cpus), int(memory))
         return ActionRecord(
             id=ActionId(action_id), seq=int(seq),
-            spec=Action.model_validate_json(spec, context=STORED),
+            # A waiting action's spec is parsed when first needed (see SavedSpec); one that
+            # runs needs its retry policy for its reports, and is checked here and now.
+            spec=saved if stage == Stage.QUEUED else saved.parse(),
             submitted_at=float(submitted_at), stage=Stage(stage), attempt=int(attempt),
             finished_at=finished_at, exit_code=exit_code, reason=str(reason),
             failures=int(failures), losses=int(losses),

@@ -16,6 +16,7 @@ from mesh.schema import (
     AttemptReport,
     Load,
     QuotaOptions,
+    Refused,
     ReportStage,
     StageEvent,
 )
@@ -52,11 +53,11 @@ def load(cpu_percent: float = 0.0, cpus: int = 4, available: int = 8 * GIB,
                 memory_used=0, memory_available=available, sampled_at=at)
 
 
-def report(action_id: str, attempt: int, agent_id: str, stage: ReportStage, time: float = 0.0,
-           exit_code: int | None = None) -> AttemptReport:
+def report(action_id: str, attempt: int, agent_id: str, stage: ReportStage | Refused,
+           time: float = 0.0, exit_code: int | None = None, reason: str = "") -> AttemptReport:
     return AttemptReport(action_id=ActionId(action_id), attempt=attempt,
                          agent_id=AgentId(agent_id), stage=stage, time=time,
-                         exit_code=exit_code)
+                         exit_code=exit_code, reason=reason)
 
 
 def aid(name: str) -> ActionId:

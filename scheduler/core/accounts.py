@@ -56,7 +56,7 @@ class Accounts:
         self.config(account_id)
         users = [e.id for e in self.ledger.in_stage(Stage.QUEUED, Stage.ASSIGNED,
                                                     Stage.RUNNING)
-                 if e.spec.account == account_id]
+                 if e.source.account == account_id]
         if users:
             shown = ", ".join(sorted(users)[:5]) + (" ..." if len(users) > 5 else "")
             raise Conflict(f"account {account_id!r} is used by {len(users)} unfinished "

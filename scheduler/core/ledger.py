@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from mesh.errors import NotFound
+from pydantic import ValidationError
+
+from mesh.errors import NotFound, StateCorrupt
 from mesh.schema import (
     Action,
     ActionId,
@@ -19,12 +21,13 @@ from mesh.schema import (
 )
 from mesh.stages import TERMINAL, Stage, transition
 from scheduler.core.events import EventSink, NullSink
-from scheduler.core.records import ActionRecord, Changes
+from scheduler.core.records import ActionRecord, Changes, SavedSpec
 
 
 @dataclass(slots=True)
 class ActionEntry:
-    spec: Action
+    # The spec, or as the store saved it until something needs more than its shape.
+    source: Action | SavedSpec
     id: ActionId
     seq: int
     submitted_at: float
@@ -44,6 +47,15 @@ class ActionEntry:
     floor: int = 0
     events: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)
+
+    @property
+    def spec(self) -> Action:
+        if isinstance(self.source, SavedSpec):
+            try:
+                self.source = self.source.parse()
+            except ValidationError as exc:
+                raise StateCorrupt(f"saved action {self.id!r} cannot be read: {exc}") from exc
+        return self.source
 
     @property
     def in_flight(self) -> bool:
@@ -67,7 +79,7 @@ class ActionEntry:
 
     def record(self) -> ActionRecord:
         return ActionRecord(
-            id=self.id, seq=self.seq, spec=self.spec, submitted_at=self.submitted_at,
+            id=self.id, seq=self.seq, spec=self.source, submitted_at=self.submitted_at,
             stage=self.stage, attempt=self.attempt, finished_at=self.finished_at,
             exit_code=self.exit_code, reason=self.reason, failures=self.failures,
             losses=self.losses, deaths_in_a_row=tuple(self.deaths_in_a_row),
@@ -76,7 +88,7 @@ class ActionEntry:
 
     @classmethod
     def from_record(cls, r: ActionRecord, attempts: list[AttemptRecord]) -> ActionEntry:
-        return cls(spec=r.spec, id=r.id, seq=r.seq, submitted_at=r.submitted_at,
+        return cls(source=r.spec, id=r.id, seq=r.seq, submitted_at=r.submitted_at,
                    stage=r.stage, attempt=r.attempt, finished_at=r.finished_at,
                    exit_code=r.exit_code, reason=r.reason, failures=r.failures,
                    losses=r.losses, deaths_in_a_row=list(r.deaths_in_a_row),

@@ -12,6 +12,7 @@ from scheduler.core.ledger import ActionEntry, Ledger
 from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.model import Request
 from scheduler.core.quota.scheduler import QuotaScheduler
+from scheduler.core.records import SavedSpec
 
 _REPORT_STAGES = {
     "running": Stage.RUNNING,
@@ -26,7 +27,11 @@ _MAY_RUN = (None, "lost", "preempted")
 
 def request_of(entry: ActionEntry) -> Request:
     """The quota scheduler's view of a waiting action."""
-    return need_of(entry.spec, entry.submitted_at)
+    saved = entry.source
+    if isinstance(saved, SavedSpec):  # its shape is enough: the spec stays unparsed
+        return Request(entry.id, saved.account, saved.labels, saved.provisionable_labels,
+                       entry.submitted_at, saved.cpus, saved.memory)
+    return need_of(saved, entry.submitted_at)
 
 
 def need_of(spec: Action, submitted_at: float = 0.0) -> Request:
@@ -72,7 +77,7 @@ class Lifecycle:
                                agent_started_at=agent.info.started_at, assigned_at=now,
                                priority=priority)
         self.ledger.add_attempt(entry, record)
-        agent.placed(entry.id, entry.spec.memory)
+        agent.placed(entry.id, entry.source.memory)
         self.ledger.move(entry, Stage.ASSIGNED, now, "")
         return Assign(entry.id, entry.attempt, agent.agent_id, now, Priority(priority))
 
@@ -81,7 +86,7 @@ class Lifecycle:
         """Stop the victim's attempt and queue the action again; a preemption spends
         neither its failure nor its loss budget."""
         assert victim.agent_id is not None
-        why = reasons.PREEMPTED.format(by=by.id, account=by.spec.account or "-",
+        why = reasons.PREEMPTED.format(by=by.id, account=by.source.account or "-",
                                        priority=priority)
         stop = Stop(victim.id, victim.attempt, victim.agent_id, why)
         self.ledger.update_attempt(victim, finished_at=now, outcome="preempted", reason=why)
@@ -155,6 +160,10 @@ class Lifecycle:
             if report.stage == "running" and (was is None or was.outcome in _MAY_RUN):
                 return [Stop(report.action_id, report.attempt, report.agent_id,
                              why_stopped(entry, report.attempt))]
+            return []
+        if report.stage == "refused":
+            self.start_failed(entry, report.attempt, now,
+                              reasons.START_REFUSED.format(error=report.reason))
             return []
         if entry.stage is Stage.ASSIGNED:
             self.ledger.move(entry, Stage.RUNNING, now, "")

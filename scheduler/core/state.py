@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from itertools import islice
 
 from mesh import reasons
-from mesh.errors import InvalidInput, NotFound
+from mesh.errors import InvalidInput, NotFound, StateCorrupt
 from mesh.schema import (
     Action,
     ActionId,
@@ -124,12 +124,12 @@ class SchedulerState:
             assert spec.id is not None
             if self._known(spec.id) is not None or spec.id in fresh or spec.id in refused:
                 continue
-            verdict = self._unplaceable(spec, now)
+            verdict = self._unplaceable(need_of(spec), now)
             if verdict is not None and reject_unplaceable:
                 refused[spec.id] = verdict.summary
                 continue
             seq += 1
-            entry = ActionEntry(spec=spec, id=spec.id, seq=seq, submitted_at=now)
+            entry = ActionEntry(source=spec, id=spec.id, seq=seq, submitted_at=now)
             fresh[spec.id] = (entry, verdict.summary if verdict is not None else "")
         self._ledger.accept(list(fresh.values()), now, commit)
         for entry, _ in fresh.values():
@@ -374,6 +374,12 @@ class SchedulerState:
         if assignment.kind == "preempt":
             victim = self._ledger.get(ActionId(assignment.task_to_abort))
             decisions.append(self._life.preempt(victim, entry, assignment.priority, now))
+        try:
+            entry.spec  # noqa: B018 (a restored spec is parsed when it is first needed)
+        except StateCorrupt as exc:  # a damaged row must cost its action, not the scheduler
+            self._life.finish(entry, Stage.FAILED, now,
+                              reasons.SPEC_UNREADABLE.format(error=_first_line(exc)))
+            return decisions
         decisions.append(self._life.assign(entry, agent, assignment.priority, now))
         return decisions
 
@@ -404,9 +410,8 @@ class SchedulerState:
         self._quota.mark_idle(agent.agent_id, agent.labels, now, cpus=agent.cpu_capacity,
                               memory=int(agent.memory_capacity))
 
-    def _unplaceable(self, spec: Action, now: float) -> PendingReason | None:
+    def _unplaceable(self, need: Request, now: float) -> PendingReason | None:
         """Why no agent in a non-empty pool could ever run this action, or None."""
-        need = need_of(spec)
         if not self._agents or any(could_ever_run(a, need) for a in self._agents.values()):
             return None
         return self._placer.explain(self._slots(), need, now)
@@ -419,10 +424,10 @@ class SchedulerState:
         for entry in self._ledger.in_stage(Stage.QUEUED):
             if only_clears and not entry.unplaceable:
                 continue
-            spec = entry.spec
-            shape = (frozenset(spec.labels), spec.cpus, spec.memory)
+            need = request_of(entry)
+            shape = (need.base_labels, need.cpus, need.memory)
             if shape not in verdicts:
-                verdicts[shape] = self._unplaceable(spec, now)
+                verdicts[shape] = self._unplaceable(need, now)
             verdict = verdicts[shape]
             was = entry.unplaceable
             entry.unplaceable = verdict is not None
@@ -432,3 +437,7 @@ class SchedulerState:
             elif verdict is None and was:
                 entry.reason = ""
                 self._ledger.touch(entry)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else repr(exc)

@@ -18,7 +18,8 @@ from agent.cpushare import TICKS, AttemptCpu, GroupScan
 from agent.sampler import LoadSampler
 from mesh.waiting import wait_until
 
-SPIN = ["sh", "-c", "while :; do :; done"]
+SPINNER = "while :; do :; done"
+SPIN = ["sh", "-c", SPINNER]
 # /proc counts in ticks and getrusage in microseconds: a process's time read both ways may
 # differ by a tick or two.
 ROUNDING = 3 / TICKS
@@ -64,9 +65,11 @@ def test_a_busy_attempt_is_counted_as_ours() -> None:
 
 def test_a_process_that_made_a_group_of_its_own_inside_the_attempt_is_ours() -> None:
     # GNU timeout puts itself and its child in a new process group, in the same session.
-    with spawned(["sh", "-c", "timeout 60 sh -c 'while :; do :; done'"]) as attempt:
+    with spawned(["sh", "-c", f"timeout 60 sh -c '{SPINNER}'"]) as attempt:
+        # The spinner once exec'd; before that a fork of `sh` or `timeout` shares its name.
         inner = wait_until(lambda: [p for p in psutil.Process(attempt.pid).children(True)
-                                    if p.name() == "sh"], bool, what="the inner spinner")[0]
+                                    if p.cmdline()[2:3] == [SPINNER]], bool,
+                           what="the inner spinner")[0]
         assert os.getpgid(inner.pid) != attempt.pid and os.getsid(inner.pid) == attempt.pid
         share = AttemptCpu(lambda: [attempt.pid], cpu_count=1)
         before, inner_before = share.seconds(), cpu_of(inner.pid)

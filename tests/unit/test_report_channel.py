@@ -291,6 +291,37 @@ async def test_a_cut_channel_resends_unanswered_reports_and_redelivers_unconfirm
     assert cuts == 1 and [a.action_id for a in got] == ["a2"]
 
 
+async def test_pushed_starts_reach_the_agent_between_answers_and_a_cut_hands_on_the_unconfirmed(
+        serve: Serve, agent_side: AgentSide) -> None:
+    handler = Recorder({("a0", "succeeded"): [assignment("b1")]})
+    server = await serve(handler)
+    assert server.address is not None
+    proxy = Proxy(server.address.port)
+    await proxy.start()
+    ray_side = FakeSchedulerHandle(server.address.model_copy(update={"port": proxy.port}))
+    got: list[Assignment] = []
+    sink = agent_side(ray_side, got.extend)
+    assert not server.push(AgentId("n1"), [assignment("p0")]), "no channel open yet"
+    await opened(sink)
+    assert server.push(AgentId("n1"), [assignment("p1"), assignment("p2")])
+    for r in reports(4):  # a0 running, a0 succeeded (answered with b1), a1 ...
+        sink.report(r)
+    assert server.push(AgentId("n1"), [assignment("p3")])
+    await async_wait_until(lambda: [a.action_id for a in got],
+                           lambda ids: sorted(ids) == ["b1", "p1", "p2", "p3"],
+                           what="pushed starts and the answer's assignment")
+    # Pushes are not answers: every report was answered in turn, nothing is resent.
+    await async_wait_until(lambda: len(handler.seen), lambda n: n == 4, what="4 reports")
+    assert ray_side.by_call == [] and not server.push(AgentId("n2"), [assignment("x")])
+    sink.report(report("p1", 1, "n1", "running"))  # confirms p1 only
+    await async_wait_until(handler.keys, lambda keys: keys[-1] == ("p1", "running"),
+                           what="p1 confirmed")
+    proxy.cut()
+    await async_wait_until(lambda: sorted(a.action_id for a in handler.undelivered),
+                           lambda ids: ids == ["b1", "p2", "p3"],
+                           what="the unconfirmed starts handed on after the cut")
+
+
 async def test_a_peer_without_the_secret_cannot_send_a_large_hello(serve: Serve) -> None:
     server = await serve(Recorder())
     assert server.address is not None

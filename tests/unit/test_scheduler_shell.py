@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import InvalidInput, NotFound
+from mesh.errors import InvalidInput, NotFound, StateCorrupt
 from mesh.schema import (
     AccountConfig,
     AccountId,
@@ -33,7 +33,7 @@ from mesh.wire import encode, read_frame
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from scheduler.core.records import Changes
 from scheduler.shell import Scheduler
-from scheduler.store import StateCorrupt, Store
+from scheduler.store import Store
 from tests.builders import action, agent, load, report
 
 # A hang fails within 30 s instead of stalling the run.
@@ -200,6 +200,25 @@ async def test_a_start_answered_on_a_channel_that_closes_unconfirmed_goes_by_a_s
     await settle()
     assert ("start", "c") not in n1.calls, "a cancelled attempt was started again"
     assert not s.pool()[0].report_channel
+
+
+async def test_with_a_channel_open_starts_go_down_it_and_a_refused_start_runs_again(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.ensure_started()
+    reader, writer = await _channel_client(s)
+    s.submit([action("a")], True)
+    pushed = ReportAnswer.model_validate_json(await read_frame(reader))
+    assert pushed.unasked and [a.action_id for a in pushed.assignments] == ["a"]
+    assert n1.calls == [], "no start call when the channel carries the start"
+    writer.write(encode(report("a", 1, "n1", "refused", reason="OSError('no reaper')")))
+    again = ReportAnswer.model_validate_json(await read_frame(reader))
+    if not again.assignments:  # the answer to the refusal; the new start may come apart
+        again = ReportAnswer.model_validate_json(await read_frame(reader))
+    assert [(a.action_id, a.attempt) for a in again.assignments] == [("a", 2)]
+    first = s.core.get(ActionId("a"), s.clock()).attempts[0]
+    assert first.outcome == "lost" and "agent refused the start" in first.reason
+    assert "no reaper" in first.reason
+    writer.close()
 
 
 @pytest.mark.parametrize(("outcome", "stage"), [("unknown", Stage.CANCELLED),

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from mesh.schema import AccountConfig, AccountId, ActionId, AgentId
+from mesh.errors import StateCorrupt
+from mesh.schema import AccountConfig, AccountId, Action, ActionId, AgentId
 from mesh.stages import Stage
 from scheduler.core.events import ListSink
 from scheduler.core.records import Changes
 from scheduler.core.state import SchedulerState
-from scheduler.store import DB_FILE, SCHEMA_VERSION, StateCorrupt, Store
+from scheduler.store import DB_FILE, SCHEMA_VERSION, Store
 from tests.builders import action, agent, aid, load, nid, report
 
 
@@ -74,7 +75,7 @@ def test_actions_attempts_events_and_accounts_come_back_exactly(tmp_path: Path) 
         assert store.events(aid(name)) == [e for e in sink.events if e.action_id == name]
     a_record, a_attempts = store.find(aid("a")) or pytest.fail()
     assert [x.outcome for x in a_attempts] == ["lost", Stage.SUCCEEDED]
-    assert a_record.spec.env == {"K": "v"}
+    assert isinstance(a_record.spec, Action) and a_record.spec.env == {"K": "v"}
     assert [r.id for r, _ in store.finished(None, 0, 10)] == ["a", "b", "c"]
     assert [r.id for r, _ in store.finished(Stage.FAILED, 0, 10)] == ["b"]
     assert [r.id for r, _ in store.finished(None, 1, 1)] == ["b"]
@@ -101,7 +102,8 @@ def test_a_failed_write_leaves_the_previous_state_and_the_changes_for_the_next(
     assert kept is not None and kept[0].stage is Stage.SUCCEEDED
 
 
-def test_a_version_1_file_is_migrated_with_its_attempts_as_rows(tmp_path: Path) -> None:
+def test_a_version_1_file_is_migrated_with_its_attempts_as_rows_and_its_shape_as_columns(
+        tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / DB_FILE)
     db.executescript(V1_FILE)
     db.close()
@@ -112,12 +114,18 @@ def test_a_version_1_file_is_migrated_with_its_attempts_as_rows(tmp_path: Path) 
     assert (record.id, record.stage, record.attempt) == ("b", Stage.RUNNING, 2)
     assert [(x.number, x.agent_id, x.outcome) for x in attempts] == [
         (1, "n1", "lost"), (2, AgentId("n2"), None)]
+    assert isinstance(record.spec, Action) and record.spec.command == ["sleep", "9"]
+    shape = store.db.execute("SELECT account, labels, provisionable_labels, cpus, memory "
+                             "FROM actions WHERE id = 'b'").fetchone()
+    assert shape == ("ci", "gpu os:linux", "zone:b", 2.5, 1024)
     done = store.find(ActionId("a"))
     assert done is not None and done[0].stage is Stage.SUCCEEDED and done[1][0].exit_code == 0
     assert saved.last_seq == 2
 
 
 # A state file as the previous release wrote it: a finished, b running its second attempt.
+V1_B_SPEC = ('{"command": ["sleep", "9"], "labels": ["gpu", "os:linux"], "cpus": 2.5, '
+             '"provisionable_labels": ["zone:b"], "memory": 1024, "account": "ci"}')
 V1_FILE = """
 CREATE TABLE actions (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL,
     stage TEXT NOT NULL, attempt INTEGER NOT NULL, agent_id TEXT, submitted_at REAL NOT NULL,
@@ -132,13 +140,13 @@ CREATE TABLE quota (id INTEGER PRIMARY KEY CHECK (id = 1), snapshot TEXT NOT NUL
 INSERT INTO actions VALUES ('a', 1, '{"command": ["true"]}', 'succeeded', 1, 'n1', 0.0, 2.0,
     0, '', 0, 0, '[]', 0, 0, 4, '[{"number": 1, "agent_id": "n1", "assigned_at": 0.5,
     "started_at": 1.0, "finished_at": 2.0, "outcome": "succeeded", "exit_code": 0}]');
-INSERT INTO actions VALUES ('b', 2, '{"command": ["sleep", "9"]}', 'running', 2, 'n2', 0.0,
+INSERT INTO actions VALUES ('b', 2, '@B_SPEC@', 'running', 2, 'n2', 0.0,
     NULL, NULL, '', 0, 1, '["n1"]', 0, 0, 5, '[{"number": 1, "agent_id": "n1",
     "assigned_at": 0.5, "finished_at": 3.0, "outcome": "lost", "reason": "agent n1 was lost"},
     {"number": 2, "agent_id": "n2", "assigned_at": 3.5, "started_at": 4.0}]');
 PRAGMA application_id = 1095594856;
 PRAGMA user_version = 1;
-"""
+""".replace("@B_SPEC@", V1_B_SPEC)
 
 
 def test_changes_with_nothing_in_them_write_nothing(tmp_path: Path) -> None:
@@ -200,3 +208,24 @@ def test_a_row_that_does_not_parse_is_named(tmp_path: Path) -> None:
     store.db.execute("UPDATE actions SET spec = '{\"command\": []}' WHERE id = 'b'")
     with pytest.raises(StateCorrupt, match="saved action 'b' cannot be read"):
         store.load()
+
+
+def test_a_waiting_action_whose_saved_spec_does_not_parse_fails_alone_when_its_turn_comes(
+        tmp_path: Path) -> None:
+    core = SchedulerState()
+    core.submit([action("x", labels=["os:linux"]), action("y")], 0)
+    store = Store(tmp_path)
+    write_all(core, store)
+    store.db.execute("UPDATE actions SET spec = '{\"command\": []}' WHERE id = 'x'")
+    sink = ListSink()
+    restarted = SchedulerState(sink=sink, archive=store)
+    restarted.restore(store.load(), 1)  # waiting specs are not parsed yet: no error here
+    restarted.agent_joined(agent("n1", cpus=2, labels=["os:linux"]), 1)
+    restarted.load(nid("n1"), load(), 1)
+    assert [d.action_id for d in restarted.step(1)] == ["y"]
+    assert restarted.counts()["failed"] == 1
+    [ended] = [e for e in sink.events if e.action_id == "x"]
+    assert ended.stage is Stage.FAILED
+    assert ended.reason.startswith("its saved spec cannot be read: saved action 'x' cannot be")
+    with pytest.raises(StateCorrupt, match="saved action 'x' cannot be read"):
+        restarted.get(aid("x"), 1)

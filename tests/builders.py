@@ -174,7 +174,7 @@ def step(qs: QuotaScheduler, t: float) -> list[QuotaAssignment]:
     return run_once(qs)
 
 
-def pairs(assignments: list[QuotaAssignment]) -> list[tuple[str, str, int]]:
+def pairs(assignments: list[QuotaAssignment]) -> list[tuple[ActionId, AgentId, int]]:
     """(request, worker, priority) of each assignment, in order."""
     return [(a.request_id, a.worker_id, a.priority) for a in assignments]
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from mesh.schema import AccountConfig, QuotaOptions
+from mesh.schema import AccountConfig, ActionId, AgentId, QuotaOptions
 from scheduler.core.quota import queue as queue_module
 from scheduler.core.quota import run as run_module
 from scheduler.core.quota import view
 from scheduler.core.quota.events import KeepEvents
-from scheduler.core.quota.model import UPSTREAM, Quirks, Request, TaskRun, Worker
+from scheduler.core.quota.model import NO_ACTION, UPSTREAM, Quirks, Request, TaskRun, Worker
 from scheduler.core.quota.scheduler import NotAssigned, QuotaScheduler
 from scheduler.core.quota.snapshot import from_snapshot, to_snapshot
 from scheduler.core.quota.vector import FREE_BUCKET, vector
@@ -98,7 +98,7 @@ class Side:
         self.events = KeepEvents()
         self.qs = QuotaScheduler(0.0, QuotaOptions(agent_expiry=100), quirks, self.events)
         self.full = full
-        self.gate_calls: list[tuple[str, str, str, bool]] = []  # in the last pass
+        self.gate_calls: list[tuple[AgentId, ActionId, ActionId, bool]] = []  # in the last pass
         self.last: run_module.Pass | None = None
 
     def run(self, gate: Callable[[Worker, Request, TaskRun | None], bool]) -> list[Any]:
@@ -106,7 +106,7 @@ class Side:
 
         def logged(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
             answer = gate(worker, request, freed)
-            self.gate_calls.append((worker.id, request.id, freed.request.id if freed else "",
+            self.gate_calls.append((worker.id, request.id, freed.request.id if freed else NO_ACTION,
                                     answer))
             return answer
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mesh.schema import AccountId
 from scheduler.core.quota import run as run_module
 from scheduler.core.quota.events import KeepEvents
 from scheduler.core.quota.model import UPSTREAM, Quirks
@@ -50,7 +51,7 @@ class Model:
         self.qs = QuotaScheduler(0.0, quirks=quirks, sink=self.events)
         self.now = 0.0
         # Preemption refunds may lift a balance above its cap; nothing else may.
-        self.refunds: dict[str, list[float]] = {}
+        self.refunds: dict[AccountId, list[float]] = {}
         self.seen_events = 0
 
     def apply(self, op: tuple[Any, ...]) -> None:

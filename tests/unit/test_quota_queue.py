@@ -7,7 +7,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.core.quota.model import Request
+from mesh.schema import ActionId
+from scheduler.core.quota.model import NO_ACCOUNT, Request
 from scheduler.core.quota.queue import Queue, ShapeKey
 from tests.builders import aid
 from tests.unit.queue_checks import check_queue, order
@@ -39,7 +40,7 @@ def _key(request: Request) -> ShapeKey:
 def test_every_change_keeps_the_indexes_order_and_examined_times_in_step(
         script: list[tuple[Any, ...]]) -> None:
     queue = Queue()
-    model: dict[str, float] = {}  # id -> examined time, kept the plain way
+    model: dict[ActionId, float] = {}  # id -> examined time, kept the plain way
     gone: list[tuple[Request, float]] = []
     for op in script:
         kind = op[0]
@@ -89,9 +90,9 @@ def test_every_change_keeps_the_indexes_order_and_examined_times_in_step(
 
 def test_a_walk_survives_taking_the_request_it_just_met() -> None:
     queue = Queue(Request(aid(f"r{i}"), enqueue_time=float(i)) for i in range(6))
-    queue.stamp(queue.accounts[""], 1.0)
+    queue.stamp(queue.accounts[NO_ACCOUNT], 1.0)
     queue[aid("r9")] = Request(aid("r9"), enqueue_time=9.0)  # fresh: examined 0, before the stamped
-    [shape] = queue.accounts[""].shapes.values()
+    [shape] = queue.accounts[NO_ACCOUNT].shapes.values()
     met = []
     for _, request in shape.stream(float("inf")):
         met.append(request.id)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from bench.harness import local_mesh, median, pct
 from mesh import Action
 from mesh.client import Client
-from mesh.schema import MeshConfig
+from mesh.schema import ActionId, AgentId, MeshConfig
 from scheduler.core.quota.model import Request
 from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
@@ -86,14 +86,14 @@ def mesh_samples() -> dict[int, list[float]]:
 def core_samples() -> dict[int, list[float]]:
     """The same load on the quota core alone: one 2-CPU worker, two requests running."""
     qs = QuotaScheduler(0.0)
-    qs.mark_idle("agent", frozenset(), 0.0, cpus=2.0)
+    qs.mark_idle(AgentId("agent"), frozenset(), 0.0, cpus=2.0)
     clock = [0.0]
     serial = [0]
 
     def submit() -> Callable[[], None]:
         serial[0] += 1
         clock[0] += 0.001
-        request = Request(f"action-{serial[0]}", enqueue_time=clock[0])
+        request = Request(ActionId(f"action-{serial[0]}"), enqueue_time=clock[0])
 
         def call() -> None:
             qs.update_time(clock[0])
@@ -106,7 +106,7 @@ def core_samples() -> dict[int, list[float]]:
         while len(qs.queued) < depth:  # filled as the mesh is: a pass after each batch
             for _ in range(min(BATCH, depth - len(qs.queued))):
                 serial[0] += 1
-                qs.add_request(Request(f"action-{serial[0]}", enqueue_time=clock[0]),
+                qs.add_request(Request(ActionId(f"action-{serial[0]}"), enqueue_time=clock[0]),
                                clock[0])
             run_once(qs)
         assert len(qs.running) == 2

@@ -20,7 +20,7 @@ import time
 from operator import attrgetter
 
 from bench.harness import report
-from mesh.schema import AccountConfig, QuotaOptions
+from mesh.schema import AccountConfig, AccountId, ActionId, AgentId, QuotaOptions
 from scheduler.core.quota.model import Request
 from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
@@ -38,7 +38,7 @@ MODELS = [f"label-model:{i}" for i in range(20)]
 def build(rng: random.Random) -> QuotaScheduler:
     qs = QuotaScheduler(0.0, QuotaOptions(disable_preemption=True, agent_expiry=100 * 3600))
     for a in range(ACCOUNTS):
-        qs.add_account(f"account-{a}", AccountConfig(
+        qs.add_account(AccountId(f"account-{a}"), AccountConfig(
             charge_rate=[rng.uniform(0, 10) for _ in range(5)], max_charge_seconds=10,
             disable_free_tasks=True, max_fanout=2,
             per_label_task_limits={"label-model": 2}))
@@ -50,11 +50,12 @@ def tick(qs: QuotaScheduler, rng: random.Random, n: int, agents: list[list[str]]
     for w in range(AGENTS_PER_TICK):
         labels = [*rng.sample(CORPUS, 49), rng.choice(MODELS), rng.choice(PROVISIONABLE)]
         agents.append(labels)
-        qs.mark_idle(f"agent-{n}-{w}", frozenset(labels), now)
+        qs.mark_idle(AgentId(f"agent-{n}-{w}"), frozenset(labels), now)
     for r in range(REQUESTS_PER_TICK):
         # Base labels from some agent's, so that each request can run somewhere.
         base = rng.sample(rng.choice(agents)[:49], 4)
-        qs.add_request(Request(f"request-{n}-{r}", f"account-{rng.randrange(ACCOUNTS)}",
+        qs.add_request(Request(ActionId(f"request-{n}-{r}"),
+                               AccountId(f"account-{rng.randrange(ACCOUNTS)}"),
                                frozenset(base), frozenset([rng.choice(PROVISIONABLE)]), now),
                        now)
     start = time.perf_counter()

@@ -8,6 +8,7 @@ from typing import Any
 
 from mesh.schema import (
     AccountConfig,
+    AccountId,
     Action,
     ActionId,
     AgentId,
@@ -61,11 +62,17 @@ def report(action_id: str, attempt: int, agent_id: str, stage: ReportStage | Ref
 
 
 def aid(name: str) -> ActionId:
+    """An action's id (a quota request's too)."""
     return ActionId(name)
 
 
 def nid(name: str) -> AgentId:
+    """An agent's id (a quota worker's too)."""
     return AgentId(name)
+
+
+def acct(name: str) -> AccountId:
+    return AccountId(name)
 
 
 class MemoryStore:
@@ -141,11 +148,11 @@ def scheduler(now: float = 0.0, quirks: Quirks = UPSTREAM, disable_preemption: b
 
 def apply_idle(qs: QuotaScheduler, request_id: str, worker_id: str, priority: int) -> None:
     """Start a queued request on a worker directly, as upstream's tests do."""
-    qs.start(qs.queued[request_id], qs.workers[worker_id], priority, ZERO)
+    qs.start(qs.queued[aid(request_id)], qs.workers[nid(worker_id)], priority, ZERO)
 
 
 def balance(qs: QuotaScheduler, account_id: str) -> list[float]:
-    return list(qs.balances[account_id])
+    return list(qs.balances[acct(account_id)])
 
 
 def account(rates: list[float] | None = None, max_seconds: float = 0.0, fanout: int = 0,
@@ -158,8 +165,8 @@ def account(rates: list[float] | None = None, max_seconds: float = 0.0, fanout: 
 def request(request_id: str, account_id: str = "", base: tuple[str, ...] = (),
             provisionable: tuple[str, ...] = (), enqueued: float = 0.0,
             cpus: float = 1.0) -> Request:
-    return Request(request_id, account_id, frozenset(base), frozenset(provisionable),
-                   enqueued, cpus)
+    return Request(aid(request_id), acct(account_id), frozenset(base),
+                   frozenset(provisionable), enqueued, cpus)
 
 
 def step(qs: QuotaScheduler, t: float) -> list[QuotaAssignment]:
@@ -168,20 +175,20 @@ def step(qs: QuotaScheduler, t: float) -> list[QuotaAssignment]:
     return run_once(qs)
 
 
-def pairs(assignments: list[QuotaAssignment]) -> list[tuple[str, str, int]]:
+def pairs(assignments: list[QuotaAssignment]) -> list[tuple[ActionId, AgentId, int]]:
     """(request, worker, priority) of each assignment, in order."""
     return [(a.request_id, a.worker_id, a.priority) for a in assignments]
 
 
 def running(qs: QuotaScheduler, request_id: str) -> TaskRun:
     """The request's run; the test fails here if it is not running."""
-    run = qs.run_of(request_id)
+    run = qs.run_of(aid(request_id))
     assert run is not None, f"{request_id} is not running"
     return run
 
 
 def known(qs: QuotaScheduler, request_id: str) -> Request:
     """The request, queued or running; the test fails here if the scheduler lost it."""
-    found = qs.get_request(request_id)
+    found = qs.get_request(aid(request_id))
     assert found is not None, f"{request_id} is unknown"
     return found

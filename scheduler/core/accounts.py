@@ -80,7 +80,7 @@ class Accounts:
 
     def all(self, now: float) -> list[AccountStatus]:
         advance(self.quota, now)
-        return [self._status(AccountId(a)) for a in sorted(self.quota.configs)]
+        return [self._status(a) for a in sorted(self.quota.configs)]
 
     def snapshot(self, now: float) -> QuotaSnapshot:
         """Accounts, balances and options as of `now`: what must outlive the scheduler."""

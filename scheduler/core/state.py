@@ -269,7 +269,7 @@ class SchedulerState:
             return
         advance(self._quota, now)
         for action_id in self._quota.forget_worker(agent_id, now):
-            self._life.lose(self._ledger.get(ActionId(action_id)), now, died=True)
+            self._life.lose(self._ledger.get(action_id), now, died=True)
         self._judge_queue(now, only_clears=False)
 
     def agent_suspect(self, agent_id: AgentId) -> None:
@@ -320,7 +320,7 @@ class SchedulerState:
             worker = self._quota.workers.get(agent_id)
             running = []
             for request_id, run in sorted(worker.running.items()) if worker else ():
-                entry = self._ledger.get(ActionId(request_id))
+                entry = self._ledger.get(request_id)
                 running.append(RunningAttempt(
                     action_id=entry.id, attempt=entry.attempt, stage=entry.stage,
                     cpus=run.request.cpus, memory=run.request.memory))
@@ -349,10 +349,10 @@ class SchedulerState:
         against the live sample at once; a preemption's victim gives its own back. An
         agent that turned work away for its load is looked at again after its next
         sample."""
-        granted: dict[str, int] = {}
+        granted: dict[AgentId, int] = {}
 
         def admit(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
-            agent = self._agents.get(AgentId(worker.id))
+            agent = self._agents.get(worker.id)
             if agent is None:
                 return False
             slot = Slot(agent, worker, freed, granted.get(worker.id, 0))
@@ -368,11 +368,11 @@ class SchedulerState:
         return admit
 
     def _apply(self, assignment: QuotaAssignment, now: float) -> list[Decision]:
-        entry = self._ledger.get(ActionId(assignment.request_id))
-        agent = self._agents[AgentId(assignment.worker_id)]
+        entry = self._ledger.get(assignment.request_id)
+        agent = self._agents[assignment.worker_id]
         decisions: list[Decision] = []
         if assignment.kind == "preempt":
-            victim = self._ledger.get(ActionId(assignment.task_to_abort))
+            victim = self._ledger.get(assignment.task_to_abort)
             decisions.append(self._life.preempt(victim, entry, assignment.priority, now))
         try:
             entry.spec  # noqa: B018 (a restored spec is parsed when it is first needed)

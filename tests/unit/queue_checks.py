@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from collections import Counter
 
+from mesh.schema import ActionId
 from scheduler.core.quota.model import EPSILON, Request
-from scheduler.core.quota.queue import Queue, Shape
+from scheduler.core.quota.queue import OrderKey, Queue, Shape
 
 
-def order(request: Request) -> tuple[float, float, str]:
+def order(request: Request) -> OrderKey:
     """Where a pass puts a request in its level (upstream's sort plus our tie-breakers)."""
     return request.examined_time, request.enqueue_time, request.id
 
 
 def check_queue(queue: Queue) -> None:
     """Every index of the queue says what its requests say, and each shape is in order."""
-    seen: dict[str, Request] = {}
+    seen: dict[ActionId, Request] = {}
     groups: dict[tuple[str, ...], set[Shape]] = {}
     labels: Counter[str] = Counter()
     for account_id, account in queue.accounts.items():

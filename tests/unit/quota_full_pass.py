@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from operator import attrgetter
 
+from mesh.schema import AccountId, AgentId
 from scheduler.core.quota.model import EPSILON, MAX_SORTED_MATCHES, QuotaAssignment, Request, Worker
 from scheduler.core.quota.run import Gate, Pass, reservations_fit
 from scheduler.core.quota.scheduler import QuotaScheduler
@@ -86,14 +87,14 @@ class FullPass(Pass):
         self.lists: list[list[Request]] = [[] for _ in range(FREE_BUCKET + 1)]
         # Match lists per (worker, level, cut), as upstream computes them once per level for
         # both idle steps; entries matched since are skipped where the list is used.
-        self._match_cache: dict[tuple[str, int, bool], list[Request]] = {}
+        self._match_cache: dict[tuple[AgentId, int, bool], list[Request]] = {}
         self._indexes: dict[int, LevelIndex | None] = {}
         self.sorted_len: list[int] = []
 
     def _prioritize(self) -> None:
         qs, lists, fanout, no_free = self.qs, self.lists, self.fanout, self.no_free
         free = lists[FREE_BUCKET]
-        levels: dict[str, int] = {}  # an account's level is the same for all its requests
+        levels: dict[AccountId, int] = {}  # an account's level is the same for all its requests
         for request in sorted(qs.queued.values(), key=_ORDER):
             account = request.account_id
             p = levels.get(account)

@@ -43,7 +43,7 @@ def reserve(slot: Slot, cpus: float, memory: int = 0, name: str = "other",
     """Something runs there; `since_sample`: placed after the last load sample."""
     assert slot.worker is not None
     run = TaskRun(Request(aid(name), cpus=cpus, memory=memory), priority=5)
-    slot.worker.running[name] = run
+    slot.worker.running[aid(name)] = run
     if since_sample:
         slot.agent.placed(aid(name), memory)
     return run

@@ -21,15 +21,16 @@ from typing import Any
 
 import pytest
 
-from mesh.schema import AccountConfig, QuotaOptions
+from mesh.schema import AccountConfig, ActionId, AgentId, QuotaOptions
 from scheduler.core.quota import queue as queue_module
 from scheduler.core.quota import run as run_module
 from scheduler.core.quota import view
 from scheduler.core.quota.events import KeepEvents
-from scheduler.core.quota.model import UPSTREAM, Quirks, Request, TaskRun, Worker
+from scheduler.core.quota.model import NO_ACTION, UPSTREAM, Quirks, Request, TaskRun, Worker
 from scheduler.core.quota.scheduler import NotAssigned, QuotaScheduler
 from scheduler.core.quota.snapshot import from_snapshot, to_snapshot
 from scheduler.core.quota.vector import FREE_BUCKET, vector
+from tests.builders import aid
 from tests.unit import quota_full_pass as reference
 from tests.unit.queue_checks import check_queue
 
@@ -97,7 +98,7 @@ class Side:
         self.events = KeepEvents()
         self.qs = QuotaScheduler(0.0, QuotaOptions(agent_expiry=100), quirks, self.events)
         self.full = full
-        self.gate_calls: list[tuple[str, str, str, bool]] = []  # in the last pass
+        self.gate_calls: list[tuple[AgentId, ActionId, ActionId, bool]] = []  # in the last pass
         self.last: run_module.Pass | None = None
 
     def run(self, gate: Callable[[Worker, Request, TaskRun | None], bool]) -> list[Any]:
@@ -105,7 +106,7 @@ class Side:
 
         def logged(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
             answer = gate(worker, request, freed)
-            self.gate_calls.append((worker.id, request.id, freed.request.id if freed else "",
+            self.gate_calls.append((worker.id, request.id, freed.request.id if freed else NO_ACTION,
                                     answer))
             return answer
 
@@ -134,12 +135,12 @@ def _apply(side: Side, op: Op, now: float) -> None:
     qs, kind = side.qs, op[0]
     if kind == "submit":
         _, n, account, base, prov, cpus, memory = op
-        qs.add_request(Request(f"r{n}", account, frozenset(base), frozenset(prov), now, cpus,
-                               memory), now)
+        qs.add_request(Request(aid(f"r{n}"), account, frozenset(base), frozenset(prov), now,
+                               cpus, memory), now)
     elif kind == "bulk":
         _, n, count, account, base = op
         for i in range(n, n + count):
-            qs.add_request(Request(f"r{i % REQUESTS}", account, frozenset(base),
+            qs.add_request(Request(aid(f"r{i % REQUESTS}"), account, frozenset(base),
                                    enqueue_time=now), now)
     elif kind == "account":
         _, account, rates, seconds, fanout, no_free, limits, balance = op
@@ -165,14 +166,14 @@ def _apply(side: Side, op: Op, now: float) -> None:
     elif kind == "time":
         qs.update_time(now)
     elif kind == "running":
-        qs.notify_running(f"r{op[1]}", op[2], now)
+        qs.notify_running(aid(f"r{op[1]}"), op[2], now)
     elif kind == "absent":
-        qs.notify_absent(f"r{op[1]}", now)
+        qs.notify_absent(aid(f"r{op[1]}"), now)
     elif kind == "unassign":
         with contextlib.suppress(NotAssigned):  # both refuse alike
-            qs.unassign(f"r{op[1]}", op[2], now)
+            qs.unassign(aid(f"r{op[1]}"), op[2], now)
     elif kind == "finish":
-        qs.finished(f"r{op[1]}", now)
+        qs.finished(aid(f"r{op[1]}"), now)
     elif kind == "lose":
         qs.forget_worker(op[1], now)
     elif kind == "confirm":
@@ -180,7 +181,7 @@ def _apply(side: Side, op: Op, now: float) -> None:
     elif kind == "touch":
         qs.touch_worker(op[1])
     elif kind == "examine" and f"r{op[1]}" in qs.queued:
-        qs.queued[f"r{op[1]}"].examined_time = op[2]
+        qs.queued[aid(f"r{op[1]}")].examined_time = op[2]
     elif kind == "snapshot":
         side.qs = from_snapshot(to_snapshot(qs), qs.quirks, side.events)
     elif kind == "options":

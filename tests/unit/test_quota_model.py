@@ -21,6 +21,7 @@ from mesh.schema import AccountConfig, QuotaOptions
 from scheduler.core.quota.model import Quirks, QuotaAssignment, Request
 from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import NotAssigned, QuotaScheduler
+from tests.builders import aid, nid
 from tests.unit.quota_reference import Decision, NotRunningThere, Reference, Req
 
 SCRIPTS = 1500  # seeds 0..SCRIPTS-1, the same every run
@@ -215,7 +216,7 @@ class Twins:
         t = self.ref.now + offset
         port_refused = ref_refused = False
         try:
-            self.port.unassign(request, worker, t)
+            self.port.unassign(aid(request), nid(worker), t)
         except NotAssigned:
             port_refused = True
         try:

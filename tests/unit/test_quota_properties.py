@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mesh.schema import AccountId
 from scheduler.core.quota import run as run_module
 from scheduler.core.quota.events import KeepEvents
 from scheduler.core.quota.model import UPSTREAM, Quirks
@@ -15,7 +16,7 @@ from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.snapshot import from_snapshot, to_snapshot
 from scheduler.core.quota.vector import FREE_BUCKET, NUM_PRIORITIES, f32, vector
-from tests.builders import account, request
+from tests.builders import account, aid, nid, request
 
 LABELS = ["os:linux", "vpn", "model:a", "model:b"]
 ACCOUNTS = ["", "a", "b", "c"]
@@ -50,7 +51,7 @@ class Model:
         self.qs = QuotaScheduler(0.0, quirks=quirks, sink=self.events)
         self.now = 0.0
         # Preemption refunds may lift a balance above its cap; nothing else may.
-        self.refunds: dict[str, list[float]] = {}
+        self.refunds: dict[AccountId, list[float]] = {}
         self.seen_events = 0
 
     def apply(self, op: tuple[Any, ...]) -> None:
@@ -67,7 +68,7 @@ class Model:
                                    cpus=cpus), self.now)
         elif kind == "join":
             _, n, cpus, labels = op
-            qs.mark_idle(f"w{n}", frozenset(labels), self.now, cpus=cpus)
+            qs.mark_idle(nid(f"w{n}"), frozenset(labels), self.now, cpus=cpus)
         elif kind == "time":
             self.now += op[1]
             qs.update_time(self.now)
@@ -81,11 +82,11 @@ class Model:
             qs.add_request(request(f"p{n}", account_id, enqueued=self.now, cpus=cpus), self.now)
             run_once(qs)
         elif kind == "finish":
-            qs.finished(f"r{op[1]}", self.now)
+            qs.finished(aid(f"r{op[1]}"), self.now)
         elif kind == "lose":
-            qs.forget_worker(f"w{op[1]}")
+            qs.forget_worker(nid(f"w{op[1]}"))
         elif kind == "absent":
-            qs.notify_absent(f"r{op[1]}", self.now)
+            qs.notify_absent(aid(f"r{op[1]}"), self.now)
         self._note_refunds()
 
     def _note_refunds(self) -> None:

@@ -7,8 +7,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.core.quota.model import Request
+from mesh.schema import ActionId
+from scheduler.core.quota.model import NO_ACCOUNT, Request
 from scheduler.core.quota.queue import Queue, ShapeKey
+from tests.builders import aid
 from tests.unit.queue_checks import check_queue, order
 
 IDS = st.integers(0, 11)
@@ -38,20 +40,20 @@ def _key(request: Request) -> ShapeKey:
 def test_every_change_keeps_the_indexes_order_and_examined_times_in_step(
         script: list[tuple[Any, ...]]) -> None:
     queue = Queue()
-    model: dict[str, float] = {}  # id -> examined time, kept the plain way
+    model: dict[ActionId, float] = {}  # id -> examined time, kept the plain way
     gone: list[tuple[Request, float]] = []
     for op in script:
         kind = op[0]
         if kind == "add":
             _, n, account, labels, cpus, examined, enqueued = op
-            request = Request(f"r{n}", account, frozenset(labels), frozenset(), enqueued, cpus,
-                              examined_time=examined)
+            request = Request(aid(f"r{n}"), account, frozenset(labels), frozenset(), enqueued,
+                              cpus, examined_time=examined)
             if request.id in queue:
                 gone.append((queue[request.id], model[request.id]))
             queue[request.id] = request  # a known id is replaced
             model[request.id] = examined
         elif kind in ("del", "pop") and f"r{op[1]}" in queue:
-            request_id = f"r{op[1]}"
+            request_id = aid(f"r{op[1]}")
             removed = queue[request_id]
             if kind == "del":
                 del queue[request_id]
@@ -59,8 +61,8 @@ def test_every_change_keeps_the_indexes_order_and_examined_times_in_step(
                 assert queue.pop(request_id) is removed
             gone.append((removed, model.pop(request_id)))
         elif kind == "examine" and f"r{op[1]}" in queue:
-            queue[f"r{op[1]}"].examined_time = op[2]
-            model[f"r{op[1]}"] = op[2]
+            queue[aid(f"r{op[1]}")].examined_time = op[2]
+            model[aid(f"r{op[1]}")] = op[2]
         elif kind == "stamp" and op[1] in queue.accounts:
             _, account_id, now, picks = op
             account = queue.accounts[account_id]
@@ -87,10 +89,10 @@ def test_every_change_keeps_the_indexes_order_and_examined_times_in_step(
 
 
 def test_a_walk_survives_taking_the_request_it_just_met() -> None:
-    queue = Queue(Request(f"r{i}", enqueue_time=float(i)) for i in range(6))
-    queue.stamp(queue.accounts[""], 1.0)
-    queue["r9"] = Request("r9", enqueue_time=9.0)  # fresh: examined 0, before the stamped
-    [shape] = queue.accounts[""].shapes.values()
+    queue = Queue(Request(aid(f"r{i}"), enqueue_time=float(i)) for i in range(6))
+    queue.stamp(queue.accounts[NO_ACCOUNT], 1.0)
+    queue[aid("r9")] = Request(aid("r9"), enqueue_time=9.0)  # fresh: examined 0, before the stamped
+    [shape] = queue.accounts[NO_ACCOUNT].shapes.values()
     met = []
     for _, request in shape.stream(float("inf")):
         met.append(request.id)

@@ -14,7 +14,7 @@ from scheduler.core.events import ListSink
 from scheduler.core.records import Changes
 from scheduler.core.state import SchedulerState
 from scheduler.store import DB_FILE, SCHEMA_VERSION, Store
-from tests.builders import action, agent, aid, load, nid, report
+from tests.builders import acct, action, agent, aid, load, nid, report
 
 
 def worked_core() -> tuple[SchedulerState, ListSink]:
@@ -79,7 +79,7 @@ def test_actions_attempts_events_and_accounts_come_back_exactly(tmp_path: Path) 
     assert [r.id for r, _ in store.finished(None, 0, 10)] == ["a", "b", "c"]
     assert [r.id for r, _ in store.finished(Stage.FAILED, 0, 10)] == ["b"]
     assert [r.id for r, _ in store.finished(None, 1, 1)] == ["b"]
-    assert saved.accounts is not None and saved.accounts.balances["ci"][0] > 0
+    assert saved.accounts is not None and saved.accounts.balances[acct("ci")][0] > 0
 
 
 def test_a_failed_write_leaves_the_previous_state_and_the_changes_for_the_next(

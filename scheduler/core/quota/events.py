@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from mesh.schema import AccountId, ActionId, AgentId
+from scheduler.core.quota.model import NO_ACCOUNT, NO_ACTION, NO_AGENT
 from scheduler.core.quota.vector import Vector
 
 EventType = Literal["enqueued", "assigned", "preempted", "reprioritized", "completed",
@@ -22,18 +24,18 @@ FINISHED = "finished"  # ours: the mesh saw the attempt end; upstream learns it 
 @dataclass(frozen=True, slots=True)
 class QuotaEvent:
     type: EventType
-    task_id: str
+    task_id: ActionId
     time: float
-    account_id: str = ""
-    worker_id: str = ""
+    account_id: AccountId = NO_ACCOUNT
+    worker_id: AgentId = NO_AGENT
     priority: int | None = None
     new_priority: int | None = None
     reason: str = ""
     cost: Vector | None = None
     preempting: bool = False
-    preempted_task_id: str = ""
-    preempting_task_id: str = ""
-    preempting_account_id: str = ""
+    preempted_task_id: ActionId = NO_ACTION
+    preempting_task_id: ActionId = NO_ACTION
+    preempting_account_id: AccountId = NO_ACCOUNT
     provision_required: bool = False
     details: dict[str, str] = field(default_factory=dict)
 

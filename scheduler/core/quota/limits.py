@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mesh.schema import AccountConfig
+from mesh.schema import AccountConfig, AccountId
 from scheduler.core.quota.model import Request, Worker
 
 UNLIMITED = 2**31 - 1
@@ -33,7 +33,7 @@ def fanout_group(request: Request) -> Group:
 class FanoutCounter:
     """Paid slots left per group in this pass: MaxFanout less what runs or was assigned."""
 
-    def __init__(self, configs: Mapping[str, AccountConfig]) -> None:
+    def __init__(self, configs: Mapping[AccountId, AccountConfig]) -> None:
         self.configs = configs
         self.remaining: dict[Group, int] = {}
 
@@ -62,9 +62,9 @@ class FanoutCounter:
 class LabelCounter:
     """Per account, how much runs on agents with each value of a limited label prefix."""
 
-    def __init__(self, configs: Mapping[str, AccountConfig]) -> None:
+    def __init__(self, configs: Mapping[AccountId, AccountConfig]) -> None:
         self.configs = configs
-        self.counts: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[AccountId, str], int] = {}
 
     @staticmethod
     def keyval(worker: Worker, prefix: str) -> str | None:

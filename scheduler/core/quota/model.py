@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from mesh.schema import AccountId, ActionId, AgentId
 from scheduler.core.quota.vector import ZERO, Vector
 
 # Go's zero time in Unix seconds: a request's or worker's confirmed time before any
@@ -21,6 +22,12 @@ UNASSIGN_MAX_AGE = 46 * 3600.0
 MAX_SORTED_MATCHES = 50_000
 # Reservations are compared with a little slack so that 0.1 + 0.2 CPUs fit in 0.3.
 EPSILON = 1e-9
+
+# The empty id of each kind: work of no account (it shares one fanout group and pays
+# nothing), an event about no worker, an assignment that aborts nothing.
+NO_ACCOUNT = AccountId("")
+NO_AGENT = AgentId("")
+NO_ACTION = ActionId("")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +81,7 @@ class Request:
                  "group", "home", "id", "memory", "own_examined", "provisionable_labels",
                  "quality", "stamped")
 
-    def __init__(self, id: str, account_id: str = "",
+    def __init__(self, id: ActionId, account_id: AccountId = NO_ACCOUNT,
                  base_labels: frozenset[str] = frozenset(),
                  provisionable_labels: frozenset[str] = frozenset(), enqueue_time: float = 0.0,
                  cpus: float = 1.0, memory: int = 0, confirmed_time: float = ZERO_TIME,
@@ -133,13 +140,13 @@ class TaskRun:
 class Worker:
     """An agent as the quota scheduler sees it: labels, size, and what runs there."""
 
-    id: str
+    id: AgentId
     labels: frozenset[str]
     cpus: float = 1.0
     memory: int = 0  # 0: memory is not reserved on this worker
     confirmed_time: float = ZERO_TIME
     modified_time: float = 0.0
-    running: dict[str, TaskRun] = field(default_factory=dict)
+    running: dict[ActionId, TaskRun] = field(default_factory=dict)
 
     def confirm(self, t: float) -> None:
         self.confirmed_time = max(self.confirmed_time, t)
@@ -182,9 +189,9 @@ class QuotaAssignment:
     preemption, first stop `task_to_abort` there."""
 
     kind: Kind
-    worker_id: str
-    request_id: str
+    worker_id: AgentId
+    request_id: ActionId
     priority: int
     time: float
-    task_to_abort: str = ""
+    task_to_abort: ActionId = NO_ACTION
     provision_required: bool = False

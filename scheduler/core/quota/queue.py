@@ -27,18 +27,19 @@ from collections import Counter
 from collections.abc import ItemsView, Iterable, Iterator, MutableMapping, ValuesView
 from typing import TypeAlias
 
+from mesh.schema import AccountId, ActionId
 from scheduler.core.quota.limits import Group, fanout_group
 from scheduler.core.quota.model import EPSILON, Request
 
-ShapeKey: TypeAlias = tuple[str, frozenset[str], frozenset[str], float, int]
+ShapeKey: TypeAlias = tuple[AccountId, frozenset[str], frozenset[str], float, int]
 # A request's place in its level: the order upstream sorts a level by (plus our ties).
-OrderKey: TypeAlias = tuple[float, float, str]
+OrderKey: TypeAlias = tuple[float, float, ActionId]
 
 # Fresh requests this many or fewer are inserted one by one when stamped; more are sorted in.
 _FEW = 16
 
 
-def _by_enqueue(request: Request) -> tuple[float, str]:
+def _by_enqueue(request: Request) -> tuple[float, ActionId]:
     return request.enqueue_time, request.id
 
 
@@ -160,7 +161,7 @@ class AccountQueue:
     __slots__ = ("by_label", "exceptions", "id", "queue", "shapes", "size", "stamp",
                  "unlabelled")
 
-    def __init__(self, queue: Queue, account_id: str) -> None:
+    def __init__(self, queue: Queue, account_id: AccountId) -> None:
         self.queue = queue
         self.id = account_id
         self.stamp = float("-inf")
@@ -192,12 +193,12 @@ class AccountQueue:
                     yield shape
 
 
-class Queue(MutableMapping[str, Request]):
+class Queue(MutableMapping[ActionId, Request]):
     """Request id -> queued request, with every index kept in step on each change."""
 
     def __init__(self, requests: Iterable[Request] = ()) -> None:
-        self._by_id: dict[str, Request] = {}
-        self.accounts: dict[str, AccountQueue] = {}
+        self._by_id: dict[ActionId, Request] = {}
+        self.accounts: dict[AccountId, AccountQueue] = {}
         self.groups: dict[Group, list[Shape]] = {}  # fanout group -> its shapes
         self.zero_cpu = 0  # queued requests that reserve no CPU
         self._label_shapes: Counter[str] = Counter()  # shapes per base label
@@ -206,16 +207,16 @@ class Queue(MutableMapping[str, Request]):
 
     # ---- the mapping ---------------------------------------------------------------------
 
-    def __getitem__(self, request_id: str) -> Request:
+    def __getitem__(self, request_id: ActionId) -> Request:
         return self._by_id[request_id]
 
-    def get(self, request_id: str, default: Request | None = None) -> Request | None:  # type: ignore[override]
+    def get(self, request_id: ActionId, default: Request | None = None) -> Request | None:  # type: ignore[override]
         return self._by_id.get(request_id, default)
 
     def __contains__(self, request_id: object) -> bool:
         return request_id in self._by_id
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[ActionId]:
         return iter(self._by_id)
 
     def __len__(self) -> int:
@@ -224,13 +225,13 @@ class Queue(MutableMapping[str, Request]):
     def values(self) -> ValuesView[Request]:
         return self._by_id.values()
 
-    def items(self) -> ItemsView[str, Request]:
+    def items(self) -> ItemsView[ActionId, Request]:
         return self._by_id.items()
 
     def __repr__(self) -> str:
         return f"Queue({list(self._by_id)!r})"
 
-    def __setitem__(self, request_id: str, request: Request) -> None:
+    def __setitem__(self, request_id: ActionId, request: Request) -> None:
         if request_id != request.id:
             raise KeyError(f"request {request.id!r} filed under {request_id!r}")
         if request_id in self._by_id:
@@ -252,7 +253,7 @@ class Queue(MutableMapping[str, Request]):
         if request.cpus <= EPSILON:
             self.zero_cpu += 1
 
-    def __delitem__(self, request_id: str) -> None:
+    def __delitem__(self, request_id: ActionId) -> None:
         request = self._by_id.pop(request_id)
         shape = request.home
         assert isinstance(shape, Shape)

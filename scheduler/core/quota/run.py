@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+from mesh.schema import AccountId, ActionId
 from scheduler.core.quota.events import QuotaEvent
 from scheduler.core.quota.limits import FanoutCounter, Group, LabelCounter, fanout_group
 from scheduler.core.quota.model import (
@@ -76,10 +77,10 @@ class Pass:
         self.qs = qs
         self.gate = gate
         self.now = qs.last_update_time
-        self.matched: set[str] = set()
+        self.matched: set[ActionId] = set()
         self.matched_at = [0] * (FREE_BUCKET + 1)  # requests taken from each level
         # Accounts whose work must not start in the free bucket (DisableFreeTasks).
-        self.no_free: set[str] = {a for a, c in qs.configs.items() if c.disable_free_tasks}
+        self.no_free: set[AccountId] = {a for a, c in qs.configs.items() if c.disable_free_tasks}
         self.assignments: list[QuotaAssignment] = []
         self._zero_cpu: bool | None = None
         self.fanout: FanoutCounter | None = None
@@ -114,7 +115,7 @@ class Pass:
     def _prioritize(self) -> None:
         """Each account's level (and each throttled shape's): QSCHEDULER.md §3.2."""
         qs, queue = self.qs, self.qs.queued
-        levels: dict[str, int] = {}
+        levels: dict[AccountId, int] = {}
         for account_id, account in queue.accounts.items():
             p = qs.priority_for(next(iter(account.shapes.values())).any())
             if p < FREE_BUCKET and self.fanout is not None and account_id not in qs.configs:
@@ -160,7 +161,7 @@ class Pass:
     def _mark_examined(self) -> None:
         """Every request the pass looked at and did not match was examined now, but work
         left out, and work of no-free accounts their fanout limit holds back."""
-        left_out: dict[str, list[Shape]] = {}
+        left_out: dict[AccountId, list[Shape]] = {}
         if self.fanout is not None:
             for group, request in self.counted.items():
                 if request.account_id in self.no_free and self.fanout.throttled(request):
@@ -234,7 +235,7 @@ class Pass:
     # ---- reprioritising ----------------------------------------------------------------------
 
     def _reprioritize(self, p: int) -> None:
-        by_account: dict[str, list[TaskRun]] | None = None
+        by_account: dict[AccountId, list[TaskRun]] | None = None
         for account_id in sorted(self.qs.balances):
             config = self.qs.configs.get(account_id)
             if config is None:

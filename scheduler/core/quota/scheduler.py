@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from mesh.schema import AccountConfig, QuotaOptions
+from mesh.schema import AccountConfig, AccountId, ActionId, AgentId, QuotaOptions
 from scheduler.core.quota import events as ev
 from scheduler.core.quota.events import DropEvents, QuotaEvent, QuotaSink
 from scheduler.core.quota.model import (
+    NO_AGENT,
     UNASSIGN_MAX_AGE,
     Quirks,
     QuotaAssignment,
@@ -50,55 +51,55 @@ class QuotaScheduler:
         self.quirks = quirks or Quirks()
         self.sink: QuotaSink = sink or DropEvents()
         self.wall_clock = wall_clock
-        self.configs: dict[str, AccountConfig] = {}
-        self.balances: dict[str, Vector] = {}
+        self.configs: dict[AccountId, AccountConfig] = {}
+        self.balances: dict[AccountId, Vector] = {}
         # Request id -> waiting request; kept in pass order between passes (queue.py).
         self.queued = Queue()
-        self.workers: dict[str, Worker] = {}
-        self.running: dict[str, str] = {}  # request id -> worker id
+        self.workers: dict[AgentId, Worker] = {}
+        self.running: dict[ActionId, AgentId] = {}  # request id -> worker id
         self.last_update_time = now
 
     # ---- accounts ----------------------------------------------------------------------------
 
-    def add_account(self, account_id: str, config: AccountConfig,
+    def add_account(self, account_id: AccountId, config: AccountConfig,
                     balance: list[float] | tuple[float, ...] = ()) -> None:
         """Create or overwrite an account, its balance included (upstream's AddAccount)."""
         self.configs[account_id] = config
         self.balances[account_id] = vector(balance)
 
-    def set_account_config(self, account_id: str, config: AccountConfig) -> None:
+    def set_account_config(self, account_id: AccountId, config: AccountConfig) -> None:
         """Change a known account's config and keep its balance."""
         if account_id not in self.configs:
             raise KeyError(account_id)
         self.configs[account_id] = config
 
-    def delete_account(self, account_id: str) -> None:
+    def delete_account(self, account_id: AccountId) -> None:
         self.configs.pop(account_id, None)
         self.balances.pop(account_id, None)
 
-    def reset_balance(self, account_id: str) -> None:
+    def reset_balance(self, account_id: AccountId) -> None:
         if account_id in self.balances:
             self.balances[account_id] = ZERO
 
-    def get_balances(self) -> dict[str, Vector]:
+    def get_balances(self) -> dict[AccountId, Vector]:
         return dict(self.balances)
 
     # ---- queries -----------------------------------------------------------------------------
 
-    def get_request(self, request_id: str) -> Request | None:
+    def get_request(self, request_id: ActionId) -> Request | None:
         queued = self.queued.get(request_id)
         if queued is not None:
             return queued
         run = self.run_of(request_id)
         return run.request if run is not None else None
 
-    def run_of(self, request_id: str) -> TaskRun | None:
+    def run_of(self, request_id: ActionId) -> TaskRun | None:
         worker_id = self.running.get(request_id)
         if worker_id is None:
             return None
         return self.workers[worker_id].running[request_id]
 
-    def is_assigned(self, request_id: str, worker_id: str) -> bool:
+    def is_assigned(self, request_id: ActionId, worker_id: AgentId) -> bool:
         return self.running.get(request_id) == worker_id
 
     def priority_for(self, request: Request) -> int:
@@ -122,7 +123,7 @@ class QuotaScheduler:
         if t < self.last_update_time:
             return
         elapsed = f32(t - self.last_update_time)
-        using: dict[str, list[float]] = {}
+        using: dict[AccountId, list[float]] = {}
         for _, run in self.runs():
             p = run.priority
             if p >= FREE_BUCKET:
@@ -174,7 +175,7 @@ class QuotaScheduler:
         self.queued[request.id] = request
         self._emit("enqueued", request, t)
 
-    def mark_idle(self, worker_id: str, labels: frozenset[str], t: float,
+    def mark_idle(self, worker_id: AgentId, labels: frozenset[str], t: float,
                   cpus: float = 1.0, memory: int = 0) -> None:
         """The worker says it runs nothing and wants work: create it, or update its labels
         and size, and end whatever it was thought to run (no refund)."""
@@ -197,7 +198,7 @@ class QuotaScheduler:
             self._emit("completed", run.request, t, worker, reason=ev.BOT_IDLE, cost=run.cost)
         worker.modified_time = self.last_update_time
 
-    def notify_running(self, request_id: str, worker_id: str, t: float) -> None:
+    def notify_running(self, request_id: ActionId, worker_id: AgentId, t: float) -> None:
         """The request runs on the worker. Matching news confirms both; news that
         contradicts what is known, and is not older than it, deletes the records involved."""
         if not request_id or not worker_id:
@@ -219,7 +220,7 @@ class QuotaScheduler:
                 self._delete_worker(elsewhere)
         self._delete_inconsistent_worker_if_older(worker_id, t, request_id)
 
-    def notify_absent(self, request_id: str, t: float) -> None:
+    def notify_absent(self, request_id: ActionId, t: float) -> None:
         """The request is not waiting or running any more (finished, cancelled, never ran)."""
         worker_id = self.running.get(request_id)
         if worker_id is not None:
@@ -235,7 +236,7 @@ class QuotaScheduler:
             self._emit("completed", queued, t, reason=ev.IDLE_TASK_ABSENT)
             del self.queued[request_id]
 
-    def unassign(self, request_id: str, worker_id: str, t: float) -> None:
+    def unassign(self, request_id: ActionId, worker_id: AgentId, t: float) -> None:
         """Take back an assignment the worker never picked up; the request waits again
         unless it was enqueued more than 46 hours ago."""
         if self.running.get(request_id) != worker_id:
@@ -253,7 +254,7 @@ class QuotaScheduler:
 
     # ---- the mesh's own calls: it is the authority, so no time ordering is needed ------------
 
-    def finished(self, request_id: str, t: float) -> None:
+    def finished(self, request_id: ActionId, t: float) -> None:
         """The attempt ended (or a queued request was withdrawn): drop it; its worker keeps
         its place and may take work at once. Spent quota is not refunded."""
         worker_id = self.running.pop(request_id, None)
@@ -268,7 +269,7 @@ class QuotaScheduler:
         if queued is not None:
             self._emit("completed", queued, t, reason=ev.FINISHED)
 
-    def forget_worker(self, worker_id: str, t: float | None = None) -> list[str]:
+    def forget_worker(self, worker_id: AgentId, t: float | None = None) -> list[ActionId]:
         """The agent is gone: delete it and what it ran (charged up to `t`); returns those
         request ids."""
         worker = self.workers.get(worker_id)
@@ -281,12 +282,12 @@ class QuotaScheduler:
         self._delete_worker(worker)
         return lost
 
-    def confirm_worker(self, worker_id: str, t: float) -> None:
+    def confirm_worker(self, worker_id: AgentId, t: float) -> None:
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker.confirm(t)
 
-    def touch_worker(self, worker_id: str) -> None:
+    def touch_worker(self, worker_id: AgentId) -> None:
         """Something the core cannot see (its live load) may let the worker take work it
         was already matched against: consider every waiting request for it again."""
         worker = self.workers.get(worker_id)
@@ -314,7 +315,7 @@ class QuotaScheduler:
         self.running[request.id] = worker.id
         return run
 
-    def _drop_run(self, worker: Worker, request_id: str) -> None:
+    def _drop_run(self, worker: Worker, request_id: ActionId) -> None:
         """Take one task off its worker; a worker left running nothing is deleted, as
         upstream deletes a (one-slot) bot in the same cases."""
         worker.running.pop(request_id, None)
@@ -329,8 +330,8 @@ class QuotaScheduler:
             self.running.pop(request_id, None)
         self.workers.pop(worker.id, None)
 
-    def _delete_inconsistent_worker_if_older(self, worker_id: str, t: float,
-                                             cause: str) -> None:
+    def _delete_inconsistent_worker_if_older(self, worker_id: AgentId, t: float,
+                                             cause: ActionId) -> None:
         worker = self.workers.get(worker_id)
         if worker is None or t < worker.latest_confirmed:
             return
@@ -353,5 +354,5 @@ class QuotaScheduler:
               details: dict[str, str] | None = None) -> None:
         self.sink.emit(QuotaEvent(
             type=kind, task_id=request.id, time=t, account_id=request.account_id,
-            worker_id=worker.id if worker is not None else "", reason=reason, cost=cost,
+            worker_id=worker.id if worker is not None else NO_AGENT, reason=reason, cost=cost,
             details=details or {}))

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from mesh.schema import AccountConfig, QuotaOptions
+from mesh.schema import AccountConfig, AccountId, ActionId, AgentId, QuotaOptions
 from scheduler.core.quota.events import QuotaSink
 from scheduler.core.quota.model import Quirks, Request, TaskRun, Worker
 from scheduler.core.quota.queue import Queue
@@ -19,8 +19,8 @@ class _Frozen(BaseModel):
 
 
 class RequestState(_Frozen):
-    id: str
-    account_id: str
+    id: ActionId
+    account_id: AccountId
     base_labels: list[str]
     provisionable_labels: list[str]
     enqueue_time: float
@@ -37,7 +37,7 @@ class TaskState(_Frozen):
 
 
 class WorkerState(_Frozen):
-    id: str
+    id: AgentId
     labels: list[str]
     cpus: float
     memory: int
@@ -49,8 +49,8 @@ class WorkerState(_Frozen):
 class QuotaSnapshot(_Frozen):
     last_update_time: float
     options: QuotaOptions
-    accounts: dict[str, AccountConfig]
-    balances: dict[str, list[float]]
+    accounts: dict[AccountId, AccountConfig]
+    balances: dict[AccountId, list[float]]
     queued: list[RequestState]
     workers: list[WorkerState]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Iterator
 
+from mesh.schema import AccountId, AgentId
 from scheduler.core.quota.model import MAX_SORTED_MATCHES, Request, Worker
 from scheduler.core.quota.queue import AccountQueue, OrderKey, Queue, Shape
 from scheduler.core.quota.vector import FREE_BUCKET
@@ -62,8 +63,9 @@ class _Shapes:
 class LevelView:
     """The six levels of one pass over a queue that does not grow while the pass runs."""
 
-    def __init__(self, queue: Queue, levels: dict[str, int], throttled: dict[Shape, None],
-                 no_free: set[str], indexed: Callable[[AccountQueue], bool]) -> None:
+    def __init__(self, queue: Queue, levels: dict[AccountId, int],
+                 throttled: dict[Shape, None], no_free: set[AccountId],
+                 indexed: Callable[[AccountQueue], bool]) -> None:
         """`levels`: every queued account's level (OUT when left out); `throttled`: shapes
         of accounts at paid levels whose fanout group has no paid slot left."""
         self.levels = levels
@@ -85,7 +87,7 @@ class LevelView:
         # What the pass appends to the free level after each paid one, in order.
         self.tail: list[list[Shape]] = []
         self._extras: dict[int, _Shapes] = {}
-        self._plans: dict[tuple[str, int, bool], tuple[float, list[list[Shape]]]] = {}
+        self._plans: dict[tuple[AgentId, int, bool], tuple[float, list[list[Shape]]]] = {}
         self._floors: dict[int, float] = {}
 
     def level_of(self, shape: Shape) -> int:

@@ -112,7 +112,7 @@ def _stored(info: ValidationInfo) -> bool:
 class Model(BaseModel):
     """Base of every model crossing a boundary: unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class RetryPolicy(Model):

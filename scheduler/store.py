@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +289,12 @@ class Store:
         marks = ", ".join("?" * len(_TERMINAL))
         rows = self.db.execute(f"{_SELECT} WHERE stage NOT IN ({marks}) ORDER BY seq",
                                _TERMINAL).fetchall()
-        saved.actions = self._kept(rows)
+        # One query for the attempts of every unfinished action, not one per few hundred.
+        found = self.db.execute(
+            f"SELECT attempts.* FROM attempts JOIN actions ON actions.id = attempts.action_id "
+            f"WHERE actions.stage NOT IN ({marks}) ORDER BY attempts.action_id, number",
+            _TERMINAL)
+        saved.actions = self._kept(rows, found)
         saved.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM actions"
                                          ).fetchone()[0]
         saved.finished = {Stage(stage): n for stage, n in self.db.execute(
@@ -322,17 +327,18 @@ class Store:
                                (action_id,))
         return [_event(row) for row in rows]
 
-    def _kept(self, rows: list[Any]) -> list[Kept]:
-        """Actions from their rows, each with its attempts."""
+    def _kept(self, rows: list[Any], found: Iterable[Any] | None = None) -> list[Kept]:
+        """Actions from their rows, each with its attempts: from `found` (attempt rows,
+        by action and number), else looked up."""
         attempts: dict[str, list[AttemptRecord]] = {row[0]: [] for row in rows}
-        ids = list(attempts)
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            found = self.db.execute(
-                f"SELECT * FROM attempts WHERE action_id IN ({', '.join('?' * len(chunk))}) "
-                "ORDER BY action_id, number", chunk)
-            for row in found:
-                attempts[row[0]].append(_attempt(row))
+        if found is None:
+            ids = list(attempts)
+            found = (row for start in range(0, len(ids), _CHUNK) for row in self.db.execute(
+                f"SELECT * FROM attempts WHERE action_id IN "
+                f"({', '.join('?' * len(ids[start:start + _CHUNK]))}) ORDER BY action_id, number",
+                ids[start:start + _CHUNK]))
+        for row in found:
+            attempts[row[0]].append(_attempt(row))
         return [(_record(row), attempts[row[0]]) for row in rows]
 
     # ---- writing, once per step ----------------------------------------------------------
@@ -395,22 +401,31 @@ def _record(row: Any) -> ActionRecord:
     (action_id, seq, spec, submitted_at, stage, attempt, finished_at, exit_code, reason,
      failures, losses, deaths, cancel_requested, unplaceable, floor, events, account, labels,
      provisionable_labels, cpus, memory) = row
+    # Per row of ten thousand at a restart: the common values are looked up, not parsed.
     try:
-        saved = SavedSpec(str(spec), AccountId(account), frozenset(labels.split()),
-                          frozenset(provisionable_labels.split()), float(cpus), int(memory))
+        saved = SavedSpec(str(spec), AccountId(account), _labels(labels),
+                          _labels(provisionable_labels), float(cpus), int(memory))
         return ActionRecord(
             id=ActionId(action_id), seq=int(seq),
             # A waiting action's spec is parsed when first needed (see SavedSpec); one that
             # runs needs its retry policy for its reports, and is checked here and now.
-            spec=saved if stage == Stage.QUEUED else saved.parse(),
-            submitted_at=float(submitted_at), stage=Stage(stage), attempt=int(attempt),
+            spec=saved if stage == "queued" else saved.parse(),
+            submitted_at=float(submitted_at), stage=_STAGES[stage], attempt=int(attempt),
             finished_at=finished_at, exit_code=exit_code, reason=str(reason),
             failures=int(failures), losses=int(losses),
-            deaths_in_a_row=tuple(AgentId(a) for a in json.loads(deaths)),
+            deaths_in_a_row=() if deaths == "[]" else tuple(map(AgentId, json.loads(deaths))),
             cancel_requested=bool(cancel_requested), unplaceable=bool(unplaceable),
             floor=int(floor), events=int(events))
-    except (ValueError, TypeError, ValidationError) as exc:
-        raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc}") from exc
+    except (ValueError, TypeError, KeyError, ValidationError) as exc:
+        raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc!s}") from exc
+
+
+_STAGES = {stage.value: stage for stage in Stage}
+_NO_LABELS: frozenset[str] = frozenset()
+
+
+def _labels(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else _NO_LABELS
 
 
 def _attempt_row(action_id: ActionId, a: AttemptRecord) -> tuple[object, ...]:

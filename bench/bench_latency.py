@@ -55,7 +55,7 @@ def main() -> None:
     print(f"submit -> running (scheduler clock): p50 {median(running) * ms:.2f} ms, "
           f"p99 {pct(running, 99) * ms:.2f} ms")
     print(f"submit -> result (client clock): p50 {median(result) * ms:.2f} ms, "
-          f"p99 {pct(result, 99) * ms:.2f} ms; target p50 < 20 ms")
+          f"p99 {pct(result, 99) * ms:.2f} ms; target p50 <= 6 ms")
     print(f"submit -> result p50 / actor round trip p50 = {median(result) / median(rtt):.1f}")
 
 

@@ -13,7 +13,8 @@ from mesh.stages import Stage
 from scheduler.core.events import ListSink
 from scheduler.core.records import Changes
 from scheduler.core.state import SchedulerState
-from scheduler.store import DB_FILE, SCHEMA_VERSION, Store
+from scheduler.migrations import SCHEMA_VERSION
+from scheduler.store import DB_FILE, Store
 from tests.builders import acct, action, agent, aid, load, nid, report
 
 

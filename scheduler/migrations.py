@@ -1,0 +1,170 @@
+"""The store's schema, version by version, and the migrations that bring an older file up
+to the current one."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from mesh.errors import StateCorrupt
+from mesh.schema import STORED, Action, ActionId, AttemptRecord
+from scheduler.rows import ATTEMPT, SHAPE_COLUMNS, attempt_row, parse_quota, shape_row
+
+SCHEMA_VERSION = 3
+# The accounts file of releases before this store, imported once by the first migration.
+LEGACY_QUOTA_FILE = "quota.json"
+
+_ATTEMPT_LIST = TypeAdapter(list[AttemptRecord])
+
+SCHEMA_1 = """
+CREATE TABLE actions (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    agent_id TEXT,
+    submitted_at REAL NOT NULL,
+    finished_at REAL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    losses INTEGER NOT NULL,
+    deaths TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL,
+    unplaceable INTEGER NOT NULL,
+    events INTEGER NOT NULL,
+    attempts TEXT NOT NULL
+);
+CREATE INDEX actions_by_stage ON actions (stage);
+CREATE TABLE events (
+    action_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    time REAL NOT NULL,
+    agent_id TEXT,
+    exit_code INTEGER,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (action_id, seq)
+);
+CREATE TABLE quota (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    snapshot TEXT NOT NULL
+);
+"""
+
+# Version 2: an action's attempts are rows of their own (appended, and updated when the
+# attempt starts or ends) instead of a JSON list rewritten on every change; the attempt
+# floor is kept; the current agent is the current attempt's, so it is not a column.
+SCHEMA_2 = """
+CREATE TABLE actions_2 (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    submitted_at REAL NOT NULL,
+    finished_at REAL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    losses INTEGER NOT NULL,
+    deaths TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL,
+    unplaceable INTEGER NOT NULL,
+    floor INTEGER NOT NULL,
+    events INTEGER NOT NULL
+);
+CREATE TABLE attempts (
+    action_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    agent_id TEXT NOT NULL,
+    agent_started_at REAL,
+    assigned_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    outcome TEXT,
+    priority INTEGER NOT NULL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (action_id, number)
+) WITHOUT ROWID;
+CREATE TABLE events_2 (
+    action_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    time REAL NOT NULL,
+    agent_id TEXT,
+    exit_code INTEGER,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (action_id, seq)
+) WITHOUT ROWID
+"""
+
+# Version 3: the fields that place an action are columns of their own (see `rows`).
+SCHEMA_3 = ";".join(f"ALTER TABLE actions ADD COLUMN {name} {kind}" for name, kind in (
+    ("account", "TEXT NOT NULL DEFAULT ''"), ("labels", "TEXT NOT NULL DEFAULT ''"),
+    ("provisionable_labels", "TEXT NOT NULL DEFAULT ''"), ("cpus", "REAL NOT NULL DEFAULT 1"),
+    ("memory", "INTEGER NOT NULL DEFAULT 0")))
+
+def _import_legacy_quota(db: sqlite3.Connection, directory: Path) -> None:
+    legacy = directory / LEGACY_QUOTA_FILE
+    try:
+        text = legacy.read_text()
+    except FileNotFoundError:
+        return
+    snapshot = parse_quota(text, str(legacy))
+    db.execute("INSERT OR REPLACE INTO quota VALUES (1, ?)", (snapshot.model_dump_json(),))
+
+
+def _execute_all(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)  # (executescript would commit the open transaction)
+
+
+def _to_1(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, SCHEMA_1)
+    _import_legacy_quota(db, directory)
+
+
+def _to_2(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, SCHEMA_2)
+    db.execute("""INSERT INTO actions_2 SELECT id, seq, spec, stage, attempt, submitted_at,
+        finished_at, exit_code, reason, failures, losses, deaths, cancel_requested,
+        unplaceable, 0, events FROM actions""")
+    for action_id, text in db.execute("SELECT id, attempts FROM actions").fetchall():
+        try:
+            attempts = _ATTEMPT_LIST.validate_json(text)
+        except ValidationError as exc:
+            raise StateCorrupt(f"saved attempts of action {action_id!r} cannot be read: "
+                               f"{exc}") from exc
+        db.executemany(ATTEMPT, [attempt_row(ActionId(action_id), a) for a in attempts])
+    db.execute("DROP TABLE actions")
+    db.execute("ALTER TABLE actions_2 RENAME TO actions")
+    db.execute("INSERT INTO events_2 SELECT * FROM events")
+    db.execute("DROP TABLE events")
+    db.execute("ALTER TABLE events_2 RENAME TO events")
+
+
+def _to_3(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, SCHEMA_3)
+    shapes = []
+    for action_id, text in db.execute("SELECT id, spec FROM actions").fetchall():
+        try:
+            spec = Action.model_validate_json(text, context=STORED)
+        except ValidationError as exc:
+            raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc}") from exc
+        shapes.append((*shape_row(spec), action_id))
+    db.executemany(f"UPDATE actions SET {', '.join(f'{c}=?' for c in SHAPE_COLUMNS)} "
+                   "WHERE id=?", shapes)
+
+
+# Migration n takes a database at version n to n + 1, inside one transaction.
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2, _to_3]
+assert len(MIGRATIONS) == SCHEMA_VERSION

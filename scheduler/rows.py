@@ -1,0 +1,119 @@
+"""How the store's records map to SQLite rows and back: the statements, and a row's codec."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from mesh.errors import StateCorrupt
+from mesh.schema import AccountId, Action, ActionId, AgentId, AttemptRecord, StageEvent
+from mesh.stages import Stage
+from scheduler.core.quota.snapshot import QuotaSnapshot
+from scheduler.core.records import ActionRecord, SavedSpec
+
+# The fields that place an action are columns of their own, so a restart queues its waiting
+# actions without parsing their specs. Label lists are kept space-separated (a label cannot
+# hold a space).
+SHAPE_COLUMNS = ("account", "labels", "provisionable_labels", "cpus", "memory")
+ACTION_COLUMNS = ("stage, attempt, finished_at, exit_code, reason, failures, losses, deaths, "
+                  "cancel_requested, unplaceable, floor, events")
+UPDATE = """UPDATE actions SET stage=?, attempt=?, finished_at=?, exit_code=?, reason=?,
+    failures=?, losses=?, deaths=?, cancel_requested=?, unplaceable=?, floor=?, events=?
+    WHERE id=?"""
+INSERT = f"""INSERT INTO actions ({ACTION_COLUMNS}, id, seq, spec, submitted_at,
+    {", ".join(SHAPE_COLUMNS)}) VALUES ({", ".join("?" * 21)})"""
+SELECT = (f"SELECT id, seq, spec, submitted_at, {ACTION_COLUMNS}, "
+          f"{', '.join(SHAPE_COLUMNS)} FROM actions")
+ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# Ids per query when reading attempts for many actions (well under SQLite's limit of 32,766).
+CHUNK = 500
+
+
+def action_row(r: ActionRecord) -> tuple[object, ...]:
+    return (r.stage.value, r.attempt, r.finished_at, r.exit_code, r.reason, r.failures,
+            r.losses, json.dumps(r.deaths_in_a_row), int(r.cancel_requested),
+            int(r.unplaceable), r.floor, r.events, r.id)
+
+
+def spec_text(spec: Action | SavedSpec) -> str:
+    return spec.text if isinstance(spec, SavedSpec) else spec.model_dump_json()
+
+
+def shape_row(spec: Action | SavedSpec) -> tuple[object, ...]:
+    return (spec.account, " ".join(sorted(spec.labels)),
+            " ".join(sorted(spec.provisionable_labels)), spec.cpus, spec.memory)
+
+
+def read_action(row: Any) -> ActionRecord:
+    (action_id, seq, spec, submitted_at, stage, attempt, finished_at, exit_code, reason,
+     failures, losses, deaths, cancel_requested, unplaceable, floor, events, account, labels,
+     provisionable_labels, cpus, memory) = row
+    # Per row of ten thousand at a restart: the common values are looked up, not parsed.
+    try:
+        saved = SavedSpec(str(spec), AccountId(account), _labels(labels),
+                          _labels(provisionable_labels), float(cpus), int(memory))
+        return ActionRecord(
+            id=ActionId(action_id), seq=int(seq),
+            # A waiting action's spec is parsed when first needed (see SavedSpec); one that
+            # runs needs its retry policy for its reports, and is checked here and now.
+            spec=saved if stage == "queued" else saved.parse(),
+            submitted_at=float(submitted_at), stage=_STAGES[stage], attempt=int(attempt),
+            finished_at=finished_at, exit_code=exit_code, reason=str(reason),
+            failures=int(failures), losses=int(losses),
+            deaths_in_a_row=() if deaths == "[]" else tuple(map(AgentId, json.loads(deaths))),
+            cancel_requested=bool(cancel_requested), unplaceable=bool(unplaceable),
+            floor=int(floor), events=int(events))
+    except (ValueError, TypeError, KeyError, ValidationError) as exc:
+        raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc!s}") from exc
+
+
+_STAGES = {stage.value: stage for stage in Stage}
+_NO_LABELS: frozenset[str] = frozenset()
+
+
+def _labels(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else _NO_LABELS
+
+
+def attempt_row(action_id: ActionId, a: AttemptRecord) -> tuple[object, ...]:
+    outcome = a.outcome.value if isinstance(a.outcome, Stage) else a.outcome
+    return (action_id, a.number, a.agent_id, a.agent_started_at, a.assigned_at,
+            a.started_at, a.finished_at, outcome, a.priority, a.exit_code, a.reason)
+
+
+def read_attempt(row: Any) -> AttemptRecord:
+    (action_id, number, agent_id, agent_started_at, assigned_at, started_at, finished_at,
+     outcome, priority, exit_code, reason) = row
+    try:
+        return AttemptRecord(number=number, agent_id=agent_id,
+                             agent_started_at=agent_started_at, assigned_at=assigned_at,
+                             started_at=started_at, finished_at=finished_at,
+                             outcome=outcome, priority=priority, exit_code=exit_code,
+                             reason=reason)
+    except ValidationError as exc:
+        raise StateCorrupt(f"saved attempt {number} of action {action_id!r} cannot be read: "
+                           f"{exc}") from exc
+
+
+def read_event(row: Any) -> StageEvent:
+    action_id, seq, attempt, stage, time, agent_id, exit_code, reason = row
+    try:
+        return StageEvent.model_validate({
+            "action_id": action_id, "seq": seq, "attempt": attempt, "stage": stage,
+            "time": time, "agent_id": agent_id, "exit_code": exit_code, "reason": reason})
+    except ValidationError as exc:
+        raise StateCorrupt(f"saved event {seq} of action {action_id!r} cannot be read: "
+                           f"{exc}") from exc
+
+
+def parse_quota(text: str, where: str) -> QuotaSnapshot:
+    try:
+        return QuotaSnapshot.model_validate_json(text)
+    except ValidationError as exc:
+        raise StateCorrupt(f"{where} is not a quota snapshot ({exc.error_count()} errors, "
+                           f"first: {exc.errors()[0]['msg']}); move it away to start without "
+                           "the saved accounts") from exc
+

@@ -75,7 +75,6 @@ class Scheduler:
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog(), archive=self.store)
         self.on_store_failure = on_store_failure or _exit_process
-        self._saved_accounts = ""
         self._restore()
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
@@ -97,8 +96,6 @@ class Scheduler:
         saved = self.store.load()
         loaded = time.perf_counter()
         self.core.restore(saved, self.clock())
-        if saved.accounts is not None:
-            self._saved_accounts = saved.accounts.model_dump_json()
         if saved.actions or saved.accounts is not None:
             log.info("restored %d unfinished action(s) and %d account(s): read in %.3fs, "
                      "taken back in %.3fs", len(saved.actions),
@@ -125,14 +122,7 @@ class Scheduler:
 
     def save_accounts(self) -> None:
         """Write accounts, balances and options if they changed since the last write."""
-        snapshot = self.core.accounts.snapshot(self.clock())
-        if not snapshot.accounts and not self._saved_accounts:
-            return
-        text = snapshot.model_dump_json()
-        if text == self._saved_accounts:
-            return
-        self.store.save_quota(snapshot)
-        self._saved_accounts = text
+        self.store.save_quota(self.core.accounts.snapshot(self.clock()))
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -438,16 +428,8 @@ class Scheduler:
     async def wait_result(self, action_id: ActionId, timeout: float) -> ActionStatus | None:
         """The action's status once it has ended, waiting up to `timeout` for that; None if
         it is still unfinished then. (One call where events, then a get, would be two.)"""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(max(timeout, 0.0), 60.0)
-        while True:
-            status = self.core.result(action_id)
-            if status is not None:
-                return status
-            left = deadline - loop.time()
-            if left <= 0:
-                return None
-            await self.book.wait(action_id, len(self.book.since(action_id, 0)), left)
+        return await self.book.wait_for(action_id, lambda: self.core.result(action_id),
+                                        min(max(timeout, 0.0), 60.0))
 
     async def shutdown(self) -> int:
         """Stop every agent (their attempts are killed); returns how many were stopped."""

@@ -7,11 +7,14 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from typing import TypeVar
 
 from mesh.schema import ActionId, StageEvent
 from scheduler.core.quota.events import QuotaEvent
 
 log = logging.getLogger("actionmesh.scheduler")
+
+T = TypeVar("T")
 
 
 class EventBook:
@@ -69,6 +72,16 @@ class EventBook:
                 if not waiting:
                     del self._waiters[action_id]
         return self.since(action_id, after)
+
+    async def wait_for(self, action_id: ActionId, check: Callable[[], T | None],
+                       timeout: float) -> T | None:
+        """What `check()` gives once it gives something, asked again after each new event of
+        the action; None if it still gives nothing after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (found := check()) is None and (left := deadline - loop.time()) > 0:
+            await self.wait(action_id, len(self.since(action_id, 0)), left)
+        return found
 
 
 class QuotaLog:

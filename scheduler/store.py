@@ -57,6 +57,7 @@ class Store:
         # Every id the file holds, read at the first `find`: most ids asked about are new
         # ones (a submit checks that its ids are unused), answered without a query.
         self._ids: set[str] | None = None
+        self._quota_text = ""  # the accounts as last read or written
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -146,6 +147,7 @@ class Store:
         quota = self.db.execute("SELECT snapshot FROM quota").fetchone()
         if quota is not None:
             saved.accounts = parse_quota(quota[0], f"{self.path} (quota)")
+            self._quota_text = saved.accounts.model_dump_json()
         return saved
 
     def find(self, action_id: ActionId) -> Kept | None:
@@ -199,6 +201,8 @@ class Store:
                 self.db.execute("COMMIT")
                 if self._ids is not None:
                     self._ids.update(r.id for r in changes.created)
+                if changes.accounts is not None:
+                    self._quota_text = changes.accounts.model_dump_json()
             except BaseException:
                 # A failed COMMIT (disk full, I/O) may have rolled back already.
                 if self.db.in_transaction:
@@ -209,7 +213,12 @@ class Store:
                 self.db.execute("PRAGMA synchronous=NORMAL")
 
     def save_quota(self, snapshot: QuotaSnapshot) -> None:
-        self.write(Changes(accounts=snapshot))
+        """Write accounts, balances and options, unless they are what was last written (or
+        there are none, and never were)."""
+        if not (snapshot.accounts or self._quota_text):
+            return
+        if snapshot.model_dump_json() != self._quota_text:
+            self.write(Changes(accounts=snapshot))
 
     def _write(self, changes: Changes) -> None:
         self.db.executemany(INSERT, [

@@ -15,7 +15,6 @@ import os
 import socket
 import time
 import uuid
-import warnings
 from typing import Any
 
 import ray
@@ -40,24 +39,6 @@ from mesh.schema import (
 log = logging.getLogger(__name__)
 
 
-def _watch_children_with_pidfd() -> None:
-    """Learn of attempt exits through pidfds on the event loop.
-
-    Python 3.11's default child watcher starts a thread per child process to wait for it;
-    at hundreds of short attempts a second that thread churn is a visible share of the
-    agent's time. pidfds (Linux 5.3+) need no thread.
-    """
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):
-        return
-    watcher = asyncio.PidfdChildWatcher()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        asyncio.set_child_watcher(watcher)
-        watcher.attach_loop(asyncio.get_running_loop())
-
-
 @ray.remote(num_cpus=0, max_restarts=0)
 class AgentActor:
     def __init__(self, node_id: str, config: MeshConfig) -> None:
@@ -77,7 +58,6 @@ class AgentActor:
     async def hello(self) -> AgentInfo:
         """Register: start the reaper and the load stream (once), describe the machine."""
         if self._sampler is None:
-            _watch_children_with_pidfd()
             self._sampler = asyncio.get_running_loop().create_task(self._stream_load())
             # From the event loop's thread, which lives as long as the actor: the reaper's
             # parent-death signal fires when the thread that spawned it ends.

@@ -14,16 +14,15 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent import procscan
+from agent.child import ChildProcess
 from agent.logship import LogShipper
 from agent.outcome import Outcome, outcome
-from agent.pipes import OutputProtocol
 from agent.reaper import ReaperHandle
 from agent.sinks import LogSink, ReportSink
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
@@ -58,7 +57,7 @@ MAX_PUSHES_IN_FLIGHT = 8
 class _Attempt:
     assignment: Assignment
     shipper: LogShipper
-    protocol: OutputProtocol
+    child: ChildProcess
     pgid: int = 0
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: tuple[ReportStage, str] | None = None
@@ -178,25 +177,18 @@ class Executor:
         shipper = LogShipper(self.logs, assignment.action_id, assignment.attempt,
                              self.config.log_flush_bytes, self.config.log_flush_interval,
                              MAX_PUSHES_IN_FLIGHT)
-        attempt = _Attempt(assignment, shipper, OutputProtocol(shipper))
+        attempt = _Attempt(assignment, shipper, ChildProcess(shipper))
         self._attempts[key] = attempt
         argv = _argv(assignment)
         cwd = assignment.action.cwd
         env = {**self._base_env, **assignment.action.env, ENV_AGENT: self.token, **attempt.marks}
         try:
-            # No preexec_fn: it is unsafe in a multithreaded Ray worker. A new session makes
-            # the attempt its own process group (pgid == pid) without one.
-            await loop.subprocess_exec(
-                lambda: attempt.protocol, *argv,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, cwd=cwd, env=env,
-            )
+            attempt.child.spawn(argv, cwd, env)
         except Exception as exc:  # any failure to spawn ends the attempt as failed
             await shipper.finish()  # an empty, closed log rather than one that never ends
             self._finish(attempt, Outcome("failed", None, _spawn_failure(exc, argv, cwd)))
             return
-        assert attempt.protocol.transport is not None
-        attempt.pgid = attempt.protocol.transport.get_pid()
+        attempt.pgid = attempt.child.pid
         # Watch it before anything else can fail: a running process must never be left
         # without the task that reports its end.
         attempt.task = loop.create_task(self._run(attempt))
@@ -273,20 +265,20 @@ class Executor:
             # A bug here must not leave a process behind or the scheduler waiting forever.
             log.exception("supervising %s attempt %d failed", *attempt.key)
             self._killpg(attempt.pgid, signal.SIGKILL)
-            attempt.protocol.close_pipes()
+            attempt.child.close_pipes()
             self._finish(attempt, Outcome("failed", None, "the agent lost track of it"))
 
     async def _supervise(self, attempt: _Attempt) -> None:
-        protocol = attempt.protocol
+        child = attempt.child
         stop = asyncio.ensure_future(attempt.stop_requested.wait())
-        ends: set[asyncio.Future[Any]] = {protocol.exited, stop}
+        ends: set[asyncio.Future[Any]] = {child.exited, stop}
         try:
             await asyncio.wait(ends, timeout=attempt.assignment.action.timeout,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
         stopped = None
-        if not protocol.exited.done():
+        if not child.exited.done():
             if attempt.stop_reason is None:
                 timeout = attempt.assignment.action.timeout
                 attempt.request_stop("timed_out", f"timed out after {timeout:g}s")
@@ -295,36 +287,35 @@ class Executor:
         # Whatever the main process left running in its group goes with it.
         self._killpg(attempt.pgid, signal.SIGKILL)
         await self._drain(attempt)
-        assert protocol.transport is not None
-        returncode = protocol.transport.get_returncode()
+        returncode = child.returncode
         assert returncode is not None
         await attempt.shipper.finish()
         self._finish(attempt, outcome(returncode, stopped))
 
     async def _terminate(self, attempt: _Attempt) -> None:
         self._killpg(attempt.pgid, signal.SIGTERM)
-        await asyncio.wait({attempt.protocol.exited}, timeout=self.config.kill_grace)
+        await asyncio.wait({attempt.child.exited}, timeout=self.config.kill_grace)
         self._killpg(attempt.pgid, signal.SIGKILL)
         # Descendants that left the group (setsid, double fork) still carry the marks.
         await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
-        await attempt.protocol.exited
+        await attempt.child.exited
 
     async def _drain(self, attempt: _Attempt) -> None:
         """Wait for both pipes to reach EOF, however long the output keeps flowing."""
-        protocol = attempt.protocol
+        child = attempt.child
         hunted = False
         while True:
-            seen = protocol.bytes_read
-            done, _ = await asyncio.wait({protocol.pipes_closed}, timeout=DRAIN_QUIET)
+            seen = child.bytes_read
+            done, _ = await asyncio.wait({child.pipes_closed}, timeout=DRAIN_QUIET)
             if done:
                 return
-            if protocol.bytes_read != seen or attempt.shipper.congested:
+            if child.bytes_read != seen or attempt.shipper.congested:
                 continue
             if hunted:
                 log.warning("%s attempt %d: a process outside our reach holds its output; "
                             "closing the pipes", *attempt.key)
-                protocol.close_pipes()
-                await protocol.pipes_closed
+                child.close_pipes()
+                await child.pipes_closed
                 return
             await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
             hunted = True
@@ -349,8 +340,7 @@ class Executor:
             attempt.running_timer = None
         if attempt.pgid:
             self._unregister(attempt.pgid)
-        if attempt.protocol.transport is not None:
-            attempt.protocol.transport.close()
+        attempt.child.close()
         self._attempts.pop(attempt.key, None)
         report = None
         if attempt.send_end_report:

@@ -1,0 +1,148 @@
+"""An attempt's process on the event loop: spawned, its pipes read into the log shipper, its
+exit watched, each with one reader on the loop.
+
+asyncio's subprocess transports cost several loop turns per spawn (a task connects each
+pipe, futures hand over each step) and a child watcher; at hundreds of short attempts a
+second that was the largest share of a slot's cycle after the spawn itself. Here a spawn is
+`Popen` plus three `add_reader` calls. Exit comes from a pidfd where Linux has them (5.3+),
+else from asyncio's child watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from typing import IO
+
+from agent.logship import LineSplitter, LogShipper
+from mesh.schema import Stream
+
+# As much as one read takes from a pipe (asyncio's read transports take 256 KiB too).
+READ_SIZE = 256 * 1024
+
+
+class ChildProcess:
+    """One attempt's main process.
+
+    Exit and end of output are kept apart on purpose: a background child still holding
+    stdout must not hide the main process's exit for as long as it lives.
+    """
+
+    def __init__(self, shipper: LogShipper) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.shipper = shipper
+        shipper.on_congestion = self._congestion
+        self.exited: asyncio.Future[None] = self.loop.create_future()
+        self.pipes_closed: asyncio.Future[None] = self.loop.create_future()
+        self.bytes_read = 0
+        self.pid = 0
+        self.returncode: int | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pipes: dict[int, tuple[Stream, LineSplitter]] = {}
+        self._paused = False
+        self._pidfd = -1
+
+    def spawn(self, argv: Sequence[str], cwd: str | None, env: dict[str, str]) -> None:
+        """Start it in a session of its own (its own process group, pgid == pid); raises
+        what `Popen` raises when it cannot start."""
+        # No preexec_fn: it is unsafe in a multithreaded Ray worker.
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, start_new_session=True, cwd=cwd,
+                                 env=env)
+        self._popen, self.pid = popen, popen.pid
+        streams: tuple[tuple[IO[bytes] | None, Stream], ...] = (
+            (popen.stdout, "stdout"), (popen.stderr, "stderr"))
+        for pipe, stream in streams:
+            assert pipe is not None
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            self._pipes[fd] = (stream, LineSplitter())
+            self.loop.add_reader(fd, self._readable, fd)
+        self._watch_exit()
+
+    # ---- output --------------------------------------------------------------------------
+
+    def _readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # a read error ends this pipe as EOF would
+        stream, splitter = self._pipes[fd]
+        if data:
+            self.bytes_read += len(data)
+            self.shipper.add(stream, splitter.feed(data))
+        else:
+            self._close_pipe(fd)
+
+    def _close_pipe(self, fd: int) -> None:
+        stream, splitter = self._pipes.pop(fd)
+        self.loop.remove_reader(fd)
+        assert self._popen is not None
+        for pipe in (self._popen.stdout, self._popen.stderr):
+            if pipe is not None and not pipe.closed and pipe.fileno() == fd:
+                pipe.close()
+        self.shipper.add(stream, splitter.finish())
+        if not self._pipes and not self.pipes_closed.done():
+            self.pipes_closed.set_result(None)
+
+    def close_pipes(self) -> None:
+        """Stop reading whatever is still open (a process we could not kill holds it)."""
+        for fd in list(self._pipes):
+            self._close_pipe(fd)
+
+    def _congestion(self, congested: bool) -> None:
+        if congested == self._paused:
+            return
+        self._paused = congested
+        for fd in self._pipes:
+            if congested:
+                self.loop.remove_reader(fd)
+            else:
+                self.loop.add_reader(fd, self._readable, fd)
+
+    # ---- exit ----------------------------------------------------------------------------
+
+    def _watch_exit(self) -> None:
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            watcher = asyncio.get_child_watcher()
+            watcher.attach_loop(self.loop)
+            watcher.add_child_handler(self.pid, self._exited_elsewhere)
+            return
+        self.loop.add_reader(self._pidfd, self._pidfd_readable)
+
+    def _pidfd_readable(self) -> None:
+        self.loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = 255 << 8  # reaped by someone else: its status is lost
+        self._set_exited(os.waitstatus_to_exitcode(status))
+
+    def _exited_elsewhere(self, pid: int, returncode: int) -> None:
+        # The child watcher may call from its own thread.
+        self.loop.call_soon_threadsafe(self._set_exited, returncode)
+
+    def _set_exited(self, returncode: int) -> None:
+        self.returncode = returncode
+        if self._popen is not None:
+            self._popen.returncode = returncode  # reaped here: Popen must not wait for it
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def close(self) -> None:
+        """Stop reading its output; kill it if it still runs (its exit is still watched, so
+        it is reaped, not left a zombie)."""
+        self.close_pipes()
+        if self.returncode is None and self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)

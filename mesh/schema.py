@@ -415,10 +415,12 @@ class StageEvent(Model):
 
 
 class SubmitOutcome(Model):
+    """The answer for one action of a submitted batch (its status is one `get` away: a
+    batch of thousands is answered without building and sending thousands of them)."""
+
     action_id: ActionId
     accepted: bool
     created: bool = Field(description="false when the id was already known (idempotent resubmit)")
-    status: ActionStatus | None = None
     reason: str = ""
 
 

@@ -145,7 +145,7 @@ class SchedulerState:
             entry = self._find(spec.id)
             outcomes.append(SubmitOutcome(
                 action_id=entry.id, accepted=True, created=entry.id in fresh and
-                entry.id not in told, status=entry.status(), reason=entry.reason))
+                entry.id not in told, reason=entry.reason))
             told.add(entry.id)
         return outcomes
 

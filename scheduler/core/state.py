@@ -87,10 +87,11 @@ class SchedulerState:
         self._ledger.last_seq = max(self._ledger.last_seq, saved.last_seq)
         self._archived = dict(saved.finished)
         for record, attempts in sorted(saved.actions, key=lambda a: a[0].seq):
-            entry = ActionEntry.from_record(record, attempts)
-            self._ledger.admit(entry)
-            if entry.stage is Stage.QUEUED:
-                self._quota.add_request(request_of(entry), now)
+            self._ledger.admit(ActionEntry.from_record(record, attempts))
+        # In the order the quota queue keeps them, so each is added at its end.
+        for entry in sorted(self._ledger.in_stage(Stage.QUEUED),
+                            key=lambda e: (e.submitted_at, e.id)):
+            self._quota.add_request(request_of(entry), now)
 
     def writing(self) -> AbstractContextManager[Changes]:
         """The changes since the last write; given back for the next one if the write

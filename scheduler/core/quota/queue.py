@@ -125,7 +125,11 @@ class Shape:
     # ---- changes, through the queue only ------------------------------------------------
 
     def _add(self, request: Request) -> None:
-        insort(self.fresh, request, key=_by_own_order)
+        fresh = self.fresh
+        if not fresh or _by_own_order(fresh[-1]) <= _by_own_order(request):
+            fresh.append(request)  # in order already: a restart adds its queue sorted
+        else:
+            insort(fresh, request, key=_by_own_order)
         request.home, request.stamped = self, False
 
     def _remove(self, request: Request) -> None:

@@ -15,7 +15,7 @@ from scheduler.core.quota.vector import vector
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class RequestState(_Frozen):

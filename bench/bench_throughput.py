@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import time
 
@@ -11,6 +12,7 @@ from bench.harness import local_mesh, report
 from mesh import Action
 
 N = 2000
+ROUNDS = 3
 
 
 @ray.remote(num_cpus=1)
@@ -44,10 +46,16 @@ def mesh_rate() -> float:
 
 
 def main() -> None:
+    # Rounds alternate, so a slow spell of this shared machine falls on both sides.
+    baselines, ours = [], []
     with local_mesh(num_cpus=2):
-        baseline = ray_tasks_rate()
-        ours = mesh_rate()
-    report("throughput (2,000 x `true`)", ours, baseline, "actions/s", ">= 0.9")
+        for _ in range(ROUNDS):
+            baselines.append(ray_tasks_rate())
+            ours.append(mesh_rate())
+    ratios = ", ".join(f"{m / b:.2f}" for m, b in zip(ours, baselines, strict=True))
+    print(f"per round (mesh / Ray tasks): {ratios}")
+    report(f"throughput (2,000 x `true`, median of {ROUNDS} rounds)", statistics.median(ours),
+           statistics.median(baselines), "actions/s", ">= 0.9")
 
 
 if __name__ == "__main__":

@@ -167,6 +167,20 @@ async def opened(sink: SchedulerReports) -> None:
     await async_wait_until(lambda: sink.on_channel, bool, what="the channel open")
 
 
+async def behind_a_proxy(
+        serve: Serve, agent_side: AgentSide, handler: Recorder,
+) -> tuple[ReportServer, Proxy, FakeSchedulerHandle, SchedulerReports, list[Assignment]]:
+    """A server for `handler`, and agent n1's sink reaching it through a proxy the test can
+    cut; the last item collects the assignments the sink receives."""
+    server = await serve(handler)
+    assert server.address is not None
+    proxy = Proxy(server.address.port)
+    await proxy.start()
+    ray_side = FakeSchedulerHandle(server.address.model_copy(update={"port": proxy.port}))
+    got: list[Assignment] = []
+    return server, proxy, ray_side, agent_side(ray_side, got.extend), got
+
+
 def reports(n: int) -> list[AttemptReport]:
     """`running` then `succeeded` for actions a0, a1, ..."""
     return [report(f"a{i // 2}", 1, "n1", "running" if i % 2 == 0 else "succeeded",
@@ -262,13 +276,7 @@ async def test_a_cut_channel_resends_unanswered_reports_and_redelivers_unconfirm
     # a3, whose answer is lost in the cut: the server must hand a3 on another way.
     handler = Recorder({("a1", "succeeded"): [assignment("a2")],
                         ("a2", "succeeded"): [assignment("a3")]}, cut_at_a2_end)
-    server = await serve(handler)
-    assert server.address is not None
-    proxy = Proxy(server.address.port)
-    await proxy.start()
-    ray_side = FakeSchedulerHandle(server.address.model_copy(update={"port": proxy.port}))
-    got: list[Assignment] = []
-    sink = agent_side(ray_side, got.extend)
+    _, proxy, ray_side, sink, got = await behind_a_proxy(serve, agent_side, handler)
     await opened(sink)
     a1, a2 = reports(6)[2:4], reports(6)[4:6]
     for r in a1:
@@ -294,13 +302,7 @@ async def test_a_cut_channel_resends_unanswered_reports_and_redelivers_unconfirm
 async def test_pushed_starts_reach_the_agent_between_answers_and_a_cut_hands_on_the_unconfirmed(
         serve: Serve, agent_side: AgentSide) -> None:
     handler = Recorder({("a0", "succeeded"): [assignment("b1")]})
-    server = await serve(handler)
-    assert server.address is not None
-    proxy = Proxy(server.address.port)
-    await proxy.start()
-    ray_side = FakeSchedulerHandle(server.address.model_copy(update={"port": proxy.port}))
-    got: list[Assignment] = []
-    sink = agent_side(ray_side, got.extend)
+    server, proxy, ray_side, sink, got = await behind_a_proxy(serve, agent_side, handler)
     assert not server.push(AgentId("n1"), [assignment("p0")]), "no channel open yet"
     await opened(sink)
     assert server.push(AgentId("n1"), [assignment("p1"), assignment("p2")])

@@ -90,7 +90,7 @@ class AgentActor:
 
     async def _start_one(self, assignment: Assignment) -> None:
         """Start an assignment that came down the report channel; a refusal goes back the
-        same way, so the scheduler runs the action elsewhere at once."""
+        same way, and the scheduler queues the action again at once."""
         try:
             await self.executor.start(assignment)
         except Exception as exc:

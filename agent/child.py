@@ -54,15 +54,28 @@ class ChildProcess:
                                  stderr=subprocess.PIPE, start_new_session=True, cwd=cwd,
                                  env=env)
         self._popen, self.pid = popen, popen.pid
-        streams: tuple[tuple[IO[bytes] | None, Stream], ...] = (
-            (popen.stdout, "stdout"), (popen.stderr, "stderr"))
-        for pipe, stream in streams:
-            assert pipe is not None
-            fd = pipe.fileno()
-            os.set_blocking(fd, False)
-            self._pipes[fd] = (stream, LineSplitter())
-            self.loop.add_reader(fd, self._readable, fd)
-        self._watch_exit()
+        try:
+            streams: tuple[tuple[IO[bytes] | None, Stream], ...] = (
+                (popen.stdout, "stdout"), (popen.stderr, "stderr"))
+            for pipe, stream in streams:
+                assert pipe is not None
+                fd = pipe.fileno()
+                os.set_blocking(fd, False)
+                self._pipes[fd] = (stream, LineSplitter())
+                self.loop.add_reader(fd, self._readable, fd)
+            self._watch_exit()
+        except BaseException:
+            # Started but not watched: it must not run on unseen, nor stay a zombie.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            popen.wait()
+            for fd in list(self._pipes):
+                self.loop.remove_reader(fd)
+            for pipe in (popen.stdout, popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+            self._pipes.clear()
+            raise
 
     # ---- output --------------------------------------------------------------------------
 
@@ -119,13 +132,15 @@ class ChildProcess:
         self.loop.add_reader(self._pidfd, self._pidfd_readable)
 
     def _pidfd_readable(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 255 << 8  # reaped by someone else: its status is lost
+        if pid == 0:
+            return  # not yet waitable; the pidfd stays watched
         self.loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = -1
-        try:
-            _, status = os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            status = 255 << 8  # reaped by someone else: its status is lost
         self._set_exited(os.waitstatus_to_exitcode(status))
 
     def _exited_elsewhere(self, pid: int, returncode: int) -> None:
@@ -141,7 +156,8 @@ class ChildProcess:
 
     def close(self) -> None:
         """Stop reading its output; kill it if it still runs (its exit is still watched, so
-        it is reaped, not left a zombie)."""
+        it is reaped, not left a zombie). Called once it has exited, or when the agent
+        gives up on it."""
         self.close_pipes()
         if self.returncode is None and self.pid:
             with contextlib.suppress(ProcessLookupError):

@@ -193,7 +193,11 @@ class Executor:
         # without the task that reports its end.
         attempt.task = loop.create_task(self._run(attempt))
         if not reaper.register(attempt.pgid):
-            self._ensure_reaper()  # it died: a new one gets every group, this one included
+            try:
+                self._ensure_reaper()  # it died: a new one gets every group, this one too
+            except Exception:
+                # It runs already and is watched: refusing it now would run it twice.
+                log.exception("no reaper guards %s attempt %d until one starts", *key)
         delay = self.config.running_report_delay
         if delay > 0:
             # Most CI actions run for seconds, but bursts of tiny ones would cost a report

@@ -36,8 +36,8 @@ Assignments = Callable[[list[Assignment]], None]
 
 
 class SchedulerReports:
-    """ReportSink: reports go out in order, and the answer to each end report (the agent's
-    next assignments) goes to `on_assignments`.
+    """ReportSink: reports go out in order; the assignments the scheduler sends down the
+    channel (on the answer to an end report, or pushed unasked) go to `on_assignments`.
 
     The usual path is the report channel, one TCP stream to the scheduler that keeps order
     and costs no Ray call per report. Reports sent on it stay unanswered until their answer

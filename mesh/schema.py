@@ -136,7 +136,8 @@ class Action(Model):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     cwd: str | None = Field(None, description="working directory on the agent")
     cpus: float = Field(1.0, ge=0, le=4096, description="CPUs reserved while it runs")
-    memory: int = Field(0, ge=0, description="bytes of memory reserved while it runs")
+    # Bounded so that the store's integer column can hold it (it is 1 EiB).
+    memory: int = Field(0, ge=0, le=2**60, description="bytes of memory reserved while it runs")
     labels: list[str] = Field(default_factory=list, description="base labels, all required")
     provisionable_labels: list[str] = Field(
         default_factory=list, description="labels preferred but not required"
@@ -435,7 +436,8 @@ class Assignment(Model):
 
 ReportStage = Literal["running", "succeeded", "failed", "timed_out", "cancelled"]
 # What an agent says of a start it did not carry out (it is shutting down, or could not
-# guard the attempt): the attempt never ran, which is the agent's doing, not the action's.
+# guard the attempt): the attempt never ran, and counts as lost, as a start refused by a
+# Ray call does.
 Refused = Literal["refused"]
 # An agent's answer to a stop: it stopped the attempt, the attempt had already ended, or
 # the agent never ran it.

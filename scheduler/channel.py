@@ -56,13 +56,21 @@ class _Link:
     writer: asyncio.StreamWriter
     unconfirmed: dict[Key, Assignment] = field(default_factory=dict)
 
-    def send(self, frame: ReportAnswer) -> None:
+    def send(self, frame: ReportAnswer) -> bool:
+        """False, and nothing sent, when the frame is over the size limit (many or large
+        assignments at once): those go by Ray calls instead."""
+        try:
+            data = encode(frame)
+        except FrameError:
+            return False
         self.unconfirmed.update(((a.action_id, a.attempt), a) for a in frame.assignments)
-        self.writer.write(encode(frame))
+        self.writer.write(data)
+        return True
 
 
 class ReportServer:
-    """Serves report channels: a hello with the secret, then report frames, each answered."""
+    """Serves report channels: a hello with the secret, then report frames, each answered;
+    starts for the agent may be pushed down its channel between answers."""
 
     def __init__(self, handler: Handler, undelivered: Undelivered, host: str,
                  port: int = 0) -> None:
@@ -89,8 +97,7 @@ class ReportServer:
         links = self.channels.get(agent_id)
         if not links or links[-1].writer.is_closing():
             return False
-        links[-1].send(ReportAnswer(assignments=assignments, unasked=True))
-        return True
+        return links[-1].send(ReportAnswer(assignments=assignments, unasked=True))
 
     def close_agent(self, agent_id: AgentId) -> None:
         """Close the agent's channels (it left the pool): what they carried unconfirmed is
@@ -139,7 +146,10 @@ class ReportServer:
             agent = hello.agent_id
             self.channels.setdefault(agent, []).append(link)
             while True:
-                link.send(self._answer(await read_frame(reader), agent, link.unconfirmed))
+                answer = self._answer(await read_frame(reader), agent, link.unconfirmed)
+                if not link.send(answer):
+                    link.send(ReportAnswer())
+                    self.undelivered(answer.assignments)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the agent went away; it sends unanswered reports again when it is back

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from mesh.errors import StateCorrupt
 from mesh.schema import STORED, Action, ActionId, AttemptRecord
+from mesh.stages import TERMINAL
 from scheduler.rows import ATTEMPT, SHAPE_COLUMNS, attempt_row, parse_quota, shape_row
 
 SCHEMA_VERSION = 3
@@ -155,7 +156,12 @@ def _to_2(db: sqlite3.Connection, directory: Path) -> None:
 def _to_3(db: sqlite3.Connection, directory: Path) -> None:
     _execute_all(db, SCHEMA_3)
     shapes = []
-    for action_id, text in db.execute("SELECT id, spec FROM actions").fetchall():
+    # Only unfinished actions are queued again; a finished one keeps the defaults (and a
+    # damaged finished row, which version 2 started with, does not stop this one).
+    ended = sorted(stage.value for stage in TERMINAL)
+    unfinished = db.execute(f"SELECT id, spec FROM actions WHERE stage NOT IN "
+                            f"({', '.join('?' * len(ended))})", ended).fetchall()
+    for action_id, text in unfinished:
         try:
             spec = Action.model_validate_json(text, context=STORED)
         except ValidationError as exc:

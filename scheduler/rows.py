@@ -57,9 +57,9 @@ def read_action(row: Any) -> ActionRecord:
                           _labels(provisionable_labels), float(cpus), int(memory))
         return ActionRecord(
             id=ActionId(action_id), seq=int(seq),
-            # A waiting action's spec is parsed when first needed (see SavedSpec); one that
-            # runs needs its retry policy for its reports, and is checked here and now.
-            spec=saved if stage == "queued" else saved.parse(),
+            # A spec is parsed when first needed (see SavedSpec), except for an action in
+            # flight: its reports need its retry policy, so it is checked here and now.
+            spec=saved.parse() if stage in _IN_FLIGHT else saved,
             submitted_at=float(submitted_at), stage=_STAGES[stage], attempt=int(attempt),
             finished_at=finished_at, exit_code=exit_code, reason=str(reason),
             failures=int(failures), losses=int(losses),
@@ -71,6 +71,7 @@ def read_action(row: Any) -> ActionRecord:
 
 
 _STAGES = {stage.value: stage for stage in Stage}
+_IN_FLIGHT = (Stage.ASSIGNED.value, Stage.RUNNING.value)
 _NO_LABELS: frozenset[str] = frozenset()
 
 

@@ -186,7 +186,10 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), QUOTA_PASS_INTERVAL)
             self._wake.clear()
-            self._carry_out(self._step(self.clock()))
+            try:
+                self._carry_out(self._step(self.clock()))
+            except Exception:
+                log.exception("carrying out a step failed; the loop goes on")
 
     async def _save_loop(self) -> None:
         while True:

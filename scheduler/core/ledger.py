@@ -69,9 +69,19 @@ class ActionEntry:
             return None
         return self.attempts[-1].agent_id
 
+    @property
+    def shown_spec(self) -> Action:
+        """The spec, or for a saved one that cannot be read, a stand-in saying so: one
+        damaged row must not break listing, resubmitting or cancelling the others."""
+        try:
+            return self.spec
+        except StateCorrupt:
+            assert isinstance(self.source, SavedSpec)
+            return self.source.stand_in(self.id)
+
     def status(self, pending: PendingReason | None = None) -> ActionStatus:
         return ActionStatus(
-            action=self.spec, id=self.id, stage=self.stage, attempt=self.attempt,
+            action=self.shown_spec, id=self.id, stage=self.stage, attempt=self.attempt,
             agent_id=self.agent_id, submitted_at=self.submitted_at,
             finished_at=self.finished_at, exit_code=self.exit_code, reason=self.reason,
             pending=pending, attempts=list(self.attempts),

@@ -9,6 +9,9 @@ from mesh.schema import STORED, AccountId, Action, ActionId, AgentId, AttemptRec
 from mesh.stages import Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
 
+# The command a status shows in place of a saved spec that cannot be read.
+UNREADABLE_SPEC = "(the saved spec of this action cannot be read)"
+
 
 class SavedSpec(NamedTuple):
     """An accepted action's spec as the store keeps it: its JSON, parsed when first needed,
@@ -25,6 +28,15 @@ class SavedSpec(NamedTuple):
     def parse(self) -> Action:
         # Checked when it was accepted: only types and bounds are checked again.
         return Action.model_validate_json(self.text, context=STORED)
+
+    def stand_in(self, action_id: ActionId) -> Action:
+        """What a status shows for an action whose saved spec cannot be read: the fields
+        that placed it, and a command that says so."""
+        return Action.model_validate({
+            "id": action_id, "command": [UNREADABLE_SPEC], "cpus": self.cpus,
+            "memory": self.memory, "labels": sorted(self.labels),
+            "provisionable_labels": sorted(self.provisionable_labels),
+            "account": self.account}, context=STORED)
 
 
 class ActionRecord(NamedTuple):

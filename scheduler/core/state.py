@@ -157,7 +157,7 @@ class SchedulerState:
                 raise InvalidInput("action id: the scheduler needs an id; the client assigns "
                                    "one", [("id", "missing")])
             existing = self._known(spec.id)
-            earlier = existing.spec if existing is not None else seen.get(spec.id)
+            earlier = existing.shown_spec if existing is not None else seen.get(spec.id)
             if earlier is not None and earlier != spec:
                 raise InvalidInput(f"action id: {spec.id!r} is already used by a different "
                                    "action", [("id", "already used by a different action")])

@@ -29,7 +29,7 @@ from mesh.schema import (
 )
 from mesh.stages import Stage
 from mesh.waiting import async_wait_until
-from mesh.wire import encode, read_frame
+from mesh.wire import MAX_FRAME, encode, read_frame
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from scheduler.core.records import Changes
 from scheduler.shell import Scheduler
@@ -218,6 +218,21 @@ async def test_with_a_channel_open_starts_go_down_it_and_a_refused_start_runs_ag
     first = s.core.get(ActionId("a"), s.clock()).attempts[0]
     assert first.outcome == "lost" and "agent refused the start" in first.reason
     assert "no reaper" in first.reason
+    writer.close()
+
+
+async def test_a_start_too_large_for_a_channel_frame_goes_by_a_start_call(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.ensure_started()
+    reader, writer = await _channel_client(s)
+    big = "x" * (MAX_FRAME + 1)
+    s.submit([action("big", env={"BIG": big}, cpus=0)], True)
+    await async_wait_until(lambda: list(n1.calls), lambda calls: ("start", "big") in calls,
+                           what="the large start sent by a call")
+    s.submit([action("small", cpus=0)], True)  # the loop goes on, and pushes again
+    pushed = ReportAnswer.model_validate_json(await read_frame(reader))
+    assert pushed.unasked and [a.action_id for a in pushed.assignments] == ["small"]
+    assert ("start", "small") not in n1.calls
     writer.close()
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh.errors import StateCorrupt
+from mesh.errors import InvalidInput, StateCorrupt
 from mesh.schema import AccountConfig, AccountId, Action, ActionId, AgentId
 from mesh.stages import Stage
 from scheduler.core.events import ListSink
-from scheduler.core.records import Changes
+from scheduler.core.records import UNREADABLE_SPEC, Changes, SavedSpec
 from scheduler.core.state import SchedulerState
 from scheduler.migrations import SCHEMA_VERSION
 from scheduler.store import DB_FILE, Store
@@ -76,7 +76,7 @@ def test_actions_attempts_events_and_accounts_come_back_exactly(tmp_path: Path) 
         assert store.events(aid(name)) == [e for e in sink.events if e.action_id == name]
     a_record, a_attempts = store.find(aid("a")) or pytest.fail()
     assert [x.outcome for x in a_attempts] == ["lost", Stage.SUCCEEDED]
-    assert isinstance(a_record.spec, Action) and a_record.spec.env == {"K": "v"}
+    assert isinstance(a_record.spec, SavedSpec) and a_record.spec.parse().env == {"K": "v"}
     assert [r.id for r, _ in store.finished(None, 0, 10)] == ["a", "b", "c"]
     assert [r.id for r, _ in store.finished(Stage.FAILED, 0, 10)] == ["b"]
     assert [r.id for r, _ in store.finished(None, 1, 1)] == ["b"]
@@ -228,5 +228,13 @@ def test_a_waiting_action_whose_saved_spec_does_not_parse_fails_alone_when_its_t
     [ended] = [e for e in sink.events if e.action_id == "x"]
     assert ended.stage is Stage.FAILED
     assert ended.reason.startswith("its saved spec cannot be read: saved action 'x' cannot be")
-    with pytest.raises(StateCorrupt, match="saved action 'x' cannot be read"):
-        restarted.get(aid("x"), 1)
+    # Everything else still answers, the damaged action with a stand-in for its spec.
+    x = restarted.get(aid("x"), 1)
+    assert x.action.command == [UNREADABLE_SPEC] and x.action.labels == ["os:linux"]
+    assert {s.id for s in restarted.list_actions()} == {"x", "y"}
+    with pytest.raises(InvalidInput, match="already used by a different action"):
+        restarted.submit([action("x", labels=["os:linux"])], 1)
+    write_all(restarted, store)
+    again = SchedulerState(archive=store)
+    again.restore(store.load(), 2)  # its row, now finished, is read when asked for
+    assert [s.id for s in again.list_actions(Stage.FAILED)] == ["x"]

@@ -25,16 +25,8 @@ from agent.nodeinfo import find_node, offered
 from agent.reports import SchedulerReports
 from agent.sampler import LoadSampler
 from mesh.names import RELAY, SCHEDULER
-from mesh.schema import (
-    ActionId,
-    AgentHoldings,
-    AgentId,
-    AgentInfo,
-    Assignment,
-    AttemptReport,
-    CancelOutcome,
-    MeshConfig,
-)
+from mesh.protocol import AgentHoldings, Assignment, AttemptReport, CancelOutcome
+from mesh.schema import ActionId, AgentId, AgentInfo, MeshConfig
 
 log = logging.getLogger(__name__)
 

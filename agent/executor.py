@@ -26,17 +26,15 @@ from agent.outcome import Outcome, outcome
 from agent.reaper import ReaperHandle
 from agent.sinks import LogSink, ReportSink
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
-from mesh.schema import (
-    ActionId,
+from mesh.protocol import (
     AgentHoldings,
-    AgentId,
     Assignment,
     AttemptReport,
     CancelOutcome,
     HeldAttempt,
-    MeshConfig,
     ReportStage,
 )
+from mesh.schema import ActionId, AgentId, MeshConfig
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from mesh.schema import ReportStage
+from mesh.protocol import ReportStage
 
 
 @dataclass(frozen=True)

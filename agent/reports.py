@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.links import NamedActor, resolve
-from mesh.schema import AgentId, Assignment, AttemptReport, ChannelHello, ReportAnswer
+from mesh.protocol import Assignment, AttemptReport, ChannelHello, ReportAnswer
+from mesh.schema import AgentId
 from mesh.wire import FrameError, encode, keep_alive, read_frame
 
 log = logging.getLogger(__name__)

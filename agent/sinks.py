@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mesh.schema import ActionId, AttemptReport, LogBatch
+from mesh.protocol import AttemptReport
+from mesh.schema import ActionId, LogBatch
 
 
 class ReportSink(Protocol):

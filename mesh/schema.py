@@ -1,4 +1,5 @@
-"""The one schema: pydantic models for actions, agents, loads, stage events and log batches."""
+"""The one schema users see: pydantic models for actions, agents, loads, accounts, stage events
+and log batches. What agents and the scheduler say to each other is in `mesh/protocol.py`."""
 
 from __future__ import annotations
 
@@ -423,78 +424,6 @@ class SubmitOutcome(Model):
     accepted: bool
     created: bool = Field(description="false when the id was already known (idempotent resubmit)")
     reason: str = ""
-
-
-class Assignment(Model):
-    """What the scheduler hands an agent: run this attempt of this action."""
-
-    action: Action
-    action_id: ActionId
-    attempt: int = Field(..., ge=1)
-    agent_id: AgentId
-
-
-ReportStage = Literal["running", "succeeded", "failed", "timed_out", "cancelled"]
-# What an agent says of a start it did not carry out (it is shutting down, or could not
-# guard the attempt): the attempt never ran, and counts as lost, as a start refused by a
-# Ray call does.
-Refused = Literal["refused"]
-# An agent's answer to a stop: it stopped the attempt, the attempt had already ended, or
-# the agent never ran it.
-CancelOutcome = Literal["stopped", "finished", "unknown"]
-
-
-class AttemptReport(Model):
-    """An agent's word on one attempt: it started, or it ended and how, or it was refused."""
-
-    action_id: ActionId
-    attempt: int = Field(..., ge=1)
-    agent_id: AgentId
-    stage: ReportStage | Refused
-    time: float
-    # An exit status, or minus the signal that ended it: what a store can keep, and a
-    # record that cannot be stored must not be accepted (it would stop the scheduler).
-    exit_code: int | None = Field(None, ge=-255, le=255)
-    reason: str = ""
-
-
-class HeldAttempt(Model):
-    action_id: ActionId
-    attempt: int = Field(..., ge=1)
-
-
-class AgentHoldings(Model):
-    """What an agent tells a scheduler that (re)registers it: the attempts it runs, and
-    the end reports of attempts that ended lately (some may never have been delivered)."""
-
-    running: list[HeldAttempt] = Field(default_factory=list)
-    ended: list[AttemptReport] = Field(default_factory=list)
-
-
-class ReportChannel(Model):
-    """Where an agent sends its stage reports without a Ray call per report, and the secret
-    that admits it; handed out by the scheduler over Ray, which authenticates the caller."""
-
-    host: str
-    port: int = Field(..., ge=1, le=65535)
-    secret: str = Field(..., min_length=16)
-
-
-class ChannelHello(Model):
-    """The first frame on a report channel: who connects, and the secret."""
-
-    agent_id: AgentId
-    secret: str
-
-
-class ReportAnswer(Model):
-    """What the scheduler sends down a report channel. The answer to one report frame, in
-    order: the reporting agent's next assignments, or why the report was refused. Or, with
-    `unasked`, assignments sent without a report to answer (starts of new work)."""
-
-    assignments: list[Assignment] = Field(default_factory=list)
-    error: str = ""
-    unasked: bool = False
 
 
 Stream = Literal["stdout", "stderr"]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from mesh import names
 from mesh.errors import InvalidInput
+from mesh.protocol import Assignment, AttemptReport, ReportChannel
 from mesh.schema import (
     AccountConfig,
     AccountId,
@@ -21,12 +22,9 @@ from mesh.schema import (
     ActionStatus,
     AgentId,
     AgentStatus,
-    Assignment,
-    AttemptReport,
     Load,
     MeshConfig,
     QuotaOptions,
-    ReportChannel,
     StageEvent,
     SubmitOutcome,
     check_id,

@@ -11,7 +11,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agent.actor import AgentActor
 from mesh import names
-from mesh.schema import AgentHoldings, AgentInfo, Assignment, MeshConfig
+from mesh.protocol import AgentHoldings, Assignment
+from mesh.schema import AgentInfo, MeshConfig
 
 
 class AgentGone(Exception):

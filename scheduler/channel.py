@@ -20,15 +20,8 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from mesh.schema import (
-    ActionId,
-    AgentId,
-    Assignment,
-    AttemptReport,
-    ChannelHello,
-    ReportAnswer,
-    ReportChannel,
-)
+from mesh.protocol import Assignment, AttemptReport, ChannelHello, ReportAnswer, ReportChannel
+from mesh.schema import ActionId, AgentId
 from mesh.wire import FrameError, encode, keep_alive, read_frame
 
 log = logging.getLogger("actionmesh.scheduler.channel")

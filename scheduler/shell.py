@@ -20,19 +20,16 @@ import ray
 
 from mesh import reasons
 from mesh.errors import MeshError, SchedulerUnavailable
+from mesh.protocol import AgentHoldings, Assignment, AttemptReport, ReportChannel
 from mesh.schema import (
     Action,
     ActionId,
     ActionStatus,
-    AgentHoldings,
     AgentId,
     AgentInfo,
     AgentStatus,
-    Assignment,
-    AttemptReport,
     Load,
     MeshConfig,
-    ReportChannel,
     StageEvent,
     SubmitOutcome,
 )

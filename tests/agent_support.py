@@ -8,7 +8,8 @@ import os
 
 import psutil
 
-from mesh.schema import ActionId, AttemptReport, LogBatch
+from mesh.protocol import AttemptReport
+from mesh.schema import ActionId, LogBatch
 
 
 class RecordingSinks:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from mesh.protocol import AttemptReport, Refused, ReportStage
 from mesh.schema import (
     AccountConfig,
     AccountId,
@@ -14,11 +15,8 @@ from mesh.schema import (
     AgentId,
     AgentInfo,
     AttemptRecord,
-    AttemptReport,
     Load,
     QuotaOptions,
-    Refused,
-    ReportStage,
     StageEvent,
 )
 from mesh.stages import TERMINAL, Stage

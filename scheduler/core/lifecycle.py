@@ -4,7 +4,8 @@ retry budgets and quarantine decide whether it waits again or ends."""
 from __future__ import annotations
 
 from mesh import reasons
-from mesh.schema import Action, AgentId, AttemptRecord, AttemptReport, Priority
+from mesh.protocol import AttemptReport
+from mesh.schema import Action, AgentId, AttemptRecord, Priority
 from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision, Stop

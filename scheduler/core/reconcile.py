@@ -7,7 +7,8 @@ ledger but has no place in the quota state's running index, the record of what r
 from __future__ import annotations
 
 from mesh import reasons
-from mesh.schema import ActionId, AgentHoldings, AgentId, AttemptReport
+from mesh.protocol import AgentHoldings, AttemptReport
+from mesh.schema import ActionId, AgentId
 from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Decision, Stop

@@ -15,16 +15,14 @@ from itertools import islice
 
 from mesh import reasons
 from mesh.errors import InvalidInput, NotFound, StateCorrupt
+from mesh.protocol import AgentHoldings, Assignment, AttemptReport
 from mesh.schema import (
     Action,
     ActionId,
     ActionStatus,
-    AgentHoldings,
     AgentId,
     AgentInfo,
     AgentStatus,
-    Assignment,
-    AttemptReport,
     Load,
     PendingReason,
     QuotaOptions,

@@ -14,7 +14,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agent.actor import AgentActor
 from mesh.names import ENV_ACTION, NAMESPACE, RELAY, SCHEDULER, agent_name
-from mesh.schema import AgentInfo, Assignment, AttemptReport, LogBatch, MeshConfig
+from mesh.protocol import Assignment, AttemptReport
+from mesh.schema import AgentInfo, LogBatch, MeshConfig
 from mesh.waiting import wait_until
 from tests.agent_support import exited, marked
 

@@ -14,7 +14,8 @@ import pytest
 
 from agent.executor import Executor
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
-from mesh.schema import ActionId, AgentId, Assignment, HeldAttempt, MeshConfig
+from mesh.protocol import Assignment, HeldAttempt
+from mesh.schema import ActionId, AgentId, MeshConfig
 from mesh.waiting import async_wait_until
 from tests.agent_support import RecordingSinks, in_group, marked
 

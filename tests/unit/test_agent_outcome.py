@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.outcome import Outcome, outcome
-from mesh.schema import ReportStage
+from mesh.protocol import ReportStage
 
 
 @pytest.mark.parametrize(

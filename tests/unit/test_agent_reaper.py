@@ -136,7 +136,8 @@ _FAKE_AGENT = """
 import asyncio, sys
 from agent.executor import Executor
 from agent.reaper import FLUSH_LINGER
-from mesh.schema import AgentId, Assignment, MeshConfig
+from mesh.schema import AgentId, MeshConfig
+from mesh.protocol import Assignment
 
 class Sinks:
     def report(self, report):

@@ -9,14 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.errors import Conflict, InvalidInput, NotFound
-from mesh.schema import (
-    AccountConfig,
-    ActionStatus,
-    AgentHoldings,
-    HeldAttempt,
-    ReportStage,
-    RetryPolicy,
-)
+from mesh.protocol import AgentHoldings, HeldAttempt, ReportStage
+from mesh.schema import AccountConfig, ActionStatus, RetryPolicy
 from mesh.stages import Stage
 from scheduler.core.decisions import Stop
 from scheduler.core.state import SchedulerState

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.schema import AccountConfig, AccountId, ActionStatus, AgentHoldings, HeldAttempt
+from mesh.protocol import AgentHoldings, HeldAttempt
+from mesh.schema import AccountConfig, AccountId, ActionStatus
 from mesh.stages import TERMINAL, Stage
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.state import SchedulerState

@@ -12,15 +12,8 @@ import pytest
 
 from agent.links import NamedActor
 from agent.reports import SchedulerReports
-from mesh.schema import (
-    ActionId,
-    AgentId,
-    Assignment,
-    AttemptReport,
-    ChannelHello,
-    ReportAnswer,
-    ReportChannel,
-)
+from mesh.protocol import Assignment, AttemptReport, ChannelHello, ReportAnswer, ReportChannel
+from mesh.schema import ActionId, AgentId
 from mesh.waiting import async_wait_until
 from mesh.wire import MAX_FRAME, FrameError, encode, read_frame
 from scheduler.channel import ReportServer

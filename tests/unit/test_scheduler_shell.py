@@ -11,21 +11,23 @@ from typing import Any
 import pytest
 
 from mesh.errors import InvalidInput, NotFound, StateCorrupt
-from mesh.schema import (
-    AccountConfig,
-    AccountId,
-    ActionId,
+from mesh.protocol import (
     AgentHoldings,
-    AgentId,
-    AgentInfo,
     Assignment,
     AttemptReport,
     CancelOutcome,
     ChannelHello,
     HeldAttempt,
+    ReportAnswer,
+)
+from mesh.schema import (
+    AccountConfig,
+    AccountId,
+    ActionId,
+    AgentId,
+    AgentInfo,
     MeshConfig,
     QuotaOptions,
-    ReportAnswer,
 )
 from mesh.stages import Stage
 from mesh.waiting import async_wait_until

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from mesh.errors import InvalidInput
-from mesh.schema import Action, AttemptReport, Load, MeshConfig, parse_duration, parse_size
+from mesh.protocol import AttemptReport
+from mesh.schema import Action, Load, MeshConfig, parse_duration, parse_size
 
 BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown field", {"command": ["true"], "colour": "red"}, "colour", "Extra inputs"),

@@ -149,6 +149,8 @@ class Scheduler:
         """True once the first pass over the cluster's nodes has registered their agents."""
         self.ensure_started()
         assert self._synced is not None
+        if self._synced.is_set():
+            return True  # every client call asks: answer without a loop turn
         try:
             await asyncio.wait_for(self._synced.wait(), timeout)
         except TimeoutError:

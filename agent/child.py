@@ -42,7 +42,7 @@ class ChildProcess:
         self.pid = 0
         self.returncode: int | None = None
         self._popen: subprocess.Popen[bytes] | None = None
-        self._pipes: dict[int, tuple[Stream, LineSplitter]] = {}
+        self._pipes: dict[int, tuple[Stream, LineSplitter, IO[bytes]]] = {}
         self._paused = False
         self._pidfd = -1
 
@@ -54,14 +54,12 @@ class ChildProcess:
                                  stderr=subprocess.PIPE, start_new_session=True, cwd=cwd,
                                  env=env)
         self._popen, self.pid = popen, popen.pid
+        assert popen.stdout is not None and popen.stderr is not None
+        self._pipes = {popen.stdout.fileno(): ("stdout", LineSplitter(), popen.stdout),
+                       popen.stderr.fileno(): ("stderr", LineSplitter(), popen.stderr)}
         try:
-            streams: tuple[tuple[IO[bytes] | None, Stream], ...] = (
-                (popen.stdout, "stdout"), (popen.stderr, "stderr"))
-            for pipe, stream in streams:
-                assert pipe is not None
-                fd = pipe.fileno()
+            for fd in self._pipes:
                 os.set_blocking(fd, False)
-                self._pipes[fd] = (stream, LineSplitter())
                 self.loop.add_reader(fd, self._readable, fd)
             self._watch_exit()
         except BaseException:
@@ -69,12 +67,7 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
             popen.wait()
-            for fd in list(self._pipes):
-                self.loop.remove_reader(fd)
-            for pipe in (popen.stdout, popen.stderr):
-                if pipe is not None:
-                    pipe.close()
-            self._pipes.clear()
+            self.close_pipes()
             raise
 
     # ---- output --------------------------------------------------------------------------
@@ -86,7 +79,7 @@ class ChildProcess:
             return
         except OSError:
             data = b""  # a read error ends this pipe as EOF would
-        stream, splitter = self._pipes[fd]
+        stream, splitter, _ = self._pipes[fd]
         if data:
             self.bytes_read += len(data)
             self.shipper.add(stream, splitter.feed(data))
@@ -94,12 +87,9 @@ class ChildProcess:
             self._close_pipe(fd)
 
     def _close_pipe(self, fd: int) -> None:
-        stream, splitter = self._pipes.pop(fd)
+        stream, splitter, pipe = self._pipes.pop(fd)
         self.loop.remove_reader(fd)
-        assert self._popen is not None
-        for pipe in (self._popen.stdout, self._popen.stderr):
-            if pipe is not None and not pipe.closed and pipe.fileno() == fd:
-                pipe.close()
+        pipe.close()
         self.shipper.add(stream, splitter.finish())
         if not self._pipes and not self.pipes_closed.done():
             self.pipes_closed.set_result(None)

@@ -139,7 +139,7 @@ class ReportServer:
             agent = hello.agent_id
             self.channels.setdefault(agent, []).append(link)
             while True:
-                answer = self._answer(await read_frame(reader), agent, link.unconfirmed)
+                answer = self._answer(await read_frame(reader), agent, link)
                 if not link.send(answer):
                     link.send(ReportAnswer())
                     self.undelivered(answer.assignments)
@@ -163,8 +163,7 @@ class ReportServer:
         if not links:
             self.channels.pop(agent, None)
 
-    def _answer(self, frame: bytes, agent: AgentId, unconfirmed: dict[Key, Assignment],
-                ) -> ReportAnswer:
+    def _answer(self, frame: bytes, agent: AgentId, link: _Link) -> ReportAnswer:
         try:
             report = AttemptReport.model_validate_json(frame)
         except ValidationError as exc:
@@ -173,7 +172,7 @@ class ReportServer:
             # The answer carries the reporting agent's next work: only that agent may ask.
             return ReportAnswer(error=f"a report from agent {report.agent_id!r} on the "
                                       f"channel of agent {agent!r}")
-        unconfirmed.pop((report.action_id, report.attempt), None)
+        link.unconfirmed.pop((report.action_id, report.attempt), None)
         try:
             return ReportAnswer(assignments=self.handler(report))
         except Exception as exc:

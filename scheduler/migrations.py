@@ -11,8 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from mesh.errors import StateCorrupt
 from mesh.schema import STORED, Action, ActionId, AttemptRecord
-from mesh.stages import TERMINAL
-from scheduler.rows import ATTEMPT, SHAPE_COLUMNS, attempt_row, parse_quota, shape_row
+from scheduler.rows import ATTEMPT, ENDED, SHAPE_COLUMNS, attempt_row, parse_quota, shape_row
 
 SCHEMA_VERSION = 3
 # The accounts file of releases before this store, imported once by the first migration.
@@ -158,9 +157,8 @@ def _to_3(db: sqlite3.Connection, directory: Path) -> None:
     shapes = []
     # Only unfinished actions are queued again; a finished one keeps the defaults (and a
     # damaged finished row, which version 2 started with, does not stop this one).
-    ended = sorted(stage.value for stage in TERMINAL)
     unfinished = db.execute(f"SELECT id, spec FROM actions WHERE stage NOT IN "
-                            f"({', '.join('?' * len(ended))})", ended).fetchall()
+                            f"({', '.join('?' * len(ENDED))})", ENDED).fetchall()
     for action_id, text in unfinished:
         try:
             spec = Action.model_validate_json(text, context=STORED)

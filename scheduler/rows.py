@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from mesh.errors import StateCorrupt
 from mesh.schema import AccountId, Action, ActionId, AgentId, AttemptRecord, StageEvent
-from mesh.stages import Stage
+from mesh.stages import TERMINAL, Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
 from scheduler.core.records import ActionRecord, SavedSpec
 
@@ -28,6 +28,8 @@ SELECT = (f"SELECT id, seq, spec, submitted_at, {ACTION_COLUMNS}, "
           f"{', '.join(SHAPE_COLUMNS)} FROM actions")
 ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# The stage values of finished actions, as the `stage` column holds them.
+ENDED = tuple(sorted(stage.value for stage in TERMINAL))
 # Ids per query when reading attempts for many actions (well under SQLite's limit of 32,766).
 CHUNK = 500
 

@@ -80,7 +80,7 @@ class EventBook:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (found := check()) is None and (left := deadline - loop.time()) > 0:
-            await self.wait(action_id, len(self.since(action_id, 0)), left)
+            await self.wait(action_id, len(self._all(action_id)), left)
         return found
 
 

@@ -19,13 +19,14 @@ from typing import Any
 
 from mesh.errors import StateCorrupt
 from mesh.schema import ActionId, AttemptRecord, StageEvent
-from mesh.stages import TERMINAL, Stage
+from mesh.stages import Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
 from scheduler.core.records import Changes, Kept, Saved
 from scheduler.migrations import MIGRATIONS, SCHEMA_VERSION
 from scheduler.rows import (
     ATTEMPT,
     CHUNK,
+    ENDED,
     INSERT,
     INSERT_EVENT,
     SELECT,
@@ -43,9 +44,6 @@ from scheduler.rows import (
 DB_FILE = "scheduler.db"
 # "AMsh": tells our files from other SQLite databases.
 APPLICATION_ID = 0x414D7368
-
-_TERMINAL = tuple(sorted(s.value for s in TERMINAL))
-
 
 class Store:
     """The state database. All calls come from one thread (the scheduler's event loop)."""
@@ -130,20 +128,20 @@ class Store:
 
     def _load(self) -> Saved:
         saved = Saved()
-        marks = ", ".join("?" * len(_TERMINAL))
+        marks = ", ".join("?" * len(ENDED))
         rows = self.db.execute(f"{SELECT} WHERE stage NOT IN ({marks}) ORDER BY seq",
-                               _TERMINAL).fetchall()
+                               ENDED).fetchall()
         # One query for the attempts of every unfinished action, not one per few hundred.
         found = self.db.execute(
             f"SELECT attempts.* FROM attempts JOIN actions ON actions.id = attempts.action_id "
             f"WHERE actions.stage NOT IN ({marks}) ORDER BY attempts.action_id, number",
-            _TERMINAL)
+            ENDED)
         saved.actions = self._kept(rows, found)
         saved.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM actions"
                                          ).fetchone()[0]
         saved.finished = {Stage(stage): n for stage, n in self.db.execute(
             f"SELECT stage, count(*) FROM actions WHERE stage IN ({marks}) GROUP BY stage",
-            _TERMINAL)}
+            ENDED)}
         quota = self.db.execute("SELECT snapshot FROM quota").fetchone()
         if quota is not None:
             saved.accounts = parse_quota(quota[0], f"{self.path} (quota)")
@@ -160,7 +158,7 @@ class Store:
         return kept[0] if kept else None
 
     def finished(self, stage: Stage | None, after_seq: int, limit: int) -> list[Kept]:
-        stages = _TERMINAL if stage is None else (stage.value,)
+        stages = ENDED if stage is None else (stage.value,)
         marks = ", ".join("?" * len(stages))
         rows = self.db.execute(
             f"{SELECT} WHERE stage IN ({marks}) AND seq > ? ORDER BY seq LIMIT ?",
@@ -192,17 +190,18 @@ class Store:
         """Write the changes as one transaction; `durable`: fsynced before returning."""
         if not changes:
             return
+        quota_text = changes.accounts.model_dump_json() if changes.accounts else None
         if durable:
             self.db.execute("PRAGMA synchronous=FULL")
         try:
             self.db.execute("BEGIN")
             try:
-                self._write(changes)
+                self._write(changes, quota_text)
                 self.db.execute("COMMIT")
                 if self._ids is not None:
                     self._ids.update(r.id for r in changes.created)
-                if changes.accounts is not None:
-                    self._quota_text = changes.accounts.model_dump_json()
+                if quota_text is not None:
+                    self._quota_text = quota_text
             except BaseException:
                 # A failed COMMIT (disk full, I/O) may have rolled back already.
                 if self.db.in_transaction:
@@ -220,7 +219,7 @@ class Store:
         if snapshot.model_dump_json() != self._quota_text:
             self.write(Changes(accounts=snapshot))
 
-    def _write(self, changes: Changes) -> None:
+    def _write(self, changes: Changes, quota_text: str | None) -> None:
         self.db.executemany(INSERT, [
             (*action_row(r), r.seq, spec_text(r.spec), r.submitted_at, *shape_row(r.spec))
             for r in changes.created])
@@ -229,6 +228,5 @@ class Store:
         self.db.executemany(INSERT_EVENT, [
             (e.action_id, e.seq, e.attempt, e.stage.value, e.time, e.agent_id, e.exit_code,
              e.reason) for e in changes.events])
-        if changes.accounts is not None:
-            self.db.execute("INSERT OR REPLACE INTO quota VALUES (1, ?)",
-                            (changes.accounts.model_dump_json(),))
+        if quota_text is not None:
+            self.db.execute("INSERT OR REPLACE INTO quota VALUES (1, ?)", (quota_text,))

@@ -24,7 +24,7 @@ from mesh.waiting import wait_until
 WORKER: dict[str, Any] = {"num_cpus": 25, "labels": {"pool": "restart"}}
 QUEUED = int(os.environ.get("RESTART_QUEUED", "10000"))
 RUNNING = 50
-ROUNDS = 3
+ROUNDS = 5
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)

@@ -3,24 +3,38 @@ the ratio printout."""
 
 from __future__ import annotations
 
+import compileall
 import statistics
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.cluster_utils import Cluster
 
+import agent
+import mesh
+import scheduler
 from mesh import bootstrap, names
 from mesh.client import Client
 from mesh.schema import MeshConfig
 from mesh.waiting import wait_until
 
 
+def byte_compiled() -> None:
+    """Compile the project's modules as an installed package has them. An editable install
+    run with PYTHONDONTWRITEBYTECODE (as on the benchmark machine) otherwise compiles them
+    from source in every new Ray worker, which a restarted scheduler pays on each restart."""
+    for package in (mesh, agent, scheduler):
+        compileall.compile_dir(Path(str(package.__file__)).parent, quiet=1)
+
+
 @contextmanager
 def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[Client]:
     """A new single-node Ray cluster in this process with the mesh up on it."""
+    byte_compiled()
     with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
         # address="local": always a new cluster, never one another process left running
         # on a shared machine (ray.init would join that one).
@@ -44,6 +58,7 @@ def cluster_mesh(worker: dict[str, Any], workers: int = 2) -> Iterator[tuple[Clu
     with the mesh up and every agent reporting its load."""
     head = {"num_cpus": 0, "labels": {names.AGENT_OPT_OUT: "off"},
             "_system_config": bootstrap.health_checks()}
+    byte_compiled()
     with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
         cluster = Cluster(initialize_head=True, head_node_args=head)
         for _ in range(workers):

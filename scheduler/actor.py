@@ -3,6 +3,7 @@ scheduler's body (`scheduler/shell.py`) or, for reads, its core."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Any, TypeVar
@@ -47,6 +48,10 @@ class SchedulerActor:
         logging.basicConfig(level=logging.INFO)
         host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         self.s = Scheduler(config, channel_host=host)
+        # What the modules and the restored state built lives as long as the process: kept
+        # out of the cyclic collector's full passes, which would otherwise scan it all
+        # (once soon after a restart, then again as the queue turns over).
+        gc.freeze()
 
     async def ready(self, timeout: float = 60.0) -> bool:
         return await self.s.ready(timeout)

@@ -46,6 +46,9 @@ class AgentActor:
                                  RelayLogs(NamedActor(RELAY)))
         self._starts: set[asyncio.Task[None]] = set()
         self._sampler: asyncio.Task[None] | None = None
+        # What it tells the scheduler never changes while it lives (Ray fixes a node's
+        # resources and labels when it starts): a restarted scheduler is answered at once.
+        self._info: AgentInfo | None = None
 
     async def hello(self) -> AgentInfo:
         """Register: start the reaper and the load stream (once), describe the machine."""
@@ -55,10 +58,12 @@ class AgentActor:
             # parent-death signal fires when the thread that spawned it ends.
             await self.executor.start_reaper()
             self.reports.open_channel()
+        if self._info is not None:
+            return self._info
         nodes: list[dict[str, Any]] = await asyncio.get_running_loop().run_in_executor(
             None, ray.nodes)
         cpus, memory, labels = offered(find_node(nodes, self.node_id))
-        return AgentInfo(
+        self._info = AgentInfo(
             agent_id=self.agent_id,
             node_id=self.node_id,
             hostname=socket.gethostname(),
@@ -69,6 +74,7 @@ class AgentActor:
             pid=os.getpid(),
             started_at=self.started_at,
         )
+        return self._info
 
     async def start(self, assignment: Assignment) -> None:
         await self.executor.start(assignment)

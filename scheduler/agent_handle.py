@@ -46,13 +46,24 @@ async def _await(ref: Any, timeout: float | None = None) -> Any:
 
 class RayAgentHandle:
     """Wraps one agent actor handle. `start` and `stop` return awaitables at once, so calls
-    made in order reach the agent in order."""
+    made in order reach the agent in order.
+
+    Made, it asks the agent at once who it is and what it holds; the first `hello` and
+    `holdings` take those answers. A restarting scheduler makes its handles before it reads
+    its saved state, so the answers travel while it reads.
+    """
 
     def __init__(self, actor: Any) -> None:
         self.actor = actor
+        self._asked: dict[str, Any] = {"hello": actor.hello.remote(),
+                                       "holdings": actor.holdings.remote()}
+
+    def _call(self, method: str) -> Any:
+        ref = self._asked.pop(method, None)
+        return getattr(self.actor, method).remote() if ref is None else ref
 
     async def hello(self, timeout: float) -> AgentInfo:
-        info: AgentInfo = await _await(self.actor.hello.remote(), timeout)
+        info: AgentInfo = await _await(self._call("hello"), timeout)
         return info
 
     def start(self, assignment: Assignment) -> Any:
@@ -62,7 +73,7 @@ class RayAgentHandle:
         return _await(self.actor.cancel.remote(action_id, attempt, reason))
 
     async def holdings(self, timeout: float) -> AgentHoldings:
-        held: AgentHoldings = await _await(self.actor.holdings.remote(), timeout)
+        held: AgentHoldings = await _await(self._call("holdings"), timeout)
         return held
 
     async def wait_closed(self) -> None:

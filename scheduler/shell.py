@@ -73,9 +73,10 @@ class Scheduler:
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog(), archive=self.store)
         self.on_store_failure = on_store_failure or _exit_process
-        self._restore()
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
+        self._greeted = self._greet_agents()
+        self._restore()
         self.handles: dict[AgentId, AgentHandle] = {}
         self.bringing_up: set[str] = set()
         self._wake: asyncio.Event | None = None
@@ -105,6 +106,18 @@ class Scheduler:
                      "taken back in %.3fs", len(saved.actions),
                      len(saved.accounts.accounts) if saved.accounts else 0, loaded - began,
                      time.perf_counter() - loaded)
+
+    def _greet_agents(self) -> dict[str, AgentHandle]:
+        """Handles to the agents of the wanted nodes, made before the saved state is read:
+        making one may ask its agent what it needs to know (see RayAgentHandle), and the
+        answers then travel while a restart reads. The first node pass takes them."""
+        try:
+            views = parse_nodes(self.list_nodes())
+            return {node: self.agent_factory(node, self.config)
+                    for node in wanted(views, self.config.head_agent)}
+        except Exception as exc:  # only a head start: the node pass makes them anyway
+            log.info("agents not greeted before reading the saved state: %r", exc)
+            return {}
 
     def _written(self, durable: bool = False) -> bool:
         """Write the pending changes. A scheduler that cannot write must not act on what
@@ -223,7 +236,8 @@ class Scheduler:
         todo = [n for n in wanted(views, self.config.head_agent)
                 if AgentId(n) not in self.handles and n not in self.bringing_up]
         self.bringing_up.update(todo)
-        tasks = [self._spawn(self._bring_up(n)) for n in todo]
+        tasks = [self._spawn(self._bring_up(n, self._greeted.pop(n, None))) for n in todo]
+        self._greeted.clear()  # the first pass took those it wanted
         if tasks and not self._synced.is_set():
             # The first pass waits, so `mesh up` returns with the pool filled and clients
             # are answered only once the agents said what they run; later passes must not,
@@ -242,11 +256,11 @@ class Scheduler:
             self.kick()
         self._synced.set()
 
-    async def _bring_up(self, node_id: str) -> None:
-        """Create or find the node's agent, learn what it runs, register it. The caller
-        has put the node in `bringing_up`."""
+    async def _bring_up(self, node_id: str, greeted: AgentHandle | None = None) -> None:
+        """Create or find the node's agent (unless `greeted` already has), learn what it
+        runs, register it. The caller has put the node in `bringing_up`."""
         try:
-            handle = self.agent_factory(node_id, self.config)
+            handle = greeted or self.agent_factory(node_id, self.config)
             info, held = await asyncio.gather(handle.hello(HELLO_TIMEOUT),
                                               handle.holdings(HELLO_TIMEOUT))
             self.register(info, handle, held)

@@ -42,7 +42,12 @@ from scheduler.core.quota.events import QuotaSink
 from scheduler.core.quota.model import Quirks, QuotaAssignment, Request, TaskRun, Worker
 from scheduler.core.quota.run import Gate, run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
-from scheduler.core.quota.snapshot import QuotaSnapshot, restore_accounts, to_snapshot
+from scheduler.core.quota.snapshot import (
+    QuotaSnapshot,
+    restore_accounts,
+    restore_queue,
+    to_snapshot,
+)
 from scheduler.core.reconcile import Reconciler
 from scheduler.core.records import Archive, Changes, Kept, NoArchive, Saved
 
@@ -87,9 +92,8 @@ class SchedulerState:
         for record, attempts in sorted(saved.actions, key=lambda a: a[0].seq):
             self._ledger.admit(ActionEntry.from_record(record, attempts))
         # In the order the quota queue keeps them, so each is added at its end.
-        for entry in sorted(self._ledger.in_stage(Stage.QUEUED),
-                            key=lambda e: (e.submitted_at, e.id)):
-            self._quota.add_request(request_of(entry), now)
+        waiting = sorted(self._ledger.in_stage(Stage.QUEUED), key=lambda e: (e.submitted_at, e.id))
+        restore_queue(self._quota, (request_of(entry) for entry in waiting), now)
 
     def writing(self) -> AbstractContextManager[Changes]:
         """The changes since the last write; given back for the next one if the write

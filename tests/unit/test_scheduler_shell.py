@@ -33,7 +33,7 @@ from mesh.stages import Stage
 from mesh.waiting import async_wait_until
 from mesh.wire import MAX_FRAME, encode, read_frame
 from scheduler.agent_handle import AgentGone, AgentUnreachable
-from scheduler.core.records import Changes
+from scheduler.core.records import Changes, Saved
 from scheduler.shell import Scheduler
 from scheduler.store import Store
 from tests.builders import action, agent, load, report
@@ -335,6 +335,32 @@ async def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
     assert s.core.get(ActionId("b"), s.clock()).attempt == 2
     events = [e.reason for e in await s.wait_events(ActionId("a"), 0, 0)]
     assert events[0] == "accepted" and len(events) == 4, events
+    await s.shutdown()
+
+
+async def test_a_starting_scheduler_greets_its_agents_before_it_reads_its_state(
+        tmp_path: Path) -> None:
+    # So that a restart reads its state while the agents' answers are on the way; the
+    # first node pass then registers the agents through those same handles.
+    order: list[str] = []
+    fake = FakeAgent(agent("n1", cpus=2))
+    nodes = [{"NodeID": "n1", "Alive": True, "Resources": {}, "Labels": {}}]
+
+    class Watched(Store):
+        def load(self) -> Saved:
+            order.append("read the state")
+            return super().load()
+
+    def make(node: str, _: MeshConfig) -> FakeAgent:
+        order.append(f"made the agent of {node}")
+        return fake
+
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=make,
+                  list_nodes=lambda: nodes, store=Watched(str(tmp_path)))
+    assert order == ["made the agent of n1", "read the state"]
+    assert await s.ready(5)
+    assert [a.info.agent_id for a in s.pool()] == ["n1"]
+    assert order == ["made the agent of n1", "read the state"], "made twice"
     await s.shutdown()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -84,6 +84,15 @@ def restore_accounts(qs: QuotaScheduler, snapshot: QuotaSnapshot) -> None:
     qs.configs = dict(snapshot.accounts)
     qs.balances = {a: vector(b) for a, b in snapshot.balances.items()}
     qs.last_update_time = snapshot.last_update_time
+
+
+def restore_queue(qs: QuotaScheduler, requests: Iterable[Request], t: float) -> None:
+    """Queue the requests of restored waiting actions, in the order given (the queue's own
+    is cheapest). Taking back saved state is not news of them: no events, as for a
+    snapshot's queue (and a restart takes back ten thousand)."""
+    for request in requests:
+        request.confirm(t)
+        qs.queued[request.id] = request
 
 
 def to_snapshot(qs: QuotaScheduler) -> QuotaSnapshot:

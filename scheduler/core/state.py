@@ -424,10 +424,11 @@ class SchedulerState:
         ever take, and tell watchers once. With `only_clears`, only flagged ones can
         change, so only they are looked at; actions of one shape share one verdict."""
         verdicts: dict[tuple[frozenset[str], float, int], PendingReason | None] = {}
+        queued = self._quota.queued
         for entry in self._ledger.in_stage(Stage.QUEUED):
             if only_clears and not entry.unplaceable:
                 continue
-            need = request_of(entry)
+            need = queued.get(entry.id) or request_of(entry)  # the one queued, if any
             shape = (need.base_labels, need.cpus, need.memory)
             if shape not in verdicts:
                 verdicts[shape] = self._unplaceable(need, now)

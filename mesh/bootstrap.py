@@ -17,7 +17,7 @@ from ray._private.services import find_gcs_addresses
 from ray.exceptions import RayError
 
 from mesh import calls, names
-from mesh.errors import ClusterUnavailable, MeshNotRunning, WaitTimeout
+from mesh.errors import ClusterUnavailable, MeshNotRunning, StateDirInUse, WaitTimeout
 from mesh.relay import LogRelay, relay_options
 from mesh.schema import MeshConfig
 from mesh.waiting import wait_until
@@ -108,9 +108,18 @@ def up(config: MeshConfig | None = None, timeout: float = 120.0) -> dict[str, An
     """Create the relay and the scheduler (or find them), and wait for the agents."""
     config = config or MeshConfig()
     try:
-        relay = LogRelay.options(**relay_options()).remote(config)  # type: ignore[attr-defined]
         scheduler = SchedulerActor.options(  # type: ignore[attr-defined]
             **scheduler_options()).remote(config)
+    except RayError as exc:
+        raise ClusterUnavailable(f"could not create the mesh actors: {exc}") from exc
+    # The scheduler takes the state dir first: the relay must not touch another cluster's.
+    try:
+        calls.call(scheduler.ping, timeout=timeout)
+    except StateDirInUse:
+        ray.kill(scheduler, no_restart=True)
+        raise
+    try:
+        relay = LogRelay.options(**relay_options()).remote(config)  # type: ignore[attr-defined]
     except RayError as exc:
         raise ClusterUnavailable(f"could not create the mesh actors: {exc}") from exc
     calls.call(relay.ping, timeout=timeout)

@@ -7,6 +7,7 @@
      ├── Unplaceable             no agent in the pool could ever take the action
      ├── StageError              a stage move the transition table forbids (a bug)
      ├── StateCorrupt            the scheduler's saved state cannot be read
+     ├── StateDirInUse           another cluster's mesh holds the state dir
      ├── ClusterUnavailable      no Ray cluster to connect to, or it went away
      ├── MeshNotRunning          the cluster is up but the mesh actors are not
      ├── SchedulerUnavailable    the scheduler did not answer (restarting, gone)
@@ -68,6 +69,10 @@ class StageError(MeshError):
 class StateCorrupt(MeshError):
     """The saved state cannot be read. At start-up the scheduler stops rather than silently
     start empty; a damaged record found later costs only its action."""
+
+
+class StateDirInUse(MeshError):
+    """The state dir is held by another running mesh; the message names its cluster."""
 
 
 class ClusterUnavailable(MeshError):

@@ -16,6 +16,7 @@ from mesh.errors import InvalidInput
 from mesh.logstore import LogStore
 from mesh.names import HEAD_RESOURCE, NAMESPACE, RELAY
 from mesh.schema import LogBatch, LogRead, MeshConfig
+from mesh.statedir import Owner, StateDirLock
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,10 @@ class LogRelay:
     def __init__(self, config: MeshConfig, close_grace: float = CLOSE_GRACE) -> None:
         config = MeshConfig.model_validate(dict(config) if isinstance(config, MeshConfig)
                                            else config)
+        # Before its files are touched. Only a restart can be refused here (`mesh up`
+        # makes the relay after the scheduler took the dir): then this relay dies, saying why.
+        self._lock = StateDirLock(config.state_dir, "relay")
+        self._lock.acquire(Owner.here(ray.get_runtime_context().gcs_address))
         self._store = LogStore(Path(config.state_dir) / "logs", config.relay_memory_bytes)
         self._waiters: dict[_Key, _Waiters] = {}
         self._close_grace = close_grace

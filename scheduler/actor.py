@@ -12,7 +12,7 @@ import ray
 from pydantic import BaseModel, ValidationError
 
 from mesh import names
-from mesh.errors import InvalidInput
+from mesh.errors import InvalidInput, StateDirInUse
 from mesh.protocol import Assignment, AttemptReport, ReportChannel
 from mesh.schema import (
     AccountConfig,
@@ -31,9 +31,11 @@ from mesh.schema import (
     check_id,
 )
 from mesh.stages import Stage
+from mesh.statedir import Owner, StateDirLock
 from scheduler.shell import FIRST_SYNC_WAIT, Scheduler
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("actionmesh.scheduler")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -46,6 +48,16 @@ class SchedulerActor:
 
     def __init__(self, config: MeshConfig) -> None:
         logging.basicConfig(level=logging.INFO)
+        self.lock = StateDirLock(config.state_dir, "scheduler")
+        self.refusal: StateDirInUse | None = None
+        try:
+            self.lock.acquire(Owner.here(ray.get_runtime_context().gcs_address))
+        except StateDirInUse as exc:
+            # Refused rather than failed: every call answers with the reason, which `mesh
+            # up` then shows (a constructor that raises only tells callers the actor died).
+            log.error("%s", exc)
+            self.refusal = exc
+            return
         host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         self.s = Scheduler(config, channel_host=host)
         # What the modules and the restored state built lives as long as the process: kept
@@ -53,28 +65,37 @@ class SchedulerActor:
         # (once soon after a restart, then again as the queue turns over).
         gc.freeze()
 
+    def _body(self) -> Scheduler:
+        if self.refusal is not None:
+            raise self.refusal
+        return self.s
+
+    def _started(self) -> Scheduler:
+        body = self._body()
+        body.ensure_started()
+        return body
+
     async def ready(self, timeout: float = 60.0) -> bool:
-        return await self.s.ready(timeout)
+        return await self._body().ready(timeout)
 
     async def _serving(self) -> None:
-        await self.s.ready(FIRST_SYNC_WAIT + 60.0)
+        await self._body().ready(FIRST_SYNC_WAIT + 60.0)
 
     async def ping(self) -> float:
-        self.s.ensure_started()
+        """Answers once it holds the state dir (StateDirInUse if refused); starts nothing."""
+        self._body()
         return time.time()
 
     # ---- agents --------------------------------------------------------------------------
 
     async def report_load(self, agent_id: AgentId, load: Load) -> None:
-        self.s.ensure_started()
-        self.s.report_load(agent_id, _model(Load, load, "load"))
+        self._started().report_load(agent_id, _model(Load, load, "load"))
 
     async def report_attempt(self, report: AttemptReport) -> list[Assignment]:
-        self.s.ensure_started()
-        return self.s.report_attempt(_model(AttemptReport, report, "report"))
+        return self._started().report_attempt(_model(AttemptReport, report, "report"))
 
     async def report_channel(self) -> ReportChannel | None:
-        return await self.s.report_channel()
+        return await self._body().report_channel()
 
     # ---- clients -------------------------------------------------------------------------
 
@@ -158,6 +179,8 @@ class SchedulerActor:
         return options
 
     async def shutdown(self) -> int:
+        if self.refusal is not None:
+            return 0  # it never started anything
         return await self.s.shutdown()
 
 

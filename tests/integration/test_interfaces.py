@@ -107,3 +107,31 @@ def test_readme_python_example_step_by_step(mesh: Mesh, accounts: Accounts) -> N
     assert namespace["result"].stage is Stage.SUCCEEDED
     assert [h.id for h in namespace["many"]] == ["build-0", "build-1", "build-2"]
     assert all(a.load is not None for a in namespace["client"].pool())
+
+
+SECOND_CLUSTER = """
+import sys
+import ray
+from mesh import bootstrap, names
+from mesh.errors import StateDirInUse
+from mesh.schema import MeshConfig
+ray.init(address="local", num_cpus=1, include_dashboard=False, namespace=names.NAMESPACE,
+         log_to_driver=False)
+try:
+    bootstrap.up(MeshConfig(state_dir=sys.argv[1]), timeout=60)
+except StateDirInUse as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_a_second_cluster_on_a_state_dir_in_use_is_refused(mesh: Mesh) -> None:
+    before = sorted(p.name for p in Path(mesh.config.state_dir).rglob("*"))
+    second = subprocess.run([sys.executable, "-c", SECOND_CLUSTER, mesh.config.state_dir],
+                            capture_output=True, text=True, timeout=180, cwd=ROOT, check=False)
+    assert second.returncode == 3, second.stdout + second.stderr[-3000:]
+    assert "in use by the scheduler of cluster" in second.stdout
+    assert mesh.cluster.gcs_address in second.stdout, "the holder is not named"
+    assert sorted(p.name for p in Path(mesh.config.state_dir).rglob("*")) == before
+    handle = mesh.client.submit({"command": ["echo", "still mine"]})
+    assert handle.result(timeout=60).stage is Stage.SUCCEEDED

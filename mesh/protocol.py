@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mesh.schema import Action, ActionId, AgentId, Model
+from mesh.schema import Action, ActionId, AgentId, AttemptNumber, ExitCode, Instant, Model
 
 
 class Assignment(Model):
@@ -16,7 +16,7 @@ class Assignment(Model):
 
     action: Action
     action_id: ActionId
-    attempt: int = Field(..., ge=1)
+    attempt: AttemptNumber
     agent_id: AgentId
 
 
@@ -34,19 +34,17 @@ class AttemptReport(Model):
     """An agent's word on one attempt: it started, or it ended and how, or it was refused."""
 
     action_id: ActionId
-    attempt: int = Field(..., ge=1)
+    attempt: AttemptNumber
     agent_id: AgentId
     stage: ReportStage | Refused
-    time: float
-    # An exit status, or minus the signal that ended it: what a store can keep, and a
-    # record that cannot be stored must not be accepted (it would stop the scheduler).
-    exit_code: int | None = Field(None, ge=-255, le=255)
+    time: Instant
+    exit_code: ExitCode | None = None
     reason: str = ""
 
 
 class HeldAttempt(Model):
     action_id: ActionId
-    attempt: int = Field(..., ge=1)
+    attempt: AttemptNumber
 
 
 class AgentHoldings(Model):

@@ -111,9 +111,33 @@ def _stored(info: ValidationInfo) -> bool:
 
 
 class Model(BaseModel):
-    """Base of every model crossing a boundary: unknown fields are refused."""
+    """Base of every model crossing a boundary: unknown fields are refused, and so are
+    infinite and not-a-number floats (neither survives the store: JSON has no infinity,
+    and SQLite turns NaN into NULL)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True,
+                              allow_inf_nan=False)
+
+
+# Bounds for numbers that cross a boundary. Each is far beyond any real fleet and well
+# inside what the store keeps (SQLite integers are 64-bit), so that a value accepted can
+# always be written: a record that cannot be written would stop the scheduler again on
+# every restart (agents resend their recent reports).
+MAX_COUNT = 2**31 - 1  # attempt numbers, sequence numbers, offsets, limits
+MAX_BYTES = 2**60  # 1 EiB
+MAX_CPUS = 2.0**20
+MAX_INSTANT = 1e11  # seconds since the epoch: the year 5138
+MAX_SECONDS = 365 * 86400.0  # a duration: a year
+# Quota earning rate per priority, in CPU-seconds per second (a million CPUs busy).
+MAX_CHARGE_RATE = 1e6
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+AttemptNumber = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Cpus = Annotated[float, Field(ge=0, le=MAX_CPUS)]
+Instant = Annotated[float, Field(ge=0, le=MAX_INSTANT)]
+# An exit status, or minus the signal that ended it.
+ExitCode = Annotated[int, Field(ge=-255, le=255)]
 
 
 class RetryPolicy(Model):
@@ -137,15 +161,14 @@ class Action(Model):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     cwd: str | None = Field(None, description="working directory on the agent")
     cpus: float = Field(1.0, ge=0, le=4096, description="CPUs reserved while it runs")
-    # Bounded so that the store's integer column can hold it (it is 1 EiB).
-    memory: int = Field(0, ge=0, le=2**60, description="bytes of memory reserved while it runs")
+    memory: Bytes = Field(0, description="bytes of memory reserved while it runs")
     labels: list[str] = Field(default_factory=list, description="base labels, all required")
     provisionable_labels: list[str] = Field(
         default_factory=list, description="labels preferred but not required"
     )
     account: AccountId = Field(AccountId(""), description="quota account; empty for none")
     job: str = Field("", max_length=256, description="job name this action belongs to")
-    timeout: float | None = Field(None, gt=0, allow_inf_nan=False,
+    timeout: float | None = Field(None, gt=0, le=MAX_SECONDS,
                                   description="seconds before it is timed out")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -214,7 +237,7 @@ class AccountConfig(Model):
     """A quota account: how fast it earns the right to run work at each priority, how much
     it may save up, and how far its work may fan out (the quotascheduler model)."""
 
-    charge_rate: list[float] = Field(
+    charge_rate: list[Annotated[float, Field(ge=0, le=MAX_CHARGE_RATE)]] = Field(
         default_factory=list, max_length=NUM_PRIORITIES,
         description="per priority 0 (highest) .. 4: CPU-seconds earned per second, i.e. the "
         "CPUs the account may keep busy on average at that priority; missing ones are 0")
@@ -226,7 +249,7 @@ class AccountConfig(Model):
         0, ge=0, le=2**31 - 1,
         description="most paid actions running at once per set of labels (0: no limit); "
         "more run in the free bucket")
-    per_label_task_limits: dict[str, int] = Field(
+    per_label_task_limits: dict[str, Count] = Field(
         default_factory=dict,
         description="label prefix -> most of this account's actions running at once on "
         "agents with the same label of that prefix (e.g. {'model': 2})")
@@ -234,23 +257,12 @@ class AccountConfig(Model):
         False, description="never start this account's work in the free bucket")
     description: str = Field("", max_length=1024)
 
-    @field_validator("charge_rate")
-    @classmethod
-    def _rates(cls, value: list[float]) -> list[float]:
-        for priority, rate in enumerate(value):
-            if not rate >= 0 or rate == float("inf"):
-                raise ValueError(f"charge rate at priority {priority} must be a finite number "
-                                 f">= 0, got {rate!r}")
-        return value
-
     @field_validator("per_label_task_limits")
     @classmethod
     def _limits(cls, value: dict[str, int]) -> dict[str, int]:
-        for prefix, limit in value.items():
+        for prefix in value:
             if not prefix.strip():
                 raise ValueError("a per-label limit needs a non-empty label prefix")
-            if limit < 0:
-                raise ValueError(f"limit for label prefix {prefix!r} must be >= 0, got {limit}")
         return value
 
 
@@ -288,12 +300,12 @@ class Load(Model):
         0.0, ge=0, le=100,
         description="of it, what this agent's attempts used over the same interval (0 from "
         "agents that do not measure it)")
-    cpu_count: int = Field(..., ge=1, description="logical CPUs of the machine")
-    memory_total: int = Field(..., ge=0)
-    memory_used: int = Field(..., ge=0)
-    memory_available: int = Field(..., ge=0)
-    load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    sampled_at: float = Field(..., description="agent wall-clock time of the sample")
+    cpu_count: int = Field(..., ge=1, le=int(MAX_CPUS), description="logical CPUs of the machine")
+    memory_total: Bytes
+    memory_used: Bytes
+    memory_available: Bytes
+    load_avg: tuple[Cpus, Cpus, Cpus] = (0.0, 0.0, 0.0)
+    sampled_at: Instant = Field(..., description="agent wall-clock time of the sample")
 
     @property
     def foreign_cpu_percent(self) -> float:
@@ -310,10 +322,10 @@ class AgentInfo(Model):
     hostname: str
     address: str
     labels: list[str]
-    cpus: float = Field(..., ge=0, description="CPUs this agent offers (the Ray node's CPUs)")
-    memory: int = Field(..., ge=0, description="bytes of memory this agent offers")
-    pid: int
-    started_at: float
+    cpus: Cpus = Field(..., description="CPUs this agent offers (the Ray node's CPUs)")
+    memory: Bytes = Field(..., description="bytes of memory this agent offers")
+    pid: Count
+    started_at: Instant
 
 
 AgentState = Literal["alive", "suspect", "draining", "blocked", "dead"]
@@ -364,7 +376,7 @@ class PendingReason(Model):
 
 
 class AttemptRecord(Model):
-    number: int
+    number: AttemptNumber
     agent_id: AgentId
     agent_started_at: float | None = Field(
         None, description="when the agent process it was given to started: tells that "
@@ -375,7 +387,7 @@ class AttemptRecord(Model):
     outcome: Stage | Literal["lost", "preempted"] | None = None
     priority: int = Field(FREE_BUCKET, ge=0, le=FREE_BUCKET,
                           description="the quota priority it was started at; 5 is free")
-    exit_code: int | None = None
+    exit_code: ExitCode | None = None
     reason: str = ""
 
 
@@ -436,9 +448,9 @@ class LogBatch(Model):
     """
 
     action_id: ActionId
-    attempt: int = Field(..., ge=1)
+    attempt: AttemptNumber
     stream: Stream
-    offset: int = Field(..., ge=0)
+    offset: Count
     lines: list[str]
 
 
@@ -465,7 +477,7 @@ class LogRead(Model):
     closed: bool = Field(description="the attempt has ended and every line has been returned")
 
 
-PositiveSeconds = Annotated[float, Field(gt=0)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 
 
 class MeshConfig(Model):
@@ -483,8 +495,8 @@ class MeshConfig(Model):
         0.02, ge=0, le=10,
         description="an attempt that ends sooner than this after it started sends only its "
         "end report (which implies the start); 0 reports every start at once")
-    log_flush_bytes: int = Field(256 * 1024, ge=1024)
-    relay_memory_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    log_flush_bytes: int = Field(256 * 1024, ge=1024, le=MAX_BYTES)
+    relay_memory_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, le=MAX_BYTES)
     capacity_percent: float = Field(100.0, gt=0, le=1000)
     cpu_busy_percent: float = Field(
         95.0, gt=0, le=100, description="no CPU work for an agent whose machine is this busy")

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from mesh.errors import StateCorrupt
-from mesh.schema import AccountId, Action, ActionId, AgentId, AttemptRecord, StageEvent
+from mesh.schema import (
+    AccountConfig,
+    AccountId,
+    Action,
+    ActionId,
+    AgentId,
+    AttemptRecord,
+    StageEvent,
+)
 from mesh.stages import TERMINAL, Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
 from scheduler.core.records import ActionRecord, SavedSpec
@@ -28,6 +37,10 @@ SELECT = (f"SELECT id, seq, spec, submitted_at, {ACTION_COLUMNS}, "
           f"{', '.join(SHAPE_COLUMNS)} FROM actions")
 ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+log = logging.getLogger("actionmesh.scheduler")
+
+# A saved balance: finite CPU-seconds per priority (checked only when a snapshot did not load).
+_BALANCE = TypeAdapter(list[Annotated[float, Field(allow_inf_nan=False)]])
 # The stage values of finished actions, as the `stage` column holds them.
 ENDED = tuple(sorted(stage.value for stage in TERMINAL))
 # Ids per query when reading attempts for many actions (well under SQLite's limit of 32,766).
@@ -113,10 +126,43 @@ def read_event(row: Any) -> StageEvent:
 
 
 def parse_quota(text: str, where: str) -> QuotaSnapshot:
+    """The saved accounts. An account whose config or balance does not load (say a balance
+    saved as null) is suspended, not the whole start-up stopped; anything else wrong with
+    the snapshot is StateCorrupt."""
     try:
         return QuotaSnapshot.model_validate_json(text)
     except ValidationError as exc:
-        raise StateCorrupt(f"{where} is not a quota snapshot ({exc.error_count()} errors, "
-                           f"first: {exc.errors()[0]['msg']}); move it away to start without "
-                           "the saved accounts") from exc
+        salvaged = _suspend_bad_accounts(text, where)
+        if salvaged is None:
+            raise StateCorrupt(f"{where} is not a quota snapshot ({exc.error_count()} errors, "
+                               f"first: {exc.errors()[0]['msg']}); move it away to start "
+                               "without the saved accounts") from exc
+        return salvaged
+
+
+def _suspend_bad_accounts(text: str, where: str) -> QuotaSnapshot | None:
+    """The snapshot with each account that does not load replaced by a suspended one (no
+    earning, no free work, the reason in its description), or None if more than its
+    accounts is wrong."""
+    try:
+        raw = json.loads(text)
+        accounts, balances = raw["accounts"], raw["balances"]
+        if not isinstance(accounts, dict) or not isinstance(balances, dict):
+            return None
+        for account_id in list(accounts):
+            try:
+                AccountConfig.model_validate(accounts[account_id])
+                _BALANCE.validate_python(balances.get(account_id, []))
+            except ValidationError as exc:
+                problem = f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+                log.error("%s: account %r cannot be loaded (%s); it is suspended until it is "
+                          "modified or created again", where, account_id, problem)
+                accounts[account_id] = AccountConfig(
+                    disable_free_tasks=True,
+                    description=f"suspended: its saved config could not be loaded "
+                                f"({problem})"[:1024]).model_dump()
+                balances[account_id] = []
+        return QuotaSnapshot.model_validate(raw)
+    except (ValueError, TypeError, KeyError, ValidationError):
+        return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -289,6 +290,31 @@ def test_a_quota_file_of_the_release_before_is_imported_and_a_bad_one_refused(
     (tmp_path / "bad" / "quota.json").write_text('{"last_update_time": "soon"}')
     with pytest.raises(StateCorrupt, match="not a quota snapshot"):
         Scheduler(MeshConfig(state_dir=str(tmp_path / "bad")), list_nodes=list)
+
+
+def test_an_account_whose_saved_state_does_not_load_is_suspended_not_the_start_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list, clock=lambda: 5.0)
+    for name in ("ci", "broke"):
+        first.core.accounts.create(AccountId(name), AccountConfig(charge_rate=[2]), 5.0)
+    first.save_accounts()
+    first.store.close()
+    # As an older release could save it: an infinite balance became JSON null.
+    db = sqlite3.connect(tmp_path / "scheduler.db")
+    [(text,)] = db.execute("SELECT snapshot FROM quota")
+    saved = json.loads(text)
+    saved["balances"]["broke"] = [None, 0, 0, 0, 0]
+    saved["accounts"]["broke"]["charge_rate"] = [1e308]
+    db.execute("UPDATE quota SET snapshot = ?", (json.dumps(saved),))
+    db.commit()
+    db.close()
+
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list, clock=lambda: 5.0)
+    assert s.core.accounts.status(AccountId("ci"), 5.0).config.charge_rate == [2]
+    broke = s.core.accounts.status(AccountId("broke"), 5.0)
+    assert broke.config.charge_rate == [] and broke.config.disable_free_tasks
+    assert broke.config.description.startswith("suspended")
+    assert "'broke' cannot be loaded" in caplog.text
 
 
 async def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(

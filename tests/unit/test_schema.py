@@ -6,8 +6,16 @@ import pytest
 from pydantic import ValidationError
 
 from mesh.errors import InvalidInput
-from mesh.protocol import AttemptReport
-from mesh.schema import Action, Load, MeshConfig, parse_duration, parse_size
+from mesh.protocol import AttemptReport, HeldAttempt
+from mesh.schema import (
+    AccountConfig,
+    Action,
+    Load,
+    LogBatch,
+    MeshConfig,
+    parse_duration,
+    parse_size,
+)
 
 BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown field", {"command": ["true"], "colour": "red"}, "colour", "Extra inputs"),
@@ -114,3 +122,26 @@ def test_an_end_report_carries_an_exit_code_a_store_can_keep(code: int, ok: bool
     else:
         with pytest.raises(ValidationError, match="exit_code"):
             AttemptReport.model_validate(fields)
+
+
+@pytest.mark.parametrize("rates", [[1e308], [float("inf")], [float("nan")], [-1.0]])
+def test_a_charge_rate_whose_balance_cap_could_be_infinite_is_refused(rates: list[float]) -> None:
+    # Rate x max_charge_seconds is the cap; a rate this large made an infinite balance.
+    with pytest.raises(ValidationError, match="charge_rate"):
+        AccountConfig.model_validate({"charge_rate": rates, "max_charge_seconds": 1e8})
+
+
+@pytest.mark.parametrize(("model", "fields", "bad"), [
+    (HeldAttempt, {"action_id": "a", "attempt": 2**70}, "attempt"),
+    (AttemptReport, {"action_id": "a", "attempt": 1, "agent_id": "n", "stage": "running",
+                     "time": float("inf")}, "time"),
+    (Load, {**LOAD, "memory_used": 2**70}, "memory_used"),
+    (Load, {**LOAD, "load_avg": [float("nan"), 0, 0]}, "load_avg"),
+    (LogBatch, {"action_id": "a", "attempt": 1, "stream": "stdout", "offset": 2**64,
+                "lines": []}, "offset"),
+    (Action, {"command": ["true"], "timeout": 1e300}, "timeout"),
+])
+def test_every_number_crossing_a_boundary_is_bounded(model: Any, fields: dict[str, Any],
+                                                      bad: str) -> None:
+    with pytest.raises(ValidationError, match=bad):
+        model.model_validate(fields)

@@ -14,6 +14,8 @@ from mesh.errors import (
     NotFound,
     SchedulerUnavailable,
     StageError,
+    StateDirInUse,
+    StoreReadOnly,
     Unplaceable,
 )
 from mesh.schema import (
@@ -21,6 +23,7 @@ from mesh.schema import (
     AccountStatus,
     Action,
     ActionStatus,
+    Health,
     LogLine,
     QuotaOptions,
     RetryPolicy,
@@ -41,6 +44,7 @@ __all__ = [
     "Client",
     "ClusterUnavailable",
     "Conflict",
+    "Health",
     "InvalidInput",
     "LogLine",
     "MeshError",
@@ -52,6 +56,8 @@ __all__ = [
     "Stage",
     "StageError",
     "StageEvent",
+    "StateDirInUse",
+    "StoreReadOnly",
     "Unplaceable",
     "connect",
 ]

@@ -175,6 +175,9 @@ def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: 
     if as_json:
         dump([a.model_dump(mode="json") for a in actions])
         return
+    health = client.health()
+    if health.store != "ok":
+        click.echo(f"state store {health.store}: {health.reason}")
     agents = client.pool()
     counts = {stage: n for stage, n in client.counts().items() if n}
     click.echo(f"{len(agents)} agent(s); {sum(counts.values())} action(s)")

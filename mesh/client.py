@@ -25,6 +25,7 @@ from mesh.schema import (
     ActionId,
     ActionStatus,
     AgentStatus,
+    Health,
     LogLine,
     LogRead,
     MeshConfig,
@@ -212,6 +213,12 @@ class Client:
 
     def pool(self) -> builtins.list[AgentStatus]:
         result: builtins.list[AgentStatus] = call(self.scheduler.pool)
+        return result
+
+    def health(self) -> Health:
+        """Whether the scheduler serves, and whether it can write its state; answered at
+        once, even while it restarts its agents' reconciliation."""
+        result: Health = call(self.scheduler.health)
         return result
 
     # ---- quota accounts --------------------------------------------------------------------

@@ -8,6 +8,7 @@
      ├── StageError              a stage move the transition table forbids (a bug)
      ├── StateCorrupt            the scheduler's saved state cannot be read
      ├── StateDirInUse           another cluster's mesh holds the state dir
+     ├── StoreReadOnly           the state store cannot be written: changes are refused
      ├── ClusterUnavailable      no Ray cluster to connect to, or it went away
      ├── MeshNotRunning          the cluster is up but the mesh actors are not
      ├── SchedulerUnavailable    the scheduler did not answer (restarting, gone)
@@ -73,6 +74,11 @@ class StateCorrupt(MeshError):
 
 class StateDirInUse(MeshError):
     """The state dir is held by another running mesh; the message names its cluster."""
+
+
+class StoreReadOnly(MeshError):
+    """The scheduler cannot write its state (disk full, I/O error): it answers reads but
+    refuses submissions and admin changes until it can write again."""
 
 
 class ClusterUnavailable(MeshError):

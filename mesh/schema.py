@@ -354,6 +354,15 @@ class AgentStatus(Model):
         False, description="its reports arrive on the report channel, not by Ray calls")
 
 
+class Health(Model):
+    """Whether the scheduler serves, and whether it can write its state."""
+
+    serving: bool = Field(description="the saved state is loaded and squared with the agents")
+    store: Literal["ok", "read-only"] = "ok"
+    reason: str = Field("", description="why the store is read-only")
+    since: float | None = Field(None, description="when it became read-only")
+
+
 class Rejection(Model):
     """Why one agent cannot take one action: one failed placement check."""
 

@@ -23,6 +23,7 @@ from mesh.schema import (
     ActionStatus,
     AgentId,
     AgentStatus,
+    Health,
     Load,
     MeshConfig,
     QuotaOptions,
@@ -141,25 +142,22 @@ class SchedulerActor:
     async def create_account(self, account_id: str, config: AccountConfig | dict[str, Any],
                              ) -> AccountStatus:
         await self._serving()
-        status = self.s.core.accounts.create(
-            _account_id(account_id), _model(AccountConfig, config, "account config"),
-            self.s.clock())
-        self.s.accounts_changed()
-        return status
+        checked = _account_id(account_id), _model(AccountConfig, config, "account config")
+        return self.s.change_accounts(
+            lambda: self.s.core.accounts.create(*checked, self.s.clock()))
 
     async def modify_account(self, account_id: str, changes: dict[str, Any],
                              reset_balance: bool = False) -> AccountStatus:
         """Change only the given fields of the account's config."""
         await self._serving()
-        status = self.s.core.accounts.modify(_account_id(account_id), changes, self.s.clock(),
-                                             reset_balance)
-        self.s.accounts_changed()
-        return status
+        checked = _account_id(account_id)
+        return self.s.change_accounts(lambda: self.s.core.accounts.modify(
+            checked, changes, self.s.clock(), reset_balance))
 
     async def delete_account(self, account_id: str) -> None:
         await self._serving()
-        self.s.core.accounts.delete(_account_id(account_id), self.s.clock())
-        self.s.accounts_changed()
+        checked = _account_id(account_id)
+        self.s.change_accounts(lambda: self.s.core.accounts.delete(checked, self.s.clock()))
 
     async def accounts(self) -> list[AccountStatus]:
         await self._serving()
@@ -174,9 +172,11 @@ class SchedulerActor:
         await self._serving()
         if not changes:
             return self.s.core.accounts.options
-        options = self.s.core.accounts.set_options(changes)
-        self.s.accounts_changed()
-        return options
+        return self.s.change_accounts(lambda: self.s.core.accounts.set_options(changes))
+
+    async def health(self) -> Health:
+        """Answers at once, serving or not: whether it serves and can write its state."""
+        return self._body().health()
 
     async def shutdown(self) -> int:
         if self.refusal is not None:

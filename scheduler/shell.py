@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
 from mesh import reasons
-from mesh.errors import MeshError, SchedulerUnavailable
+from mesh.errors import MeshError, SchedulerUnavailable, StoreReadOnly
 from mesh.protocol import AgentHoldings, Assignment, AttemptReport, ReportChannel
 from mesh.schema import (
     Action,
@@ -29,6 +28,7 @@ from mesh.schema import (
     AgentId,
     AgentInfo,
     AgentStatus,
+    Health,
     Load,
     MeshConfig,
     StageEvent,
@@ -37,13 +37,14 @@ from mesh.schema import (
 from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, make_agent_handle
 from scheduler.channel import ReportServer
 from scheduler.core.decisions import Assign, Decision, Stop
-from scheduler.core.records import Changes
 from scheduler.core.state import SchedulerState
+from scheduler.durable import Writer
 from scheduler.nodes import alive, parse_nodes, wanted
 from scheduler.sinks import EventBook, QuotaLog
 from scheduler.store import Store
 
 log = logging.getLogger("actionmesh.scheduler")
+T = TypeVar("T")
 
 HELLO_TIMEOUT = 60.0
 # At start-up (and after a restart) clients wait until every agent has said what it runs,
@@ -72,11 +73,11 @@ class Scheduler:
                                    capacity_percent=config.capacity_percent,
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog(), archive=self.store)
-        self.on_store_failure = on_store_failure or _exit_process
+        self.writer = Writer(self.core, self.store, clock, on_store_failure or _exit_process)
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
         self._greeted = self._greet_agents()
-        self._restore()
+        self.writer.restore()
         self.handles: dict[AgentId, AgentHandle] = {}
         self.bringing_up: set[str] = set()
         self._wake: asyncio.Event | None = None
@@ -87,25 +88,6 @@ class Scheduler:
         self._channel_up: asyncio.Future[ReportChannel | None] | None = None
 
     # ---- durable state -------------------------------------------------------------------
-
-    def _restore(self) -> None:
-        """Take back the saved state (a corrupt store stops the start-up, loudly). Attempts
-        it has in flight stay unclaimed until their agents say what they run."""
-        began = time.perf_counter()
-        # Tens of thousands of objects are built here and all outlive the load: the cyclic
-        # collector would scan them again and again as they pile up (a third of the time).
-        gc.disable()
-        try:
-            saved = self.store.load()
-            loaded = time.perf_counter()
-            self.core.restore(saved, self.clock())
-        finally:
-            gc.enable()
-        if saved.actions or saved.accounts is not None:
-            log.info("restored %d unfinished action(s) and %d account(s): read in %.3fs, "
-                     "taken back in %.3fs", len(saved.actions),
-                     len(saved.accounts.accounts) if saved.accounts else 0, loaded - began,
-                     time.perf_counter() - loaded)
 
     def _greet_agents(self) -> dict[str, AgentHandle]:
         """Handles to the agents of the wanted nodes, made before the saved state is read:
@@ -119,27 +101,14 @@ class Scheduler:
             log.info("agents not greeted before reading the saved state: %r", exc)
             return {}
 
-    def _written(self, durable: bool = False) -> bool:
-        """Write the pending changes. A scheduler that cannot write must not act on what
-        it could not record (a restart would hand out the same attempt numbers again), so
-        a failed write stops it: Ray restarts it from what was written."""
-        try:
-            with self.core.writing() as changes:
-                self.store.write(changes, durable)
-        except Exception as exc:
-            log.critical("writing the scheduler's state to %s failed: %r; stopping so the "
-                         "restarted scheduler continues from the saved state",
-                         self.store.path, exc)
-            self.on_store_failure(exc)
-            return False
-        return True
+    def _resume(self, held: list[Decision]) -> None:
+        """The store writes again: carry out what was held (starts still wanted only)."""
+        self._carry_out([d for d in held if not isinstance(d, Assign)
+                         or self.core.awaits_start(d.action_id, d.attempt)])
+        self.kick()
 
-    def _commit_durably(self, changes: Changes) -> None:
-        self.store.write(changes, durable=True)
-
-    def save_accounts(self) -> None:
-        """Write accounts, balances and options if they changed since the last write."""
-        self.store.save_quota(self.core.accounts.snapshot(self.clock()))
+    def health(self) -> Health:
+        return self.writer.health(self._synced is not None and self._synced.is_set())
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -154,6 +123,7 @@ class Scheduler:
         self._spawn(self._dispatch_loop())
         self._spawn(self._node_loop())
         self._spawn(self._save_loop())
+        self.writer.start(self._spawn, self._resume)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -205,6 +175,8 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), QUOTA_PASS_INTERVAL)
             self._wake.clear()
+            if self.writer.read_only:
+                continue  # nothing new starts; the recovery kicks once it can write
             try:
                 self._carry_out(self._step(self.clock()))
             except Exception:
@@ -214,7 +186,7 @@ class Scheduler:
         while True:
             await asyncio.sleep(ACCOUNT_SAVE_INTERVAL)
             try:
-                self.save_accounts()
+                self.writer.save_accounts()
             except Exception:
                 log.exception("saving the quota accounts failed; will retry")
 
@@ -252,7 +224,7 @@ class Scheduler:
             {AgentId(n) for n in wanted(views, self.config.head_agent)}, self.clock())
         if gone:
             log.warning("agents gone while the scheduler was away: %s", ", ".join(sorted(gone)))
-            self._written()
+            self.writer.write()
             self.kick()
         self._synced.set()
 
@@ -303,7 +275,7 @@ class Scheduler:
         del self.handles[agent_id]
         log.warning("agent %s left the pool: %s", agent_id, why)
         self.core.agent_left(agent_id, self.clock())
-        self._written()
+        self.writer.write()
         self.channel.close_agent(agent_id)
         self.kick()
 
@@ -325,7 +297,8 @@ class Scheduler:
         Starts go down the agent's report channel when it has one open (one frame per
         agent, no Ray call); stops, and starts for an agent without a channel, by Ray call.
         """
-        if not self._written():
+        if not self.writer.write():
+            self.writer.hold(decisions)
             return False
         starts: dict[AgentId, list[Assign]] = {}
         for decision in decisions:
@@ -359,7 +332,7 @@ class Scheduler:
 
     def _start_failed(self, decision: Assign, why: str) -> None:
         self.core.start_failed(decision.action_id, decision.attempt, self.clock(), why)
-        self._written()
+        self.writer.write()
         self.kick()
 
     async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
@@ -367,7 +340,7 @@ class Scheduler:
             found = await call
             if isinstance(decision, Stop) and found == "unknown":
                 self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
-                self._written()
+                self.writer.write()
         except AgentGone:
             self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)
         except AgentUnreachable:
@@ -392,7 +365,8 @@ class Scheduler:
         """
         now = self.clock()
         decisions = self.core.report(report, now)
-        if report.stage != "running" and report.agent_id in self.handles:
+        if (report.stage != "running" and report.agent_id in self.handles
+                and not self.writer.read_only):
             decisions += self._step(now)
         mine = [d for d in decisions
                 if isinstance(d, Assign) and d.agent_id == report.agent_id]
@@ -412,9 +386,10 @@ class Scheduler:
     def submit(self, specs: list[Action], reject_unplaceable: bool) -> list[SubmitOutcome]:
         """Accept a batch (all or nothing); accepted means durable, so the answer comes
         once it is on disk. A batch that could not be written is not accepted."""
+        self.writer.refuse_if_read_only("submissions")
         try:
             outcomes = self.core.submit(specs, self.clock(), reject_unplaceable,
-                                        commit=self._commit_durably)
+                                        commit=self.writer.commit_durably)
         except MeshError:
             raise
         except Exception as exc:
@@ -425,14 +400,23 @@ class Scheduler:
         return outcomes
 
     def cancel(self, action_id: ActionId) -> ActionStatus:
+        self.writer.refuse_if_read_only("cancels")
         self._carry_out(self.core.cancel(action_id, self.clock()))
         self.kick()
         return self.core.get(action_id, self.clock())
 
-    def accounts_changed(self) -> None:
-        """An admin call changed accounts or options: write them, and run a pass."""
-        self.save_accounts()
+    def change_accounts(self, change: Callable[[], T]) -> T:
+        """Make an admin change to accounts or options (refused while read-only), write
+        it, and run a pass."""
+        self.writer.refuse_if_read_only("account changes")
+        result = change()
+        self.writer.save_accounts()
         self.kick()
+        if self.writer.read_only:
+            raise StoreReadOnly(f"state store read-only: {self.writer.reason}; the change "
+                                "is in force but not yet written (it will be once the store "
+                                "can write, unless the scheduler restarts first)")
+        return result
 
     # ---- reads that are not the core's alone ---------------------------------------------
 
@@ -460,7 +444,7 @@ class Scheduler:
         self.handles.clear()
         for agent_id, _ in handles:
             self.core.agent_left(agent_id, self.clock())
-        self._written()
+        self.writer.write()
         results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
                                        return_exceptions=True)
         await self.channel.close()

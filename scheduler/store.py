@@ -12,6 +12,7 @@ row form in `scheduler/rows.py`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +43,8 @@ from scheduler.rows import (
 )
 
 DB_FILE = "scheduler.db"
+# Room for a few SQLite pages: what `probe` writes to tell whether writing can resume.
+PROBE_BYTES = 64 * 1024
 # "AMsh": tells our files from other SQLite databases.
 APPLICATION_ID = 0x414D7368
 
@@ -109,6 +112,17 @@ class Store:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+
+    def probe(self) -> None:
+        """OSError unless the state dir's file system takes a few pages now."""
+        probe = self.directory / ".write-probe"
+        try:
+            with probe.open("wb") as file:
+                file.write(bytes(PROBE_BYTES))
+                file.flush()
+                os.fsync(file.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
 
     @property
     def version(self) -> int:

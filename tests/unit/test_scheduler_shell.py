@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import InvalidInput, NotFound, StateCorrupt
+from mesh.errors import InvalidInput, NotFound, StateCorrupt, StoreReadOnly
 from mesh.protocol import (
     AgentHoldings,
     Assignment,
@@ -262,12 +263,12 @@ def test_accounts_and_balances_outlive_the_scheduler(tmp_path: Path) -> None:
                          clock=lambda: clock[0])
 
     first = scheduler()
-    first.core.accounts.create(AccountId("ci"), AccountConfig(charge_rate=[1],
-                                                              max_charge_seconds=100), clock[0])
-    first.core.accounts.set_options(QuotaOptions(disable_preemption=True))
-    first.accounts_changed()
+    first.change_accounts(lambda: first.core.accounts.create(
+        AccountId("ci"), AccountConfig(charge_rate=[1], max_charge_seconds=100), clock[0]))
+    first.change_accounts(
+        lambda: first.core.accounts.set_options(QuotaOptions(disable_preemption=True)))
     clock[0] += 30
-    first.save_accounts()
+    first.writer.save_accounts()
 
     second = scheduler()
     assert second.core.accounts.options.disable_preemption
@@ -297,7 +298,7 @@ def test_an_account_whose_saved_state_does_not_load_is_suspended_not_the_start_u
     first = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list, clock=lambda: 5.0)
     for name in ("ci", "broke"):
         first.core.accounts.create(AccountId(name), AccountConfig(charge_rate=[2]), 5.0)
-    first.save_accounts()
+    first.writer.save_accounts()
     first.store.close()
     # As an older release could save it: an infinite balance became JSON null.
     db = sqlite3.connect(tmp_path / "scheduler.db")
@@ -390,30 +391,89 @@ async def test_a_starting_scheduler_greets_its_agents_before_it_reads_its_state(
     await s.shutdown()
 
 
-async def test_a_scheduler_that_cannot_write_its_state_sends_nothing_and_stops(
+def disk_full() -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("database or disk is full")
+    exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    return exc
+
+
+class FillingDisk(Store):
+    """A store whose disk can be filled and freed: writes and probes fail while full."""
+
+    full = False
+
+    def write(self, changes: Changes, durable: bool = False) -> None:
+        if self.full and changes:
+            raise disk_full()
+        super().write(changes, durable)
+
+    def probe(self) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().probe()
+
+
+async def test_a_full_disk_makes_the_scheduler_read_only_until_it_can_write_again(
         tmp_path: Path) -> None:
-    class FullDisk(Store):
+    fake = FakeAgent(agent("n1"))
+    store = FillingDisk(tmp_path)
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda node, _: fake,
+                  list_nodes=lambda: [{"NodeID": "n1", "Alive": True}], store=store,
+                  on_store_failure=lambda exc: pytest.fail(f"stopped by {exc!r}"))
+    s.register(fake.info, fake)
+    s.report_load(AgentId("n1"), load(at=0.0))
+    s.submit([action("a")], True)  # written: it is only queued
+    store.full = True
+    s.ensure_started()
+    await async_wait_until(s.health, lambda h: h.store == "read-only", what="read-only")
+    assert "disk full" in s.health().reason
+    with pytest.raises(StoreReadOnly, match=r"disk full.*submissions are refused"):
+        s.submit([action("b")], True)
+    with pytest.raises(StoreReadOnly, match="account changes are refused"):
+        s.change_accounts(lambda: pytest.fail("applied while read-only"))
+    await settle()
+    assert fake.calls == [], "a start that was not written was sent"
+    assert s.core.get(ActionId("a"), s.clock()).stage is Stage.ASSIGNED, "lost in memory"
+    store.full = False
+    await async_wait_until(lambda: fake.calls, lambda c: c == [("start", "a")],
+                           what="the held start sent once it was written")
+    assert s.health().store == "ok"
+    s.submit([action("b")], True)
+    assert Store(tmp_path).find(ActionId("a")) is not None
+    await s.shutdown()
+
+
+async def test_a_write_error_not_about_storage_stops_it_and_the_next_start_backs_off(
+        tmp_path: Path) -> None:
+    class Poisoned(Store):
         def write(self, changes: Changes, durable: bool = False) -> None:
             if any(r.stage is Stage.ASSIGNED for r in changes.updated):
-                raise sqlite3.OperationalError("database or disk is full")
+                raise OverflowError("Python int too large to convert to SQLite INTEGER")
             super().write(changes, durable)
 
     stopped: list[BaseException] = []
     fake = FakeAgent(agent("n1"))
-    s = Scheduler(MeshConfig(state_dir=str(tmp_path)),
-                  agent_factory=lambda node, _: fake,
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda node, _: fake,
                   list_nodes=lambda: [{"NodeID": "n1", "Alive": True}],
-                  store=FullDisk(tmp_path),
-                  on_store_failure=stopped.append)
+                  store=Poisoned(tmp_path), on_store_failure=stopped.append)
     s.register(fake.info, fake)
     s.report_load(AgentId("n1"), load(at=0.0))
-    s.submit([action("a")], True)  # written: it is only queued
+    s.submit([action("a")], True)
     s.ensure_started()
-    await async_wait_until(lambda: stopped, bool, what="the failed write reported")
+    await async_wait_until(lambda: stopped, bool, what="the failed write stopping it")
     await settle()
     assert fake.calls == [], "an assignment that was not written is not sent"
-    assert "disk is full" in str(stopped[0])
     await s.shutdown()
+
+    # Ray restarts it: it comes back read-only for a while, saying why, not in a loop.
+    again = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list)
+    health = again.health()
+    assert health.store == "read-only" and "1 stop(s)" in health.reason
+    assert "OverflowError" in health.reason and again.writer.retry_in >= 5
+    with pytest.raises(StoreReadOnly):
+        again.submit([action("b")], True)
+    assert again.writer.retry() and again.health().store == "ok"
+    again.submit([action("b")], True)
 
 
 async def test_a_result_waiter_gets_the_final_status_in_one_answer(

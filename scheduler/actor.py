@@ -185,10 +185,12 @@ class SchedulerActor:
 
 
 def _model(kind: type[M], value: M | dict[str, Any], what: str) -> M:
-    """A model from what a caller sent, validated; InvalidInput naming the field if bad."""
-    if isinstance(value, kind):
-        return value
+    """A model from what a caller sent, validated; InvalidInput naming the field if bad.
+    A model instance is validated again from its fields: one that crossed Ray was
+    unpickled, which skips validation (and `model_construct` makes one without it)."""
     try:
+        if isinstance(value, BaseModel):
+            return kind.model_validate(value.model_dump())
         return kind.model_validate(value)
     except ValidationError as exc:
         raise InvalidInput.from_validation(what, exc) from None

@@ -9,13 +9,15 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mesh import Stage
-from tests.integration.cluster import Accounts, Mesh
+from mesh import InvalidInput, Stage, bootstrap, calls
+from mesh.protocol import AttemptReport
+from tests.integration.cluster import Accounts, Mesh, scheduler_pid
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,3 +137,21 @@ def test_a_second_cluster_on_a_state_dir_in_use_is_refused(mesh: Mesh) -> None:
     assert sorted(p.name for p in Path(mesh.config.state_dir).rglob("*")) == before
     handle = mesh.client.submit({"command": ["echo", "still mine"]})
     assert handle.result(timeout=60).stage is Stage.SUCCEEDED
+
+
+def test_a_poison_report_and_an_infinite_quota_config_are_refused_without_a_restart(
+        mesh: Mesh) -> None:
+    pid = scheduler_pid()
+    scheduler = bootstrap.scheduler_handle()
+    poison: dict[str, Any] = {"action_id": "x", "attempt": 1, "agent_id": mesh.big_id,
+                              "stage": "failed", "time": time.time(), "exit_code": 2**70}
+    with pytest.raises(InvalidInput, match="exit_code"):
+        calls.call(scheduler.report_attempt, poison)
+    # A model made without validation and pickled across Ray is checked all the same.
+    with pytest.raises(InvalidInput, match="exit_code"):
+        calls.call(scheduler.report_attempt, AttemptReport.model_construct(**poison))
+    with pytest.raises(InvalidInput, match="charge_rate"):
+        mesh.client.create_account("infinite", charge_rate=[1e308], max_charge_seconds=1e8)
+    assert "infinite" not in [a.id for a in mesh.client.accounts()]
+    assert mesh.client.submit({"command": ["true"]}).result(timeout=60).ok
+    assert scheduler_pid() == pid, "the scheduler restarted"

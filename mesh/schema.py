@@ -424,6 +424,27 @@ class ActionStatus(Model):
         return self.stage is Stage.SUCCEEDED
 
 
+class ListQuery(Model):
+    """Which accepted actions to list, a page at a time, in submission order."""
+
+    stage: Stage | None = None
+    account: AccountId | None = None
+    job: str | None = Field(None, max_length=256)
+    tags: dict[str, str] = Field(default_factory=dict, description="all must match")
+    submitted_after: Instant | None = None
+    submitted_before: Instant | None = None
+    after: Count = Field(0, description="the cursor: a page's `cursor`, to continue after it")
+    limit: int = Field(100, ge=1, le=10_000)
+
+
+class ActionPage(Model):
+    """One page of a listing."""
+
+    actions: list[ActionStatus]
+    cursor: int | None = Field(
+        description="pass as `after` for the next page; None when there is no more")
+
+
 class StageEvent(Model):
     """One stage change of one action; `seq` orders an action's events from 1."""
 

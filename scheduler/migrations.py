@@ -13,7 +13,7 @@ from mesh.errors import StateCorrupt
 from mesh.schema import STORED, Action, ActionId, AttemptRecord
 from scheduler.rows import ATTEMPT, ENDED, SHAPE_COLUMNS, attempt_row, parse_quota, shape_row
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The accounts file of releases before this store, imported once by the first migration.
 LEGACY_QUOTA_FILE = "quota.json"
 
@@ -113,6 +113,22 @@ SCHEMA_3 = ";".join(f"ALTER TABLE actions ADD COLUMN {name} {kind}" for name, ki
     ("provisionable_labels", "TEXT NOT NULL DEFAULT ''"), ("cpus", "REAL NOT NULL DEFAULT 1"),
     ("memory", "INTEGER NOT NULL DEFAULT 0")))
 
+# Version 4: what listings filter on and retention deletes by. Account and job are columns
+# for every action (version 3 filled the account of unfinished ones only); actions are
+# indexed by stage (a restart reads the unfinished ones) and by finish time (retention
+# deletes the oldest); the ids of deleted actions are kept a while, so that asking for one
+# says it expired.
+SCHEMA_4 = """
+ALTER TABLE actions ADD COLUMN job TEXT NOT NULL DEFAULT '';
+UPDATE actions SET account = coalesce(json_extract(spec, '$.account'), ''),
+    job = coalesce(json_extract(spec, '$.job'), '');
+CREATE INDEX actions_by_stage ON actions (stage, seq);
+CREATE INDEX actions_by_finish ON actions (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE expired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX expired_by_time ON expired (at)
+"""
+
+
 def _import_legacy_quota(db: sqlite3.Connection, directory: Path) -> None:
     legacy = directory / LEGACY_QUOTA_FILE
     try:
@@ -170,6 +186,10 @@ def _to_3(db: sqlite3.Connection, directory: Path) -> None:
                    "WHERE id=?", shapes)
 
 
+def _to_4(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, SCHEMA_4)
+
+
 # Migration n takes a database at version n to n + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2, _to_3]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2, _to_3, _to_4]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -32,7 +32,7 @@ UPDATE = """UPDATE actions SET stage=?, attempt=?, finished_at=?, exit_code=?, r
     failures=?, losses=?, deaths=?, cancel_requested=?, unplaceable=?, floor=?, events=?
     WHERE id=?"""
 INSERT = f"""INSERT INTO actions ({ACTION_COLUMNS}, id, seq, spec, submitted_at,
-    {", ".join(SHAPE_COLUMNS)}) VALUES ({", ".join("?" * 21)})"""
+    {", ".join(SHAPE_COLUMNS)}, job) VALUES ({", ".join("?" * 22)})"""
 SELECT = (f"SELECT id, seq, spec, submitted_at, {ACTION_COLUMNS}, "
           f"{', '.join(SHAPE_COLUMNS)} FROM actions")
 ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -41,8 +41,9 @@ log = logging.getLogger("actionmesh.scheduler")
 
 # A saved balance: finite CPU-seconds per priority (checked only when a snapshot did not load).
 _BALANCE = TypeAdapter(list[Annotated[float, Field(allow_inf_nan=False)]])
-# The stage values of finished actions, as the `stage` column holds them.
+# The stage values of finished and of unfinished actions, as the `stage` column holds them.
 ENDED = tuple(sorted(stage.value for stage in TERMINAL))
+UNFINISHED = tuple(sorted(stage.value for stage in Stage if stage not in TERMINAL))
 # Ids per query when reading attempts for many actions (well under SQLite's limit of 32,766).
 CHUNK = 500
 
@@ -55,6 +56,12 @@ def action_row(r: ActionRecord) -> tuple[object, ...]:
 
 def spec_text(spec: Action | SavedSpec) -> str:
     return spec.text if isinstance(spec, SavedSpec) else spec.model_dump_json()
+
+
+def created_row(r: ActionRecord) -> tuple[object, ...]:
+    """The INSERT of a newly accepted action (its spec is always parsed: it was just sent)."""
+    job = r.spec.job if isinstance(r.spec, Action) else ""
+    return (*action_row(r), r.seq, spec_text(r.spec), r.submitted_at, *shape_row(r.spec), job)
 
 
 def shape_row(spec: Action | SavedSpec) -> tuple[object, ...]:

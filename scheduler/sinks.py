@@ -38,6 +38,11 @@ class EventBook:
         for waiter in self._waiters.pop(event.action_id, ()):
             waiter.set()
 
+    def forget(self, action_id: ActionId) -> None:
+        # Read from the store again if asked for (it has them until retention deletes them).
+        self._events.pop(action_id, None)
+        self._whole.discard(action_id)
+
     def since(self, action_id: ActionId, after: int) -> list[StageEvent]:
         # seq counts from 1 and events are appended in seq order, so seq n sits at index n-1.
         return self._all(action_id)[max(after, 0):]

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from mesh.errors import StateCorrupt
-from mesh.schema import ActionId, AttemptRecord, StageEvent
+from mesh.schema import ActionId, AttemptRecord, ListQuery, StageEvent
 from mesh.stages import Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
-from scheduler.core.records import Changes, Kept, Saved
+from scheduler.core.records import Changes, Expired, Kept, Saved
 from scheduler.migrations import MIGRATIONS, SCHEMA_VERSION
 from scheduler.rows import (
     ATTEMPT,
@@ -31,15 +31,15 @@ from scheduler.rows import (
     INSERT,
     INSERT_EVENT,
     SELECT,
+    UNFINISHED,
     UPDATE,
     action_row,
     attempt_row,
+    created_row,
     parse_quota,
     read_action,
     read_attempt,
     read_event,
-    shape_row,
-    spec_text,
 )
 
 DB_FILE = "scheduler.db"
@@ -55,9 +55,6 @@ class Store:
         self.directory = Path(directory)
         self.path = self.directory / DB_FILE
         self.directory.mkdir(parents=True, exist_ok=True)
-        # Every id the file holds, read at the first `find`: most ids asked about are new
-        # ones (a submit checks that its ids are unused), answered without a query.
-        self._ids: set[str] | None = None
         self._quota_text = ""  # the accounts as last read or written
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
@@ -142,19 +139,20 @@ class Store:
 
     def _load(self) -> Saved:
         saved = Saved()
-        marks = ", ".join("?" * len(ENDED))
-        rows = self.db.execute(f"{SELECT} WHERE stage NOT IN ({marks}) ORDER BY seq",
-                               ENDED).fetchall()
+        unfinished = ", ".join("?" * len(UNFINISHED))
+        rows = self.db.execute(f"{SELECT} WHERE stage IN ({unfinished}) ORDER BY seq",
+                               UNFINISHED).fetchall()
         # One query for the attempts of every unfinished action, not one per few hundred.
         found = self.db.execute(
             f"SELECT attempts.* FROM attempts JOIN actions ON actions.id = attempts.action_id "
-            f"WHERE actions.stage NOT IN ({marks}) ORDER BY attempts.action_id, number",
-            ENDED)
+            f"WHERE actions.stage IN ({unfinished}) ORDER BY attempts.action_id, number",
+            UNFINISHED)
         saved.actions = self._kept(rows, found)
         saved.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM actions"
                                          ).fetchone()[0]
+        ended = ", ".join("?" * len(ENDED))
         saved.finished = {Stage(stage): n for stage, n in self.db.execute(
-            f"SELECT stage, count(*) FROM actions WHERE stage IN ({marks}) GROUP BY stage",
+            f"SELECT stage, count(*) FROM actions WHERE stage IN ({ended}) GROUP BY stage",
             ENDED)}
         quota = self.db.execute("SELECT snapshot FROM quota").fetchone()
         if quota is not None:
@@ -163,20 +161,37 @@ class Store:
         return saved
 
     def find(self, action_id: ActionId) -> Kept | None:
-        if self._ids is None:
-            self._ids = {row[0] for row in self.db.execute("SELECT id FROM actions")}
-        if action_id not in self._ids:
-            return None
         rows = self.db.execute(f"{SELECT} WHERE id = ?", (action_id,)).fetchall()
         kept = self._kept(rows)
         return kept[0] if kept else None
 
-    def finished(self, stage: Stage | None, after_seq: int, limit: int) -> list[Kept]:
-        stages = ENDED if stage is None else (stage.value,)
-        marks = ", ".join("?" * len(stages))
-        rows = self.db.execute(
-            f"{SELECT} WHERE stage IN ({marks}) AND seq > ? ORDER BY seq LIMIT ?",
-            (*stages, after_seq, limit)).fetchall()
+    def expired(self, action_id: ActionId) -> bool:
+        return self.db.execute("SELECT 1 FROM expired WHERE id = ?",
+                               (action_id,)).fetchone() is not None
+
+    def page(self, query: ListQuery) -> list[Kept]:
+        """Up to `query.limit` actions past its cursor that match it as saved, by seq."""
+        where: list[str] = ["seq > ?"]
+        args: list[object] = [query.after]
+        if query.stage is not None:
+            where.append("stage = ?")
+            args.append(query.stage.value)
+        for column, value in (("account", query.account), ("job", query.job)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        for key, value in query.tags.items():
+            where.append("EXISTS (SELECT 1 FROM json_each(actions.spec, '$.tags') "
+                         "WHERE key = ? AND value = ?)")
+            args += [key, value]
+        if query.submitted_after is not None:
+            where.append("submitted_at >= ?")
+            args.append(query.submitted_after)
+        if query.submitted_before is not None:
+            where.append("submitted_at < ?")
+            args.append(query.submitted_before)
+        rows = self.db.execute(f"{SELECT} WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                               (*args, query.limit)).fetchall()
         return self._kept(rows)
 
     def events(self, action_id: ActionId) -> list[StageEvent]:
@@ -212,8 +227,6 @@ class Store:
             try:
                 self._write(changes, quota_text)
                 self.db.execute("COMMIT")
-                if self._ids is not None:
-                    self._ids.update(r.id for r in changes.created)
                 if quota_text is not None:
                     self._quota_text = quota_text
             except BaseException:
@@ -225,6 +238,29 @@ class Store:
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")
 
+    def expire(self, before: float, limit: int, forget_before: float) -> list[Expired]:
+        """Delete up to `limit` actions that finished before `before`, with their attempts
+        and events, in one transaction; their ids are kept (to say they expired) until
+        `forget_before`. Returns the deleted (id, stage)."""
+        self.db.execute("BEGIN")
+        try:
+            gone = [(ActionId(i), Stage(stage)) for i, stage in self.db.execute(
+                "SELECT id, stage FROM actions WHERE finished_at < ? ORDER BY finished_at "
+                "LIMIT ?", (before, limit))]
+            ids = [(action_id,) for action_id, _ in gone]
+            for table, column in (("events", "action_id"), ("attempts", "action_id"),
+                                  ("actions", "id")):
+                self.db.executemany(f"DELETE FROM {table} WHERE {column} = ?", ids)
+            self.db.executemany("INSERT OR REPLACE INTO expired VALUES (?, ?)",
+                                [(action_id, before) for action_id, _ in gone])
+            self.db.execute("DELETE FROM expired WHERE at < ?", (forget_before,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        return gone
+
     def save_quota(self, snapshot: QuotaSnapshot) -> None:
         """Write accounts, balances and options, unless they are what was last written (or
         there are none, and never were)."""
@@ -234,9 +270,7 @@ class Store:
             self.write(Changes(accounts=snapshot))
 
     def _write(self, changes: Changes, quota_text: str | None) -> None:
-        self.db.executemany(INSERT, [
-            (*action_row(r), r.seq, spec_text(r.spec), r.submitted_at, *shape_row(r.spec))
-            for r in changes.created])
+        self.db.executemany(INSERT, [created_row(r) for r in changes.created])
         self.db.executemany(UPDATE, [action_row(r) for r in changes.updated])
         self.db.executemany(ATTEMPT, [attempt_row(a, r) for a, r in changes.attempts])
         self.db.executemany(INSERT_EVENT, [

@@ -4,6 +4,7 @@ interface in memory, and the quota scheduler's accounts, requests and passes."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from mesh.protocol import AttemptReport, Refused, ReportStage
@@ -15,18 +16,20 @@ from mesh.schema import (
     AgentId,
     AgentInfo,
     AttemptRecord,
+    ListQuery,
     Load,
     QuotaOptions,
     StageEvent,
 )
-from mesh.stages import TERMINAL, Stage
+from mesh.stages import TERMINAL
+from scheduler.core.listing import matches
 from scheduler.core.quota.events import KeepEvents
 from scheduler.core.quota.model import UPSTREAM, Quirks, QuotaAssignment, Request, TaskRun
 from scheduler.core.quota.run import run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.snapshot import QuotaSnapshot
 from scheduler.core.quota.vector import ZERO
-from scheduler.core.records import ActionRecord, Changes, Kept, Saved
+from scheduler.core.records import ActionRecord, Changes, Expired, Kept, Saved, SavedSpec
 from scheduler.core.state import SchedulerState
 
 GIB = 2**30
@@ -82,6 +85,7 @@ class MemoryStore:
         self.attempts: dict[ActionId, dict[int, AttemptRecord]] = {}
         self.events: dict[ActionId, list[StageEvent]] = {}
         self.accounts: QuotaSnapshot | None = None
+        self.deleted: set[ActionId] = set()
 
     def write(self, changes: Changes, durable: bool = False) -> None:
         for record in [*changes.created, *changes.updated]:
@@ -110,11 +114,27 @@ class MemoryStore:
         record = self.records.get(action_id)
         return self._kept(record) if record is not None else None
 
-    def finished(self, stage: Stage | None, after_seq: int, limit: int) -> list[Kept]:
-        found = sorted((r for r in self.records.values() if r.stage in TERMINAL
-                        and (stage is None or r.stage is stage) and r.seq > after_seq),
+    def expired(self, action_id: ActionId) -> bool:
+        return action_id in self.deleted
+
+    def page(self, query: ListQuery) -> list[Kept]:
+        found = sorted((r for r in self.records.values() if r.seq > query.after
+                        and matches(query, _parsed(r), r.stage, r.submitted_at)),
                        key=lambda r: r.seq)
-        return [self._kept(r) for r in found[:limit]]
+        return [self._kept(r) for r in found[:query.limit]]
+
+    def expire(self, before: float) -> list[Expired]:
+        gone = [(r.id, r.stage) for r in self.records.values()
+                if r.finished_at is not None and r.finished_at < before]
+        for action_id, _ in gone:
+            del self.records[action_id]
+            self.deleted.add(action_id)
+        return gone
+
+
+def _parsed(record: ActionRecord) -> Callable[[], Action]:
+    spec = record.spec
+    return lambda: spec.parse() if isinstance(spec, SavedSpec) else spec
 
 
 def restarted(before: SchedulerState, now: float = 10.0, store: MemoryStore | None = None,

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mesh.schema import StageEvent
+from mesh.schema import ActionId, StageEvent
 
 
 class EventSink(Protocol):
     def emit(self, event: StageEvent) -> None: ...
 
+    def forget(self, action_id: ActionId) -> None:
+        """The core no longer holds the action: drop what is kept of its events."""
+        ...
+
 
 class NullSink:
     def emit(self, event: StageEvent) -> None:
+        return None
+
+    def forget(self, action_id: ActionId) -> None:
         return None
 
 
@@ -24,3 +31,6 @@ class ListSink:
 
     def emit(self, event: StageEvent) -> None:
         self.events.append(event)
+
+    def forget(self, action_id: ActionId) -> None:
+        return None  # a test's record of everything that happened

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 
 from pydantic import ValidationError
 
@@ -145,6 +146,31 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         return {stage.value: len(entries) for stage, entries in self.by_stage.items()}
+
+    # ---- forgetting ------------------------------------------------------------------------
+
+    def evict_finished(self, keep: int) -> list[ActionEntry]:
+        """Drop all but the `keep` latest finished entries, oldest first, leaving any whose
+        changes are not written yet; the dropped entries."""
+        journal = self._journal.actions
+        evicted: list[ActionEntry] = []
+        for stage in TERMINAL:
+            finished = self.by_stage[stage]
+            excess = len(finished) - keep
+            for entry in list(islice(finished.values(), max(excess, 0))):
+                if entry.id not in journal:
+                    evicted.append(entry)
+        for entry in evicted:
+            self.forget(entry.id)
+        return evicted
+
+    def forget(self, action_id: ActionId) -> ActionEntry | None:
+        """Drop an entry (its events with it, from the sink's memory); None if not here."""
+        entry = self.actions.pop(action_id, None)
+        if entry is not None:
+            del self.by_stage[entry.stage][action_id]
+            self.sink.forget(action_id)
+        return entry
 
     # ---- changing --------------------------------------------------------------------------
 

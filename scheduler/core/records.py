@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from mesh.schema import STORED, AccountId, Action, ActionId, AgentId, AttemptRecord, StageEvent
+from mesh.schema import (
+    STORED,
+    AccountId,
+    Action,
+    ActionId,
+    AgentId,
+    AttemptRecord,
+    ListQuery,
+    StageEvent,
+)
 from mesh.stages import Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
 
@@ -95,22 +104,31 @@ class Saved:
     accounts: QuotaSnapshot | None = None
 
 
+# An action retention deleted, and the stage it had ended in.
+Expired = tuple[ActionId, Stage]
+
+
 class Archive(Protocol):
-    """Finished actions the store keeps that a restarted core did not load."""
+    """Every accepted action as last written (the core keeps only unfinished ones, and the
+    latest finished, in memory), and the ids of those deleted since."""
 
     def find(self, action_id: ActionId) -> Kept | None: ...
 
-    def finished(self, stage: Stage | None, after_seq: int, limit: int) -> list[Kept]:
-        """Finished actions (in `stage`, if given) with a sequence number above
-        `after_seq`, in sequence order, at most `limit`."""
+    def expired(self, action_id: ActionId) -> bool: ...
+
+    def page(self, query: ListQuery) -> list[Kept]:
+        """Up to `query.limit` actions past its cursor that match it as written, by seq."""
         ...
 
 
 class NoArchive:
-    """For a core with nothing saved before it: every action it knows is in memory."""
+    """For a core with nothing saved before it and nothing written: it keeps all it has."""
 
     def find(self, action_id: ActionId) -> Kept | None:
         return None
 
-    def finished(self, stage: Stage | None, after_seq: int, limit: int) -> list[Kept]:
+    def expired(self, action_id: ActionId) -> bool:
+        return False
+
+    def page(self, query: ListQuery) -> list[Kept]:
         return []

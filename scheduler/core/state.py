@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from itertools import islice
 
 from mesh import reasons
 from mesh.errors import InvalidInput, NotFound, StateCorrupt
@@ -19,10 +18,12 @@ from mesh.protocol import AgentHoldings, Assignment, AttemptReport
 from mesh.schema import (
     Action,
     ActionId,
+    ActionPage,
     ActionStatus,
     AgentId,
     AgentInfo,
     AgentStatus,
+    ListQuery,
     Load,
     PendingReason,
     QuotaOptions,
@@ -30,6 +31,7 @@ from mesh.schema import (
     SubmitOutcome,
 )
 from mesh.stages import TERMINAL, Stage
+from scheduler.core import listing
 from scheduler.core.accounts import Accounts
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision
@@ -49,12 +51,12 @@ from scheduler.core.quota.snapshot import (
     to_snapshot,
 )
 from scheduler.core.reconcile import Reconciler
-from scheduler.core.records import Archive, Changes, Kept, NoArchive, Saved
+from scheduler.core.records import Archive, Changes, Expired, Kept, NoArchive, Saved
 
 # Memory freed on an agent that is worth another placement pass (or 1% of the machine).
 MEMORY_STEP = 64 * 2**20
 # Finished actions read from the archive at a time when listing.
-ARCHIVE_PAGE = 500
+LIST_PAGE = 1000
 
 
 class SchedulerState:
@@ -196,26 +198,37 @@ class SchedulerState:
         entry = self._find(action_id)
         return entry.status() if entry.stage in TERMINAL else None
 
+    def page(self, query: ListQuery) -> ActionPage:
+        """One page of accepted actions matching the query, in submission order."""
+        source = (self._ledger.actions.values() if query.stage is None
+                  else self._ledger.by_stage[query.stage].values())
+        return listing.page(query, source, self._archive.page(query),
+                            lambda action_id: action_id in self._ledger.actions)
+
     def list_actions(self, stage: Stage | None = None, limit: int | None = None,
                      ) -> list[ActionStatus]:
-        """Actions in memory (unfinished, and finished since the last restart), then
-        those finished before it, oldest first."""
-        source = (self._ledger.actions.values() if stage is None
-                  else self._ledger.by_stage[stage].values())
-        out = [entry.status() for entry in islice(source, limit)]
-        if stage is not None and stage not in TERMINAL:
-            return out
-        after = 0
-        while limit is None or len(out) < limit:
-            page = self._archive.finished(stage, after, ARCHIVE_PAGE)
-            for record, attempts in page:
-                after = record.seq
-                if record.id not in self._ledger.actions and (limit is None
-                                                              or len(out) < limit):
-                    out.append(ActionEntry.from_record(record, attempts).status())
-            if len(page) < ARCHIVE_PAGE:
-                break
-        return out
+        """Every accepted action (in `stage`, at most `limit`), page by page."""
+        out: list[ActionStatus] = []
+        cursor: int | None = 0
+        while cursor is not None and (limit is None or len(out) < limit):
+            found = self.page(ListQuery(stage=stage, after=cursor, limit=LIST_PAGE))
+            out += found.actions
+            cursor = found.cursor
+        return out[:limit]
+
+    def evict_finished(self, keep: int) -> int:
+        """Drop from memory all but the `keep` latest finished actions that are written (the
+        archive answers for them); how many went."""
+        evicted = self._ledger.evict_finished(keep)
+        for entry in evicted:
+            self._archived[entry.stage] = self._archived.get(entry.stage, 0) + 1
+        return len(evicted)
+
+    def expired(self, gone: list[Expired]) -> None:
+        """Retention deleted these from the archive: forget them here too."""
+        for action_id, stage in gone:
+            if self._ledger.forget(action_id) is None:
+                self._archived[stage] = max(0, self._archived.get(stage, 0) - 1)
 
     def counts(self) -> dict[str, int]:
         """Actions by stage, those finished before the last restart included."""
@@ -398,6 +411,9 @@ class SchedulerState:
     def _find(self, action_id: ActionId) -> ActionEntry:
         entry = self._known(action_id)
         if entry is None:
+            if self._archive.expired(action_id):
+                raise NotFound(f"action {action_id!r} expired: it finished longer ago than "
+                               "the retention period, and was deleted")
             raise NotFound(f"no action with id {action_id!r}")
         return entry
 

@@ -60,7 +60,9 @@ def test_restored_actions_keep_their_stage_and_in_flight_ones_wait_to_be_claimed
     assert status(core, "c").pending is not None
     [new] = core.submit([action("e")], 10)
     assert new.created
-    assert core.list_actions()[-1].id == "d", "finished ones come after those in memory"
+    listed = [s.id for s in core.list_actions()]
+    assert listed[-1] == "e" and sorted(listed) == ["a", "b", "c", "d", "e"], \
+        "in submission order, restored, finished and new alike"
 
 
 def test_an_agent_keeps_what_it_runs_and_is_charged_for_it() -> None:

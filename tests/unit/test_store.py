@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mesh.errors import InvalidInput, StateCorrupt
-from mesh.schema import AccountConfig, AccountId, Action, ActionId, AgentId
+from mesh.schema import AccountConfig, AccountId, Action, ActionId, AgentId, ListQuery
 from mesh.stages import Stage
 from scheduler.core.events import ListSink
 from scheduler.core.records import UNREADABLE_SPEC, Changes, SavedSpec
@@ -77,9 +78,12 @@ def test_actions_attempts_events_and_accounts_come_back_exactly(tmp_path: Path) 
     a_record, a_attempts = store.find(aid("a")) or pytest.fail()
     assert [x.outcome for x in a_attempts] == ["lost", Stage.SUCCEEDED]
     assert isinstance(a_record.spec, SavedSpec) and a_record.spec.parse().env == {"K": "v"}
-    assert [r.id for r, _ in store.finished(None, 0, 10)] == ["a", "b", "c"]
-    assert [r.id for r, _ in store.finished(Stage.FAILED, 0, 10)] == ["b"]
-    assert [r.id for r, _ in store.finished(None, 1, 1)] == ["b"]
+    def ids(**query: Any) -> list[str]:
+        return [r.id for r, _ in store.page(ListQuery(**query))]
+
+    assert ids() == ["a", "b", "c", "d"], "every action, unfinished ones too"
+    assert ids(stage=Stage.FAILED) == ["b"]
+    assert ids(after=1, limit=1) == ["b"]
     assert saved.accounts is not None and saved.accounts.balances[acct("ci")][0] > 0
 
 

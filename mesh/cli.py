@@ -15,7 +15,14 @@ from mesh.cli_accounts import accounts, print_accounts
 from mesh.client import connect
 from mesh.cliout import client_of, dump, errors, size, table
 from mesh.errors import InvalidInput
-from mesh.schema import FREE_BUCKET, Action, ActionStatus, AgentStatus, MeshConfig
+from mesh.schema import (
+    FREE_BUCKET,
+    Action,
+    ActionStatus,
+    AgentStatus,
+    MeshConfig,
+    parse_duration,
+)
 from mesh.stages import TERMINAL
 
 
@@ -33,16 +40,20 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.option("--no-head-agent", is_flag=True, help="do not run an agent on the head node")
 @click.option("--report-port", type=int, default=None,
               help="TCP port on the head for the agents' report channel (default: any free)")
+@click.option("--retention", default=None,
+              help="how long finished actions and their logs are kept, e.g. 7d (the default)")
 @click.pass_context
 @errors
 def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
-       report_port: int | None) -> None:
+       report_port: int | None, retention: str | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
     fields: dict[str, Any] = {"head_agent": not no_head_agent}
     if state_dir:
         fields["state_dir"] = state_dir
     if report_port is not None:
         fields["report_port"] = report_port
+    if retention is not None:
+        fields["retention"] = retention
     try:
         config = MeshConfig(**fields)
     except ValidationError as exc:
@@ -70,14 +81,16 @@ def down(ctx: click.Context, keep_cluster: bool) -> None:
     click.echo("; ".join(parts))
 
 
-def _parse_env(values: Sequence[str]) -> dict[str, str]:
-    env = {}
+def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    """NAME=VALUE options as a dict."""
+    pairs = {}
     for item in values:
         name, sep, value = item.partition("=")
         if not sep:
-            raise InvalidInput(f"env: expected NAME=VALUE, got {item!r}", [("env", item)])
-        env[name] = value
-    return env
+            raise InvalidInput(f"{option}: expected NAME=VALUE, got {item!r}",
+                               [(option, item)])
+        pairs[name] = value
+    return pairs
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -106,7 +119,7 @@ def submit(ctx: click.Context, cpus: float, memory: str, labels: tuple[str, ...]
     fields: dict[str, Any] = {
         "command": [" ".join(command)] if shell else list(command), "shell": shell,
         "cpus": cpus, "memory": memory, "labels": list(labels),
-        "provisionable_labels": list(provisionable), "env": _parse_env(env), "cwd": cwd,
+        "provisionable_labels": list(provisionable), "env": parse_pairs(env, "--env"), "cwd": cwd,
         "account": account, "job": job, "id": action_id, "timeout": timeout,
         "retry": {"on_failure": retries},
     }
@@ -144,13 +157,20 @@ def _exit_code(status: ActionStatus) -> int:
 @cli.command()
 @click.argument("action_id", required=False)
 @click.option("--stage", default=None, help="only actions in this stage")
-@click.option("--limit", type=int, default=None)
+@click.option("--account", default=None, help="only actions of this account")
+@click.option("--job", default=None, help="only actions of this job")
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE: only actions with this tag")
+@click.option("--since", default=None, help="only actions submitted this long ago or later, "
+              "e.g. 1h")
+@click.option("--after", type=int, default=0, help="the cursor a previous page printed")
+@click.option("--limit", type=int, default=50, show_default=True, help="actions per page")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @errors
-def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: int | None,
+def status(ctx: click.Context, action_id: str | None, stage: str | None, account: str | None,
+           job: str | None, tags: tuple[str, ...], since: str | None, after: int, limit: int,
            as_json: bool) -> None:
-    """The pool and the queue, or one action with why it waits."""
+    """The pool and a page of actions, or one action with why it waits."""
     client = client_of(ctx)
     if action_id:
         one = client.get(action_id)
@@ -171,9 +191,18 @@ def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: 
         if one.exit_code is not None:
             click.echo(f"  exit code: {one.exit_code}")
         return
-    actions = client.list(stage, limit)
+    query: dict[str, Any] = {"stage": stage, "account": account, "job": job,
+                             "tags": parse_pairs(tags, "--tag"), "after": after, "limit": limit}
+    if since is not None:
+        try:
+            query["submitted_after"] = max(0.0, time.time() - parse_duration(since))
+        except ValueError as exc:
+            raise InvalidInput(f"--since: {exc}", [("--since", str(exc))]) from None
+    found = client.page(**query)
+    actions = found.actions
     if as_json:
-        dump([a.model_dump(mode="json") for a in actions])
+        dump({"actions": [a.model_dump(mode="json") for a in actions],
+              "cursor": found.cursor})
         return
     health = client.health()
     if health.store != "ok":
@@ -191,6 +220,8 @@ def status(ctx: click.Context, action_id: str | None, stage: str | None, limit: 
              " ".join(a.action.command)[:40]] for a in actions]
     if rows:
         table(rows, ["ID", "STAGE", "ATTEMPT", "AGENT", "ACCOUNT", "COMMAND"])
+    if found.cursor is not None:
+        click.echo(f"more: mesh status --after {found.cursor} (with the same filters)")
 
 
 @cli.command()

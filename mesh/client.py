@@ -23,9 +23,11 @@ from mesh.schema import (
     AccountStatus,
     Action,
     ActionId,
+    ActionPage,
     ActionStatus,
     AgentStatus,
     Health,
+    ListQuery,
     LogLine,
     LogRead,
     MeshConfig,
@@ -35,6 +37,14 @@ from mesh.schema import (
 from mesh.stages import TERMINAL, Stage
 
 POLL = 5.0
+
+
+def _query(query: ListQuery | None, fields: dict[str, Any]) -> ListQuery:
+    try:
+        base = query.model_dump() if query is not None else {}
+        return ListQuery.model_validate({**base, **fields})
+    except ValidationError as exc:
+        raise InvalidInput.from_validation("listing", exc) from None
 
 
 def _action(spec: Action | dict[str, Any]) -> Action:
@@ -195,16 +205,33 @@ class Client:
         status: ActionStatus = call(self.scheduler.cancel, ActionId(action_id))
         return status
 
-    def list(self, stage: Stage | str | None = None, limit: int | None = None,
-             ) -> builtins.list[ActionStatus]:
-        try:
-            wanted = None if stage is None else Stage(stage)
-        except ValueError:
-            raise InvalidInput(f"stage: unknown stage {stage!r}; one of "
-                               f"{', '.join(s.value for s in Stage)}",
-                               [("stage", "unknown")]) from None
-        result: builtins.list[ActionStatus] = call(self.scheduler.list_actions, wanted, limit)
+    def page(self, query: ListQuery | None = None, **fields: Any) -> ActionPage:
+        """One page of accepted actions in submission order, filtered by stage, account,
+        job, tags and submission time (`ListQuery`'s fields); pass its `cursor` as
+        `after` for the next page."""
+        result: ActionPage = call(self.scheduler.page, _query(query, fields))
         return result
+
+    def pages(self, query: ListQuery | None = None, **fields: Any) -> Iterator[ActionPage]:
+        """Every page of a listing, fetched as they are iterated."""
+        checked = _query(query, fields)
+        while True:
+            found = self.page(checked)
+            yield found
+            if found.cursor is None:
+                return
+            checked = checked.model_copy(update={"after": found.cursor})
+
+    def list(self, stage: Stage | str | None = None, limit: int | None = None,
+             **fields: Any) -> builtins.list[ActionStatus]:
+        """Every accepted action matching the filters (see `page`), at most `limit`."""
+        out: builtins.list[ActionStatus] = []
+        wanted = {"stage": stage, **fields} if stage is not None else fields
+        for found in self.pages(**wanted, limit=min(limit or 1000, 1000)):
+            out += found.actions
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+        return out
 
     def counts(self) -> dict[str, int]:
         """How many accepted actions are in each stage."""

@@ -8,6 +8,8 @@ import contextlib
 import hashlib
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -131,7 +133,8 @@ class LogStore:
     Not thread-safe: the relay calls it from one event loop.
     """
 
-    def __init__(self, spill_dir: Path, memory_budget: int, hold_limit: int | None = None) -> None:
+    def __init__(self, spill_dir: Path, memory_budget: int, hold_limit: int | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         if memory_budget < 0:
             raise ValueError(f"memory_budget must not be negative, got {memory_budget!r}")
         self._spill_dir = Path(spill_dir)
@@ -147,6 +150,10 @@ class LogStore:
         self._spilled = 0
         self._skipped = 0
         self._spill_failed = False
+        # Actions whose every attempt is closed, by when the last one closed (oldest first):
+        # what retention deletes.
+        self._closed: dict[str, float] = {}
+        self._clock = clock
         _clear_stale(self._spill_dir)
 
     # -- writing -----------------------------------------------------------------------
@@ -180,6 +187,20 @@ class LogStore:
         a.total = total_lines
         for start in [s for s in a.held if s >= total_lines]:
             self._held -= a.held.pop(start).cost
+        if all(other.total is not None for other in self._actions[action_id].values()):
+            self._closed.pop(action_id, None)
+            self._closed[action_id] = self._clock()
+
+    def expire(self, before: float) -> int:
+        """Forget the actions whose attempts all closed before `before`; how many."""
+        expired = 0
+        while self._closed:
+            action_id, closed_at = next(iter(self._closed.items()))
+            if closed_at >= before:
+                break
+            self.forget(action_id)
+            expired += 1
+        return expired
 
     def skip_gaps(self, action_id: str, attempt: int) -> int:
         """Give up on the missing lines of a closed attempt, so it can read to its end.
@@ -200,6 +221,7 @@ class LogStore:
 
     def forget(self, action_id: str) -> None:
         """Drop every attempt of an action, in memory and on disk."""
+        self._closed.pop(action_id, None)
         attempts = self._actions.pop(action_id, None)
         if attempts is None:
             return
@@ -225,6 +247,7 @@ class LogStore:
         if a is None:
             path = self._spill_dir / file_name(action_id) / f"{attempt}.log"
             a = attempts[attempt] = _Attempt(action_id, attempt, path)
+            self._closed.pop(action_id, None)  # a new attempt: open again
         return a
 
     def _store(self, a: _Attempt, start: int, stream: Stream, lines: list[str], stop: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -25,6 +26,8 @@ MAX_WAIT = 300.0
 # An agent closes an attempt only after its last push landed, so a gap still open this long
 # after the close is a push that failed for good: give up on it so followers reach the end.
 CLOSE_GRACE = 10.0
+# How often retention looks for expired logs, at most (a short retention looks sooner).
+EXPIRE_INTERVAL = 60.0
 # Caps one reply (~100k lines of 64 characters is ~7 MB through the object store).
 MAX_READ_LINES = 100_000
 
@@ -119,6 +122,8 @@ class LogRelay:
         self._store = LogStore(Path(config.state_dir) / "logs", config.relay_memory_bytes)
         self._waiters: dict[_Key, _Waiters] = {}
         self._close_grace = close_grace
+        self._retention = config.retention
+        self._expiring: asyncio.TimerHandle | None = None
 
     async def append(self, batch: LogBatch) -> None:
         """Store a batch (a LogBatch or its dict form) and wake the readers of its attempt."""
@@ -145,8 +150,23 @@ class LogRelay:
         _guard("close", _check_count, "total_lines", total_lines, 0)
         _guard("close", self._store.close, action_id, attempt, total_lines)
         self._wake((action_id, attempt))
-        asyncio.get_running_loop().call_later(self._close_grace, self._settle, action_id,
-                                              attempt)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._close_grace, self._settle, action_id, attempt)
+        if self._expiring is None:
+            self._expiring = loop.call_later(self._expire_every(), self._expire)
+
+    def _expire_every(self) -> float:
+        return min(EXPIRE_INTERVAL, self._retention / 4)
+
+    def _expire(self) -> None:
+        """Forget the logs of actions that finished longer ago than the retention period
+        (the scheduler deletes the actions themselves by then)."""
+        try:
+            self._store.expire(time.time() - self._retention)
+        except Exception:
+            log.exception("deleting expired logs failed; will retry")
+        self._expiring = asyncio.get_running_loop().call_later(self._expire_every(),
+                                                                self._expire)
 
     async def read(self, action_id: str, attempt: int, offset: int, max_lines: int = 10_000,
                    wait: float = 0.0) -> LogRead:

@@ -531,8 +531,17 @@ class MeshConfig(Model):
     cpu_busy_percent: float = Field(
         95.0, gt=0, le=100, description="no CPU work for an agent whose machine is this busy")
     head_agent: bool = Field(True, description="run an agent on the head node too")
+    retention: float = Field(
+        7 * 86400.0, ge=1, le=10 * 365 * 86400,
+        description="how long finished actions, their events and their logs are kept "
+        "(seconds, or a duration such as 7d)")
     report_port: int = Field(
         0, ge=0, le=65535,
         description="TCP port on the head for the agents' report channel; 0 picks a free one "
         "(set one where a firewall sits between the nodes)")
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, value: Any) -> float:
+        return parse_duration(value)
 

@@ -20,10 +20,12 @@ from mesh.schema import (
     AccountStatus,
     Action,
     ActionId,
+    ActionPage,
     ActionStatus,
     AgentId,
     AgentStatus,
     Health,
+    ListQuery,
     Load,
     MeshConfig,
     QuotaOptions,
@@ -31,7 +33,6 @@ from mesh.schema import (
     SubmitOutcome,
     check_id,
 )
-from mesh.stages import Stage
 from mesh.statedir import Owner, StateDirLock
 from scheduler.shell import FIRST_SYNC_WAIT, Scheduler
 
@@ -114,10 +115,9 @@ class SchedulerActor:
         await self._serving()
         return self.s.core.get(action_id, self.s.clock())
 
-    async def list_actions(self, stage: Stage | None = None, limit: int | None = None,
-                           ) -> list[ActionStatus]:
+    async def page(self, query: ListQuery | dict[str, Any]) -> ActionPage:
         await self._serving()
-        return self.s.core.list_actions(stage, limit)
+        return self.s.core.page(_model(ListQuery, query, "listing"))
 
     async def pool(self) -> list[AgentStatus]:
         await self._serving()

@@ -27,7 +27,7 @@ from typing import Any
 from mesh.errors import StoreReadOnly
 from mesh.schema import Health
 from scheduler.core.decisions import Decision
-from scheduler.core.records import Changes
+from scheduler.core.records import Changes, Expired
 from scheduler.core.state import SchedulerState
 from scheduler.store import Store
 
@@ -165,6 +165,17 @@ class Writer:
         self.reason, self.since, self.retry_in = "", None, RETRY_FIRST
         self._stops.unlink(missing_ok=True)
         return True
+
+    def expire(self, before: float, forget_before: float, limit: int) -> list[Expired]:
+        """Delete up to `limit` actions that finished before `before` (see Store.expire);
+        nothing while read-only."""
+        if self.read_only:
+            return []
+        try:
+            return self.store.expire(before, limit, forget_before)
+        except Exception as exc:
+            self.failed(exc)
+            return []
 
     def refuse_if_read_only(self, what: str) -> None:
         """StoreReadOnly for a change asked while writes fail; nothing was changed."""

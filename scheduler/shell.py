@@ -42,6 +42,7 @@ from scheduler.durable import Writer
 from scheduler.nodes import alive, parse_nodes, wanted
 from scheduler.sinks import EventBook, QuotaLog
 from scheduler.store import Store
+from scheduler.upkeep import Upkeep
 
 log = logging.getLogger("actionmesh.scheduler")
 T = TypeVar("T")
@@ -52,8 +53,8 @@ HELLO_TIMEOUT = 60.0
 FIRST_SYNC_WAIT = 10.0
 # Seconds between passes when nothing else asks for one.
 QUOTA_PASS_INTERVAL = 2.0
-# How often balances are written while they change; account changes are written at once.
-ACCOUNT_SAVE_INTERVAL = 1.0
+# Finished actions kept in memory (the latest, written ones); the store answers for others.
+FINISHED_IN_MEMORY = 1000
 
 
 class Scheduler:
@@ -78,6 +79,7 @@ class Scheduler:
         self.list_nodes = list_nodes or ray.nodes
         self._greeted = self._greet_agents()
         self.writer.restore()
+        self.upkeep = Upkeep(self.core, self.writer, clock, config.retention)
         self.handles: dict[AgentId, AgentHandle] = {}
         self.bringing_up: set[str] = set()
         self._wake: asyncio.Event | None = None
@@ -122,7 +124,8 @@ class Scheduler:
         self._spawn(self._open_channel(self._channel_up))
         self._spawn(self._dispatch_loop())
         self._spawn(self._node_loop())
-        self._spawn(self._save_loop())
+        self._spawn(self.upkeep.save_accounts())
+        self._spawn(self.upkeep.expire())
         self.writer.start(self._spawn, self._resume)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -178,17 +181,10 @@ class Scheduler:
             if self.writer.read_only:
                 continue  # nothing new starts; the recovery kicks once it can write
             try:
-                self._carry_out(self._step(self.clock()))
+                if self._carry_out(self._step(self.clock())):
+                    self.core.evict_finished(FINISHED_IN_MEMORY)
             except Exception:
                 log.exception("carrying out a step failed; the loop goes on")
-
-    async def _save_loop(self) -> None:
-        while True:
-            await asyncio.sleep(ACCOUNT_SAVE_INTERVAL)
-            try:
-                self.writer.save_accounts()
-            except Exception:
-                log.exception("saving the quota accounts failed; will retry")
 
     async def _node_loop(self) -> None:
         while True:

@@ -41,15 +41,16 @@ class Mesh:
     small_id: str
 
 
-def start_mesh(tmp: Path, *workers: dict[str, Any]) -> tuple[Cluster, MeshConfig, list[str]]:
-    """A new cluster (head without an agent, then `workers`), connected, with the mesh up and
-    its state in `tmp`; returns the workers' node ids too."""
+def start_mesh(tmp: Path, *workers: dict[str, Any], **options: Any,
+               ) -> tuple[Cluster, MeshConfig, list[str]]:
+    """A new cluster (head without an agent, then `workers`), connected, with the mesh up
+    (`options`: MeshConfig fields) and its state in `tmp`; returns the workers' node ids."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     cluster = Cluster(initialize_head=True, head_node_args=dict(HEAD))
     node_ids = [cluster.add_node(**w).node_id for w in workers]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace=names.NAMESPACE, log_to_driver=False)
-    config = MeshConfig(state_dir=str(tmp), kill_grace=2.0)
+    config = MeshConfig(state_dir=str(tmp), kill_grace=2.0, **options)
     bootstrap.up(config)
     return cluster, config, node_ids
 

@@ -237,7 +237,7 @@ class AccountConfig(Model):
     """A quota account: how fast it earns the right to run work at each priority, how much
     it may save up, and how far its work may fan out (the quotascheduler model)."""
 
-    charge_rate: list[Annotated[float, Field(ge=0, le=MAX_CHARGE_RATE)]] = Field(
+    charge_rate: list[float] = Field(
         default_factory=list, max_length=NUM_PRIORITIES,
         description="per priority 0 (highest) .. 4: CPU-seconds earned per second, i.e. the "
         "CPUs the account may keep busy on average at that priority; missing ones are 0")
@@ -256,6 +256,15 @@ class AccountConfig(Model):
     disable_free_tasks: bool = Field(
         False, description="never start this account's work in the free bucket")
     description: str = Field("", max_length=1024)
+
+    @field_validator("charge_rate")
+    @classmethod
+    def _rates(cls, value: list[float]) -> list[float]:
+        for priority, rate in enumerate(value):
+            if not 0 <= rate <= MAX_CHARGE_RATE:
+                raise ValueError(f"charge rate at priority {priority} must be a number from 0 "
+                                 f"to {MAX_CHARGE_RATE:g} (CPU-seconds per second), got {rate!r}")
+        return value
 
     @field_validator("per_label_task_limits")
     @classmethod

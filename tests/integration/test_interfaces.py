@@ -62,9 +62,15 @@ def test_status_json_lists_actions_with_id_and_stage(mesh: Mesh) -> None:
     submitted = mesh_cli(mesh, "submit", "--detach", "--id", "cli-status-1", "--", "true")
     assert submitted.stdout.strip() == "cli-status-1"
     mesh.client.handle("cli-status-1").result(timeout=60)
-    listing = json.loads(mesh_cli(mesh, "status", "--json").stdout)
+    listing = json.loads(mesh_cli(mesh, "status", "--json", "--stage", "succeeded",
+                                  "--limit", "10000").stdout)
+    assert listing["cursor"] is None, "one page holds them all"
     assert {"id": "cli-status-1", "stage": "succeeded"}.items() <= \
-        next(a for a in listing if a["id"] == "cli-status-1").items()
+        next(a for a in listing["actions"] if a["id"] == "cli-status-1").items()
+    first = json.loads(mesh_cli(mesh, "status", "--json", "--limit", "1").stdout)
+    second = json.loads(mesh_cli(mesh, "status", "--json", "--limit", "1", "--after",
+                                 str(first["cursor"])).stdout)
+    assert first["actions"][0]["id"] != second["actions"][0]["id"], "the cursor moves on"
     one = mesh_cli(mesh, "status", "cli-status-1")
     assert "succeeded" in one.stdout
 

@@ -105,6 +105,7 @@ class Executor:
         reports: ReportSink,
         logs: LogSink,
         clock: Callable[[], float] = time.time,
+        remember: int = REMEMBER_FINISHED,
     ) -> None:
         self.agent_id = agent_id
         self.token = token
@@ -117,7 +118,11 @@ class Executor:
         self._base_env = dict(os.environ)
         # Recently ended attempts, with their end report: a restarted scheduler asks for
         # these, since a report sent while it was away may never have reached it.
-        self._finished: dict[Key, AttemptReport | None] = {}
+        self._finished: dict[Key, tuple[AttemptReport | None, float]] = {}
+        self._remember_finished = remember
+        # The latest `assigned_at` of the attempts it has forgotten: a start made no later
+        # may be of one that ran here already, and is refused rather than run twice.
+        self._forgot_through = float("-inf")
         self._reaper: ReaperHandle | None = None
         self._closed = False
 
@@ -161,6 +166,10 @@ class Executor:
         if key in self._attempts or key in self._finished:
             log.info("ignoring a repeated start of %s attempt %d", *key)
             return
+        if assignment.assigned_at <= self._forgot_through:
+            raise RuntimeError(
+                f"{key[0]} attempt {key[1]} was made before attempts this agent no longer "
+                "remembers: it may have run here already, so it is not run again")
         for other in list(self._attempts.values()):
             if other.assignment.action_id != assignment.action_id:
                 continue
@@ -223,7 +232,7 @@ class Executor:
                 return "finished"
             # Its start may still be on the way (from a scheduler that has since died or
             # moved on): remembered as finished, it is refused when it comes.
-            self._remember(key, None)
+            self._remember(key, None, float("-inf"))  # when it was made is not known here
             return "unknown"
         if reason and running.stop_reason is None:
             running.shipper.add("stderr", [f"actionmesh: stopping this attempt: {reason}"])
@@ -240,7 +249,7 @@ class Executor:
         """What runs here and the end reports of what ended lately, oldest first."""
         return AgentHoldings(
             running=[HeldAttempt(action_id=a, attempt=n) for a, n in self._attempts],
-            ended=[r for r in self._finished.values() if r is not None])
+            ended=[r for r, _ in self._finished.values() if r is not None])
 
     async def shutdown(self) -> None:
         """Kill every attempt (TERM, grace, KILL), then the reaper; take no new work.
@@ -347,13 +356,14 @@ class Executor:
         report = None
         if attempt.send_end_report:
             report = self._report(attempt, end.stage, end.exit_code, end.reason)
-        self._remember(attempt.key, report)
+        self._remember(attempt.key, report, attempt.assignment.assigned_at)
         attempt.done.set()
 
-    def _remember(self, key: Key, report: AttemptReport | None) -> None:
-        self._finished[key] = report
-        while len(self._finished) > REMEMBER_FINISHED:
-            del self._finished[next(iter(self._finished))]
+    def _remember(self, key: Key, report: AttemptReport | None, assigned_at: float) -> None:
+        self._finished[key] = (report, assigned_at)
+        while len(self._finished) > self._remember_finished:
+            _, forgotten = self._finished.pop(next(iter(self._finished)))
+            self._forgot_through = max(self._forgot_through, forgotten)
 
     def _report(self, attempt: _Attempt, stage: ReportStage, exit_code: int | None = None,
                 reason: str = "") -> AttemptReport:

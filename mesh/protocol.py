@@ -18,6 +18,9 @@ class Assignment(Model):
     action_id: ActionId
     attempt: AttemptNumber
     agent_id: AgentId
+    # When the scheduler made the attempt (its clock): the same for every re-send of it, so
+    # an agent can refuse a start older than the attempts it has forgotten.
+    assigned_at: Instant
 
 
 ReportStage = Literal["running", "succeeded", "failed", "timed_out", "cancelled"]

@@ -240,8 +240,9 @@ class SchedulerState:
     def assignment(self, decision: Assign) -> Assignment:
         """What the agent is sent for an Assign decision."""
         entry = self._ledger.get(decision.action_id)
+        record = next(r for r in entry.attempts if r.number == decision.attempt)
         return Assignment(action=entry.spec, action_id=entry.id, attempt=decision.attempt,
-                          agent_id=decision.agent_id)
+                          agent_id=decision.agent_id, assigned_at=record.assigned_at)
 
     def report(self, report: AttemptReport, now: float) -> list[Decision]:
         """An agent's word on an attempt: it runs, or it ended and how."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,7 +78,7 @@ def call(ref: Any) -> Any:
 def assignment(script: str, action_id: str, node_id: str) -> Assignment:
     return Assignment.model_validate({"action": {"command": [script], "shell": True},
                                       "action_id": action_id, "attempt": 1,
-                                      "agent_id": node_id})
+                                      "agent_id": node_id, "assigned_at": time.time()})
 
 
 def test_agent_registers_streams_load_runs_actions_and_takes_them_down_when_killed(

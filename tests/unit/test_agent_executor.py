@@ -27,12 +27,13 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def assignment(command: list[str], action_id: str = "a1", attempt: int = 1,
-               **action: Any) -> Assignment:
+               assigned_at: float = 1.0, **action: Any) -> Assignment:
     return Assignment.model_validate({
         "action": {"command": command, **action},
         "action_id": action_id,
         "attempt": attempt,
         "agent_id": "agent-test",
+        "assigned_at": assigned_at,
     })
 
 
@@ -276,6 +277,26 @@ async def test_a_newer_attempt_supersedes_the_older_and_repeats_are_ignored(
     await ex.start(shell("exit 0", "twice", attempt=1))  # stale: ignored
     assert sinks.stages("twice", 1) == ["running", "cancelled"]
     assert sinks.stages("twice", 2) == ["running", "succeeded"]
+
+
+async def test_a_late_start_of_an_attempt_it_has_forgotten_is_refused_not_run_again(
+        sinks: RecordingSinks) -> None:
+    # It remembers the last two attempts that ended; the fence covers the ones before.
+    clock = itertools.count(1000.0)
+    ex = Executor(AgentId("agent-test"), f"test-{os.getpid()}-{next(_tokens)}", CONFIG,
+                  sinks, sinks, clock=lambda: float(next(clock)), remember=2)
+    try:
+        for n, made in enumerate([10.0, 11.0, 12.0]):
+            await ex.start(assignment(["true"], f"a{n}", assigned_at=made))
+            await ended(sinks, f"a{n}")
+        await ex.start(assignment(["true"], "a2", assigned_at=12.0))  # remembered: ignored
+        with pytest.raises(RuntimeError, match="may have run here already"):
+            await ex.start(assignment(["true"], "a0", assigned_at=10.0))  # forgotten
+        assert sinks.stages("a0", 1).count("succeeded") == 1, "it ran twice"
+        await ex.start(assignment(["true"], "new", assigned_at=13.0))  # newer: runs
+        await ended(sinks, "new")
+    finally:
+        await ex.shutdown()
 
 
 async def test_shutdown_kills_everything_without_end_reports_and_refuses_new_work(

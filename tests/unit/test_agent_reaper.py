@@ -157,7 +157,7 @@ async def main():
     executor = Executor(AgentId("fake"), token, config, Sinks(), Sinks())
     await executor.start(Assignment.model_validate({
         "action": {"command": [script], "shell": True},
-        "action_id": action_id, "attempt": 1, "agent_id": "fake"}))
+        "action_id": action_id, "attempt": 1, "agent_id": "fake", "assigned_at": 1.0}))
     print("reaper", executor.reaper_pid, flush=True)
     await asyncio.Event().wait()
 

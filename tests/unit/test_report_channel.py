@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(30)
 
 def assignment(action_id: str) -> Assignment:
     return Assignment(action=action(action_id), action_id=ActionId(action_id), attempt=1,
-                      agent_id=AgentId("n1"))
+                      agent_id=AgentId("n1"), assigned_at=1.0)
 
 
 class Remote:

@@ -22,11 +22,19 @@ log = logging.getLogger(__name__)
 LINE_OVERHEAD = 57
 # A stored chunk's own objects (chunk, list header, index entries), counted the same way.
 CHUNK_OVERHEAD = 256
+# An attempt's own bookkeeping (its record, indexes and entries in the store's maps),
+# counted against the budget too: 50,000 one-line attempts once took 60 MiB while their
+# lines were counted as 16. Measured: 1,178 bytes an attempt with one line, 316 of them
+# the line's chunk.
+ATTEMPT_OVERHEAD = 860
 # Spilled chunks of one stream merge into one index entry up to these sizes, so an attempt
 # that printed a line at a time keeps a small index, yet reading one line never reads more
 # than this much of its file.
 MERGE_LINES = 8192
 MERGE_BYTES = 1 << 20
+# One read returns at most about this many characters: 150 lines of 1 MiB once made one
+# reply of 150 MiB. A line longer than this still comes, alone.
+MAX_READ_CHARS = 8 << 20
 # Batches ahead of a gap are held in memory up to at least this many bytes (see LogStore).
 HOLD_FLOOR = 8 << 20
 # Spill files hold UTF-8; a lone surrogate (an undecodable byte the agent passed through)
@@ -145,7 +153,8 @@ class LogStore:
         self._actions: dict[str, dict[int, _Attempt]] = {}
         self._queue: collections.deque[_Chunk] = collections.deque()
         self._dead = 0
-        self._memory = 0
+        self._memory = 0  # lines held in memory
+        self._overhead = 0  # the attempts' own bookkeeping
         self._held = 0
         self._spilled = 0
         self._skipped = 0
@@ -190,6 +199,7 @@ class LogStore:
         if all(other.total is not None for other in self._actions[action_id].values()):
             self._closed.pop(action_id, None)
             self._closed[action_id] = self._clock()
+        self._evict()  # a close of an attempt that never printed adds one
 
     def expire(self, before: float) -> int:
         """Forget the actions whose attempts all closed before `before`; how many."""
@@ -225,6 +235,7 @@ class LogStore:
         attempts = self._actions.pop(action_id, None)
         if attempts is None:
             return
+        self._overhead -= ATTEMPT_OVERHEAD * len(attempts)
         for a in attempts.values():
             for chunk in a.mem[a.mem_head:]:
                 chunk.dead = True
@@ -247,6 +258,7 @@ class LogStore:
         if a is None:
             path = self._spill_dir / file_name(action_id) / f"{attempt}.log"
             a = attempts[attempt] = _Attempt(action_id, attempt, path)
+            self._overhead += ATTEMPT_OVERHEAD
             self._closed.pop(action_id, None)  # a new attempt: open again
         return a
 
@@ -301,7 +313,7 @@ class LogStore:
 
     def _evict(self) -> None:
         """Spill the oldest chunks until memory is within budget."""
-        while self._memory > self._budget and self._queue:
+        while self._memory + self._overhead > self._budget and self._queue:
             chunk = self._queue.popleft()
             if chunk.dead:
                 self._dead -= 1
@@ -354,14 +366,16 @@ class LogStore:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self, action_id: str, attempt: int, offset: int, max_lines: int) -> LogRead:
-        """Lines [offset, offset + max_lines) as far as stored, in batches by stream."""
+    def read(self, action_id: str, attempt: int, offset: int, max_lines: int,
+             max_chars: int = MAX_READ_CHARS) -> LogRead:
+        """Lines [offset, offset + max_lines) as far as stored, in batches by stream, and
+        no more than about `max_chars` characters (a single longer line still comes)."""
         attempts = self._actions.get(action_id)
         a = attempts.get(attempt) if attempts is not None else None
         if a is None:
             # The attempt may simply not have printed yet.
             return LogRead(batches=[], next_offset=offset, closed=False)
-        reader = _Reader(a, offset, max(0, max_lines))
+        reader = _Reader(a, offset, max(0, max_lines), max_chars)
         reader.collect_spilled()
         reader.collect_memory()
         if reader.pos >= a.stored_end:
@@ -379,6 +393,7 @@ class LogStore:
     def stats(self) -> dict[str, int]:
         return {
             "memory_bytes": self._memory,
+            "attempt_bytes": self._overhead,
             "held_bytes": self._held,
             "spilled_bytes": self._spilled,
             "memory_budget": self._budget,
@@ -390,11 +405,12 @@ class LogStore:
 class _Reader:
     """Collects one read's window, first from the spilled runs, then from memory."""
 
-    def __init__(self, a: _Attempt, offset: int, max_lines: int) -> None:
+    def __init__(self, a: _Attempt, offset: int, max_lines: int, max_chars: int) -> None:
         self.a = a
         self.pos = offset
         self.stop: int | None = None
         self.max_lines = max_lines
+        self.chars_left = max_chars
         self.limit = a.limit()
         self.batches: list[LogBatch] = []
 
@@ -410,6 +426,21 @@ class _Reader:
         return (lo, hi) if lo < hi else None
 
     def _add(self, stream: Stream, offset: int, lines: list[str]) -> None:
+        chars = sum(map(len, lines)) + len(lines)
+        if chars > self.chars_left:
+            # Past the size cap: the read ends inside these lines (after one, at least).
+            keep = 0
+            for line in lines:
+                if len(line) + 1 > self.chars_left and (keep or self.batches):
+                    break
+                self.chars_left -= len(line) + 1
+                keep += 1
+            self.stop = offset + keep
+            if not keep:
+                return
+            lines = lines[:keep]
+        else:
+            self.chars_left -= chars
         self.batches.append(LogBatch.model_construct(
             action_id=ActionId(self.a.action_id), attempt=self.a.attempt, stream=stream,
             offset=offset, lines=lines))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.logstore import LogStore
+from mesh.logstore import ATTEMPT_OVERHEAD, LogStore
 from mesh.schema import ActionId, LogBatch, LogRead, Stream
 
 A = "act-1"
@@ -238,11 +238,39 @@ def test_tiny_budget_reads_back_like_memory(tmp_path: Path) -> None:
 
 
 def test_eviction_takes_the_oldest_lines_first(tmp_path: Path) -> None:
-    store = LogStore(tmp_path, 2000)
+    store = LogStore(tmp_path, 2000 + 2 * ATTEMPT_OVERHEAD)
     store.append(batch(0, numbered(20), action_id="old"))
     store.append(batch(0, numbered(20), action_id="new"))
     assert (tmp_path / "old" / "1.log").is_file()
     assert not (tmp_path / "new").exists()
+
+
+def test_each_attempts_own_bookkeeping_counts_against_the_budget(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    store.append(batch(0, numbered(20), action_id="lines"))
+    assert not (tmp_path / "lines").exists()
+    for n in range((1 << 20) // ATTEMPT_OVERHEAD):  # closed, empty, yet not free
+        store.close(f"empty{n}", 1, 0)
+    assert (tmp_path / "lines" / "1.log").is_file(), "the budget ignored the attempts"
+    assert store.stats()["attempt_bytes"] >= (1 << 20) - ATTEMPT_OVERHEAD
+    store.expire(before=float("inf"))
+    assert store.stats()["attempt_bytes"] == ATTEMPT_OVERHEAD, "only the open one is left"
+
+
+@pytest.mark.parametrize("budget", [1 << 20, 0])
+def test_one_read_is_capped_in_size_and_a_longer_line_still_comes_alone(
+        tmp_path: Path, budget: int) -> None:
+    store = LogStore(tmp_path, budget)
+    big = "x" * 1000
+    store.append(batch(0, [big] * 30))
+    store.append(batch(30, ["y" * 5000, "z"], stream="stderr"))
+    first = store.read(A, 1, 0, 1000, max_chars=10_500)
+    assert [len(lines_of(first))] == [10] and first.next_offset == 10
+    rest = store.read(A, 1, 10, 1000, max_chars=20_100)
+    assert rest.next_offset == 30, "the next read goes on where the cap ended the last"
+    alone = store.read(A, 1, 30, 1000, max_chars=100)
+    assert [line for _, _, line in lines_of(alone)] == ["y" * 5000], "a long line comes alone"
+    assert store.read(A, 1, 31, 1000, max_chars=100).next_offset == 32
 
 
 def test_forget_drops_memory_and_files(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from mesh.errors import (
     ActionTimeout,
     InvalidInput,
     MeshError,
+    NotFound,
     Unplaceable,
 )
 from mesh.schema import (
@@ -149,18 +150,27 @@ class ActionHandle:
             return send(relay.read, self.id, attempt, at, 10_000, 0.0 if last_pass else POLL)
 
         pending = ask(offset)
+        told: set[int] = set()  # gaps already noted, by where they start
         while True:
             read: LogRead = wait(pending, POLL + CALL_TIMEOUT)
+            if read.dropped:
+                raise NotFound(f"the log of {self.id} attempt {attempt} is gone: "
+                               f"{read.dropped}")
             offset = read.next_offset
             done = read.closed or (last_pass and not read.batches)
             if read.batches and not done:
                 # Ask for the next lines before handing these out, so the relay's round trip
                 # overlaps the caller's work on this batch.
                 pending = ask(offset)
+            gaps = [g for g in read.gaps if g[0] not in told]
             for batch in read.batches:
+                while gaps and gaps[0][0] < batch.offset:
+                    yield self._lost(attempt, *gaps.pop(0), told)
                 for i, text in enumerate(batch.lines):
                     yield LogLine(batch.action_id, batch.attempt, batch.stream,
                                   batch.offset + i, text)
+            for gap in gaps:
+                yield self._lost(attempt, *gap, told)
             if done:
                 return offset, read.closed
             if not read.batches:
@@ -169,6 +179,13 @@ class ActionHandle:
                 status = self.status()
                 last_pass = status.attempt != attempt or status.stage in TERMINAL
                 pending = ask(offset)
+
+
+    def _lost(self, attempt: int, start: int, end: int, told: set[int]) -> LogLine:
+        told.add(start)
+        return LogLine(self.id, attempt, "stderr", start,
+                       f"[actionmesh: lines {start}-{end - 1} of this log were lost]",
+                       lost=end - start)
 
 
 class Client:

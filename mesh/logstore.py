@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from mesh import logfiles
 from mesh.schema import ID_RE, ActionId, LogBatch, LogRead, Stream
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ MERGE_BYTES = 1 << 20
 # One read returns at most about this many characters: 150 lines of 1 MiB once made one
 # reply of 150 MiB. A line longer than this still comes, alone.
 MAX_READ_CHARS = 8 << 20
+# What a read of a log dropped for the disk budget says, and how many such actions are
+# remembered to say it.
+DROPPED = "dropped: the relay's log disk budget was full, and it finished before others"
+REMEMBER_DROPPED = 100_000
 # Batches ahead of a gap are held in memory up to at least this many bytes (see LogStore).
 HOLD_FLOOR = 8 << 20
 # Spill files hold UTF-8; a lone surrogate (an undecodable byte the agent passed through)
@@ -104,6 +109,13 @@ class _Attempt:
         self.stored_end = 0
         self.total: int | None = None
         self.held: dict[int, _Held] = {}
+        # Ranges [start, end) of lines that will never come (lost pushes, or what a crashed
+        # relay held in memory only): a read says where they were.
+        self.gaps: list[tuple[int, int]] = []
+
+    @property
+    def index(self) -> Path:
+        return self.path.with_suffix(".idx")
 
     @property
     def closed(self) -> bool:
@@ -142,7 +154,8 @@ class LogStore:
     """
 
     def __init__(self, spill_dir: Path, memory_budget: int, hold_limit: int | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, disk_budget: int | None = None,
+                 ) -> None:
         if memory_budget < 0:
             raise ValueError(f"memory_budget must not be negative, got {memory_budget!r}")
         self._spill_dir = Path(spill_dir)
@@ -163,7 +176,11 @@ class LogStore:
         # what retention deletes.
         self._closed: dict[str, float] = {}
         self._clock = clock
-        _clear_stale(self._spill_dir)
+        self._disk_budget = disk_budget
+        # Actions whose logs went to keep the disk budget, with why (the latest only).
+        self._dropped: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._journal = logfiles.Journal(self._spill_dir)
+        self._recover()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -181,6 +198,8 @@ class LogStore:
         else:
             self._store(a, start, batch.stream, batch.lines, stop)
             self._release(a)
+            if a.total is not None:  # late lines of a closed attempt
+                self._flush(a)
         self._evict()
 
     def close(self, action_id: str, attempt: int, total_lines: int) -> None:
@@ -196,9 +215,17 @@ class LogStore:
         a.total = total_lines
         for start in [s for s in a.held if s >= total_lines]:
             self._held -= a.held.pop(start).cost
+        now = self._clock()
         if all(other.total is not None for other in self._actions[action_id].values()):
             self._closed.pop(action_id, None)
-            self._closed[action_id] = self._clock()
+            self._closed[action_id] = now
+        # A finished log goes to disk whole, so that it outlives the relay.
+        self._flush(a)
+        try:
+            self._journal.append(logfiles.Closed(action_id, attempt, total_lines, now))
+        except OSError as exc:
+            log.warning("cannot record the close of %s attempt %d: %s", action_id, attempt,
+                        exc)
         self._evict()  # a close of an attempt that never printed adds one
 
     def expire(self, before: float) -> int:
@@ -210,7 +237,18 @@ class LogStore:
                 break
             self.forget(action_id)
             expired += 1
+        if self._journal.lines > 2 * len(self._closed) + 1000:
+            self._compact_journal()
         return expired
+
+    def _compact_journal(self) -> None:
+        kept = [logfiles.Closed(action_id, n, a.total, at)
+                for action_id, at in self._closed.items()
+                for n, a in self._actions[action_id].items() if a.total is not None]
+        try:
+            self._journal.rewrite(kept)
+        except OSError as exc:
+            log.warning("cannot compact the log journal: %s", exc)
 
     def skip_gaps(self, action_id: str, attempt: int) -> int:
         """Give up on the missing lines of a closed attempt, so it can read to its end.
@@ -226,6 +264,7 @@ class LogStore:
             self._release(a)
         if a.end < a.total:
             self._skip_to(a, a.total)
+        self._flush(a)
         self._evict()
         return self._skipped - before
 
@@ -293,6 +332,7 @@ class LogStore:
         log.warning("attempt %s/%d: lines %d..%d never arrived; skipping them",
                     a.action_id, a.attempt, a.end, offset - 1)
         self._skipped += offset - a.end
+        a.gaps.append((a.end, offset))
         a.end = offset
 
     def _release(self, a: _Attempt) -> None:
@@ -310,6 +350,58 @@ class LogStore:
                 self._store(a, first, held.stream, held.lines, stop)
 
     # -- spilling ----------------------------------------------------------------------
+
+    def _flush(self, a: _Attempt) -> None:
+        """Spill what a closed attempt still has in memory: it is done growing."""
+        while a.mem_head < len(a.mem):
+            chunk = a.mem[a.mem_head]
+            try:
+                self._spill(chunk)
+            except OSError:
+                if not self._spill_failed:
+                    log.exception("cannot spill logs to %s; holding them in memory", a.path)
+                self._spill_failed = True
+                return
+            chunk.dead = True  # its place in the eviction queue is a tombstone now
+            self._dead += 1
+        self._keep_disk_budget()
+
+    def _keep_disk_budget(self) -> None:
+        """Over the disk budget, drop the logs of the actions that finished first."""
+        while (self._disk_budget is not None and self._spilled > self._disk_budget
+               and self._closed):
+            action_id = next(iter(self._closed))
+            self.forget(action_id)
+            self._dropped[action_id] = DROPPED
+            while len(self._dropped) > REMEMBER_DROPPED:
+                self._dropped.popitem(last=False)
+
+    def _recover(self) -> None:
+        """Take back the logs a previous relay left on disk: runs by their index, closes by
+        the journal. A closed attempt whose lines did not all reach the disk (the relay
+        died holding them in memory) has a gap at its end; a read says so."""
+        _clear_unindexed(self._spill_dir)
+        for action_id, number, runs in logfiles.spilled(self._spill_dir):
+            a = self._attempt(action_id, number)
+            for run in runs:
+                self._index_spilled(a, run)
+                self._spilled += run.length + 1
+            a.end = a.stored_end = max((r.offset + r.count for r in runs), default=0)
+        for closed in self._journal.read():
+            a = self._attempt(closed.action_id, closed.attempt)
+            if a.total is not None:
+                continue
+            a.total = closed.total
+            if a.end < a.total:
+                self._skip_to(a, a.total)
+            if all(other.total is not None
+                   for other in self._actions[closed.action_id].values()):
+                self._closed.pop(closed.action_id, None)
+                self._closed[closed.action_id] = closed.at
+        if self._actions:
+            log.info("took back the logs of %d attempt(s) of %d action(s) from %s",
+                     sum(len(a) for a in self._actions.values()), len(self._actions),
+                     self._spill_dir)
 
     def _evict(self) -> None:
         """Spill the oldest chunks until memory is within budget."""
@@ -329,6 +421,7 @@ class LogStore:
                 self._spill_failed = True
                 return
             self._spill_failed = False
+        self._keep_disk_budget()
 
     def _spill(self, chunk: _Chunk) -> None:
         a = chunk.owner
@@ -336,12 +429,9 @@ class LogStore:
         # is always the first still in memory and its file grows in offset order too.
         assert a.mem[a.mem_head] is chunk, "eviction out of order"
         block = "\n".join(chunk.lines).encode(_ENCODING, _ERRORS)
-        a.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(a.path, "ab") as f:
-            pos = f.tell()
-            f.write(block)
-            f.write(b"\n")
-        self._index_spilled(a, chunk, pos, len(block))
+        run = logfiles.append_run(a.path, a.index, a.action_id, block, chunk.count,
+                                  chunk.offset, chunk.stream)
+        self._index_spilled(a, run)
         self._spilled += len(block) + 1
         self._memory -= chunk.cost
         chunk.lines = []
@@ -351,18 +441,18 @@ class LogStore:
             del a.mem_starts[: a.mem_head]
             a.mem_head = 0
 
-    def _index_spilled(self, a: _Attempt, chunk: _Chunk, pos: int, length: int) -> None:
+    def _index_spilled(self, a: _Attempt, run: logfiles.Run) -> None:
         last = a.spilled[-1] if a.spilled else None
-        if (last is not None and last.stream == chunk.stream
-                and last.offset + last.count == chunk.offset
-                and last.pos + last.length + 1 == pos
-                and last.count + chunk.count <= MERGE_LINES
-                and last.length + length < MERGE_BYTES):
-            last.count += chunk.count
-            last.length += 1 + length
+        if (last is not None and last.stream == run.stream
+                and last.offset + last.count == run.offset
+                and last.pos + last.length + 1 == run.pos
+                and last.count + run.count <= MERGE_LINES
+                and last.length + run.length < MERGE_BYTES):
+            last.count += run.count
+            last.length += 1 + run.length
             return
-        a.spilled.append(_Spilled(chunk.offset, chunk.stream, pos, length, chunk.count))
-        a.spilled_starts.append(chunk.offset)
+        a.spilled.append(_Spilled(run.offset, run.stream, run.pos, run.length, run.count))
+        a.spilled_starts.append(run.offset)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -373,6 +463,9 @@ class LogStore:
         attempts = self._actions.get(action_id)
         a = attempts.get(attempt) if attempts is not None else None
         if a is None:
+            dropped = self._dropped.get(action_id)
+            if dropped is not None:
+                return LogRead(batches=[], next_offset=offset, closed=True, dropped=dropped)
             # The attempt may simply not have printed yet.
             return LogRead(batches=[], next_offset=offset, closed=False)
         reader = _Reader(a, offset, max(0, max_lines), max_chars)
@@ -383,8 +476,9 @@ class LogStore:
             reader.pos = max(reader.pos, a.limit())
         next_offset = reader.pos
         closed = a.closed and next_offset >= (a.total or 0)
+        gaps = [g for g in a.gaps if g[1] > offset and g[0] < next_offset]
         return LogRead.model_construct(batches=reader.batches, next_offset=next_offset,
-                                       closed=closed)
+                                       closed=closed, gaps=gaps, dropped="")
 
     def attempts(self, action_id: str) -> list[int]:
         """The attempts of an action that have logged or closed, in order."""
@@ -491,15 +585,16 @@ def _read_run(f: BinaryIO, run: _Spilled, path: Path) -> list[str]:
     return lines
 
 
-def _clear_stale(spill_dir: Path) -> None:
-    """Remove spill files a previous store left: their index died with it."""
+def _clear_unindexed(spill_dir: Path) -> None:
+    """Remove spill files without an index (a release before indexes were kept wrote
+    them): they cannot be read."""
     if not spill_dir.is_dir():
         return
     for action_dir in spill_dir.iterdir():
         if not action_dir.is_dir():
             continue
         for path in action_dir.glob("*.log"):
-            if path.stem.isdigit():
+            if path.stem.isdigit() and not path.with_suffix(".idx").exists():
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # something else lives there; not ours to remove
             action_dir.rmdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,13 @@ def relay_options() -> dict[str, Any]:
         # starve the agents' appends, so the ceiling sits well above any fleet's readers.
         "max_concurrency": 10_000,
     }
+
+
+def default_log_budget(spill: Path) -> int:
+    """A quarter of the space free where the logs go (what they hold already included)."""
+    spill.mkdir(parents=True, exist_ok=True)
+    held = sum(p.stat().st_size for p in spill.rglob("*") if p.is_file())
+    return (shutil.disk_usage(spill).free + held) // 4
 
 
 class _Waiters:
@@ -119,7 +127,9 @@ class LogRelay:
         # makes the relay after the scheduler took the dir): then this relay dies, saying why.
         self._lock = StateDirLock(config.state_dir, "relay")
         self._lock.acquire(Owner.here(ray.get_runtime_context().gcs_address))
-        self._store = LogStore(Path(config.state_dir) / "logs", config.relay_memory_bytes)
+        spill = Path(config.state_dir) / "logs"
+        self._store = LogStore(spill, config.relay_memory_bytes,
+                               disk_budget=config.log_budget or default_log_budget(spill))
         self._waiters: dict[_Key, _Waiters] = {}
         self._close_grace = close_grace
         self._retention = config.retention

@@ -506,6 +506,9 @@ class LogLine:
     stream: Stream
     offset: int
     text: str
+    # Not a line of the action's: a note that this many lines from `offset` on are lost
+    # (`text` says so in words, on stderr).
+    lost: int = 0
 
 
 class LogRead(Model):
@@ -514,6 +517,10 @@ class LogRead(Model):
     batches: list[LogBatch]
     next_offset: int
     closed: bool = Field(description="the attempt has ended and every line has been returned")
+    gaps: list[tuple[int, int]] = Field(
+        default_factory=list, description="ranges [start, end) of lines in this window that "
+        "will never come (lost pushes, or lines a crashed relay held only in memory)")
+    dropped: str = Field("", description="why the log is gone, when it is")
 
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
@@ -540,6 +547,11 @@ class MeshConfig(Model):
     cpu_busy_percent: float = Field(
         95.0, gt=0, le=100, description="no CPU work for an agent whose machine is this busy")
     head_agent: bool = Field(True, description="run an agent on the head node too")
+    log_budget: int | None = Field(
+        None, ge=1 << 20, le=MAX_BYTES,
+        description="bytes of disk the relay's logs may take (e.g. 20G); past it, the logs "
+        "of the actions that finished first go. Default: a quarter of the space free where "
+        "the state dir is when the relay starts")
     retention: float = Field(
         7 * 86400.0, ge=1, le=10 * 365 * 86400,
         description="how long finished actions, their events and their logs are kept "
@@ -548,6 +560,11 @@ class MeshConfig(Model):
         0, ge=0, le=65535,
         description="TCP port on the head for the agents' report channel; 0 picks a free one "
         "(set one where a firewall sits between the nodes)")
+
+    @field_validator("log_budget", mode="before")
+    @classmethod
+    def _log_budget(cls, value: Any) -> int | None:
+        return None if value is None else parse_size(value)
 
     @field_validator("retention", mode="before")
     @classmethod

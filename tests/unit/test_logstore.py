@@ -363,12 +363,54 @@ def test_gaps_of_an_open_attempt_are_kept(tmp_path: Path) -> None:
     assert read_all(store) == EXPECTED
 
 
-def test_a_new_store_clears_files_it_cannot_index(tmp_path: Path) -> None:
-    first = LogStore(tmp_path, 0)
-    first.append(batch(0, ["x"]))
+def test_a_new_store_clears_spill_files_without_an_index(tmp_path: Path) -> None:
+    (tmp_path / "old-release").mkdir()
+    (tmp_path / "old-release" / "1.log").write_text("x\n")  # no index: unreadable
     (tmp_path / "notes.txt").write_text("not ours")
     LogStore(tmp_path, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_restarted_store_serves_every_spilled_line_and_says_where_lines_were_lost(
+        tmp_path: Path) -> None:
+    first = LogStore(tmp_path, 1 << 20)
+    for _ in push_numbered(first, 300, 40, action_id="done"):
+        pass
+    first.close("done", 1, 300)  # a finished log goes to disk whole
+    first.close("quiet", 1, 0)
+    first.append(batch(0, numbered(10), action_id="cut"))
+    first.close("cut", 1, 25)  # 15 lines never came before the relay died
+    first.append(batch(0, numbered(50), action_id="running"))  # only in memory
+    del first  # killed: nothing more is written
+
+    again = LogStore(tmp_path, 1 << 20)
+    done = read_all(again, "done")
+    assert [text for _, _, text in done] == numbered(300)
+    assert again.read("quiet", 1, 0, 10).closed
+    cut = again.read("cut", 1, 0, 100)
+    assert [line for b in cut.batches for line in b.lines] == numbered(10)
+    assert cut.closed and cut.gaps == [(10, 25)], "the lost tail is named"
+    assert again.read("running", 1, 0, 100).batches == [], "memory dies with the relay"
+    again.append(batch(50, ["later"], action_id="running"))  # the agent goes on
+    again.close("running", 1, 51)
+    again.skip_gaps("running", 1)
+    late = again.read("running", 1, 0, 100)
+    assert late.gaps == [(0, 50)] and late.closed
+
+
+def test_over_its_disk_budget_the_store_drops_the_logs_that_finished_first(
+        tmp_path: Path) -> None:
+    now = [0.0]
+    store = LogStore(tmp_path, 0, clock=lambda: now[0], disk_budget=30_000)
+    for n in range(5):
+        now[0] = n
+        store.append(batch(0, ["x" * 99] * 100, action_id=f"a{n}"))  # 10 kB each
+        store.close(f"a{n}", 1, 100)
+    assert store.stats()["spilled_bytes"] <= 30_000
+    gone = store.read("a0", 1, 0, 10)
+    assert gone.closed and gone.dropped.startswith("dropped"), "a dropped log says so"
+    assert len(read_all(store, "a4")) == 100, "the latest is kept"
+    assert not (tmp_path / "a0").exists()
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)

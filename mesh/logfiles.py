@@ -1,0 +1,142 @@
+"""The relay's files: each attempt's spilled lines with an index of their runs, and a journal
+of closed attempts, written so that a restarted relay finds every log it had spilled.
+
+Per action, a directory (`logstore.file_name`) with, per attempt, `N.log` (the lines of each
+run, newline-joined, one run after another) and `N.idx` (a header naming the action, then
+one record per run: offset, stream, byte position, byte length, line count). A record is
+written after its run, so a crash between the two loses that run only: its lines are a gap.
+The journal (`closed.journal`) has one JSON line per closed attempt: the action, the
+attempt, its line total and when it closed; it is compacted as retention deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.schema import Stream
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "closed.journal"
+_STREAMS: dict[str, Stream] = {"o": "stdout", "e": "stderr"}
+_CODES = {stream: code for code, stream in _STREAMS.items()}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where one spilled run of lines of one stream sits in its attempt's data file."""
+
+    offset: int
+    stream: Stream
+    pos: int
+    length: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Closed:
+    action_id: str
+    attempt: int
+    total: int
+    at: float
+
+
+def append_run(data: Path, index: Path, action_id: str, block: bytes, count: int,
+               offset: int, stream: Stream) -> Run:
+    """Append a run (its `count` lines joined by newlines) to the data file, then its
+    record to the index."""
+    data.parent.mkdir(parents=True, exist_ok=True)
+    with open(data, "ab") as f:
+        pos = f.tell()
+        f.write(block)
+        f.write(b"\n")
+    run = Run(offset, stream, pos, len(block), count)
+    fresh = not index.exists()
+    with open(index, "a", encoding="utf-8") as f:
+        if fresh:
+            f.write(json.dumps({"action": action_id}) + "\n")
+        f.write(f"{run.offset} {_CODES[stream]} {run.pos} {run.length} {run.count}\n")
+    return run
+
+
+def spilled(spill_dir: Path) -> Iterator[tuple[str, int, list[Run]]]:
+    """Every attempt's runs found under the spill dir: (action id, attempt, runs)."""
+    if not spill_dir.is_dir():
+        return
+    for action_dir in spill_dir.iterdir():
+        if not action_dir.is_dir() or action_dir.is_symlink():
+            continue
+        for index in action_dir.glob("*.idx"):
+            if not index.stem.isdigit():
+                continue
+            found = _read_index(index)
+            if found is not None:
+                yield found[0], int(index.stem), found[1]
+
+
+def _read_index(index: Path) -> tuple[str, list[Run]] | None:
+    try:
+        text = index.read_text(encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot read the log index %s: %s", index, exc)
+        return None
+    lines = text.split("\n")
+    try:
+        action_id = str(json.loads(lines[0])["action"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("the log index %s names no action; its log is left alone", index)
+        return None
+    runs: list[Run] = []
+    # The last line is empty after a whole record, or a record torn by a crash: skipped.
+    for line in lines[1:-1]:
+        parts = line.split()
+        try:
+            offset, code, pos, length, count = parts
+            runs.append(Run(int(offset), _STREAMS[code], int(pos), int(length), int(count)))
+        except (ValueError, KeyError):
+            log.warning("the log index %s is damaged after %d runs", index, len(runs))
+            break
+    return action_id, runs
+
+
+class Journal:
+    """The closed attempts, one JSON line each, appended as they close."""
+
+    def __init__(self, spill_dir: Path) -> None:
+        self.path = spill_dir / JOURNAL
+        self.lines = 0
+
+    def read(self) -> list[Closed]:
+        found: list[Closed] = []
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return found
+        for line in text.split("\n"):
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                action_id, attempt, total, at = json.loads(line)
+                found.append(Closed(str(action_id), int(attempt), int(total), float(at)))
+        self.lines = len(found)
+        return found
+
+    def append(self, closed: Closed) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps([closed.action_id, closed.attempt, closed.total, closed.at])
+                    + "\n")
+        self.lines += 1
+
+    def rewrite(self, entries: list[Closed]) -> None:
+        """Replace the journal with these entries (atomically: a crash leaves either)."""
+        fresh = self.path.with_suffix(".new")
+        with open(fresh, "w", encoding="utf-8") as f:
+            for c in entries:
+                f.write(json.dumps([c.action_id, c.attempt, c.total, c.at]) + "\n")
+        os.replace(fresh, self.path)
+        self.lines = len(entries)

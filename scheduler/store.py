@@ -43,6 +43,7 @@ from scheduler.rows import (
 )
 
 DB_FILE = "scheduler.db"
+WAL_LIMIT = 4 << 20
 # Room for a few SQLite pages: what `probe` writes to tell whether writing can resume.
 PROBE_BYTES = 64 * 1024
 # "AMsh": tells our files from other SQLite databases.
@@ -99,6 +100,9 @@ class Store:
         # A commit survives the scheduler's crash once written to the WAL; `durable` writes
         # (submissions) also survive the machine's.
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # After a checkpoint the WAL is cut back to this size: else it stays as large as the
+        # most it ever held, and a long-running mesh's files only grow.
+        self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         for step in range(version, SCHEMA_VERSION):
             self.db.execute("BEGIN IMMEDIATE")
             try:

@@ -1,5 +1,6 @@
-"""Logs: 1,000,000 lines of 64 characters from one action to the client, against a Ray
-streaming generator moving the same lines in the same run."""
+"""Logs: 1,000,000 lines of 64 characters from one action to a following client, against a
+Ray streaming generator moving the same lines in the same run; both consumers look at
+every line."""
 
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ def generator_rate() -> float:
     start = time.perf_counter()
     got = 0
     for ref in producer.stream.options(num_returns="streaming").remote(LINES, 1000):
-        got += len(ray.get(ref))
+        # The same work per line as the mesh's consumer below: a follower reads lines.
+        for line in ray.get(ref):
+            got += 1
+            assert len(line) == WIDTH
     elapsed = time.perf_counter() - start
     assert got == LINES
     return LINES / elapsed
@@ -55,7 +59,7 @@ def main() -> None:
     with local_mesh(num_cpus=2) as client:
         baseline = generator_rate()
         ours = mesh_rate(client)
-    report("logs (1M x 64 chars)", ours, baseline, "lines/s", ">= 0.3")
+    report("logs (1M x 64 chars)", ours, baseline, "lines/s", ">= 0.5")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import builtins
 import time
 import uuid
 from collections.abc import Generator, Iterator, Sequence
+from itertools import repeat
 from typing import Any
 
 from pydantic import ValidationError
@@ -166,9 +167,10 @@ class ActionHandle:
             for batch in read.batches:
                 while gaps and gaps[0][0] < batch.offset:
                     yield self._lost(attempt, *gaps.pop(0), told)
-                for i, text in enumerate(batch.lines):
-                    yield LogLine(batch.action_id, batch.attempt, batch.stream,
-                                  batch.offset + i, text)
+                yield from map(LogLine, repeat(batch.action_id), repeat(batch.attempt),
+                               repeat(batch.stream),
+                               range(batch.offset, batch.offset + len(batch.lines)),
+                               batch.lines)
             for gap in gaps:
                 yield self._lost(attempt, *gap, told)
             if done:

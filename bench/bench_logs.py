@@ -4,6 +4,7 @@ every line."""
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -55,11 +56,20 @@ def mesh_rate(client: Client) -> float:
     return LINES / elapsed
 
 
+ROUNDS = 3
+
+
 def main() -> None:
+    # Rounds alternate, so a noisy spell of the shared machine falls on both sides.
+    bases, ours = [], []
     with local_mesh(num_cpus=2) as client:
-        baseline = generator_rate()
-        ours = mesh_rate(client)
-    report("logs (1M x 64 chars)", ours, baseline, "lines/s", ">= 0.5")
+        for _ in range(ROUNDS):
+            bases.append(generator_rate())
+            ours.append(mesh_rate(client))
+    print("rounds (mesh, baseline):",
+          ", ".join(f"{m:,.0f}/{b:,.0f}" for m, b in zip(ours, bases, strict=True)))
+    report("logs (1M x 64 chars), median of 3", statistics.median(ours),
+           statistics.median(bases), "lines/s", ">= 0.5")
 
 
 if __name__ == "__main__":

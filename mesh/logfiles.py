@@ -140,3 +140,18 @@ class Journal:
                 f.write(json.dumps([c.action_id, c.attempt, c.total, c.at]) + "\n")
         os.replace(fresh, self.path)
         self.lines = len(entries)
+
+
+def clear_unindexed(spill_dir: Path) -> None:
+    """Remove spill files without an index (a release before indexes were kept wrote
+    them): they cannot be read."""
+    if not spill_dir.is_dir():
+        return
+    for action_dir in spill_dir.iterdir():
+        if not action_dir.is_dir():
+            continue
+        for path in action_dir.glob("*.log"):
+            if path.stem.isdigit() and not path.with_suffix(".idx").exists():
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # something else lives there; not ours to remove
+            action_dir.rmdir()

@@ -1,20 +1,31 @@
-"""The relay's log store: each attempt's lines in order, bounded in memory, spilled to files."""
+"""The relay's log store: each attempt's lines in order, within a memory and a disk budget,
+spilled to files that outlive the relay (`mesh/logfiles.py`; an attempt's log is
+`mesh/logattempt.py`)."""
 
 from __future__ import annotations
 
-import bisect
 import collections
-import contextlib
 import hashlib
 import logging
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from mesh import logfiles
-from mesh.schema import ID_RE, ActionId, LogBatch, LogRead, Stream
+from mesh.logattempt import (
+    ENCODING,
+    ERRORS,
+    MAX_READ_CHARS,
+    MERGE_BYTES,
+    MERGE_LINES,
+    AttemptLog,
+    Chunk,
+    Held,
+    Reader,
+    Spilled,
+)
+from mesh.schema import ID_RE, LogBatch, LogRead, Stream
 
 log = logging.getLogger(__name__)
 
@@ -28,102 +39,13 @@ CHUNK_OVERHEAD = 256
 # lines were counted as 16. Measured: 1,178 bytes an attempt with one line, 316 of them
 # the line's chunk.
 ATTEMPT_OVERHEAD = 860
-# Spilled chunks of one stream merge into one index entry up to these sizes, so an attempt
-# that printed a line at a time keeps a small index, yet reading one line never reads more
-# than this much of its file.
-MERGE_LINES = 8192
-MERGE_BYTES = 1 << 20
-# One read returns at most about this many characters: 150 lines of 1 MiB once made one
-# reply of 150 MiB. A line longer than this still comes, alone.
-MAX_READ_CHARS = 8 << 20
 # What a read of a log dropped for the disk budget says, and how many such actions are
 # remembered to say it.
 DROPPED = "dropped: the relay's log disk budget was full, and it finished before others"
 REMEMBER_DROPPED = 100_000
 # Batches ahead of a gap are held in memory up to at least this many bytes (see LogStore).
 HOLD_FLOOR = 8 << 20
-# Spill files hold UTF-8; a lone surrogate (an undecodable byte the agent passed through)
-# must survive the round trip rather than fail the write.
-_ENCODING = "utf-8"
-_ERRORS = "surrogatepass"
-
 _Key = tuple[str, int]
-
-
-class _Chunk:
-    """One stored batch (or its tail) held in memory: the agent's list of lines, unsplit."""
-
-    __slots__ = ("cost", "count", "dead", "lines", "offset", "owner", "stream")
-
-    def __init__(self, owner: _Attempt, offset: int, stream: Stream, lines: list[str],
-                 cost: int) -> None:
-        self.owner = owner
-        self.offset = offset
-        self.stream: Stream = stream
-        self.lines = lines
-        self.count = len(lines)
-        self.cost = cost
-        self.dead = False
-
-
-class _Spilled:
-    """Where a run of spilled lines of one stream sits in its attempt's file."""
-
-    __slots__ = ("count", "length", "offset", "pos", "stream")
-
-    def __init__(self, offset: int, stream: Stream, pos: int, length: int, count: int) -> None:
-        self.offset = offset
-        self.stream: Stream = stream
-        self.pos = pos
-        self.length = length
-        self.count = count
-
-
-class _Held:
-    """A batch that arrived ahead of a gap, waiting for the lines before it."""
-
-    __slots__ = ("cost", "lines", "stream")
-
-    def __init__(self, stream: Stream, lines: list[str], cost: int) -> None:
-        self.stream: Stream = stream
-        self.lines = lines
-        self.cost = cost
-
-
-class _Attempt:
-    """One attempt's log: spilled runs, then chunks in memory, both in offset order."""
-
-    def __init__(self, action_id: str, attempt: int, path: Path) -> None:
-        self.action_id = action_id
-        self.attempt = attempt
-        self.path = path
-        self.spilled: list[_Spilled] = []
-        self.spilled_starts: list[int] = []
-        # Evicted chunks leave from the front; `mem_head` skips them until a compaction, so
-        # eviction stays O(1) and reads can still bisect.
-        self.mem: list[_Chunk] = []
-        self.mem_starts: list[int] = []
-        self.mem_head = 0
-        self.end = 0
-        # Below `end` unless the attempt's last lines were given up on (see skip_gaps).
-        self.stored_end = 0
-        self.total: int | None = None
-        self.held: dict[int, _Held] = {}
-        # Ranges [start, end) of lines that will never come (lost pushes, or what a crashed
-        # relay held in memory only): a read says where they were.
-        self.gaps: list[tuple[int, int]] = []
-
-    @property
-    def index(self) -> Path:
-        return self.path.with_suffix(".idx")
-
-    @property
-    def closed(self) -> bool:
-        return self.total is not None and self.end >= self.total
-
-    def limit(self) -> int:
-        """Offset below which lines may be read."""
-        return self.end if self.total is None else min(self.end, self.total)
 
 
 def text_cost(lines: list[str]) -> tuple[list[str], int]:
@@ -144,7 +66,7 @@ def file_name(action_id: str) -> str:
     if ID_RE.match(action_id):
         return action_id
     # Valid ids start with a letter or digit, so this form never collides with one.
-    return "~" + hashlib.sha256(action_id.encode(_ENCODING, _ERRORS)).hexdigest()[:32]
+    return "~" + hashlib.sha256(action_id.encode(ENCODING, ERRORS)).hexdigest()[:32]
 
 
 class LogStore:
@@ -163,8 +85,8 @@ class LogStore:
         # Batches only arrive out of order when a push is retried, so this is generous;
         # past it, a gap is given up on rather than memory. It comes on top of the budget.
         self._hold_limit = max(memory_budget // 4, HOLD_FLOOR) if hold_limit is None else hold_limit
-        self._actions: dict[str, dict[int, _Attempt]] = {}
-        self._queue: collections.deque[_Chunk] = collections.deque()
+        self._actions: dict[str, dict[int, AttemptLog]] = {}
+        self._queue: collections.deque[Chunk] = collections.deque()
         self._dead = 0
         self._memory = 0  # lines held in memory
         self._overhead = 0  # the attempts' own bookkeeping
@@ -291,51 +213,52 @@ class LogStore:
             self._queue = collections.deque(c for c in self._queue if not c.dead)
             self._dead = 0
 
-    def _attempt(self, action_id: str, attempt: int) -> _Attempt:
+    def _attempt(self, action_id: str, attempt: int) -> AttemptLog:
         attempts = self._actions.setdefault(action_id, {})
         a = attempts.get(attempt)
         if a is None:
             path = self._spill_dir / file_name(action_id) / f"{attempt}.log"
-            a = attempts[attempt] = _Attempt(action_id, attempt, path)
+            a = attempts[attempt] = AttemptLog(action_id, attempt, path)
             self._overhead += ATTEMPT_OVERHEAD
             self._closed.pop(action_id, None)  # a new attempt: open again
         return a
 
-    def _store(self, a: _Attempt, start: int, stream: Stream, lines: list[str], stop: int) -> None:
+    def _store(self, a: AttemptLog, start: int, stream: Stream, lines: list[str],
+               stop: int) -> None:
         """Keep lines [a.end, stop) of a batch starting at `start` <= a.end."""
         if a.end > start or stop < start + len(lines):
             lines = lines[a.end - start : stop - start]
             start = a.end
         lines, cost = text_cost(lines)
-        chunk = _Chunk(a, start, stream, lines, cost)
+        chunk = Chunk(a, start, stream, lines, cost)
         a.mem.append(chunk)
         a.mem_starts.append(start)
         a.end = a.stored_end = stop
         self._queue.append(chunk)
         self._memory += cost
 
-    def _hold(self, a: _Attempt, start: int, stream: Stream, lines: list[str]) -> None:
+    def _hold(self, a: AttemptLog, start: int, stream: Stream, lines: list[str]) -> None:
         held = a.held.get(start)
         if held is not None and len(held.lines) >= len(lines):
             return
         if held is not None:
             self._held -= held.cost
         lines, cost = text_cost(lines)
-        a.held[start] = _Held(stream, lines, cost)
+        a.held[start] = Held(stream, lines, cost)
         self._held += cost
         # Only this attempt's holdings grew, so skipping its gaps restores the bound.
         while self._held > self._hold_limit and a.held:
             self._skip_to(a, min(a.held))
             self._release(a)
 
-    def _skip_to(self, a: _Attempt, offset: int) -> None:
+    def _skip_to(self, a: AttemptLog, offset: int) -> None:
         log.warning("attempt %s/%d: lines %d..%d never arrived; skipping them",
                     a.action_id, a.attempt, a.end, offset - 1)
         self._skipped += offset - a.end
         a.gaps.append((a.end, offset))
         a.end = offset
 
-    def _release(self, a: _Attempt) -> None:
+    def _release(self, a: AttemptLog) -> None:
         """Store held batches that the lines stored so far have caught up with."""
         while a.held:
             first = min(a.held)
@@ -351,7 +274,7 @@ class LogStore:
 
     # -- spilling ----------------------------------------------------------------------
 
-    def _flush(self, a: _Attempt) -> None:
+    def _flush(self, a: AttemptLog) -> None:
         """Spill what a closed attempt still has in memory: it is done growing."""
         while a.mem_head < len(a.mem):
             chunk = a.mem[a.mem_head]
@@ -380,7 +303,7 @@ class LogStore:
         """Take back the logs a previous relay left on disk: runs by their index, closes by
         the journal. A closed attempt whose lines did not all reach the disk (the relay
         died holding them in memory) has a gap at its end; a read says so."""
-        _clear_unindexed(self._spill_dir)
+        logfiles.clear_unindexed(self._spill_dir)
         for action_id, number, runs in logfiles.spilled(self._spill_dir):
             a = self._attempt(action_id, number)
             for run in runs:
@@ -423,12 +346,12 @@ class LogStore:
             self._spill_failed = False
         self._keep_disk_budget()
 
-    def _spill(self, chunk: _Chunk) -> None:
+    def _spill(self, chunk: Chunk) -> None:
         a = chunk.owner
         # Chunks of one attempt enter the queue in offset order, so the oldest live one
         # is always the first still in memory and its file grows in offset order too.
         assert a.mem[a.mem_head] is chunk, "eviction out of order"
-        block = "\n".join(chunk.lines).encode(_ENCODING, _ERRORS)
+        block = "\n".join(chunk.lines).encode(ENCODING, ERRORS)
         run = logfiles.append_run(a.path, a.index, a.action_id, block, chunk.count,
                                   chunk.offset, chunk.stream)
         self._index_spilled(a, run)
@@ -441,7 +364,7 @@ class LogStore:
             del a.mem_starts[: a.mem_head]
             a.mem_head = 0
 
-    def _index_spilled(self, a: _Attempt, run: logfiles.Run) -> None:
+    def _index_spilled(self, a: AttemptLog, run: logfiles.Run) -> None:
         last = a.spilled[-1] if a.spilled else None
         if (last is not None and last.stream == run.stream
                 and last.offset + last.count == run.offset
@@ -451,7 +374,7 @@ class LogStore:
             last.count += run.count
             last.length += 1 + run.length
             return
-        a.spilled.append(_Spilled(run.offset, run.stream, run.pos, run.length, run.count))
+        a.spilled.append(Spilled(run.offset, run.stream, run.pos, run.length, run.count))
         a.spilled_starts.append(run.offset)
 
     # -- reading -----------------------------------------------------------------------
@@ -468,7 +391,7 @@ class LogStore:
                 return LogRead(batches=[], next_offset=offset, closed=True, dropped=dropped)
             # The attempt may simply not have printed yet.
             return LogRead(batches=[], next_offset=offset, closed=False)
-        reader = _Reader(a, offset, max(0, max_lines), max_chars)
+        reader = Reader(a, offset, max(0, max_lines), max_chars)
         reader.collect_spilled()
         reader.collect_memory()
         if reader.pos >= a.stored_end:
@@ -494,107 +417,3 @@ class LogStore:
             "attempts": sum(len(a) for a in self._actions.values()),
             "skipped_lines": self._skipped,
         }
-
-
-class _Reader:
-    """Collects one read's window, first from the spilled runs, then from memory."""
-
-    def __init__(self, a: _Attempt, offset: int, max_lines: int, max_chars: int) -> None:
-        self.a = a
-        self.pos = offset
-        self.stop: int | None = None
-        self.max_lines = max_lines
-        self.chars_left = max_chars
-        self.limit = a.limit()
-        self.batches: list[LogBatch] = []
-
-    def _window(self, first: int, count: int) -> tuple[int, int] | None:
-        """The part [lo, hi) of a run [first, first + count) this read takes, if any."""
-        if first + count <= self.pos:
-            return None
-        if self.stop is None:
-            # Lines skipped over a gap that never filled are gone; start after them.
-            self.pos = max(self.pos, first)
-            self.stop = min(self.pos + self.max_lines, self.limit)
-        lo, hi = max(self.pos, first), min(first + count, self.stop)
-        return (lo, hi) if lo < hi else None
-
-    def _add(self, stream: Stream, offset: int, lines: list[str]) -> None:
-        chars = sum(map(len, lines)) + len(lines)
-        if chars > self.chars_left:
-            # Past the size cap: the read ends inside these lines (after one, at least).
-            keep = 0
-            for line in lines:
-                if len(line) + 1 > self.chars_left and (keep or self.batches):
-                    break
-                self.chars_left -= len(line) + 1
-                keep += 1
-            self.stop = offset + keep
-            if not keep:
-                return
-            lines = lines[:keep]
-        else:
-            self.chars_left -= chars
-        self.batches.append(LogBatch.model_construct(
-            action_id=ActionId(self.a.action_id), attempt=self.a.attempt, stream=stream,
-            offset=offset, lines=lines))
-        self.pos = offset + len(lines)
-
-    def collect_spilled(self) -> None:
-        a = self.a
-        i = max(0, bisect.bisect_right(a.spilled_starts, self.pos) - 1)
-        f: BinaryIO | None = None
-        try:
-            for run in a.spilled[i:]:
-                window = self._window(run.offset, run.count)
-                if window is None:
-                    if self.stop is not None and run.offset >= self.stop:
-                        break
-                    continue
-                if f is None:
-                    f = open(a.path, "rb")  # noqa: SIM115 - closed below, opened only if needed
-                lines = _read_run(f, run, a.path)
-                lo, hi = window
-                self._add(run.stream, lo, lines[lo - run.offset : hi - run.offset])
-        finally:
-            if f is not None:
-                f.close()
-
-    def collect_memory(self) -> None:
-        a = self.a
-        i = max(a.mem_head, bisect.bisect_right(a.mem_starts, self.pos, lo=a.mem_head) - 1)
-        for chunk in a.mem[i:]:
-            window = self._window(chunk.offset, chunk.count)
-            if window is None:
-                if self.stop is not None and chunk.offset >= self.stop:
-                    break
-                continue
-            lo, hi = window
-            whole = lo == chunk.offset and hi == chunk.offset + chunk.count
-            self._add(chunk.stream, lo,
-                      chunk.lines if whole else chunk.lines[lo - chunk.offset : hi - chunk.offset])
-
-
-def _read_run(f: BinaryIO, run: _Spilled, path: Path) -> list[str]:
-    f.seek(run.pos)
-    data = f.read(run.length)
-    lines = data.decode(_ENCODING, _ERRORS).split("\n")
-    if len(data) != run.length or len(lines) != run.count:
-        raise OSError(f"spill file {path} is damaged at byte {run.pos}: expected {run.count} "
-                      f"lines in {run.length} bytes, found {len(lines)} in {len(data)}")
-    return lines
-
-
-def _clear_unindexed(spill_dir: Path) -> None:
-    """Remove spill files without an index (a release before indexes were kept wrote
-    them): they cannot be read."""
-    if not spill_dir.is_dir():
-        return
-    for action_dir in spill_dir.iterdir():
-        if not action_dir.is_dir():
-            continue
-        for path in action_dir.glob("*.log"):
-            if path.stem.isdigit() and not path.with_suffix(".idx").exists():
-                path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # something else lives there; not ours to remove
-            action_dir.rmdir()

@@ -102,6 +102,8 @@ class LogStore:
         # Actions whose logs went to keep the disk budget, with why (the latest only).
         self._dropped: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._journal = logfiles.Journal(self._spill_dir)
+        # Closed attempts not yet wholly on disk and journaled (the disk refused), oldest first.
+        self._unsaved: dict[tuple[str, int], float] = {}
         self._recover()
 
     # -- writing -----------------------------------------------------------------------
@@ -121,7 +123,8 @@ class LogStore:
             self._store(a, start, batch.stream, batch.lines, stop)
             self._release(a)
             if a.total is not None:  # late lines of a closed attempt
-                self._flush(a)
+                self._unsaved.setdefault((a.action_id, a.attempt), self._clock())
+        self._save_closed()
         self._evict()
 
     def close(self, action_id: str, attempt: int, total_lines: int) -> None:
@@ -141,14 +144,26 @@ class LogStore:
         if all(other.total is not None for other in self._actions[action_id].values()):
             self._closed.pop(action_id, None)
             self._closed[action_id] = now
-        # A finished log goes to disk whole, so that it outlives the relay.
-        self._flush(a)
-        try:
-            self._journal.append(logfiles.Closed(action_id, attempt, total_lines, now))
-        except OSError as exc:
-            log.warning("cannot record the close of %s attempt %d: %s", action_id, attempt,
-                        exc)
+        self._unsaved[(action_id, attempt)] = now
+        self._save_closed()
         self._evict()  # a close of an attempt that never printed adds one
+
+    def _save_closed(self) -> None:
+        """Put closed attempts' logs on disk whole, and journal their closes, so that they
+        outlive the relay; what the disk refuses now is tried again at the next append."""
+        while self._unsaved:
+            (action_id, attempt), at = next(iter(self._unsaved.items()))
+            a = self._actions.get(action_id, {}).get(attempt)
+            if a is not None:
+                if not self._flush(a):
+                    return
+                try:
+                    self._journal.append(logfiles.Closed(action_id, attempt, a.total or 0, at))
+                except OSError as exc:
+                    log.warning("cannot record the close of %s attempt %d: %s; will retry",
+                                action_id, attempt, exc)
+                    return
+            del self._unsaved[(action_id, attempt)]
 
     def expire(self, before: float) -> int:
         """Forget the actions whose attempts all closed before `before`; how many."""
@@ -186,7 +201,8 @@ class LogStore:
             self._release(a)
         if a.end < a.total:
             self._skip_to(a, a.total)
-        self._flush(a)
+        if not self._flush(a):
+            self._unsaved.setdefault((action_id, attempt), self._clock())
         self._evict()
         return self._skipped - before
 
@@ -196,6 +212,8 @@ class LogStore:
         attempts = self._actions.pop(action_id, None)
         if attempts is None:
             return
+        for number in attempts:
+            self._unsaved.pop((action_id, number), None)
         self._overhead -= ATTEMPT_OVERHEAD * len(attempts)
         for a in attempts.values():
             for chunk in a.mem[a.mem_head:]:
@@ -274,8 +292,9 @@ class LogStore:
 
     # -- spilling ----------------------------------------------------------------------
 
-    def _flush(self, a: AttemptLog) -> None:
-        """Spill what a closed attempt still has in memory: it is done growing."""
+    def _flush(self, a: AttemptLog) -> bool:
+        """Spill what a closed attempt still has in memory: it is done growing. False if the
+        disk refused (the rest stays in memory)."""
         while a.mem_head < len(a.mem):
             chunk = a.mem[a.mem_head]
             try:
@@ -284,10 +303,11 @@ class LogStore:
                 if not self._spill_failed:
                     log.exception("cannot spill logs to %s; holding them in memory", a.path)
                 self._spill_failed = True
-                return
+                return False
             chunk.dead = True  # its place in the eviction queue is a tombstone now
             self._dead += 1
         self._keep_disk_budget()
+        return True
 
     def _keep_disk_budget(self) -> None:
         """Over the disk budget, drop the logs of the actions that finished first."""

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import ray
 from ray.cluster_utils import Cluster
 
@@ -134,3 +137,39 @@ def scheduler_pid() -> int:
 def runs(log: Path) -> list[str]:
     """The ids that actions appended to `log`, one line per run that got to its end."""
     return log.read_text().split() if log.exists() else []
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str, skip: bool = True) -> Iterator[Path | None]:
+    """A tmpfs of `size` of its own at `where`. Mounting needs root: without it the test is
+    skipped, saying so, or (`skip=False`) given None."""
+    where.mkdir()
+    mounted = (subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(where)], capture_output=True, text=True, check=False)
+               if os.geteuid() == 0 else None)
+    if mounted is None or mounted.returncode != 0:
+        why = ("mounting a small tmpfs for the state dir needs root" if mounted is None
+               else f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        if skip:
+            pytest.skip(why)
+        print(f"no small disk: {why}")
+        yield None
+        return
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of `disk` with one file; deleting it frees them."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for block in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * block):
+                    pass
+    finally:
+        os.close(fd)
+    return filler

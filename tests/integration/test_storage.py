@@ -3,10 +3,6 @@ refuses submissions clearly, loses nothing it accepted, and carries on once spac
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,46 +11,21 @@ from mesh import Stage, StoreReadOnly
 from mesh.client import Client
 from mesh.schema import Action
 from mesh.waiting import wait_until
-from tests.integration.cluster import SMALL, scheduler_pid, start_mesh, stop_mesh
+from tests.integration.cluster import (
+    SMALL,
+    fill,
+    scheduler_pid,
+    small_disk,
+    start_mesh,
+    stop_mesh,
+)
 
 pytestmark = pytest.mark.integration
 
-TMPFS_SIZE = "24m"
-
-
-@contextlib.contextmanager
-def small_disk(where: Path) -> Iterator[Path]:
-    """A tmpfs of its own at `where` (mounting needs root; skipped, saying so, without)."""
-    where.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs for the state dir needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs",
-                              str(where)], capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of `disk` with one file; deleting it frees them."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for block in (1 << 20, 4096, 1):
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * block):
-                    pass
-    finally:
-        os.close(fd)
-    return filler
-
-
 def test_a_full_state_disk_makes_the_scheduler_read_only_and_nothing_accepted_is_lost(
         tmp_path: Path) -> None:
-    with small_disk(tmp_path / "state") as disk:
+    with small_disk(tmp_path / "state", "24m") as disk:
+        assert disk is not None
         cluster, _, _ = start_mesh(disk, SMALL)
         try:
             client = Client()

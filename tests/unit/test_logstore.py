@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh import logfiles
 from mesh.logstore import ATTEMPT_OVERHEAD, LogStore
 from mesh.schema import ActionId, LogBatch, LogRead, Stream
 
@@ -466,3 +469,26 @@ def test_any_batching_and_any_read_windows_reproduce_the_lines(
         assert [o for o, _, _ in got] == list(range(first, len(original)))
         assert [s for _, s, _ in got] == want_streams[first:]
         assert store.stats()["skipped_lines"] == 0
+
+
+def test_a_finished_log_the_full_disk_kept_in_memory_goes_to_disk_when_it_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    real = logfiles.append_run
+    full = [True]
+
+    def append_run(*args: Any) -> Any:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(logfiles, "append_run", append_run)
+    store.append(batch(0, numbered(5), action_id="kept"))
+    store.close("kept", 1, 5)
+    assert store.stats()["memory_bytes"] > 0, "held in memory while the disk is full"
+    full[0] = False
+    store.append(batch(0, ["next"], action_id="other"))  # any append tries again
+    assert (tmp_path / "kept" / "1.log").is_file(), "still only in memory"
+    again = LogStore(tmp_path, 1 << 20)
+    assert [t for _, _, t in read_all(again, "kept")] == numbered(5)
+    assert again.read("kept", 1, 0, 10).closed

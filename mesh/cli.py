@@ -42,13 +42,16 @@ def cli(ctx: click.Context, address: str) -> None:
               help="TCP port on the head for the agents' report channel (default: any free)")
 @click.option("--retention", default=None,
               help="how long finished actions and their logs are kept, e.g. 7d (the default)")
+@click.option("--log-dir", default=None,
+              help="where the relay keeps logs (default: STATE_DIR/logs)")
 @click.option("--log-budget", default=None,
               help="disk the relay's logs may take, e.g. 20G (default: a quarter of the "
               "free space)")
 @click.pass_context
 @errors
 def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
-       report_port: int | None, retention: str | None, log_budget: str | None) -> None:
+       report_port: int | None, retention: str | None, log_dir: str | None,
+       log_budget: str | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
     fields: dict[str, Any] = {"head_agent": not no_head_agent}
     if state_dir:
@@ -59,6 +62,8 @@ def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
         fields["retention"] = retention
     if log_budget is not None:
         fields["log_budget"] = log_budget
+    if log_dir is not None:
+        fields["log_dir"] = log_dir
     try:
         config = MeshConfig(**fields)
     except ValidationError as exc:

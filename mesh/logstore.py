@@ -427,6 +427,19 @@ class LogStore:
         """The attempts of an action that have logged or closed, in order."""
         return sorted(self._actions.get(action_id, {}))
 
+    @property
+    def overfull(self) -> bool:
+        """Memory past twice the budget because the disk refuses spills: appends should
+        wait (the agent then stops reading its pipes, and the action its writes) rather
+        than grow the relay without bound."""
+        return self._spill_failed and self._memory + self._overhead > 2 * self._budget
+
+    def retry_spill(self) -> None:
+        """Try the disk again: closed attempts' logs first, then the oldest lines."""
+        self._spill_failed = False
+        self._save_closed()
+        self._evict()
+
     def stats(self) -> dict[str, int]:
         return {
             "memory_bytes": self._memory,

@@ -27,6 +27,8 @@ MAX_WAIT = 300.0
 # An agent closes an attempt only after its last push landed, so a gap still open this long
 # after the close is a push that failed for good: give up on it so followers reach the end.
 CLOSE_GRACE = 10.0
+# While the disk refuses spills and memory is full, how often appends try it again.
+SPILL_RETRY = 0.5
 # How often retention looks for expired logs, at most (a short retention looks sooner).
 EXPIRE_INTERVAL = 60.0
 # Caps one reply (~100k lines of 64 characters is ~7 MB through the object store).
@@ -125,9 +127,9 @@ class LogRelay:
                                            else config)
         # Before its files are touched. Only a restart can be refused here (`mesh up`
         # makes the relay after the scheduler took the dir): then this relay dies, saying why.
-        self._lock = StateDirLock(config.state_dir, "relay")
+        spill = Path(config.logs)
+        self._lock = StateDirLock(spill, "relay")
         self._lock.acquire(Owner.here(ray.get_runtime_context().gcs_address))
-        spill = Path(config.state_dir) / "logs"
         self._store = LogStore(spill, config.relay_memory_bytes,
                                disk_budget=config.log_budget or default_log_budget(spill))
         self._waiters: dict[_Key, _Waiters] = {}
@@ -136,8 +138,13 @@ class LogRelay:
         self._expiring: asyncio.TimerHandle | None = None
 
     async def append(self, batch: LogBatch) -> None:
-        """Store a batch (a LogBatch or its dict form) and wake the readers of its attempt."""
+        """Store a batch (a LogBatch or its dict form) and wake the readers of its attempt.
+        While the disk refuses spills and memory is past twice its budget, the answer
+        waits: the agent's pushes back up and it stops reading the action's output."""
         checked = _guard("append", _check_batch, batch)
+        while self._store.overfull:
+            await asyncio.sleep(SPILL_RETRY)
+            self._store.retry_spill()
         _guard("append", self._store.append, checked)
         self._wake((checked.action_id, checked.attempt))
 

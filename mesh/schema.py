@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, NewType
 
 from pydantic import (
@@ -550,6 +551,9 @@ class MeshConfig(Model):
     cpu_busy_percent: float = Field(
         95.0, gt=0, le=100, description="no CPU work for an agent whose machine is this busy")
     head_agent: bool = Field(True, description="run an agent on the head node too")
+    log_dir: str | None = Field(
+        None, description="where the relay keeps logs (default: <state_dir>/logs); on a disk "
+        "of their own, a flood of output cannot fill the disk the state is written to")
     log_budget: int | None = Field(
         None, ge=1 << 20, le=MAX_BYTES,
         description="bytes of disk the relay's logs may take (e.g. 20G); past it, the logs "
@@ -563,6 +567,10 @@ class MeshConfig(Model):
         0, ge=0, le=65535,
         description="TCP port on the head for the agents' report channel; 0 picks a free one "
         "(set one where a firewall sits between the nodes)")
+
+    @property
+    def logs(self) -> str:
+        return self.log_dir or str(Path(self.state_dir) / "logs")
 
     @field_validator("log_budget", mode="before")
     @classmethod

@@ -492,3 +492,27 @@ def test_a_finished_log_the_full_disk_kept_in_memory_goes_to_disk_when_it_can(
     again = LogStore(tmp_path, 1 << 20)
     assert [t for _, _, t in read_all(again, "kept")] == numbered(5)
     assert again.read("kept", 1, 0, 10).closed
+
+
+def test_a_store_whose_disk_refuses_spills_says_when_it_is_overfull(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LogStore(tmp_path, 1 << 20)
+    real = logfiles.append_run
+    full = [True]
+
+    def append_run(*args: Any) -> Any:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(logfiles, "append_run", append_run)
+    pushed = 0
+    while not store.overfull:  # the relay makes appends wait from here on
+        store.append(batch(pushed, ["x" * 1000] * 100))
+        pushed += 100
+        assert pushed < 10_000, "memory grew past twice its budget without saying so"
+    assert store.stats()["memory_bytes"] > 2 << 20
+    full[0] = False
+    store.retry_spill()
+    assert not store.overfull and store.stats()["memory_bytes"] <= 1 << 20
+    assert len(read_all(store, window=1000)) == pushed

@@ -471,18 +471,24 @@ def test_any_batching_and_any_read_windows_reproduce_the_lines(
         assert store.stats()["skipped_lines"] == 0
 
 
-def test_a_finished_log_the_full_disk_kept_in_memory_goes_to_disk_when_it_can(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = LogStore(tmp_path, 1 << 20)
+@pytest.fixture
+def full(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The spill disk is full while `full[0]` is true (it starts full)."""
     real = logfiles.append_run
-    full = [True]
+    state = [True]
 
     def append_run(*args: Any) -> Any:
-        if full[0]:
+        if state[0]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args)
 
     monkeypatch.setattr(logfiles, "append_run", append_run)
+    return state
+
+
+def test_a_finished_log_the_full_disk_kept_in_memory_goes_to_disk_when_it_can(
+        tmp_path: Path, full: list[bool]) -> None:
+    store = LogStore(tmp_path, 1 << 20)
     store.append(batch(0, numbered(5), action_id="kept"))
     store.close("kept", 1, 5)
     assert store.stats()["memory_bytes"] > 0, "held in memory while the disk is full"
@@ -495,17 +501,8 @@ def test_a_finished_log_the_full_disk_kept_in_memory_goes_to_disk_when_it_can(
 
 
 def test_a_store_whose_disk_refuses_spills_says_when_it_is_overfull(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, full: list[bool]) -> None:
     store = LogStore(tmp_path, 1 << 20)
-    real = logfiles.append_run
-    full = [True]
-
-    def append_run(*args: Any) -> Any:
-        if full[0]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*args)
-
-    monkeypatch.setattr(logfiles, "append_run", append_run)
     pushed = 0
     while not store.overfull:  # the relay makes appends wait from here on
         store.append(batch(pushed, ["x" * 1000] * 100))

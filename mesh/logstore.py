@@ -174,7 +174,10 @@ class LogStore:
                 break
             self.forget(action_id)
             expired += 1
-        if self._journal.lines > 2 * len(self._closed) + 1000:
+        # Rewritten once a tenth of it is dead: it stays near what retention keeps, and a
+        # week of it is rewritten rarely.
+        live = sum(len(self._actions[action_id]) for action_id in self._closed)
+        if self._journal.lines > 1.1 * live + 1000:
             self._compact_journal()
         return expired
 

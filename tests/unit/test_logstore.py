@@ -513,3 +513,17 @@ def test_a_store_whose_disk_refuses_spills_says_when_it_is_overfull(
     store.retry_spill()
     assert not store.overfull and store.stats()["memory_bytes"] <= 1 << 20
     assert len(read_all(store, window=1000)) == pushed
+
+
+def test_the_journal_of_closes_is_compacted_as_retention_forgets(tmp_path: Path) -> None:
+    now = [0.0]
+    store = LogStore(tmp_path, 1 << 20, clock=lambda: now[0])
+    for n in range(3000):
+        now[0] = float(n)
+        store.close(f"q{n}", 1, 0)
+    journal = tmp_path / logfiles.JOURNAL
+    assert len(journal.read_text().splitlines()) == 3000
+    store.expire(before=2500.0)  # 500 left
+    assert len(journal.read_text().splitlines()) == 500, "not compacted"
+    again = LogStore(tmp_path, 1 << 20)
+    assert again.read("q2999", 1, 0, 10).closed and not again.read("q0", 1, 0, 10).closed

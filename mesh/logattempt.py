@@ -81,6 +81,7 @@ class AttemptLog:
         # Below `end` unless the attempt's last lines were given up on (see skip_gaps).
         self.stored_end = 0
         self.total: int | None = None
+        self.closed_at: float | None = None
         self.held: dict[int, Held] = {}
         # Ranges [start, end) of lines that will never come (lost pushes, or what a crashed
         # relay held in memory only): a read says where they were.

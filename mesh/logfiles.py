@@ -24,6 +24,8 @@ from mesh.schema import Stream
 log = logging.getLogger(__name__)
 
 JOURNAL = "closed.journal"
+# The line total a journal record has when it says the action's logs were deleted.
+FORGOTTEN = -1
 _STREAMS: dict[str, Stream] = {"o": "stdout", "e": "stderr"}
 _CODES = {stream: code for code, stream in _STREAMS.items()}
 
@@ -80,9 +82,20 @@ def spilled(spill_dir: Path) -> Iterator[tuple[str, int, list[Run]]]:
                 yield found[0], int(index.stem), found[1]
 
 
+def _whole_lines(path: Path) -> str:
+    """The file's text up to its last newline. A record torn by a crash or a full disk is
+    cut off the file too, so that the next record does not run on from it."""
+    text = path.read_text(encoding="utf-8")  # ASCII: every record is written as JSON or digits
+    whole = text[:text.rfind("\n") + 1]
+    if len(whole) < len(text):
+        log.warning("%s ends in a torn record; cutting it off", path)
+        os.truncate(path, len(whole))
+    return whole
+
+
 def _read_index(index: Path) -> tuple[str, list[Run]] | None:
     try:
-        text = index.read_text(encoding="utf-8")
+        text = _whole_lines(index)
     except OSError as exc:
         log.warning("cannot read the log index %s: %s", index, exc)
         return None
@@ -113,17 +126,33 @@ class Journal:
         self.lines = 0
 
     def read(self) -> list[Closed]:
-        found: list[Closed] = []
+        """The closes still standing, in the order they were written (a deleted action's
+        record, total -1, cancels its closes before it)."""
+        found: dict[str, dict[int, Closed]] = {}
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = _whole_lines(self.path)
         except FileNotFoundError:
-            return found
+            return []
+        lines = 0
         for line in text.split("\n"):
             with contextlib.suppress(ValueError, TypeError, IndexError):
                 action_id, attempt, total, at = json.loads(line)
-                found.append(Closed(str(action_id), int(attempt), int(total), float(at)))
-        self.lines = len(found)
-        return found
+                lines += 1
+                if total == FORGOTTEN:
+                    found.pop(str(action_id), None)
+                    continue
+                found.setdefault(str(action_id), {})[int(attempt)] = Closed(
+                    str(action_id), int(attempt), int(total), float(at))
+        self.lines = lines
+        return sorted((c for closes in found.values() for c in closes.values()),
+                      key=lambda c: c.at)
+
+    def forget(self, action_ids: list[str], at: float) -> None:
+        """Record that these actions' logs were deleted."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps([a, 0, FORGOTTEN, at]) + "\n" for a in action_ids)
+        self.lines += len(action_ids)
 
     def append(self, closed: Closed) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

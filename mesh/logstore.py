@@ -104,6 +104,9 @@ class LogStore:
         self._journal = logfiles.Journal(self._spill_dir)
         # Closed attempts not yet wholly on disk and journaled (the disk refused), oldest first.
         self._unsaved: dict[tuple[str, int], float] = {}
+        # Every action, by when it last had an append or a close (oldest first): one whose
+        # agent died never closes, and is forgotten once idle long enough.
+        self._touched: dict[str, float] = {}
         self._recover()
 
     # -- writing -----------------------------------------------------------------------
@@ -111,6 +114,7 @@ class LogStore:
     def append(self, batch: LogBatch) -> None:
         """Store a batch; hold it if it is ahead of a gap; ignore lines already stored."""
         a = self._attempt(batch.action_id, batch.attempt)
+        self._touch(batch.action_id, self._clock())
         start = batch.offset
         stop = start + len(batch.lines)
         if a.total is not None:
@@ -141,6 +145,8 @@ class LogStore:
         for start in [s for s in a.held if s >= total_lines]:
             self._held -= a.held.pop(start).cost
         now = self._clock()
+        a.closed_at = now
+        self._touch(action_id, now)
         if all(other.total is not None for other in self._actions[action_id].values()):
             self._closed.pop(action_id, None)
             self._closed[action_id] = now
@@ -157,38 +163,63 @@ class LogStore:
             if a is not None:
                 if not self._flush(a):
                     return
+                if (action_id, attempt) not in self._unsaved:
+                    continue  # the disk budget dropped it while it was being saved
                 try:
                     self._journal.append(logfiles.Closed(action_id, attempt, a.total or 0, at))
                 except OSError as exc:
                     log.warning("cannot record the close of %s attempt %d: %s; will retry",
                                 action_id, attempt, exc)
                     return
-            del self._unsaved[(action_id, attempt)]
+            self._unsaved.pop((action_id, attempt), None)
 
-    def expire(self, before: float) -> int:
-        """Forget the actions whose attempts all closed before `before`; how many."""
-        expired = 0
+    def expire(self, before: float, idle_before: float | None = None) -> int:
+        """Forget the actions whose attempts all closed before `before`, and those with an
+        attempt never closed (its agent died with it) and nothing new since `idle_before`;
+        how many."""
+        gone: list[str] = []
         while self._closed:
             action_id, closed_at = next(iter(self._closed.items()))
             if closed_at >= before:
                 break
-            self.forget(action_id)
-            expired += 1
+            self._forget(action_id)
+            gone.append(action_id)
+        while idle_before is not None and self._touched:
+            action_id, touched = next(iter(self._touched.items()))
+            if touched >= idle_before:
+                break
+            self._forget(action_id)
+            gone.append(action_id)
+        if gone:
+            self._journal_forgotten(gone)
         # Rewritten once a tenth of it is dead: it stays near what retention keeps, and a
         # week of it is rewritten rarely.
-        live = sum(len(self._actions[action_id]) for action_id in self._closed)
+        live = sum(1 for attempts in self._actions.values() for a in attempts.values()
+                   if a.total is not None)
         if self._journal.lines > 1.1 * live + 1000:
             self._compact_journal()
-        return expired
+        return len(gone)
 
     def _compact_journal(self) -> None:
-        kept = [logfiles.Closed(action_id, n, a.total, at)
-                for action_id, at in self._closed.items()
-                for n, a in self._actions[action_id].items() if a.total is not None]
+        kept = sorted((logfiles.Closed(action_id, n, a.total, a.closed_at or 0.0)
+                       for action_id, attempts in self._actions.items()
+                       for n, a in attempts.items() if a.total is not None),
+                      key=lambda c: c.at)
         try:
             self._journal.rewrite(kept)
         except OSError as exc:
             log.warning("cannot compact the log journal: %s", exc)
+
+    def _journal_forgotten(self, action_ids: list[str]) -> None:
+        # Else a restarted relay would find their closes in the journal and bring them back.
+        try:
+            self._journal.forget(action_ids, self._clock())
+        except OSError as exc:
+            log.warning("cannot record that %d log(s) were deleted: %s", len(action_ids), exc)
+
+    def _touch(self, action_id: str, now: float) -> None:
+        self._touched.pop(action_id, None)
+        self._touched[action_id] = now
 
     def skip_gaps(self, action_id: str, attempt: int) -> int:
         """Give up on the missing lines of a closed attempt, so it can read to its end.
@@ -211,7 +242,12 @@ class LogStore:
 
     def forget(self, action_id: str) -> None:
         """Drop every attempt of an action, in memory and on disk."""
+        self._forget(action_id)
+        self._journal_forgotten([action_id])
+
+    def _forget(self, action_id: str) -> None:
         self._closed.pop(action_id, None)
+        self._touched.pop(action_id, None)
         attempts = self._actions.pop(action_id, None)
         if attempts is None:
             return
@@ -242,6 +278,7 @@ class LogStore:
             a = attempts[attempt] = AttemptLog(action_id, attempt, path)
             self._overhead += ATTEMPT_OVERHEAD
             self._closed.pop(action_id, None)  # a new attempt: open again
+            self._dropped.pop(action_id, None)
         return a
 
     def _store(self, a: AttemptLog, start: int, stream: Stream, lines: list[str],
@@ -327,17 +364,22 @@ class LogStore:
         the journal. A closed attempt whose lines did not all reach the disk (the relay
         died holding them in memory) has a gap at its end; a read says so."""
         logfiles.clear_unindexed(self._spill_dir)
+        now = self._clock()
         for action_id, number, runs in logfiles.spilled(self._spill_dir):
             a = self._attempt(action_id, number)
-            for run in runs:
+            self._touch(action_id, now)
+            for run in sorted(runs, key=lambda r: r.offset):
+                if run.offset > a.end:  # lines skipped before the crash
+                    self._skip_to(a, run.offset)
                 self._index_spilled(a, run)
                 self._spilled += run.length + 1
-            a.end = a.stored_end = max((r.offset + r.count for r in runs), default=0)
+                a.end = a.stored_end = max(a.end, run.offset + run.count)
         for closed in self._journal.read():
             a = self._attempt(closed.action_id, closed.attempt)
+            self._touch(closed.action_id, now)
             if a.total is not None:
                 continue
-            a.total = closed.total
+            a.total, a.closed_at = closed.total, closed.at
             if a.end < a.total:
                 self._skip_to(a, a.total)
             if all(other.total is not None

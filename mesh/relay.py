@@ -179,7 +179,9 @@ class LogRelay:
         """Forget the logs of actions that finished longer ago than the retention period
         (the scheduler deletes the actions themselves by then)."""
         try:
-            self._store.expire(time.time() - self._retention)
+            now = time.time()
+            # An attempt whose agent died never closes: its action goes once idle twice as long.
+            self._store.expire(now - self._retention, now - 2 * self._retention)
         except Exception:
             log.exception("deleting expired logs failed; will retry")
         self._expiring = asyncio.get_running_loop().call_later(self._expire_every(),

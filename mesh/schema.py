@@ -558,7 +558,7 @@ class MeshConfig(Model):
         None, ge=1 << 20, le=MAX_BYTES,
         description="bytes of disk the relay's logs may take (e.g. 20G); past it, the logs "
         "of the actions that finished first go. Default: a quarter of the space free where "
-        "the state dir is when the relay starts")
+        "the logs are when the relay starts")
     retention: float = Field(
         7 * 86400.0, ge=1, le=10 * 365 * 86400,
         description="how long finished actions, their events and their logs are kept "

@@ -162,8 +162,9 @@ class Writer:
         if self.read_only:
             log.warning("state store %s writes again after %.0fs read-only (%s)",
                         self.store.path, self.clock() - (self.since or 0.0), self.reason)
+        # The record of stops is not cleared here: a restart writes at once whether or not
+        # the next poison is coming; it ages out after STOP_LOOP_WINDOW of running instead.
         self.reason, self.since, self.retry_in = "", None, RETRY_FIRST
-        self._stops.unlink(missing_ok=True)
         return True
 
     def expire(self, before: float, forget_before: float, limit: int) -> list[Expired]:

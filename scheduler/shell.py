@@ -367,6 +367,7 @@ class Scheduler:
         mine = [d for d in decisions
                 if isinstance(d, Assign) and d.agent_id == report.agent_id]
         if not self._carry_out([d for d in decisions if d not in mine]):  # writes `mine` too
+            self.writer.hold(list(mine))  # unwritten: sent by the recovery once it can write
             return []
         return [self.core.assignment(d) for d in mine]
 

@@ -3,6 +3,7 @@ the last write (the journal the store takes)."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -152,14 +153,16 @@ class Ledger:
     def evict_finished(self, keep: int) -> list[ActionEntry]:
         """Drop all but the `keep` latest finished entries, oldest first, leaving any whose
         changes are not written yet; the dropped entries."""
+        excess = sum(len(self.by_stage[stage]) for stage in TERMINAL) - keep
+        if excess <= 0:
+            return []
+        # Each stage's entries are in the order they finished: the oldest `excess` of all
+        # are among the first `excess` of each.
+        oldest = heapq.merge(*(islice(self.by_stage[stage].values(), excess)
+                               for stage in TERMINAL),
+                             key=lambda e: (e.finished_at or 0.0, e.seq))
         journal = self._journal.actions
-        evicted: list[ActionEntry] = []
-        for stage in TERMINAL:
-            finished = self.by_stage[stage]
-            excess = len(finished) - keep
-            for entry in list(islice(finished.values(), max(excess, 0))):
-                if entry.id not in journal:
-                    evicted.append(entry)
+        evicted = [e for e in islice(oldest, excess) if e.id not in journal]
         for entry in evicted:
             self.forget(entry.id)
         return evicted

@@ -229,6 +229,7 @@ class SchedulerState:
         for action_id, stage in gone:
             if self._ledger.forget(action_id) is None:
                 self._archived[stage] = max(0, self._archived.get(stage, 0) - 1)
+                self._ledger.sink.forget(action_id)  # events read back since it left memory
 
     def counts(self) -> dict[str, int]:
         """Actions by stage, those finished before the last restart included."""

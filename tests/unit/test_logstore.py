@@ -312,7 +312,7 @@ def test_odd_action_ids_stay_inside_the_spill_dir(tmp_path: Path) -> None:
     assert [t for _, _, t in read_all(store, action_id="../escape")] == ["x"]
     assert [p.parent.parent for p in spill.glob("*/*.log")] == [spill]
     store.forget("../escape")
-    assert list(spill.iterdir()) == []
+    assert [p.name for p in spill.iterdir()] == [logfiles.JOURNAL], "only the journal left"
 
 
 def test_a_gap_that_never_fills_is_skipped_to_bound_memory(tmp_path: Path) -> None:
@@ -527,3 +527,53 @@ def test_the_journal_of_closes_is_compacted_as_retention_forgets(tmp_path: Path)
     assert len(journal.read_text().splitlines()) == 500, "not compacted"
     again = LogStore(tmp_path, 1 << 20)
     assert again.read("q2999", 1, 0, 10).closed and not again.read("q0", 1, 0, 10).closed
+
+
+def test_a_restarted_store_keeps_what_was_deleted_deleted_and_cuts_off_torn_records(
+        tmp_path: Path) -> None:
+    first = LogStore(tmp_path, 0)
+    for name in ("gone", "kept"):
+        first.append(batch(0, ["x", "y"], action_id=name))
+        first.close(name, 1, 2)
+    first.forget("gone")
+    first.append(batch(0, ["a"], action_id="torn"))
+    with open(tmp_path / "torn" / "1.idx", "a") as index:
+        index.write("1 o 99")  # a record cut short by a crash
+    again = LogStore(tmp_path, 0)
+    assert again.attempts("gone") == [], "a deleted log came back"
+    assert [t for _, _, t in read_all(again, "kept")] == ["x", "y"]
+    again.append(batch(1, ["b"], action_id="torn"))
+    third = LogStore(tmp_path, 0)
+    assert [t for _, _, t in read_all(third, "torn")] == ["a", "b"], "the torn record spread"
+
+
+def test_an_attempt_that_never_closes_is_forgotten_once_idle_long_enough(
+        tmp_path: Path) -> None:
+    now = [0.0]
+    store = LogStore(tmp_path, 1 << 20, clock=lambda: now[0])
+    store.append(batch(0, ["x"], action_id="orphan"))  # its agent died with it
+    store.append(batch(0, ["x"], action_id="busy"))
+    now[0] = 100.0
+    store.append(batch(1, ["y"], action_id="busy"))
+    assert store.expire(before=150.0, idle_before=50.0) == 1
+    assert store.attempts("orphan") == [] and store.attempts("busy") == [1]
+
+
+def test_a_log_the_disk_budget_drops_while_it_is_saved_is_simply_gone(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 1 << 20, disk_budget=100)
+    store.append(batch(0, ["x" * 200], action_id="big"))
+    store.close("big", 1, 1)  # its own flush puts the disk over budget: it goes
+    assert store.read("big", 1, 0, 10).dropped
+    store.append(batch(0, ["again"], action_id="big", attempt=2))  # a retry revives it
+    assert store.read("big", 2, 0, 10).batches and not store.read("big", 2, 0, 10).dropped
+
+
+def test_compacting_keeps_the_closes_of_an_action_still_running(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, 0)
+    store.append(batch(0, ["first try"], action_id="retried"))
+    store.close("retried", 1, 1)
+    store.append(batch(0, ["second"], action_id="retried", attempt=2))  # still running
+    for n in range(1200):
+        store.close(f"q{n}", 1, 0)
+    store.expire(before=float("inf"))  # the q's go, and the journal is rewritten
+    assert LogStore(tmp_path, 0).read("retried", 1, 0, 10).closed

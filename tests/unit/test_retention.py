@@ -156,3 +156,33 @@ def test_the_relay_forgets_logs_of_actions_closed_before_the_horizon(tmp_path: P
     assert not any(p.name == "done" or "done" in p.name for p in tmp_path.rglob("*")), \
         "its spill file is gone"
     assert logs.read("open", 1, 0, 10).batches, "an open log is never expired"
+
+
+def test_the_finished_kept_in_memory_are_counted_across_final_stages(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    core = mesh_core(store)
+    core.submit([action(f"a{i}") for i in range(4)], 1, commit=store.write)
+    core.load(nid("n1"), load(at=2), 2)
+    core.step(2)
+    for i in range(4):
+        if i % 2:
+            core.report(report(f"a{i}", 1, "n1", "failed", exit_code=1), 3 + i)
+        else:
+            core.report(report(f"a{i}", 1, "n1", "succeeded", exit_code=0), 3 + i)
+    written(core, store)
+    assert core.evict_finished(keep=2) == 2, "keep counts all final stages together"
+    assert {s.id for s in core.list_actions()} == {"a0", "a1", "a2", "a3"}
+
+
+def test_an_expired_actions_events_are_not_served_from_memory(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    book = EventBook(store.events)
+    core = SchedulerState(sink=book, archive=store)
+    core.agent_joined(agent("n1", cpus=4), 0)
+    core.load(nid("n1"), load(), 0)
+    core.submit([action("a")], 1, commit=store.write)
+    run_to_end(core, store, ["a"], 2)
+    core.evict_finished(keep=0)
+    assert book.since(aid("a"), 0), "read back from the store"
+    core.expired(store.expire(before=10, limit=10, forget_before=0))
+    assert book.since(aid("a"), 0) == [], "an expired action's events were still served"

@@ -443,6 +443,29 @@ async def test_a_full_disk_makes_the_scheduler_read_only_until_it_can_write_agai
     await s.shutdown()
 
 
+async def test_the_next_work_an_end_report_would_carry_is_held_while_the_disk_is_full(
+        tmp_path: Path) -> None:
+    fake = FakeAgent(agent("n1", cpus=1))  # b waits for a
+    store = FillingDisk(tmp_path)
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda node, _: fake,
+                  list_nodes=lambda: [{"NodeID": "n1", "Alive": True}], store=store,
+                  on_store_failure=lambda exc: pytest.fail(f"stopped by {exc!r}"))
+    s.register(fake.info, fake)
+    s.report_load(AgentId("n1"), load(at=0.0))
+    s.submit([action("a"), action("b")], True)
+    s.ensure_started()
+    await async_wait_until(lambda: fake.calls, lambda c: c == [("start", "a")],
+                           what="a started")
+    store.full = True
+    s.report_load(AgentId("n1"), load(at=0.5))
+    assert s.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0)) == []
+    assert s.health().store == "read-only"
+    store.full = False
+    await async_wait_until(lambda: fake.calls, lambda c: ("start", "b") in c,
+                           what="b's start, held while the disk was full, sent")
+    await s.shutdown()
+
+
 async def test_a_write_error_not_about_storage_stops_it_and_the_next_start_backs_off(
         tmp_path: Path) -> None:
     class Poisoned(Store):
@@ -466,7 +489,8 @@ async def test_a_write_error_not_about_storage_stops_it_and_the_next_start_backs
     await s.shutdown()
 
     # Ray restarts it: it comes back read-only for a while, saying why, not in a loop.
-    again = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list)
+    again = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list,
+                      on_store_failure=stopped.append)
     health = again.health()
     assert health.store == "read-only" and "1 stop(s)" in health.reason
     assert "OverflowError" in health.reason and again.writer.retry_in >= 5
@@ -474,6 +498,11 @@ async def test_a_write_error_not_about_storage_stops_it_and_the_next_start_backs
         again.submit([action("b")], True)
     assert again.writer.retry() and again.health().store == "ok"
     again.submit([action("b")], True)
+    # A write succeeding at once proves nothing: another stop soon after counts as a second.
+    again.writer.failed(OverflowError("the same poison"))
+    third = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list,
+                      on_store_failure=lambda exc: None)
+    assert "2 stop(s)" in third.health().reason and third.writer.retry_in >= 10
 
 
 async def test_a_result_waiter_gets_the_final_status_in_one_answer(

@@ -141,6 +141,7 @@ class LogRelay:
         """Store a batch (a LogBatch or its dict form) and wake the readers of its attempt.
         While the disk refuses spills and memory is past twice its budget, the answer
         waits: the agent's pushes back up and it stops reading the action's output."""
+        self._start_expiring()
         checked = _guard("append", _check_batch, batch)
         while self._store.overfull:
             await asyncio.sleep(SPILL_RETRY)
@@ -167,10 +168,16 @@ class LogRelay:
         _guard("close", _check_count, "total_lines", total_lines, 0)
         _guard("close", self._store.close, action_id, attempt, total_lines)
         self._wake((action_id, attempt))
-        loop = asyncio.get_running_loop()
-        loop.call_later(self._close_grace, self._settle, action_id, attempt)
+        asyncio.get_running_loop().call_later(self._close_grace, self._settle, action_id,
+                                              attempt)
+        self._start_expiring()
+
+    def _start_expiring(self) -> None:
+        # From the first call on the event loop: a restarted relay holding old logs must
+        # expire them even if no attempt ever closes again.
         if self._expiring is None:
-            self._expiring = loop.call_later(self._expire_every(), self._expire)
+            self._expiring = asyncio.get_running_loop().call_later(self._expire_every(),
+                                                                    self._expire)
 
     def _expire_every(self) -> float:
         return min(EXPIRE_INTERVAL, self._retention / 4)
@@ -190,6 +197,7 @@ class LogRelay:
     async def read(self, action_id: str, attempt: int, offset: int, max_lines: int = 10_000,
                    wait: float = 0.0) -> LogRead:
         """Lines from `offset`; when there are none yet, wait up to `wait` s for some or the end."""
+        self._start_expiring()
         _guard("read", _check_attempt, action_id, attempt)
         _guard("read", _check_count, "offset", offset, 0)
         _guard("read", _check_count, "max_lines", max_lines, 1)
@@ -226,6 +234,7 @@ class LogRelay:
         return stats
 
     async def ping(self) -> bool:
+        self._start_expiring()
         return True
 
     async def _changed(self, key: _Key, timeout: float) -> None:

@@ -413,15 +413,22 @@ class FillingDisk(Store):
         super().probe()
 
 
-async def test_a_full_disk_makes_the_scheduler_read_only_until_it_can_write_again(
-        tmp_path: Path) -> None:
-    fake = FakeAgent(agent("n1"))
+def on_filling_disk(tmp_path: Path, cpus: float) -> tuple[Scheduler, FakeAgent, FillingDisk]:
+    """A scheduler whose store's disk a test fills and frees, with one agent registered;
+    a stop (a write error not about storage) fails the test."""
+    fake = FakeAgent(agent("n1", cpus=cpus))
     store = FillingDisk(tmp_path)
     s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda node, _: fake,
                   list_nodes=lambda: [{"NodeID": "n1", "Alive": True}], store=store,
                   on_store_failure=lambda exc: pytest.fail(f"stopped by {exc!r}"))
     s.register(fake.info, fake)
     s.report_load(AgentId("n1"), load(at=0.0))
+    return s, fake, store
+
+
+async def test_a_full_disk_makes_the_scheduler_read_only_until_it_can_write_again(
+        tmp_path: Path) -> None:
+    s, fake, store = on_filling_disk(tmp_path, cpus=4)
     s.submit([action("a")], True)  # written: it is only queued
     store.full = True
     s.ensure_started()
@@ -445,13 +452,7 @@ async def test_a_full_disk_makes_the_scheduler_read_only_until_it_can_write_agai
 
 async def test_the_next_work_an_end_report_would_carry_is_held_while_the_disk_is_full(
         tmp_path: Path) -> None:
-    fake = FakeAgent(agent("n1", cpus=1))  # b waits for a
-    store = FillingDisk(tmp_path)
-    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda node, _: fake,
-                  list_nodes=lambda: [{"NodeID": "n1", "Alive": True}], store=store,
-                  on_store_failure=lambda exc: pytest.fail(f"stopped by {exc!r}"))
-    s.register(fake.info, fake)
-    s.report_load(AgentId("n1"), load(at=0.0))
+    s, fake, store = on_filling_disk(tmp_path, cpus=1)  # b waits for a
     s.submit([action("a"), action("b")], True)
     s.ensure_started()
     await async_wait_until(lambda: fake.calls, lambda c: c == [("start", "a")],

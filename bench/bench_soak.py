@@ -17,8 +17,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.harness import actor_pid, local_mesh, report, scheduler_pid
+from bench.harness import local_mesh, report, scheduler_pid
 from mesh import names
+from mesh.bootstrap import actor_pid
 from mesh.client import Client
 from mesh.schema import Action, MeshConfig
 

@@ -77,17 +77,8 @@ def cluster_mesh(worker: dict[str, Any], workers: int = 2) -> Iterator[tuple[Clu
             cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
-def actor_pid(name: str) -> int:
-    """The live process of the named mesh actor (Ray's debugging view of its actor table)."""
-    from ray._private import state
-
-    [pid] = [info["Pid"] for info in state.actors(actor_state_name="ALIVE").values()
-             if info["Name"] == name]
-    return int(pid)
-
-
 def scheduler_pid() -> int:
-    return actor_pid(names.SCHEDULER)
+    return bootstrap.actor_pid(names.SCHEDULER)
 
 
 def pct(values: list[float], q: float) -> float:

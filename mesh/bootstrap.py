@@ -154,6 +154,16 @@ def down(stop_cluster: bool = True) -> dict[str, Any]:
             "cluster_stopped": stopped_cluster}
 
 
+def actor_pid(name: str) -> int:
+    """The live process of the named mesh actor (Ray's debugging view of its actor table);
+    ValueError while it has none (between a death and its restart)."""
+    from ray._private import state  # a debugging view: loaded only by whoever asks
+
+    [pid] = [info["Pid"] for info in state.actors(actor_state_name="ALIVE").values()
+             if info["Name"] == name]
+    return int(pid)
+
+
 def scheduler_handle() -> Any:
     return _named(names.SCHEDULER)
 

@@ -90,6 +90,9 @@ class LogStore:
         self._dead = 0
         self._memory = 0  # lines held in memory
         self._overhead = 0  # the attempts' own bookkeeping
+        # Attempts closed and not forgotten: what a compacted journal holds (counted, not
+        # summed over every attempt at each expiry: a week of them is millions).
+        self._closed_attempts = 0
         self._held = 0
         self._spilled = 0
         self._skipped = 0
@@ -98,7 +101,9 @@ class LogStore:
         # what retention deletes.
         self._closed: dict[str, float] = {}
         self._clock = clock
-        self._disk_budget = disk_budget
+        # Bytes the spilled logs may take; None: no limit. The relay may set it once the
+        # store has taken back what is on disk.
+        self.disk_budget = disk_budget
         # Actions whose logs went to keep the disk budget, with why (the latest only).
         self._dropped: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._journal = logfiles.Journal(self._spill_dir)
@@ -142,6 +147,7 @@ class LogStore:
                             "keeping %d", action_id, attempt, total_lines, a.total, a.total)
             return
         a.total = total_lines
+        self._closed_attempts += 1
         for start in [s for s in a.held if s >= total_lines]:
             self._held -= a.held.pop(start).cost
         now = self._clock()
@@ -194,9 +200,7 @@ class LogStore:
             self._journal_forgotten(gone)
         # Rewritten once a tenth of it is dead: it stays near what retention keeps, and a
         # week of it is rewritten rarely.
-        live = sum(1 for attempts in self._actions.values() for a in attempts.values()
-                   if a.total is not None)
-        if self._journal.lines > 1.1 * live + 1000:
+        if self._journal.lines > 1.1 * self._closed_attempts + 1000:
             self._compact_journal()
         return len(gone)
 
@@ -254,6 +258,7 @@ class LogStore:
         for number in attempts:
             self._unsaved.pop((action_id, number), None)
         self._overhead -= ATTEMPT_OVERHEAD * len(attempts)
+        self._closed_attempts -= sum(1 for a in attempts.values() if a.total is not None)
         for a in attempts.values():
             for chunk in a.mem[a.mem_head:]:
                 chunk.dead = True
@@ -351,7 +356,7 @@ class LogStore:
 
     def _keep_disk_budget(self) -> None:
         """Over the disk budget, drop the logs of the actions that finished first."""
-        while (self._disk_budget is not None and self._spilled > self._disk_budget
+        while (self.disk_budget is not None and self._spilled > self.disk_budget
                and self._closed):
             action_id = next(iter(self._closed))
             self.forget(action_id)
@@ -380,6 +385,7 @@ class LogStore:
             if a.total is not None:
                 continue
             a.total, a.closed_at = closed.total, closed.at
+            self._closed_attempts += 1
             if a.end < a.total:
                 self._skip_to(a, a.total)
             if all(other.total is not None

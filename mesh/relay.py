@@ -55,10 +55,9 @@ def relay_options() -> dict[str, Any]:
     }
 
 
-def default_log_budget(spill: Path) -> int:
-    """A quarter of the space free where the logs go (what they hold already included)."""
-    spill.mkdir(parents=True, exist_ok=True)
-    held = sum(p.stat().st_size for p in spill.rglob("*") if p.is_file())
+def default_log_budget(spill: Path, held: int) -> int:
+    """A quarter of the space free where the logs go, counting the `held` bytes of logs
+    already there (the store took them back, so it knows them without a walk)."""
     return (shutil.disk_usage(spill).free + held) // 4
 
 
@@ -130,8 +129,10 @@ class LogRelay:
         spill = Path(config.logs)
         self._lock = StateDirLock(spill, "relay")
         self._lock.acquire(Owner.here(ray.get_runtime_context().gcs_address))
-        self._store = LogStore(spill, config.relay_memory_bytes,
-                               disk_budget=config.log_budget or default_log_budget(spill))
+        self._store = LogStore(spill, config.relay_memory_bytes, disk_budget=config.log_budget)
+        if config.log_budget is None:
+            self._store.disk_budget = default_log_budget(
+                spill, self._store.stats()["spilled_bytes"])
         self._waiters: dict[_Key, _Waiters] = {}
         self._close_grace = close_grace
         self._retention = config.retention

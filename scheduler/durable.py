@@ -140,8 +140,7 @@ class Writer:
             self.store.write(changes, durable=True)
         except Exception as exc:
             if self.failed(exc) is not None:
-                raise StoreReadOnly(f"state store read-only: {self.reason}; the submission "
-                                    "was not accepted") from None
+                raise self.refusal("the submission was not accepted") from None
             raise
 
     def save_accounts(self) -> None:
@@ -181,8 +180,12 @@ class Writer:
     def refuse_if_read_only(self, what: str) -> None:
         """StoreReadOnly for a change asked while writes fail; nothing was changed."""
         if self.read_only:
-            raise StoreReadOnly(f"state store read-only: {self.reason}; {what} are refused "
-                                "until it can write again (nothing was changed)")
+            raise self.refusal(f"{what} are refused until it can write again (nothing was "
+                               "changed)")
+
+    def refusal(self, outcome: str) -> StoreReadOnly:
+        """The error for a change asked while read-only, saying why and what became of it."""
+        return StoreReadOnly(f"state store read-only: {self.reason}; {outcome}")
 
     def failed(self, exc: BaseException) -> str | None:
         """Judge a failed write: read-only for a storage fault (its reason returned),

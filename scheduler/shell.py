@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import ray
 
 from mesh import reasons
-from mesh.errors import MeshError, SchedulerUnavailable, StoreReadOnly
+from mesh.errors import MeshError, SchedulerUnavailable
 from mesh.protocol import AgentHoldings, Assignment, AttemptReport, ReportChannel
 from mesh.schema import (
     Action,
@@ -410,9 +410,9 @@ class Scheduler:
         self.writer.save_accounts()
         self.kick()
         if self.writer.read_only:
-            raise StoreReadOnly(f"state store read-only: {self.writer.reason}; the change "
-                                "is in force but not yet written (it will be once the store "
-                                "can write, unless the scheduler restarts first)")
+            raise self.writer.refusal("the change is in force but not yet written (it will "
+                                      "be once the store can write, unless the scheduler "
+                                      "restarts first)")
         return result
 
     # ---- reads that are not the core's alone ---------------------------------------------

@@ -121,17 +121,8 @@ def survivors(action_id: str) -> list[int]:
     return found
 
 
-def actor_pid(name: str) -> int:
-    """The live process of a named mesh actor (Ray's debugging view of its actor table)."""
-    from ray._private import state
-
-    [pid] = [info["Pid"] for info in state.actors(actor_state_name="ALIVE").values()
-             if info["Name"] == name]
-    return int(pid)
-
-
 def scheduler_pid() -> int:
-    return actor_pid(names.SCHEDULER)
+    return bootstrap.actor_pid(names.SCHEDULER)
 
 
 def runs(log: Path) -> list[str]:

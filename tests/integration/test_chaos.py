@@ -26,13 +26,13 @@ import pytest
 from ray.cluster_utils import Cluster
 
 from mesh import Action, RetryPolicy, Stage, StoreReadOnly, names
+from mesh.bootstrap import actor_pid
 from mesh.client import ActionHandle, Client
 from mesh.names import ENV_ACTION
 from mesh.schema import ActionStatus
 from mesh.stages import TERMINAL
 from mesh.waiting import wait_until
 from tests.integration.cluster import (
-    actor_pid,
     fill,
     runs,
     scheduler_pid,

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from mesh import Stage, names
+from mesh.bootstrap import actor_pid
 from mesh.client import Client
 from mesh.schema import Action
 from mesh.waiting import wait_until
-from tests.integration.cluster import SMALL, actor_pid, start_mesh, stop_mesh, tear_down
+from tests.integration.cluster import SMALL, start_mesh, stop_mesh, tear_down
 
 pytestmark = pytest.mark.integration
 

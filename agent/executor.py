@@ -235,7 +235,7 @@ class Executor:
             self._remember(key, None, float("-inf"))  # when it was made is not known here
             return "unknown"
         if reason and running.stop_reason is None:
-            running.shipper.add("stderr", [f"actionmesh: stopping this attempt: {reason}"])
+            running.shipper.add_line("stderr", f"actionmesh: stopping this attempt: {reason}")
         running.request_stop("cancelled", reason or "cancelled")
         await running.done.wait()
         return "stopped"

@@ -167,10 +167,10 @@ class ActionHandle:
             for batch in read.batches:
                 while gaps and gaps[0][0] < batch.offset:
                     yield self._lost(attempt, *gaps.pop(0), told)
+                lines = batch.lines
                 yield from map(LogLine, repeat(batch.action_id), repeat(batch.attempt),
                                repeat(batch.stream),
-                               range(batch.offset, batch.offset + len(batch.lines)),
-                               batch.lines)
+                               range(batch.offset, batch.offset + len(lines)), lines)
             for gap in gaps:
                 yield self._lost(attempt, *gap, told)
             if done:

@@ -23,18 +23,23 @@ ENCODING = "utf-8"
 ERRORS = "surrogatepass"
 
 
+def cut(text: str, lo: int, hi: int) -> str:
+    """Lines [lo, hi) of newline-ended `text`, newline-ended."""
+    return "".join(line + "\n" for line in text.split("\n")[lo:hi])
+
+
 class Chunk:
-    """One stored batch (or its tail) held in memory: the agent's list of lines, unsplit."""
+    """One stored batch (or its tail) held in memory: the agent's text of lines, unsplit."""
 
-    __slots__ = ("cost", "count", "dead", "lines", "offset", "owner", "stream")
+    __slots__ = ("cost", "count", "dead", "offset", "owner", "stream", "text")
 
-    def __init__(self, owner: AttemptLog, offset: int, stream: Stream, lines: list[str],
+    def __init__(self, owner: AttemptLog, offset: int, stream: Stream, text: str, count: int,
                  cost: int) -> None:
         self.owner = owner
         self.offset = offset
         self.stream: Stream = stream
-        self.lines = lines
-        self.count = len(lines)
+        self.text = text
+        self.count = count
         self.cost = cost
         self.dead = False
 
@@ -55,11 +60,12 @@ class Spilled:
 class Held:
     """A batch that arrived ahead of a gap, waiting for the lines before it."""
 
-    __slots__ = ("cost", "lines", "stream")
+    __slots__ = ("cost", "count", "stream", "text")
 
-    def __init__(self, stream: Stream, lines: list[str], cost: int) -> None:
+    def __init__(self, stream: Stream, text: str, count: int, cost: int) -> None:
         self.stream: Stream = stream
-        self.lines = lines
+        self.text = text
+        self.count = count
         self.cost = cost
 
 
@@ -123,26 +129,26 @@ class Reader:
         lo, hi = max(self.pos, first), min(first + count, self.stop)
         return (lo, hi) if lo < hi else None
 
-    def _add(self, stream: Stream, offset: int, lines: list[str]) -> None:
-        chars = sum(map(len, lines)) + len(lines)
-        if chars > self.chars_left:
+    def _add(self, stream: Stream, offset: int, text: str, count: int) -> None:
+        if len(text) > self.chars_left:
             # Past the size cap: the read ends inside these lines (after one, at least).
-            keep = 0
-            for line in lines:
+            keep = chars = 0
+            for line in text.split("\n")[:-1]:
                 if len(line) + 1 > self.chars_left and (keep or self.batches):
                     break
                 self.chars_left -= len(line) + 1
+                chars += len(line) + 1
                 keep += 1
             self.stop = offset + keep
             if not keep:
                 return
-            lines = lines[:keep]
+            text, count = text[:chars], keep
         else:
-            self.chars_left -= chars
+            self.chars_left -= len(text)
         self.batches.append(LogBatch.model_construct(
             action_id=ActionId(self.a.action_id), attempt=self.a.attempt, stream=stream,
-            offset=offset, lines=lines))
-        self.pos = offset + len(lines)
+            offset=offset, text=text, count=count))
+        self.pos = offset + count
 
     def collect_spilled(self) -> None:
         a = self.a
@@ -157,9 +163,11 @@ class Reader:
                     continue
                 if f is None:
                     f = open(a.path, "rb")  # noqa: SIM115 - closed below, opened only if needed
-                lines = read_run(f, run, a.path)
+                text = read_run(f, run, a.path)
                 lo, hi = window
-                self._add(run.stream, lo, lines[lo - run.offset : hi - run.offset])
+                whole = lo == run.offset and hi == run.offset + run.count
+                self._add(run.stream, lo,
+                          text if whole else cut(text, lo - run.offset, hi - run.offset), hi - lo)
         finally:
             if f is not None:
                 f.close()
@@ -176,14 +184,16 @@ class Reader:
             lo, hi = window
             whole = lo == chunk.offset and hi == chunk.offset + chunk.count
             self._add(chunk.stream, lo,
-                      chunk.lines if whole else chunk.lines[lo - chunk.offset : hi - chunk.offset])
+                      chunk.text if whole else cut(chunk.text, lo - chunk.offset,
+                                                   hi - chunk.offset), hi - lo)
 
 
-def read_run(f: BinaryIO, run: Spilled, path: Path) -> list[str]:
+def read_run(f: BinaryIO, run: Spilled, path: Path) -> str:
+    """A run's lines, each ended by a newline (the file has them newline-joined)."""
     f.seek(run.pos)
-    data = f.read(run.length)
-    lines = data.decode(ENCODING, ERRORS).split("\n")
-    if len(data) != run.length or len(lines) != run.count:
+    data = f.read(run.length + 1)
+    text = data.decode(ENCODING, ERRORS)
+    if len(data) != run.length + 1 or text.count("\n") != run.count or text[-1:] != "\n":
         raise OSError(f"spill file {path} is damaged at byte {run.pos}: expected {run.count} "
-                      f"lines in {run.length} bytes, found {len(lines)} in {len(data)}")
-    return lines
+                      f"lines in {run.length} bytes")
+    return text

@@ -8,6 +8,7 @@ import collections
 import hashlib
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,16 +25,15 @@ from mesh.logattempt import (
     Held,
     Reader,
     Spilled,
+    cut,
 )
 from mesh.schema import ID_RE, LogBatch, LogRead, Stream
 
 log = logging.getLogger(__name__)
 
-# What CPython spends on a line besides its text: a str header (49 bytes for ASCII) and its
-# slot in the batch's list. Counting it keeps the budget honest when lines are short.
-LINE_OVERHEAD = 57
-# A stored chunk's own objects (chunk, list header, index entries), counted the same way.
-CHUNK_OVERHEAD = 256
+# A stored chunk's own objects (chunk, index entries), counted against the budget besides
+# its text (`sys.getsizeof`, so wide characters count what they take).
+CHUNK_OVERHEAD = 200
 # An attempt's own bookkeeping (its record, indexes and entries in the store's maps),
 # counted against the budget too: 50,000 one-line attempts once took 60 MiB while their
 # lines were counted as 16. Measured: 1,178 bytes an attempt with one line, 316 of them
@@ -48,17 +48,9 @@ HOLD_FLOOR = 8 << 20
 _Key = tuple[str, int]
 
 
-def text_cost(lines: list[str]) -> tuple[list[str], int]:
-    """The lines, safe to frame with newlines, and their cost against the memory budget.
-
-    The agent splits on newlines, so a line holding one is a caller's bug; it is kept
-    readable as a literal backslash-n rather than shifting every later offset once spilled.
-    """
-    joined = "\n".join(lines)
-    if joined.count("\n") != len(lines) - 1:
-        lines = [line.replace("\n", "\\n") for line in lines]
-        joined = "\n".join(lines)
-    return lines, len(joined) + 1 + LINE_OVERHEAD * len(lines) + CHUNK_OVERHEAD
+def text_cost(text: str) -> int:
+    """What holding a chunk of this text costs against the memory budget."""
+    return sys.getsizeof(text) + CHUNK_OVERHEAD
 
 
 def file_name(action_id: str) -> str:
@@ -121,15 +113,16 @@ class LogStore:
         a = self._attempt(batch.action_id, batch.attempt)
         self._touch(batch.action_id, self._clock())
         start = batch.offset
-        stop = start + len(batch.lines)
+        stop = start + batch.count
         if a.total is not None:
             stop = min(stop, a.total)
         if stop <= max(a.end, start):
             return
+        text = batch.text if stop == start + batch.count else cut(batch.text, 0, stop - start)
         if start > a.end:
-            self._hold(a, start, batch.stream, batch.lines[: stop - start])
+            self._hold(a, start, batch.stream, text, stop - start)
         else:
-            self._store(a, start, batch.stream, batch.lines, stop)
+            self._store(a, start, batch.stream, text, stop - start)
             self._release(a)
             if a.total is not None:  # late lines of a closed attempt
                 self._unsaved.setdefault((a.action_id, a.attempt), self._clock())
@@ -262,7 +255,7 @@ class LogStore:
         for a in attempts.values():
             for chunk in a.mem[a.mem_head:]:
                 chunk.dead = True
-                chunk.lines = []
+                chunk.text = ""
                 self._memory -= chunk.cost
                 self._dead += 1
             for held in a.held.values():
@@ -286,28 +279,29 @@ class LogStore:
             self._dropped.pop(action_id, None)
         return a
 
-    def _store(self, a: AttemptLog, start: int, stream: Stream, lines: list[str],
-               stop: int) -> None:
-        """Keep lines [a.end, stop) of a batch starting at `start` <= a.end."""
-        if a.end > start or stop < start + len(lines):
-            lines = lines[a.end - start : stop - start]
+    def _store(self, a: AttemptLog, start: int, stream: Stream, text: str, count: int) -> None:
+        """Keep the lines from a.end on of the `count` lines of `text`, which start at
+        `start` <= a.end."""
+        stop = start + count
+        if a.end > start:
+            text = cut(text, a.end - start, count)
             start = a.end
-        lines, cost = text_cost(lines)
-        chunk = Chunk(a, start, stream, lines, cost)
+        cost = text_cost(text)
+        chunk = Chunk(a, start, stream, text, stop - start, cost)
         a.mem.append(chunk)
         a.mem_starts.append(start)
         a.end = a.stored_end = stop
         self._queue.append(chunk)
         self._memory += cost
 
-    def _hold(self, a: AttemptLog, start: int, stream: Stream, lines: list[str]) -> None:
+    def _hold(self, a: AttemptLog, start: int, stream: Stream, text: str, count: int) -> None:
         held = a.held.get(start)
-        if held is not None and len(held.lines) >= len(lines):
+        if held is not None and held.count >= count:
             return
         if held is not None:
             self._held -= held.cost
-        lines, cost = text_cost(lines)
-        a.held[start] = Held(stream, lines, cost)
+        cost = text_cost(text)
+        a.held[start] = Held(stream, text, count, cost)
         self._held += cost
         # Only this attempt's holdings grew, so skipping its gaps restores the bound.
         while self._held > self._hold_limit and a.held:
@@ -329,11 +323,10 @@ class LogStore:
                 return
             held = a.held.pop(first)
             self._held -= held.cost
-            stop = first + len(held.lines)
-            if a.total is not None:
-                stop = min(stop, a.total)
-            if stop > a.end:
-                self._store(a, first, held.stream, held.lines, stop)
+            count = held.count if a.total is None else min(held.count, a.total - first)
+            if first + count > a.end:
+                text = held.text if count == held.count else cut(held.text, 0, count)
+                self._store(a, first, held.stream, text, count)
 
     # -- spilling ----------------------------------------------------------------------
 
@@ -422,13 +415,13 @@ class LogStore:
         # Chunks of one attempt enter the queue in offset order, so the oldest live one
         # is always the first still in memory and its file grows in offset order too.
         assert a.mem[a.mem_head] is chunk, "eviction out of order"
-        block = "\n".join(chunk.lines).encode(ENCODING, ERRORS)
+        block = chunk.text[:-1].encode(ENCODING, ERRORS)
         run = logfiles.append_run(a.path, a.index, a.action_id, block, chunk.count,
                                   chunk.offset, chunk.stream)
         self._index_spilled(a, run)
         self._spilled += len(block) + 1
         self._memory -= chunk.cost
-        chunk.lines = []
+        chunk.text = ""
         a.mem_head += 1
         if a.mem_head > 64 and a.mem_head * 2 > len(a.mem):
             del a.mem[: a.mem_head]

@@ -491,7 +491,28 @@ class LogBatch(Model):
     attempt: AttemptNumber
     stream: Stream
     offset: Count
-    lines: list[str]
+    # One string rather than a list: a batch of thousands of lines crosses Ray as one
+    # buffer, not as thousands of pickled strings (that was most of what moving a long log
+    # cost the agent, the relay and the client).
+    text: str = Field(description="the lines, each ended by a newline")
+    count: Count = Field(description="how many lines: the newlines in `text`")
+
+    @model_validator(mode="after")
+    def _whole_lines(self) -> LogBatch:
+        if self.text.count("\n") != self.count or self.text[-1:] not in ("", "\n"):
+            raise ValueError(f"text must be {self.count} line(s), each ended by a newline")
+        return self
+
+    @classmethod
+    def of(cls, action_id: ActionId, attempt: int, stream: Stream, offset: int,
+           lines: list[str]) -> LogBatch:
+        """A batch of these lines (none may hold a newline)."""
+        return cls(action_id=action_id, attempt=attempt, stream=stream, offset=offset,
+                   text="".join(line + "\n" for line in lines), count=len(lines))
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")[:-1]
 
 
 @dataclass(slots=True)

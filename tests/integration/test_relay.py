@@ -38,9 +38,8 @@ def produce(relay: Any, action_id: str, total: int, size: int, in_flight: int) -
     pending: list[Any] = []
     for k, start in enumerate(range(0, total, size)):
         lines = [line(i) for i in range(start, min(start + size, total))]
-        pending.append(relay.append.remote(LogBatch(
-            action_id=ActionId(action_id), attempt=1, stream=stream_of(k), offset=start,
-            lines=lines)))
+        batch = LogBatch.of(ActionId(action_id), 1, stream_of(k), start, lines)
+        pending.append(relay.append.remote(batch))
         if len(pending) >= in_flight:
             ray.get(pending.pop(0))
     ray.get(pending)
@@ -112,8 +111,7 @@ def test_a_parked_read_returns_when_lines_arrive(relay: Any) -> None:
     # Waiting far longer than the call timeout: an answer at all means the append woke it.
     parked = relay.read.remote("wake-1", 1, 0, 100, 10 * CALL_TIMEOUT)
     wait_until(lambda: waiting_readers(relay), lambda n: n == 1, what="the read to park")
-    call(relay.append.remote(LogBatch(action_id=ActionId("wake-1"), attempt=1,
-                                      stream="stdout", offset=0, lines=["hello"])))
+    call(relay.append.remote(LogBatch.of(ActionId("wake-1"), 1, "stdout", 0, ["hello"])))
     read: LogRead = call(parked)
     assert [b.lines for b in read.batches] == [["hello"]]
     assert (read.next_offset, read.closed) == (1, False)
@@ -131,13 +129,11 @@ def test_a_parked_read_returns_when_the_attempt_closes(relay: Any) -> None:
 def test_a_read_behind_a_gap_keeps_waiting_until_the_gap_fills(relay: Any) -> None:
     parked = relay.read.remote("gap-1", 1, 0, 100, 10 * CALL_TIMEOUT)
     wait_until(lambda: waiting_readers(relay), lambda n: n == 1, what="the read to park")
-    call(relay.append.remote(LogBatch(action_id=ActionId("gap-1"), attempt=1,
-                                      stream="stdout", offset=1, lines=["second"])))
+    call(relay.append.remote(LogBatch.of(ActionId("gap-1"), 1, "stdout", 1, ["second"])))
     # The held line woke the reader, which found nothing readable and parked again.
     wait_until(lambda: (waiting_readers(relay), call(relay.stats.remote())["held_bytes"]),
                lambda seen: seen[0] == 1 and seen[1] > 0, what="the read to park behind the gap")
-    call(relay.append.remote(LogBatch(action_id=ActionId("gap-1"), attempt=1,
-                                      stream="stderr", offset=0, lines=["first"])))
+    call(relay.append.remote(LogBatch.of(ActionId("gap-1"), 1, "stderr", 0, ["first"])))
     read: LogRead = call(parked)
     assert [(b.stream, b.lines) for b in read.batches] == [("stderr", ["first"]),
                                                            ("stdout", ["second"])]
@@ -152,11 +148,14 @@ def test_a_quiet_read_returns_empty_after_its_wait(relay: Any) -> None:
     ("method", "args"),
     [
         ("append", ({"action_id": "bad", "attempt": 0, "stream": "stdout", "offset": 0,
-                     "lines": []},)),
+                     "text": "x\n", "count": 1},)),
         ("append", ({"action_id": "bad", "attempt": 1, "stream": "stdin", "offset": 0,
-                     "lines": ["x"]},)),
+                     "text": "x\n", "count": 1},)),
+        ("append", ({"action_id": "bad", "attempt": 1, "stream": "stdout", "offset": 0,
+                     "text": "x\ny\n", "count": 1},)),
         ("append", (LogBatch.model_construct(action_id=ActionId("bad"), attempt=1,
-                                             stream="stdout", offset=0, lines=NOT_STRINGS),)),
+                                             stream="stdout", offset=0, text=NOT_STRINGS,
+                                             count=2),)),
         ("append", ("not a batch",)),
         ("close", ("bad", 1, -1)),
         ("close", ("", 1, 0)),
@@ -166,7 +165,8 @@ def test_a_quiet_read_returns_empty_after_its_wait(relay: Any) -> None:
         ("read", ("bad", 1, 0, 10, float("nan"))),
         ("read", ("bad", 1, 0, 10, "soon")),
     ],
-    ids=["attempt 0", "unknown stream", "lines not strings (unvalidated model)",
+    ids=["attempt 0", "unknown stream", "count not the text's lines",
+         "text not a string (unvalidated model)",
          "not a batch", "negative total", "empty action id", "negative offset",
          "read attempt 0", "max_lines 0", "wait NaN", "wait not a number"],
 )
@@ -185,8 +185,7 @@ def test_lines_lost_for_good_are_skipped_after_the_close_grace(relay: Any,
                             close_grace=0.05)
     try:
         for offset, lines in [(0, ["a", "b"]), (4, ["e", "f"])]:
-            call(quick.append.remote(LogBatch(action_id=ActionId("lost-1"), attempt=1,
-                                              stream="stdout", offset=offset, lines=lines)))
+            call(quick.append.remote(LogBatch.of(ActionId("lost-1"), 1, "stdout", offset, lines)))
         call(quick.close.remote("lost-1", 1, 8))
         read: LogRead = wait_until(lambda: call(quick.read.remote("lost-1", 1, 0, 100, 1.0)),
                                    lambda r: r.closed, what="the lost lines to be given up on")
@@ -199,8 +198,7 @@ def test_lines_lost_for_good_are_skipped_after_the_close_grace(relay: Any,
 
 def test_forget_drops_an_actions_logs(relay: Any) -> None:
     for attempt in (1, 2):
-        call(relay.append.remote(LogBatch(action_id=ActionId("gone-1"), attempt=attempt,
-                                          stream="stdout", offset=0, lines=["x", "y"])))
+        call(relay.append.remote(LogBatch.of(ActionId("gone-1"), attempt, "stdout", 0, ["x", "y"])))
     assert call(relay.attempts.remote("gone-1")) == [1, 2]
     call(relay.forget.remote("gone-1"))
     assert call(relay.attempts.remote("gone-1")) == []

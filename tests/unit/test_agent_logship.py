@@ -18,10 +18,13 @@ pytestmark = pytest.mark.timeout(30)
 
 def split_all(chunks: list[bytes], max_line_bytes: int = 1 << 20) -> list[str]:
     splitter = LineSplitter(max_line_bytes)
-    lines: list[str] = []
-    for chunk in chunks:
-        lines.extend(splitter.feed(chunk))
-    return lines + splitter.finish()
+    text = "".join(map(splitter.feed, chunks)) + splitter.finish()
+    assert text == "" or text.endswith("\n")
+    return text.split("\n")[:-1]
+
+
+def ended(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines)
 
 
 def test_lines_split_across_chunks_are_joined() -> None:
@@ -61,9 +64,9 @@ def test_invalid_utf8_is_replaced() -> None:
 async def test_batches_are_one_stream_with_contiguous_offsets() -> None:
     sinks = RecordingSinks()
     shipper = LogShipper(sinks, ActionId("x"), 2, flush_bytes=1 << 20, flush_interval=60)
-    shipper.add("stdout", ["a", "b"])
-    shipper.add("stderr", ["c"])
-    shipper.add("stdout", ["d"])
+    shipper.add("stdout", ended(["a", "b"]))
+    shipper.add("stderr", ended(["c"]))
+    shipper.add("stdout", ended(["d"]))
     assert await shipper.finish() == 4
     got = [(b.stream, b.offset, b.lines, b.attempt) for b in sinks.batches]
     assert got == [("stdout", 0, ["a", "b"], 2), ("stderr", 2, ["c"], 2),
@@ -74,10 +77,10 @@ async def test_batches_are_one_stream_with_contiguous_offsets() -> None:
 async def test_a_batch_is_flushed_at_the_byte_threshold() -> None:
     sinks = RecordingSinks()
     shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60)
-    shipper.add("stdout", ["y" * 99] * 10)  # 1000 bytes with newlines: below
+    shipper.add("stdout", ended(["y" * 99] * 10))  # 1000 bytes with newlines: below
     await asyncio.sleep(0)
     assert sinks.batches == []
-    shipper.add("stdout", ["y" * 99])  # 1100: at or over
+    shipper.add("stdout", ended(["y" * 99]))  # 1100: at or over
     await async_wait_until(lambda: len(sinks.batches), lambda n: n == 1)
     assert len(sinks.batches[0].lines) == 11
     await shipper.finish()
@@ -86,7 +89,7 @@ async def test_a_batch_is_flushed_at_the_byte_threshold() -> None:
 async def test_a_batch_is_flushed_after_the_interval_without_more_lines() -> None:
     sinks = RecordingSinks()
     shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1 << 20, flush_interval=0.05)
-    shipper.add("stdout", ["lonely"])
+    shipper.add("stdout", ended(["lonely"]))
     batches = await async_wait_until(lambda: sinks.batches, lambda b: len(b) == 1)
     assert batches[0].lines == ["lonely"]
     await shipper.finish()
@@ -98,7 +101,7 @@ async def test_too_many_pushes_in_flight_signal_congestion_until_they_drain() ->
     shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60,
                          max_in_flight=4, on_congestion=signals.append)
     for _ in range(5):
-        shipper.add("stdout", ["z" * 2000])
+        shipper.add("stdout", ended(["z" * 2000]))
     assert shipper.congested and signals == [True]
     await async_wait_until(lambda: signals, lambda s: s == [True, False])
     await shipper.finish()
@@ -112,7 +115,7 @@ async def test_a_failing_push_is_counted_and_the_log_still_closes() -> None:
 
     sinks = Broken()
     shipper = LogShipper(sinks, ActionId("x"), 1, flush_bytes=1024, flush_interval=60)
-    shipper.add("stdout", ["a"])
+    shipper.add("stdout", ended(["a"]))
     assert await shipper.finish() == 1
     assert shipper.failed_pushes == 1
     assert sinks.closed == {("x", 1): 1}

@@ -10,7 +10,7 @@ import pytest
 
 from mesh.errors import NotFound
 from mesh.logstore import LogStore
-from mesh.schema import ListQuery, LogBatch
+from mesh.schema import ActionId, ListQuery, LogBatch
 from mesh.stages import Stage
 from scheduler.core.state import SchedulerState
 from scheduler.sinks import EventBook
@@ -144,13 +144,11 @@ def test_the_relay_forgets_logs_of_actions_closed_before_the_horizon(tmp_path: P
     now = [100.0]
     logs = LogStore(tmp_path, memory_budget=0, clock=lambda: now[0])  # everything spills
     for name in ("done", "retried", "open"):
-        logs.append(LogBatch(action_id=name, attempt=1, stream="stdout", offset=0,
-                             lines=[f"{name} line"]))
+        logs.append(LogBatch.of(ActionId(name), 1, "stdout", 0, [f"{name} line"]))
     logs.close("done", 1, 1)
     logs.close("retried", 1, 1)
     now[0] = 200.0
-    logs.append(LogBatch(action_id="retried", attempt=2, stream="stdout", offset=0,
-                         lines=["again"]))
+    logs.append(LogBatch.of(ActionId("retried"), 2, "stdout", 0, ["again"]))
     assert logs.expire(before=150.0) == 1
     assert logs.attempts("done") == [] and logs.attempts("retried") == [1, 2]
     assert not any(p.name == "done" or "done" in p.name for p in tmp_path.rglob("*")), \

@@ -12,6 +12,7 @@ row form in `scheduler/rows.py`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -42,12 +43,18 @@ from scheduler.rows import (
     read_event,
 )
 
+log = logging.getLogger("actionmesh.scheduler")
+
 DB_FILE = "scheduler.db"
 WAL_LIMIT = 4 << 20
 # Room for a few SQLite pages: what `probe` writes to tell whether writing can resume.
 PROBE_BYTES = 64 * 1024
 # "AMsh": tells our files from other SQLite databases.
 APPLICATION_ID = 0x414D7368
+# SQLite's `auto_vacuum` setting that lets `incremental_vacuum` hand free pages back.
+INCREMENTAL = 2
+# Free pages handed back to the file system per retention batch, at most (4 MiB of pages).
+VACUUM_PAGES = 1024
 
 class Store:
     """The state database. All calls come from one thread (the scheduler's event loop)."""
@@ -93,6 +100,10 @@ class Store:
             problems = [row[0] for row in self.db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise self._corrupt("the integrity check found: " + "; ".join(problems))
+        # Retention deletes as much as is written: without this, the file keeps the pages of
+        # the most it ever held (after a burst, for good) and only grows with fragmentation.
+        # It takes effect in a new file now, in an older one at the VACUUM below.
+        self.db.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
         mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
             raise StateCorrupt(f"{self.path} cannot be put in WAL mode (it stays {mode!r}); "
@@ -113,6 +124,13 @@ class Store:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+        if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+            log.info("rewriting %s once so that deleted history gives its space back",
+                     self.path)
+            try:
+                self.db.execute("VACUUM")
+            except sqlite3.OperationalError as exc:  # e.g. no room for the copy: next start
+                log.warning("cannot rewrite %s (%s); its file will not shrink", self.path, exc)
 
     def probe(self) -> None:
         """OSError unless the state dir's file system takes a few pages now."""
@@ -263,7 +281,17 @@ class Store:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
+        self._shrink()
         return gone
+
+    def _shrink(self) -> None:
+        """Hand free pages back to the file system, a bounded number at a time."""
+        try:
+            # As a script: `execute` steps a statement without result columns only once,
+            # and this pragma frees one page per step.
+            self.db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+        except sqlite3.Error as exc:  # the deletes stand; the space comes back next time
+            log.warning("cannot give %s's free pages back: %s", self.path, exc)
 
     def save_quota(self, snapshot: QuotaSnapshot) -> None:
         """Write accounts, balances and options, unless they are what was last written (or

@@ -14,7 +14,7 @@ from mesh.schema import ActionId, ListQuery, LogBatch
 from mesh.stages import Stage
 from scheduler.core.state import SchedulerState
 from scheduler.sinks import EventBook
-from scheduler.store import Store
+from scheduler.store import VACUUM_PAGES, Store
 from tests.builders import action, agent, aid, load, nid, report
 
 
@@ -93,6 +93,27 @@ def test_expired_actions_are_deleted_in_batches_and_an_expired_id_says_so(
     store.expire(before=30, limit=3, forget_before=1e9)
     with pytest.raises(NotFound, match="no action"):
         core.get(aid("old0"), 70)
+
+
+def test_deleted_history_gives_its_space_back_to_the_file_system(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    core = mesh_core(store)
+    names = [f"big{i}" for i in range(2000)]
+    core.submit([action(name, env={"PAD": "x" * 1000}) for name in names], 1,
+                commit=store.write)
+    for name in names:
+        core.cancel(aid(name), 2)
+    written(core, store)
+    full = pages(store)
+    assert full > 500, "two megabytes of actions"
+    while store.expire(before=10, limit=500, forget_before=0):
+        pass
+    assert pages(store) < full // 4
+    assert store.db.execute("PRAGMA freelist_count").fetchone()[0] < VACUUM_PAGES
+
+
+def pages(store: Store) -> int:
+    return int(store.db.execute("PRAGMA page_count").fetchone()[0])
 
 
 def test_paging_shows_every_action_exactly_once_while_actions_are_added(

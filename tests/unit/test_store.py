@@ -15,7 +15,7 @@ from scheduler.core.events import ListSink
 from scheduler.core.records import UNREADABLE_SPEC, Changes, SavedSpec
 from scheduler.core.state import SchedulerState
 from scheduler.migrations import SCHEMA_VERSION
-from scheduler.store import DB_FILE, Store
+from scheduler.store import DB_FILE, INCREMENTAL, Store
 from tests.builders import acct, action, agent, aid, load, nid, report
 
 
@@ -114,6 +114,7 @@ def test_a_version_1_file_is_migrated_with_its_attempts_as_rows_and_its_shape_as
     db.close()
     store = Store(tmp_path)
     assert store.version == SCHEMA_VERSION
+    assert auto_vacuum(store) == INCREMENTAL, "rewritten so that deletes shrink it"
     saved = store.load()
     [(record, attempts)] = saved.actions
     assert (record.id, record.stage, record.attempt) == ("b", Stage.RUNNING, 2)
@@ -163,6 +164,11 @@ def test_changes_with_nothing_in_them_write_nothing(tmp_path: Path) -> None:
 def test_a_new_file_gets_the_current_schema(tmp_path: Path) -> None:
     assert Store(tmp_path).version == SCHEMA_VERSION
     assert Store(tmp_path).load().actions == []
+    assert auto_vacuum(Store(tmp_path)) == INCREMENTAL
+
+
+def auto_vacuum(store: Store) -> int:
+    return int(store.db.execute("PRAGMA auto_vacuum").fetchone()[0])
 
 
 def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:

@@ -127,6 +127,11 @@ class Reader:
             self.pos = max(self.pos, first)
             self.stop = min(self.pos + self.max_lines, self.limit)
         lo, hi = max(self.pos, first), min(first + count, self.stop)
+        if hi < first + count and self.batches:
+            # The window would end inside this run: end it before instead. A follower then
+            # starts its next read at a run's edge, and the text goes out whole, not cut.
+            self.stop = lo
+            return None
         return (lo, hi) if lo < hi else None
 
     def _add(self, stream: Stream, offset: int, text: str, count: int) -> None:

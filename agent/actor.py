@@ -44,6 +44,7 @@ class AgentActor:
         self.reports = SchedulerReports(self.scheduler, self.agent_id, self._start_all)
         self.executor = Executor(self.agent_id, uuid.uuid4().hex, config, self.reports,
                                  RelayLogs(NamedActor(RELAY)))
+        self.reports.on_recorded = self.executor.recorded
         self._starts: set[asyncio.Task[None]] = set()
         self._sampler: asyncio.Task[None] | None = None
         # What it tells the scheduler never changes while it lives (Ray fixes a node's

@@ -116,8 +116,9 @@ class Executor:
         self._attempts: dict[Key, _Attempt] = {}
         # The worker's environment does not change; copy it once, not once per attempt.
         self._base_env = dict(os.environ)
-        # Recently ended attempts, with their end report: a restarted scheduler asks for
-        # these, since a report sent while it was away may never have reached it.
+        # Recently ended attempts, with their end report until the scheduler says it wrote
+        # it: a restarted scheduler asks for those, since a report sent while it was away,
+        # or taken while it could not write, may be missing from its state.
         self._finished: dict[Key, tuple[AttemptReport | None, float]] = {}
         self._remember_finished = remember
         # The latest `assigned_at` of the attempts it has forgotten: a start made no later
@@ -246,7 +247,8 @@ class Executor:
         return [a.pgid for a in self._attempts.values() if a.pgid]
 
     def holdings(self) -> AgentHoldings:
-        """What runs here and the end reports of what ended lately, oldest first."""
+        """What runs here and the end reports of what ended lately that the scheduler has
+        not said it wrote, oldest first."""
         return AgentHoldings(
             running=[HeldAttempt(action_id=a, attempt=n) for a, n in self._attempts],
             ended=[r for r, _ in self._finished.values() if r is not None])
@@ -358,6 +360,13 @@ class Executor:
             report = self._report(attempt, end.stage, end.exit_code, end.reason)
         self._remember(attempt.key, report, attempt.assignment.assigned_at)
         attempt.done.set()
+
+    def recorded(self, report: AttemptReport) -> None:
+        """The scheduler has written this report: a restarted one will not need it."""
+        key = (report.action_id, report.attempt)
+        held = self._finished.get(key)
+        if held is not None and held[0] is not None and held[0].stage == report.stage:
+            self._finished[key] = (None, held[1])
 
     def _remember(self, key: Key, report: AttemptReport | None, assigned_at: float) -> None:
         self._finished[key] = (report, assigned_at)

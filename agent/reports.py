@@ -34,11 +34,13 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 
 Assignments = Callable[[list[Assignment]], None]
+Recorded = Callable[[AttemptReport], None]
 
 
 class SchedulerReports:
     """ReportSink: reports go out in order; the assignments the scheduler sends down the
-    channel (on the answer to an end report, or pushed unasked) go to `on_assignments`.
+    channel (on the answer to an end report, or pushed unasked) go to `on_assignments`, and
+    a report the scheduler answers as written goes to `on_recorded`.
 
     The usual path is the report channel, one TCP stream to the scheduler that keeps order
     and costs no Ray call per report. Reports sent on it stay unanswered until their answer
@@ -52,6 +54,7 @@ class SchedulerReports:
         self.scheduler = scheduler
         self.agent_id = agent_id
         self.on_assignments = on_assignments
+        self.on_recorded: Recorded | None = None
         self.use_channel = use_channel
         self._queue: deque[tuple[AttemptReport, int]] = deque()
         self._unanswered: deque[AttemptReport] = deque()
@@ -193,13 +196,8 @@ class SchedulerReports:
                     if self.on_assignments is not None:
                         self.on_assignments(answer.assignments)
                     continue
-                report = self._unanswered.popleft()
                 self._failures = 0  # a working channel: the next loss retries at once
-                if answer.error:
-                    log.warning("the scheduler refused report %s of %s attempt %d: %s",
-                                report.stage, report.action_id, report.attempt, answer.error)
-                elif answer.assignments and self.on_assignments is not None:
-                    self.on_assignments(answer.assignments)
+                self._take(self._unanswered.popleft(), answer)
         except (asyncio.IncompleteReadError, OSError) as exc:
             log.warning("report channel closed (%r); %d unanswered reports go again", exc,
                         len(self._unanswered))
@@ -246,8 +244,26 @@ class SchedulerReports:
             if again is not None:
                 again()
             return
-        self.scheduler.watch(ref, again, self._answered)
+        self.scheduler.watch(ref, again, functools.partial(self._answered, report))
 
-    def _answered(self, answer: Any) -> None:
-        if answer and self.on_assignments is not None:
-            self.on_assignments(list(answer))
+    def _answered(self, report: AttemptReport, answer: Any) -> None:
+        try:
+            # Unpickled from a Ray call, so not validated yet.
+            checked = ReportAnswer.model_validate(
+                answer.model_dump() if isinstance(answer, ReportAnswer) else answer)
+        except ValidationError as exc:
+            log.error("the scheduler's answer to report %s of %s was not understood: %s",
+                      report.stage, report.action_id, exc)
+            return
+        self._take(report, checked)
+
+    def _take(self, report: AttemptReport, answer: ReportAnswer) -> None:
+        """Act on the scheduler's answer to one report."""
+        if answer.error:
+            log.warning("the scheduler refused report %s of %s attempt %d: %s",
+                        report.stage, report.action_id, report.attempt, answer.error)
+            return
+        if answer.recorded and self.on_recorded is not None:
+            self.on_recorded(report)
+        if answer.assignments and self.on_assignments is not None:
+            self.on_assignments(answer.assignments)

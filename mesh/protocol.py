@@ -82,3 +82,6 @@ class ReportAnswer(Model):
     assignments: list[Assignment] = Field(default_factory=list)
     error: str = ""
     unasked: bool = False
+    recorded: bool = Field(True, description=(
+        "what the report changed is in the state file: a restarted scheduler will not need "
+        "it again, so the agent stops offering it in its holdings"))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from mesh import names
 from mesh.errors import InvalidInput, StateDirInUse
-from mesh.protocol import Assignment, AttemptReport, ReportChannel
+from mesh.protocol import AttemptReport, ReportAnswer, ReportChannel
 from mesh.schema import (
     AccountConfig,
     AccountId,
@@ -93,7 +93,7 @@ class SchedulerActor:
     async def report_load(self, agent_id: AgentId, load: Load) -> None:
         self._started().report_load(agent_id, _model(Load, load, "load"))
 
-    async def report_attempt(self, report: AttemptReport) -> list[Assignment]:
+    async def report_attempt(self, report: AttemptReport) -> ReportAnswer:
         return self._started().report_attempt(_model(AttemptReport, report, "report"))
 
     async def report_channel(self) -> ReportChannel | None:

@@ -32,7 +32,7 @@ HELLO_LIMIT = 4096
 MAX_GREETING = 64
 
 # Applies a report and returns the reporting agent's next assignments.
-Handler = Callable[[AttemptReport], list[Assignment]]
+Handler = Callable[[AttemptReport], ReportAnswer]
 # Receives the assignments a closed channel carried that the agent never confirmed (by a
 # report on the attempt), so they are sent another way rather than left assigned and never
 # started; the agent ignores a second start of an attempt it knows.
@@ -174,7 +174,7 @@ class ReportServer:
                                       f"channel of agent {agent!r}")
         link.unconfirmed.pop((report.action_id, report.attempt), None)
         try:
-            return ReportAnswer(assignments=self.handler(report))
+            return self.handler(report)
         except Exception as exc:
             # A bug in applying one report must cost that report, not the channel.
             log.exception("applying %s of %s attempt %d failed", report.stage,

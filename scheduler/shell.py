@@ -20,7 +20,7 @@ import ray
 
 from mesh import reasons
 from mesh.errors import MeshError, SchedulerUnavailable
-from mesh.protocol import AgentHoldings, Assignment, AttemptReport, ReportChannel
+from mesh.protocol import AgentHoldings, Assignment, AttemptReport, ReportAnswer, ReportChannel
 from mesh.schema import (
     Action,
     ActionId,
@@ -352,8 +352,9 @@ class Scheduler:
         if self.core.load(agent_id, load, self.clock()):
             self.kick()
 
-    def report_attempt(self, report: AttemptReport) -> list[Assignment]:
-        """Apply a report; answer an end report with the reporting agent's next work.
+    def report_attempt(self, report: AttemptReport) -> ReportAnswer:
+        """Apply a report; answer an end report with the reporting agent's next work, and
+        whether what it changed is written.
 
         The end of an attempt frees room on its agent, so a step runs at once and what it
         places there rides back on this call's answer: the freed slot is refilled one
@@ -368,8 +369,8 @@ class Scheduler:
                 if isinstance(d, Assign) and d.agent_id == report.agent_id]
         if not self._carry_out([d for d in decisions if d not in mine]):  # writes `mine` too
             self.writer.hold(list(mine))  # unwritten: sent by the recovery once it can write
-            return []
-        return [self.core.assignment(d) for d in mine]
+            return ReportAnswer(recorded=False)
+        return ReportAnswer(assignments=[self.core.assignment(d) for d in mine])
 
     def _deliver_otherwise(self, assignments: list[Assignment]) -> None:
         """Start calls for assignments a lost channel may not have delivered; only those

@@ -151,6 +151,21 @@ async def test_a_spawn_failure_fails_at_once_with_a_reason(
     assert sinks.closed == {("a1", 1): 0}
 
 
+async def test_holdings_offer_the_end_reports_the_scheduler_has_not_said_it_wrote(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    for name in ("a1", "a2"):
+        await ex.start(shell("true", name))
+        await ended(sinks, name)
+    ends = [sinks.end("a1"), sinks.end("a2")]
+    assert None not in ends and ex.holdings().ended == ends
+    first = ends[0]
+    assert first is not None
+    ex.recorded(first.model_copy(update={"stage": "running", "exit_code": None}))
+    assert ex.holdings().ended == ends, "a written start is not its end"
+    ex.recorded(first)
+    assert ex.holdings().ended == [ends[1]]
+
+
 async def test_shell_runs_the_script_with_sh(ex: Executor, sinks: RecordingSinks) -> None:
     await ex.start(shell("echo $((6 * 7)) && echo two"))
     await ended(sinks)

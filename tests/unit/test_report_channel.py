@@ -50,9 +50,9 @@ class FakeSchedulerHandle:
     async def _channel(self) -> ReportChannel | None:
         return self.address
 
-    async def _report(self, r: AttemptReport) -> list[Assignment]:
+    async def _report(self, r: AttemptReport) -> ReportAnswer:
         self.by_call.append(r)
-        return []
+        return ReportAnswer(recorded=r.action_id not in UNWRITTEN)
 
 
 class Preset(NamedActor):
@@ -62,6 +62,10 @@ class Preset(NamedActor):
 
     async def get(self) -> Any:
         return self.handle
+
+
+# Actions whose reports the fake schedulers answer as taken but not written.
+UNWRITTEN = {"a1"}
 
 
 class Recorder:
@@ -74,11 +78,12 @@ class Recorder:
         self.on_report = on_report
         self.undelivered: list[Assignment] = []
 
-    def __call__(self, r: AttemptReport) -> list[Assignment]:
+    def __call__(self, r: AttemptReport) -> ReportAnswer:
         self.seen.append(r)
         if self.on_report is not None:
             self.on_report(r)
-        return self.answers.pop((r.action_id, r.stage), [])
+        return ReportAnswer(assignments=self.answers.pop((r.action_id, r.stage), []),
+                            recorded=r.action_id not in UNWRITTEN)
 
     def keys(self) -> list[tuple[str, str]]:
         return [(r.action_id, r.stage) for r in self.seen]
@@ -214,6 +219,25 @@ async def test_reports_arrive_in_order_and_end_reports_bring_the_next_assignment
                            what="the answers' assignments")
     assert sink.on_channel and ray_side.by_call == []
     assert server.connected == {"n1": 1}
+
+
+@pytest.mark.parametrize("channel", [True, False], ids=["channel", "ray calls"])
+async def test_only_reports_answered_as_written_are_passed_on_as_recorded(
+        serve: Serve, agent_side: AgentSide, channel: bool) -> None:
+    server = await serve(Recorder())
+    ray_side = FakeSchedulerHandle(server.address if channel else None)
+    sink = agent_side(ray_side)
+    written: list[AttemptReport] = []
+    sink.on_recorded = written.append
+    if channel:
+        await opened(sink)
+    sent = reports(6)  # a0, a1 and a2, each running then succeeded
+    for r in sent:
+        sink.report(r)
+    await async_wait_until(lambda: list(written), lambda w: len(w) == 4,
+                           what="the written reports passed on")
+    assert written == [r for r in sent if r.action_id not in UNWRITTEN]
+    assert sink.on_channel is channel
 
 
 async def test_a_wrong_secret_is_refused_and_reports_go_by_ray_calls_instead(

@@ -131,7 +131,7 @@ async def test_an_end_report_is_answered_with_the_agents_next_assignment(
     await settle()
     assert n1.calls == [("start", "a")]
     answer = s.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0))
-    assert [x.action_id for x in answer] == ["b"]
+    assert [x.action_id for x in answer.assignments] == ["b"] and answer.recorded
     assert n1.calls == [("start", "a")], "b must not also get a start call"
     assert s.core.get(ActionId("b"), s.clock()).stage is Stage.ASSIGNED
 
@@ -459,7 +459,9 @@ async def test_the_next_work_an_end_report_would_carry_is_held_while_the_disk_is
                            what="a started")
     store.full = True
     s.report_load(AgentId("n1"), load(at=0.5))
-    assert s.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0)) == []
+    # Taken, not written: the agent keeps offering it to a restarted scheduler.
+    assert s.report_attempt(report("a", 1, "n1", "succeeded", exit_code=0)) == ReportAnswer(
+        recorded=False)
     assert s.health().store == "read-only"
     store.full = False
     await async_wait_until(lambda: fake.calls, lambda c: ("start", "b") in c,

@@ -32,6 +32,7 @@ from mesh.schema import (
     ListQuery,
     LogLine,
     LogRead,
+    LogSource,
     MeshConfig,
     QuotaOptions,
     StageEvent,
@@ -168,8 +169,8 @@ class ActionHandle:
                 while gaps and gaps[0][0] < batch.offset:
                     yield self._lost(attempt, *gaps.pop(0), told)
                 lines = batch.lines
-                yield from map(LogLine, repeat(batch.action_id), repeat(batch.attempt),
-                               repeat(batch.stream),
+                source = LogSource(batch.action_id, batch.attempt, batch.stream)
+                yield from map(LogLine, repeat(source),
                                range(batch.offset, batch.offset + len(lines)), lines)
             for gap in gaps:
                 yield self._lost(attempt, *gap, told)
@@ -185,9 +186,8 @@ class ActionHandle:
 
     def _lost(self, attempt: int, start: int, end: int, told: set[int]) -> LogLine:
         told.add(start)
-        return LogLine(self.id, attempt, "stderr", start,
-                       f"[actionmesh: lines {start}-{end - 1} of this log were lost]",
-                       lost=end - start)
+        return LogLine(LogSource(self.id, attempt, "stderr", lost=end - start), start,
+                       f"[actionmesh: lines {start}-{end - 1} of this log were lost]")
 
 
 class Client:

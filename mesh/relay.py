@@ -29,8 +29,6 @@ MAX_WAIT = 300.0
 CLOSE_GRACE = 10.0
 # While the disk refuses spills and memory is full, how often appends try it again.
 SPILL_RETRY = 0.5
-# How often retention looks for expired logs, at most (a short retention looks sooner).
-EXPIRE_INTERVAL = 60.0
 # Caps one reply (~100k lines of 64 characters is ~7 MB through the object store).
 MAX_READ_LINES = 100_000
 
@@ -136,6 +134,7 @@ class LogRelay:
         self._waiters: dict[_Key, _Waiters] = {}
         self._close_grace = close_grace
         self._retention = config.retention
+        self._expire_every = config.expire_every
         self._expiring: asyncio.TimerHandle | None = None
 
     async def append(self, batch: LogBatch) -> None:
@@ -177,11 +176,8 @@ class LogRelay:
         # From the first call on the event loop: a restarted relay holding old logs must
         # expire them even if no attempt ever closes again.
         if self._expiring is None:
-            self._expiring = asyncio.get_running_loop().call_later(self._expire_every(),
+            self._expiring = asyncio.get_running_loop().call_later(self._expire_every,
                                                                     self._expire)
-
-    def _expire_every(self) -> float:
-        return min(EXPIRE_INTERVAL, self._retention / 4)
 
     def _expire(self) -> None:
         """Forget the logs of actions that finished longer ago than the retention period
@@ -192,7 +188,7 @@ class LogRelay:
             self._store.expire(now - self._retention, now - 2 * self._retention)
         except Exception:
             log.exception("deleting expired logs failed; will retry")
-        self._expiring = asyncio.get_running_loop().call_later(self._expire_every(),
+        self._expiring = asyncio.get_running_loop().call_later(self._expire_every,
                                                                 self._expire)
 
     async def read(self, action_id: str, attempt: int, offset: int, max_lines: int = 10_000,

@@ -574,6 +574,10 @@ class LogRead(Model):
 
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+# Retention looks for expired history at least this often (s), and at least this many times
+# per retention period.
+EXPIRE_INTERVAL = 60.0
+EXPIRE_SHARE = 20
 
 
 class MeshConfig(Model):
@@ -617,6 +621,12 @@ class MeshConfig(Model):
     @property
     def logs(self) -> str:
         return self.log_dir or str(Path(self.state_dir) / "logs")
+
+    @property
+    def expire_every(self) -> float:
+        """How often the scheduler and the relay look for what retention deletes: what waits
+        for a look is kept past its time, so a short retention looks more often."""
+        return min(EXPIRE_INTERVAL, self.retention / EXPIRE_SHARE)
 
     @field_validator("log_budget", mode="before")
     @classmethod

@@ -79,7 +79,8 @@ class Scheduler:
         self.list_nodes = list_nodes or ray.nodes
         self._greeted = self._greet_agents()
         self.writer.restore()
-        self.upkeep = Upkeep(self.core, self.writer, clock, config.retention)
+        self.upkeep = Upkeep(self.core, self.writer, clock, config.retention,
+                             config.expire_every)
         self.handles: dict[AgentId, AgentHandle] = {}
         self.bringing_up: set[str] = set()
         self._wake: asyncio.Event | None = None

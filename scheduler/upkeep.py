@@ -17,19 +17,16 @@ ACCOUNT_SAVE_INTERVAL = 1.0
 # Actions deleted per transaction: each batch is short, and a scheduling step may run
 # between two of them.
 EXPIRE_BATCH = 500
-# How often retention looks for expired actions, at most. A short retention looks sooner:
-# what waits for a look is kept past its time, and the state file holds that much more.
-EXPIRE_INTERVAL = 60.0
-EXPIRE_SHARE = 20
 
 
 class Upkeep:
     def __init__(self, core: SchedulerState, writer: Writer, clock: Callable[[], float],
-                 retention: float) -> None:
+                 retention: float, every: float) -> None:
         self.core = core
         self.writer = writer
         self.clock = clock
         self.retention = retention
+        self.every = every
 
     async def save_accounts(self) -> None:
         while True:
@@ -43,7 +40,7 @@ class Upkeep:
         """Delete what finished longer ago than the retention period. An expired id is
         remembered for one more period, so that asking for it says it expired."""
         while True:
-            await asyncio.sleep(min(EXPIRE_INTERVAL, self.retention / EXPIRE_SHARE))
+            await asyncio.sleep(self.every)
             try:
                 while not self.writer.read_only:
                     now = self.clock()

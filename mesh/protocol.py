@@ -82,6 +82,9 @@ class ReportAnswer(Model):
     assignments: list[Assignment] = Field(default_factory=list)
     error: str = ""
     unasked: bool = False
-    recorded: bool = Field(True, description=(
-        "what the report changed is in the state file: a restarted scheduler will not need "
-        "it again, so the agent stops offering it in its holdings"))
+    # False unless said: an answer that claims a write which did not happen would make the
+    # agent drop an end report a restarted scheduler still needs.
+    recorded: bool = Field(False, description=(
+        "what the report changed is in the state file (committed, not fsynced: it survives "
+        "the scheduler's crash, not the head machine's): a restarted scheduler will not "
+        "need it again, so the agent stops offering it in its holdings"))

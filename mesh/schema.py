@@ -578,6 +578,7 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 # per retention period.
 EXPIRE_INTERVAL = 60.0
 EXPIRE_SHARE = 20
+EXPIRE_FLOOR = 1.0
 
 
 class MeshConfig(Model):
@@ -626,7 +627,7 @@ class MeshConfig(Model):
     def expire_every(self) -> float:
         """How often the scheduler and the relay look for what retention deletes: what waits
         for a look is kept past its time, so a short retention looks more often."""
-        return min(EXPIRE_INTERVAL, self.retention / EXPIRE_SHARE)
+        return max(EXPIRE_FLOOR, min(EXPIRE_INTERVAL, self.retention / EXPIRE_SHARE))
 
     @field_validator("log_budget", mode="before")
     @classmethod

@@ -31,7 +31,8 @@ HELLO_TIMEOUT = 10.0
 HELLO_LIMIT = 4096
 MAX_GREETING = 64
 
-# Applies a report and returns the reporting agent's next assignments.
+# Applies a report; the answer carries the reporting agent's next assignments and whether
+# what the report changed was written.
 Handler = Callable[[AttemptReport], ReportAnswer]
 # Receives the assignments a closed channel carried that the agent never confirmed (by a
 # report on the attempt), so they are sent another way rather than left assigned and never
@@ -141,7 +142,7 @@ class ReportServer:
             while True:
                 answer = self._answer(await read_frame(reader), agent, link)
                 if not link.send(answer):
-                    link.send(ReportAnswer())
+                    link.send(ReportAnswer(recorded=answer.recorded))
                     self.undelivered(answer.assignments)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

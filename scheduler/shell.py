@@ -371,7 +371,7 @@ class Scheduler:
         if not self._carry_out([d for d in decisions if d not in mine]):  # writes `mine` too
             self.writer.hold(list(mine))  # unwritten: sent by the recovery once it can write
             return ReportAnswer(recorded=False)
-        return ReportAnswer(assignments=[self.core.assignment(d) for d in mine])
+        return ReportAnswer(assignments=[self.core.assignment(d) for d in mine], recorded=True)
 
     def _deliver_otherwise(self, assignments: list[Assignment]) -> None:
         """Start calls for assignments a lost channel may not have delivered; only those

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ APPLICATION_ID = 0x414D7368
 INCREMENTAL = 2
 # Free pages handed back to the file system per retention batch, at most (4 MiB of pages).
 VACUUM_PAGES = 1024
+# An older file is rewritten at start-up to use auto-vacuum only up to this size (a few
+# seconds' work); a larger one is left as it is, with a warning saying how to do it.
+CONVERT_MAX = 256 << 20
 
 class Store:
     """The state database. All calls come from one thread (the scheduler's event loop)."""
@@ -125,12 +129,25 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise
         if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
-            log.info("rewriting %s once so that deleted history gives its space back",
-                     self.path)
-            try:
-                self.db.execute("VACUUM")
-            except sqlite3.OperationalError as exc:  # e.g. no room for the copy: next start
-                log.warning("cannot rewrite %s (%s); its file will not shrink", self.path, exc)
+            self._convert()
+
+    def _convert(self) -> None:
+        """Rewrite a file made before incremental auto-vacuum, so that it can shrink. Only a
+        small one: the rewrite blocks the start-up and needs its size again in free space."""
+        size = self.path.stat().st_size
+        if size > CONVERT_MAX:
+            log.warning("%s (%d MiB) was made by an older release and will not shrink as "
+                        "history is deleted; to let it, stop the mesh and run: sqlite3 %s "
+                        "'PRAGMA auto_vacuum=2; VACUUM'", self.path, size >> 20, self.path)
+            return
+        began = time.monotonic()
+        try:
+            self.db.execute("VACUUM")
+        except sqlite3.OperationalError as exc:  # e.g. no room for the copy: next start
+            log.warning("cannot rewrite %s (%s); its file will not shrink", self.path, exc)
+            return
+        log.info("rewrote %s (%d MiB) in %.1fs so that deleted history gives its space back",
+                 self.path, size >> 20, time.monotonic() - began)
 
     def probe(self) -> None:
         """OSError unless the state dir's file system takes a few pages now."""

@@ -11,6 +11,7 @@ import pytest
 from mesh.errors import InvalidInput, StateCorrupt
 from mesh.schema import AccountConfig, AccountId, Action, ActionId, AgentId, ListQuery
 from mesh.stages import Stage
+from scheduler import store as store_module
 from scheduler.core.events import ListSink
 from scheduler.core.records import UNREADABLE_SPEC, Changes, SavedSpec
 from scheduler.core.state import SchedulerState
@@ -127,6 +128,19 @@ def test_a_version_1_file_is_migrated_with_its_attempts_as_rows_and_its_shape_as
     done = store.find(ActionId("a"))
     assert done is not None and done[0].stage is Stage.SUCCEEDED and done[1][0].exit_code == 0
     assert saved.last_seq == 2
+
+
+def test_a_large_older_file_is_left_as_it_is_with_a_warning_saying_how_to_convert_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    db.executescript(V1_FILE)
+    db.close()
+    monkeypatch.setattr(store_module, "CONVERT_MAX", 0)  # every file counts as large
+    store = Store(tmp_path)
+    assert auto_vacuum(store) == 0, "not rewritten during start-up"
+    assert "PRAGMA auto_vacuum=2; VACUUM" in caplog.text
+    assert store.find(ActionId("a")) is not None
 
 
 # A state file as the previous release wrote it: a finished, b running its second attempt.

@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent import procscan
@@ -25,6 +26,7 @@ from agent.logship import LogShipper
 from agent.outcome import Outcome, outcome
 from agent.reaper import ReaperHandle
 from agent.sinks import LogSink, ReportSink
+from agent.workspace import ENV_WORKSPACE, Workspaces, base_environment, workspace_root
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
 from mesh.protocol import (
     AgentHoldings,
@@ -63,6 +65,7 @@ class _Attempt:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     running_timer: asyncio.TimerHandle | None = None
+    workspace: Path | None = None
 
     @property
     def key(self) -> Key:
@@ -114,8 +117,14 @@ class Executor:
         self.logs = logs
         self.clock = clock
         self._attempts: dict[Key, _Attempt] = {}
-        # The worker's environment does not change; copy it once, not once per attempt.
-        self._base_env = dict(os.environ)
+        # Built once: the agent's environment does not change, and none of it but a few
+        # harmless names reaches an attempt (it holds Ray's and the mesh's secrets).
+        self._base_env = base_environment(os.environ)
+        # One root per agent: agents of several Ray nodes may share a machine, and each
+        # clears what its predecessor left in its own.
+        self.workspaces = Workspaces(workspace_root(config.workspace_dir) / agent_id,
+                                     config.keep_workspaces)
+        self._workspaces_cleared = False
         # Recently ended attempts, with their end report until the scheduler says it wrote
         # it: a restarted scheduler asks for those, since a report sent while it was away,
         # or taken while it could not write, may be missing from its state.
@@ -126,6 +135,7 @@ class Executor:
         self._forgot_through = float("-inf")
         self._reaper: ReaperHandle | None = None
         self._closed = False
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     # ---- the reaper -----------------------------------------------------------------------
 
@@ -189,9 +199,20 @@ class Executor:
         self._attempts[key] = attempt
         argv = _argv(assignment)
         cwd = assignment.action.cwd
-        env = {**self._base_env, **assignment.action.env, ENV_AGENT: self.token, **attempt.marks}
         try:
-            attempt.child.spawn(argv, cwd, env)
+            if not self._workspaces_cleared:
+                self.workspaces.clear()
+                self._workspaces_cleared = True
+            attempt.workspace = self.workspaces.make(*key)
+        except OSError as exc:
+            await shipper.finish()
+            self._finish(attempt, Outcome("failed", None,
+                                          f"could not make its workspace: {exc}"))
+            return
+        env = {**self._base_env, **assignment.action.env,
+               ENV_WORKSPACE: str(attempt.workspace), ENV_AGENT: self.token, **attempt.marks}
+        try:
+            attempt.child.spawn(argv, cwd or str(attempt.workspace), env)
         except Exception as exc:  # any failure to spawn ends the attempt as failed
             await shipper.finish()  # an empty, closed log rather than one that never ends
             self._finish(attempt, Outcome("failed", None, _spawn_failure(exc, argv, cwd)))
@@ -359,7 +380,15 @@ class Executor:
         if attempt.send_end_report:
             report = self._report(attempt, end.stage, end.exit_code, end.reason)
         self._remember(attempt.key, report, attempt.assignment.assigned_at)
+        if attempt.workspace is not None and not self.workspaces.remove(attempt.workspace):
+            self._spawn_cleanup(attempt.workspace)
         attempt.done.set()
+
+    def _spawn_cleanup(self, path: Path) -> None:
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self.workspaces.remove_tree, path))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     def recorded(self, report: AttemptReport) -> None:
         """The scheduler has written this report: a restarted one will not need it."""

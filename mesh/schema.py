@@ -614,6 +614,13 @@ class MeshConfig(Model):
         7 * 86400.0, ge=1, le=10 * 365 * 86400,
         description="how long finished actions, their events and their logs are kept "
         "(seconds, or a duration such as 7d)")
+    workspace_dir: str | None = Field(
+        None, description="where agents make their attempts' private working directories, "
+        "each agent in a directory of its own (default: actionmesh-work-<uid> in the "
+        "system's temporary directory)")
+    keep_workspaces: bool = Field(
+        False, description="keep each attempt's directory after it ends, for debugging (an "
+        "agent that starts again still clears what an earlier one left)")
     report_port: int = Field(
         0, ge=0, le=65535,
         description="TCP port on the head for the agents' report channel; 0 picks a free one "

@@ -88,6 +88,25 @@ def test_logs_of_a_100k_line_action_arrive_complete_and_in_order(mesh: Mesh) -> 
     assert [line.text for line in tail][:3] == ["line 99990", "line 99991", "line 99992"]
 
 
+def test_an_action_gets_none_of_the_agents_environment_nor_its_open_files(
+        mesh: Mesh) -> None:
+    script = ("import os\nfor k, v in os.environ.items(): print(f'{k}={v}')\n"
+              "print('cwd', os.getcwd())\n"
+              "print('fds', sorted(os.listdir('/proc/self/fd'), key=int))")
+    handle = mesh.client.submit(Action(command=[sys.executable, "-c", script]))
+    lines = [line.text for line in handle.logs(follow=True)]
+    assert handle.result(timeout=60).ok
+    seen = dict(t.split("=", 1) for t in lines if "=" in t)
+    # The agent's own environment is full of RAY_* (and, on a token cluster, the token).
+    assert [n for n in seen if n.startswith("RAY_") or "TOKEN" in n] == []
+    assert set(seen) <= {"PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "SHELL",
+                         "ACTIONMESH_WORKSPACE", "ACTIONMESH_AGENT", "ACTIONMESH_ACTION_ID",
+                         "ACTIONMESH_ATTEMPT", "LC_CTYPE"}, seen
+    assert f"cwd {seen['ACTIONMESH_WORKSPACE']}" in lines
+    # 0-2 are its pipes and /dev/null; the one after is listdir's own.
+    assert "fds ['0', '1', '2', '3']" in lines
+
+
 def test_stage_events_flow_while_it_runs(mesh: Mesh) -> None:
     handle = mesh.client.submit(Action(command=["sh", "-c", "exit 7"]))
     stages = [e.stage for e in handle.events()]

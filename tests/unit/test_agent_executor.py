@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent.executor import Executor
+from agent.executor import REMEMBER_FINISHED, Executor
+from agent.workspace import ENV_WORKSPACE
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
 from mesh.protocol import Assignment, HeldAttempt
 from mesh.schema import ActionId, AgentId, MeshConfig
@@ -42,16 +44,21 @@ def shell(script: str, action_id: str = "a1", **action: Any) -> Assignment:
 
 
 @asynccontextmanager
-async def executor(sinks: RecordingSinks, config: MeshConfig = CONFIG) -> AsyncIterator[Executor]:
+async def executor(sinks: RecordingSinks, config: MeshConfig = CONFIG,
+                   remember: int = REMEMBER_FINISHED) -> AsyncIterator[Executor]:
     """An executor reporting to `sinks`, its clock ticking 1000, 1001, ...; shut down (its
-    attempts killed, its reaper closed) on the way out."""
+    attempts killed, its reaper closed) on the way out. Its workspaces are in a temporary
+    directory of its own, unless `config` names one."""
     clock = itertools.count(1000.0)
-    ex = Executor(AgentId("agent-test"), f"test-{os.getpid()}-{next(_tokens)}", config,
-                  sinks, sinks, clock=lambda: float(next(clock)))
-    try:
-        yield ex
-    finally:
-        await ex.shutdown()
+    with tempfile.TemporaryDirectory(prefix="meshwork-") as work:
+        if config.workspace_dir is None:
+            config = config.model_copy(update={"workspace_dir": work})
+        ex = Executor(AgentId("agent-test"), f"test-{os.getpid()}-{next(_tokens)}", config,
+                      sinks, sinks, clock=lambda: float(next(clock)), remember=remember)
+        try:
+            yield ex
+        finally:
+            await ex.shutdown()
 
 
 @pytest.fixture
@@ -164,6 +171,64 @@ async def test_holdings_offer_the_end_reports_the_scheduler_has_not_said_it_wrot
     assert ex.holdings().ended == ends, "a written start is not its end"
     ex.recorded(first)
     assert ex.holdings().ended == [ends[1]]
+
+
+async def test_an_attempt_gets_a_base_environment_and_a_private_workspace_not_the_agents(
+        sinks: RecordingSinks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_TEST_SECRET", "agent-only")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    config = CONFIG.model_copy(update={"workspace_dir": str(tmp_path / "work")})
+    async with executor(sinks, config) as ex:
+        await ex.start(shell('env; echo "cwd=$(pwd)"; echo "mode=$(stat -c %a .)"; '
+                             'echo x > left-behind', "clean", env={"MINE": "1"}))
+        await ended(sinks, "clean")
+        assert sinks.stages("clean") == ["running", "succeeded"]
+        seen = dict(t.split("=", 1) for _, _, t in sinks.lines("clean") if "=" in t)
+        workspace = seen[ENV_WORKSPACE]
+        assert "RAY_TEST_SECRET" not in seen and not any(n.startswith("RAY_") for n in seen)
+        names = set(seen) - {"cwd", "mode", "PWD", "SHLVL", "_"}  # the last: sh's own
+        assert names == {"PATH", "LANG", "HOME", "USER", "LOGNAME", "SHELL", "MINE",
+                         ENV_WORKSPACE, ENV_AGENT, ENV_ACTION, ENV_ATTEMPT}
+        assert seen["cwd"] == workspace and seen["mode"] == "700"
+        assert Path(workspace).parent == tmp_path / "work" / "agent-test"
+        # It had a file left in it: removed off the event loop, soon after the end.
+        await async_wait_until(lambda: Path(workspace).exists(), lambda e: not e,
+                               what="the workspace removed")
+
+
+async def test_workspaces_are_kept_when_asked_and_cleared_by_the_next_agent(
+        sinks: RecordingSinks, tmp_path: Path) -> None:
+    kept = CONFIG.model_copy(update={"workspace_dir": str(tmp_path / "work"),
+                                     "keep_workspaces": True})
+    work = tmp_path / "work" / "agent-test"
+    async with executor(sinks, kept) as ex:
+        await ex.start(shell("echo kept > file", "debug"))
+        await ended(sinks, "debug")
+    [left] = list(work.iterdir())
+    assert (left / "file").read_text() == "kept\n"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("mine")
+    (work / "link").symlink_to(outside)  # unlinked, never followed
+    async with executor(sinks, kept) as ex:
+        await ex.start(shell("true", "next"))
+        await ended(sinks, "next")
+    assert [p.name.startswith("next-1-") for p in work.iterdir()] == [True]
+    assert (outside / "precious").read_text() == "mine"
+
+
+async def test_a_workspace_root_that_is_a_symlink_fails_the_attempt_with_a_reason(
+        sinks: RecordingSinks, tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "agent-test").symlink_to(tmp_path / "real")
+    config = CONFIG.model_copy(update={"workspace_dir": str(tmp_path / "work")})
+    async with executor(sinks, config) as ex:
+        await ex.start(shell("true", "nowhere"))
+        await ended(sinks, "nowhere")
+    end = sinks.end("nowhere")
+    assert end is not None and end.stage == "failed"
+    assert "could not make its workspace" in end.reason and "symlink" in end.reason
 
 
 async def test_shell_runs_the_script_with_sh(ex: Executor, sinks: RecordingSinks) -> None:
@@ -297,10 +362,7 @@ async def test_a_newer_attempt_supersedes_the_older_and_repeats_are_ignored(
 async def test_a_late_start_of_an_attempt_it_has_forgotten_is_refused_not_run_again(
         sinks: RecordingSinks) -> None:
     # It remembers the last two attempts that ended; the fence covers the ones before.
-    clock = itertools.count(1000.0)
-    ex = Executor(AgentId("agent-test"), f"test-{os.getpid()}-{next(_tokens)}", CONFIG,
-                  sinks, sinks, clock=lambda: float(next(clock)), remember=2)
-    try:
+    async with executor(sinks, remember=2) as ex:
         for n, made in enumerate([10.0, 11.0, 12.0]):
             await ex.start(assignment(["true"], f"a{n}", assigned_at=made))
             await ended(sinks, f"a{n}")
@@ -310,8 +372,6 @@ async def test_a_late_start_of_an_attempt_it_has_forgotten_is_refused_not_run_ag
         assert sinks.stages("a0", 1).count("succeeded") == 1, "it ran twice"
         await ex.start(assignment(["true"], "new", assigned_at=13.0))  # newer: runs
         await ended(sinks, "new")
-    finally:
-        await ex.shutdown()
 
 
 async def test_shutdown_kills_everything_without_end_reports_and_refuses_new_work(

@@ -148,12 +148,12 @@ class Sinks:
         pass
 
 async def main():
-    token, action_id, script = sys.argv[1:4]
+    token, action_id, script, work = sys.argv[1:5]
     # The running report waits twice the registration linger. The registration's flush was
     # timed first and for sooner, so by the time the agent says "running" the group is
     # registered with the reaper, as for an attempt that has run for a while: the path
     # this test is about.
-    config = MeshConfig(running_report_delay=FLUSH_LINGER * 2)
+    config = MeshConfig(running_report_delay=FLUSH_LINGER * 2, workspace_dir=work)
     executor = Executor(AgentId("fake"), token, config, Sinks(), Sinks())
     await executor.start(Assignment.model_validate({
         "action": {"command": [script], "shell": True},
@@ -166,10 +166,11 @@ asyncio.run(main())
 
 
 def test_sigkill_of_the_agent_takes_its_action_tree_down(
-    cleanup: list[subprocess.Popen[bytes]],
+    cleanup: list[subprocess.Popen[bytes]], tmp_path: Path,
 ) -> None:
     token = new_token()
-    agent = subprocess.Popen([sys.executable, "-c", _FAKE_AGENT, token, "doomed", TREE],
+    agent = subprocess.Popen([sys.executable, "-c", _FAKE_AGENT, token, "doomed", TREE,
+                              str(tmp_path)],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cleanup.append(agent)
     assert agent.stdout is not None and agent.stderr is not None

@@ -1,0 +1,82 @@
+"""What an attempt's process starts from: an environment of its own, never the agent's, and
+a private working directory per attempt."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Where the attempt's private directory is; also its working directory unless it names one.
+ENV_WORKSPACE = "ACTIONMESH_WORKSPACE"
+# Taken from the agent's environment when it has them: where programs are and how text is
+# spelled are not secrets. Nothing else of the agent's (RAY_*, tokens, its PYTHONPATH) is.
+CARRIED = ("PATH", "LANG", "LC_ALL", "TZ")
+DEFAULTS = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8"}
+
+
+def workspace_root(configured: str | None) -> Path:
+    """Where this machine's agents keep their attempts' directories."""
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / f"actionmesh-work-{os.getuid()}"
+
+
+def base_environment(agent_env: Mapping[str, str]) -> dict[str, str]:
+    """The documented base every attempt gets before its own `env`."""
+    user = pwd.getpwuid(os.getuid())
+    env = {name: value for name, value in DEFAULTS.items()}
+    env.update({name: agent_env[name] for name in CARRIED if agent_env.get(name)})
+    env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name, SHELL="/bin/sh")
+    return env
+
+
+class Workspaces:
+    """The attempts' private directories under one root (made 0700, as each of them is)."""
+
+    def __init__(self, root: Path, keep: bool = False) -> None:
+        self.root = root
+        self.keep = keep
+
+    def clear(self) -> None:
+        """Remove what an earlier agent on this node left (its attempts died with it)."""
+        if self.root.is_symlink():
+            raise OSError(f"workspace root {self.root} is a symlink; refusing to use it")
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.root.stat().st_uid != os.getuid():
+            raise OSError(f"workspace root {self.root} belongs to another user")
+        os.chmod(self.root, 0o700)
+        for left in self.root.iterdir():
+            # rmtree does not follow symlinks inside; a symlink itself is only unlinked.
+            if left.is_dir() and not left.is_symlink():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
+
+    def make(self, action_id: str, attempt: int) -> Path:
+        prefix = "".join(c if c.isalnum() or c in "-_." else "_" for c in action_id[:40])
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}-{attempt}-", dir=self.root))
+
+    def remove(self, path: Path) -> bool:
+        """Delete an attempt's directory if it is empty (most are: no walk, no thread), or
+        kept for debugging; False if it has contents left for `remove_tree`."""
+        if self.keep:
+            return True
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def remove_tree(self, path: Path) -> None:
+        """Delete an attempt's directory with its contents (slow: not on the event loop)."""
+        shutil.rmtree(path, ignore_errors=True)

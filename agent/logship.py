@@ -89,7 +89,6 @@ class LogShipper:
         self.congested = False
         self._stream: Stream = "stdout"
         self._pieces: list[str] = []
-        self._count = 0
         self._first = 0
         self._bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -107,9 +106,7 @@ class LogShipper:
             self._first = self.next_offset
             self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
         self._pieces.append(text)
-        count = text.count("\n")
-        self._count += count
-        self.next_offset += count
+        self.next_offset += text.count("\n")
         # Characters: bytes for ASCII, close enough for the rest.
         self._bytes += len(text)
         if self._bytes >= self.flush_bytes:
@@ -130,9 +127,8 @@ class LogShipper:
         # Built from our own splitter's output, so the check of newlines can be skipped.
         batch = LogBatch.model_construct(action_id=self.action_id, attempt=self.attempt,
                                          stream=self._stream, offset=self._first, text=text,
-                                         count=self._count)
+                                         count=self.next_offset - self._first)
         self._pieces = []
-        self._count = 0
         self._bytes = 0
         task = asyncio.get_running_loop().create_task(self.sink.push(batch))
         self._in_flight.add(task)

@@ -3,15 +3,12 @@ a private working directory per attempt."""
 
 from __future__ import annotations
 
-import logging
 import os
 import pwd
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 # Where the attempt's private directory is; also its working directory unless it names one.
 ENV_WORKSPACE = "ACTIONMESH_WORKSPACE"
@@ -32,7 +29,7 @@ def workspace_root(configured: str | None) -> Path:
 def base_environment(agent_env: Mapping[str, str]) -> dict[str, str]:
     """The documented base every attempt gets before its own `env`."""
     user = pwd.getpwuid(os.getuid())
-    env = {name: value for name, value in DEFAULTS.items()}
+    env = dict(DEFAULTS)
     env.update({name: agent_env[name] for name in CARRIED if agent_env.get(name)})
     env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name, SHELL="/bin/sh")
     return env

@@ -57,7 +57,7 @@ class AgentActor:
             self._sampler = asyncio.get_running_loop().create_task(self._stream_load())
             # From the event loop's thread, which lives as long as the actor: the reaper's
             # parent-death signal fires when the thread that spawned it ends.
-            await self.executor.start_reaper()
+            await self.executor.prepare()
             self.reports.open_channel()
         if self._info is not None:
             return self._info
@@ -74,6 +74,7 @@ class AgentActor:
             memory=memory,
             pid=os.getpid(),
             started_at=self.started_at,
+            containment=self.executor.containment,
         )
         return self._info
 

@@ -23,6 +23,10 @@ from mesh.schema import Stream
 
 # As much as one read takes from a pipe (asyncio's read transports take 256 KiB too).
 READ_SIZE = 256 * 1024
+# A gated start: the shell waits for a line on stdin before it execs the action, so the
+# agent can first put it where it must be (its control group): everything the action
+# starts is born there. It runs nothing if the agent goes away before the line comes.
+GATE = 'IFS= read -r go && [ "$go" = go ] || exit 125; exec "$@" </dev/null'
 
 
 class ChildProcess:
@@ -46,13 +50,17 @@ class ChildProcess:
         self._paused = False
         self._pidfd = -1
 
-    def spawn(self, argv: Sequence[str], cwd: str | None, env: dict[str, str]) -> None:
+    def spawn(self, argv: Sequence[str], cwd: str | None, env: dict[str, str],
+              gated: bool = False) -> None:
         """Start it in a session of its own (its own process group, pgid == pid); raises
-        what `Popen` raises when it cannot start."""
+        what `Popen` raises when it cannot start. `gated`: it waits, as a shell, until
+        `release` (and its pid is the action's once released)."""
+        if gated:
+            argv = ["/bin/sh", "-c", GATE, "actionmesh-gate", *argv]
         # No preexec_fn: it is unsafe in a multithreaded Ray worker.
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, start_new_session=True, cwd=cwd,
-                                 env=env)
+        popen = subprocess.Popen(argv, stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 start_new_session=True, cwd=cwd, env=env)
         self._popen, self.pid = popen, popen.pid
         assert popen.stdout is not None and popen.stderr is not None
         self._pipes = {popen.stdout.fileno(): ("stdout", LineSplitter(), popen.stdout),
@@ -69,6 +77,29 @@ class ChildProcess:
             popen.wait()
             self.close_pipes()
             raise
+
+    def release(self) -> None:
+        """Let a gated start exec the action."""
+        assert self._popen is not None and self._popen.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._popen.stdin.write(b"go\n")
+            self._popen.stdin.close()
+
+    def abandon(self) -> None:
+        """Undo a spawn whose start failed after it: kill, reap, stop reading."""
+        popen = self._popen
+        if popen is None or self.returncode is not None:
+            return
+        if self._pidfd >= 0:
+            self.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self._set_exited(popen.wait())
+        self.close_pipes()
+        if popen.stdin is not None:
+            popen.stdin.close()
 
     # ---- output --------------------------------------------------------------------------
 

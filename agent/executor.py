@@ -1,8 +1,11 @@
 """Running attempts on this machine: spawn, watch, time out, cancel, report (asyncio, no Ray).
 
 Each attempt runs in a process group of its own, so a cancel or timeout reaches its whole
-tree: SIGTERM to the group, `kill_grace` seconds, then SIGKILL. The group is registered
-with the agent's reaper, which kills it if the agent dies first. When the main process
+tree: SIGTERM to the group, `kill_grace` seconds, then SIGKILL. Where the machine offers
+control groups, it also runs in one of its own, which holds even the processes that leave
+its process group and clear their environment, and limits its memory and process count;
+a kill then kills the control group too. The group is registered with the agent's reaper,
+which kills it (and the agent's control groups) if the agent dies first. When the main process
 ends, whatever it left behind in its group is killed too, the output is drained and
 pushed, the log is closed, and only then does the end report go out, so a controller that
 sees the result can read the complete log.
@@ -11,8 +14,10 @@ sees the result can read the complete log.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -20,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent import procscan
+from agent import cgroups, procscan
+from agent.cgroups import AttemptGroup, Cgroups
 from agent.child import ChildProcess
 from agent.logship import LogShipper
 from agent.outcome import Outcome, outcome
@@ -66,6 +72,7 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     running_timer: asyncio.TimerHandle | None = None
     workspace: Path | None = None
+    group: AttemptGroup | None = None
 
     @property
     def key(self) -> Key:
@@ -86,6 +93,25 @@ class _Attempt:
 def _argv(assignment: Assignment) -> list[str]:
     action = assignment.action
     return ["/bin/sh", "-c", action.command[0]] if action.shell else list(action.command)
+
+
+def _group_name(action_id: str, attempt: int) -> str:
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in action_id[:40])
+    digest = hashlib.sha1(f"{action_id}/{attempt}".encode()).hexdigest()[:12]
+    return f"{readable}-{attempt}-{digest}"
+
+
+def _check_executable(program: str, path: str, cwd: str) -> None:
+    """Raise what exec would for `program`: a gated start (see ChildProcess) execs it from a
+    shell, which would otherwise turn "not found" into exit code 127."""
+    if "/" in program:
+        where = os.path.join(cwd, program)
+        if not os.path.exists(where):
+            raise FileNotFoundError(2, "No such file or directory", program)
+        if os.path.isdir(where) or not os.access(where, os.X_OK):
+            raise PermissionError(13, "Permission denied", program)
+    elif shutil.which(program, path=path) is None:
+        raise FileNotFoundError(2, "No such file or directory", program)
 
 
 def _spawn_failure(exc: Exception, argv: list[str], cwd: str | None) -> str:
@@ -125,6 +151,9 @@ class Executor:
         self.workspaces = Workspaces(workspace_root(config.workspace_dir) / agent_id,
                                      config.keep_workspaces)
         self._workspaces_cleared = False
+        # Found by `prepare`: None where the machine offers none (or config.cgroups is off).
+        self.cgroups: Cgroups | None = None
+        self._prepared: asyncio.Task[None] | None = None
         # Recently ended attempts, with their end report until the scheduler says it wrote
         # it: a restarted scheduler asks for those, since a report sent while it was away,
         # or taken while it could not write, may be missing from its state.
@@ -139,9 +168,25 @@ class Executor:
 
     # ---- the reaper -----------------------------------------------------------------------
 
-    async def start_reaper(self) -> None:
-        """Start the reaper now rather than at the first attempt."""
+    async def prepare(self) -> None:
+        """Find the control groups the machine offers (clearing what an earlier agent of
+        this node left in them) and start the reaper; once, before the first attempt."""
+        if self._prepared is None:
+            self._prepared = asyncio.get_running_loop().create_task(self._prepare())
+        await asyncio.shield(self._prepared)
+
+    async def _prepare(self) -> None:
+        if self.config.cgroups:
+            self.cgroups = await asyncio.to_thread(cgroups.detect, f"actionmesh-{self.agent_id}")
+            if self.cgroups is not None:
+                await asyncio.to_thread(self.cgroups.clear)
+        log.info("attempts are contained by %s", self.containment)
         self._ensure_reaper()
+
+    @property
+    def containment(self) -> str:
+        """How attempts are contained here, as `mesh agents` shows it."""
+        return self.cgroups.describe() if self.cgroups is not None else "process group"
 
     @property
     def reaper_pid(self) -> int | None:
@@ -153,7 +198,8 @@ class Executor:
         if self._reaper is not None:
             log.error("reaper %d exited (%s); starting another", self._reaper.pid,
                       self._reaper.process.returncode)
-        self._reaper = ReaperHandle.spawn(self.token, ENV_AGENT)
+        self._reaper = ReaperHandle.spawn(
+            self.token, ENV_AGENT, self.cgroups.bases() if self.cgroups is not None else None)
         for attempt in self._attempts.values():
             if attempt.pgid:
                 self._reaper.register(attempt.pgid)
@@ -190,6 +236,7 @@ class Executor:
                 return
             other.request_stop("cancelled", f"superseded by attempt {assignment.attempt}")
 
+        await self.prepare()
         reaper = self._ensure_reaper()  # no attempt runs unguarded: fail the start instead
         loop = asyncio.get_running_loop()
         shipper = LogShipper(self.logs, assignment.action_id, assignment.attempt,
@@ -209,11 +256,21 @@ class Executor:
             self._finish(attempt, Outcome("failed", None,
                                           f"could not make its workspace: {exc}"))
             return
-        env = {**self._base_env, **assignment.action.env,
+        workdir = cwd or str(attempt.workspace)
+        # PWD as a shell would set it (a gated start's shell does): the same either way.
+        env = {**self._base_env, "PWD": workdir, **assignment.action.env,
                ENV_WORKSPACE: str(attempt.workspace), ENV_AGENT: self.token, **attempt.marks}
         try:
-            attempt.child.spawn(argv, cwd or str(attempt.workspace), env)
+            if self.cgroups is not None:
+                _check_executable(argv[0], env.get("PATH", ""), workdir)
+                attempt.group = self.cgroups.make(_group_name(*key), self._memory_limit(
+                    assignment), self.config.pids_max or None)
+            attempt.child.spawn(argv, workdir, env, gated=attempt.group is not None)
+            if attempt.group is not None:
+                attempt.group.join(attempt.child.pid)
+                attempt.child.release()
         except Exception as exc:  # any failure to spawn ends the attempt as failed
+            attempt.child.abandon()
             await shipper.finish()  # an empty, closed log rather than one that never ends
             self._finish(attempt, Outcome("failed", None, _spawn_failure(exc, argv, cwd)))
             return
@@ -234,6 +291,10 @@ class Executor:
             attempt.running_timer = loop.call_later(delay, self._report_running, attempt)
         else:
             self._report(attempt, "running")
+
+    def _memory_limit(self, assignment: Assignment) -> int | None:
+        memory = assignment.action.memory
+        return int(memory * (1 + self.config.memory_headroom)) if memory else None
 
     def _report_running(self, attempt: _Attempt) -> None:
         attempt.running_timer = None
@@ -318,18 +379,20 @@ class Executor:
                 attempt.request_stop("timed_out", f"timed out after {timeout:g}s")
             stopped = attempt.stop_reason
             await self._terminate(attempt)
-        # Whatever the main process left running in its group goes with it.
-        self._killpg(attempt.pgid, signal.SIGKILL)
+        # Whatever the main process left running in its groups goes with it.
+        self._kill_all(attempt)
         await self._drain(attempt)
         returncode = child.returncode
         assert returncode is not None
         await attempt.shipper.finish()
-        self._finish(attempt, outcome(returncode, stopped))
+        group = attempt.group
+        oom = group.memory_limit if group is not None and group.oom_kills() else None
+        self._finish(attempt, outcome(returncode, stopped, oom))
 
     async def _terminate(self, attempt: _Attempt) -> None:
         self._killpg(attempt.pgid, signal.SIGTERM)
         await asyncio.wait({attempt.child.exited}, timeout=self.config.kill_grace)
-        self._killpg(attempt.pgid, signal.SIGKILL)
+        self._kill_all(attempt)
         # Descendants that left the group (setsid, double fork) still carry the marks.
         await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
         await attempt.child.exited
@@ -353,6 +416,16 @@ class Executor:
                 return
             await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
             hunted = True
+
+    def _kill_all(self, attempt: _Attempt) -> None:
+        """SIGKILL the attempt's process group and its control group."""
+        self._killpg(attempt.pgid, signal.SIGKILL)
+        if attempt.group is not None:
+            try:
+                attempt.group.kill()
+            except OSError as exc:
+                log.warning("killing the control group of %s attempt %d failed: %s",
+                            *attempt.key, exc)
 
     def _marks(self, attempt: _Attempt) -> dict[str, str]:
         return {ENV_AGENT: self.token, **attempt.marks}
@@ -381,12 +454,14 @@ class Executor:
             report = self._report(attempt, end.stage, end.exit_code, end.reason)
         self._remember(attempt.key, report, attempt.assignment.assigned_at)
         if attempt.workspace is not None and not self.workspaces.remove(attempt.workspace):
-            self._spawn_cleanup(attempt.workspace)
+            self._spawn_cleanup(self.workspaces.remove_tree, attempt.workspace)
+        if attempt.group is not None and not attempt.group.remove(wait=0.0):
+            self._spawn_cleanup(attempt.group.remove)
         attempt.done.set()
 
-    def _spawn_cleanup(self, path: Path) -> None:
-        task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self.workspaces.remove_tree, path))
+    def _spawn_cleanup(self, work: Callable[..., Any], *args: Any) -> None:
+        """Run slow clean-up work off the event loop."""
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(work, *args))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
+from mesh import reasons
 from mesh.protocol import ReportStage
+from mesh.schema import format_size
 
 
 @dataclass(frozen=True)
@@ -22,11 +24,13 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def outcome(returncode: int, stopped: tuple[ReportStage, str] | None = None) -> Outcome:
+def outcome(returncode: int, stopped: tuple[ReportStage, str] | None = None,
+            oom_limit: int | None = None) -> Outcome:
     """The report for a process that ended with `returncode` (negative: killed by a signal).
 
-    `stopped` is the stage and reason when the agent ended it (cancel, timeout). A signal
-    death is reported as exit code 128+N, as a shell would show it: SIGKILL is 137.
+    `stopped` is the stage and reason when the agent ended it (cancel, timeout); `oom_limit`
+    the attempt's memory limit when the kernel killed a process of it for exceeding it. A
+    signal death is reported as exit code 128+N, as a shell would show it: SIGKILL is 137.
     """
     if returncode < 0:
         signum = -returncode
@@ -40,4 +44,7 @@ def outcome(returncode: int, stopped: tuple[ReportStage, str] | None = None) -> 
         return Outcome(stage, exit_code, f"{why}; {how}")
     if returncode == 0:
         return Outcome("succeeded", 0, "")
+    if oom_limit is not None:
+        return Outcome("failed", exit_code,
+                       reasons.OUT_OF_MEMORY.format(limit=format_size(oom_limit), how=how))
     return Outcome("failed", exit_code, how)

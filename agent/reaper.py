@@ -1,12 +1,15 @@
 """The reaper: one supervisor process per agent that kills the agent's actions when it dies.
 
-Run as `python -m agent.reaper TOKEN [--parent PID] [--var NAME]`, started by the agent in a
+Run as `python -m agent.reaper TOKEN [--parent PID] [--var NAME] [--cgroup DIR ...]`, started
+by the agent in a
 session of its own (so Ray's cleanup of the worker's process group does not kill it first)
 with a pipe on stdin. Protocol, one line each: `+PGID` registers a process group, `-PGID`
 unregisters it. On stdin EOF -- the kernel closes the agent's end of the pipe when the agent
-dies, even by SIGKILL -- or on SIGTERM / SIGHUP, the reaper SIGKILLs every registered group,
-then every process whose environment holds `NAME=TOKEN` (which catches processes between
-fork and registration and processes that left their group), and exits.
+dies, even by SIGKILL -- or on SIGTERM / SIGHUP, the reaper SIGKILLs every process in the
+agent's control groups (`--cgroup`: where the machine has them, these hold every attempt,
+including processes that left their session and cleared their environment), every registered
+process group, then every process whose environment holds `NAME=TOKEN` (which catches
+processes between fork and registration and processes that left their group), and exits.
 
 Stdlib only, so it is serving ~30 ms after its spawn (importing `mesh` would add ~200 ms
 for pydantic); the agent's side of the pipe is `ReaperHandle`.
@@ -22,10 +25,11 @@ import selectors
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from agent import procscan
+from agent import cgroups, procscan
 
 if TYPE_CHECKING:
     import asyncio
@@ -51,9 +55,10 @@ def _set_parent_death_signal() -> None:
         pass
 
 
-def reap(groups: set[int], var: str, token: str) -> int:
-    """SIGKILL every registered group, then every process marked `var=token`; return kills."""
-    kills = 0
+def reap(groups: set[int], var: str, token: str, trees: list[str] | None = None) -> int:
+    """SIGKILL every process in the control groups `trees`, every registered process group,
+    then every process marked `var=token`; return kills."""
+    kills = sum(cgroups.kill_tree(Path(tree)) for tree in trees or [])
     for pgid in sorted(groups):
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -123,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("token", help="the agent's token, the value its actions are marked with")
     parser.add_argument("--parent", type=int, default=None, help="pid of the agent")
     parser.add_argument("--var", default=DEFAULT_VAR, help="the marker variable's name")
+    parser.add_argument("--cgroup", action="append", default=[],
+                        help="a control group directory holding the agent's attempts")
     args = parser.parse_args(argv)
 
     wake_fd = arm_signals()
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent is None or os.getppid() == args.parent:
         why = {"eof": "the agent closed its pipe", "signal": "signalled"}[
             serve(sys.stdin.fileno(), wake_fd, groups)]
-    kills = reap(groups, args.var, args.token)
+    kills = reap(groups, args.var, args.token, args.cgroup)
     # One line to the agent's stderr (the Ray worker log): a trace of every clean-up. The
     # reader may be gone with the agent; the work is done by then either way.
     with contextlib.suppress(OSError):
@@ -151,7 +158,8 @@ class ReaperHandle:
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
-    def spawn(cls, token: str, var: str = DEFAULT_VAR) -> ReaperHandle:
+    def spawn(cls, token: str, var: str = DEFAULT_VAR, trees: list[Path] | None = None,
+              ) -> ReaperHandle:
         env = dict(os.environ)
         env.pop(var, None)  # the reaper must not carry the mark its own sweep looks for
         env["PYTHONPATH"] = os.pathsep.join(
@@ -164,7 +172,7 @@ class ReaperHandle:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             process = subprocess.Popen(
-                [*argv, "--var", var],
+                [*argv, "--var", var, *(f"--cgroup={tree}" for tree in trees or [])],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 cwd="/",

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from mesh import bootstrap
 from mesh.cli_accounts import accounts, print_accounts
 from mesh.client import connect
-from mesh.cliout import client_of, dump, errors, size, table
+from mesh.cliout import client_of, dump, errors, table
 from mesh.errors import InvalidInput
 from mesh.schema import (
     FREE_BUCKET,
@@ -21,6 +21,7 @@ from mesh.schema import (
     ActionStatus,
     AgentStatus,
     MeshConfig,
+    format_size,
     parse_duration,
 )
 from mesh.stages import TERMINAL
@@ -277,17 +278,19 @@ def agents(ctx: click.Context, as_json: bool) -> None:
         return
     table([_agent_row(a) for a in pool],
            ["AGENT", "STATE", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL", "RUNNING",
-            "REPORTS", "LABELS"])
+            "REPORTS", "CONTAINED BY", "LABELS"])
 
 
 def _agent_row(a: AgentStatus) -> list[str]:
     load = a.load
     return [a.info.agent_id[:12], a.state, a.info.hostname, f"{a.info.cpus:g}",
-            f"{a.reserved_cpus:g} CPU/{size(a.reserved_memory)}",
+            f"{a.reserved_cpus:g} CPU/{format_size(a.reserved_memory)}",
             # The live-load check judges by the share that is not the mesh's own.
             f"{load.cpu_percent:.0f}% ({load.mesh_cpu_percent:.0f}% ours)" if load else "-",
-            size(load.memory_available) if load else "-", str(len(a.running)),
-            "channel" if a.report_channel else "calls", ",".join(a.info.labels)]
+            format_size(load.memory_available) if load else "-", str(len(a.running)),
+            "channel" if a.report_channel else "calls",
+            # The short form; --json has which hierarchies kill and limit.
+            a.info.containment.split(" (")[0], ",".join(a.info.labels)]
 
 
 @cli.command()

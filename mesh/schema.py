@@ -58,6 +58,15 @@ def parse_size(value: Any) -> int:
     return int(float(number) * base**power)
 
 
+def format_size(n: float) -> str:
+    """Bytes as people read them: 512B, 1.5KiB ... 2.0TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}TiB"
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as `90`, `90s`, `30m`, `1h30m`, `250ms`."""
     if isinstance(value, bool):
@@ -336,6 +345,9 @@ class AgentInfo(Model):
     memory: Bytes = Field(..., description="bytes of memory this agent offers")
     pid: Count
     started_at: Instant
+    containment: str = Field(
+        "process group", description="how its attempts are contained: 'process group', or "
+        "'cgroup (...)' with what kills them and which hierarchies limit memory and pids")
 
 
 AgentState = Literal["alive", "suspect", "draining", "blocked", "dead"]
@@ -621,6 +633,17 @@ class MeshConfig(Model):
     keep_workspaces: bool = Field(
         False, description="keep each attempt's directory after it ends, for debugging (an "
         "agent that starts again still clears what an earlier one left)")
+    cgroups: bool = Field(
+        True, description="put each attempt in a control group of its own where the machine "
+        "offers one the agent may write (for kill, memory and pids limits); else its process "
+        "group alone contains it")
+    memory_headroom: float = Field(
+        0.0, ge=0, le=100,
+        description="an attempt's memory limit is its memory request times 1 + this (an "
+        "action that requests no memory gets no limit)")
+    pids_max: int = Field(
+        4096, ge=0, le=1 << 22,
+        description="most processes and threads one attempt may have at once; 0: no limit")
     report_port: int = Field(
         0, ge=0, le=65535,
         description="TCP port on the head for the agents' report channel; 0 picks a free one "

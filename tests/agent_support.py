@@ -1,15 +1,23 @@
-"""What agent tests share: the executor's sinks in memory, recording every call, and a
-census of live processes read with psutil (independently of the agent's own scanner)."""
+"""What agent tests share: the executor's sinks in memory, recording every call, executors and
+assignments to drive them, and a census of live processes read with psutil (independently
+of the agent's own scanner)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import psutil
 
-from mesh.protocol import AttemptReport
-from mesh.schema import ActionId, LogBatch
+from agent.executor import REMEMBER_FINISHED, Executor
+from mesh.protocol import Assignment, AttemptReport
+from mesh.schema import ActionId, AgentId, LogBatch, MeshConfig
+from mesh.waiting import async_wait_until
 
 
 class RecordingSinks:
@@ -97,3 +105,47 @@ def exited(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+CONFIG = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, running_report_delay=0)
+_tokens = itertools.count()
+
+
+def assignment(command: list[str], action_id: str = "a1", attempt: int = 1,
+               assigned_at: float = 1.0, **action: Any) -> Assignment:
+    return Assignment.model_validate({
+        "action": {"command": command, **action},
+        "action_id": action_id,
+        "attempt": attempt,
+        "agent_id": "agent-test",
+        "assigned_at": assigned_at,
+    })
+
+
+def shell(script: str, action_id: str = "a1", **action: Any) -> Assignment:
+    return assignment([script], action_id, shell=True, **action)
+
+
+@asynccontextmanager
+async def executor(sinks: RecordingSinks, config: MeshConfig = CONFIG,
+                   remember: int = REMEMBER_FINISHED) -> AsyncIterator[Executor]:
+    """An executor reporting to `sinks`, its clock ticking 1000, 1001, ...; shut down (its
+    attempts killed, its reaper closed) on the way out. Its workspaces are in a temporary
+    directory of its own, unless `config` names one."""
+    clock = itertools.count(1000.0)
+    with tempfile.TemporaryDirectory(prefix="meshwork-") as work:
+        if config.workspace_dir is None:
+            config = config.model_copy(update={"workspace_dir": work})
+        ex = Executor(AgentId("agent-test"), f"test-{os.getpid()}-{next(_tokens)}", config,
+                      sinks, sinks, clock=lambda: float(next(clock)), remember=remember)
+        try:
+            yield ex
+        finally:
+            await ex.shutdown()
+
+
+async def ended(sinks: RecordingSinks, action_id: str = "a1", attempt: int = 1,
+                timeout: float = 10.0) -> None:
+    await async_wait_until(lambda: sinks.stages(action_id, attempt),
+                           lambda s: len(s) > 0 and s[-1] != "running", timeout,
+                           f"{action_id} attempt {attempt} to end")

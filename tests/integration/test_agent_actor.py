@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from mesh.protocol import Assignment, AttemptReport
 from mesh.schema import AgentInfo, LogBatch, MeshConfig
 from mesh.waiting import wait_until
 from tests.agent_support import exited, marked
+from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +84,7 @@ def assignment(script: str, action_id: str, node_id: str) -> Assignment:
 
 
 def test_agent_registers_streams_load_runs_actions_and_takes_them_down_when_killed(
-    node_id: str,
+    node_id: str, tmp_path: Path,
 ) -> None:
     scheduler = RecordingScheduler.options(  # type: ignore[attr-defined]
         name=SCHEDULER, namespace=NAMESPACE).remote()
@@ -125,8 +127,21 @@ def test_agent_registers_streams_load_runs_actions_and_takes_them_down_when_kill
         call(agent.start.remote(assignment("sleep 60 & sleep 60 & wait", tree, node_id)))
         wait_until(lambda: marked({ENV_ACTION: tree}), lambda p: len(p) == 3,
                    what="the action's three processes")
+        # One that leaves its process group and its marks: only a control group holds it.
+        pidfile = tmp_path / "escapee"
+        call(agent.start.remote(assignment(
+            f"env -i setsid sleep 60 >/dev/null 2>&1 & echo $! > {pidfile}; sleep 60",
+            f"escape-{os.getpid()}", node_id)))
+        escapee = wait_until(lambda: pidfile.read_text() if pidfile.exists() else "",
+                             lambda text: text.endswith("\n"), what="the escapee's pid")
+        escapee_pid = int(escapee)
+        wait_until(lambda: os.getsid(escapee_pid), lambda sid: sid == escapee_pid,
+                   what="the escapee to leave its session")
+        info = call(agent.hello.remote())
+        contained = info.containment.startswith("cgroup")
+        assert contained or not IN_CI, info.containment
         held = call(agent.holdings.remote())
-        assert [(h.action_id, h.attempt) for h in held.running] == [(tree, 1)]
+        assert [(h.action_id, h.attempt) for h in held.running][:1] == [(tree, 1)]
         assert {(r.action_id, r.stage) for r in held.ended} >= {("again", "succeeded")}
 
         # The worker dies as hard as it can: its reaper still takes the action down.
@@ -135,6 +150,11 @@ def test_agent_registers_streams_load_runs_actions_and_takes_them_down_when_kill
             call(closed_ref)
         wait_until(lambda: marked({ENV_ACTION: tree}), lambda p: p == [],
                    what="the action's processes to die with their agent")
+        if contained:
+            wait_until(lambda: exited(escapee_pid), bool,
+                       what="the escapee to die with its agent's control groups")
+        else:
+            os.kill(escapee_pid, signal.SIGKILL)  # the documented limit without cgroups
         wait_until(lambda: exited(info.pid), bool, what="the worker to be gone")
     finally:
         for actor in (agent, scheduler, relay):

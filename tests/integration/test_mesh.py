@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from mesh import Action, InvalidInput, RetryPolicy, Stage, Unplaceable
 from mesh.waiting import wait_until
+from tests.agent_support import exited
+from tests.conftest import IN_CI
 from tests.integration.cluster import Mesh, survivors
 
 pytestmark = pytest.mark.integration
@@ -101,12 +105,45 @@ def test_an_action_gets_none_of_the_agents_environment_nor_its_open_files(
     seen = dict(t.split("=", 1) for t in lines if "=" in t)
     # The agent's own environment is full of RAY_* (and, on a token cluster, the token).
     assert [n for n in seen if n.startswith("RAY_") or "TOKEN" in n] == []
-    assert set(seen) <= {"PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "SHELL",
+    assert set(seen) <= {"PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "SHELL", "PWD",
                          "ACTIONMESH_WORKSPACE", "ACTIONMESH_AGENT", "ACTIONMESH_ACTION_ID",
                          "ACTIONMESH_ATTEMPT", "LC_CTYPE"}, seen
     assert f"cwd {seen['ACTIONMESH_WORKSPACE']}" in lines
     # 0-2 are its pipes and /dev/null; the one after is listdir's own.
     assert "fds ['0', '1', '2', '3']" in lines
+
+
+def contained(mesh: Mesh) -> bool:
+    """Whether the agents run attempts in control groups (required of the CI machine)."""
+    kinds = {a.info.containment.split(" (")[0] for a in mesh.client.pool()}
+    assert kinds == {"cgroup"} or not IN_CI, kinds
+    return kinds == {"cgroup"}
+
+
+def test_an_escapee_from_its_process_group_dies_with_the_cancel(
+        mesh: Mesh, tmp_path: Path) -> None:
+    if not contained(mesh):
+        pytest.skip("the agents have no control groups here: an escapee outlives its attempt")
+    pidfile = tmp_path / "escapee"
+    handle = mesh.client.submit(Action(command=[
+        f"env -i setsid sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}; sleep 300"],
+        shell=True))
+    pid = int(wait_until(lambda: pidfile.read_text() if pidfile.exists() else "",
+                         lambda text: text.endswith("\n"), what="the escapee's pid"))
+    wait_until(lambda: os.getsid(pid), lambda sid: sid == pid, what="the escape")
+    handle.cancel()
+    assert handle.result(timeout=30).stage is Stage.CANCELLED
+    wait_until(lambda: exited(pid), bool, timeout=10, what=f"escapee {pid} to die")
+
+
+def test_an_action_over_its_memory_request_fails_out_of_memory(mesh: Mesh) -> None:
+    if not contained(mesh):
+        pytest.skip("the agents have no control groups here: memory is not limited")
+    hog = "data = b'x' * (512 << 20); print(len(data))"
+    handle = mesh.client.submit(Action(command=[sys.executable, "-c", hog], memory="64M"))
+    result = handle.result(timeout=60)
+    assert result.stage is Stage.FAILED, result
+    assert result.reason.startswith("out of memory (limit 64.0MiB)"), result.reason
 
 
 def test_stage_events_flow_while_it_runs(mesh: Mesh) -> None:

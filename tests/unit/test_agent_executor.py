@@ -2,63 +2,33 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
-import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from agent.executor import REMEMBER_FINISHED, Executor
+from agent.executor import Executor
 from agent.workspace import ENV_WORKSPACE
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
-from mesh.protocol import Assignment, HeldAttempt
-from mesh.schema import ActionId, AgentId, MeshConfig
+from mesh.protocol import HeldAttempt
+from mesh.schema import ActionId, MeshConfig
 from mesh.waiting import async_wait_until
-from tests.agent_support import RecordingSinks, in_group, marked
+from tests.agent_support import (
+    CONFIG,
+    RecordingSinks,
+    assignment,
+    ended,
+    executor,
+    in_group,
+    marked,
+    shell,
+)
 
-CONFIG = MeshConfig(kill_grace=0.3, log_flush_interval=0.05, running_report_delay=0)
 TREE = "sleep 60 & sleep 60 & wait"
-_tokens = itertools.count()
 # A hang fails within 30 s instead of stalling the run.
 pytestmark = pytest.mark.timeout(30)
-
-
-def assignment(command: list[str], action_id: str = "a1", attempt: int = 1,
-               assigned_at: float = 1.0, **action: Any) -> Assignment:
-    return Assignment.model_validate({
-        "action": {"command": command, **action},
-        "action_id": action_id,
-        "attempt": attempt,
-        "agent_id": "agent-test",
-        "assigned_at": assigned_at,
-    })
-
-
-def shell(script: str, action_id: str = "a1", **action: Any) -> Assignment:
-    return assignment([script], action_id, shell=True, **action)
-
-
-@asynccontextmanager
-async def executor(sinks: RecordingSinks, config: MeshConfig = CONFIG,
-                   remember: int = REMEMBER_FINISHED) -> AsyncIterator[Executor]:
-    """An executor reporting to `sinks`, its clock ticking 1000, 1001, ...; shut down (its
-    attempts killed, its reaper closed) on the way out. Its workspaces are in a temporary
-    directory of its own, unless `config` names one."""
-    clock = itertools.count(1000.0)
-    with tempfile.TemporaryDirectory(prefix="meshwork-") as work:
-        if config.workspace_dir is None:
-            config = config.model_copy(update={"workspace_dir": work})
-        ex = Executor(AgentId("agent-test"), f"test-{os.getpid()}-{next(_tokens)}", config,
-                      sinks, sinks, clock=lambda: float(next(clock)), remember=remember)
-        try:
-            yield ex
-        finally:
-            await ex.shutdown()
 
 
 @pytest.fixture
@@ -71,13 +41,6 @@ async def ex(sinks: RecordingSinks) -> AsyncIterator[Executor]:
     """An executor with CONFIG reporting to `sinks`, shut down after the test."""
     async with executor(sinks) as started:
         yield started
-
-
-async def ended(sinks: RecordingSinks, action_id: str = "a1", attempt: int = 1,
-                timeout: float = 10.0) -> None:
-    await async_wait_until(lambda: sinks.stages(action_id, attempt),
-                           lambda s: len(s) > 0 and s[-1] != "running", timeout,
-                           f"{action_id} attempt {attempt} to end")
 
 
 def of(ex: Executor, action_id: str) -> list[int]:

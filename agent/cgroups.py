@@ -1,0 +1,310 @@
+"""Control groups for attempts: what this machine offers, a group per attempt with its limits,
+killing a group whole, and telling an out-of-memory kill (stdlib only: the reaper uses it).
+
+Nothing is assumed about the machine. Build machines often mount cgroup v2 as a `unified`
+subtree without controllers (which still gives `cgroup.kill`) beside v1 hierarchies that
+hold the memory and pids controllers; others have v2 alone with everything; containers may
+have none that are writable. `detect` looks at the mounts and at where this process sits,
+makes this agent's own group in each usable hierarchy, and keeps what worked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# Controllers of the v1 hierarchies we use; anything else stays as the machine has it.
+V1_CONTROLLERS = frozenset({"memory", "pids"})
+# Rounds of "kill what is in the group" where there is no `cgroup.kill` (v1): a process
+# forking in a loop is caught within a few rounds, as each round kills all it sees.
+KILL_ROUNDS = 50
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted hierarchy, with the agent's own directory in it (`base`)."""
+
+    version: int
+    base: Path
+    controllers: frozenset[str]
+
+    @property
+    def can_kill(self) -> bool:
+        return self.version == 2 and (self.base / "cgroup.kill").exists()
+
+
+def _mounts(mountinfo: str) -> Iterator[tuple[int, Path, str, frozenset[str]]]:
+    """(version, mount point, mount root, controllers) of each cgroup mount."""
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not sep or len(fields) < 5 or len(rest) < 3:
+            continue
+        root, point = fields[3], Path(fields[4].replace("\\040", " "))
+        if rest[0] == "cgroup2":
+            yield 2, point, root, frozenset()
+        elif rest[0] == "cgroup":
+            wanted = frozenset(rest[2].split(",")) & V1_CONTROLLERS
+            if wanted:
+                yield 1, point, root, wanted
+
+
+def _own_paths(proc_cgroup: str) -> dict[str, str]:
+    """Where this process sits: controller (or "" for v2) -> path in that hierarchy."""
+    paths: dict[str, str] = {}
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path
+    return paths
+
+
+def _within(point: Path, root: str, path: str) -> Path:
+    """The directory of cgroup `path` under a mount of the hierarchy's `root`."""
+    relative = os.path.relpath(path, root) if path.startswith(root) else "."
+    return point if relative == "." else point / relative
+
+
+def _write(path: Path, value: str) -> None:
+    # O_NOFOLLOW: a group's files are the kernel's; a symlink there is someone else's.
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _counter(text: str, name: str) -> int:
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == name and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def _enable_v2(group: Path, controllers: Iterable[str]) -> None:
+    """Ask for `controllers` in the children of `group`; refused ones are simply absent."""
+    for controller in controllers:
+        with contextlib.suppress(OSError):
+            _write(group / "cgroup.subtree_control", f"+{controller}")
+
+
+class Cgroups:
+    """This agent's groups: one directory per usable hierarchy, attempts' groups in them."""
+
+    def __init__(self, hierarchies: list[Hierarchy]) -> None:
+        self.hierarchies = hierarchies
+        v2 = [h for h in hierarchies if h.version == 2]
+        self.killer = next((h for h in v2 if h.can_kill), None)
+        self.memory = self._owner("memory")
+        self.pids = self._owner("pids")
+
+    def _owner(self, controller: str) -> Hierarchy | None:
+        # v2 first: where a machine offers both, the v2 one is what its kernel favours.
+        ranked = sorted(self.hierarchies, key=lambda h: -h.version)
+        return next((h for h in ranked if controller in h.controllers), None)
+
+    @property
+    def used(self) -> list[Hierarchy]:
+        """The hierarchies attempts get a group in."""
+        wanted = {id(h) for h in (self.killer, self.memory, self.pids) if h is not None}
+        return [h for h in self.hierarchies if id(h) in wanted]
+
+    def describe(self) -> str:
+        """One line for `mesh agents`: how attempts are contained and limited here."""
+        def where(h: Hierarchy | None) -> str:
+            return f"v{h.version}" if h is not None else "none"
+        kill = "cgroup.kill" if self.killer is not None else "signals"
+        return f"cgroup (kill: {kill}, memory: {where(self.memory)}, pids: {where(self.pids)})"
+
+    def bases(self) -> list[Path]:
+        return [h.base for h in self.used]
+
+    def clear(self) -> None:
+        """Kill and remove the groups an earlier agent of this node left."""
+        for base in self.bases():
+            kill_tree(base)
+            for child in _children(base):
+                remove(child, wait=2.0)
+
+    def make(self, name: str, memory_limit: int | None, pids_max: int | None) -> AttemptGroup:
+        """A group for one attempt in each used hierarchy, its limits set."""
+        made: list[tuple[Hierarchy, Path]] = []
+        try:
+            for hierarchy in self.used:
+                path = hierarchy.base / name
+                path.mkdir(mode=0o755)
+                made.append((hierarchy, path))
+            group = AttemptGroup(made, self)
+            group.limit(memory_limit, pids_max)
+        except BaseException:
+            for _, path in made:
+                remove(path, wait=0.0)
+            raise
+        return group
+
+
+class AttemptGroup:
+    """One attempt's group (a directory in each used hierarchy)."""
+
+    def __init__(self, paths: list[tuple[Hierarchy, Path]], owner: Cgroups) -> None:
+        self.paths = paths
+        self.owner = owner
+        self.memory_limit: int | None = None
+
+    def _path(self, hierarchy: Hierarchy | None) -> Path | None:
+        return next((p for h, p in self.paths if h is hierarchy), None)
+
+    def limit(self, memory: int | None, pids: int | None) -> None:
+        memory_dir = self._path(self.owner.memory)
+        if memory and memory_dir is not None:
+            assert self.owner.memory is not None
+            if self.owner.memory.version == 2:
+                _write(memory_dir / "memory.max", str(memory))
+                # An out-of-memory kill takes the whole attempt, not one arbitrary process.
+                with contextlib.suppress(OSError):
+                    _write(memory_dir / "memory.oom.group", "1")
+            else:
+                _write(memory_dir / "memory.limit_in_bytes", str(memory))
+            self.memory_limit = memory
+        pids_dir = self._path(self.owner.pids)
+        if pids and pids_dir is not None:
+            _write(pids_dir / "pids.max", str(pids))
+
+    def join(self, pid: int) -> None:
+        """Move `pid` into the group in every hierarchy (before it runs the action's code:
+        its children are then born inside)."""
+        for _, path in self.paths:
+            _write(path / "cgroup.procs", str(pid))
+
+    def kill(self) -> None:
+        """SIGKILL every process in the group, those that left its process group too."""
+        # Every hierarchy's group holds the same processes: one kill reaches them all.
+        killer = self._path(self.owner.killer)
+        kill_tree(killer if killer is not None else self.paths[0][1])
+
+    def oom_kills(self) -> int:
+        """Processes of the attempt the kernel killed for exceeding its memory limit."""
+        memory_dir = self._path(self.owner.memory)
+        if memory_dir is None or self.owner.memory is None:
+            return 0
+        if self.owner.memory.version == 2:
+            return _counter(_read(memory_dir / "memory.events"), "oom_kill")
+        return _counter(_read(memory_dir / "memory.oom_control"), "oom_kill")
+
+    def remove(self, wait: float = 5.0) -> bool:
+        """Remove the group's directories (killing what is left); False if one stayed."""
+        self.kill()
+        return all([remove(path, wait) for _, path in self.paths])
+
+
+def _children(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+
+
+def _procs(path: Path) -> list[int]:
+    return [int(p) for p in _read(path / "cgroup.procs").split() if p.isdigit()]
+
+
+def kill_tree(path: Path) -> int:
+    """SIGKILL every process in the group at `path` and its descendants; return how many
+    signals were sent (a v2 `cgroup.kill` counts as one)."""
+    if (path / "cgroup.kill").exists():
+        try:
+            _write(path / "cgroup.kill", "1")
+            return 1
+        except OSError:
+            pass  # the root group, or an old kernel's: kill by hand below
+    sent = 0
+    for _ in range(KILL_ROUNDS):
+        found = [(g, pid) for g in [path, *_descendants(path)] for pid in _procs(g)]
+        if not found:
+            break
+        for _, pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                sent += 1
+    return sent
+
+
+def _descendants(path: Path) -> list[Path]:
+    found = []
+    for child in _children(path):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def remove(path: Path, wait: float) -> bool:
+    """rmdir the group at `path` and its descendants, deepest first, retrying while a
+    just-killed process is still leaving; False if one was still busy after `wait` s."""
+    deadline = time.monotonic() + wait
+    for group in [*reversed(_descendants(path)), path]:
+        while True:
+            try:
+                os.rmdir(group)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+    return True
+
+
+def detect(name: str, mountinfo: str | None = None, proc_cgroup: str | None = None,
+           ) -> Cgroups | None:
+    """This agent's groups (directory `name` under where this process sits, in each usable
+    hierarchy), or None where the machine offers none the agent may write."""
+    if mountinfo is None:
+        mountinfo = _read(Path("/proc/self/mountinfo"))
+    if proc_cgroup is None:
+        proc_cgroup = _read(Path("/proc/self/cgroup"))
+    own = _own_paths(proc_cgroup)
+    hierarchies: list[Hierarchy] = []
+    seen: set[Path] = set()
+    for version, point, root, controllers in _mounts(mountinfo):
+        key = "" if version == 2 else next(iter(sorted(controllers)))
+        if key not in own or point in seen:
+            continue
+        seen.add(point)
+        parent = _within(point, root, own[key])
+        base = parent / name
+        try:
+            if base.is_symlink():
+                continue
+            base.mkdir(mode=0o755, exist_ok=True)
+        except OSError:
+            continue  # not ours to write (a container, another user's hierarchy)
+        if version == 2:
+            wanted = set(_read(parent / "cgroup.controllers").split()) & V1_CONTROLLERS
+            _enable_v2(parent, wanted)
+            _enable_v2(base, wanted)
+            controllers = frozenset(_read(base / "cgroup.subtree_control").split()) \
+                & V1_CONTROLLERS
+        hierarchies.append(Hierarchy(version, base, controllers))
+    found = Cgroups(hierarchies)
+    if not found.used:
+        for hierarchy in hierarchies:
+            remove(hierarchy.base, wait=0.0)
+        return None
+    return found

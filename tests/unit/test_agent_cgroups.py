@@ -1,0 +1,271 @@
+"""Control groups per attempt, on this machine's real cgroup file systems: what is detected,
+escapees killed, memory and process limits, the reaper; and the detection logic on text."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import cgroups
+from agent.cgroups import Cgroups, Hierarchy
+from agent.executor import Executor
+from agent.reaper import ReaperHandle
+from mesh.names import ENV_AGENT
+from mesh.schema import ActionId, AgentId
+from mesh.waiting import async_wait_until, wait_until
+from tests.agent_support import (
+    CONFIG,
+    RecordingSinks,
+    assignment,
+    ended,
+    executor,
+    exited,
+    shell,
+)
+from tests.conftest import IN_CI
+
+pytestmark = pytest.mark.timeout(60)
+
+HYBRID = """\
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+33 30 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+34 30 0:30 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+"""
+HYBRID_SELF = "4:memory:/box/1\n3:pids:/\n2:cpu:/\n0::/\n"
+
+
+def test_mounts_and_own_paths_are_read_from_the_kernel_text() -> None:
+    mounts = list(cgroups._mounts(HYBRID))
+    assert [(v, str(p), sorted(c)) for v, p, _, c in mounts] == [
+        (2, "/sys/fs/cgroup/unified", []),
+        (1, "/sys/fs/cgroup/memory", ["memory"]),
+        (1, "/sys/fs/cgroup/pids", ["pids"]),
+    ]
+    own = cgroups._own_paths(HYBRID_SELF)
+    assert own["memory"] == "/box/1" and own[""] == "/" and own["pids"] == "/"
+    assert cgroups._within(Path("/sys/fs/cgroup/memory"), "/", "/box/1") == \
+        Path("/sys/fs/cgroup/memory/box/1")
+    # A container's mount whose root is its own group: the process sits at the mount.
+    assert cgroups._within(Path("/sys/fs/cgroup"), "/box/1", "/box/1") == Path("/sys/fs/cgroup")
+
+
+def test_no_writable_hierarchy_means_no_cgroups(tmp_path: Path) -> None:
+    # A mount point the agent cannot make its directory under (here: one that is gone).
+    gone = tmp_path / "unmounted" / "memory"
+    mountinfo = f"33 30 0:29 / {gone} rw - cgroup cgroup rw,memory\n"
+    assert cgroups.detect("agent-x", mountinfo, "4:memory:/\n") is None
+    assert cgroups.detect("agent-x", "", "") is None
+
+
+def test_each_controller_comes_from_v2_where_both_offer_it(tmp_path: Path) -> None:
+    v1 = Hierarchy(1, tmp_path / "v1", frozenset({"memory", "pids"}))
+    v2 = Hierarchy(2, tmp_path / "v2", frozenset({"memory"}))
+    found = Cgroups([v1, v2])
+    assert found.memory is v2 and found.pids is v1 and found.killer is None
+    assert found.describe() == "cgroup (kill: signals, memory: v2, pids: v1)"
+
+
+# ---- on this machine -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def machine() -> Iterator[Cgroups]:
+    """This machine's cgroups for a test agent; skipped with the reason where there are none
+    the tests may write, except in CI, where the build machine is known to have them."""
+    found = cgroups.detect(f"actionmesh-test-{uuid.uuid4().hex[:8]}")
+    if found is None:
+        if IN_CI:
+            pytest.fail("no writable cgroup hierarchy on a CI machine")
+        pytest.skip("this machine offers no cgroup hierarchy the tests may write")
+    yield found
+    found.clear()
+    for base in found.bases():
+        cgroups.remove(base, wait=2.0)
+
+
+@pytest.fixture
+def sinks() -> RecordingSinks:
+    return RecordingSinks()
+
+
+# Starts a process that leaves the attempt's process group (setsid) and its environment marks
+# (env -i), so only the control group still holds it; prints its pid, then waits for a file
+# `go` in its workspace before it goes on.
+ESCAPE = ("env -i setsid sleep 30 >/dev/null 2>&1 & echo $!; "
+          "while [ ! -e go ]; do sleep 0.02; done; {then}")
+
+
+async def escaped(sinks: RecordingSinks, ex: Executor) -> int:
+    """The escapee's pid, once it has its own session (out of its attempt's process group)."""
+    lines = await async_wait_until(lambda: sinks.lines("a1"), bool, what="the escapee's pid")
+    pid = int(lines[0][2])
+    await async_wait_until(lambda: os.getsid(pid), lambda sid: sid == pid,
+                           what=f"process {pid} to leave its session")
+    return pid
+
+
+def go(ex: Executor) -> None:
+    workspaces = list(ex.workspaces.root.iterdir())
+    assert len(workspaces) == 1, workspaces
+    (workspaces[0] / "go").touch()
+
+
+def test_the_machine_offers_kill_and_limits(machine: Cgroups) -> None:
+    if IN_CI:  # the build machine: cgroup2 `unified` beside v1 memory and pids
+        assert machine.killer is not None and machine.memory and machine.pids, machine.describe()
+    group = machine.make("probe", memory_limit=64 << 20, pids_max=10)
+    try:
+        probe = subprocess.Popen(["sleep", "30"])
+        group.join(probe.pid)
+        for _, path in group.paths:
+            assert str(probe.pid) in (path / "cgroup.procs").read_text().split()
+        group.kill()
+        assert probe.wait(5) == -9
+    finally:
+        assert group.remove(wait=2.0)
+    assert all(not path.exists() for _, path in group.paths)
+
+
+async def test_an_escapee_dies_when_the_attempt_ends(sinks: RecordingSinks,
+                                                    machine: Cgroups) -> None:
+    async with executor(sinks) as ex:
+        assert ex.containment == "process group"  # not known before the first attempt
+        await ex.start(shell(ESCAPE.format(then="exit 0")))
+        assert ex.containment.startswith("cgroup")
+        pid = await escaped(sinks, ex)
+        go(ex)
+        await ended(sinks)
+        await async_wait_until(lambda: exited(pid), bool, timeout=5,
+                               what=f"escapee {pid} to die")
+        end = sinks.end("a1")
+        assert end is not None and end.stage == "succeeded"
+
+
+async def test_an_escapee_dies_with_a_cancel(sinks: RecordingSinks, machine: Cgroups) -> None:
+    async with executor(sinks) as ex:
+        await ex.start(shell(ESCAPE.format(then="sleep 30")))
+        pid = await escaped(sinks, ex)
+        assert await ex.cancel(ActionId("a1"), 1, "test") == "stopped"
+        await async_wait_until(lambda: exited(pid), bool, timeout=5,
+                               what=f"escapee {pid} to die")
+
+
+async def test_the_attempts_groups_are_removed_after_they_end(sinks: RecordingSinks,
+                                                            machine: Cgroups) -> None:
+    async with executor(sinks) as ex:
+        for n in range(3):
+            await ex.start(assignment(["true"], action_id=f"g{n}"))
+        for n in range(3):
+            await ended(sinks, f"g{n}")
+        assert ex.cgroups is not None
+        bases = ex.cgroups.bases()
+        await async_wait_until(lambda: [p for b in bases for p in cgroups._children(b)],
+                               lambda left: not left, timeout=5, what="groups removed")
+
+
+async def test_memory_over_the_limit_fails_with_out_of_memory(sinks: RecordingSinks,
+                                                             machine: Cgroups) -> None:
+    if machine.memory is None:
+        pytest.skip(f"no memory controller here: {machine.describe()}")
+    hog = f"{sys.executable} -c \"data = b'x' * (512 << 20); print(len(data))\""
+    async with executor(sinks) as ex:
+        await ex.start(shell(hog, memory="64M"))
+        await ended(sinks, timeout=30)
+    end = sinks.end("a1")
+    assert end is not None and end.stage == "failed", end
+    assert end.reason.startswith("out of memory (limit 64.0MiB)"), end.reason
+
+
+async def test_headroom_raises_the_limit_above_the_request(sinks: RecordingSinks,
+                                                          machine: Cgroups) -> None:
+    if machine.memory is None:
+        pytest.skip(f"no memory controller here: {machine.describe()}")
+    fits = f"{sys.executable} -c \"data = b'x' * (96 << 20); print(len(data))\""
+    config = CONFIG.model_copy(update={"memory_headroom": 2.0})  # 64M -> 192M
+    async with executor(sinks, config) as ex:
+        await ex.start(shell(fits, memory="64M"))
+        await ended(sinks, timeout=30)
+    end = sinks.end("a1")
+    assert end is not None and end.stage == "succeeded", end
+
+
+async def test_processes_past_pids_max_cannot_start(sinks: RecordingSinks,
+                                                   machine: Cgroups) -> None:
+    if machine.pids is None:
+        pytest.skip(f"no pids controller here: {machine.describe()}")
+    config = CONFIG.model_copy(update={"pids_max": 8})
+    script = "n=0; for i in $(seq 30); do sleep 5 & n=$((n+1)); done; wait"
+    async with executor(sinks, config) as ex:
+        await ex.start(shell(script))
+        await ended(sinks, timeout=30)
+    errors = [text for _, stream, text in sinks.lines("a1") if stream == "stderr"]
+    assert any("fork" in e.lower() or "resource" in e.lower() for e in errors), errors
+
+
+async def test_without_cgroups_the_process_group_contains_attempts(
+        sinks: RecordingSinks) -> None:
+    config = CONFIG.model_copy(update={"cgroups": False})
+    async with executor(sinks, config) as ex:
+        await ex.start(assignment(["true"]))
+        await ended(sinks)
+        assert ex.containment == "process group" and ex.cgroups is None
+
+
+async def test_a_missing_program_is_still_reported_as_not_started(
+        sinks: RecordingSinks, machine: Cgroups) -> None:
+    async with executor(sinks) as ex:
+        await ex.start(assignment(["no-such-program-xyz"]))
+        await ended(sinks)
+    end = sinks.end("a1")
+    assert end is not None and end.stage == "failed" and end.exit_code is None
+    assert "could not start 'no-such-program-xyz'" in end.reason, end.reason
+
+
+async def test_a_new_agent_clears_groups_an_earlier_one_left(machine: Cgroups,
+                                                             tmp_path: Path) -> None:
+    left = machine.make("left-behind", None, None)
+    straggler = subprocess.Popen(["sleep", "30"])
+    left.join(straggler.pid)
+    sinks = RecordingSinks()
+    agent_name = machine.used[0].base.name.removeprefix("actionmesh-")
+    ex = Executor(AgentId(agent_name), "t",
+                  CONFIG.model_copy(update={"workspace_dir": str(tmp_path)}), sinks, sinks)
+    try:
+        await ex.prepare()
+        assert straggler.wait(5) == -9
+        assert not any(path.exists() for _, path in left.paths)
+    finally:
+        await ex.shutdown()
+
+
+def test_the_reaper_kills_the_agents_groups_when_the_agent_dies(machine: Cgroups) -> None:
+    group = machine.make("reaped", None, None)
+    escapee = subprocess.Popen(["setsid", "sleep", "30"], env={"PATH": os.environ["PATH"]})
+    group.join(escapee.pid)
+    handle = ReaperHandle.spawn(f"reap-{uuid.uuid4().hex}", ENV_AGENT, machine.bases())
+    wait_until(lambda: Path(f"/proc/{handle.pid}/wchan").read_text(), lambda w: "poll" in w,
+               what="the reaper to serve")
+    handle.close()  # what the kernel does for a dead agent: its end of the pipe closes
+    assert escapee.wait(5) == -9
+    assert group.remove(wait=2.0)
+
+
+async def test_gated_start_costs_one_shell(machine: Cgroups) -> None:
+    # The shell that holds the start until the group is joined is the action's own process
+    # after exec: its pid is the attempt's process group, and nothing else is left over.
+    sinks = RecordingSinks()
+    async with executor(sinks) as ex:
+        await ex.start(shell("echo $$; sleep 30"))
+        lines = await async_wait_until(lambda: sinks.lines("a1"), bool, what="the pid line")
+        pid = int(lines[0][2])
+        assert os.getpgid(pid) == pid
+        assert ex.process_groups() == [pid]
+        await ex.cancel(ActionId("a1"), 1)

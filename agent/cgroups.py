@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import signal
 import time
@@ -24,6 +25,8 @@ V1_CONTROLLERS = frozenset({"memory", "pids"})
 # Rounds of "kill what is in the group" where there is no `cgroup.kill` (v1): a process
 # forking in a loop is caught within a few rounds, as each round kills all it sees.
 KILL_ROUNDS = 50
+# Empty groups kept for the next attempts; beyond that, an ended attempt's group goes.
+MAX_FREE = 256
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class Cgroups:
         self.killer = next((h for h in v2 if h.can_kill), None)
         self.memory = self._owner("memory")
         self.pids = self._owner("pids")
+        self._free: list[AttemptGroup] = []
+        self._slots = itertools.count(1)
 
     def _owner(self, controller: str) -> Hierarchy | None:
         # v2 first: where a machine offers both, the v2 one is what its kernel favours.
@@ -143,49 +148,82 @@ class Cgroups:
             for child in _children(base):
                 remove(child, wait=2.0)
 
-    def make(self, name: str, memory_limit: int | None, pids_max: int | None) -> AttemptGroup:
-        """A group for one attempt in each used hierarchy, its limits set."""
+    def take(self, memory_limit: int | None, pids_max: int | None) -> AttemptGroup:
+        """An empty group for one attempt, its limits set: one that an ended attempt left
+        empty if there is one (making and removing a group costs more than a short
+        attempt's spawn), else a new one."""
+        group = self._free.pop() if self._free else self._make(f"slot-{next(self._slots)}")
+        try:
+            group.limit(memory_limit, pids_max)
+        except BaseException:
+            group.remove(wait=0.0)
+            raise
+        return group
+
+    def give_back(self, group: AttemptGroup) -> bool:
+        """Keep an ended attempt's group for the next one if it is empty; False if it is
+        not (a process is still leaving): the caller then removes it, off the loop."""
+        if len(self._free) >= MAX_FREE or not group.empty():
+            return False
+        self._free.append(group)
+        return True
+
+    def close(self) -> None:
+        """Remove the groups kept for reuse, and the agent's own directories if nothing else
+        is left in them (the agent is going away)."""
+        while self._free:
+            self._free.pop().remove(wait=1.0)
+        for base in self.bases():
+            with contextlib.suppress(OSError):
+                os.rmdir(base)
+
+    def _make(self, name: str) -> AttemptGroup:
         made: list[tuple[Hierarchy, Path]] = []
         try:
             for hierarchy in self.used:
                 path = hierarchy.base / name
                 path.mkdir(mode=0o755)
                 made.append((hierarchy, path))
-            group = AttemptGroup(made, self)
-            group.limit(memory_limit, pids_max)
         except BaseException:
             for _, path in made:
                 remove(path, wait=0.0)
             raise
-        return group
+        return AttemptGroup(made, self)
 
 
 class AttemptGroup:
-    """One attempt's group (a directory in each used hierarchy)."""
+    """One attempt's group (a directory in each used hierarchy), reused by later attempts."""
 
     def __init__(self, paths: list[tuple[Hierarchy, Path]], owner: Cgroups) -> None:
         self.paths = paths
         self.owner = owner
         self.memory_limit: int | None = None
+        self._pids_max: int | None = None
+        # The kernel's count of out-of-memory kills never goes back: an attempt's own are
+        # what it adds to the count the group had when the attempt took it.
+        self._oom_before = 0
 
     def _path(self, hierarchy: Hierarchy | None) -> Path | None:
         return next((p for h, p in self.paths if h is hierarchy), None)
 
     def limit(self, memory: int | None, pids: int | None) -> None:
+        """Set the next attempt's limits (None: none); written only where they change."""
         memory_dir = self._path(self.owner.memory)
-        if memory and memory_dir is not None:
+        if memory_dir is not None and memory != self.memory_limit:
             assert self.owner.memory is not None
             if self.owner.memory.version == 2:
-                _write(memory_dir / "memory.max", str(memory))
+                _write(memory_dir / "memory.max", str(memory or "max"))
                 # An out-of-memory kill takes the whole attempt, not one arbitrary process.
                 with contextlib.suppress(OSError):
                     _write(memory_dir / "memory.oom.group", "1")
             else:
-                _write(memory_dir / "memory.limit_in_bytes", str(memory))
+                _write(memory_dir / "memory.limit_in_bytes", str(memory or -1))
             self.memory_limit = memory
         pids_dir = self._path(self.owner.pids)
-        if pids and pids_dir is not None:
-            _write(pids_dir / "pids.max", str(pids))
+        if pids_dir is not None and pids != self._pids_max:
+            _write(pids_dir / "pids.max", str(pids or "max"))
+            self._pids_max = pids
+        self._oom_before = self._oom_count() if self.memory_limit else 0
 
     def join(self, pid: int) -> None:
         """Move `pid` into the group in every hierarchy (before it runs the action's code:
@@ -199,8 +237,15 @@ class AttemptGroup:
         killer = self._path(self.owner.killer)
         kill_tree(killer if killer is not None else self.paths[0][1])
 
+    def empty(self) -> bool:
+        # Every hierarchy's group holds the same processes: one look tells.
+        return not _procs(self.paths[0][1])
+
     def oom_kills(self) -> int:
-        """Processes of the attempt the kernel killed for exceeding its memory limit."""
+        """Processes of this attempt the kernel killed for exceeding its memory limit."""
+        return self._oom_count() - self._oom_before if self.memory_limit else 0
+
+    def _oom_count(self) -> int:
         memory_dir = self._path(self.owner.memory)
         if memory_dir is None or self.owner.memory is None:
             return 0
@@ -222,7 +267,17 @@ def _children(path: Path) -> list[Path]:
 
 
 def _procs(path: Path) -> list[int]:
-    return [int(p) for p in _read(path / "cgroup.procs").split() if p.isdigit()]
+    try:
+        fd = os.open(path / "cgroup.procs", os.O_RDONLY)
+    except OSError:
+        return []
+    try:
+        data = b"".join(iter(lambda: os.read(fd, 65536), b""))
+    except OSError:
+        data = b""
+    finally:
+        os.close(fd)
+    return [int(p) for p in data.split()]
 
 
 def kill_tree(path: Path) -> int:

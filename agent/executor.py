@@ -14,7 +14,6 @@ sees the result can read the complete log.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import shutil
@@ -93,12 +92,6 @@ class _Attempt:
 def _argv(assignment: Assignment) -> list[str]:
     action = assignment.action
     return ["/bin/sh", "-c", action.command[0]] if action.shell else list(action.command)
-
-
-def _group_name(action_id: str, attempt: int) -> str:
-    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in action_id[:40])
-    digest = hashlib.sha1(f"{action_id}/{attempt}".encode()).hexdigest()[:12]
-    return f"{readable}-{attempt}-{digest}"
 
 
 def _check_executable(program: str, path: str, cwd: str) -> None:
@@ -263,8 +256,8 @@ class Executor:
         try:
             if self.cgroups is not None:
                 _check_executable(argv[0], env.get("PATH", ""), workdir)
-                attempt.group = self.cgroups.make(_group_name(*key), self._memory_limit(
-                    assignment), self.config.pids_max or None)
+                attempt.group = self.cgroups.take(self._memory_limit(assignment),
+                                                  self.config.pids_max or None)
             attempt.child.spawn(argv, workdir, env, gated=attempt.group is not None)
             if attempt.group is not None:
                 attempt.group.join(attempt.child.pid)
@@ -346,6 +339,8 @@ class Executor:
         for attempt in attempts:
             attempt.request_stop("cancelled", "the agent shut down", report=False)
         await asyncio.gather(*(a.done.wait() for a in attempts))
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.close)
         if self._reaper is not None:
             reaper, self._reaper = self._reaper, None
             if await asyncio.to_thread(reaper.close) is None:
@@ -455,7 +450,8 @@ class Executor:
         self._remember(attempt.key, report, attempt.assignment.assigned_at)
         if attempt.workspace is not None and not self.workspaces.remove(attempt.workspace):
             self._spawn_cleanup(self.workspaces.remove_tree, attempt.workspace)
-        if attempt.group is not None and not attempt.group.remove(wait=0.0):
+        if (attempt.group is not None and self.cgroups is not None
+                and not self.cgroups.give_back(attempt.group)):
             self._spawn_cleanup(attempt.group.remove)
         attempt.done.set()
 

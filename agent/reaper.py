@@ -59,6 +59,9 @@ def reap(groups: set[int], var: str, token: str, trees: list[str] | None = None)
     """SIGKILL every process in the control groups `trees`, every registered process group,
     then every process marked `var=token`; return kills."""
     kills = sum(cgroups.kill_tree(Path(tree)) for tree in trees or [])
+    for tree in trees or []:
+        # Empty groups left behind would pile up in the kernel, one set per agent lifetime.
+        cgroups.remove(Path(tree), wait=2.0)
     for pgid in sorted(groups):
         try:
             os.killpg(pgid, signal.SIGKILL)

@@ -30,9 +30,9 @@ def actor_round_trips() -> list[float]:
     return samples
 
 
-def mesh_latencies(client: Client) -> tuple[list[float], list[float]]:
+def mesh_latencies(client: Client, n: int = N) -> tuple[list[float], list[float]]:
     to_running, to_result = [], []
-    for _ in range(N):
+    for _ in range(n):
         start = time.perf_counter()
         handle = client.submit(Action(command=["true"]))
         status = handle.result(timeout=30)

@@ -32,8 +32,10 @@ def byte_compiled() -> None:
 
 
 @contextmanager
-def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[Client]:
-    """A new single-node Ray cluster in this process with the mesh up on it."""
+def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None, **settings: Any,
+               ) -> Iterator[Client]:
+    """A new single-node Ray cluster in this process with the mesh up on it (with `config`,
+    else the defaults with `settings` in a state dir of its own)."""
     byte_compiled()
     with tempfile.TemporaryDirectory(prefix="meshbench-") as state:
         # address="local": always a new cluster, never one another process left running
@@ -42,7 +44,7 @@ def local_mesh(num_cpus: int = 2, config: MeshConfig | None = None) -> Iterator[
                  namespace=names.NAMESPACE, log_to_driver=False,
                  _system_config=bootstrap.health_checks())
         try:
-            bootstrap.up(config or MeshConfig(state_dir=state))
+            bootstrap.up(config or MeshConfig(state_dir=state, **settings))
             client = Client()
             wait_until(client.pool, lambda p: bool(p) and all(a.load for a in p), timeout=60,
                        interval=0.1, what="the agents reporting their load")

@@ -76,7 +76,7 @@ def test_each_controller_comes_from_v2_where_both_offer_it(tmp_path: Path) -> No
 # ---- on this machine -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def machine() -> Iterator[Cgroups]:
     """This machine's cgroups for a test agent; skipped with the reason where there are none
     the tests may write, except in CI, where the build machine is known to have them."""
@@ -121,7 +121,7 @@ def go(ex: Executor) -> None:
 def test_the_machine_offers_kill_and_limits(machine: Cgroups) -> None:
     if IN_CI:  # the build machine: cgroup2 `unified` beside v1 memory and pids
         assert machine.killer is not None and machine.memory and machine.pids, machine.describe()
-    group = machine.make("probe", memory_limit=64 << 20, pids_max=10)
+    group = machine.take(memory_limit=64 << 20, pids_max=10)
     try:
         probe = subprocess.Popen(["sleep", "30"])
         group.join(probe.pid)
@@ -158,17 +158,31 @@ async def test_an_escapee_dies_with_a_cancel(sinks: RecordingSinks, machine: Cgr
                                what=f"escapee {pid} to die")
 
 
-async def test_the_attempts_groups_are_removed_after_they_end(sinks: RecordingSinks,
-                                                            machine: Cgroups) -> None:
+async def test_ended_attempts_leave_their_groups_empty_for_the_next(
+        sinks: RecordingSinks, machine: Cgroups) -> None:
     async with executor(sinks) as ex:
-        for n in range(3):
+        for n in range(6):
             await ex.start(assignment(["true"], action_id=f"g{n}"))
-        for n in range(3):
             await ended(sinks, f"g{n}")
         assert ex.cgroups is not None
         bases = ex.cgroups.bases()
-        await async_wait_until(lambda: [p for b in bases for p in cgroups._children(b)],
-                               lambda left: not left, timeout=5, what="groups removed")
+        kept = {p.name for b in bases for p in cgroups._children(b)}
+        assert kept == {"slot-1"}, kept  # one after another: one group, reused
+    assert not any(base.exists() for base in bases)  # the agent's shutdown removed them
+
+
+async def test_a_reused_group_counts_only_its_own_attempts_oom_kills(
+        sinks: RecordingSinks, machine: Cgroups) -> None:
+    if machine.memory is None:
+        pytest.skip(f"no memory controller here: {machine.describe()}")
+    hog = f"{sys.executable} -c \"data = b'x' * (512 << 20)\""
+    async with executor(sinks) as ex:
+        await ex.start(shell(hog, "hog", memory="64M"))
+        await ended(sinks, "hog")
+        await ex.start(shell("exit 3", "after", memory="64M"))
+        await ended(sinks, "after")
+    after = sinks.end("after")
+    assert after is not None and after.reason == "exited with code 3", after
 
 
 async def test_memory_over_the_limit_fails_with_out_of_memory(sinks: RecordingSinks,
@@ -231,7 +245,7 @@ async def test_a_missing_program_is_still_reported_as_not_started(
 
 async def test_a_new_agent_clears_groups_an_earlier_one_left(machine: Cgroups,
                                                              tmp_path: Path) -> None:
-    left = machine.make("left-behind", None, None)
+    left = machine.take(None, None)
     straggler = subprocess.Popen(["sleep", "30"])
     left.join(straggler.pid)
     sinks = RecordingSinks()
@@ -247,7 +261,7 @@ async def test_a_new_agent_clears_groups_an_earlier_one_left(machine: Cgroups,
 
 
 def test_the_reaper_kills_the_agents_groups_when_the_agent_dies(machine: Cgroups) -> None:
-    group = machine.make("reaped", None, None)
+    group = machine.take(None, None)
     escapee = subprocess.Popen(["setsid", "sleep", "30"], env={"PATH": os.environ["PATH"]})
     group.join(escapee.pid)
     handle = ReaperHandle.spawn(f"reap-{uuid.uuid4().hex}", ENV_AGENT, machine.bases())

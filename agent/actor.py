@@ -24,6 +24,7 @@ from agent.links import NamedActor, RelayLogs
 from agent.nodeinfo import find_node, offered
 from agent.reports import SchedulerReports
 from agent.sampler import LoadSampler
+from mesh.arrival import arrived, arrived_count, arrived_id
 from mesh.names import RELAY, SCHEDULER
 from mesh.protocol import AgentHoldings, Assignment, AttemptReport, CancelOutcome
 from mesh.schema import ActionId, AgentId, AgentInfo, MeshConfig
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 class AgentActor:
     def __init__(self, node_id: str, config: MeshConfig) -> None:
         self.node_id = node_id
-        self.config = config
+        self.config = config = arrived(MeshConfig, config, "config")
         self.agent_id = AgentId(node_id)
         self.started_at = time.time()
         self.scheduler = NamedActor(SCHEDULER)
@@ -79,7 +80,7 @@ class AgentActor:
         return self._info
 
     async def start(self, assignment: Assignment) -> None:
-        await self.executor.start(assignment)
+        await self.executor.start(arrived(Assignment, assignment, "assignment"))
 
     def _start_all(self, assignments: list[Assignment]) -> None:
         """Start assignments that came down the report channel."""
@@ -101,7 +102,10 @@ class AgentActor:
                 agent_id=self.agent_id, stage="refused", time=time.time(), reason=repr(exc)))
 
     async def cancel(self, action_id: str, attempt: int, reason: str = "") -> CancelOutcome:
-        return await self.executor.cancel(ActionId(action_id), attempt, reason)
+        if not isinstance(reason, str):
+            reason = repr(reason)
+        return await self.executor.cancel(ActionId(arrived_id(action_id, "action id")),
+                                          arrived_count(attempt, "attempt", 1), reason[:1000])
 
     async def holdings(self) -> AgentHoldings:
         """What a (re)starting scheduler reconciles against: what runs here, what ended."""

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import ray
-from pydantic import ValidationError
 
+from mesh.arrival import arrived, arrived_count, arrived_id
 from mesh.errors import InvalidInput
 from mesh.logstore import LogStore
 from mesh.names import HEAD_RESOURCE, NAMESPACE, RELAY
@@ -69,25 +69,9 @@ class _Waiters:
         self.count = 0
 
 
-def _check_batch(batch: Any) -> LogBatch:
-    try:
-        # A model that crossed Ray was unpickled, which skips validation: validate again.
-        return LogBatch.model_validate(dict(batch) if isinstance(batch, LogBatch) else batch)
-    except ValidationError as exc:
-        raise InvalidInput.from_validation("log batch", exc) from exc
-
-
 def _check_attempt(action_id: Any, attempt: Any) -> None:
-    if not isinstance(action_id, str) or not action_id:
-        raise InvalidInput(f"action_id must be a non-empty string, got {action_id!r}",
-                           [("action_id", "not a non-empty string")])
-    _check_count("attempt", attempt, 1)
-
-
-def _check_count(field: str, value: Any, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise InvalidInput(f"{field} must be an integer >= {least}, got {value!r}",
-                           [(field, f"not an integer >= {least}")])
+    arrived_id(action_id, "action id")
+    arrived_count(attempt, "attempt", 1)
 
 
 def _check_wait(wait: Any) -> None:
@@ -120,8 +104,7 @@ class LogRelay:
     """
 
     def __init__(self, config: MeshConfig, close_grace: float = CLOSE_GRACE) -> None:
-        config = MeshConfig.model_validate(dict(config) if isinstance(config, MeshConfig)
-                                           else config)
+        config = arrived(MeshConfig, config, "config")
         # Before its files are touched. Only a restart can be refused here (`mesh up`
         # makes the relay after the scheduler took the dir): then this relay dies, saying why.
         spill = Path(config.logs)
@@ -142,7 +125,7 @@ class LogRelay:
         While the disk refuses spills and memory is past twice its budget, the answer
         waits: the agent's pushes back up and it stops reading the action's output."""
         self._start_expiring()
-        checked = _guard("append", _check_batch, batch)
+        checked = _guard("append", arrived, LogBatch, batch, "log batch")
         while self._store.overfull:
             await asyncio.sleep(SPILL_RETRY)
             self._store.retry_spill()
@@ -165,7 +148,7 @@ class LogRelay:
 
     def _close(self, action_id: str, attempt: int, total_lines: int) -> None:
         _guard("close", _check_attempt, action_id, attempt)
-        _guard("close", _check_count, "total_lines", total_lines, 0)
+        _guard("close", arrived_count, total_lines, "total_lines")
         _guard("close", self._store.close, action_id, attempt, total_lines)
         self._wake((action_id, attempt))
         asyncio.get_running_loop().call_later(self._close_grace, self._settle, action_id,
@@ -196,8 +179,8 @@ class LogRelay:
         """Lines from `offset`; when there are none yet, wait up to `wait` s for some or the end."""
         self._start_expiring()
         _guard("read", _check_attempt, action_id, attempt)
-        _guard("read", _check_count, "offset", offset, 0)
-        _guard("read", _check_count, "max_lines", max_lines, 1)
+        _guard("read", arrived_count, offset, "offset")
+        _guard("read", arrived_count, max_lines, "max_lines", 1)
         _guard("read", _check_wait, wait)
         max_lines = min(max_lines, MAX_READ_LINES)
         key = (action_id, attempt)

@@ -3,6 +3,7 @@ and log batches. What agents and the scheduler say to each other is in `mesh/pro
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ def parse_size(value: Any) -> int:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"size must not be negative, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"size must be finite, got {value!r}")
         return int(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as 512M or 2G, got {value!r}")
@@ -100,6 +103,24 @@ def check_label(label: str) -> str:
     return label
 
 
+def _exec_string(what: str, text: str) -> None:
+    if "\0" in text:
+        raise ValueError(f"{what} holds a NUL byte, which exec cannot pass")
+    if len(text) > MAX_ARG_BYTES // 4 and len(text.encode()) > MAX_ARG_BYTES:
+        raise ValueError(f"{what} is over {MAX_ARG_BYTES} bytes, the most exec takes in one")
+
+
+def check_path(value: str, what: str) -> str:
+    """An absolute path an agent or the head can use as it is."""
+    if "\0" in value:
+        raise ValueError(f"{what} holds a NUL byte")
+    if not value.startswith("/"):
+        raise ValueError(f"{what} must be an absolute path, got {value[:200]!r}")
+    if len(value) > MAX_PATH:
+        raise ValueError(f"{what} is longer than {MAX_PATH} characters")
+    return value
+
+
 def check_id(value: str, what: str) -> str:
     if not ID_RE.match(value):
         raise ValueError(
@@ -140,6 +161,16 @@ MAX_INSTANT = 1e11  # seconds since the epoch: the year 5138
 MAX_SECONDS = 365 * 86400.0  # a duration: a year
 # Quota earning rate per priority, in CPU-seconds per second (a million CPUs busy).
 MAX_CHARGE_RATE = 1e6
+# What exec takes: one argument or environment entry of at most 32 pages (the kernel's
+# MAX_ARG_STRLEN), all of them together at most ARG_MAX (2 MiB with an 8 MiB stack), of
+# which an action may use half: the base environment and the marks come on top.
+MAX_ARG_BYTES = 128 * 1024
+MAX_EXEC_BYTES = 1024 * 1024
+MAX_PATH = 4096
+MAX_LABELS = 256
+MAX_TAGS = 256
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 1024
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 AttemptNumber = Annotated[int, Field(ge=1, le=MAX_COUNT)]
@@ -166,15 +197,19 @@ class Action(Model):
     id: ActionId | None = Field(
         None, description="client-chosen id; submitting the same id twice gives one action"
     )
-    command: list[str] = Field(..., min_length=1, description="argv, or [script] with shell")
+    command: list[str] = Field(..., min_length=1, max_length=MAX_EXEC_BYTES // 2,
+                               description="argv, or [script] with shell")
     shell: bool = Field(False, description="run command[0] with /bin/sh -c")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    env: dict[str, str] = Field(default_factory=dict, validate_default=True,
+                                description="extra environment variables")
     cwd: str | None = Field(None, description="working directory on the agent")
     cpus: float = Field(1.0, ge=0, le=4096, description="CPUs reserved while it runs")
     memory: Bytes = Field(0, description="bytes of memory reserved while it runs")
-    labels: list[str] = Field(default_factory=list, description="base labels, all required")
+    labels: list[str] = Field(default_factory=list, max_length=MAX_LABELS,
+                              description="base labels, all required")
     provisionable_labels: list[str] = Field(
-        default_factory=list, description="labels preferred but not required"
+        default_factory=list, max_length=MAX_LABELS,
+        description="labels preferred but not required"
     )
     account: AccountId = Field(AccountId(""), description="quota account; empty for none")
     job: str = Field("", max_length=256, description="job name this action belongs to")
@@ -192,9 +227,12 @@ class Action(Model):
 
     @field_validator("command")
     @classmethod
-    def _command(cls, value: list[str]) -> list[str]:
+    def _command(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if not value[0].strip():
             raise ValueError("command must not be empty: its first element is blank")
+        if not _stored(info):
+            for i, arg in enumerate(value):
+                _exec_string(f"argument {i}", arg)
         return value
 
     @field_validator("env")
@@ -202,9 +240,40 @@ class Action(Model):
     def _env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         if _stored(info):
             return value
-        for name in value:
+        for name, text in value.items():
             if not ENV_NAME_RE.match(name):
                 raise ValueError(f"malformed environment variable name {name!r}")
+            _exec_string(f"variable {name}", f"{name}={text}")
+        # Here rather than in a model validator, which would run again each time a valid
+        # action is put into another model. Also what keeps any action well inside one
+        # report channel frame.
+        total = sum(len(a.encode()) + 1 for a in info.data.get("command", [])) + sum(
+            len(k.encode()) + len(v.encode()) + 2 for k, v in value.items())
+        if total > MAX_EXEC_BYTES:
+            raise ValueError(f"command and env take {total} bytes; exec allows an action at "
+                             f"most {MAX_EXEC_BYTES}")
+        return value
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or _stored(info):
+            return value
+        return check_path(value, "cwd")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if _stored(info):
+            return value
+        if len(value) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags, got {len(value)}")
+        for key, text in value.items():
+            if not key or len(key) > MAX_TAG_KEY or len(text) > MAX_TAG_VALUE:
+                raise ValueError(f"tag {key[:40]!r}: keys are 1-{MAX_TAG_KEY} characters, "
+                                 f"values at most {MAX_TAG_VALUE}")
+            if "\0" in key or "\0" in text:
+                raise ValueError(f"tag {key[:40]!r} holds a NUL byte")
         return value
 
     @field_validator("labels", "provisionable_labels")
@@ -658,6 +727,11 @@ class MeshConfig(Model):
         """How often the scheduler and the relay look for what retention deletes: what waits
         for a look is kept past its time, so a short retention looks more often."""
         return max(EXPIRE_FLOOR, min(EXPIRE_INTERVAL, self.retention / EXPIRE_SHARE))
+
+    @field_validator("state_dir", "log_dir", "workspace_dir")
+    @classmethod
+    def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_path(value, str(info.field_name))
 
     @field_validator("log_budget", mode="before")
     @classmethod

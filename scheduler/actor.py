@@ -6,12 +6,12 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
-from pydantic import BaseModel, ValidationError
 
 from mesh import names
+from mesh.arrival import arrived, arrived_count, arrived_id
 from mesh.errors import InvalidInput, StateDirInUse
 from mesh.protocol import AttemptReport, ReportAnswer, ReportChannel
 from mesh.schema import (
@@ -31,12 +31,10 @@ from mesh.schema import (
     QuotaOptions,
     StageEvent,
     SubmitOutcome,
-    check_id,
 )
 from mesh.statedir import Owner, StateDirLock
 from scheduler.shell import FIRST_SYNC_WAIT, Scheduler
 
-M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("actionmesh.scheduler")
 
 
@@ -50,6 +48,7 @@ class SchedulerActor:
 
     def __init__(self, config: MeshConfig) -> None:
         logging.basicConfig(level=logging.INFO)
+        config = arrived(MeshConfig, config, "config")
         self.lock = StateDirLock(config.state_dir, "scheduler")
         self.refusal: StateDirInUse | None = None
         try:
@@ -91,10 +90,10 @@ class SchedulerActor:
     # ---- agents --------------------------------------------------------------------------
 
     async def report_load(self, agent_id: AgentId, load: Load) -> None:
-        self._started().report_load(agent_id, _model(Load, load, "load"))
+        self._started().report_load(_agent_id(agent_id), arrived(Load, load, "load"))
 
     async def report_attempt(self, report: AttemptReport) -> ReportAnswer:
-        return self._started().report_attempt(_model(AttemptReport, report, "report"))
+        return self._started().report_attempt(arrived(AttemptReport, report, "report"))
 
     async def report_channel(self) -> ReportChannel | None:
         return await self._body().report_channel()
@@ -104,20 +103,20 @@ class SchedulerActor:
     async def submit(self, specs: list[Action | dict[str, Any]],
                      reject_unplaceable: bool = True) -> list[SubmitOutcome]:
         await self._serving()
-        actions = [_model(Action, spec, f"action #{i}") for i, spec in enumerate(specs)]
+        actions = [arrived(Action, spec, f"action #{i}") for i, spec in enumerate(specs)]
         return self.s.submit(actions, reject_unplaceable)
 
     async def cancel(self, action_id: ActionId) -> ActionStatus:
         await self._serving()
-        return self.s.cancel(action_id)
+        return self.s.cancel(_action_id(action_id))
 
     async def get(self, action_id: ActionId) -> ActionStatus:
         await self._serving()
-        return self.s.core.get(action_id, self.s.clock())
+        return self.s.core.get(_action_id(action_id), self.s.clock())
 
     async def page(self, query: ListQuery | dict[str, Any]) -> ActionPage:
         await self._serving()
-        return self.s.core.page(_model(ListQuery, query, "listing"))
+        return self.s.core.page(arrived(ListQuery, query, "listing"))
 
     async def pool(self) -> list[AgentStatus]:
         await self._serving()
@@ -130,19 +129,20 @@ class SchedulerActor:
     async def wait_events(self, action_id: ActionId, after: int = 0, timeout: float = 10.0,
                           ) -> list[StageEvent]:
         await self._serving()
-        return await self.s.wait_events(action_id, after, timeout)
+        return await self.s.wait_events(_action_id(action_id), arrived_count(after, "after"),
+                                        _seconds(timeout))
 
     async def wait_result(self, action_id: ActionId, timeout: float = 10.0,
                           ) -> ActionStatus | None:
         await self._serving()
-        return await self.s.wait_result(action_id, timeout)
+        return await self.s.wait_result(_action_id(action_id), _seconds(timeout))
 
     # ---- accounts ------------------------------------------------------------------------
 
     async def create_account(self, account_id: str, config: AccountConfig | dict[str, Any],
                              ) -> AccountStatus:
         await self._serving()
-        checked = _account_id(account_id), _model(AccountConfig, config, "account config")
+        checked = _account_id(account_id), arrived(AccountConfig, config, "account config")
         return self.s.change_accounts(
             lambda: self.s.core.accounts.create(*checked, self.s.clock()))
 
@@ -184,25 +184,6 @@ class SchedulerActor:
         return await self.s.shutdown()
 
 
-def _model(kind: type[M], value: M | dict[str, Any], what: str) -> M:
-    """A model from what a caller sent, validated; InvalidInput naming the field if bad.
-    A model instance is validated again from its fields: one that crossed Ray was
-    unpickled, which skips validation (and `model_construct` makes one without it)."""
-    try:
-        if isinstance(value, BaseModel):
-            return kind.model_validate(value.model_dump())
-        return kind.model_validate(value)
-    except ValidationError as exc:
-        raise InvalidInput.from_validation(what, exc) from None
-
-
-def _account_id(value: str) -> AccountId:
-    try:
-        return AccountId(check_id(value, "account id"))
-    except ValueError as exc:
-        raise InvalidInput(f"account id: {exc}", [("id", str(exc))]) from None
-
-
 def scheduler_options() -> dict[str, Any]:
     """How the singleton is created: detached, named, restartable, pinned to the head."""
     return {
@@ -212,3 +193,25 @@ def scheduler_options() -> dict[str, Any]:
         "get_if_exists": True,
         "resources": {names.HEAD_RESOURCE: 0.001},
     }
+
+
+def _action_id(value: Any) -> ActionId:
+    return ActionId(arrived_id(value, "action id"))
+
+
+def _account_id(value: Any) -> AccountId:
+    return AccountId(arrived_id(value, "account id"))
+
+
+def _agent_id(value: Any) -> AgentId:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"agent id must be a non-empty string, got {value!r}",
+                           [("agent_id", "not a non-empty string")])
+    return AgentId(value)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise InvalidInput(f"timeout must be a number of seconds >= 0, got {value!r}",
+                           [("timeout", "not a number of seconds")])
+    return float(value)

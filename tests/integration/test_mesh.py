@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import ray
 
-from mesh import Action, InvalidInput, RetryPolicy, Stage, Unplaceable
+from mesh import Action, InvalidInput, NotFound, RetryPolicy, Stage, Unplaceable
+from mesh.calls import call
+from mesh.names import NAMESPACE, agent_name
+from mesh.protocol import Assignment
+from mesh.schema import ActionId, AgentId, LogBatch
 from mesh.waiting import wait_until
 from tests.agent_support import exited
 from tests.conftest import IN_CI
@@ -76,6 +82,27 @@ def test_bad_input_names_the_field_and_the_scheduler_keeps_going(mesh: Mesh) -> 
         mesh.client.submit({"command": ["true"], "cpus": -2})
     with pytest.raises(InvalidInput, match="colour"):
         mesh.client.submit({"command": ["true"], "colour": "red"})
+    assert mesh.client.submit(Action(command=["true"])).result(timeout=60).ok
+
+
+def test_models_that_skip_validation_over_ray_are_refused_where_they_land(mesh: Mesh) -> None:
+    # Ray unpickles a model without validating it; model_construct builds one the same way.
+    bad = Action.model_construct(command=["true"], cpus=-100.0, id=ActionId("neg-cpus"))
+    with pytest.raises(InvalidInput, match="cpus"):
+        call(mesh.client.scheduler.submit, [bad])
+    with pytest.raises(InvalidInput, match="NUL"):
+        call(mesh.client.scheduler.submit, [{"command": ["echo", "a\0b"]}])
+    agent = ray.get_actor(agent_name(mesh.small_id), namespace=NAMESPACE)
+    with pytest.raises(InvalidInput, match="cpus"):
+        call(agent.start, Assignment.model_construct(
+            action=bad, action_id=ActionId("neg-cpus"), attempt=1, agent_id=AgentId(mesh.small_id),
+            assigned_at=time.time()))
+    with pytest.raises(InvalidInput, match="attempt"):
+        call(mesh.client.relay.append, LogBatch.model_construct(
+            action_id=ActionId("neg-cpus"), attempt=0, stream="stdout", offset=0, text="x\n",
+            count=1))
+    with pytest.raises(NotFound):
+        mesh.client.get("neg-cpus")  # nothing of it was accepted anywhere
     assert mesh.client.submit(Action(command=["true"])).result(timeout=60).ok
 
 

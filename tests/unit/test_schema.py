@@ -34,6 +34,32 @@ BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("shell with argv", {"command": ["a", "b"], "shell": True}, "", "one script string"),
     ("negative retries", {"command": ["true"], "retry": {"on_failure": -1}}, "retry.on_failure",
      "greater than or equal"),
+    # Bounded input: what exec, the store or the channel could not take is refused here.
+    ("NUL in argv", {"command": ["echo", "a\0b"]}, "command", "argument 1 holds a NUL byte"),
+    ("NUL in env", {"command": ["true"], "env": {"A": "x\0y"}}, "env", "variable A holds a NUL"),
+    ("NUL in cwd", {"command": ["true"], "cwd": "/tmp/\0x"}, "cwd", "NUL byte"),
+    ("relative cwd", {"command": ["true"], "cwd": "build"}, "cwd", "absolute path"),
+    ("long cwd", {"command": ["true"], "cwd": "/" + "d" * 5000}, "cwd", "longer than 4096"),
+    ("one argument over exec's limit", {"command": ["echo", "x" * (200 * 1024)]}, "command",
+     "most exec takes in one"),
+    ("argv and env over exec's limit", {"command": ["echo"] + ["x" * 100_000] * 6,
+                                        "env": {f"V{i}": "y" * 100_000 for i in range(6)}},
+     "", "command and env take"),
+    ("too large for a channel frame", {"command": ["echo"] + ["x" * 100_000] * 170}, "",
+     "exec allows an action at most"),
+    ("too many labels", {"command": ["true"], "labels": [f"l{i}" for i in range(300)]},
+     "labels", "at most 256"),
+    ("very long label", {"command": ["true"], "labels": ["x" * 300]}, "labels", "malformed"),
+    ("too many tags", {"command": ["true"], "tags": {f"t{i}": "v" for i in range(300)}},
+     "tags", "at most 256 tags"),
+    ("very long tag", {"command": ["true"], "tags": {"k": "v" * 5000}}, "tags", "values at most"),
+    ("infinite memory", {"command": ["true"], "memory": float("inf")}, "memory", "finite"),
+    ("absurd memory", {"command": ["true"], "memory": "9999999T"}, "memory", "less than"),
+    ("infinite timeout", {"command": ["true"], "timeout": float("inf")}, "timeout", "finite"),
+    ("absurd timeout", {"command": ["true"], "timeout": "100000d"}, "timeout",
+     "less than or equal"),
+    ("NaN cpus", {"command": ["true"], "cpus": float("nan")}, "cpus", "finite"),
+    ("absurd cpus", {"command": ["true"], "cpus": 1e9}, "cpus", "less than or equal"),
 ]
 
 
@@ -145,3 +171,11 @@ def test_every_number_crossing_a_boundary_is_bounded(model: Any, fields: dict[st
                                                       bad: str) -> None:
     with pytest.raises(ValidationError, match=bad):
         model.model_validate(fields)
+
+
+@pytest.mark.parametrize("field", ["state_dir", "log_dir", "workspace_dir"])
+def test_config_paths_must_be_absolute(field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        MeshConfig.model_validate({field: "relative/dir"})
+    err = InvalidInput.from_validation("config", info.value)
+    assert [path for path, _ in err.errors] == [field] and "absolute path" in str(err)

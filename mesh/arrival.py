@@ -1,0 +1,44 @@
+"""Models and ids that arrive over Ray or a channel, validated where they land: Ray unpickles
+a pydantic model without validating it (as `model_construct` makes one), so a peer could
+hand any actor an action asking for -100 CPUs."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from mesh.errors import InvalidInput
+from mesh.schema import check_id
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def arrived(kind: type[M], value: Any, what: str) -> M:
+    """`value` (a model or its fields) validated as `kind`; InvalidInput naming the field."""
+    try:
+        if isinstance(value, BaseModel):
+            # From its fields, deeply: a nested model instance would otherwise be taken as
+            # it is, unvalidated.
+            return kind.model_validate(value.model_dump())
+        return kind.model_validate(value)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(what, exc) from None
+
+
+def arrived_id(value: Any, what: str) -> str:
+    """An id (action, account) as the schema spells them; InvalidInput otherwise."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+        return check_id(value, what)
+    except ValueError as exc:
+        raise InvalidInput(f"{what}: {exc}", [("id", str(exc))]) from None
+
+
+def arrived_count(value: Any, what: str, least: int = 0) -> int:
+    """A whole number >= `least` (attempt numbers, offsets); InvalidInput otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidInput(f"{what} must be an integer >= {least}, got {value!r}",
+                           [(what, f"not an integer >= {least}")])
+    return value

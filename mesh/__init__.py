@@ -15,6 +15,8 @@ from mesh.errors import (
     SchedulerUnavailable,
     StageError,
     StateDirInUse,
+    StateDirRefused,
+    StateDirUnsafe,
     StoreReadOnly,
     Unplaceable,
 )
@@ -59,6 +61,8 @@ __all__ = [
     "StageError",
     "StageEvent",
     "StateDirInUse",
+    "StateDirRefused",
+    "StateDirUnsafe",
     "StoreReadOnly",
     "Unplaceable",
     "connect",

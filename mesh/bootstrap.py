@@ -17,7 +17,7 @@ from ray._private.services import find_gcs_addresses
 from ray.exceptions import RayError
 
 from mesh import calls, names
-from mesh.errors import ClusterUnavailable, MeshNotRunning, StateDirInUse, WaitTimeout
+from mesh.errors import ClusterUnavailable, MeshNotRunning, StateDirRefused, WaitTimeout
 from mesh.relay import LogRelay, relay_options
 from mesh.schema import MeshConfig
 from mesh.waiting import wait_until
@@ -115,7 +115,7 @@ def up(config: MeshConfig | None = None, timeout: float = 120.0) -> dict[str, An
     # The scheduler takes the state dir first: the relay must not touch another cluster's.
     try:
         calls.call(scheduler.ping, timeout=timeout)
-    except StateDirInUse:
+    except StateDirRefused:
         ray.kill(scheduler, no_restart=True)
         raise
     try:

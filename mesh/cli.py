@@ -37,7 +37,8 @@ def cli(ctx: click.Context, address: str) -> None:
 
 
 @cli.command()
-@click.option("--state-dir", default=None, help="where the head keeps logs and state")
+@click.option("--state-dir", default=None,
+              help="where the head keeps logs and state (default ~/.local/state/actionmesh)")
 @click.option("--no-head-agent", is_flag=True, help="do not run an agent on the head node")
 @click.option("--report-port", type=int, default=None,
               help="TCP port on the head for the agents' report channel (default: any free)")

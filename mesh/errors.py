@@ -7,7 +7,9 @@
      ├── Unplaceable             no agent in the pool could ever take the action
      ├── StageError              a stage move the transition table forbids (a bug)
      ├── StateCorrupt            the scheduler's saved state cannot be read
-     ├── StateDirInUse           another cluster's mesh holds the state dir
+     ├── StateDirRefused         the state dir cannot be used
+ │    ├── StateDirInUse       another cluster's mesh holds it
+ │    └── StateDirUnsafe      a symlink, another user's, or writable by others
      ├── StoreReadOnly           the state store cannot be written: changes are refused
      ├── ClusterUnavailable      no Ray cluster to connect to, or it went away
      ├── MeshNotRunning          the cluster is up but the mesh actors are not
@@ -72,8 +74,17 @@ class StateCorrupt(MeshError):
     start empty; a damaged record found later costs only its action."""
 
 
-class StateDirInUse(MeshError):
+class StateDirRefused(MeshError):
+    """The state dir cannot be used; the message says why and what to do."""
+
+
+class StateDirInUse(StateDirRefused):
     """The state dir is held by another running mesh; the message names its cluster."""
+
+
+class StateDirUnsafe(StateDirRefused):
+    """The state dir is a symlink, belongs to another user or is writable by others: what
+    is kept there (actions' environments, logs) would not be private."""
 
 
 class StoreReadOnly(MeshError):

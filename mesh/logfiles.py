@@ -12,12 +12,14 @@ attempt, its line total and when it closed; it is compacted as retention deletes
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from mesh.schema import Stream
 
@@ -53,18 +55,34 @@ def append_run(data: Path, index: Path, action_id: str, block: bytes, count: int
                offset: int, stream: Stream) -> Run:
     """Append a run (its `count` lines joined by newlines) to the data file, then its
     record to the index."""
-    data.parent.mkdir(parents=True, exist_ok=True)
-    with open(data, "ab") as f:
-        pos = f.tell()
+    own_dir(data.parent)
+    with _append(data) as f:
+        pos = f.seek(0, os.SEEK_END)
         f.write(block)
         f.write(b"\n")
     run = Run(offset, stream, pos, len(block), count)
     fresh = not index.exists()
-    with open(index, "a", encoding="utf-8") as f:
+    with _append(index, text=True) as f:
         if fresh:
             f.write(json.dumps({"action": action_id}) + "\n")
         f.write(f"{run.offset} {_CODES[stream]} {run.pos} {run.length} {run.count}\n")
     return run
+
+
+def own_dir(path: Path) -> None:
+    """Make the directory (0700) or check it is one and not a symlink: a symlink planted
+    where an action's logs go would send them elsewhere."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    if path.is_symlink() or not path.is_dir():
+        raise OSError(errno.ELOOP, "not a directory of our own (a symlink?)", str(path))
+
+
+def _append(path: Path, text: bool = False) -> IO[Any]:
+    """Open for appending, made 0600 if new, never through a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8") if text else os.fdopen(fd, "ab")
 
 
 def spilled(spill_dir: Path) -> Iterator[tuple[str, int, list[Run]]]:
@@ -149,14 +167,12 @@ class Journal:
 
     def forget(self, action_ids: list[str], at: float) -> None:
         """Record that these actions' logs were deleted."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
+        with _append(self.path, text=True) as f:
             f.writelines(json.dumps([a, 0, FORGOTTEN, at]) + "\n" for a in action_ids)
         self.lines += len(action_ids)
 
     def append(self, closed: Closed) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
+        with _append(self.path, text=True) as f:
             f.write(json.dumps([closed.action_id, closed.attempt, closed.total, closed.at])
                     + "\n")
         self.lines += 1
@@ -164,7 +180,10 @@ class Journal:
     def rewrite(self, entries: list[Closed]) -> None:
         """Replace the journal with these entries (atomically: a crash leaves either)."""
         fresh = self.path.with_suffix(".new")
-        with open(fresh, "w", encoding="utf-8") as f:
+        with contextlib.suppress(FileNotFoundError):
+            fresh.unlink()  # a leftover (or a planted symlink) is replaced, never written through
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             for c in entries:
                 f.write(json.dumps([c.action_id, c.attempt, c.total, c.at]) + "\n")
         os.replace(fresh, self.path)
@@ -177,7 +196,8 @@ def clear_unindexed(spill_dir: Path) -> None:
     if not spill_dir.is_dir():
         return
     for action_dir in spill_dir.iterdir():
-        if not action_dir.is_dir():
+        # Never through a symlink: it would delete files in whatever directory it names.
+        if action_dir.is_symlink() or not action_dir.is_dir():
             continue
         for path in action_dir.glob("*.log"):
             if path.stem.isdigit() and not path.with_suffix(".idx").exists():

@@ -28,6 +28,7 @@ from mesh.logattempt import (
     cut,
 )
 from mesh.schema import ID_RE, LogBatch, LogRead, Stream
+from mesh.statedir import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class LogStore:
         if memory_budget < 0:
             raise ValueError(f"memory_budget must not be negative, got {memory_budget!r}")
         self._spill_dir = Path(spill_dir)
+        private_dir(self._spill_dir, "log dir")
         self._budget = memory_budget
         # Batches only arrive out of order when a push is retried, so this is generous;
         # past it, a gap is given up on rather than memory. It comes on top of the budget.

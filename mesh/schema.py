@@ -61,6 +61,13 @@ def parse_size(value: Any) -> int:
     return int(float(number) * base**power)
 
 
+def _default_state_dir() -> str:
+    # Imported here: the schema (which the pure core imports) reads no environment itself.
+    from mesh.statedir import default_state_dir
+
+    return default_state_dir()
+
+
 def format_size(n: float) -> str:
     """Bytes as people read them: 512B, 1.5KiB ... 2.0TiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -665,7 +672,9 @@ EXPIRE_FLOOR = 1.0
 class MeshConfig(Model):
     """Tuning shared by the scheduler, the agents and the relay; set at `mesh up`."""
 
-    state_dir: str = Field("/tmp/actionmesh", description="where the head keeps logs and state")
+    state_dir: str = Field(default_factory=_default_state_dir,
+                           description="where the head keeps logs and state (made 0700; one "
+                           "that is a symlink, another user's or writable by others is refused)")
     load_interval: PositiveSeconds = Field(0.5, description="seconds between load samples")
     load_stale_after: PositiveSeconds = Field(
         3.0, description="a load report older than this counts as no room"

@@ -1,4 +1,5 @@
-"""One cluster per state dir: the lock each mesh actor holds on its part of it, naming its owner.
+"""One cluster per state dir, and only its user: the directory checked private, and the lock
+each mesh actor holds on its part of it, naming its owner.
 
 Two clusters writing one state dir would reuse attempt numbers and delete each other's logs,
 so the scheduler and the relay each hold an exclusive `flock` on a file of their own there
@@ -8,15 +9,17 @@ dies), with the owner written inside for the message the next claimant gets.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from mesh.errors import StateDirInUse
+from mesh.errors import StateDirInUse, StateDirUnsafe
 from mesh.schema import Model
 
 # How long a claimant waits for a holder of its own cluster: a predecessor being killed or
@@ -43,6 +46,40 @@ class Owner(Model):
         return f"cluster {self.cluster} (pid {self.pid} on {self.host}, since {when})"
 
 
+def default_state_dir() -> str:
+    """Per user, as the XDG base directories put state: `$XDG_STATE_HOME/actionmesh`, else
+    `~/.local/state/actionmesh` (a shared default such as /tmp/actionmesh would show one
+    user's actions, their environments and logs to every other)."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not base.startswith("/"):
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "actionmesh")
+
+
+def private_dir(path: Path, what: str = "state dir") -> None:
+    """Make `path` (mode 0700) or check the one there: StateDirUnsafe if it is a symlink,
+    not a directory, another user's, or writable by group or others (who could plant
+    symlinks in it, or read and replace what the mesh keeps)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    found = os.lstat(path)
+    uid = os.geteuid()
+    if stat.S_ISLNK(found.st_mode):
+        why = "is a symlink (the mesh does not follow one for its state)"
+    elif not stat.S_ISDIR(found.st_mode):
+        why = "is not a directory"
+    elif found.st_uid != uid:
+        why = f"belongs to uid {found.st_uid}, not to this user (uid {uid})"
+    elif found.st_mode & 0o022:
+        why = (f"is writable by {'group and others' if found.st_mode & 0o002 else 'group'} "
+               f"(mode {stat.S_IMODE(found.st_mode):04o}; `chmod go-w {path}` if it is yours)")
+    else:
+        return
+    raise StateDirUnsafe(f"{what} {path} {why}; refusing to keep the mesh's state there. "
+                         "Give another one (mesh up --state-dir DIR)")
+
+
 class StateDirLock:
     """The exclusive lock of one role (`scheduler`, `relay`) on a state dir."""
 
@@ -55,7 +92,7 @@ class StateDirLock:
     def acquire(self, owner: Owner, wait: float = SUCCESSION_WAIT) -> None:
         """Take the lock and write `owner` into it. StateDirInUse naming the holder if
         another cluster holds it, or one of `owner`'s cluster still does after `wait` s."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         deadline = time.monotonic() + wait
         while True:

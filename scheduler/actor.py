@@ -12,7 +12,7 @@ import ray
 
 from mesh import names
 from mesh.arrival import arrived, arrived_count, arrived_id
-from mesh.errors import InvalidInput, StateDirInUse
+from mesh.errors import InvalidInput, StateDirRefused
 from mesh.protocol import AttemptReport, ReportAnswer, ReportChannel
 from mesh.schema import (
     AccountConfig,
@@ -50,10 +50,10 @@ class SchedulerActor:
         logging.basicConfig(level=logging.INFO)
         config = arrived(MeshConfig, config, "config")
         self.lock = StateDirLock(config.state_dir, "scheduler")
-        self.refusal: StateDirInUse | None = None
+        self.refusal: StateDirRefused | None = None
         try:
             self.lock.acquire(Owner.here(ray.get_runtime_context().gcs_address))
-        except StateDirInUse as exc:
+        except StateDirRefused as exc:
             # Refused rather than failed: every call answers with the reason, which `mesh
             # up` then shows (a constructor that raises only tells callers the actor died).
             log.error("%s", exc)
@@ -83,7 +83,7 @@ class SchedulerActor:
         await self._body().ready(FIRST_SYNC_WAIT + 60.0)
 
     async def ping(self) -> float:
-        """Answers once it holds the state dir (StateDirInUse if refused); starts nothing."""
+        """Answers once it holds the state dir (StateDirRefused if not); starts nothing."""
         self._body()
         return time.time()
 

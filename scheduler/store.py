@@ -23,6 +23,7 @@ from typing import Any
 from mesh.errors import StateCorrupt
 from mesh.schema import ActionId, AttemptRecord, ListQuery, StageEvent
 from mesh.stages import Stage
+from mesh.statedir import private_dir
 from scheduler.core.quota.snapshot import QuotaSnapshot
 from scheduler.core.records import Changes, Expired, Kept, Saved
 from scheduler.migrations import MIGRATIONS, SCHEMA_VERSION
@@ -66,7 +67,11 @@ class Store:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DB_FILE
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
+        # Made here, 0600 and never through a symlink; SQLite gives its -wal and -shm files
+        # the mode of the database.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600))
         self._quota_text = ""  # the accounts as last read or written
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
@@ -153,7 +158,8 @@ class Store:
         """OSError unless the state dir's file system takes a few pages now."""
         probe = self.directory / ".write-probe"
         try:
-            with probe.open("wb") as file:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as file:
                 file.write(bytes(PROBE_BYTES))
                 file.flush()
                 os.fsync(file.fileno())

@@ -25,7 +25,14 @@ def test_up_starts_a_local_cluster_and_down_stops_it(tmp_path: Path) -> None:
     assert not ray.is_initialized()
     assert not bootstrap.cluster_running(), "another Ray cluster is running on this machine"
     env = {**os.environ, "ACTIONMESH_HOME": str(tmp_path / "home")}
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
     try:
+        refused = run(["up", "--state-dir", str(shared)], env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"state dir {shared} is writable by group and others" in refused.stderr
+        assert list(shared.iterdir()) == []
         up = run(["up", "--state-dir", str(tmp_path / "state")], env)
         assert up.returncode == 0, up.stderr
         assert "mesh is up" in up.stdout and "1 agent(s)" in up.stdout

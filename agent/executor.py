@@ -234,7 +234,8 @@ class Executor:
         loop = asyncio.get_running_loop()
         shipper = LogShipper(self.logs, assignment.action_id, assignment.attempt,
                              self.config.log_flush_bytes, self.config.log_flush_interval,
-                             MAX_PUSHES_IN_FLIGHT)
+                             MAX_PUSHES_IN_FLIGHT,
+                             secrets=list(assignment.action.secrets.values()))
         attempt = _Attempt(assignment, shipper, ChildProcess(shipper))
         self._attempts[key] = attempt
         argv = _argv(assignment)
@@ -252,7 +253,8 @@ class Executor:
         workdir = cwd or str(attempt.workspace)
         # PWD as a shell would set it (a gated start's shell does): the same either way.
         env = {**self._base_env, "PWD": workdir, **assignment.action.env,
-               ENV_WORKSPACE: str(attempt.workspace), ENV_AGENT: self.token, **attempt.marks}
+               **assignment.action.secrets, ENV_WORKSPACE: str(attempt.workspace),
+               ENV_AGENT: self.token, **attempt.marks}
         try:
             if self.cgroups is not None:
                 _check_executable(argv[0], env.get("PATH", ""), workdir)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from agent.sinks import LogSink
-from mesh.schema import ActionId, LogBatch, Stream
+from mesh.schema import SECRET_MASK, ActionId, LogBatch, Stream
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ class LineSplitter:
         return _ended(_decode(data) + "\n") if data else ""
 
 
+def masks(secrets: Collection[str]) -> list[str]:
+    """What is masked in an attempt's output: each secret, line by line (a log is cut into
+    lines, and a line count must not change), longest first, so that a secret holding
+    another is masked whole."""
+    pieces = {line for value in secrets for line in value.splitlines() if line.strip()}
+    return sorted(pieces, key=len, reverse=True)
+
+
 class LogShipper:
     """Numbers an attempt's lines across both streams and pushes them in batches.
 
@@ -76,8 +84,10 @@ class LogShipper:
         flush_interval: float,
         max_in_flight: int = 8,
         on_congestion: Callable[[bool], None] | None = None,
+        secrets: Collection[str] = (),
     ) -> None:
         self.sink = sink
+        self._masks = masks(secrets)
         self.action_id = action_id
         self.attempt = attempt
         self.flush_bytes = flush_bytes
@@ -99,6 +109,9 @@ class LogShipper:
         `congested`)."""
         if not text:
             return
+        for secret in self._masks:
+            if secret in text:
+                text = text.replace(secret, SECRET_MASK)
         if self._pieces and stream != self._stream:
             self.flush()
         if not self._pieces:

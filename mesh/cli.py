@@ -105,6 +105,18 @@ def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
     return pairs
 
 
+def read_secret_files(paths: Sequence[str]) -> dict[str, str]:
+    """NAME=VALUE lines (blank lines and # comments skipped) of each file, later ones win."""
+    found: dict[str, str] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as file:
+            lines = [line.rstrip("\n") for line in file]
+        found.update(parse_pairs([line for line in lines
+                                  if line.strip() and not line.lstrip().startswith("#")],
+                                 f"--secret-file {path}"))
+    return found
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--cpus", type=float, default=1.0, show_default=True)
 @click.option("--memory", default="0", help="e.g. 512M, 2G")
@@ -112,6 +124,12 @@ def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
 @click.option("--prefer", "provisionable", multiple=True, help="preferred label (repeatable)")
 @click.option("--timeout", default=None, help="e.g. 90s, 30m, 1h")
 @click.option("--env", "env", multiple=True, help="NAME=VALUE (repeatable)")
+@click.option("--secret", "secrets", multiple=True,
+              help="NAME=VALUE of a secret variable: never shown, masked in logs (repeatable)")
+@click.option("--secret-file", "secret_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="a file of NAME=VALUE lines of secrets (keeps values out of the shell's "
+              "history and of `ps`; repeatable)")
 @click.option("--cwd", default=None)
 @click.option("--account", default="")
 @click.option("--job", default="")
@@ -125,13 +143,16 @@ def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
 @errors
 def submit(ctx: click.Context, cpus: float, memory: str, labels: tuple[str, ...],
            provisionable: tuple[str, ...], timeout: str | None, env: tuple[str, ...],
-           cwd: str | None, account: str, job: str, action_id: str | None, retries: int,
+           secrets: tuple[str, ...], secret_files: tuple[str, ...], cwd: str | None,
+           account: str, job: str, action_id: str | None, retries: int,
            shell: bool, detach: bool, as_json: bool, command: tuple[str, ...]) -> None:
     """Submit COMMAND; stream its output and exit with its exit code."""
     fields: dict[str, Any] = {
         "command": [" ".join(command)] if shell else list(command), "shell": shell,
         "cpus": cpus, "memory": memory, "labels": list(labels),
-        "provisionable_labels": list(provisionable), "env": parse_pairs(env, "--env"), "cwd": cwd,
+        "provisionable_labels": list(provisionable), "env": parse_pairs(env, "--env"),
+        "secrets": {**read_secret_files(secret_files), **parse_pairs(secrets, "--secret")},
+        "cwd": cwd,
         "account": account, "job": job, "id": action_id, "timeout": timeout,
         "retry": {"on_failure": retries},
     }

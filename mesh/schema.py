@@ -110,6 +110,13 @@ def check_label(label: str) -> str:
     return label
 
 
+def _check_variables(variables: dict[str, str], what: str) -> None:
+    for name, text in variables.items():
+        if not ENV_NAME_RE.match(name):
+            raise ValueError(f"malformed environment variable name {name!r}")
+        _exec_string(f"{what} {name}", f"{name}={text}")
+
+
 def _exec_string(what: str, text: str) -> None:
     if "\0" in text:
         raise ValueError(f"{what} holds a NUL byte, which exec cannot pass")
@@ -178,6 +185,8 @@ MAX_LABELS = 256
 MAX_TAGS = 256
 MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 1024
+# What a read shows for a secret's value, and what replaces it in logs (as hosted CI does).
+SECRET_MASK = "***"
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 AttemptNumber = Annotated[int, Field(ge=1, le=MAX_COUNT)]
@@ -207,8 +216,11 @@ class Action(Model):
     command: list[str] = Field(..., min_length=1, max_length=MAX_EXEC_BYTES // 2,
                                description="argv, or [script] with shell")
     shell: bool = Field(False, description="run command[0] with /bin/sh -c")
-    env: dict[str, str] = Field(default_factory=dict, validate_default=True,
-                                description="extra environment variables")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    secrets: dict[str, str] = Field(
+        default_factory=dict, validate_default=True,
+        description="environment variables whose values are secret: never shown by a read "
+        f"(their names are, with {SECRET_MASK!r}), sealed in the state file, masked in logs")
     cwd: str | None = Field(None, description="working directory on the agent")
     cpus: float = Field(1.0, ge=0, le=4096, description="CPUs reserved while it runs")
     memory: Bytes = Field(0, description="bytes of memory reserved while it runs")
@@ -247,19 +259,34 @@ class Action(Model):
     def _env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         if _stored(info):
             return value
-        for name, text in value.items():
-            if not ENV_NAME_RE.match(name):
-                raise ValueError(f"malformed environment variable name {name!r}")
-            _exec_string(f"variable {name}", f"{name}={text}")
+        _check_variables(value, "variable")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if _stored(info):
+            return value
+        _check_variables(value, "secret")
+        env = info.data.get("env", {})
+        both = sorted(set(env) & set(value))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in env and in secrets; give each name once")
         # Here rather than in a model validator, which would run again each time a valid
         # action is put into another model. Also what keeps any action well inside one
         # report channel frame.
         total = sum(len(a.encode()) + 1 for a in info.data.get("command", [])) + sum(
-            len(k.encode()) + len(v.encode()) + 2 for k, v in value.items())
+            len(k.encode()) + len(v.encode()) + 2 for k, v in [*env.items(), *value.items()])
         if total > MAX_EXEC_BYTES:
-            raise ValueError(f"command and env take {total} bytes; exec allows an action at "
-                             f"most {MAX_EXEC_BYTES}")
+            raise ValueError(f"command, env and secrets take {total} bytes; exec allows an "
+                             f"action at most {MAX_EXEC_BYTES}")
         return value
+
+    def masked(self) -> Action:
+        """The spec as reads show it: each secret's name, never its value."""
+        if not self.secrets:
+            return self
+        return self.model_copy(update={"secrets": dict.fromkeys(self.secrets, SECRET_MASK)})
 
     @field_validator("cwd")
     @classmethod

@@ -21,6 +21,7 @@ from mesh.schema import (
 from mesh.stages import TERMINAL, Stage
 from scheduler.core.quota.snapshot import QuotaSnapshot
 from scheduler.core.records import ActionRecord, SavedSpec
+from scheduler.sealing import Sealer, SealError
 
 # The fields that place an action are columns of their own, so a restart queues its waiting
 # actions without parsing their specs. Label lists are kept space-separated (a label cannot
@@ -39,6 +40,9 @@ ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 
 INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 log = logging.getLogger("actionmesh.scheduler")
 
+# Where a saved spec's secrets are, sealed; and the text that shows a spec may have them.
+SEALED_KEY = "sealed:v1"
+_SEALED_MARK = f'"{SEALED_KEY}"'
 # A saved balance: finite CPU-seconds per priority (checked only when a snapshot did not load).
 _BALANCE = TypeAdapter(list[Annotated[float, Field(allow_inf_nan=False)]])
 # The stage values of finished and of unfinished actions, as the `stage` column holds them.
@@ -54,14 +58,33 @@ def action_row(r: ActionRecord) -> tuple[object, ...]:
             int(r.unplaceable), r.floor, r.events, r.id)
 
 
-def spec_text(spec: Action | SavedSpec) -> str:
-    return spec.text if isinstance(spec, SavedSpec) else spec.model_dump_json()
+def spec_text(spec: Action, sealer: Sealer) -> str:
+    """The spec's JSON, its secrets sealed (`{"sealed:v1": ...}`, a key no variable can
+    have): the rest stays JSON, so the store can still look into its tags."""
+    if not spec.secrets:
+        return spec.model_dump_json()
+    fields = spec.model_dump(mode="json")
+    fields["secrets"] = {SEALED_KEY: sealer.seal(json.dumps(spec.secrets))}
+    return json.dumps(fields, separators=(",", ":"))
 
 
-def created_row(r: ActionRecord) -> tuple[object, ...]:
+def opened_text(text: str, sealer: Sealer) -> str:
+    """A saved spec's JSON with its secrets opened; SealError if this key cannot."""
+    if _SEALED_MARK not in text:  # most specs: no parsing at all
+        return text
+    fields = json.loads(text)
+    sealed = fields.get("secrets", {}).get(SEALED_KEY)
+    if sealed is None:
+        return text
+    fields["secrets"] = json.loads(sealer.open_text(sealed))
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def created_row(r: ActionRecord, sealer: Sealer) -> tuple[object, ...]:
     """The INSERT of a newly accepted action (its spec is always parsed: it was just sent)."""
-    job = r.spec.job if isinstance(r.spec, Action) else ""
-    return (*action_row(r), r.seq, spec_text(r.spec), r.submitted_at, *shape_row(r.spec), job)
+    assert isinstance(r.spec, Action)
+    return (*action_row(r), r.seq, spec_text(r.spec, sealer), r.submitted_at,
+            *shape_row(r.spec), r.spec.job)
 
 
 def shape_row(spec: Action | SavedSpec) -> tuple[object, ...]:
@@ -69,13 +92,14 @@ def shape_row(spec: Action | SavedSpec) -> tuple[object, ...]:
             " ".join(sorted(spec.provisionable_labels)), spec.cpus, spec.memory)
 
 
-def read_action(row: Any) -> ActionRecord:
+def read_action(row: Any, sealer: Sealer) -> ActionRecord:
     (action_id, seq, spec, submitted_at, stage, attempt, finished_at, exit_code, reason,
      failures, losses, deaths, cancel_requested, unplaceable, floor, events, account, labels,
      provisionable_labels, cpus, memory) = row
     # Per row of ten thousand at a restart: the common values are looked up, not parsed.
     try:
-        saved = SavedSpec(str(spec), AccountId(account), _labels(labels),
+        text = _opened(str(spec), sealer, action_id, stage)
+        saved = SavedSpec(text, AccountId(account), _labels(labels),
                           _labels(provisionable_labels), float(cpus), int(memory))
         return ActionRecord(
             id=ActionId(action_id), seq=int(seq),
@@ -90,6 +114,24 @@ def read_action(row: Any) -> ActionRecord:
             floor=int(floor), events=int(events))
     except (ValueError, TypeError, KeyError, ValidationError) as exc:
         raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc!s}") from exc
+
+
+def _opened(text: str, sealer: Sealer, action_id: str, stage: str) -> str:
+    try:
+        return opened_text(text, sealer)
+    except (SealError, ValueError, AttributeError) as exc:
+        if stage in _IN_FLIGHT:
+            raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc}") from None
+        # Waiting or ended: its status says its spec cannot be read; a waiting one fails
+        # alone when its turn comes, rather than run without its secrets. The secrets are
+        # made a value no spec can have, so that it never parses as one.
+        log.error("saved action %r: %s", action_id, exc)
+        try:
+            fields = json.loads(text)
+            fields["secrets"] = f"sealed, and cannot be opened: {exc}"
+            return json.dumps(fields)
+        except (ValueError, TypeError):
+            return text
 
 
 _STAGES = {stage.value: stage for stage in Stage}

@@ -44,6 +44,7 @@ from scheduler.rows import (
     read_attempt,
     read_event,
 )
+from scheduler.sealing import Sealer, SealError
 
 log = logging.getLogger("actionmesh.scheduler")
 
@@ -72,6 +73,12 @@ class Store:
         # the mode of the database.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600))
+        # The key that seals actions' secrets: without it the file does not give them away.
+        try:
+            self.sealer = Sealer.open(self.directory)
+        except (SealError, OSError) as exc:
+            raise StateCorrupt(f"the secrets key beside {self.path} cannot be used: {exc}; "
+                               "put back the key file it was saved with") from None
         self._quota_text = ""  # the accounts as last read or written
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
@@ -256,7 +263,7 @@ class Store:
                 ids[start:start + CHUNK]))
         for row in found:
             attempts[row[0]].append(read_attempt(row))
-        return [(read_action(row), attempts[row[0]]) for row in rows]
+        return [(read_action(row, self.sealer), attempts[row[0]]) for row in rows]
 
     # ---- writing, once per step ----------------------------------------------------------
 
@@ -325,7 +332,7 @@ class Store:
             self.write(Changes(accounts=snapshot))
 
     def _write(self, changes: Changes, quota_text: str | None) -> None:
-        self.db.executemany(INSERT, [created_row(r) for r in changes.created])
+        self.db.executemany(INSERT, [created_row(r, self.sealer) for r in changes.created])
         self.db.executemany(UPDATE, [action_row(r) for r in changes.updated])
         self.db.executemany(ATTEMPT, [attempt_row(a, r) for a, r in changes.attempts])
         self.db.executemany(INSERT_EVENT, [

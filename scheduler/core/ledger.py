@@ -83,7 +83,8 @@ class ActionEntry:
 
     def status(self, pending: PendingReason | None = None) -> ActionStatus:
         return ActionStatus(
-            action=self.shown_spec, id=self.id, stage=self.stage, attempt=self.attempt,
+            action=self.shown_spec.masked(), id=self.id, stage=self.stage,
+            attempt=self.attempt,
             agent_id=self.agent_id, submitted_at=self.submitted_at,
             finished_at=self.finished_at, exit_code=self.exit_code, reason=self.reason,
             pending=pending, attempts=list(self.attempts),

@@ -6,7 +6,9 @@ import ast
 import contextlib
 import io
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -161,3 +163,27 @@ def test_a_poison_report_and_an_infinite_quota_config_are_refused_without_a_rest
     assert "infinite" not in [a.id for a in mesh.client.accounts()]
     assert mesh.client.submit({"command": ["true"]}).result(timeout=60).ok
     assert scheduler_pid() == pid, "the scheduler restarted"
+
+
+def test_a_secret_runs_masked_and_is_never_read_back(mesh: Mesh, tmp_path: Path) -> None:
+    value = f"s3cr3t-{os.getpid()}-deploy"
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text(f"# deploy credentials\nDEPLOY_TOKEN={value}\n")
+    done = mesh_cli(mesh, "submit", "--id", "cli-secret-1", "--secret-file", str(secrets),
+                    "--secret", "OTHER=two-words here", "--env", "PLAIN=visible", "--shell",
+                    "--", 'echo "token $DEPLOY_TOKEN other $OTHER plain $PLAIN"; '
+                    # The value must not be in the command, which is not secret.
+                    'case "$DEPLOY_TOKEN" in s3cr3t-*-deploy) echo "it got the value";; esac')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["token *** other *** plain visible", "it got the value"]
+    shown = mesh_cli(mesh, "status", "--json", "cli-secret-1")
+    assert value not in shown.stdout and "two-words" not in shown.stdout
+    assert json.loads(shown.stdout)["action"]["secrets"] == {"DEPLOY_TOKEN": "***",
+                                                             "OTHER": "***"}
+    listed = mesh_cli(mesh, "status", "--json", "--limit", "10000")
+    assert value not in listed.stdout and "cli-secret-1" in listed.stdout
+    state = Path(mesh.config.state_dir)
+    stored = b"".join(p.read_bytes() for p in state.rglob("*")
+                      if p.is_file() and p.name != "secrets.key")
+    assert value.encode() not in stored, "the secret is readable in the state dir"
+    assert stat.S_IMODE((state / "secrets.key").stat().st_mode) == 0o600

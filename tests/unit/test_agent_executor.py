@@ -402,3 +402,12 @@ async def test_a_slow_sink_applies_back_pressure_and_loses_nothing() -> None:
     assert [offset for offset, _, _ in sinks.lines("slow-sink")] == list(range(n + 3))
     # The cap is 8; a pipe read already under way and the flush timer may add a couple.
     assert sinks.max_in_flight <= 12, sinks.max_in_flight
+
+
+async def test_a_secret_reaches_the_process_and_is_masked_in_its_output(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    await ex.start(shell('echo "token=$DEPLOY_TOKEN"; [ "$DEPLOY_TOKEN" = s3cr3t-v4lue ] '
+                         '&& echo matches >&2', secrets={"DEPLOY_TOKEN": "s3cr3t-v4lue"}))
+    await ended(sinks)
+    assert sorted(t for _, _, t in sinks.lines("a1")) == ["matches", "token=***"]
+    assert all("s3cr3t" not in b.text for b in sinks.batches)

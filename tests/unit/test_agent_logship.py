@@ -119,3 +119,15 @@ async def test_a_failing_push_is_counted_and_the_log_still_closes() -> None:
     assert await shipper.finish() == 1
     assert shipper.failed_pushes == 1
     assert sinks.closed == {("x", 1): 1}
+
+
+async def test_secrets_are_masked_line_by_line_and_line_counts_kept() -> None:
+    sinks = RecordingSinks()
+    shipper = LogShipper(sinks, ActionId("a1"), 1, 1 << 20, 10.0,
+                         secrets=["tok", "tok-longer", "first line\nsecond line", ""])
+    shipper.add("stdout", ended(["using tok-longer and tok", "first line", "x second line y",
+                                 "nothing here"]))
+    await shipper.finish()
+    assert [t for _, _, t in sinks.lines("a1")] == [
+        "using *** and ***", "***", "x *** y", "nothing here"]
+    assert sinks.closed[("a1", 1)] == 4

@@ -44,7 +44,7 @@ BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
      "most exec takes in one"),
     ("argv and env over exec's limit", {"command": ["echo"] + ["x" * 100_000] * 6,
                                         "env": {f"V{i}": "y" * 100_000 for i in range(6)}},
-     "", "command and env take"),
+     "", "command, env and secrets take"),
     ("too large for a channel frame", {"command": ["echo"] + ["x" * 100_000] * 170}, "",
      "exec allows an action at most"),
     ("too many labels", {"command": ["true"], "labels": [f"l{i}" for i in range(300)]},
@@ -59,6 +59,10 @@ BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("absurd timeout", {"command": ["true"], "timeout": "100000d"}, "timeout",
      "less than or equal"),
     ("NaN cpus", {"command": ["true"], "cpus": float("nan")}, "cpus", "finite"),
+    ("bad secret name", {"command": ["true"], "secrets": {"A-B": "x"}}, "secrets", "'A-B'"),
+    ("secret also in env", {"command": ["true"], "env": {"T": "1"}, "secrets": {"T": "2"}},
+     "secrets", "in env and in secrets"),
+    ("NUL in a secret", {"command": ["true"], "secrets": {"T": "a\0"}}, "secrets", "NUL"),
     ("absurd cpus", {"command": ["true"], "cpus": 1e9}, "cpus", "less than or equal"),
 ]
 
@@ -179,3 +183,12 @@ def test_config_paths_must_be_absolute(field: str) -> None:
         MeshConfig.model_validate({field: "relative/dir"})
     err = InvalidInput.from_validation("config", info.value)
     assert [path for path, _ in err.errors] == [field] and "absolute path" in str(err)
+
+
+def test_a_read_shows_a_secrets_name_never_its_value() -> None:
+    action = Action(command=["true"], env={"A": "1"}, secrets={"TOKEN": "s3cr3t"})
+    shown = action.masked()
+    assert shown.secrets == {"TOKEN": "***"} and shown.env == {"A": "1"}
+    assert "s3cr3t" not in shown.model_dump_json()
+    plain = Action(command=["true"])
+    assert plain.masked() is plain

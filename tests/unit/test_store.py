@@ -12,6 +12,7 @@ from mesh.errors import InvalidInput, StateCorrupt
 from mesh.schema import AccountConfig, AccountId, Action, ActionId, AgentId, ListQuery
 from mesh.stages import Stage
 from scheduler import store as store_module
+from scheduler.core.decisions import Assign
 from scheduler.core.events import ListSink
 from scheduler.core.records import UNREADABLE_SPEC, Changes, SavedSpec
 from scheduler.core.state import SchedulerState
@@ -262,3 +263,55 @@ def test_a_waiting_action_whose_saved_spec_does_not_parse_fails_alone_when_its_t
     again = SchedulerState(archive=store)
     again.restore(store.load(), 2)  # its row, now finished, is read when asked for
     assert [s.id for s in again.list_actions(Stage.FAILED)] == ["x"]
+
+
+# ---- secrets at rest ------------------------------------------------------------------------
+
+SECRET = "hunter2-S3CR3T-value"
+
+
+def state_bytes(directory: Path) -> bytes:
+    """Every byte the state dir holds but the key (the database, its WAL, the lock...)."""
+    return b"".join(p.read_bytes() for p in sorted(directory.iterdir())
+                    if p.is_file() and p.name != "secrets.key")
+
+
+def test_secrets_are_sealed_in_the_file_and_come_back_whole(tmp_path: Path) -> None:
+    core = SchedulerState()
+    core.submit([action("s", secrets={"API_TOKEN": SECRET}, env={"PLAIN": "visible"},
+                        tags={"team": "infra"})], 0)
+    store = Store(tmp_path)
+    write_all(core, store)
+    raw = state_bytes(tmp_path)
+    assert SECRET.encode() not in raw and b"visible" in raw  # env is not secret
+    kept = store.find(aid("s"))
+    assert kept is not None
+    spec = kept[0].spec
+    assert isinstance(spec, SavedSpec) and spec.parse().secrets == {"API_TOKEN": SECRET}
+    # The rest of a sealed spec is still JSON the store looks into.
+    assert [k[0].id for k in store.page(ListQuery(tags={"team": "infra"}))] == ["s"]
+    restarted = SchedulerState(archive=store)
+    restarted.restore(store.load(), 1)
+    assert restarted.get(aid("s"), 1).action.secrets == {"API_TOKEN": "***"}  # shown: names
+    restarted.agent_joined(agent("n1"), 1)
+    restarted.load(nid("n1"), load(), 1)
+    [start] = restarted.step(1)
+    assert isinstance(start, Assign)
+    assert restarted.assignment(start).action.secrets == {"API_TOKEN": SECRET}  # sent: value
+
+
+def test_without_its_key_a_sealed_spec_does_not_open(tmp_path: Path) -> None:
+    core = SchedulerState()
+    core.submit([action("s", secrets={"API_TOKEN": SECRET}), action("t")], 0)
+    store = Store(tmp_path)
+    write_all(core, store)
+    store.close()
+    (tmp_path / "secrets.key").unlink()  # lost: a new key is made, which cannot open it
+    store = Store(tmp_path)
+    restarted = SchedulerState(archive=store)
+    restarted.restore(store.load(), 1)  # a waiting action: it fails alone, at its turn
+    restarted.agent_joined(agent("n1"), 1)
+    restarted.load(nid("n1"), load(), 1)
+    assert [d.action_id for d in restarted.step(1)] == ["t"]
+    assert restarted.get(aid("s"), 1).stage is Stage.FAILED
+    assert SECRET not in restarted.get(aid("s"), 1).model_dump_json()

@@ -76,6 +76,7 @@ class AgentActor:
             pid=os.getpid(),
             started_at=self.started_at,
             containment=self.executor.containment,
+            runs_as=self.executor.user.name,
         )
         return self._info
 

@@ -16,9 +16,10 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 from agent.logship import LineSplitter, LogShipper
+from agent.runas import RunAs
 from mesh.schema import Stream
 
 # As much as one read takes from a pipe (asyncio's read transports take 256 KiB too).
@@ -51,16 +52,20 @@ class ChildProcess:
         self._pidfd = -1
 
     def spawn(self, argv: Sequence[str], cwd: str | None, env: dict[str, str],
-              gated: bool = False) -> None:
+              gated: bool = False, user: RunAs | None = None) -> None:
         """Start it in a session of its own (its own process group, pgid == pid); raises
         what `Popen` raises when it cannot start. `gated`: it waits, as a shell, until
-        `release` (and its pid is the action's once released)."""
+        `release` (and its pid is the action's once released). `user`: as that user."""
+        who: dict[str, Any] = {}
+        if user is not None:
+            # Set by Popen's child between fork and exec (it then forks, not vforks).
+            who = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
         if gated:
             argv = ["/bin/sh", "-c", GATE, "actionmesh-gate", *argv]
         # No preexec_fn: it is unsafe in a multithreaded Ray worker.
         popen = subprocess.Popen(argv, stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 start_new_session=True, cwd=cwd, env=env)
+                                 start_new_session=True, cwd=cwd, env=env, **who)
         self._popen, self.pid = popen, popen.pid
         assert popen.stdout is not None and popen.stderr is not None
         self._pipes = {popen.stdout.fileno(): ("stdout", LineSplitter(), popen.stdout),

@@ -30,6 +30,7 @@ from agent.child import ChildProcess
 from agent.logship import LogShipper
 from agent.outcome import Outcome, outcome
 from agent.reaper import ReaperHandle
+from agent.runas import RunAs
 from agent.sinks import LogSink, ReportSink
 from agent.workspace import ENV_WORKSPACE, Workspaces, base_environment, workspace_root
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
@@ -138,7 +139,10 @@ class Executor:
         self._attempts: dict[Key, _Attempt] = {}
         # Built once: the agent's environment does not change, and none of it but a few
         # harmless names reaches an attempt (it holds Ray's and the mesh's secrets).
-        self._base_env = base_environment(os.environ)
+        # Who attempts run as: the agent's user until `prepare` finds config.run_as usable.
+        self.user = RunAs.agent()
+        self._base_env = base_environment(os.environ, self.user)
+        self._user_problem = ""
         # One root per agent: agents of several Ray nodes may share a machine, and each
         # clears what its predecessor left in its own.
         self.workspaces = Workspaces(workspace_root(config.workspace_dir) / agent_id,
@@ -169,6 +173,17 @@ class Executor:
         await asyncio.shield(self._prepared)
 
     async def _prepare(self) -> None:
+        if self.config.run_as:
+            try:
+                self.user = RunAs.named(self.config.run_as)
+            except ValueError as exc:
+                # Never quietly as the agent's own user: each start fails, saying why.
+                self._user_problem = (f"this agent cannot run actions as "
+                                      f"{self.config.run_as!r}: {exc}")
+                log.error("%s", self._user_problem)
+            else:
+                self._base_env = base_environment(os.environ, self.user)
+                self.workspaces.owner = self.user if self.user.switches else None
         if self.config.cgroups:
             self.cgroups = await asyncio.to_thread(cgroups.detect, f"actionmesh-{self.agent_id}")
             if self.cgroups is not None:
@@ -240,15 +255,16 @@ class Executor:
         self._attempts[key] = attempt
         argv = _argv(assignment)
         cwd = assignment.action.cwd
+        if self._user_problem:
+            await self._not_started(attempt, self._user_problem)
+            return
         try:
             if not self._workspaces_cleared:
                 self.workspaces.clear()
                 self._workspaces_cleared = True
             attempt.workspace = self.workspaces.make(*key)
         except OSError as exc:
-            await shipper.finish()
-            self._finish(attempt, Outcome("failed", None,
-                                          f"could not make its workspace: {exc}"))
+            await self._not_started(attempt, f"could not make its workspace: {exc}")
             return
         workdir = cwd or str(attempt.workspace)
         # PWD as a shell would set it (a gated start's shell does): the same either way.
@@ -260,14 +276,14 @@ class Executor:
                 _check_executable(argv[0], env.get("PATH", ""), workdir)
                 attempt.group = self.cgroups.take(self._memory_limit(assignment),
                                                   self.config.pids_max or None)
-            attempt.child.spawn(argv, workdir, env, gated=attempt.group is not None)
+            attempt.child.spawn(argv, workdir, env, gated=attempt.group is not None,
+                                user=self.user if self.user.switches else None)
             if attempt.group is not None:
                 attempt.group.join(attempt.child.pid)
                 attempt.child.release()
         except Exception as exc:  # any failure to spawn ends the attempt as failed
             attempt.child.abandon()
-            await shipper.finish()  # an empty, closed log rather than one that never ends
-            self._finish(attempt, Outcome("failed", None, _spawn_failure(exc, argv, cwd)))
+            await self._not_started(attempt, _spawn_failure(exc, argv, cwd))
             return
         attempt.pgid = attempt.child.pid
         # Watch it before anything else can fail: a running process must never be left
@@ -286,6 +302,10 @@ class Executor:
             attempt.running_timer = loop.call_later(delay, self._report_running, attempt)
         else:
             self._report(attempt, "running")
+
+    async def _not_started(self, attempt: _Attempt, reason: str) -> None:
+        await attempt.shipper.finish()  # an empty, closed log rather than one that never ends
+        self._finish(attempt, Outcome("failed", None, reason))
 
     def _memory_limit(self, assignment: Assignment) -> int | None:
         memory = assignment.action.memory

@@ -4,11 +4,12 @@ a private working directory per attempt."""
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from agent.runas import RunAs
 
 # Where the attempt's private directory is; also its working directory unless it names one.
 ENV_WORKSPACE = "ACTIONMESH_WORKSPACE"
@@ -26,21 +27,22 @@ def workspace_root(configured: str | None) -> Path:
     return Path(tempfile.gettempdir()) / f"actionmesh-work-{os.getuid()}"
 
 
-def base_environment(agent_env: Mapping[str, str]) -> dict[str, str]:
-    """The documented base every attempt gets before its own `env`."""
-    user = pwd.getpwuid(os.getuid())
+def base_environment(agent_env: Mapping[str, str], user: RunAs) -> dict[str, str]:
+    """The documented base every attempt gets before its own `env`, for the user it runs as."""
     env = dict(DEFAULTS)
     env.update({name: agent_env[name] for name in CARRIED if agent_env.get(name)})
-    env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name, SHELL="/bin/sh")
+    env.update(HOME=user.home, USER=user.name, LOGNAME=user.name, SHELL="/bin/sh")
     return env
 
 
 class Workspaces:
     """The attempts' private directories under one root (made 0700, as each of them is)."""
 
-    def __init__(self, root: Path, keep: bool = False) -> None:
+    def __init__(self, root: Path, keep: bool = False, owner: RunAs | None = None) -> None:
         self.root = root
         self.keep = keep
+        # The user attempts run as, when not the agent's: each directory is made theirs.
+        self.owner = owner
 
     def clear(self) -> None:
         """Remove what an earlier agent on this node left (its attempts died with it)."""
@@ -49,7 +51,9 @@ class Workspaces:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.root.stat().st_uid != os.getuid():
             raise OSError(f"workspace root {self.root} belongs to another user")
-        os.chmod(self.root, 0o700)
+        # Another user's attempts must pass through it to their own directory (0711: pass,
+        # not list); with the agent's own user, nobody else needs to.
+        os.chmod(self.root, 0o711 if self.owner is not None else 0o700)
         for left in self.root.iterdir():
             # rmtree does not follow symlinks inside; a symlink itself is only unlinked.
             if left.is_dir() and not left.is_symlink():
@@ -59,7 +63,10 @@ class Workspaces:
 
     def make(self, action_id: str, attempt: int) -> Path:
         prefix = "".join(c if c.isalnum() or c in "-_." else "_" for c in action_id[:40])
-        return Path(tempfile.mkdtemp(prefix=f"{prefix}-{attempt}-", dir=self.root))
+        path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{attempt}-", dir=self.root))
+        if self.owner is not None:
+            os.chown(path, self.owner.uid, self.owner.gid)
+        return path
 
     def remove(self, path: Path) -> bool:
         """Delete an attempt's directory if it is empty (most are: no walk, no thread), or

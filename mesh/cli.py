@@ -49,13 +49,16 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.option("--log-budget", default=None,
               help="disk the relay's logs may take, e.g. 20G (default: a quarter of the "
               "free space)")
+@click.option("--run-as", default=None,
+              help="run actions as this user, so that they cannot read what the agents' "
+              "user can (agents must run as root to switch)")
 @click.pass_context
 @errors
 def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
        report_port: int | None, retention: str | None, log_dir: str | None,
-       log_budget: str | None) -> None:
+       log_budget: str | None, run_as: str | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
-    fields: dict[str, Any] = {"head_agent": not no_head_agent}
+    fields: dict[str, Any] = {"head_agent": not no_head_agent, "run_as": run_as}
     if state_dir:
         fields["state_dir"] = state_dir
     if report_port is not None:
@@ -300,7 +303,7 @@ def agents(ctx: click.Context, as_json: bool) -> None:
         return
     table([_agent_row(a) for a in pool],
            ["AGENT", "STATE", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL", "RUNNING",
-            "REPORTS", "CONTAINED BY", "LABELS"])
+            "REPORTS", "CONTAINED BY", "RUNS AS", "LABELS"])
 
 
 def _agent_row(a: AgentStatus) -> list[str]:
@@ -312,7 +315,7 @@ def _agent_row(a: AgentStatus) -> list[str]:
             format_size(load.memory_available) if load else "-", str(len(a.running)),
             "channel" if a.report_channel else "calls",
             # The short form; --json has which hierarchies kill and limit.
-            a.info.containment.split(" (")[0], ",".join(a.info.labels)]
+            a.info.containment.split(" (")[0], a.info.runs_as or "-", ",".join(a.info.labels)]
 
 
 @cli.command()

@@ -448,6 +448,7 @@ class AgentInfo(Model):
     memory: Bytes = Field(..., description="bytes of memory this agent offers")
     pid: Count
     started_at: Instant
+    runs_as: str = Field("", description="the user its actions run as")
     containment: str = Field(
         "process group", description="how its attempts are contained: 'process group', or "
         "'cgroup (...)' with what kills them and which hierarchies limit memory and pids")
@@ -738,6 +739,11 @@ class MeshConfig(Model):
     keep_workspaces: bool = Field(
         False, description="keep each attempt's directory after it ends, for debugging (an "
         "agent that starts again still clears what an earlier one left)")
+    run_as: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$",
+        description="the user agents run actions as (uid, gid and groups set before exec), so "
+        "that they cannot read what the agent's user can (Ray's token among it); needs "
+        "agents that can switch users (root). Default: the agent's own user")
     cgroups: bool = Field(
         True, description="put each attempt in a control group of its own where the machine "
         "offers one the agent may write (for kill, memory and pids limits); else its process "

@@ -86,3 +86,7 @@ def test_mesh_up_runs_on_the_head_with_a_fixed_report_port(config: dict[str, Any
         assert sub is not None and sub.name == "up"
         params = parse(sub, ctx.args)
     assert params["report_port"] == 6390
+    # Actions run as a user of their own, which setup makes on every machine.
+    assert params["run_as"] == "actionmesh-run" and config["auth"]["ssh_user"] == "root"
+    assert any("useradd" in line and line.rstrip().endswith("actionmesh-run")
+               for line in config["setup_commands"])

@@ -175,9 +175,8 @@ async def test_a_reused_group_counts_only_its_own_attempts_oom_kills(
         sinks: RecordingSinks, machine: Cgroups) -> None:
     if machine.memory is None:
         pytest.skip(f"no memory controller here: {machine.describe()}")
-    hog = f"{sys.executable} -c \"data = b'x' * (512 << 20)\""
     async with executor(sinks) as ex:
-        await ex.start(shell(hog, "hog", memory="64M"))
+        await ex.start(shell(hog(512), "hog", memory="64M"))
         await ended(sinks, "hog")
         await ex.start(shell("exit 3", "after", memory="64M"))
         await ended(sinks, "after")
@@ -185,30 +184,25 @@ async def test_a_reused_group_counts_only_its_own_attempts_oom_kills(
     assert after is not None and after.reason == "exited with code 3", after
 
 
-async def test_memory_over_the_limit_fails_with_out_of_memory(sinks: RecordingSinks,
-                                                             machine: Cgroups) -> None:
-    if machine.memory is None:
-        pytest.skip(f"no memory controller here: {machine.describe()}")
-    hog = f"{sys.executable} -c \"data = b'x' * (512 << 20); print(len(data))\""
-    async with executor(sinks) as ex:
-        await ex.start(shell(hog, memory="64M"))
-        await ended(sinks, timeout=30)
-    end = sinks.end("a1")
-    assert end is not None and end.stage == "failed", end
-    assert end.reason.startswith("out of memory (limit 64.0MiB)"), end.reason
+def hog(mib: int) -> str:
+    """A command that fills `mib` MiB of memory."""
+    return f"{sys.executable} -c \"data = b'x' * ({mib} << 20); print(len(data))\""
 
 
-async def test_headroom_raises_the_limit_above_the_request(sinks: RecordingSinks,
-                                                          machine: Cgroups) -> None:
+@pytest.mark.parametrize(("headroom", "mib", "stage", "reason"), [
+    (0.0, 512, "failed", "out of memory (limit 64.0MiB)"),
+    (2.0, 96, "succeeded", ""),  # a 64M request with headroom 2: a 192M limit
+])
+async def test_the_memory_request_limits_the_attempt(
+        sinks: RecordingSinks, machine: Cgroups, headroom: float, mib: int, stage: str,
+        reason: str) -> None:
     if machine.memory is None:
         pytest.skip(f"no memory controller here: {machine.describe()}")
-    fits = f"{sys.executable} -c \"data = b'x' * (96 << 20); print(len(data))\""
-    config = CONFIG.model_copy(update={"memory_headroom": 2.0})  # 64M -> 192M
-    async with executor(sinks, config) as ex:
-        await ex.start(shell(fits, memory="64M"))
+    async with executor(sinks, CONFIG.model_copy(update={"memory_headroom": headroom})) as ex:
+        await ex.start(shell(hog(mib), memory="64M"))
         await ended(sinks, timeout=30)
     end = sinks.end("a1")
-    assert end is not None and end.stage == "succeeded", end
+    assert end is not None and end.stage == stage and end.reason.startswith(reason), end
 
 
 async def test_processes_past_pids_max_cannot_start(sinks: RecordingSinks,

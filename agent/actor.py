@@ -27,7 +27,7 @@ from agent.sampler import LoadSampler
 from mesh.arrival import arrived, arrived_count, arrived_id
 from mesh.names import RELAY, SCHEDULER
 from mesh.protocol import AgentHoldings, Assignment, AttemptReport, CancelOutcome
-from mesh.schema import ActionId, AgentId, AgentInfo, MeshConfig
+from mesh.schema import STORED, ActionId, AgentId, AgentInfo, MeshConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,14 @@ class AgentActor:
             pid=os.getpid(),
             started_at=self.started_at,
             containment=self.executor.containment,
-            runs_as=self.executor.user.name,
+            runs_as=self.executor.runs_as,
         )
         return self._info
 
     async def start(self, assignment: Assignment) -> None:
-        await self.executor.start(arrived(Assignment, assignment, "assignment"))
+        # As stored: the scheduler sends specs it accepted, some under older rules; types
+        # and bounds are still checked.
+        await self.executor.start(arrived(Assignment, assignment, "assignment", STORED))
 
     def _start_all(self, assignments: list[Assignment]) -> None:
         """Start assignments that came down the report channel."""

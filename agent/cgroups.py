@@ -49,13 +49,20 @@ def _mounts(mountinfo: str) -> Iterator[tuple[int, Path, str, frozenset[str]]]:
         fields, rest = head.split(), tail.split()
         if not sep or len(fields) < 5 or len(rest) < 3:
             continue
-        root, point = fields[3], Path(fields[4].replace("\\040", " "))
+        root, point = _unescape(fields[3]), Path(_unescape(fields[4]))
         if rest[0] == "cgroup2":
             yield 2, point, root, frozenset()
         elif rest[0] == "cgroup":
             wanted = frozenset(rest[2].split(",")) & V1_CONTROLLERS
             if wanted:
                 yield 1, point, root, wanted
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: the kernel writes space, tab, newline and backslash as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
 
 
 def _own_paths(proc_cgroup: str) -> dict[str, str]:
@@ -73,7 +80,8 @@ def _own_paths(proc_cgroup: str) -> dict[str, str]:
 
 def _within(point: Path, root: str, path: str) -> Path:
     """The directory of cgroup `path` under a mount of the hierarchy's `root`."""
-    relative = os.path.relpath(path, root) if path.startswith(root) else "."
+    inside = root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
+    relative = os.path.relpath(path, root) if inside else "."
     return point if relative == "." else point / relative
 
 
@@ -141,18 +149,23 @@ class Cgroups:
     def bases(self) -> list[Path]:
         return [h.base for h in self.used]
 
-    def clear(self) -> None:
-        """Kill and remove the groups an earlier agent of this node left."""
+    def clear_others(self, prefix: str) -> None:
+        """Kill and remove what earlier agents of this node left: their directories beside
+        this agent's own, named with `prefix`."""
         for base in self.bases():
-            kill_tree(base)
-            for child in _children(base):
-                remove(child, wait=2.0)
+            for other in _children(base.parent):
+                if other.name.startswith(prefix) and other != base:
+                    kill_tree(other)
+                    remove(other, wait=2.0)
 
     def take(self, memory_limit: int | None, pids_max: int | None) -> AttemptGroup:
-        """An empty group for one attempt, its limits set: one that an ended attempt left
-        empty if there is one (making and removing a group costs more than a short
-        attempt's spawn), else a new one."""
-        group = self._free.pop() if self._free else self._make(f"slot-{next(self._slots)}")
+        """An empty group for one attempt, its limits set: without a memory limit, one that
+        an ended attempt left empty if there is one (making and removing a group costs more
+        than a short attempt's spawn); with one, always a new one (a used group still
+        carries the memory charged to it, page cache and tmpfs files, and would count it
+        against the next attempt)."""
+        reuse = memory_limit is None and self._free
+        group = self._free.pop() if reuse else self._make(f"slot-{next(self._slots)}")
         try:
             group.limit(memory_limit, pids_max)
         except BaseException:
@@ -163,7 +176,7 @@ class Cgroups:
     def give_back(self, group: AttemptGroup) -> bool:
         """Keep an ended attempt's group for the next one if it is empty; False if it is
         not (a process is still leaving): the caller then removes it, off the loop."""
-        if len(self._free) >= MAX_FREE or not group.empty():
+        if len(self._free) >= MAX_FREE or group.memory_limit is not None or not group.empty():
             return False
         self._free.append(group)
         return True
@@ -238,8 +251,13 @@ class AttemptGroup:
         kill_tree(killer if killer is not None else self.paths[0][1])
 
     def empty(self) -> bool:
+        """No process in the group or below it (an action may make groups of its own)."""
         # Every hierarchy's group holds the same processes: one look tells.
-        return not _procs(self.paths[0][1])
+        killer = self._path(self.owner.killer)
+        if killer is not None:
+            return _counter(_read(killer / "cgroup.events"), "populated") == 0
+        top = self.paths[0][1]
+        return not any(_procs(group) for group in [top, *_descendants(top)])
 
     def oom_kills(self) -> int:
         """Processes of this attempt the kernel killed for exceeding its memory limit."""
@@ -298,6 +316,7 @@ def kill_tree(path: Path) -> int:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
                 sent += 1
+        time.sleep(0.005)  # let the killed leave before looking again
     return sent
 
 

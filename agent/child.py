@@ -27,7 +27,8 @@ READ_SIZE = 256 * 1024
 # A gated start: the shell waits for a line on stdin before it execs the action, so the
 # agent can first put it where it must be (its control group): everything the action
 # starts is born there. It runs nothing if the agent goes away before the line comes.
-GATE = 'IFS= read -r go && [ "$go" = go ] || exit 125; exec "$@" </dev/null'
+GATE = ('IFS= read -r go && [ "$go" = go ] || exit 125; cd -- "$1" || exit 126; '
+        'unset OLDPWD; shift; exec "$@" </dev/null')
 
 
 class ChildProcess:
@@ -61,7 +62,9 @@ class ChildProcess:
             # Set by Popen's child between fork and exec (it then forks, not vforks).
             who = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
         if gated:
-            argv = ["/bin/sh", "-c", GATE, "actionmesh-gate", *argv]
+            # The gate enters `cwd` as the user it runs as; Popen only enters "/".
+            argv = ["/bin/sh", "-c", GATE, "actionmesh-gate", cwd or ".", *argv]
+            cwd = "/" if user is not None else cwd
         # No preexec_fn: it is unsafe in a multithreaded Ray worker.
         popen = subprocess.Popen(argv, stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -46,6 +46,9 @@ from mesh.schema import ActionId, AgentId, MeshConfig
 
 log = logging.getLogger(__name__)
 
+# An agent's control groups are named this, its node and its process's token.
+CGROUP_PREFIX = "actionmesh-"
+
 Key = tuple[ActionId, int]
 
 # After the main process has gone and its group has been killed, the pipes normally close
@@ -166,11 +169,18 @@ class Executor:
     # ---- the reaper -----------------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Find the control groups the machine offers (clearing what an earlier agent of
-        this node left in them) and start the reaper; once, before the first attempt."""
+        """Find the user attempts run as and the control groups the machine offers
+        (clearing what earlier agents of this node left in them), and start the reaper;
+        once, before the first attempt (again after a failure)."""
         if self._prepared is None:
             self._prepared = asyncio.get_running_loop().create_task(self._prepare())
-        await asyncio.shield(self._prepared)
+        prepared = self._prepared
+        try:
+            await asyncio.shield(prepared)
+        except Exception:
+            if self._prepared is prepared:
+                self._prepared = None  # the next call tries again
+            raise
 
     async def _prepare(self) -> None:
         if self.config.run_as:
@@ -185,11 +195,25 @@ class Executor:
                 self._base_env = base_environment(os.environ, self.user)
                 self.workspaces.owner = self.user if self.user.switches else None
         if self.config.cgroups:
-            self.cgroups = await asyncio.to_thread(cgroups.detect, f"actionmesh-{self.agent_id}")
-            if self.cgroups is not None:
-                await asyncio.to_thread(self.cgroups.clear)
+            self.cgroups = await asyncio.to_thread(self._find_cgroups)
         log.info("attempts are contained by %s", self.containment)
         self._ensure_reaper()
+
+    def _find_cgroups(self) -> Cgroups | None:
+        """This agent process's control groups, those of earlier ones of its node cleared.
+        Named by process (its token), not by node: a dying agent's reaper removes its own
+        groups, never those of the agent that replaced it."""
+        found = cgroups.detect(f"{CGROUP_PREFIX}{self.agent_id}-{self.token[:12]}")
+        if found is not None:
+            found.clear_others(f"{CGROUP_PREFIX}{self.agent_id}-")
+        return found
+
+    @property
+    def runs_as(self) -> str:
+        """Whom attempts run as, as `mesh agents` shows it."""
+        if self._user_problem:
+            return f"none (cannot switch to {self.config.run_as})"
+        return self.user.name
 
     @property
     def containment(self) -> str:
@@ -206,6 +230,9 @@ class Executor:
         if self._reaper is not None:
             log.error("reaper %d exited (%s); starting another", self._reaper.pid,
                       self._reaper.process.returncode)
+            if self.cgroups is not None:
+                # It killed and removed this agent's groups on its way out: make them again.
+                self.cgroups = self._find_cgroups()
         self._reaper = ReaperHandle.spawn(
             self.token, ENV_AGENT, self.cgroups.bases() if self.cgroups is not None else None)
         for attempt in self._attempts.values():
@@ -225,6 +252,9 @@ class Executor:
         A repeated start of a known attempt is ignored; a start of a newer attempt of an
         action this agent still runs supersedes (cancels) the older one.
         """
+        # First, and awaited only here: after it, nothing awaits until the attempt is
+        # recorded, so a repeated start or a cancel cannot slip in between.
+        await self.prepare()
         if self._closed:
             raise RuntimeError("the agent is shutting down and takes no new attempts")
         key = (assignment.action_id, assignment.attempt)
@@ -244,7 +274,6 @@ class Executor:
                 return
             other.request_stop("cancelled", f"superseded by attempt {assignment.attempt}")
 
-        await self.prepare()
         reaper = self._ensure_reaper()  # no attempt runs unguarded: fail the start instead
         loop = asyncio.get_running_loop()
         shipper = LogShipper(self.logs, assignment.action_id, assignment.attempt,
@@ -267,19 +296,33 @@ class Executor:
             await self._not_started(attempt, f"could not make its workspace: {exc}")
             return
         workdir = cwd or str(attempt.workspace)
+        switched = self.user.switches
         # PWD as a shell would set it (a gated start's shell does): the same either way.
-        env = {**self._base_env, "PWD": workdir, **assignment.action.env,
-               **assignment.action.secrets, ENV_WORKSPACE: str(attempt.workspace),
-               ENV_AGENT: self.token, **attempt.marks}
+        # Another user gets the attempt's workspace as HOME: one it shares with no other
+        # attempt, so nothing one plants there (dotfiles, tool configs) reaches the next.
+        env = {**self._base_env, "PWD": workdir,
+               **({"HOME": str(attempt.workspace)} if switched else {}),
+               **assignment.action.env, **assignment.action.secrets,
+               ENV_WORKSPACE: str(attempt.workspace), ENV_AGENT: self.token, **attempt.marks}
         try:
             if self.cgroups is not None:
-                _check_executable(argv[0], env.get("PATH", ""), workdir)
                 attempt.group = self.cgroups.take(self._memory_limit(assignment),
                                                   self.config.pids_max or None)
-            attempt.child.spawn(argv, workdir, env, gated=attempt.group is not None,
-                                user=self.user if self.user.switches else None)
+        except OSError as exc:
+            await self._not_started(attempt, f"could not make its control group: {exc}")
+            return
+        try:
+            gated = attempt.group is not None or switched
+            if gated and not switched:
+                # Checked as the agent's user, who is the one that will exec it.
+                _check_executable(argv[0], env.get("PATH", ""), workdir)
+            # Another user enters its working directory itself (the gate's `cd`): Popen
+            # would enter it as the agent, past directories that user may not pass.
+            attempt.child.spawn(argv, workdir, env, gated=gated,
+                                user=self.user if switched else None)
             if attempt.group is not None:
                 attempt.group.join(attempt.child.pid)
+            if gated:
                 attempt.child.release()
         except Exception as exc:  # any failure to spawn ends the attempt as failed
             attempt.child.abandon()
@@ -376,7 +419,7 @@ class Executor:
         except Exception:
             # A bug here must not leave a process behind or the scheduler waiting forever.
             log.exception("supervising %s attempt %d failed", *attempt.key)
-            self._killpg(attempt.pgid, signal.SIGKILL)
+            self._kill_all(attempt)
             attempt.child.close_pipes()
             self._finish(attempt, Outcome("failed", None, "the agent lost track of it"))
 

@@ -59,16 +59,17 @@ def reap(groups: set[int], var: str, token: str, trees: list[str] | None = None)
     """SIGKILL every process in the control groups `trees`, every registered process group,
     then every process marked `var=token`; return kills."""
     kills = sum(cgroups.kill_tree(Path(tree)) for tree in trees or [])
-    for tree in trees or []:
-        # Empty groups left behind would pile up in the kernel, one set per agent lifetime.
-        cgroups.remove(Path(tree), wait=2.0)
     for pgid in sorted(groups):
         try:
             os.killpg(pgid, signal.SIGKILL)
             kills += 1
         except OSError:
             pass
-    return kills + procscan.kill_marked({var: token})
+    kills += procscan.kill_marked({var: token})
+    for tree in trees or []:
+        # Empty groups left behind would pile up in the kernel, one set per agent lifetime.
+        cgroups.remove(Path(tree), wait=2.0)
+    return kills
 
 
 def apply(line: bytes, groups: set[int]) -> None:

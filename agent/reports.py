@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from agent.links import NamedActor, resolve
 from mesh.protocol import Assignment, AttemptReport, ChannelHello, ReportAnswer
-from mesh.schema import AgentId
+from mesh.schema import STORED, AgentId
 from mesh.wire import FrameError, encode, keep_alive, read_frame
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,10 @@ class SchedulerReports:
                             writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                answer = ReportAnswer.model_validate_json(await read_frame(reader))
+                # As stored (see AgentActor.start): an action the scheduler accepted under
+                # older rules must not close the channel for every other.
+                answer = ReportAnswer.model_validate_json(await read_frame(reader),
+                                                          context=STORED)
                 if answer.unasked:
                     if self.on_assignments is not None:
                         self.on_assignments(answer.assignments)

@@ -14,14 +14,16 @@ from mesh.schema import check_id
 M = TypeVar("M", bound=BaseModel)
 
 
-def arrived(kind: type[M], value: Any, what: str) -> M:
-    """`value` (a model or its fields) validated as `kind`; InvalidInput naming the field."""
+def arrived(kind: type[M], value: Any, what: str, context: dict[str, Any] | None = None,
+            ) -> M:
+    """`value` (a model or its fields) validated as `kind` (with the validation `context`,
+    e.g. STORED); InvalidInput naming the field."""
     try:
         if isinstance(value, BaseModel):
             # From its fields, deeply: a nested model instance would otherwise be taken as
             # it is, unvalidated.
-            return kind.model_validate(value.model_dump())
-        return kind.model_validate(value)
+            return kind.model_validate(value.model_dump(), context=context)
+        return kind.model_validate(value, context=context)
     except ValidationError as exc:
         raise InvalidInput.from_validation(what, exc) from None
 

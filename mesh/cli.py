@@ -96,14 +96,15 @@ def down(ctx: click.Context, keep_cluster: bool) -> None:
     click.echo("; ".join(parts))
 
 
-def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
-    """NAME=VALUE options as a dict."""
+def parse_pairs(values: Sequence[str], option: str, secret: bool = False) -> dict[str, str]:
+    """NAME=VALUE options as a dict; a bad one is quoted back unless `secret`."""
     pairs = {}
-    for item in values:
+    for n, item in enumerate(values, 1):
         name, sep, value = item.partition("=")
         if not sep:
-            raise InvalidInput(f"{option}: expected NAME=VALUE, got {item!r}",
-                               [(option, item)])
+            shown = f"entry {n} (not shown: it may be a secret)" if secret else repr(item)
+            raise InvalidInput(f"{option}: expected NAME=VALUE, got {shown}",
+                               [(option, shown)])
         pairs[name] = value
     return pairs
 
@@ -116,7 +117,7 @@ def read_secret_files(paths: Sequence[str]) -> dict[str, str]:
             lines = [line.rstrip("\n") for line in file]
         found.update(parse_pairs([line for line in lines
                                   if line.strip() and not line.lstrip().startswith("#")],
-                                 f"--secret-file {path}"))
+                                 f"--secret-file {path}", secret=True))
     return found
 
 
@@ -154,7 +155,8 @@ def submit(ctx: click.Context, cpus: float, memory: str, labels: tuple[str, ...]
         "command": [" ".join(command)] if shell else list(command), "shell": shell,
         "cpus": cpus, "memory": memory, "labels": list(labels),
         "provisionable_labels": list(provisionable), "env": parse_pairs(env, "--env"),
-        "secrets": {**read_secret_files(secret_files), **parse_pairs(secrets, "--secret")},
+        "secrets": {**read_secret_files(secret_files),
+                    **parse_pairs(secrets, "--secret", secret=True)},
         "cwd": cwd,
         "account": account, "job": job, "id": action_id, "timeout": timeout,
         "retry": {"on_failure": retries},

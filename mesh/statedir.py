@@ -60,10 +60,14 @@ def private_dir(path: Path, what: str = "state dir") -> None:
     """Make `path` (mode 0700) or check the one there: StateDirUnsafe if it is a symlink,
     not a directory, another user's, or writable by group or others (who could plant
     symlinks in it, or read and replace what the mesh keeps)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    found = os.lstat(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        found = os.lstat(path)
+    except OSError as exc:
+        raise StateDirUnsafe(f"{what} {path} cannot be made or read: {exc}. Give another one "
+                             "(mesh up --state-dir DIR)") from None
     uid = os.geteuid()
     if stat.S_ISLNK(found.st_mode):
         why = "is a symlink (the mesh does not follow one for its state)"
@@ -75,6 +79,9 @@ def private_dir(path: Path, what: str = "state dir") -> None:
         why = (f"is writable by {'group and others' if found.st_mode & 0o002 else 'group'} "
                f"(mode {stat.S_IMODE(found.st_mode):04o}; `chmod go-w {path}` if it is yours)")
     else:
+        if found.st_mode & 0o077:
+            # Ours, and not writable by others, but readable: made by an older release.
+            os.chmod(path, 0o700)
         return
     raise StateDirUnsafe(f"{what} {path} {why}; refusing to keep the mesh's state there. "
                          "Give another one (mesh up --state-dir DIR)")

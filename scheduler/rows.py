@@ -40,7 +40,8 @@ ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 
 INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 log = logging.getLogger("actionmesh.scheduler")
 
-# Where a saved spec's secrets are, sealed; and the text that shows a spec may have them.
+# The one key of a saved spec's `secrets` when they are sealed (no variable has this name),
+# and the text that shows a spec may have them.
 SEALED_KEY = "sealed:v1"
 _SEALED_MARK = f'"{SEALED_KEY}"'
 # A saved balance: finite CPU-seconds per priority (checked only when a snapshot did not load).
@@ -64,11 +65,12 @@ def spec_text(spec: Action, sealer: Sealer) -> str:
     if not spec.secrets:
         return spec.model_dump_json()
     fields = spec.model_dump(mode="json")
-    fields["secrets"] = {SEALED_KEY: sealer.seal(json.dumps(spec.secrets))}
+    assert spec.id is not None
+    fields["secrets"] = {SEALED_KEY: sealer.seal(json.dumps(spec.secrets), spec.id)}
     return json.dumps(fields, separators=(",", ":"))
 
 
-def opened_text(text: str, sealer: Sealer) -> str:
+def opened_text(text: str, sealer: Sealer, action_id: str) -> str:
     """A saved spec's JSON with its secrets opened; SealError if this key cannot."""
     if _SEALED_MARK not in text:  # most specs: no parsing at all
         return text
@@ -76,7 +78,7 @@ def opened_text(text: str, sealer: Sealer) -> str:
     sealed = fields.get("secrets", {}).get(SEALED_KEY)
     if sealed is None:
         return text
-    fields["secrets"] = json.loads(sealer.open_text(sealed))
+    fields["secrets"] = json.loads(sealer.open_text(sealed, action_id))
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -118,7 +120,7 @@ def read_action(row: Any, sealer: Sealer) -> ActionRecord:
 
 def _opened(text: str, sealer: Sealer, action_id: str, stage: str) -> str:
     try:
-        return opened_text(text, sealer)
+        return opened_text(text, sealer, action_id)
     except (SealError, ValueError, AttributeError) as exc:
         if stage in _IN_FLIGHT:
             raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc}") from None

@@ -12,6 +12,7 @@ row form in `scheduler/rows.py`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -71,8 +72,14 @@ class Store:
         private_dir(self.directory)
         # Made here, 0600 and never through a symlink; SQLite gives its -wal and -shm files
         # the mode of the database.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600))
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # one an older release made readable by others
+        finally:
+            os.close(fd)
+        for journal in (f"{DB_FILE}-wal", f"{DB_FILE}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.directory / journal, 0o600, follow_symlinks=False)
         # The key that seals actions' secrets: without it the file does not give them away.
         try:
             self.sealer = Sealer.open(self.directory)

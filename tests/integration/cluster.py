@@ -52,9 +52,13 @@ def start_mesh(tmp: Path, *workers: dict[str, Any], **options: Any,
     cluster = Cluster(initialize_head=True, head_node_args=dict(HEAD))
     node_ids = [cluster.add_node(**w).node_id for w in workers]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=names.NAMESPACE, log_to_driver=False)
-    config = MeshConfig(state_dir=str(tmp), kill_grace=2.0, **options)
-    bootstrap.up(config)
+    try:
+        ray.init(address=cluster.address, namespace=names.NAMESPACE, log_to_driver=False)
+        config = MeshConfig(state_dir=str(tmp), kill_grace=2.0, **options)
+        bootstrap.up(config)
+    except BaseException:
+        tear_down(cluster)  # else every later test finds Ray still connected
+        raise
     return cluster, config, node_ids
 
 
@@ -135,7 +139,7 @@ def small_disk(where: Path, size: str, skip: bool = True) -> Iterator[Path | Non
     """A tmpfs of `size` of its own at `where`. Mounting needs root: without it the test is
     skipped, saying so, or (`skip=False`) given None."""
     where.mkdir()
-    mounted = (subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+    mounted = (subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
                                str(where)], capture_output=True, text=True, check=False)
                if os.geteuid() == 0 else None)
     if mounted is None or mounted.returncode != 0:

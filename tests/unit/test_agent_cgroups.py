@@ -78,16 +78,17 @@ def test_each_controller_comes_from_v2_where_both_offer_it(tmp_path: Path) -> No
 
 @pytest.fixture
 def machine() -> Iterator[Cgroups]:
-    """This machine's cgroups for a test agent; skipped with the reason where there are none
-    the tests may write, except in CI, where the build machine is known to have them."""
-    found = cgroups.detect(f"actionmesh-test-{uuid.uuid4().hex[:8]}")
+    """This machine's cgroups, as an agent of node `test-<random>` would have them (its
+    process token `earlier`); skipped with the reason where there are none the tests may
+    write, except in CI, where the build machine is known to have them."""
+    found = cgroups.detect(f"actionmesh-test-{uuid.uuid4().hex[:8]}-earlier")
     if found is None:
         if IN_CI:
             pytest.fail("no writable cgroup hierarchy on a CI machine")
         pytest.skip("this machine offers no cgroup hierarchy the tests may write")
     yield found
-    found.clear()
     for base in found.bases():
+        cgroups.kill_tree(base)
         cgroups.remove(base, wait=2.0)
 
 
@@ -243,13 +244,15 @@ async def test_a_new_agent_clears_groups_an_earlier_one_left(machine: Cgroups,
     straggler = subprocess.Popen(["sleep", "30"])
     left.join(straggler.pid)
     sinks = RecordingSinks()
-    agent_name = machine.used[0].base.name.removeprefix("actionmesh-")
-    ex = Executor(AgentId(agent_name), "t",
+    # Another process of the same node's agent (another token).
+    node = machine.used[0].base.name.removeprefix("actionmesh-").removesuffix("-earlier")
+    ex = Executor(AgentId(node), "later",
                   CONFIG.model_copy(update={"workspace_dir": str(tmp_path)}), sinks, sinks)
     try:
         await ex.prepare()
         assert straggler.wait(5) == -9
         assert not any(path.exists() for _, path in left.paths)
+        assert ex.cgroups is not None and all(b.exists() for b in ex.cgroups.bases())
     finally:
         await ex.shutdown()
 

@@ -61,11 +61,17 @@ def parse_size(value: Any) -> int:
     return int(float(number) * base**power)
 
 
-def _default_state_dir() -> str:
-    # Imported here: the schema (which the pure core imports) reads no environment itself.
-    from mesh.statedir import default_state_dir
+def default_state_dir() -> str:
+    """Per user, as the XDG base directories put state: `$XDG_STATE_HOME/actionmesh`, else
+    `~/.local/state/actionmesh` (a shared default such as /tmp/actionmesh would show one
+    user's actions, their environments and logs to every other)."""
+    # Imported here: what the pure core imports reads no environment when imported.
+    import os
 
-    return default_state_dir()
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not base.startswith("/"):
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "actionmesh")
 
 
 def format_size(n: float) -> str:
@@ -700,7 +706,7 @@ EXPIRE_FLOOR = 1.0
 class MeshConfig(Model):
     """Tuning shared by the scheduler, the agents and the relay; set at `mesh up`."""
 
-    state_dir: str = Field(default_factory=_default_state_dir,
+    state_dir: str = Field(default_factory=default_state_dir,
                            description="where the head keeps logs and state (made 0700; one "
                            "that is a symlink, another user's or writable by others is refused)")
     load_interval: PositiveSeconds = Field(0.5, description="seconds between load samples")

@@ -46,16 +46,6 @@ class Owner(Model):
         return f"cluster {self.cluster} (pid {self.pid} on {self.host}, since {when})"
 
 
-def default_state_dir() -> str:
-    """Per user, as the XDG base directories put state: `$XDG_STATE_HOME/actionmesh`, else
-    `~/.local/state/actionmesh` (a shared default such as /tmp/actionmesh would show one
-    user's actions, their environments and logs to every other)."""
-    base = os.environ.get("XDG_STATE_HOME", "")
-    if not base.startswith("/"):
-        base = os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "actionmesh")
-
-
 def private_dir(path: Path, what: str = "state dir") -> None:
     """Make `path` (mode 0700) or check the one there: StateDirUnsafe if it is a symlink,
     not a directory, another user's, or writable by group or others (who could plant

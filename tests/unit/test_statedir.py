@@ -14,8 +14,8 @@ import pytest
 from mesh import logfiles, logstore
 from mesh.errors import StateDirInUse, StateDirUnsafe
 from mesh.logstore import LogStore
-from mesh.schema import ActionId, LogBatch, MeshConfig
-from mesh.statedir import Owner, StateDirLock, default_state_dir
+from mesh.schema import ActionId, LogBatch, MeshConfig, default_state_dir
+from mesh.statedir import Owner, StateDirLock
 from scheduler.store import Store
 
 

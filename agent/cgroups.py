@@ -16,7 +16,7 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,12 +149,12 @@ class Cgroups:
     def bases(self) -> list[Path]:
         return [h.base for h in self.used]
 
-    def clear_others(self, prefix: str) -> None:
-        """Kill and remove what earlier agents of this node left: their directories beside
-        this agent's own, named with `prefix`."""
+    def clear_others(self, left_behind: Callable[[str], bool]) -> None:
+        """Kill and remove the directories beside this agent's own whose names
+        `left_behind` says an agent that is gone left there."""
         for base in self.bases():
             for other in _children(base.parent):
-                if other.name.startswith(prefix) and other != base:
+                if other != base and left_behind(other.name):
                     kill_tree(other)
                     remove(other, wait=2.0)
 

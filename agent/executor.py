@@ -200,13 +200,33 @@ class Executor:
         self._ensure_reaper()
 
     def _find_cgroups(self) -> Cgroups | None:
-        """This agent process's control groups, those of earlier ones of its node cleared.
-        Named by process (its token), not by node: a dying agent's reaper removes its own
-        groups, never those of the agent that replaced it."""
-        found = cgroups.detect(f"{CGROUP_PREFIX}{self.agent_id}-{self.token[:12]}")
+        """This agent process's control groups, with what agents that are gone left beside
+        them cleared. Named by process (token and pid), not by node: a dying agent's reaper
+        removes its own groups, never those of the agent that replaced it; and a machine
+        that lost an agent with its reaper (both killed) has them cleared by the next."""
+        own = f"{CGROUP_PREFIX}{self.agent_id}-{self.token[:12]}-{os.getpid()}"
+        found = cgroups.detect(own)
         if found is not None:
-            found.clear_others(f"{CGROUP_PREFIX}{self.agent_id}-")
+            found.clear_others(self._left_behind)
         return found
+
+    def _left_behind(self, name: str) -> bool:
+        """Whether the control groups named `name` are an agent's that is gone: an earlier
+        one of this node, or one of any node whose process has ended."""
+        if not name.startswith(CGROUP_PREFIX):
+            return False
+        if name.startswith(f"{CGROUP_PREFIX}{self.agent_id}-"):
+            return True
+        pid = name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            return False  # not named by this release: not ours to judge
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
 
     @property
     def runs_as(self) -> str:

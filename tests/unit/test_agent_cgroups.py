@@ -81,7 +81,7 @@ def machine() -> Iterator[Cgroups]:
     """This machine's cgroups, as an agent of node `test-<random>` would have them (its
     process token `earlier`); skipped with the reason where there are none the tests may
     write, except in CI, where the build machine is known to have them."""
-    found = cgroups.detect(f"actionmesh-test-{uuid.uuid4().hex[:8]}-earlier")
+    found = cgroups.detect(f"actionmesh-test-{uuid.uuid4().hex[:8]}-earlier-{os.getpid()}")
     if found is None:
         if IN_CI:
             pytest.fail("no writable cgroup hierarchy on a CI machine")
@@ -245,7 +245,7 @@ async def test_a_new_agent_clears_groups_an_earlier_one_left(machine: Cgroups,
     left.join(straggler.pid)
     sinks = RecordingSinks()
     # Another process of the same node's agent (another token).
-    node = machine.used[0].base.name.removeprefix("actionmesh-").removesuffix("-earlier")
+    node = machine.used[0].base.name.removeprefix("actionmesh-").rsplit("-earlier-")[0]
     ex = Executor(AgentId(node), "later",
                   CONFIG.model_copy(update={"workspace_dir": str(tmp_path)}), sinks, sinks)
     try:
@@ -280,3 +280,23 @@ async def test_gated_start_costs_one_shell(machine: Cgroups) -> None:
         assert os.getpgid(pid) == pid
         assert ex.process_groups() == [pid]
         await ex.cancel(ActionId("a1"), 1)
+
+
+async def test_groups_of_agents_that_are_gone_are_cleared_and_of_live_ones_kept(
+        machine: Cgroups, tmp_path: Path) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid now names a process that has ended
+    gone = cgroups.detect(f"actionmesh-othernode-0123456789ab-{finished.pid}")
+    alive = cgroups.detect(f"actionmesh-livenode-0123456789ab-{os.getpid()}")
+    assert gone is not None and alive is not None
+    sinks = RecordingSinks()
+    ex = Executor(AgentId(f"test-{uuid.uuid4().hex[:8]}"), "later",
+                  CONFIG.model_copy(update={"workspace_dir": str(tmp_path)}), sinks, sinks)
+    try:
+        await ex.prepare()
+        assert not any(base.exists() for base in gone.bases())
+        assert all(base.exists() for base in alive.bases())
+    finally:
+        await ex.shutdown()
+        for base in alive.bases():
+            cgroups.remove(base, wait=1.0)

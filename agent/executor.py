@@ -154,6 +154,7 @@ class Executor:
         # Found by `prepare`: None where the machine offers none (or config.cgroups is off).
         self.cgroups: Cgroups | None = None
         self._prepared: asyncio.Task[None] | None = None
+        self._warned_memory = False
         # Recently ended attempts, with their end report until the scheduler says it wrote
         # it: a restarted scheduler asks for those, since a report sent while it was away,
         # or taken while it could not write, may be missing from its state.
@@ -372,6 +373,12 @@ class Executor:
 
     def _memory_limit(self, assignment: Assignment) -> int | None:
         memory = assignment.action.memory
+        if memory and self.cgroups is not None and self.cgroups.memory is None \
+                and not self._warned_memory:
+            # E.g. cgroup v2 without the memory controller delegated to the agent's group.
+            log.warning("memory requests are reserved but not enforced here: no memory "
+                        "controller the agent may use (%s)", self.containment)
+            self._warned_memory = True
         return int(memory * (1 + self.config.memory_headroom)) if memory else None
 
     def _report_running(self, attempt: _Attempt) -> None:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# Controllers of the v1 hierarchies we use; anything else stays as the machine has it.
-V1_CONTROLLERS = frozenset({"memory", "pids"})
+# The controllers we limit attempts with (v1 or v2); anything else stays as the machine has it.
+CONTROLLERS = frozenset({"memory", "pids"})
 # Rounds of "kill what is in the group" where there is no `cgroup.kill` (v1): a process
 # forking in a loop is caught within a few rounds, as each round kills all it sees.
 KILL_ROUNDS = 50
@@ -53,7 +53,7 @@ def _mounts(mountinfo: str) -> Iterator[tuple[int, Path, str, frozenset[str]]]:
         if rest[0] == "cgroup2":
             yield 2, point, root, frozenset()
         elif rest[0] == "cgroup":
-            wanted = frozenset(rest[2].split(",")) & V1_CONTROLLERS
+            wanted = frozenset(rest[2].split(",")) & CONTROLLERS
             if wanted:
                 yield 1, point, root, wanted
 
@@ -164,8 +164,9 @@ class Cgroups:
         than a short attempt's spawn); with one, always a new one (a used group still
         carries the memory charged to it, page cache and tmpfs files, and would count it
         against the next attempt)."""
-        reuse = memory_limit is None and self._free
-        group = self._free.pop() if reuse else self._make(f"slot-{next(self._slots)}")
+        if memory_limit is None and self._free:
+            return self._free.pop()  # its pids limit is the one every group here gets
+        group = self._make(f"slot-{next(self._slots)}")
         try:
             group.limit(memory_limit, pids_max)
         except BaseException:
@@ -205,38 +206,33 @@ class Cgroups:
 
 
 class AttemptGroup:
-    """One attempt's group (a directory in each used hierarchy), reused by later attempts."""
+    """One attempt's group (a directory in each used hierarchy); one without a memory limit
+    is reused by later attempts, one with a limit serves a single attempt."""
 
     def __init__(self, paths: list[tuple[Hierarchy, Path]], owner: Cgroups) -> None:
         self.paths = paths
         self.owner = owner
         self.memory_limit: int | None = None
-        self._pids_max: int | None = None
-        # The kernel's count of out-of-memory kills never goes back: an attempt's own are
-        # what it adds to the count the group had when the attempt took it.
-        self._oom_before = 0
 
     def _path(self, hierarchy: Hierarchy | None) -> Path | None:
         return next((p for h, p in self.paths if h is hierarchy), None)
 
     def limit(self, memory: int | None, pids: int | None) -> None:
-        """Set the next attempt's limits (None: none); written only where they change."""
+        """Set a new group's limits (None: none)."""
         memory_dir = self._path(self.owner.memory)
-        if memory_dir is not None and memory != self.memory_limit:
+        if memory and memory_dir is not None:
             assert self.owner.memory is not None
             if self.owner.memory.version == 2:
-                _write(memory_dir / "memory.max", str(memory or "max"))
+                _write(memory_dir / "memory.max", str(memory))
                 # An out-of-memory kill takes the whole attempt, not one arbitrary process.
                 with contextlib.suppress(OSError):
                     _write(memory_dir / "memory.oom.group", "1")
             else:
-                _write(memory_dir / "memory.limit_in_bytes", str(memory or -1))
+                _write(memory_dir / "memory.limit_in_bytes", str(memory))
             self.memory_limit = memory
         pids_dir = self._path(self.owner.pids)
-        if pids_dir is not None and pids != self._pids_max:
-            _write(pids_dir / "pids.max", str(pids or "max"))
-            self._pids_max = pids
-        self._oom_before = self._oom_count() if self.memory_limit else 0
+        if pids and pids_dir is not None:
+            _write(pids_dir / "pids.max", str(pids))
 
     def join(self, pid: int) -> None:
         """Move `pid` into the group in every hierarchy (before it runs the action's code:
@@ -260,12 +256,10 @@ class AttemptGroup:
         return not any(_procs(group) for group in [top, *_descendants(top)])
 
     def oom_kills(self) -> int:
-        """Processes of this attempt the kernel killed for exceeding its memory limit."""
-        return self._oom_count() - self._oom_before if self.memory_limit else 0
-
-    def _oom_count(self) -> int:
+        """Processes of this attempt the kernel killed for exceeding its memory limit (a
+        limited group serves one attempt, so all the kernel counted are its own)."""
         memory_dir = self._path(self.owner.memory)
-        if memory_dir is None or self.owner.memory is None:
+        if memory_dir is None or self.owner.memory is None or not self.memory_limit:
             return 0
         if self.owner.memory.version == 2:
             return _counter(_read(memory_dir / "memory.events"), "oom_kill")
@@ -309,10 +303,10 @@ def kill_tree(path: Path) -> int:
             pass  # the root group, or an old kernel's: kill by hand below
     sent = 0
     for _ in range(KILL_ROUNDS):
-        found = [(g, pid) for g in [path, *_descendants(path)] for pid in _procs(g)]
+        found = [pid for group in [path, *_descendants(path)] for pid in _procs(group)]
         if not found:
             break
-        for _, pid in found:
+        for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
                 sent += 1
@@ -370,11 +364,11 @@ def detect(name: str, mountinfo: str | None = None, proc_cgroup: str | None = No
         except OSError:
             continue  # not ours to write (a container, another user's hierarchy)
         if version == 2:
-            wanted = set(_read(parent / "cgroup.controllers").split()) & V1_CONTROLLERS
+            wanted = set(_read(parent / "cgroup.controllers").split()) & CONTROLLERS
             _enable_v2(parent, wanted)
             _enable_v2(base, wanted)
             controllers = frozenset(_read(base / "cgroup.subtree_control").split()) \
-                & V1_CONTROLLERS
+                & CONTROLLERS
         hierarchies.append(Hierarchy(version, base, controllers))
     found = Cgroups(hierarchies)
     if not found.used:

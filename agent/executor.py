@@ -145,12 +145,12 @@ class Executor:
         # Who attempts run as: the agent's user until `prepare` finds config.run_as usable.
         self.user = RunAs.agent()
         self._base_env = base_environment(os.environ, self.user)
-        self._user_problem = ""
         # One root per agent: agents of several Ray nodes may share a machine, and each
         # clears what its predecessor left in its own.
         self.workspaces = Workspaces(workspace_root(config.workspace_dir) / agent_id,
                                      config.keep_workspaces)
-        self._workspaces_cleared = False
+        # Set by `prepare` when no attempt can start here: each start then fails with it.
+        self._refusal = ""
         # Found by `prepare`: None where the machine offers none (or config.cgroups is off).
         self.cgroups: Cgroups | None = None
         self._prepared: asyncio.Task[None] | None = None
@@ -170,9 +170,9 @@ class Executor:
     # ---- the reaper -----------------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Find the user attempts run as and the control groups the machine offers
-        (clearing what earlier agents of this node left in them), and start the reaper;
-        once, before the first attempt (again after a failure)."""
+        """Find the user attempts run as, clear the workspaces and control groups that
+        earlier agents left, find the control groups the machine offers, and start the
+        reaper; once, before the first attempt (again after a failure)."""
         if self._prepared is None:
             self._prepared = asyncio.get_running_loop().create_task(self._prepare())
         prepared = self._prepared
@@ -184,17 +184,23 @@ class Executor:
             raise
 
     async def _prepare(self) -> None:
+        self._refusal = ""
         if self.config.run_as:
             try:
                 self.user = RunAs.named(self.config.run_as)
             except ValueError as exc:
                 # Never quietly as the agent's own user: each start fails, saying why.
-                self._user_problem = (f"this agent cannot run actions as "
-                                      f"{self.config.run_as!r}: {exc}")
-                log.error("%s", self._user_problem)
+                self._refusal = f"this agent cannot run actions as {self.config.run_as!r}: {exc}"
             else:
                 self._base_env = base_environment(os.environ, self.user)
                 self.workspaces.owner = self.user if self.user.switches else None
+        if not self._refusal:
+            try:
+                await asyncio.to_thread(self.workspaces.clear)
+            except OSError as exc:
+                self._refusal = f"could not make its workspace: {exc}"
+        if self._refusal:
+            log.error("%s", self._refusal)
         if self.config.cgroups:
             self.cgroups = await asyncio.to_thread(self._find_cgroups)
         log.info("attempts are contained by %s", self.containment)
@@ -232,7 +238,7 @@ class Executor:
     @property
     def runs_as(self) -> str:
         """Whom attempts run as, as `mesh agents` shows it."""
-        if self._user_problem:
+        if self.config.run_as and self.user.name != self.config.run_as:
             return f"none (cannot switch to {self.config.run_as})"
         return self.user.name
 
@@ -305,13 +311,10 @@ class Executor:
         self._attempts[key] = attempt
         argv = _argv(assignment)
         cwd = assignment.action.cwd
-        if self._user_problem:
-            await self._not_started(attempt, self._user_problem)
+        if self._refusal:
+            await self._not_started(attempt, self._refusal)
             return
         try:
-            if not self._workspaces_cleared:
-                self.workspaces.clear()
-                self._workspaces_cleared = True
             attempt.workspace = self.workspaces.make(*key)
         except OSError as exc:
             await self._not_started(attempt, f"could not make its workspace: {exc}")

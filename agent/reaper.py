@@ -1,15 +1,15 @@
 """The reaper: one supervisor process per agent that kills the agent's actions when it dies.
 
 Run as `python -m agent.reaper TOKEN [--parent PID] [--var NAME] [--cgroup DIR ...]`, started
-by the agent in a
-session of its own (so Ray's cleanup of the worker's process group does not kill it first)
-with a pipe on stdin. Protocol, one line each: `+PGID` registers a process group, `-PGID`
-unregisters it. On stdin EOF -- the kernel closes the agent's end of the pipe when the agent
-dies, even by SIGKILL -- or on SIGTERM / SIGHUP, the reaper SIGKILLs every process in the
-agent's control groups (`--cgroup`: where the machine has them, these hold every attempt,
-including processes that left their session and cleared their environment), every registered
-process group, then every process whose environment holds `NAME=TOKEN` (which catches
-processes between fork and registration and processes that left their group), and exits.
+by the agent in a session of its own (so Ray's cleanup of the worker's process group does not
+kill it first) with a pipe on stdin. Protocol, one line each: `+PGID` registers a process
+group, `-PGID` unregisters it. On stdin EOF -- the kernel closes the agent's end of the pipe
+when the agent dies, even by SIGKILL -- or on SIGTERM / SIGHUP, the reaper SIGKILLs every
+process in the agent's control groups (`--cgroup`: where the machine has them, these hold
+every attempt, including processes that left their session and cleared their environment),
+every registered process group, then every process whose environment holds `NAME=TOKEN` (which
+catches processes between fork and registration and processes that left their group), and
+exits.
 
 Stdlib only, so it is serving ~30 ms after its spawn (importing `mesh` would add ~200 ms
 for pydantic); the agent's side of the pipe is `ReaperHandle`.

@@ -4,6 +4,7 @@ hand any actor an action asking for -100 CPUs."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -44,3 +45,12 @@ def arrived_count(value: Any, what: str, least: int = 0) -> int:
         raise InvalidInput(f"{what} must be an integer >= {least}, got {value!r}",
                            [(what, f"not an integer >= {least}")])
     return value
+
+
+def arrived_seconds(value: Any, what: str) -> float:
+    """A number of seconds (a wait, a timeout; the caller bounds it); InvalidInput if it is
+    not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidInput(f"{what} must be a number of seconds, got {value!r}",
+                           [(what, "not a number")])
+    return float(value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import ray
 
-from mesh.arrival import arrived, arrived_count, arrived_id
+from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
 from mesh.errors import InvalidInput
 from mesh.logstore import LogStore
 from mesh.names import HEAD_RESOURCE, NAMESPACE, RELAY
@@ -72,12 +71,6 @@ class _Waiters:
 def _check_attempt(action_id: Any, attempt: Any) -> None:
     arrived_id(action_id, "action id")
     arrived_count(attempt, "attempt", 1)
-
-
-def _check_wait(wait: Any) -> None:
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or math.isnan(wait):
-        raise InvalidInput(f"wait must be a number of seconds, got {wait!r}",
-                           [("wait", "not a number")])
 
 
 def _guard(what: str, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -181,7 +174,7 @@ class LogRelay:
         _guard("read", _check_attempt, action_id, attempt)
         _guard("read", arrived_count, offset, "offset")
         _guard("read", arrived_count, max_lines, "max_lines", 1)
-        _guard("read", _check_wait, wait)
+        _guard("read", arrived_seconds, wait, "wait")
         max_lines = min(max_lines, MAX_READ_LINES)
         key = (action_id, attempt)
         result = _guard("read", self._store.read, action_id, attempt, offset, max_lines)

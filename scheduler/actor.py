@@ -11,8 +11,8 @@ from typing import Any
 import ray
 
 from mesh import names
-from mesh.arrival import arrived, arrived_count, arrived_id
-from mesh.errors import InvalidInput, StateDirRefused
+from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
+from mesh.errors import StateDirRefused
 from mesh.protocol import AttemptReport, ReportAnswer, ReportChannel
 from mesh.schema import (
     AccountConfig,
@@ -130,12 +130,12 @@ class SchedulerActor:
                           ) -> list[StageEvent]:
         await self._serving()
         return await self.s.wait_events(_action_id(action_id), arrived_count(after, "after"),
-                                        _seconds(timeout))
+                                        arrived_seconds(timeout, "timeout"))
 
     async def wait_result(self, action_id: ActionId, timeout: float = 10.0,
                           ) -> ActionStatus | None:
         await self._serving()
-        return await self.s.wait_result(_action_id(action_id), _seconds(timeout))
+        return await self.s.wait_result(_action_id(action_id), arrived_seconds(timeout, "timeout"))
 
     # ---- accounts ------------------------------------------------------------------------
 
@@ -204,14 +204,4 @@ def _account_id(value: Any) -> AccountId:
 
 
 def _agent_id(value: Any) -> AgentId:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"agent id must be a non-empty string, got {value!r}",
-                           [("agent_id", "not a non-empty string")])
-    return AgentId(value)
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise InvalidInput(f"timeout must be a number of seconds >= 0, got {value!r}",
-                           [("timeout", "not a number of seconds")])
-    return float(value)
+    return AgentId(arrived_id(value, "agent id"))

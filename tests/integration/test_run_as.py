@@ -4,7 +4,9 @@ as that user, and can neither read the Ray token nor join the cluster with it.""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,26 +42,60 @@ def client() -> Iterator[Client]:
             ray.shutdown()
 
 
-def run(client: Client, script: str) -> list[str]:
-    handle = client.submit(Action(command=[script], shell=True, timeout=120))
+def test_actions_run_as_the_user_without_the_token(client: Client) -> None:
+    assert TOKEN.exists(), "a local ray.init makes a token-auth cluster"
+    assert [a.info.runs_as for a in client.pool()] == [USER]
+    lines = run_action(client, shell(f'id -un; env | grep -c "^RAY_" || true; '
+                                     f'cat {TOKEN} 2>/dev/null && echo READ-IT || echo refused'))
+    assert lines == [USER, "0", "refused"], lines
+
+
+def shell(script: str) -> Action:
+    return Action(command=[script], shell=True, timeout=120)
+
+
+def joiner(client: Client) -> Action:
+    """An action that tries to join the cluster as a driver and prints how far it got: the
+    token file it could not open, the cluster refusing its token, or the connection made.
+    It runs this Python when USER can, else the machine's own Python 3.11 with our packages
+    on its path (ours may live under /root, which only root may enter), told to accept a
+    patch-level mismatch."""
+    python = sys.executable
+    if run_action(client, shell(f"test -x {python} && echo yes || echo no")) != ["yes"]:
+        python = shutil.which("python3.11", path="/usr/bin:/bin") or ""
+    if not python:
+        pytest.skip(f"no Python 3.11 that {USER} can run; the token test above still holds")
+    site = sysconfig.get_paths()["purelib"]
+    code = (f"import sys; sys.path.insert(0, {site!r}); import ray; "
+            "ray.init(address='auto', log_to_driver=False)")
+    script = (f"{python} -c \"{code}\" 2>&1 "
+              "| grep -o -m1 -E 'Connected to Ray cluster|InvalidAuthToken|file cannot be opened'; "
+              "echo done")
+    return shell(script).model_copy(
+        # An attacker points Ray at the token where the agent's user keeps it.
+        update={"env": {"RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL": "minor",
+                        "RAY_AUTH_TOKEN_PATH": str(TOKEN)}})
+
+
+def run_action(client: Client, action: Action) -> list[str]:
+    handle = client.submit(action)
     lines = [line.text for line in handle.logs(follow=True)]
     assert handle.result(timeout=150).stage is Stage.SUCCEEDED, lines
     return lines
 
 
-def test_actions_run_as_the_user_without_the_token(client: Client) -> None:
-    assert TOKEN.exists(), "a local ray.init makes a token-auth cluster"
-    assert [a.info.runs_as for a in client.pool()] == [USER]
-    lines = run(client, f'id -un; env | grep -c "^RAY_" || true; '
-                        f'cat {TOKEN} 2>/dev/null && echo READ-IT || echo refused')
-    assert lines == [USER, "0", "refused"], lines
-
-
 def test_an_action_cannot_join_the_cluster(client: Client) -> None:
-    reachable = run(client, f"test -x {sys.executable} && echo yes || echo no")
-    if reachable != ["yes"]:
-        pytest.skip(f"this Python ({sys.executable}) is not executable by {USER}, so the "
-                    "action cannot even try ray.init; the token test above still holds")
-    lines = run(client, f"{sys.executable} -c \"import ray; ray.init(address='auto'); "
-                        "print('JOINED')\" 2>&1 | tail -3; echo done")
-    assert "JOINED" not in lines and lines[-1] == "done", lines
+    lines = run_action(client, joiner(client))
+    # Ray cannot read the token file it was pointed at (or, had it none, the cluster
+    # refuses the missing token).
+    assert lines in (["file cannot be opened", "done"], ["InvalidAuthToken", "done"]), lines
+
+
+def test_the_same_action_joins_when_given_the_token(client: Client) -> None:
+    # The control: the same command does connect when handed the token, so the refusal
+    # above comes from the token it cannot read, not from the way it runs.
+    token = TOKEN.read_text().strip()
+    action = joiner(client).model_copy(update={"secrets": {"RAY_AUTH_TOKEN": token}})
+    lines = run_action(client, action)
+    # (The driver then aborts: as USER it cannot write its logs into root's session dir.)
+    assert lines[0] == "Connected to Ray cluster" and lines[-1] == "done", lines

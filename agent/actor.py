@@ -21,12 +21,13 @@ import ray
 
 from agent.executor import Executor
 from agent.links import NamedActor, RelayLogs
+from agent.loadfilter import LoadFilter
 from agent.nodeinfo import find_node, offered
-from agent.reports import SchedulerReports
 from agent.sampler import LoadSampler
+from agent.uplink import SchedulerLink
 from mesh.arrival import arrived, arrived_count, arrived_id
 from mesh.names import RELAY, SCHEDULER
-from mesh.protocol import AgentHoldings, Assignment, AttemptReport, CancelOutcome
+from mesh.protocol import AgentHoldings, Assignment, AttemptReport, CancelOutcome, LinkGrant
 from mesh.schema import STORED, ActionId, AgentId, AgentInfo, MeshConfig
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,11 @@ class AgentActor:
         self.scheduler = NamedActor(SCHEDULER)
         # A fresh token per agent process: the reaper of a dead agent on this node must not
         # match a new agent's actions, nor the other way round.
-        self.reports = SchedulerReports(self.scheduler, self.agent_id, self._start_all)
-        self.executor = Executor(self.agent_id, uuid.uuid4().hex, config, self.reports,
+        self.uplink = SchedulerLink(self.scheduler, self.agent_id, self._start_all,
+                                    self._stop, use_stream=config.link == "stream")
+        self.executor = Executor(self.agent_id, uuid.uuid4().hex, config, self.uplink,
                                  RelayLogs(NamedActor(RELAY)))
-        self.reports.on_recorded = self.executor.recorded
+        self.uplink.on_recorded = self.executor.recorded
         self._starts: set[asyncio.Task[None]] = set()
         self._sampler: asyncio.Task[None] | None = None
         # What it tells the scheduler never changes while it lives (Ray fixes a node's
@@ -59,7 +61,6 @@ class AgentActor:
             # From the event loop's thread, which lives as long as the actor: the reaper's
             # parent-death signal fires when the thread that spawned it ends.
             await self.executor.prepare()
-            self.reports.open_channel()
         if self._info is not None:
             return self._info
         nodes: list[dict[str, Any]] = await asyncio.get_running_loop().run_in_executor(
@@ -85,30 +86,39 @@ class AgentActor:
         # and bounds are still checked.
         await self.executor.start(arrived(Assignment, assignment, "assignment", STORED))
 
+    async def link(self, grant: LinkGrant) -> None:
+        """The scheduler's grant for this agent's stream: open it (again)."""
+        self.uplink.grant(arrived(LinkGrant, grant, "link grant"))
+
     def _start_all(self, assignments: list[Assignment]) -> None:
-        """Start assignments that came down the report channel."""
+        """Start assignments that came down the stream."""
         for assignment in assignments:
             task = asyncio.get_running_loop().create_task(self._start_one(assignment))
             self._starts.add(task)
             task.add_done_callback(self._starts.discard)
 
     async def _start_one(self, assignment: Assignment) -> None:
-        """Start an assignment that came down the report channel; a refusal goes back the
-        same way, and the scheduler queues the action again at once."""
+        """Start an assignment that came down the stream; a refusal goes back the same
+        way, and the scheduler queues the action again at once."""
         try:
             await self.executor.start(assignment)
         except Exception as exc:
             log.exception("starting %s attempt %d failed", assignment.action_id,
                           assignment.attempt)
-            self.reports.report(AttemptReport(
+            self.uplink.report(AttemptReport(
                 action_id=assignment.action_id, attempt=assignment.attempt,
                 agent_id=self.agent_id, stage="refused", time=time.time(), reason=repr(exc)))
 
     async def cancel(self, action_id: str, attempt: int, reason: str = "") -> CancelOutcome:
         if not isinstance(reason, str):
             reason = repr(reason)
+        return await self._stop(ActionId(arrived_id(action_id, "action id")),
+                                arrived_count(attempt, "attempt", 1), reason)
+
+    async def _stop(self, action_id: ActionId, attempt: int, reason: str) -> CancelOutcome:
+        """A stop, by Ray call or down the stream."""
         return await self.executor.cancel(ActionId(arrived_id(action_id, "action id")),
-                                          arrived_count(attempt, "attempt", 1), reason[:1000])
+                                          attempt, reason[:1000])
 
     async def holdings(self) -> AgentHoldings:
         """What a (re)starting scheduler reconciles against: what runs here, what ended."""
@@ -118,7 +128,7 @@ class AgentActor:
         if self._sampler is not None:
             self._sampler.cancel()
         await self.executor.shutdown()
-        await self.reports.close()
+        await self.uplink.close()
 
     async def wait_closed(self) -> None:
         """Never returns: the scheduler keeps one such call in flight, so the agent's death
@@ -130,17 +140,13 @@ class AgentActor:
 
     async def _stream_load(self) -> None:
         sampler = LoadSampler(self.executor.process_groups)
-        failing = False
+        worth = LoadFilter(self.config.load_heartbeat, self.config.cpu_busy_percent)
         while True:
             await asyncio.sleep(self.config.load_interval)
             try:
                 load = sampler.sample(time.time())
-                scheduler = await self.scheduler.get()
-                self.scheduler.watch(scheduler.report_load.remote(self.agent_id, load))
-                failing = False
-            except Exception as exc:
-                # The stream must outlive a missing or restarting scheduler; say so once.
-                if not failing:
-                    log.warning("load report failed: %r; retrying every %.1fs", exc,
-                                self.config.load_interval)
-                failing = True
+            except Exception:
+                log.exception("sampling the machine's load failed")
+                continue
+            if worth.due(load):
+                self.uplink.load(load)

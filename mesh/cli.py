@@ -21,6 +21,7 @@ from mesh.schema import (
     ActionStatus,
     AgentStatus,
     MeshConfig,
+    format_duration,
     format_size,
     parse_duration,
 )
@@ -40,8 +41,11 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.option("--state-dir", default=None,
               help="where the head keeps logs and state (default ~/.local/state/actionmesh)")
 @click.option("--no-head-agent", is_flag=True, help="do not run an agent on the head node")
-@click.option("--report-port", type=int, default=None,
-              help="TCP port on the head for the agents' report channel (default: any free)")
+@click.option("--link-port", type=int, default=None,
+              help="TCP port on the head for the agents' gRPC streams (default: any free)")
+@click.option("--link-cert", default=None,
+              help="PEM certificate for the agents' streams (TLS; with --link-key)")
+@click.option("--link-key", default=None, help="PEM private key of --link-cert")
 @click.option("--retention", default=None,
               help="how long finished actions and their logs are kept, e.g. 7d (the default)")
 @click.option("--log-dir", default=None,
@@ -55,14 +59,17 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.pass_context
 @errors
 def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
-       report_port: int | None, retention: str | None, log_dir: str | None,
-       log_budget: str | None, run_as: str | None) -> None:
+       link_port: int | None, link_cert: str | None, link_key: str | None,
+       retention: str | None, log_dir: str | None, log_budget: str | None,
+       run_as: str | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
     fields: dict[str, Any] = {"head_agent": not no_head_agent, "run_as": run_as}
     if state_dir:
         fields["state_dir"] = state_dir
-    if report_port is not None:
-        fields["report_port"] = report_port
+    if link_port is not None:
+        fields["link_port"] = link_port
+    if link_cert is not None or link_key is not None:
+        fields.update(link_cert=link_cert, link_key=link_key)
     if retention is not None:
         fields["retention"] = retention
     if log_budget is not None:
@@ -305,7 +312,7 @@ def agents(ctx: click.Context, as_json: bool) -> None:
         return
     table([_agent_row(a) for a in pool],
            ["AGENT", "STATE", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL", "RUNNING",
-            "REPORTS", "CONTAINED BY", "RUNS AS", "LABELS"])
+            "LINK", "CONTAINED BY", "RUNS AS", "LABELS"])
 
 
 def _agent_row(a: AgentStatus) -> list[str]:
@@ -315,7 +322,8 @@ def _agent_row(a: AgentStatus) -> list[str]:
             # The live-load check judges by the share that is not the mesh's own.
             f"{load.cpu_percent:.0f}% ({load.mesh_cpu_percent:.0f}% ours)" if load else "-",
             format_size(load.memory_available) if load else "-", str(len(a.running)),
-            "channel" if a.report_channel else "calls",
+            a.link if a.link_since is None
+            else f"{a.link} {format_duration(time.time() - a.link_since)}",
             # The short form; --json has which hierarchies kill and limit.
             a.info.containment.split(" (")[0], a.info.runs_as or "-", ",".join(a.info.labels)]
 

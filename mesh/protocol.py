@@ -1,5 +1,5 @@
 """The agent-scheduler wire protocol: what an agent and the scheduler say to each other
-(starts, stage reports, holdings, the report channel's frames). Users never see these;
+(starts, stage reports, holdings, the link's grant). Users never see these;
 the models users see are in `mesh/schema.py`."""
 
 from __future__ import annotations
@@ -58,30 +58,27 @@ class AgentHoldings(Model):
     ended: list[AttemptReport] = Field(default_factory=list)
 
 
-class ReportChannel(Model):
-    """Where an agent sends its stage reports without a Ray call per report, and the secret
-    that admits it; handed out by the scheduler over Ray, which authenticates the caller."""
+class LinkGrant(Model):
+    """Where and how an agent opens its stream to the scheduler: handed to it by the
+    scheduler over Ray, which authenticates both ends. The credential is the agent's own:
+    it admits a stream that speaks for that agent alone."""
 
-    host: str
+    host: str = Field(..., min_length=1, max_length=255)
     port: int = Field(..., ge=1, le=65535)
-    secret: str = Field(..., min_length=16)
-
-
-class ChannelHello(Model):
-    """The first frame on a report channel: who connects, and the secret."""
-
-    agent_id: AgentId
-    secret: str
+    credential: str = Field(..., min_length=32, max_length=256)
+    root_certificate: str = Field(
+        "", max_length=1 << 20,
+        description="PEM the scheduler's certificate is checked against; empty: no TLS")
+    server_name: str = Field("", max_length=255,
+                             description="the name in the certificate, when not the host")
 
 
 class ReportAnswer(Model):
-    """What the scheduler sends down a report channel. The answer to one report frame, in
-    order: the reporting agent's next assignments, or why the report was refused. Or, with
-    `unasked`, assignments sent without a report to answer (starts of new work)."""
+    """The scheduler's answer to one report: the reporting agent's next assignments, or why
+    the report was refused."""
 
     assignments: list[Assignment] = Field(default_factory=list)
     error: str = ""
-    unasked: bool = False
     # False unless said: an answer that claims a write which did not happen would make the
     # agent drop an end report a restarted scheduler still needs.
     recorded: bool = Field(False, description=(

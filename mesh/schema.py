@@ -83,6 +83,14 @@ def format_size(n: float) -> str:
     return f"{n:.1f}TiB"
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as people read it, to its largest unit: 45s, 12m, 3h, 2d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as `90`, `90s`, `30m`, `1h30m`, `250ms`."""
     if isinstance(value, bool):
@@ -482,8 +490,10 @@ class AgentStatus(Model):
     reserved_cpus: float
     reserved_memory: int
     running: list[RunningAttempt]
-    report_channel: bool = Field(
-        False, description="its reports arrive on the report channel, not by Ray calls")
+    link: Literal["stream", "ray"] = Field(
+        "ray", description="how it talks with the scheduler now: its gRPC stream, or Ray "
+        "calls (while the stream cannot open, or with `link` set to ray)")
+    link_since: Instant | None = Field(None, description="since when it has talked that way")
 
 
 class Health(Model):
@@ -761,10 +771,24 @@ class MeshConfig(Model):
     pids_max: int = Field(
         4096, ge=0, le=1 << 22,
         description="most processes and threads one attempt may have at once; 0: no limit")
-    report_port: int = Field(
+    link: Literal["stream", "ray"] = Field(
+        "stream", description="how agents and the scheduler talk: a gRPC stream per agent "
+        "(Ray calls only while it cannot open), or Ray calls alone")
+    link_port: int = Field(
         0, ge=0, le=65535,
-        description="TCP port on the head for the agents' report channel; 0 picks a free one "
-        "(set one where a firewall sits between the nodes)")
+        description="TCP port on the head for the agents' streams; 0 picks a free one (set "
+        "one where a firewall sits between the nodes)")
+    link_cert: str | None = Field(
+        None, description="PEM certificate the head serves the agents' streams with (TLS); "
+        "agents trust the certificates in this file: a self-signed one, or a chain that "
+        "ends in its root")
+    link_key: str | None = Field(None, description="PEM private key of link_cert")
+    link_server_name: str | None = Field(
+        None, max_length=255,
+        description="the name agents expect in link_cert (default: the head's address)")
+    load_heartbeat: PositiveSeconds = Field(
+        2.0, description="an agent whose load has not changed much re-sends it this often; "
+        "must be below load_stale_after")
 
     @property
     def logs(self) -> str:
@@ -776,10 +800,20 @@ class MeshConfig(Model):
         for a look is kept past its time, so a short retention looks more often."""
         return max(EXPIRE_FLOOR, min(EXPIRE_INTERVAL, self.retention / EXPIRE_SHARE))
 
-    @field_validator("state_dir", "log_dir", "workspace_dir")
+    @field_validator("state_dir", "log_dir", "workspace_dir", "link_cert", "link_key")
     @classmethod
     def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else check_path(value, str(info.field_name))
+
+    @model_validator(mode="after")
+    def _link(self) -> MeshConfig:
+        if (self.link_cert is None) != (self.link_key is None):
+            raise ValueError("link_cert and link_key: give both (TLS) or neither")
+        if self.load_heartbeat >= self.load_stale_after:
+            raise ValueError(f"load_heartbeat ({self.load_heartbeat:g}s) must be below "
+                             f"load_stale_after ({self.load_stale_after:g}s), or every "
+                             "quiet agent would look stale")
+        return self
 
     @field_validator("log_budget", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ import ray
 from mesh import names
 from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
 from mesh.errors import StateDirRefused
-from mesh.protocol import AttemptReport, ReportAnswer, ReportChannel
+from mesh.protocol import AttemptReport, ReportAnswer
 from mesh.schema import (
     AccountConfig,
     AccountId,
@@ -60,7 +60,7 @@ class SchedulerActor:
             self.refusal = exc
             return
         host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self.s = Scheduler(config, channel_host=host)
+        self.s = Scheduler(config, link_host=host)
         # What the modules and the restored state built lives as long as the process: kept
         # out of the cyclic collector's full passes, which would otherwise scan it all
         # (once soon after a restart, then again as the queue turns over).
@@ -94,9 +94,6 @@ class SchedulerActor:
 
     async def report_attempt(self, report: AttemptReport) -> ReportAnswer:
         return self._started().report_attempt(arrived(AttemptReport, report, "report"))
-
-    async def report_channel(self) -> ReportChannel | None:
-        return await self._body().report_channel()
 
     # ---- clients -------------------------------------------------------------------------
 

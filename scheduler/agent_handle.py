@@ -11,8 +11,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agent.actor import AgentActor
 from mesh import names
-from mesh.protocol import AgentHoldings, Assignment
+from mesh.protocol import AgentHoldings, Assignment, LinkGrant
 from mesh.schema import AgentInfo, MeshConfig
+
+# How long an agent may take to take its link grant.
+LINK_TIMEOUT = 30.0
 
 
 class AgentGone(Exception):
@@ -28,6 +31,7 @@ class AgentHandle(Protocol):
     def start(self, assignment: Assignment) -> Any: ...
     def stop(self, action_id: str, attempt: int, reason: str = "") -> Any: ...
     async def holdings(self, timeout: float) -> AgentHoldings: ...
+    async def link(self, grant: LinkGrant) -> None: ...
     async def wait_closed(self) -> None: ...
     async def shutdown(self, timeout: float) -> None: ...
 
@@ -75,6 +79,9 @@ class RayAgentHandle:
     async def holdings(self, timeout: float) -> AgentHoldings:
         held: AgentHoldings = await _await(self._call("holdings"), timeout)
         return held
+
+    async def link(self, grant: LinkGrant) -> None:
+        await _await(self.actor.link.remote(grant), LINK_TIMEOUT)
 
     async def wait_closed(self) -> None:
         await _await(self.actor.wait_closed.remote())

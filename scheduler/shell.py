@@ -20,7 +20,14 @@ import ray
 
 from mesh import reasons
 from mesh.errors import MeshError, SchedulerUnavailable
-from mesh.protocol import AgentHoldings, Assignment, AttemptReport, ReportAnswer, ReportChannel
+from mesh.protocol import (
+    AgentHoldings,
+    Assignment,
+    AttemptReport,
+    CancelOutcome,
+    LinkGrant,
+    ReportAnswer,
+)
 from mesh.schema import (
     Action,
     ActionId,
@@ -35,10 +42,10 @@ from mesh.schema import (
     SubmitOutcome,
 )
 from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, make_agent_handle
-from scheduler.channel import ReportServer
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.state import SchedulerState
 from scheduler.durable import Writer
+from scheduler.link import LinkServer
 from scheduler.nodes import alive, parse_nodes, wanted
 from scheduler.sinks import EventBook, QuotaLog
 from scheduler.store import Store
@@ -63,7 +70,7 @@ class Scheduler:
     def __init__(self, config: MeshConfig,
                  agent_factory: Callable[[str, MeshConfig], AgentHandle] = make_agent_handle,
                  list_nodes: Callable[[], list[dict[str, Any]]] | None = None,
-                 clock: Callable[[], float] = time.time, channel_host: str = "127.0.0.1",
+                 clock: Callable[[], float] = time.time, link_host: str = "127.0.0.1",
                  store: Store | None = None,
                  on_store_failure: Callable[[BaseException], None] | None = None) -> None:
         self.config = config
@@ -86,9 +93,9 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._synced: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.channel = ReportServer(self.report_attempt, self._deliver_otherwise, channel_host,
-                                    config.report_port)
-        self._channel_up: asyncio.Future[ReportChannel | None] | None = None
+        self.infos: dict[AgentId, AgentInfo] = {}
+        self.link = LinkServer(config, link_host, self.infos.get, self.report_attempt,
+                               self.report_load, self._stopped, self._deliver_otherwise, clock)
 
     # ---- durable state -------------------------------------------------------------------
 
@@ -121,8 +128,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._wake.set()  # look at the queue once at start: it may hold work already
         self._synced = asyncio.Event()
-        self._channel_up = asyncio.get_running_loop().create_future()
-        self._spawn(self._open_channel(self._channel_up))
+        if self.config.link == "stream":
+            self._spawn(self._open_link())
         self._spawn(self._dispatch_loop())
         self._spawn(self._node_loop())
         self._spawn(self.upkeep.save_accounts())
@@ -151,23 +158,34 @@ class Scheduler:
             return False
         return True
 
-    async def _open_channel(self, up: asyncio.Future[ReportChannel | None]) -> None:
+    async def _open_link(self) -> None:
         try:
-            address = await self.channel.start()
-        except OSError as exc:
+            port = await self.link.start()
+        except Exception as exc:
             # Agents then report by Ray calls: slower, but nothing is lost.
-            log.error("report channel not opened on %s:%d: %s", self.channel.host,
-                      self.channel.port, exc)
-            up.set_result(None)
+            log.error("agent link not served on %s:%d: %r", self.link.host, self.link.port,
+                      exc)
             return
-        log.info("report channel on %s:%d", address.host, address.port)
-        up.set_result(address)
+        log.info("agent link on %s:%d%s", self.link.host, port,
+                 " (TLS)" if self.link.tls else "")
+        for agent_id in list(self.handles):
+            self._send_grant(agent_id)
 
-    async def report_channel(self) -> ReportChannel | None:
-        """Where agents send reports, or None when the channel could not be opened."""
-        self.ensure_started()
-        assert self._channel_up is not None
-        return await self._channel_up
+    def _send_grant(self, agent_id: AgentId) -> None:
+        """Hand the agent its grant (once the link serves), by a Ray call to the agent's
+        own actor: only that actor learns its credential."""
+        grant = self.link.grant(self.infos[agent_id])
+        if grant is not None:
+            self._spawn(self._grant(agent_id, self.handles[agent_id], grant))
+
+    async def _grant(self, agent_id: AgentId, handle: AgentHandle, grant: LinkGrant) -> None:
+        try:
+            await handle.link(grant)
+        except (AgentGone, AgentUnreachable):
+            pass  # the watch on the agent sees to it; a new handle gets a new grant
+        except Exception as exc:
+            log.warning("agent %s refused its link grant: %r; it reports by Ray calls",
+                        agent_id, exc)
 
     # ---- the loops, which must never die -------------------------------------------------
 
@@ -242,8 +260,11 @@ class Scheduler:
                  held: AgentHoldings | None = None) -> None:
         """Add the agent to the pool, squaring what it runs with the saved state."""
         self.handles[info.agent_id] = handle
+        self.infos[info.agent_id] = info
+        self.link.since.setdefault(info.agent_id, self.clock())
         self._carry_out(self.core.agent_joined(info, self.clock(), held))
         self._spawn(self._watch(info.agent_id, handle))
+        self._send_grant(info.agent_id)
         self.kick()
 
     async def _watch(self, agent_id: AgentId, handle: AgentHandle) -> None:
@@ -270,10 +291,12 @@ class Scheduler:
         if current is None or (handle is not None and current is not handle):
             return
         del self.handles[agent_id]
+        self.infos.pop(agent_id, None)
+        self.link.since.pop(agent_id, None)
         log.warning("agent %s left the pool: %s", agent_id, why)
         self.core.agent_left(agent_id, self.clock())
         self.writer.write()
-        self.channel.close_agent(agent_id)
+        self.link.close_agent(agent_id)
         self.kick()
 
     # ---- carrying out decisions ----------------------------------------------------------
@@ -291,8 +314,8 @@ class Scheduler:
         it, so a restarted scheduler never meets an attempt it did not know it made.
         False (and nothing sent) when the write failed.
 
-        Starts go down the agent's report channel when it has one open (one frame per
-        agent, no Ray call); stops, and starts for an agent without a channel, by Ray call.
+        Starts and stops go down the agent's stream when it has one open (one message
+        per agent, no Ray call), else by Ray call.
         """
         if not self.writer.write():
             self.writer.hold(decisions)
@@ -304,11 +327,13 @@ class Scheduler:
                     self._start_failed(decision, reasons.AGENT_LEFT)
             elif isinstance(decision, Assign):
                 starts.setdefault(decision.agent_id, []).append(decision)
-            else:
+            elif not self.link.stop(decision):
                 self._call(decision)
         for agent_id, assigns in starts.items():
-            if not self.channel.push(agent_id, [self.core.assignment(a) for a in assigns]):
-                for assign in assigns:
+            unsent = {(a.action_id, a.attempt) for a in self.link.push(
+                agent_id, [self.core.assignment(a) for a in assigns])}
+            for assign in assigns:
+                if (assign.action_id, assign.attempt) in unsent:
                     self._call(assign)
         return True
 
@@ -373,12 +398,22 @@ class Scheduler:
             return ReportAnswer(recorded=False)
         return ReportAnswer(assignments=[self.core.assignment(d) for d in mine], recorded=True)
 
-    def _deliver_otherwise(self, assignments: list[Assignment]) -> None:
-        """Start calls for assignments a lost channel may not have delivered; only those
-        still waiting for their start (a cancelled or ended one must not run again)."""
+    def _deliver_otherwise(self, assignments: list[Assignment], stops: list[Stop]) -> None:
+        """Ray calls for what a lost stream may not have delivered: starts still waiting for
+        their start (a cancelled or ended one must not run again), and stops with no
+        outcome back."""
         now = self.clock()
         still = [a for a in assignments if self.core.awaits_start(a.action_id, a.attempt)]
         self._carry_out([Assign(a.action_id, a.attempt, a.agent_id, now) for a in still])
+        for stop in stops:
+            if stop.agent_id in self.handles:
+                self._call(stop)
+
+    def _stopped(self, stop: Stop, outcome: CancelOutcome) -> None:
+        """An agent's outcome of a stop sent down its stream."""
+        if outcome == "unknown":
+            self.core.stop_found_nothing(stop.action_id, stop.attempt, self.clock())
+            self.writer.write()
 
     # ---- calls from clients that change state --------------------------------------------
 
@@ -421,7 +456,8 @@ class Scheduler:
 
     def pool(self) -> list[AgentStatus]:
         return [status.model_copy(update={
-                    "report_channel": status.info.agent_id in self.channel.connected})
+                    "link": "stream" if self.link.on_stream(status.info.agent_id) else "ray",
+                    "link_since": self.link.since.get(status.info.agent_id)})
                 for status in self.core.pool(self.clock())]
 
     async def wait_events(self, action_id: ActionId, after: int, timeout: float,
@@ -446,7 +482,7 @@ class Scheduler:
         self.writer.write()
         results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
                                        return_exceptions=True)
-        await self.channel.close()
+        await self.link.close()
         for task in list(self._tasks):
             task.cancel()
         return sum(1 for r in results if not isinstance(r, BaseException))

@@ -45,13 +45,17 @@ def test_actions_land_only_on_agents_with_their_labels(mesh: Mesh) -> None:
     assert {r.agent_id for r in results[3:]} == {mesh.small_id}
 
 
-def test_both_agents_report_on_the_report_channel(mesh: Mesh) -> None:
+def test_actions_run_end_to_end_over_each_agents_stream(mesh: Mesh) -> None:
+    before = wait_until(mesh.client.pool,
+                        lambda p: len(p) == 2 and all(a.link == "stream" for a in p),
+                        what="both agents on their streams")
     handles = mesh.client.submit_many([Action(command=["true"], labels=["vpn"]),
                                        Action(command=["true"], labels=["pool:small"])])
     assert [h.result(timeout=60).stage for h in handles] == [Stage.SUCCEEDED] * 2
-    pool = wait_until(mesh.client.pool, lambda p: len(p) == 2 and all(a.report_channel for a in p),
-                      what="both agents on the report channel")
-    assert {a.info.node_id for a in pool} == {mesh.big_id, mesh.small_id}
+    after = mesh.client.pool()
+    # The same streams carried the starts and the reports throughout.
+    assert [(a.link, a.link_since) for a in after] == [(a.link, a.link_since) for a in before]
+    assert {a.info.node_id for a in after} == {mesh.big_id, mesh.small_id}
 
 
 def test_more_actions_than_cpus_queue_and_all_finish(mesh: Mesh) -> None:

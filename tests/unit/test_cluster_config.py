@@ -78,14 +78,14 @@ def test_the_workers_join_the_head_with_labels_actions_can_require(
     assert labels and all(LABEL_RE.match(f"{k}:{v}" if v else k) for k, v in labels.items())
 
 
-def test_mesh_up_runs_on_the_head_with_a_fixed_report_port(config: dict[str, Any]) -> None:
+def test_mesh_up_runs_on_the_head_with_a_fixed_link_port(config: dict[str, Any]) -> None:
     (args,) = commands(config["head_start_ray_commands"], "mesh")
     with cli.make_context("mesh", list(args)) as ctx:
         assert ctx.params["address"] == "auto"
         sub = cli.get_command(ctx, ctx.protected_args[0])
         assert sub is not None and sub.name == "up"
         params = parse(sub, ctx.args)
-    assert params["report_port"] == 6390
+    assert params["link_port"] == 6390
     # Actions run as a user of their own, which setup makes on every machine.
     assert params["run_as"] == "actionmesh-run" and config["auth"]["ssh_user"] == "root"
     assert any("useradd" in line and line.rstrip().endswith("actionmesh-run")

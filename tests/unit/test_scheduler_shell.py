@@ -16,10 +16,9 @@ from mesh.errors import InvalidInput, NotFound, StateCorrupt, StoreReadOnly
 from mesh.protocol import (
     AgentHoldings,
     Assignment,
-    AttemptReport,
     CancelOutcome,
-    ChannelHello,
     HeldAttempt,
+    LinkGrant,
     ReportAnswer,
 )
 from mesh.schema import (
@@ -32,13 +31,15 @@ from mesh.schema import (
     QuotaOptions,
 )
 from mesh.stages import Stage
+from mesh.v1 import link_pb2 as pb
 from mesh.waiting import async_wait_until
-from mesh.wire import MAX_FRAME, encode, read_frame
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from scheduler.core.records import Changes, Saved
+from scheduler.link import MAX_DOWN
 from scheduler.shell import Scheduler
 from scheduler.store import Store
 from tests.builders import action, agent, load, report
+from tests.link_support import LinkClient
 
 # A hang fails within 30 s instead of stalling the run.
 pytestmark = pytest.mark.timeout(30)
@@ -53,6 +54,7 @@ class FakeAgent:
         self.closed: asyncio.Future[None] | None = None
         self.stop_outcome: CancelOutcome = "stopped"
         self.held = AgentHoldings()
+        self.grants: list[LinkGrant] = []
 
     async def hello(self, timeout: float) -> AgentInfo:
         return self.info
@@ -67,6 +69,9 @@ class FakeAgent:
 
     async def holdings(self, timeout: float) -> AgentHoldings:
         return self.held
+
+    async def link(self, grant: LinkGrant) -> None:
+        self.grants.append(grant)
 
     async def wait_closed(self) -> None:
         self.closed = asyncio.get_running_loop().create_future()
@@ -95,7 +100,7 @@ async def s(n1: FakeAgent, tmp_path: Path) -> AsyncIterator[Scheduler]:
     """A scheduler driven in memory, its state in the test's own directory and its clock
     standing still at 1.0, with `n1` registered and its load reported. Not started: a test
     starts its loops when it has set up what the first pass should see. Shut down after the
-    test (its agents told, its channel closed, its loops cancelled)."""
+    test (its agents told, its link closed, its loops cancelled)."""
     nodes = [{"NodeID": "n1", "Alive": True, "Resources": {}, "Labels": {}}]
     scheduler = Scheduler(MeshConfig(state_dir=str(tmp_path)),
                           agent_factory=lambda node, _: n1, list_nodes=lambda: nodes,
@@ -165,81 +170,104 @@ async def test_a_late_death_of_an_old_actor_does_not_remove_its_replacement(
     assert [a.info.agent_id for a in s.pool()] == ["n1"]
 
 
-async def _channel_client(s: Scheduler) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    address = await s.report_channel()
-    assert address is not None
-    reader, writer = await asyncio.open_connection(address.host, address.port)
-    writer.write(encode(ChannelHello(agent_id=AgentId("n1"), secret=address.secret)))
-    assert ReportAnswer.model_validate_json(await read_frame(reader)).error == ""
-    return reader, writer
+async def _stream(s: Scheduler, fake: FakeAgent) -> LinkClient:
+    """A stream opened as `fake`'s agent with the grant the scheduler handed it."""
+    grants = await async_wait_until(lambda: list(fake.grants), bool, what="a link grant")
+    return await LinkClient(grants[-1], fake.info.agent_id).open()
 
 
-async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-               r: AttemptReport) -> list[str]:
-    writer.write(encode(r))
-    answer = ReportAnswer.model_validate_json(await read_frame(reader))
-    return [a.action_id for a in answer.assignments]
-
-
-async def test_a_start_answered_on_a_channel_that_closes_unconfirmed_goes_by_a_start_call(
+async def test_a_start_answered_on_a_stream_that_closes_unconfirmed_goes_by_a_start_call(
         s: Scheduler, n1: FakeAgent) -> None:
     s.submit([action("a"), action("b"), action("c")], True)
     s.ensure_started()
     await settle()
     assert n1.calls == [("start", "a")]
-    reader, writer = await _channel_client(s)
-    assert await _ask(reader, writer, report("a", 1, "n1", "succeeded", exit_code=0)) == ["b"]
-    assert s.pool()[0].report_channel
-    writer.close()  # before the agent said a word about b: b may never have reached it
+    link = await _stream(s, n1)
+    assert await link.ask(report("a", 1, "n1", "succeeded", exit_code=0)) == ["b"]
+    assert s.pool()[0].link == "stream"
+    await link.close()  # before the agent said a word about b: b may never have reached it
     await async_wait_until(lambda: list(n1.calls),
                            lambda calls: calls[-1] == ("start", "b"),
                            what="b's start sent by a call")
     s.report_load(AgentId("n1"), load(at=s.clock()))  # the shell's clock has moved on
-    reader, writer = await _channel_client(s)
-    assert await _ask(reader, writer, report("b", 1, "n1", "succeeded", exit_code=0)) == ["c"]
+    link = await _stream(s, n1)
+    assert await link.ask(report("b", 1, "n1", "succeeded", exit_code=0)) == ["c"]
     s.cancel(ActionId("c"))
-    writer.close()
-    await async_wait_until(lambda: s.channel.connected, lambda c: c == {},
-                           what="the channel closed at the scheduler")
+    await link.close()
+    await async_wait_until(lambda: s.pool()[0].link, lambda how: how == "ray",
+                           what="the stream closed at the scheduler")
     await settle()
     assert ("start", "c") not in n1.calls, "a cancelled attempt was started again"
-    assert not s.pool()[0].report_channel
 
 
-async def test_with_a_channel_open_starts_go_down_it_and_a_refused_start_runs_again(
+async def test_with_a_stream_open_starts_go_down_it_and_a_refused_start_runs_again(
         s: Scheduler, n1: FakeAgent) -> None:
     s.ensure_started()
-    reader, writer = await _channel_client(s)
+    link = await _stream(s, n1)
     s.submit([action("a")], True)
-    pushed = ReportAnswer.model_validate_json(await read_frame(reader))
-    assert pushed.unasked and [a.action_id for a in pushed.assignments] == ["a"]
-    assert n1.calls == [], "no start call when the channel carries the start"
-    writer.write(encode(report("a", 1, "n1", "refused", reason="OSError('no reaper')")))
-    again = ReportAnswer.model_validate_json(await read_frame(reader))
-    if not again.assignments:  # the answer to the refusal; the new start may come apart
-        again = ReportAnswer.model_validate_json(await read_frame(reader))
-    assert [(a.action_id, a.attempt) for a in again.assignments] == [("a", 2)]
+    pushed = await link.read()
+    assert [(a.action_id, a.attempt) for a in pushed.assignments] == [("a", 1)]
+    assert n1.calls == [], "no start call when the stream carries the start"
+    await link.send(report("a", 1, "n1", "refused", reason="OSError('no reaper')"))
+    answer = await link.answer()
+    again = [*link.pushed[1:], *answer.assignments]
+    if not again:  # the new start may come apart from the answer to the refusal
+        again = list((await link.read()).assignments)
+    assert [(a.action_id, a.attempt) for a in again] == [("a", 2)]
     first = s.core.get(ActionId("a"), s.clock()).attempts[0]
     assert first.outcome == "lost" and "agent refused the start" in first.reason
     assert "no reaper" in first.reason
-    writer.close()
+    await link.close()
 
 
-async def test_a_start_too_large_for_a_channel_frame_goes_by_a_start_call(
+async def test_a_start_too_large_for_a_message_goes_by_a_start_call(
         s: Scheduler, n1: FakeAgent) -> None:
     s.ensure_started()
-    reader, writer = await _channel_client(s)
+    link = await _stream(s, n1)
     # No action accepted now is this large (argv and env are bounded at submit), but one
     # saved by an older release is read back unchecked.
-    big = action("big", cpus=0).model_copy(update={"env": {"BIG": "x" * (MAX_FRAME + 1)}})
+    big = action("big", cpus=0).model_copy(update={"env": {"BIG": "x" * (MAX_DOWN + 1)}})
     s.submit([big], True)
     await async_wait_until(lambda: list(n1.calls), lambda calls: ("start", "big") in calls,
                            what="the large start sent by a call")
     s.submit([action("small", cpus=0)], True)  # the loop goes on, and pushes again
-    pushed = ReportAnswer.model_validate_json(await read_frame(reader))
-    assert pushed.unasked and [a.action_id for a in pushed.assignments] == ["small"]
+    pushed = await link.read()
+    assert [a.action_id for a in pushed.assignments] == ["small"]
     assert ("start", "small") not in n1.calls
-    writer.close()
+    await link.close()
+
+
+async def test_a_stop_goes_down_the_stream_and_an_unknown_outcome_ends_the_attempt(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.ensure_started()
+    link = await _stream(s, n1)
+    s.submit([action("a", command=["sleep", "60"])], True)
+    assert [a.action_id for a in (await link.read()).assignments] == ["a"]
+    s.cancel(ActionId("a"))
+    stops = list((await link.read()).stops)
+    assert [(x.action_id, x.attempt) for x in stops] == [("a", 1)]
+    assert n1.calls == [], "no stop call when the stream carries the stop"
+    await link.send(stopped=[pb.Stopped(action_id="a", attempt=1,
+                                        outcome=pb.STOP_OUTCOME_UNKNOWN)])
+    await async_wait_until(lambda: s.core.get(ActionId("a"), s.clock()).stage,
+                           lambda stage: stage is Stage.CANCELLED, what="a cancelled")
+    await link.close()
+
+
+async def test_a_stop_unanswered_when_the_stream_closes_goes_by_a_stop_call(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.ensure_started()
+    link = await _stream(s, n1)
+    s.submit([action("a", command=["sleep", "60"])], True)
+    await link.read()
+    await link.send(report("a", 1, "n1", "running"))
+    await link.answer()
+    s.cancel(ActionId("a"))
+    assert [x.action_id for x in (await link.read()).stops] == ["a"]
+    await link.close()
+    await async_wait_until(lambda: list(n1.calls), lambda calls: ("stop", "a") in calls,
+                           what="the stop sent again by a call")
+    assert ("start", "a") not in n1.calls, "a started attempt was started again"
 
 
 @pytest.mark.parametrize(("outcome", "stage"), [("unknown", Stage.CANCELLED),
@@ -338,7 +366,7 @@ async def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
         await async_wait_until(lambda: len(fake.calls), lambda n: n == 2, what="two starts")
         s.report_attempt(report("a", 1, "n1", "running"))
         # The process dies here: its agents are not told, its state is not closed.
-        await s.channel.close()
+        await s.link.close()
 
     # The first scheduler lives on an event loop of its own, in a thread: its loops end with
     # that loop, as they would with its process.

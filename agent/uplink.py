@@ -194,9 +194,15 @@ class SchedulerLink:
             if delay > 0:
                 await asyncio.sleep(delay)
             grant = self._grant
+            if grant is None:
+                return
             try:
                 call = await self._connect(grant)
             except Exception as exc:
+                if _refused(exc) and self._grant is grant:
+                    # A grant from a scheduler process that is gone, or for an agent
+                    # process it no longer knows: wait for the next (sent on registering).
+                    self._grant = None
                 self._retry_at = loop.time() + self._backoff()
                 if not self._failing:
                     log.warning("stream to the scheduler not open (%s); reporting by Ray "
@@ -253,8 +259,6 @@ class SchedulerLink:
                 self._take_message(message)
         except aio.AioRpcError as exc:
             why = _why(exc)
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                self._grant = None  # stale: the scheduler sends a new one when it knows us
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -374,6 +378,11 @@ class SchedulerLink:
             self.on_recorded(report)
         if answer.assignments and self.on_assignments is not None:
             self.on_assignments(answer.assignments)
+
+
+def _refused(exc: BaseException) -> bool:
+    return (isinstance(exc, aio.AioRpcError)
+            and exc.code() == grpc.StatusCode.UNAUTHENTICATED)
 
 
 def _why(exc: BaseException) -> str:

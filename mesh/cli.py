@@ -41,6 +41,9 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.option("--state-dir", default=None,
               help="where the head keeps logs and state (default ~/.local/state/actionmesh)")
 @click.option("--no-head-agent", is_flag=True, help="do not run an agent on the head node")
+@click.option("--link", type=click.Choice(["stream", "ray"]), default=None,
+              help="how agents talk with the scheduler: a gRPC stream each (the default), "
+              "or Ray calls alone")
 @click.option("--link-port", type=int, default=None,
               help="TCP port on the head for the agents' gRPC streams (default: any free)")
 @click.option("--link-cert", default=None,
@@ -59,13 +62,15 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.pass_context
 @errors
 def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
-       link_port: int | None, link_cert: str | None, link_key: str | None,
+       link: str | None, link_port: int | None, link_cert: str | None, link_key: str | None,
        retention: str | None, log_dir: str | None, log_budget: str | None,
        run_as: str | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
     fields: dict[str, Any] = {"head_agent": not no_head_agent, "run_as": run_as}
     if state_dir:
         fields["state_dir"] = state_dir
+    if link is not None:
+        fields["link"] = link
     if link_port is not None:
         fields["link_port"] = link_port
     if link_cert is not None or link_key is not None:

@@ -90,10 +90,14 @@ class SchedulerActor:
     # ---- agents --------------------------------------------------------------------------
 
     async def report_load(self, agent_id: AgentId, load: Load) -> None:
-        self._started().report_load(_agent_id(agent_id), arrived(Load, load, "load"))
+        body, agent = self._started(), _agent_id(agent_id)
+        body.report_load(agent, arrived(Load, load, "load"))
+        body.by_ray_call(agent)
 
     async def report_attempt(self, report: AttemptReport) -> ReportAnswer:
-        return self._started().report_attempt(arrived(AttemptReport, report, "report"))
+        body, checked = self._started(), arrived(AttemptReport, report, "report")
+        body.by_ray_call(checked.agent_id)
+        return body.report_attempt(checked)
 
     # ---- clients -------------------------------------------------------------------------
 

@@ -14,6 +14,11 @@ from mesh import names
 from mesh.protocol import AgentHoldings, Assignment, LinkGrant
 from mesh.schema import AgentInfo, MeshConfig
 
+# Set in the agent's process before anything in it loads grpc. gRPC's fork handlers, on by
+# default, run in every child forked to switch users (those cannot use vfork) while the
+# link's threads run, and broke about one such spawn in four: a segfault or gRPC's log
+# lines in the action's output.
+AGENT_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
 # How long an agent may take to take its link grant.
 LINK_TIMEOUT = 30.0
 
@@ -99,5 +104,6 @@ def make_agent_handle(node_id: str, config: MeshConfig) -> AgentHandle:
         name=names.agent_name(node_id), namespace=names.NAMESPACE, lifetime="detached",
         get_if_exists=True, max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        runtime_env={"env_vars": AGENT_ENV},
     ).remote(node_id, config)
     return RayAgentHandle(actor)

@@ -136,7 +136,11 @@ class LinkServer:
 
     async def start(self) -> int:
         server = aio.server(options=[*OPTIONS, ("grpc.max_receive_message_length", MAX_UP),
-                                     ("grpc.max_send_message_length", MAX_DOWN)])
+                                     ("grpc.max_send_message_length", MAX_DOWN),
+                                     # One scheduler per port: a second (a restart while
+                                     # the old process lingers) must fail to bind, not
+                                     # share the port's connections with it.
+                                     ("grpc.so_reuseport", 0)])
         service, method = CONNECT.strip("/").split("/")
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
             method: grpc.stream_stream_rpc_method_handler(

@@ -58,6 +58,10 @@ HELLO_TIMEOUT = 60.0
 # At start-up (and after a restart) clients wait until every agent has said what it runs,
 # or this many seconds; a slower agent is reconciled when it answers.
 FIRST_SYNC_WAIT = 10.0
+# Pauses between attempts to serve the agent link while its port cannot be had.
+LINK_RETRY_FIRST, LINK_RETRY_MAX = 1.0, 30.0
+# An agent reporting by Ray calls this long after its last grant is handed another.
+REGRANT_AFTER = 10.0
 # Seconds between passes when nothing else asks for one.
 QUOTA_PASS_INTERVAL = 2.0
 # Finished actions kept in memory (the latest, written ones); the store answers for others.
@@ -94,6 +98,7 @@ class Scheduler:
         self._synced: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.infos: dict[AgentId, AgentInfo] = {}
+        self._granted_at: dict[AgentId, float] = {}
         self.link = LinkServer(config, link_host, self.infos.get, self.report_attempt,
                                self.report_load, self._stopped, self._deliver_otherwise, clock)
 
@@ -159,13 +164,19 @@ class Scheduler:
         return True
 
     async def _open_link(self) -> None:
-        try:
-            port = await self.link.start()
-        except Exception as exc:
-            # Agents then report by Ray calls: slower, but nothing is lost.
-            log.error("agent link not served on %s:%d: %r", self.link.host, self.link.port,
-                      exc)
-            return
+        """Serve the agent link, trying again with a growing pause while its port cannot
+        be had (agents report by Ray calls meanwhile: slower, but nothing is lost); then
+        hand every agent its grant."""
+        pause = LINK_RETRY_FIRST
+        while True:
+            try:
+                port = await self.link.start()
+                break
+            except Exception as exc:
+                log.error("agent link not served on %s:%d (%r); agents report by Ray calls; "
+                          "trying again in %gs", self.link.host, self.link.port, exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(LINK_RETRY_MAX, pause * 2)
         log.info("agent link on %s:%d%s", self.link.host, port,
                  " (TLS)" if self.link.tls else "")
         for agent_id in list(self.handles):
@@ -176,7 +187,15 @@ class Scheduler:
         own actor: only that actor learns its credential."""
         grant = self.link.grant(self.infos[agent_id])
         if grant is not None:
+            self._granted_at[agent_id] = self.clock()
             self._spawn(self._grant(agent_id, self.handles[agent_id], grant))
+
+    def by_ray_call(self, agent_id: AgentId) -> None:
+        """An agent reported by Ray call: if the link serves and the agent has had no
+        stream for a while, its grant may have been lost (or refused): hand it again."""
+        if (agent_id in self.handles and not self.link.on_stream(agent_id)
+                and self.clock() - self._granted_at.get(agent_id, 0.0) >= REGRANT_AFTER):
+            self._send_grant(agent_id)
 
     async def _grant(self, agent_id: AgentId, handle: AgentHandle, grant: LinkGrant) -> None:
         try:

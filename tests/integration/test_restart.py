@@ -75,7 +75,7 @@ def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None
         running = {s.id for s in client.list(stage=Stage.RUNNING)}
         assert len(running) == 4
         os.kill(scheduler_pid(), signal.SIGKILL)
-        killed_at = time.monotonic()
+        killed_at, killed_wall = time.monotonic(), time.time()
         # The next call waits for the restarted scheduler, which answers once it has
         # reconciled: the actions in flight are still there, running where they were.
         counts = client.counts()
@@ -90,6 +90,10 @@ def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None
         account = client.account("ci")
         assert -60.0 <= account.balance[0] <= 60.0
         assert account.running == 0 and account.balance[0] < 60.0
+        # The new scheduler process handed out new grants: the agents are back on streams.
+        wait_until(client.pool, lambda p: all(
+            a.link == "stream" and (a.link_since or 0) > killed_wall for a in p),
+            what="the agents on streams to the new scheduler")
         print(f"scheduler answered again {back_after:.2f}s after its SIGKILL")
     finally:
         stop_mesh(cluster)

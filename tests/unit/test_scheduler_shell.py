@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from mesh.waiting import async_wait_until
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from scheduler.core.records import Changes, Saved
 from scheduler.link import MAX_DOWN
-from scheduler.shell import Scheduler
+from scheduler.shell import REGRANT_AFTER, Scheduler
 from scheduler.store import Store
 from tests.builders import action, agent, load, report
 from tests.link_support import LinkClient
@@ -268,6 +269,57 @@ async def test_a_stop_unanswered_when_the_stream_closes_goes_by_a_stop_call(
     await async_wait_until(lambda: list(n1.calls), lambda calls: ("stop", "a") in calls,
                            what="the stop sent again by a call")
     assert ("start", "a") not in n1.calls, "a started attempt was started again"
+
+
+async def test_while_the_link_port_is_taken_agents_report_by_ray_until_it_is_served(
+        n1: FakeAgent, tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    nodes = [{"NodeID": "n1", "Alive": True, "Resources": {}, "Labels": {}}]
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path), link_port=port),
+                  agent_factory=lambda node, _: n1, list_nodes=lambda: nodes)
+    try:
+        assert await s.ready(5)
+        await asyncio.sleep(0.2)
+        assert n1.grants == [] and s.pool()[0].link == "ray"
+        taken.close()
+        grants = await async_wait_until(lambda: list(n1.grants), bool, timeout=10,
+                                        what="a grant once the port is free")
+        assert grants[0].port == port
+        link = await LinkClient(grants[0], "n1").open()
+        await async_wait_until(lambda: s.pool()[0].link, lambda how: how == "stream",
+                               what="the agent on its stream")
+        await link.close()
+    finally:
+        taken.close()
+        await s.shutdown()
+
+
+async def test_an_agent_reporting_by_ray_calls_without_a_stream_is_granted_again(
+        n1: FakeAgent, tmp_path: Path) -> None:
+    clock = [100.0]
+    nodes = [{"NodeID": "n1", "Alive": True, "Resources": {}, "Labels": {}}]
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda node, _: n1,
+                  list_nodes=lambda: nodes, clock=lambda: clock[0])
+    try:
+        assert await s.ready(5)
+        await async_wait_until(lambda: len(n1.grants), lambda n: n == 1, what="a grant")
+        s.by_ray_call(AgentId("n1"))  # just granted: the grant may still be on its way
+        clock[0] += REGRANT_AFTER
+        link = await LinkClient(n1.grants[0], "n1").open()
+        await async_wait_until(lambda: s.pool()[0].link, lambda how: how == "stream",
+                               what="the agent on its stream")
+        s.by_ray_call(AgentId("n1"))  # a late Ray call from an agent on its stream
+        await link.close()
+        await async_wait_until(lambda: s.pool()[0].link, lambda how: how == "ray",
+                               what="the stream gone")
+        s.by_ray_call(AgentId("n1"))
+        await async_wait_until(lambda: len(n1.grants), lambda n: n == 2, what="a new grant")
+        assert n1.grants[1] == n1.grants[0], "the same agent process, the same grant"
+    finally:
+        await s.shutdown()
 
 
 @pytest.mark.parametrize(("outcome", "stage"), [("unknown", Stage.CANCELLED),

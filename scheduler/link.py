@@ -104,6 +104,7 @@ class _Stream:
     unconfirmed: dict[Key, Assignment] = field(default_factory=dict)
     unanswered_stops: dict[Key, Stop] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    writing: bool = False
     closed: bool = False
 
     def pending(self) -> bool:
@@ -250,7 +251,7 @@ class LinkServer:
         reason = "the call was cancelled"
         try:
             await context.write(pb.SchedulerMessage())  # admitted
-            tasks = [loop.create_task(self._read(stream, requests)),
+            tasks = [loop.create_task(self._read(stream, requests, context)),
                      loop.create_task(self._write(stream, context))]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             failed = [t.exception() for t in done if t.exception() is not None]
@@ -264,9 +265,12 @@ class LinkServer:
                 task.cancel()
             self._closed(stream, reason)
 
-    async def _read(self, stream: _Stream, requests: AsyncIterator[pb.AgentMessage]) -> None:
+    async def _read(self, stream: _Stream, requests: AsyncIterator[pb.AgentMessage],
+                    context: aio.ServicerContext) -> None:
         async for message in requests:
             self._take(stream, message)
+            if not stream.writing:
+                await self._flush(stream, context)  # the answers at once, no task between
 
     def _closed(self, stream: _Stream, reason: str) -> None:
         streams = self.streams.get(stream.agent_id, [])
@@ -304,8 +308,6 @@ class LinkServer:
                     self.stopped(stop, protoconv.outcome(outcome.outcome))
             except ValueError as exc:
                 log.warning("stop outcome of agent %s not understood: %s", agent, exc)
-        if stream.answers:
-            stream.wake.set()
 
     def _answer(self, stream: _Stream, message: pb.AttemptReport) -> ReportAnswer:
         try:
@@ -330,13 +332,23 @@ class LinkServer:
         return pb.ReportAnswer(error=answer.error, recorded=answer.recorded)
 
     async def _write(self, stream: _Stream, context: aio.ServicerContext) -> None:
-        """Send what waits for the stream, as few messages as the size limit allows; returns
-        when the stream is closed from this side."""
+        """Send what is pushed to the stream between its agent's messages; returns when
+        the stream is closed from this side."""
         while not stream.closed:
             await stream.wake.wait()
             stream.wake.clear()
+            if not stream.writing:
+                await self._flush(stream, context)
+
+    async def _flush(self, stream: _Stream, context: aio.ServicerContext) -> None:
+        """Send what waits, in as few messages as the size limit allows. One flush at a
+        time (gRPC takes one write at a time); one running picks up what comes meanwhile."""
+        stream.writing = True
+        try:
             while stream.pending() and not stream.closed:
                 await context.write(self._next_message(stream))
+        finally:
+            stream.writing = False
 
     def _next_message(self, stream: _Stream) -> pb.SchedulerMessage:
         """Take what fits in one message off the stream's queues (each item fits alone):

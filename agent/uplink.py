@@ -19,7 +19,7 @@ from mesh import protoconv
 from mesh.errors import InvalidInput
 from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, ReportAnswer
 from mesh.schema import ActionId, AgentId, Load
-from mesh.v1 import AGENT_KEY, AUTHORIZATION_KEY, CONNECT
+from mesh.v1 import AGENT_KEY, AUTHORIZATION_KEY, CONNECT, KEEPALIVE_OPTIONS, MAX_DOWN, MAX_UP
 from mesh.v1 import link_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,8 @@ CONNECT_TIMEOUT = 5.0
 # to MAX_BACKOFF, before the next attempt (reports go by Ray calls meanwhile).
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
-# The scheduler sends whole actions down; what goes up is small.
-MAX_DOWN = 16 * 1024 * 1024
-MAX_UP = 4 * 1024 * 1024
 OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
+    *KEEPALIVE_OPTIONS,
     ("grpc.max_receive_message_length", MAX_DOWN),
     ("grpc.max_send_message_length", MAX_UP),
 ]

@@ -721,7 +721,8 @@ class MeshConfig(Model):
                            "that is a symlink, another user's or writable by others is refused)")
     load_interval: PositiveSeconds = Field(0.5, description="seconds between load samples")
     load_stale_after: PositiveSeconds = Field(
-        3.0, description="a load report older than this counts as no room"
+        12.0, description="a load report older than this counts as no room (an agent whose "
+        "load does not change re-sends it every load_heartbeat)"
     )
     node_check_interval: PositiveSeconds = Field(1.0, description="seconds between node checks")
     kill_grace: PositiveSeconds = Field(5.0, description="seconds between TERM and KILL")
@@ -787,8 +788,8 @@ class MeshConfig(Model):
         None, max_length=255,
         description="the name agents expect in link_cert (default: the head's address)")
     load_heartbeat: PositiveSeconds = Field(
-        2.0, description="an agent whose load has not changed much re-sends it this often; "
-        "must be below load_stale_after")
+        5.0, description="an agent whose load has not changed much re-sends it this often "
+        "(an idle fleet's cost to the scheduler); must be below load_stale_after")
 
     @property
     def logs(self) -> str:

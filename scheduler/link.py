@@ -28,31 +28,23 @@ from mesh import protoconv
 from mesh.errors import InvalidInput
 from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, ReportAnswer
 from mesh.schema import ActionId, AgentId, AgentInfo, Load, MeshConfig
-from mesh.v1 import AGENT_KEY, AUTHORIZATION_KEY, CONNECT
+from mesh.v1 import AGENT_KEY, AUTHORIZATION_KEY, CONNECT, KEEPALIVE_OPTIONS, MAX_DOWN, MAX_UP
 from mesh.v1 import link_pb2 as pb
 from scheduler.core.decisions import Stop
 
 log = logging.getLogger("actionmesh.scheduler.link")
 
-# What one agent message may take: reports and load are small, so anything near this is a
-# peer that does not speak the protocol. Down, a message carries whole actions (each at
-# most about 1 MiB of command and environment), several to a message below the limit.
-MAX_UP = 4 * 1024 * 1024
-MAX_DOWN = 16 * 1024 * 1024
-# What the items of one message may take together; each field's tag and length on top.
+# What the items of one message down may take together; each field's tag and length on top.
 ROOM = MAX_DOWN - 1024
 ITEM_OVERHEAD = 16
-# A peer that vanished without closing (its machine died, a partition) is noticed after
-# about KEEPALIVE + KEEPALIVE_TIMEOUT seconds, not TCP's ~15 minutes.
-KEEPALIVE_MS = 10_000
-KEEPALIVE_TIMEOUT_MS = 5_000
-
 OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
-    ("grpc.http2.max_pings_without_data", 0),
+    *KEEPALIVE_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 15_000),
+    ("grpc.max_receive_message_length", MAX_UP),
+    ("grpc.max_send_message_length", MAX_DOWN),
+    # One scheduler per port: a second (a restart while the old process lingers) must fail
+    # to bind, not share the port's connections with it.
+    ("grpc.so_reuseport", 0),
 ]
 
 # Applies a report; the answer carries the reporting agent's next work and whether what the
@@ -136,12 +128,7 @@ class LinkServer:
     # ---- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> int:
-        server = aio.server(options=[*OPTIONS, ("grpc.max_receive_message_length", MAX_UP),
-                                     ("grpc.max_send_message_length", MAX_DOWN),
-                                     # One scheduler per port: a second (a restart while
-                                     # the old process lingers) must fail to bind, not
-                                     # share the port's connections with it.
-                                     ("grpc.so_reuseport", 0)])
+        server = aio.server(options=OPTIONS)
         service, method = CONNECT.strip("/").split("/")
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
             method: grpc.stream_stream_rpc_method_handler(

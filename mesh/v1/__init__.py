@@ -7,6 +7,21 @@ from __future__ import annotations
 
 from mesh.v1 import link_pb2
 
+# What one message of the agent link may take. Up, reports and load are small, so anything
+# near the limit is a peer that does not speak the protocol; down, a message carries whole
+# actions (each at most about 1 MiB of command and environment).
+MAX_UP = 4 * 1024 * 1024
+MAX_DOWN = 16 * 1024 * 1024
+# gRPC keepalive on both ends: a peer that vanished without closing (its machine died, a
+# partition) is noticed after about 35 s, not TCP's ~15 minutes; an idle stream costs a
+# ping each way every 30 s.
+KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
 # The call metadata that opens an agent's stream: who it is, and its credential.
 AGENT_KEY = "x-actionmesh-agent"
 AUTHORIZATION_KEY = "authorization"

@@ -24,10 +24,11 @@ from agent.links import NamedActor
 from agent.uplink import SchedulerLink
 from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, ReportAnswer
 from mesh.schema import ActionId, AgentId, AgentInfo, Load, MeshConfig
+from mesh.v1 import MAX_UP
 from mesh.v1 import link_pb2 as pb
 from mesh.waiting import async_wait_until
 from scheduler.core.decisions import Stop
-from scheduler.link import MAX_UP, LinkServer
+from scheduler.link import LinkServer
 from tests.builders import action, agent, load, report
 from tests.link_support import LinkClient
 

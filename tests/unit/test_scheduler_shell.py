@@ -32,11 +32,11 @@ from mesh.schema import (
     QuotaOptions,
 )
 from mesh.stages import Stage
+from mesh.v1 import MAX_DOWN
 from mesh.v1 import link_pb2 as pb
 from mesh.waiting import async_wait_until
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from scheduler.core.records import Changes, Saved
-from scheduler.link import MAX_DOWN
 from scheduler.shell import REGRANT_AFTER, Scheduler
 from scheduler.store import Store
 from tests.builders import action, agent, load, report

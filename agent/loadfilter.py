@@ -1,9 +1,12 @@
 """Which load samples an agent sends: each material change at once, else a heartbeat.
 
 An idle fleet must cost the scheduler next to nothing; a sample every half second from every
-agent was about 0.3 % of a core per agent there. What the scheduler decides on (room for
-memory, the CPU that is not the mesh's own against its limit) moves in steps worth telling
-at once; the rest is noise, and a heartbeat keeps the last sample from going stale.
+agent was about 0.3 % of a core per agent there. What the scheduler decides on is room for
+memory, and whether the CPU that is not the mesh's own is past its limit: a change of
+either is told at once. A machine's CPU use jitters by several points from one sample to
+the next (5-point steps sent 0.7 samples a second from each idle agent of a local
+cluster); only a swing of half the machine is told besides, for the people watching `mesh
+agents`. A heartbeat keeps the last sample from going stale.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from mesh.schema import Load
 
 # Percentage points of the machine's CPU, whole or the mesh's own.
-CPU_STEP = 5.0
+CPU_STEP = 50.0
 # A share of the machine's memory.
 MEMORY_STEP = 0.01
 

@@ -39,6 +39,19 @@ def idle_share(process: psutil.Process) -> float:
     return 100 * (busy_seconds(process) - before) / (time.monotonic() - start)
 
 
+def load_messages(client: Client, seconds: float = 20.0) -> float:
+    """Load samples each agent sent a second, counted by their stamps (after the idle
+    windows: the polling costs the scheduler too)."""
+    seen: dict[str, set[float]] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for agent in client.pool():
+            if agent.load is not None:
+                seen.setdefault(agent.info.agent_id, set()).add(agent.load.sampled_at)
+        time.sleep(0.2)
+    return sum(len(stamps) for stamps in seen.values()) / len(seen) / seconds
+
+
 def on_streams(client: Client, agents: int) -> None:
     wait_until(client.pool, lambda p: len(p) == agents and all(
         a.link == "stream" and a.load for a in p), timeout=120, interval=0.2,
@@ -61,6 +74,7 @@ def main() -> None:
         print(f"idle cost per additional agent: {per_agent:.3f} % of a core "
               f"(target <= 0.03); one core would serve about "
               f"{100 / max(per_agent, 1e-3):,.0f} idle agents")
+        print(f"load samples sent per idle agent: {load_messages(client):.2f}/s")
 
         n = PER_AGENT * (1 + MORE)
         before, start = busy_seconds(scheduler), time.perf_counter()

@@ -18,10 +18,10 @@ def sample(at: float, cpu: float = 10.0, mesh: float = 0.0, available: int = 8 *
 
 @pytest.mark.parametrize(("change", "sent"), [
     ({}, False),
-    ({"cpu": 14.9}, False),
-    ({"cpu": 15.0}, True),
-    ({"cpu": 5.0}, True),
-    ({"mesh": 5.0}, True),
+    ({"cpu": 30.0}, False),
+    ({"cpu": 59.9}, False),
+    ({"cpu": 60.0}, True),
+    ({"mesh": 50.0}, True),
     ({"available": 8 * GIB - 80 * 2**20}, False),
     ({"available": 8 * GIB - 90 * 2**20}, True),
 ])
@@ -44,5 +44,5 @@ def test_an_unchanged_load_goes_as_a_heartbeat_counted_from_the_last_sent() -> N
     worth = LoadFilter(heartbeat=2.0, cpu_busy_percent=95.0)
     sent = [t / 2 for t in range(13) if worth.due(sample(t / 2))]
     assert sent == [0.0, 2.0, 4.0, 6.0]
-    assert worth.due(sample(6.5, cpu=50.0))
-    assert [t for t in (7.0, 8.0, 8.5) if worth.due(sample(t, cpu=50.0))] == [8.5]
+    assert worth.due(sample(6.5, cpu=70.0))
+    assert [t for t in (7.0, 8.0, 8.5) if worth.due(sample(t, cpu=70.0))] == [8.5]

@@ -370,16 +370,26 @@ class SchedulerState:
         agent that turned work away for its load is looked at again after its next
         sample."""
         granted: dict[AgentId, int] = {}
+        # Agents whose live load refuses every CPU request this pass (saturated, or silent
+        # too long): asked once, not once per queued request (a deep queue over a busy
+        # fleet spent most of each pass building the same refusal).
+        no_cpu_work: set[AgentId] = set()
+        live = self._placer.live_load
 
         def admit(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
             agent = self._agents.get(worker.id)
             if agent is None:
+                return False
+            takes_cpu = request.cpus > 0 and freed is None
+            if takes_cpu and worker.id in no_cpu_work:
                 return False
             slot = Slot(agent, worker, freed, granted.get(worker.id, 0))
             rejection = self._placer.first_rejection(slot, request, now)
             if rejection is not None:
                 if rejection.check == reasons.CHECK_LOAD:
                     self._turned_away.add(agent.agent_id)
+                    if takes_cpu and not live.takes_cpu_work(agent, now):
+                        no_cpu_work.add(worker.id)
                 return False
             given_back = freed.request.memory if freed is not None else 0
             granted[worker.id] = slot.granted_memory - given_back + request.memory

@@ -91,8 +91,11 @@ def test_logs_from_an_offset_and_cancel(mesh: Mesh) -> None:
 def test_agents_and_up_on_a_running_cluster(mesh: Mesh) -> None:
     agents = json.loads(mesh_cli(mesh, "agents", "--json").stdout)
     assert {a["info"]["node_id"] for a in agents} == {mesh.big_id, mesh.small_id}
+    assert all(a["link"] == "stream" and a["link_since"] for a in agents), agents
     table = mesh_cli(mesh, "agents").stdout
     assert "pool:big" in table and "LOAD" in table
+    # Which way each agent talks, and for how long (e.g. `stream 12s`).
+    assert len(re.findall(r"\bstream \d+[smhd]\b", table)) == 2, table
     again = mesh_cli(mesh, "up")
     assert again.returncode == 0 and "2 agent(s)" in again.stdout
 

@@ -110,15 +110,14 @@ class AgentActor:
                 agent_id=self.agent_id, stage="refused", time=time.time(), reason=repr(exc)))
 
     async def cancel(self, action_id: str, attempt: int, reason: str = "") -> CancelOutcome:
+        return await self._stop(action_id, attempt, reason)
+
+    async def _stop(self, action_id: Any, attempt: Any, reason: Any) -> CancelOutcome:
+        """A stop, by Ray call or down the stream: checked where it lands."""
         if not isinstance(reason, str):
             reason = repr(reason)
-        return await self._stop(ActionId(arrived_id(action_id, "action id")),
-                                arrived_count(attempt, "attempt", 1), reason)
-
-    async def _stop(self, action_id: ActionId, attempt: int, reason: str) -> CancelOutcome:
-        """A stop, by Ray call or down the stream."""
         return await self.executor.cancel(ActionId(arrived_id(action_id, "action id")),
-                                          attempt, reason[:1000])
+                                          arrived_count(attempt, "attempt", 1), reason[:1000])
 
     async def holdings(self) -> AgentHoldings:
         """What a (re)starting scheduler reconciles against: what runs here, what ended."""

@@ -58,6 +58,9 @@ DRAIN_QUIET = 1.0
 # Finished attempts remembered so that a repeated start of one is not run twice, and so a
 # restarted scheduler learns their endings (at 500 endings a second, 20 s of them).
 REMEMBER_FINISHED = 10_000
+# When an attempt remembered only because its stop came before its start was made: not
+# known here, and the mark that it never ran.
+NEVER_ASSIGNED = float("-inf")
 # Log pushes in flight per attempt before its pipes stop being read.
 MAX_PUSHES_IN_FLIGHT = 8
 
@@ -399,11 +402,13 @@ class Executor:
         key = (action_id, attempt)
         running = self._attempts.get(key)
         if running is None:
-            if key in self._finished:
-                return "finished"
+            held = self._finished.get(key)
+            if held is not None:
+                # Remembered only because a stop came first: it never ran here.
+                return "unknown" if held[1] == NEVER_ASSIGNED else "finished"
             # Its start may still be on the way (from a scheduler that has since died or
             # moved on): remembered as finished, it is refused when it comes.
-            self._remember(key, None, float("-inf"))  # when it was made is not known here
+            self._remember(key, None, NEVER_ASSIGNED)
             return "unknown"
         if reason and running.stop_reason is None:
             running.shipper.add_line("stderr", f"actionmesh: stopping this attempt: {reason}")

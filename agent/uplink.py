@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -24,13 +25,16 @@ from mesh.v1 import link_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+# The longest reason a refusal made here carries.
+REASON_CHARS = 1000
 # Retries of a report whose Ray call failed because the scheduler died or restarted.
 REPORT_RETRIES = 3
 # Reports kept while the scheduler cannot be found; past this the oldest are dropped (the
 # scheduler asks for `holdings()` when it comes back, which carries recent end reports).
 MAX_QUEUED_REPORTS = 10_000
-# Reports in one message: keeps a backlog's message far below the scheduler's size limit.
-REPORTS_PER_MESSAGE = 500
+# Bytes of reports in one message: a backlog's message stays far below the scheduler's
+# limit (a report's reason is cut to REASON_CHARS where it is made).
+REPORT_BYTES = MAX_UP // 4
 LOOKUP_BACKOFF = 0.5
 # Seconds to wait for the stream to be admitted.
 CONNECT_TIMEOUT = 5.0
@@ -59,7 +63,8 @@ class SchedulerLink:
     Ray. Reports sent on it stay unanswered until their answer arrives; when it breaks they
     are sent again (the scheduler fences reports by attempt and stage, so a repeat is
     dropped there). While the stream cannot be opened, reports and load go by Ray calls,
-    reports one after another, retried after an actor failure.
+    each report sent as the one before it has gone (not answered), retried after an actor
+    failure.
     """
 
     def __init__(self, scheduler: NamedActor, agent_id: AgentId,
@@ -85,6 +90,7 @@ class SchedulerLink:
         self._retry_at = 0.0
         self._failures = 0
         self._failing = False
+        self._closed = False
 
     @property
     def on_stream(self) -> bool:
@@ -93,11 +99,13 @@ class SchedulerLink:
     async def close(self) -> None:
         """Stop sending: close the stream and end the background tasks."""
         self.use_stream = False
+        self._closed = True
         tasks = [t for t in (self._connector, self._reader, self._pump, *self._tasks)
                  if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._call = None
         await self._drop_stream()
 
     def grant(self, grant: LinkGrant) -> None:
@@ -133,6 +141,8 @@ class SchedulerLink:
         return bool(self._queue or self._load is not None or self._stopped)
 
     def _kick(self) -> None:
+        if self._closed:
+            return
         if self._pending() and (self._pump is None or self._pump.done()):
             self._pump = asyncio.get_running_loop().create_task(self._run())
 
@@ -144,10 +154,12 @@ class SchedulerLink:
                     self.open_stream()
                     await self._send_by_call()
                     continue
-                message = self._next_message()
+                load, message = self._load, self._next_message()
                 try:
                     await call.write(message)
                 except (aio.AioRpcError, aio.UsageError, asyncio.InvalidStateError) as exc:
+                    if self._load is None:
+                        self._load = load  # a sample is not lost with the stream
                     self._lost(call, repr(exc))
         finally:
             # What was queued again while this pump was finishing must not wait for the next.
@@ -161,10 +173,16 @@ class SchedulerLink:
         if self._load is not None:
             message.load.CopyFrom(protoconv.load_pb(self._load))
             self._load = None
-        while self._queue and len(message.reports) < REPORTS_PER_MESSAGE:
+        room = REPORT_BYTES
+        while self._queue:
+            converted = protoconv.report_pb(self._queue[0][0])
+            size = converted.ByteSize()
+            if size >= room and message.reports:
+                break
+            room -= size
             report, _ = self._queue.popleft()
             self._unanswered.append(report)
-            message.reports.append(protoconv.report_pb(report))
+            message.reports.append(converted)
         return message
 
     # ---- the stream ----------------------------------------------------------------------
@@ -230,11 +248,12 @@ class SchedulerLink:
                     (AUTHORIZATION_KEY, f"Bearer {grant.credential}")))
         try:
             admitted = await asyncio.wait_for(call.read(), CONNECT_TIMEOUT)
+            if admitted is aio.EOF:
+                raise ConnectionError("the scheduler closed the stream at once")
         except BaseException:
             call.cancel()
+            await self._drop_stream()
             raise
-        if admitted is aio.EOF:
-            raise ConnectionError("the scheduler closed the stream at once")
         return call
 
     async def _drop_stream(self) -> None:
@@ -247,8 +266,8 @@ class SchedulerLink:
         try:
             while True:
                 message = await call.read()
-                if message is aio.EOF:
-                    break
+                if message is aio.EOF or self._call is not call:
+                    break  # (a message of a stream already replaced is not acted on)
                 self._failures = 0  # a working stream: the next loss retries at once
                 self._take_message(message)
         except aio.AioRpcError as exc:
@@ -266,24 +285,36 @@ class SchedulerLink:
                                   f"{len(self._unanswered)} reports")
         for answer in message.answers:
             report = self._unanswered.popleft()
-            try:
-                checked = protoconv.answer(answer, self.agent_id)
-            except InvalidInput as exc:
-                log.error("the answer to report %s of %s was not understood: %s",
-                          report.stage, report.action_id, exc)
-                continue
-            self._take(report, checked)
-        if message.assignments and self.on_assignments is not None:
-            work = []
-            for assignment in message.assignments:
-                try:
-                    work.append(protoconv.assignment(assignment, self.agent_id))
-                except InvalidInput as exc:
-                    log.error("an assignment of %s was not understood: %s",
-                              assignment.action_id, exc)
+            self._take(report, ReportAnswer(assignments=self._work(answer.assignments),
+                                            error=answer.error, recorded=answer.recorded))
+        work = self._work(message.assignments)
+        if work and self.on_assignments is not None:
             self.on_assignments(work)
         for stop in message.stops:
             self._spawn(self._stop(stop))
+
+    def _work(self, assignments: Iterable[pb.Assignment]) -> list[Assignment]:
+        """The assignments that validate; each that does not is refused back, so the
+        scheduler queues its action again rather than waiting on a start that never comes."""
+        work = []
+        for assignment in assignments:
+            try:
+                work.append(protoconv.assignment(assignment, self.agent_id))
+            except InvalidInput as exc:
+                log.error("an assignment of %s was not understood: %s",
+                          assignment.action_id, exc)
+                self._refuse(assignment, f"the agent could not read it: {exc}")
+        return work
+
+    def _refuse(self, assignment: pb.Assignment, reason: str) -> None:
+        try:
+            refusal = AttemptReport(
+                action_id=ActionId(assignment.action_id), attempt=assignment.attempt,
+                agent_id=self.agent_id, stage="refused", time=time.time(),
+                reason=reason[:REASON_CHARS])
+        except ValidationError:
+            return  # no attempt to name: the scheduler sends it again if the stream closes
+        self.report(refusal)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -294,8 +325,7 @@ class SchedulerLink:
         if self.on_stop is None:
             return
         try:
-            outcome = await self.on_stop(ActionId(stop.action_id), stop.attempt,
-                                         stop.reason[:1000])
+            outcome = await self.on_stop(ActionId(stop.action_id), stop.attempt, stop.reason)
         except (InvalidInput, ValidationError) as exc:
             log.error("a stop of %s was not understood: %s", stop.action_id, exc)
             return

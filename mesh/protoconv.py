@@ -109,11 +109,6 @@ def answer_pb(answer: ReportAnswer) -> pb.ReportAnswer:
                            error=answer.error, recorded=answer.recorded)
 
 
-def answer(message: pb.ReportAnswer, agent_id: AgentId) -> ReportAnswer:
-    return ReportAnswer(assignments=[assignment(a, agent_id) for a in message.assignments],
-                        error=message.error, recorded=message.recorded)
-
-
 def outcome_pb(outcome: CancelOutcome) -> pb.StopOutcome:
     return _OUTCOMES[outcome]
 

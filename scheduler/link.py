@@ -136,18 +136,23 @@ class LinkServer:
                 response_serializer=pb.SchedulerMessage.SerializeToString)})])
         address = f"{self.host}:{self.port}"
         port: int
-        if self.tls is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, grpc.ssl_server_credentials(
-                [(self.tls.key, self.tls.cert)]))
-        await server.start()
+        try:
+            if self.tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, grpc.ssl_server_credentials(
+                    [(self.tls.key, self.tls.cert)]))
+            await server.start()
+        except BaseException:
+            await server.stop(grace=None)
+            raise
         self._server, self.port = server, port
         return port
 
     async def close(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=None)
+        server, self._server = self._server, None  # no more grants
+        if server is not None:
+            await server.stop(grace=None)
 
     def grant(self, info: AgentInfo) -> LinkGrant | None:
         """The grant for a registered agent; None while the server is not serving."""
@@ -161,7 +166,7 @@ class LinkServer:
     # ---- what the scheduler sends --------------------------------------------------------
 
     def on_stream(self, agent_id: AgentId) -> bool:
-        return bool(self.streams.get(agent_id))
+        return self._newest(agent_id) is not None
 
     def push(self, agent_id: AgentId, assignments: list[Assignment]) -> list[Assignment]:
         """Send assignments down the agent's newest stream; returns those it cannot carry
@@ -230,8 +235,11 @@ class LinkServer:
                                 "no valid credential for this agent")
             return
         stream = _Stream(agent, self.clock())
-        if not self.streams.get(agent):
+        if not self.on_stream(agent):
             self.since[agent] = stream.opened_at
+        # One stream per agent: an older one (a reconnect the old connection has not yet
+        # noticed it lost) is closed, and what it carried unconfirmed is handed on.
+        self.close_agent(agent)
         self.streams.setdefault(agent, []).append(stream)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
@@ -265,7 +273,8 @@ class LinkServer:
             streams.remove(stream)
         if not streams:
             self.streams.pop(stream.agent_id, None)
-            self.since[stream.agent_id] = self.clock()
+            if self.identity(stream.agent_id) is not None:  # not for one that left
+                self.since[stream.agent_id] = self.clock()
         log.info("stream of agent %s closed: %s", stream.agent_id, reason)
         unconfirmed = [*stream.unconfirmed.values(), *(a for a, _ in stream.assignments)]
         unstopped = [*stream.unanswered_stops.values(), *stream.stops]
@@ -288,13 +297,16 @@ class LinkServer:
             except InvalidInput as exc:
                 log.warning("load of agent %s refused: %s", agent, exc)
         for outcome in message.stopped:
+            try:
+                checked = protoconv.outcome(outcome.outcome)
+            except ValueError as exc:
+                # The stop stays unanswered: should the stream close, it goes by Ray call.
+                log.warning("stop outcome of agent %s not understood: %s", agent, exc)
+                continue
             stop = stream.unanswered_stops.pop((ActionId(outcome.action_id), outcome.attempt),
                                                None)
-            try:
-                if stop is not None:
-                    self.stopped(stop, protoconv.outcome(outcome.outcome))
-            except ValueError as exc:
-                log.warning("stop outcome of agent %s not understood: %s", agent, exc)
+            if stop is not None:
+                self.stopped(stop, checked)
 
     def _answer(self, stream: _Stream, message: pb.AttemptReport) -> ReportAnswer:
         try:
@@ -348,10 +360,16 @@ class LinkServer:
             room -= answer.ByteSize() + ITEM_OVERHEAD
             message.answers.append(answer)
         while stream.stops:
-            stop = stream.stops.pop(0)
+            stop = stream.stops[0]
+            converted_stop = pb.Stop(action_id=stop.action_id, attempt=stop.attempt,
+                                     reason=stop.reason)
+            size = converted_stop.ByteSize() + ITEM_OVERHEAD
+            if size >= room:
+                break
+            room -= size
+            stream.stops.pop(0)
             stream.unanswered_stops[(stop.action_id, stop.attempt)] = stop
-            message.stops.append(pb.Stop(action_id=stop.action_id, attempt=stop.attempt,
-                                         reason=stop.reason))
+            message.stops.append(converted_stop)
         while stream.assignments:
             assignment, converted = stream.assignments[0]
             size = converted.ByteSize() + ITEM_OVERHEAD

@@ -251,6 +251,10 @@ async def test_cancel_kills_every_process_of_the_tree(ex: Executor, sinks: Recor
     assert ex.holdings().running == []
     assert await ex.cancel(ActionId("victim"), 1) == "finished"
     assert await ex.cancel(ActionId("never"), 1) == "unknown"
+    # Asked again (the first answer was lost with a stream): it still never ran here.
+    assert await ex.cancel(ActionId("never"), 1) == "unknown"
+    await ex.start(assignment(["true"], "never"))  # its start, late: refused, not run
+    assert sinks.stages("never", 1) == []
 
 
 async def test_a_stop_with_a_reason_says_so_in_the_attempts_log(

@@ -23,7 +23,7 @@ from grpc import aio
 from agent.links import NamedActor
 from agent.uplink import SchedulerLink
 from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, ReportAnswer
-from mesh.schema import ActionId, AgentId, AgentInfo, Load, MeshConfig
+from mesh.schema import Action, ActionId, AgentId, AgentInfo, Load, MeshConfig
 from mesh.v1 import MAX_UP
 from mesh.v1 import link_pb2 as pb
 from mesh.waiting import async_wait_until
@@ -503,3 +503,55 @@ async def test_with_a_certificate_the_stream_is_tls_and_plaintext_is_refused(
     with pytest.raises((aio.AioRpcError, TimeoutError)):
         await wrong.open()
     await wrong.close()
+
+
+async def test_a_second_stream_of_an_agent_closes_the_first_and_takes_its_work(
+        serve: Serve) -> None:
+    handler = Recorder()
+    served = await serve(handler)
+    first = await LinkClient(served.grant(), "n1").open()
+    assert served.server.push(AgentId("n1"), [assignment("p1")]) == []
+    assert [a.action_id for a in (await first.read()).assignments] == ["p1"]
+    second = await LinkClient(served.grant(), "n1").open()
+    assert await asyncio.wait_for(first.call.read(), 10) is aio.EOF, "the first is closed"
+    await async_wait_until(lambda: [a.action_id for a in handler.undelivered],
+                           lambda ids: ids == ["p1"], what="p1, unconfirmed, handed on")
+    assert served.server.push(AgentId("n1"), [assignment("p2")]) == []
+    assert [a.action_id for a in (await second.read()).assignments] == ["p2"]
+    await first.close()
+    await second.close()
+
+
+async def test_an_assignment_the_agent_cannot_read_is_refused_back(
+        serve: Serve, agent_side: AgentSide) -> None:
+    handler = Recorder()
+    served = await serve(handler)
+    got: list[Assignment] = []
+    link = agent_side(FakeSchedulerHandle(), got.extend)
+    await opened(link, served.grant())
+    # As a scheduler of another version might send it: -1 CPUs passes no check here.
+    bad = Assignment.model_construct(action=Action.model_construct(command=["true"], cpus=-1.0),
+                                     action_id=ActionId("bad"), attempt=1,
+                                     agent_id=AgentId("n1"), assigned_at=1.0)
+    assert served.server.push(AgentId("n1"), [bad, assignment("good")]) == []
+    await async_wait_until(handler.keys, lambda keys: keys == [("bad", "refused")],
+                           what="the refusal")
+    assert "cpus" in handler.seen[0].reason
+    assert [a.action_id for a in got] == ["good"]
+
+
+async def test_a_stop_outcome_not_understood_leaves_the_stop_to_go_another_way(
+        serve: Serve) -> None:
+    handler = Recorder()
+    served = await serve(handler)
+    client = await LinkClient(served.grant(), "n1").open()
+    stop = Stop(ActionId("a1"), 1, AgentId("n1"), "cancelled")
+    assert served.server.stop(stop)
+    assert [x.action_id for x in (await client.read()).stops] == ["a1"]
+    await client.send(stopped=[pb.Stopped(action_id="a1", attempt=1,
+                                          outcome=pb.STOP_OUTCOME_UNSPECIFIED)])
+    assert await client.ask(report("a1", 1, "n1", "running")) == []  # the message was read
+    assert handler.stopped == []
+    await client.close()
+    await async_wait_until(lambda: list(handler.unstopped), lambda s: s == [stop],
+                           what="the stop handed on")

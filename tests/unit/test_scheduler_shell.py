@@ -312,6 +312,8 @@ async def test_an_agent_reporting_by_ray_calls_without_a_stream_is_granted_again
         await async_wait_until(lambda: s.pool()[0].link, lambda how: how == "stream",
                                what="the agent on its stream")
         s.by_ray_call(AgentId("n1"))  # a late Ray call from an agent on its stream
+        await settle()
+        assert len(n1.grants) == 1, "an agent on its stream is not granted again"
         await link.close()
         await async_wait_until(lambda: s.pool()[0].link, lambda how: how == "ray",
                                what="the stream gone")

@@ -231,16 +231,7 @@ class SchedulerLink:
 
     async def _connect(self, grant: LinkGrant) -> Call:
         await self._drop_stream()
-        target = f"{grant.host}:{grant.port}"
-        if grant.root_certificate:
-            options: list[tuple[str, int | str]] = [*OPTIONS]
-            if grant.server_name:
-                options.append(("grpc.ssl_target_name_override", grant.server_name))
-            channel = aio.secure_channel(target, grpc.ssl_channel_credentials(
-                grant.root_certificate.encode()), options=options)
-        else:
-            channel = aio.insecure_channel(target, options=OPTIONS)
-        self._channel = channel
+        channel = self._channel = channel_for(grant, OPTIONS)
         call = channel.stream_stream(
             CONNECT, request_serializer=pb.AgentMessage.SerializeToString,
             response_deserializer=pb.SchedulerMessage.FromString,
@@ -402,6 +393,18 @@ class SchedulerLink:
             self.on_recorded(report)
         if answer.assignments and self.on_assignments is not None:
             self.on_assignments(answer.assignments)
+
+
+def channel_for(grant: LinkGrant, options: list[tuple[str, Any]]) -> aio.Channel:
+    """A channel to the scheduler the grant names: TLS, trusting only the certificate the
+    grant carries, when it carries one."""
+    target = f"{grant.host}:{grant.port}"
+    if not grant.root_certificate:
+        return aio.insecure_channel(target, options=options)
+    if grant.server_name:
+        options = [*options, ("grpc.ssl_target_name_override", grant.server_name)]
+    return aio.secure_channel(target, grpc.ssl_channel_credentials(
+        grant.root_certificate.encode()), options=options)
 
 
 def _refused(exc: BaseException) -> bool:

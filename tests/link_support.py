@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import grpc
 from grpc import aio
 
+from agent.uplink import channel_for
 from mesh import protoconv
 from mesh.protocol import AttemptReport, LinkGrant
 from mesh.schema import Load
@@ -31,15 +31,7 @@ class LinkClient:
         self.pushed: list[pb.Assignment] = []
 
     async def open(self) -> LinkClient:
-        target = f"{self.grant.host}:{self.grant.port}"
-        if self.grant.root_certificate:
-            options = [*self.options]
-            if self.grant.server_name:
-                options.append(("grpc.ssl_target_name_override", self.grant.server_name))
-            self.channel = aio.secure_channel(target, grpc.ssl_channel_credentials(
-                self.grant.root_certificate.encode()), options=options)
-        else:
-            self.channel = aio.insecure_channel(target, options=self.options)
+        self.channel = channel_for(self.grant, self.options)
         metadata = [(AGENT_KEY, self.agent_id)] if self.agent_id else []
         if self.credential:
             metadata.append((AUTHORIZATION_KEY, f"Bearer {self.credential}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -54,18 +55,32 @@ def shell(script: str) -> Action:
     return Action(command=[script], shell=True, timeout=120)
 
 
-def joiner(client: Client) -> Action:
+@pytest.fixture(scope="module")
+def readable_site() -> Iterator[str]:
+    """Our installed packages where USER can read them: the checkout, and with it the
+    virtualenv, may sit in a directory only root may enter (CI clones into a private
+    temporary directory). Hard links, or a copy across file systems, in one anyone may."""
+    root = tempfile.mkdtemp(prefix="mesh-runas-site-")
+    try:
+        os.chmod(root, 0o755)
+        site, target = sysconfig.get_paths()["purelib"], os.path.join(root, "site")
+        if subprocess.run(["cp", "-al", site, target], capture_output=True).returncode:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(site, target, symlinks=True)
+        yield target
+    finally:
+        shutil.rmtree(root)
+
+
+def joiner(client: Client, site: str) -> Action:
     """An action that tries to join the cluster as a driver and prints how far it got: the
     token file it could not open, the cluster refusing its token, or the connection made.
-    It runs this Python when USER can, else the machine's own Python 3.11 with our packages
-    on its path (ours may live under /root, which only root may enter), told to accept a
-    patch-level mismatch."""
-    python = sys.executable
+    It runs this Python when USER can, else the machine's own Python 3.11 (told to accept
+    a patch-level mismatch), with our packages from `site`."""
+    python = os.path.realpath(sys.executable)
     if run_action(client, shell(f"test -x {python} && echo yes || echo no")) != ["yes"]:
-        python = shutil.which("python3.11", path="/usr/bin:/bin") or ""
-    if not python:
-        pytest.skip(f"no Python 3.11 that {USER} can run; the token test above still holds")
-    site = sysconfig.get_paths()["purelib"]
+        python = shutil.which("python3.11", path="/usr/local/bin:/usr/bin:/bin") or ""
+    assert python, f"no Python 3.11 that {USER} can run"
     code = (f"import sys; sys.path.insert(0, {site!r}); import ray; "
             "ray.init(address='auto', log_to_driver=False)")
     script = (f"{python} -c \"{code}\" 2>&1 "
@@ -84,18 +99,19 @@ def run_action(client: Client, action: Action) -> list[str]:
     return lines
 
 
-def test_an_action_cannot_join_the_cluster(client: Client) -> None:
-    lines = run_action(client, joiner(client))
+def test_an_action_cannot_join_the_cluster(client: Client, readable_site: str) -> None:
+    lines = run_action(client, joiner(client, readable_site))
     # Ray cannot read the token file it was pointed at (or, had it none, the cluster
     # refuses the missing token).
     assert lines in (["file cannot be opened", "done"], ["InvalidAuthToken", "done"]), lines
 
 
-def test_the_same_action_joins_when_given_the_token(client: Client) -> None:
+def test_the_same_action_joins_when_given_the_token(client: Client,
+                                                   readable_site: str) -> None:
     # The control: the same command does connect when handed the token, so the refusal
     # above comes from the token it cannot read, not from the way it runs.
     token = TOKEN.read_text().strip()
-    action = joiner(client).model_copy(update={"secrets": {"RAY_AUTH_TOKEN": token}})
+    action = joiner(client, readable_site).model_copy(update={"secrets": {"RAY_AUTH_TOKEN": token}})
     lines = run_action(client, action)
     # (The driver then aborts: as USER it cannot write its logs into root's session dir.)
     assert lines[0] == "Connected to Ray cluster" and lines[-1] == "done", lines

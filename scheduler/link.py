@@ -17,9 +17,11 @@ import hmac
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc import aio
@@ -60,6 +62,7 @@ Stopped = Callable[[Stop, CancelOutcome], None]
 Identity = Callable[[AgentId], AgentInfo | None]
 
 Key = tuple[ActionId, int]
+T = TypeVar("T")
 
 
 def credential(key: bytes, info: AgentInfo) -> str:
@@ -90,9 +93,12 @@ class _Stream:
 
     agent_id: AgentId
     opened_at: float
-    answers: list[pb.ReportAnswer] = field(default_factory=list)
-    assignments: list[tuple[Assignment, pb.Assignment]] = field(default_factory=list)
-    stops: list[Stop] = field(default_factory=list)
+    # What waits to go down, each item with its converted form's size: answers, owed in
+    # order; stops; new work.
+    answers: deque[tuple[pb.ReportAnswer, int]] = field(default_factory=deque)
+    stops: deque[tuple[tuple[Stop, pb.Stop], int]] = field(default_factory=deque)
+    assignments: deque[tuple[tuple[Assignment, pb.Assignment], int]] = field(
+        default_factory=deque)
     unconfirmed: dict[Key, Assignment] = field(default_factory=dict)
     unanswered_stops: dict[Key, Stop] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -179,8 +185,9 @@ class LinkServer:
         refused = []
         for assignment in assignments:
             converted = protoconv.assignment_pb(assignment)
-            if converted.ByteSize() + ITEM_OVERHEAD < ROOM:
-                stream.assignments.append((assignment, converted))
+            size = converted.ByteSize() + ITEM_OVERHEAD
+            if size < ROOM:
+                stream.assignments.append(((assignment, converted), size))
             else:
                 refused.append(assignment)
         stream.wake.set()
@@ -191,7 +198,9 @@ class LinkServer:
         stream = self._newest(decision.agent_id)
         if stream is None:
             return False
-        stream.stops.append(decision)
+        converted = pb.Stop(action_id=decision.action_id, attempt=decision.attempt,
+                            reason=decision.reason)
+        stream.stops.append(((decision, converted), converted.ByteSize() + ITEM_OVERHEAD))
         stream.wake.set()
         return True
 
@@ -276,8 +285,8 @@ class LinkServer:
             if self.identity(stream.agent_id) is not None:  # not for one that left
                 self.since[stream.agent_id] = self.clock()
         log.info("stream of agent %s closed: %s", stream.agent_id, reason)
-        unconfirmed = [*stream.unconfirmed.values(), *(a for a, _ in stream.assignments)]
-        unstopped = [*stream.unanswered_stops.values(), *stream.stops]
+        unconfirmed = [*stream.unconfirmed.values(), *(a for (a, _), _ in stream.assignments)]
+        unstopped = [*stream.unanswered_stops.values(), *(s for (s, _), _ in stream.stops)]
         if unconfirmed or unstopped:
             self.undelivered(unconfirmed, unstopped)
 
@@ -286,11 +295,11 @@ class LinkServer:
         agent = stream.agent_id
         for report in message.reports:
             answer = self._answer(stream, report)
-            converted = self._answer_pb(answer)
+            converted, size = self._answer_pb(answer)
             if converted.assignments:
                 stream.unconfirmed.update(((a.action_id, a.attempt), a)
                                           for a in answer.assignments)
-            stream.answers.append(converted)
+            stream.answers.append((converted, size))
         if message.HasField("load"):
             try:
                 self.load(agent, protoconv.load(message.load))
@@ -322,13 +331,16 @@ class LinkServer:
                           report.action_id, report.attempt)
             return ReportAnswer(error=f"the scheduler failed to apply it: {exc!r}")
 
-    def _answer_pb(self, answer: ReportAnswer) -> pb.ReportAnswer:
+    def _answer_pb(self, answer: ReportAnswer) -> tuple[pb.ReportAnswer, int]:
+        """The answer as it goes down, and its size."""
         converted = protoconv.answer_pb(answer)
-        if converted.ByteSize() < ROOM:
-            return converted
+        size = converted.ByteSize() + ITEM_OVERHEAD
+        if size < ROOM:
+            return converted, size
         # Too much work for one message: the answer goes without it, the work another way.
         self.undelivered(answer.assignments, [])
-        return pb.ReportAnswer(error=answer.error, recorded=answer.recorded)
+        converted = pb.ReportAnswer(error=answer.error, recorded=answer.recorded)
+        return converted, converted.ByteSize() + ITEM_OVERHEAD
 
     async def _write(self, stream: _Stream, context: aio.ServicerContext) -> None:
         """Send what is pushed to the stream between its agent's messages; returns when
@@ -351,32 +363,23 @@ class LinkServer:
 
     def _next_message(self, stream: _Stream) -> pb.SchedulerMessage:
         """Take what fits in one message off the stream's queues (each item fits alone):
-        answers first, as they are owed, in order."""
-        message = pb.SchedulerMessage()
-        room = ROOM
-        while stream.answers and (not message.answers or
-                                  stream.answers[0].ByteSize() + ITEM_OVERHEAD < room):
-            answer = stream.answers.pop(0)
-            room -= answer.ByteSize() + ITEM_OVERHEAD
-            message.answers.append(answer)
-        while stream.stops:
-            stop = stream.stops[0]
-            converted_stop = pb.Stop(action_id=stop.action_id, attempt=stop.attempt,
-                                     reason=stop.reason)
-            size = converted_stop.ByteSize() + ITEM_OVERHEAD
-            if size >= room:
-                break
-            room -= size
-            stream.stops.pop(0)
-            stream.unanswered_stops[(stop.action_id, stop.attempt)] = stop
-            message.stops.append(converted_stop)
-        while stream.assignments:
-            assignment, converted = stream.assignments[0]
-            size = converted.ByteSize() + ITEM_OVERHEAD
-            if size >= room and (message.answers or message.assignments):
-                break
-            room -= size
-            stream.assignments.pop(0)
-            stream.unconfirmed[(assignment.action_id, assignment.attempt)] = assignment
-            message.assignments.append(converted)
-        return message
+        answers first, as they are owed, in order. Stops and work sent now are unanswered
+        or unconfirmed until the agent speaks of them."""
+        answers, room = _fitting(stream.answers, ROOM, anyway=True)
+        stops, room = _fitting(stream.stops, room, anyway=not answers)
+        work, _ = _fitting(stream.assignments, room, anyway=not (answers or stops))
+        stream.unanswered_stops.update(((s.action_id, s.attempt), s) for s, _ in stops)
+        stream.unconfirmed.update(((a.action_id, a.attempt), a) for a, _ in work)
+        return pb.SchedulerMessage(answers=answers, stops=[m for _, m in stops],
+                                   assignments=[m for _, m in work])
+
+
+def _fitting(queue: deque[tuple[T, int]], room: int, anyway: bool) -> tuple[list[T], int]:
+    """Items off the front of `queue` while their sizes fit in `room` (the first one
+    `anyway`, however large), and the room left."""
+    taken: list[T] = []
+    while queue and (queue[0][1] < room or (anyway and not taken)):
+        item, size = queue.popleft()
+        taken.append(item)
+        room -= size
+    return taken, room

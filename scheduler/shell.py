@@ -97,9 +97,8 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._synced: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.infos: dict[AgentId, AgentInfo] = {}
         self._granted_at: dict[AgentId, float] = {}
-        self.link = LinkServer(config, link_host, self.infos.get, self.report_attempt,
+        self.link = LinkServer(config, link_host, self.core.agent_info, self.report_attempt,
                                self.report_load, self._stopped, self._deliver_otherwise, clock)
 
     # ---- durable state -------------------------------------------------------------------
@@ -185,7 +184,8 @@ class Scheduler:
     def _send_grant(self, agent_id: AgentId) -> None:
         """Hand the agent its grant (once the link serves), by a Ray call to the agent's
         own actor: only that actor learns its credential."""
-        grant = self.link.grant(self.infos[agent_id])
+        info = self.core.agent_info(agent_id)
+        grant = None if info is None else self.link.grant(info)
         if grant is not None:
             self._granted_at[agent_id] = self.clock()
             self._spawn(self._grant(agent_id, self.handles[agent_id], grant))
@@ -279,7 +279,6 @@ class Scheduler:
                  held: AgentHoldings | None = None) -> None:
         """Add the agent to the pool, squaring what it runs with the saved state."""
         self.handles[info.agent_id] = handle
-        self.infos[info.agent_id] = info
         self.link.since.setdefault(info.agent_id, self.clock())
         self._carry_out(self.core.agent_joined(info, self.clock(), held))
         self._spawn(self._watch(info.agent_id, handle))
@@ -310,7 +309,6 @@ class Scheduler:
         if current is None or (handle is not None and current is not handle):
             return
         del self.handles[agent_id]
-        self.infos.pop(agent_id, None)
         self.link.since.pop(agent_id, None)
         log.warning("agent %s left the pool: %s", agent_id, why)
         self.core.agent_left(agent_id, self.clock())

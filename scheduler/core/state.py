@@ -292,6 +292,11 @@ class SchedulerState:
             self._life.lose(self._ledger.get(action_id), now, died=True)
         self._judge_queue(now, only_clears=False)
 
+    def agent_info(self, agent_id: AgentId) -> AgentInfo | None:
+        """What a registered agent said of itself; None for one not in the pool."""
+        entry = self._agents.get(agent_id)
+        return None if entry is None else entry.info
+
     def agent_suspect(self, agent_id: AgentId) -> None:
         entry = self._agents.get(agent_id)
         if entry is not None and entry.state == "alive":

@@ -17,7 +17,14 @@ from ray._private.services import find_gcs_addresses
 from ray.exceptions import RayError
 
 from mesh import calls, names
-from mesh.errors import ClusterUnavailable, MeshNotRunning, StateDirRefused, WaitTimeout
+from mesh.errors import (
+    ClusterUnavailable,
+    MeshError,
+    MeshNotRunning,
+    StateDirRefused,
+    WaitTimeout,
+)
+from mesh.gateway import GatewayActor, gateway_options
 from mesh.relay import LogRelay, relay_options
 from mesh.schema import MeshConfig
 from mesh.waiting import wait_until
@@ -126,14 +133,31 @@ def up(config: MeshConfig | None = None, timeout: float = 120.0) -> dict[str, An
     if not calls.call(scheduler.ready, timeout, timeout=timeout + 5):
         log.warning("the scheduler has not registered every node's agent yet")
     agents = calls.call(scheduler.pool, timeout=timeout)
-    return {"agents": len(agents), "address": ray.get_runtime_context().gcs_address}
+    info = {"agents": len(agents), "address": ray.get_runtime_context().gcs_address,
+            "grpc_port": None if config.gateway is None else _start_gateway(config, timeout)}
+    return info
+
+
+def _start_gateway(config: MeshConfig, timeout: float) -> int:
+    """Create the gateway (or find it) and return the port it serves on."""
+    try:
+        gateway = GatewayActor.options(  # type: ignore[attr-defined]
+            **gateway_options()).remote(config)
+    except RayError as exc:
+        raise ClusterUnavailable(f"could not create the gateway: {exc}") from exc
+    try:
+        port: int = calls.call(gateway.port, timeout=timeout)
+    except MeshError:
+        ray.kill(gateway, no_restart=True)  # a gateway that cannot serve must not linger
+        raise
+    return port
 
 
 def down(stop_cluster: bool = True) -> dict[str, Any]:
     """Stop the agents and the mesh actors; stop the local cluster if `mesh up` started it."""
     stopped_agents: int = 0
     found = False
-    for name in (names.SCHEDULER, names.RELAY):
+    for name in (names.GATEWAY, names.SCHEDULER, names.RELAY):
         try:
             actor = ray.get_actor(name, namespace=names.NAMESPACE)
         except ValueError:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, NoReturn
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
@@ -29,14 +30,30 @@ def wait(ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
     """The answer behind `ref`, with Ray's errors translated."""
     try:
         return ray.get(ref, timeout=timeout)
-    except RayTaskError as exc:
+    except RayError as exc:
+        _raise(exc, timeout)
+
+
+async def ask(method: Any, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    """`call` for a coroutine: the answer of `method.remote(*args)`, awaited."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(send(method, *args).future()),
+                                      timeout)
+    except TimeoutError:
+        raise SchedulerUnavailable(f"no answer within {timeout:g}s") from None
+    except RayError as exc:
+        _raise(exc, timeout)
+
+
+def _raise(exc: RayError, timeout: float) -> NoReturn:
+    """Raise our error for a Ray error of a call: ours raised in the actor as it was."""
+    if isinstance(exc, RayTaskError):
         cause = exc.cause
         if isinstance(cause, MeshError):
             raise cause from None
         raise MeshError(f"the mesh failed a call: {cause!r}") from exc
-    except GetTimeoutError as exc:
+    if isinstance(exc, GetTimeoutError):
         raise SchedulerUnavailable(f"no answer within {timeout:g}s") from exc
-    except RayActorError as exc:
+    if isinstance(exc, RayActorError):
         raise SchedulerUnavailable(f"the mesh actor is unavailable: {exc}") from exc
-    except RayError as exc:
-        raise ClusterUnavailable(str(exc)) from exc
+    raise ClusterUnavailable(str(exc)) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from mesh.cli_accounts import accounts, print_accounts
 from mesh.client import connect
 from mesh.cliout import client_of, dump, errors, table
 from mesh.errors import InvalidInput
+from mesh.names import ENV_GRPC_TOKEN
 from mesh.schema import (
     FREE_BUCKET,
     Action,
@@ -49,6 +51,16 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.option("--link-cert", default=None,
               help="PEM certificate for the agents' streams (TLS; with --link-key)")
 @click.option("--link-key", default=None, help="PEM private key of --link-cert")
+@click.option("--grpc-port", type=int, default=None,
+              help="serve the gRPC gateway on this port of the head (0: a free one)")
+@click.option("--grpc-host", default=None, help="the address the gateway listens on "
+              "(default: every interface)")
+@click.option("--grpc-token-file", default=None,
+              help="file holding the token gateway callers must send (else the token is "
+              "taken from ACTIONMESH_GRPC_TOKEN)")
+@click.option("--grpc-cert", default=None,
+              help="PEM certificate for the gateway (TLS; with --grpc-key)")
+@click.option("--grpc-key", default=None, help="PEM private key of --grpc-cert")
 @click.option("--retention", default=None,
               help="how long finished actions and their logs are kept, e.g. 7d (the default)")
 @click.option("--log-dir", default=None,
@@ -63,8 +75,9 @@ def cli(ctx: click.Context, address: str) -> None:
 @errors
 def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
        link: str | None, link_port: int | None, link_cert: str | None, link_key: str | None,
-       retention: str | None, log_dir: str | None, log_budget: str | None,
-       run_as: str | None) -> None:
+       grpc_port: int | None, grpc_host: str | None, grpc_token_file: str | None,
+       grpc_cert: str | None, grpc_key: str | None, retention: str | None,
+       log_dir: str | None, log_budget: str | None, run_as: str | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
     fields: dict[str, Any] = {"head_agent": not no_head_agent, "run_as": run_as}
     if state_dir:
@@ -75,6 +88,12 @@ def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
         fields["link_port"] = link_port
     if link_cert is not None or link_key is not None:
         fields.update(link_cert=link_cert, link_key=link_key)
+    if grpc_port is not None:
+        fields["gateway"] = _gateway_fields(grpc_port, grpc_host, grpc_token_file, grpc_cert,
+                                            grpc_key)
+    elif any(v is not None for v in (grpc_host, grpc_token_file, grpc_cert, grpc_key)):
+        raise InvalidInput("--grpc-port: the gateway's other options need it",
+                           [("gateway.port", "required")])
     if retention is not None:
         fields["retention"] = retention
     if log_budget is not None:
@@ -87,7 +106,19 @@ def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
         raise InvalidInput.from_validation("mesh config", exc) from None
     bootstrap.connect_ray(ctx.obj["address"], start_local=True)
     info = bootstrap.up(config)
-    click.echo(f"mesh is up on {info['address']} with {info['agents']} agent(s)")
+    served = "" if info["grpc_port"] is None else f"; gRPC gateway on port {info['grpc_port']}"
+    click.echo(f"mesh is up on {info['address']} with {info['agents']} agent(s){served}")
+
+
+def _gateway_fields(port: int, host: str | None, token_file: str | None, cert: str | None,
+                    key: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"port": port, "token_file": token_file, "cert": cert,
+                              "key": key}
+    if host is not None:
+        fields["host"] = host
+    if token_file is None and os.environ.get(ENV_GRPC_TOKEN):
+        fields["token"] = os.environ[ENV_GRPC_TOKEN]
+    return fields
 
 
 @cli.command()

@@ -3,6 +3,7 @@
 NAMESPACE = "actionmesh"
 SCHEDULER = "actionmesh.scheduler"
 RELAY = "actionmesh.relay"
+GATEWAY = "actionmesh.gateway"
 AGENT_PREFIX = "actionmesh.agent."
 
 # Ray node labels under this key prefix steer the mesh and are not offered as action labels.
@@ -18,6 +19,8 @@ HEAD_RESOURCE = "node:__internal_head__"
 ENV_AGENT = "ACTIONMESH_AGENT"
 ENV_ACTION = "ACTIONMESH_ACTION_ID"
 ENV_ATTEMPT = "ACTIONMESH_ATTEMPT"
+# Where `mesh up` finds the gateway's token when no token file is given.
+ENV_GRPC_TOKEN = "ACTIONMESH_GRPC_TOKEN"
 
 
 def agent_name(node_id: str) -> str:

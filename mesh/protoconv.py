@@ -42,18 +42,19 @@ def action_fields(message: pb.Action) -> dict[str, Any]:
     """The fields of an Action, to be validated as one (alone or inside another model)."""
     fields: dict[str, Any] = {
         "command": list(message.command), "shell": message.shell, "env": dict(message.env),
-        "secrets": dict(message.secrets), "cpus": message.cpus, "memory": message.memory,
+        "secrets": dict(message.secrets), "memory": message.memory,
         "labels": list(message.labels),
         "provisionable_labels": list(message.provisionable_labels),
         "account": message.account, "job": message.job, "tags": dict(message.tags)}
-    for name in ("id", "cwd", "timeout"):
-        if message.HasField(name):
-            fields[name] = getattr(message, name)
+    fields.update(_present(message, ("id", "cwd", "timeout", "cpus")))
     if message.HasField("retry"):
-        retry = message.retry
-        fields["retry"] = {"on_failure": retry.on_failure, "on_lost": retry.on_lost,
-                           "quarantine_after": retry.quarantine_after}
+        fields["retry"] = _present(message.retry, ("on_failure", "on_lost", "quarantine_after"))
     return fields
+
+
+def _present(message: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The optional fields that are set (the unset take the schema's defaults)."""
+    return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
 def assignment_pb(assignment: Assignment) -> pb.Assignment:

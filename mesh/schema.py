@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -201,6 +202,9 @@ MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 1024
 # What a read shows for a secret's value, and what replaces it in logs (as hosted CI does).
 SECRET_MASK = "***"
+# Bounds of the gateway's bearer token.
+MIN_TOKEN = 16
+MAX_TOKEN = 4096
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 AttemptNumber = Annotated[int, Field(ge=1, le=MAX_COUNT)]
@@ -713,6 +717,52 @@ EXPIRE_SHARE = 20
 EXPIRE_FLOOR = 1.0
 
 
+class GatewayConfig(Model):
+    """The gRPC gateway on the head: where it listens and the token callers must send."""
+
+    port: int = Field(..., ge=0, le=65535, description="TCP port; 0 picks a free one")
+    host: str = Field("0.0.0.0", min_length=1, max_length=255,
+                      description="the address it listens on (0.0.0.0: every interface)")
+    token_file: str | None = Field(
+        None, description="a file on the head holding the token callers send as "
+        "`authorization: Bearer <token>` (read again when the gateway restarts)")
+    token: SecretStr | None = Field(
+        None, description="the token itself, when not in a file (`mesh up` takes it from "
+        "ACTIONMESH_GRPC_TOKEN)")
+    cert: str | None = Field(None, description="PEM certificate to serve TLS with")
+    key: str | None = Field(None, description="PEM private key of cert")
+
+    @field_validator("token_file", "cert", "key")
+    @classmethod
+    def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_path(value, str(info.field_name))
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_token(value.get_secret_value(), "token")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> GatewayConfig:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("token_file or token (ACTIONMESH_GRPC_TOKEN): give exactly one; "
+                             "the gateway serves no caller without a token")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key: give both (TLS) or neither")
+        return self
+
+
+def check_token(value: str, what: str) -> str:
+    """A bearer token: long enough not to be guessed, and sendable as a metadata value."""
+    if len(value) < MIN_TOKEN or len(value) > MAX_TOKEN:
+        raise ValueError(f"{what} must be {MIN_TOKEN} to {MAX_TOKEN} characters")
+    if not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError(f"{what} must be printable ASCII without spaces")
+    return value
+
+
 class MeshConfig(Model):
     """Tuning shared by the scheduler, the agents and the relay; set at `mesh up`."""
 
@@ -787,6 +837,8 @@ class MeshConfig(Model):
     link_server_name: str | None = Field(
         None, max_length=255,
         description="the name agents expect in link_cert (default: the head's address)")
+    gateway: GatewayConfig | None = Field(
+        None, description="serve the gRPC gateway on the head (off when unset)")
     load_heartbeat: PositiveSeconds = Field(
         5.0, description="an agent whose load has not changed much re-sends it this often "
         "(an idle fleet's cost to the scheduler); must be below load_stale_after")

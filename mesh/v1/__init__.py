@@ -5,7 +5,9 @@ Python needs no generated service stubs (which would be untyped)."""
 
 from __future__ import annotations
 
-from mesh.v1 import link_pb2
+from google.protobuf import descriptor_pool
+
+from mesh.v1 import gateway_pb2, link_pb2  # noqa: F401 (registers their descriptors)
 
 # What one message of the agent link may take. Up, reports and load are small, so anything
 # near the limit is a peer that does not speak the protocol; down, a message carries whole
@@ -29,7 +31,8 @@ AUTHORIZATION_KEY = "authorization"
 
 def method_path(service: str, method: str) -> str:
     """`/package.Service/Method`, as gRPC names a method on the wire."""
-    found = link_pb2.DESCRIPTOR.services_by_name[service].methods_by_name[method]
+    found = descriptor_pool.Default().FindServiceByName(f"actionmesh.v1.{service}")\
+        .methods_by_name[method]
     return f"/{found.containing_service.full_name}/{found.name}"
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mesh/v1/link.proto\x12\ractionmesh.v1\"L\n\x0bRetryPolicy\x12\x12\n\non_failure\x18\x01 \x01(\r\x12\x0f\n\x07on_lost\x18\x02 \x01(\r\x12\x18\n\x10quarantine_after\x18\x03 \x01(\r\"\xab\x04\n\x06\x41\x63tion\x12\x0f\n\x02id\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\r\n\x05shell\x18\x03 \x01(\x08\x12+\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1e.actionmesh.v1.Action.EnvEntry\x12\x33\n\x07secrets\x18\x05 \x03(\x0b\x32\".actionmesh.v1.Action.SecretsEntry\x12\x10\n\x03\x63wd\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x0c\n\x04\x63pus\x18\x07 \x01(\x01\x12\x0e\n\x06memory\x18\x08 \x01(\x04\x12\x0e\n\x06labels\x18\t \x03(\t\x12\x1c\n\x14provisionable_labels\x18\n \x03(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x0b \x01(\t\x12\x0b\n\x03job\x18\x0c \x01(\t\x12\x14\n\x07timeout\x18\r \x01(\x01H\x02\x88\x01\x01\x12)\n\x05retry\x18\x0e \x01(\x0b\x32\x1a.actionmesh.v1.RetryPolicy\x12-\n\x04tags\x18\x0f \x03(\x0b\x32\x1f.actionmesh.v1.Action.TagsEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x05\n\x03_idB\x06\n\x04_cwdB\n\n\x08_timeout\"l\n\nAssignment\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Action\x12\x13\n\x0b\x61ssigned_at\x18\x04 \x01(\x01\"\xa2\x01\n\rAttemptReport\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12)\n\x05stage\x18\x03 \x01(\x0e\x32\x1a.actionmesh.v1.ReportStage\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x16\n\texit_code\x18\x05 \x01(\x11H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x06 \x01(\tB\x0c\n\n_exit_code\"\xb3\x01\n\x04Load\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x18\n\x10mesh_cpu_percent\x18\x02 \x01(\x01\x12\x11\n\tcpu_count\x18\x03 \x01(\r\x12\x14\n\x0cmemory_total\x18\x04 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x05 \x01(\x04\x12\x18\n\x10memory_available\x18\x06 \x01(\x04\x12\x10\n\x08load_avg\x18\x07 \x03(\x01\x12\x12\n\nsampled_at\x18\x08 \x01(\x01\"Z\n\x07Stopped\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12+\n\x07outcome\x18\x03 \x01(\x0e\x32\x1a.actionmesh.v1.StopOutcome\"\x97\x01\n\x0c\x41gentMessage\x12-\n\x07reports\x18\x01 \x03(\x0b\x32\x1c.actionmesh.v1.AttemptReport\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x13.actionmesh.v1.LoadH\x00\x88\x01\x01\x12\'\n\x07stopped\x18\x03 \x03(\x0b\x32\x16.actionmesh.v1.StoppedB\x07\n\x05_load\"_\n\x0cReportAnswer\x12.\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x19.actionmesh.v1.Assignment\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08recorded\x18\x03 \x01(\x08\":\n\x04Stop\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x94\x01\n\x10SchedulerMessage\x12,\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1b.actionmesh.v1.ReportAnswer\x12.\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x19.actionmesh.v1.Assignment\x12\"\n\x05stops\x18\x03 \x03(\x0b\x32\x13.actionmesh.v1.Stop*\xcc\x01\n\x0bReportStage\x12\x1c\n\x18REPORT_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14REPORT_STAGE_RUNNING\x10\x01\x12\x1a\n\x16REPORT_STAGE_SUCCEEDED\x10\x02\x12\x17\n\x13REPORT_STAGE_FAILED\x10\x03\x12\x1a\n\x16REPORT_STAGE_TIMED_OUT\x10\x04\x12\x1a\n\x16REPORT_STAGE_CANCELLED\x10\x05\x12\x18\n\x14REPORT_STAGE_REFUSED\x10\x06*z\n\x0bStopOutcome\x12\x1c\n\x18STOP_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_OUTCOME_STOPPED\x10\x01\x12\x19\n\x15STOP_OUTCOME_FINISHED\x10\x02\x12\x18\n\x14STOP_OUTCOME_UNKNOWN\x10\x03\x32X\n\tAgentLink\x12K\n\x07\x43onnect\x12\x1b.actionmesh.v1.AgentMessage\x1a\x1f.actionmesh.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mesh/v1/link.proto\x12\ractionmesh.v1\"\x8b\x01\n\x0bRetryPolicy\x12\x17\n\non_failure\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07on_lost\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1d\n\x10quarantine_after\x18\x03 \x01(\rH\x02\x88\x01\x01\x42\r\n\x0b_on_failureB\n\n\x08_on_lostB\x13\n\x11_quarantine_after\"\xb9\x04\n\x06\x41\x63tion\x12\x0f\n\x02id\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\r\n\x05shell\x18\x03 \x01(\x08\x12+\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1e.actionmesh.v1.Action.EnvEntry\x12\x33\n\x07secrets\x18\x05 \x03(\x0b\x32\".actionmesh.v1.Action.SecretsEntry\x12\x10\n\x03\x63wd\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04\x63pus\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x0e\n\x06memory\x18\x08 \x01(\x04\x12\x0e\n\x06labels\x18\t \x03(\t\x12\x1c\n\x14provisionable_labels\x18\n \x03(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x0b \x01(\t\x12\x0b\n\x03job\x18\x0c \x01(\t\x12\x14\n\x07timeout\x18\r \x01(\x01H\x03\x88\x01\x01\x12)\n\x05retry\x18\x0e \x01(\x0b\x32\x1a.actionmesh.v1.RetryPolicy\x12-\n\x04tags\x18\x0f \x03(\x0b\x32\x1f.actionmesh.v1.Action.TagsEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x05\n\x03_idB\x06\n\x04_cwdB\x07\n\x05_cpusB\n\n\x08_timeout\"l\n\nAssignment\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12%\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x15.actionmesh.v1.Action\x12\x13\n\x0b\x61ssigned_at\x18\x04 \x01(\x01\"\xa2\x01\n\rAttemptReport\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12)\n\x05stage\x18\x03 \x01(\x0e\x32\x1a.actionmesh.v1.ReportStage\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x16\n\texit_code\x18\x05 \x01(\x11H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x06 \x01(\tB\x0c\n\n_exit_code\"\xb3\x01\n\x04Load\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x18\n\x10mesh_cpu_percent\x18\x02 \x01(\x01\x12\x11\n\tcpu_count\x18\x03 \x01(\r\x12\x14\n\x0cmemory_total\x18\x04 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x05 \x01(\x04\x12\x18\n\x10memory_available\x18\x06 \x01(\x04\x12\x10\n\x08load_avg\x18\x07 \x03(\x01\x12\x12\n\nsampled_at\x18\x08 \x01(\x01\"Z\n\x07Stopped\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12+\n\x07outcome\x18\x03 \x01(\x0e\x32\x1a.actionmesh.v1.StopOutcome\"\x97\x01\n\x0c\x41gentMessage\x12-\n\x07reports\x18\x01 \x03(\x0b\x32\x1c.actionmesh.v1.AttemptReport\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x13.actionmesh.v1.LoadH\x00\x88\x01\x01\x12\'\n\x07stopped\x18\x03 \x03(\x0b\x32\x16.actionmesh.v1.StoppedB\x07\n\x05_load\"_\n\x0cReportAnswer\x12.\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x19.actionmesh.v1.Assignment\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08recorded\x18\x03 \x01(\x08\":\n\x04Stop\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x94\x01\n\x10SchedulerMessage\x12,\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1b.actionmesh.v1.ReportAnswer\x12.\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x19.actionmesh.v1.Assignment\x12\"\n\x05stops\x18\x03 \x03(\x0b\x32\x13.actionmesh.v1.Stop*\xcc\x01\n\x0bReportStage\x12\x1c\n\x18REPORT_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14REPORT_STAGE_RUNNING\x10\x01\x12\x1a\n\x16REPORT_STAGE_SUCCEEDED\x10\x02\x12\x17\n\x13REPORT_STAGE_FAILED\x10\x03\x12\x1a\n\x16REPORT_STAGE_TIMED_OUT\x10\x04\x12\x1a\n\x16REPORT_STAGE_CANCELLED\x10\x05\x12\x18\n\x14REPORT_STAGE_REFUSED\x10\x06*z\n\x0bStopOutcome\x12\x1c\n\x18STOP_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_OUTCOME_STOPPED\x10\x01\x12\x19\n\x15STOP_OUTCOME_FINISHED\x10\x02\x12\x18\n\x14STOP_OUTCOME_UNKNOWN\x10\x03\x32X\n\tAgentLink\x12K\n\x07\x43onnect\x12\x1b.actionmesh.v1.AgentMessage\x1a\x1f.actionmesh.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,36 +37,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTION_SECRETSENTRY']._serialized_options = b'8\001'
   _globals['_ACTION_TAGSENTRY']._loaded_options = None
   _globals['_ACTION_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_REPORTSTAGE']._serialized_start=1685
-  _globals['_REPORTSTAGE']._serialized_end=1889
-  _globals['_STOPOUTCOME']._serialized_start=1891
-  _globals['_STOPOUTCOME']._serialized_end=2013
-  _globals['_RETRYPOLICY']._serialized_start=37
-  _globals['_RETRYPOLICY']._serialized_end=113
-  _globals['_ACTION']._serialized_start=116
-  _globals['_ACTION']._serialized_end=671
-  _globals['_ACTION_ENVENTRY']._serialized_start=509
-  _globals['_ACTION_ENVENTRY']._serialized_end=551
-  _globals['_ACTION_SECRETSENTRY']._serialized_start=553
-  _globals['_ACTION_SECRETSENTRY']._serialized_end=599
-  _globals['_ACTION_TAGSENTRY']._serialized_start=601
-  _globals['_ACTION_TAGSENTRY']._serialized_end=644
-  _globals['_ASSIGNMENT']._serialized_start=673
-  _globals['_ASSIGNMENT']._serialized_end=781
-  _globals['_ATTEMPTREPORT']._serialized_start=784
-  _globals['_ATTEMPTREPORT']._serialized_end=946
-  _globals['_LOAD']._serialized_start=949
-  _globals['_LOAD']._serialized_end=1128
-  _globals['_STOPPED']._serialized_start=1130
-  _globals['_STOPPED']._serialized_end=1220
-  _globals['_AGENTMESSAGE']._serialized_start=1223
-  _globals['_AGENTMESSAGE']._serialized_end=1374
-  _globals['_REPORTANSWER']._serialized_start=1376
-  _globals['_REPORTANSWER']._serialized_end=1471
-  _globals['_STOP']._serialized_start=1473
-  _globals['_STOP']._serialized_end=1531
-  _globals['_SCHEDULERMESSAGE']._serialized_start=1534
-  _globals['_SCHEDULERMESSAGE']._serialized_end=1682
-  _globals['_AGENTLINK']._serialized_start=2015
-  _globals['_AGENTLINK']._serialized_end=2103
+  _globals['_REPORTSTAGE']._serialized_start=1763
+  _globals['_REPORTSTAGE']._serialized_end=1967
+  _globals['_STOPOUTCOME']._serialized_start=1969
+  _globals['_STOPOUTCOME']._serialized_end=2091
+  _globals['_RETRYPOLICY']._serialized_start=38
+  _globals['_RETRYPOLICY']._serialized_end=177
+  _globals['_ACTION']._serialized_start=180
+  _globals['_ACTION']._serialized_end=749
+  _globals['_ACTION_ENVENTRY']._serialized_start=578
+  _globals['_ACTION_ENVENTRY']._serialized_end=620
+  _globals['_ACTION_SECRETSENTRY']._serialized_start=622
+  _globals['_ACTION_SECRETSENTRY']._serialized_end=668
+  _globals['_ACTION_TAGSENTRY']._serialized_start=670
+  _globals['_ACTION_TAGSENTRY']._serialized_end=713
+  _globals['_ASSIGNMENT']._serialized_start=751
+  _globals['_ASSIGNMENT']._serialized_end=859
+  _globals['_ATTEMPTREPORT']._serialized_start=862
+  _globals['_ATTEMPTREPORT']._serialized_end=1024
+  _globals['_LOAD']._serialized_start=1027
+  _globals['_LOAD']._serialized_end=1206
+  _globals['_STOPPED']._serialized_start=1208
+  _globals['_STOPPED']._serialized_end=1298
+  _globals['_AGENTMESSAGE']._serialized_start=1301
+  _globals['_AGENTMESSAGE']._serialized_end=1452
+  _globals['_REPORTANSWER']._serialized_start=1454
+  _globals['_REPORTANSWER']._serialized_end=1549
+  _globals['_STOP']._serialized_start=1551
+  _globals['_STOP']._serialized_end=1609
+  _globals['_SCHEDULERMESSAGE']._serialized_start=1612
+  _globals['_SCHEDULERMESSAGE']._serialized_end=1760
+  _globals['_AGENTLINK']._serialized_start=2093
+  _globals['_AGENTLINK']._serialized_end=2181
 # @@protoc_insertion_point(module_scope)

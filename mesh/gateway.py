@@ -1,0 +1,354 @@
+"""The gRPC gateway: actionmesh.v1.Gateway served on the head for controllers in any
+language, with token authentication, TLS when configured, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import ray
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh import calls, gatewayconv, names
+from mesh.arrival import arrived
+from mesh.errors import (
+    ClusterUnavailable,
+    Conflict,
+    InvalidInput,
+    MeshError,
+    NotFound,
+    SchedulerUnavailable,
+    StoreReadOnly,
+    Unplaceable,
+)
+from mesh.schema import AccountStatus, ActionId, GatewayConfig, MeshConfig, check_token
+from mesh.v1 import AUTHORIZATION_KEY, KEEPALIVE_OPTIONS
+from mesh.v1 import gateway_pb2 as gpb
+from mesh.watch import Cursor, follow
+
+log = logging.getLogger("actionmesh.gateway")
+
+SERVICE = gpb.DESCRIPTOR.services_by_name["Gateway"].full_name
+HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
+# How often health asks the scheduler whether it serves.
+HEALTH_EVERY = 2.0
+# The largest request taken: an action is at most about 1 MiB of command and environment.
+MAX_REQUEST = 4 * 1024 * 1024
+OPTIONS: list[tuple[str, int]] = [
+    *KEEPALIVE_OPTIONS,
+    ("grpc.max_receive_message_length", MAX_REQUEST),
+    ("grpc.so_reuseport", 0),
+]
+START_TIMEOUT = 30.0
+
+# Our errors as gRPC status codes; the most specific class first.
+_CODES: list[tuple[type[MeshError], grpc.StatusCode]] = [
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Unplaceable, grpc.StatusCode.FAILED_PRECONDITION),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreReadOnly, grpc.StatusCode.UNAVAILABLE),
+    (SchedulerUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_code(exc: MeshError) -> grpc.StatusCode:
+    if isinstance(exc, Conflict) and "already exists" in str(exc):
+        return grpc.StatusCode.ALREADY_EXISTS
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def gateway_options() -> dict[str, Any]:
+    """`.options(...)` for the one gateway: detached, named, on the head, restarted forever."""
+    return {
+        "name": names.GATEWAY,
+        "namespace": names.NAMESPACE,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "resources": {names.HEAD_RESOURCE: 0.001},
+        "max_restarts": -1,
+        "max_task_retries": -1,
+    }
+
+
+class Gateway:
+    """The service's methods: each takes a request message and the call's context, checks
+    the request, asks the scheduler (or follows an action through it and the relay) and
+    answers in messages. Our errors end a call with their status code and message."""
+
+    def __init__(self, scheduler: Any, relay: Any) -> None:
+        self.scheduler = scheduler
+        self.relay = relay
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        unary: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "Cancel": self.cancel, "Get": self.get, "List": self.list,
+            "ListAgents": self.list_agents, "CreateAccount": self.create_account,
+            "ModifyAccount": self.modify_account, "DeleteAccount": self.delete_account,
+            "ListAccounts": self.list_accounts}
+        streams: dict[str, Callable[[Any], AsyncIterator[Any]]] = {
+            "Submit": self.submit, "Watch": self.watch}
+        methods = gpb.DESCRIPTOR.services_by_name["Gateway"].methods_by_name
+        table: dict[str, grpc.RpcMethodHandler] = {}
+        for name, method in unary.items():
+            table[name] = grpc.unary_unary_rpc_method_handler(
+                _answering(method), request_deserializer=_parser(methods[name]),
+                response_serializer=_serialize)
+        for name, stream in streams.items():
+            table[name] = grpc.unary_stream_rpc_method_handler(
+                _streaming(stream), request_deserializer=_parser(methods[name]),
+                response_serializer=_serialize)
+        return grpc.method_handlers_generic_handler(SERVICE, table)
+
+    # ---- following actions ---------------------------------------------------------------
+
+    async def submit(self, request: gpb.SubmitRequest) -> AsyncIterator[gpb.ActionEvent]:
+        action = gatewayconv.action(request)
+        if action.id is None:
+            action = action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
+        (outcome,) = await calls.ask(self.scheduler.submit, [action],
+                                     not request.allow_unplaceable)
+        if not outcome.accepted:
+            raise Unplaceable(outcome.reason, [outcome.action_id])
+        async for event in follow(self.scheduler, self.relay, Cursor(outcome.action_id),
+                                  not request.without_logs):
+            yield event
+
+    async def watch(self, request: gpb.WatchRequest) -> AsyncIterator[gpb.ActionEvent]:
+        cursor = Cursor(*gatewayconv.cursor(request))
+        async for event in follow(self.scheduler, self.relay, cursor,
+                                  not request.without_logs):
+            yield event
+
+    # ---- one answer each -----------------------------------------------------------------
+
+    async def cancel(self, request: gpb.ActionRef) -> gpb.ActionStatus:
+        status = await calls.ask(self.scheduler.cancel, gatewayconv.action_id(request.action_id))
+        return gatewayconv.status_pb(status)
+
+    async def get(self, request: gpb.ActionRef) -> gpb.ActionStatus:
+        status = await calls.ask(self.scheduler.get, gatewayconv.action_id(request.action_id))
+        return gatewayconv.status_pb(status)
+
+    async def list(self, request: gpb.ListRequest) -> gpb.ListResponse:
+        page = await calls.ask(self.scheduler.page, gatewayconv.list_query(request))
+        return gatewayconv.page_pb(page)
+
+    async def list_agents(self, request: gpb.ListAgentsRequest) -> gpb.ListAgentsResponse:
+        agents = await calls.ask(self.scheduler.pool)
+        return gpb.ListAgentsResponse(agents=[gatewayconv.agent_pb(a) for a in agents])
+
+    async def create_account(self, request: gpb.CreateAccountRequest) -> gpb.AccountStatus:
+        account_id = gatewayconv.account_id(request.account_id)
+        config = gatewayconv.new_account_config(request)
+        status: AccountStatus = await calls.ask(self.scheduler.create_account, account_id,
+                                                config)
+        return gatewayconv.account_pb(status)
+
+    async def modify_account(self, request: gpb.ModifyAccountRequest) -> gpb.AccountStatus:
+        account_id = gatewayconv.account_id(request.account_id)
+        changes = gatewayconv.account_changes(request)
+        status: AccountStatus = await calls.ask(self.scheduler.modify_account, account_id,
+                                                changes, request.reset_balance)
+        return gatewayconv.account_pb(status)
+
+    async def delete_account(self, request: gpb.AccountRef) -> gpb.DeleteAccountResponse:
+        await calls.ask(self.scheduler.delete_account,
+                        gatewayconv.account_id(request.account_id))
+        return gpb.DeleteAccountResponse()
+
+    async def list_accounts(self, request: gpb.ListAccountsRequest,
+                            ) -> gpb.ListAccountsResponse:
+        accounts: list[AccountStatus] = await calls.ask(self.scheduler.accounts)
+        return gpb.ListAccountsResponse(accounts=[gatewayconv.account_pb(a) for a in accounts])
+
+
+def _parser(method: Any) -> Callable[[bytes], Any]:
+    return functools.partial(_parse, getattr(gpb, method.input_type.name))
+
+
+def _parse(kind: Any, data: bytes) -> Any:
+    return kind.FromString(data)
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+async def _abort(context: aio.ServicerContext, exc: Exception) -> None:
+    """End the call with the status our error maps to; anything else is a bug of ours,
+    logged here and shown to the caller as INTERNAL without its traceback."""
+    if isinstance(exc, MeshError):
+        await context.abort(status_code(exc), str(exc) or type(exc).__name__)
+    log.exception("a gateway call failed", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(exc).__name__}")
+
+
+def _answering(method: Callable[[Any], Awaitable[Any]],
+               ) -> Callable[[Any, aio.ServicerContext], Awaitable[Any]]:
+    async def answer(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await method(request)
+        except Exception as exc:
+            await _abort(context, exc)
+    return answer
+
+
+def _streaming(method: Callable[[Any], AsyncIterator[Any]],
+               ) -> Callable[[Any, aio.ServicerContext], AsyncIterator[Any]]:
+    async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for message in method(request):
+                yield message
+        except Exception as exc:
+            await _abort(context, exc)
+    return stream
+
+
+class TokenCheck(aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses every call without `authorization: Bearer <token>` with UNAUTHENTICATED,
+    before its handler runs; the health service answers anyone, as probes expect."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(HEALTH_PREFIX):
+            return handler
+        sent = dict(details.invocation_metadata or ()).get(AUTHORIZATION_KEY, "")
+        if hmac.compare_digest(str(sent).encode(), self._expected):
+            return handler
+        return _refusing(handler)
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that refuses the call."""
+    why = "a valid token is required: send `authorization: Bearer <token>` metadata"
+
+    async def refuse(request: Any, context: aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+
+    shape = {(False, False): grpc.unary_unary_rpc_method_handler,
+             (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler,
+             (True, True): grpc.stream_stream_rpc_method_handler}
+    make = shape[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return make(refuse, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+def _token(config: GatewayConfig) -> str:
+    if config.token is not None:
+        return config.token.get_secret_value()
+    assert config.token_file is not None
+    try:
+        return check_token(Path(config.token_file).read_text().strip(), "the token")
+    except OSError as exc:
+        raise InvalidInput(f"token_file: cannot read {config.token_file}: {exc.strerror}",
+                           [("token_file", str(exc.strerror))]) from None
+    except ValueError as exc:
+        raise InvalidInput(f"token_file: {config.token_file}: {exc}",
+                           [("token_file", str(exc))]) from None
+
+
+async def serve(config: GatewayConfig, gateway: Gateway,
+                ) -> tuple[aio.Server, int, health.aio.HealthServicer]:
+    """Start the server; returns it, the port it listens on and its health servicer."""
+    server = aio.server(options=OPTIONS, interceptors=[TokenCheck(_token(config))])
+    server.add_generic_rpc_handlers([gateway.handlers()])
+    healthy = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(healthy, server)
+    reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME,
+                                         reflection.SERVICE_NAME], server)
+    address = f"{config.host}:{config.port}"
+    try:
+        if config.cert is None or config.key is None:
+            port = server.add_insecure_port(address)
+        else:
+            pair = (Path(config.key).read_bytes(), Path(config.cert).read_bytes())
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([pair]))
+        await server.start()
+    except BaseException:
+        await server.stop(grace=None)
+        raise
+    return server, port, healthy
+
+
+async def watch_health(healthy: health.aio.HealthServicer, scheduler: Any) -> None:
+    """Say SERVING while the scheduler answers and serves, NOT_SERVING otherwise."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    while True:
+        try:
+            state = await calls.ask(scheduler.health, timeout=HEALTH_EVERY * 2)
+            ok = state.serving
+        except Exception:
+            ok = False
+        status = serving if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            await healthy.set(name, status)
+        await asyncio.sleep(HEALTH_EVERY)
+
+
+@ray.remote(num_cpus=0)
+class GatewayActor:
+    """Runs the server on a thread of its own event loop, from construction on: a gateway
+    Ray restarts serves again without being asked."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        logging.basicConfig(level=logging.INFO)
+        mesh = arrived(MeshConfig, config, "config")
+        if mesh.gateway is None:
+            raise InvalidInput("gateway: not configured", [("gateway", "required")])
+        self.config = mesh.gateway
+        self._port: int | None = None
+        self._error: BaseException | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        scheduler = ray.get_actor(names.SCHEDULER, namespace=names.NAMESPACE)
+        relay = ray.get_actor(names.RELAY, namespace=names.NAMESPACE)
+        try:
+            server, self._port, healthy = await serve(self.config, Gateway(scheduler, relay))
+        except BaseException as exc:
+            log.error("the gateway could not start: %r", exc)
+            self._error = exc
+            self._started.set()
+            return
+        log.info("gateway serving on %s:%d", self.config.host, self._port)
+        self._started.set()
+        await asyncio.gather(watch_health(healthy, scheduler), server.wait_for_termination())
+
+    def port(self) -> int:
+        """The port it listens on, once it does; its start's error otherwise."""
+        if not self._started.wait(START_TIMEOUT):
+            raise SchedulerUnavailable("the gateway did not start in time")
+        if self._error is not None:
+            if isinstance(self._error, MeshError):
+                raise self._error
+            raise ClusterUnavailable(f"the gateway could not start: {self._error!r}")
+        assert self._port is not None
+        return self._port
+
+    def __repr__(self) -> str:
+        return f"GatewayActor(port={self._port})"

@@ -1,0 +1,147 @@
+"""Following one action for a gateway stream: its stage changes and its output, merged in
+order into one bounded stream of events that ends with its final status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mesh import gatewayconv
+from mesh.calls import CALL_TIMEOUT, ask
+from mesh.errors import NotFound
+from mesh.schema import ActionId, ActionStatus, LogRead, StageEvent
+from mesh.stages import TERMINAL
+from mesh.v1 import gateway_pb2 as gpb
+
+# Seconds one long-poll for stage changes or output waits before asking again.
+POLL = 5.0
+# Lines asked of the relay per read. Each read is held until its chunks are written to the
+# client, so this (times ~64 bytes) is about what one slow stream holds in memory.
+READ_LINES = 20_000
+# Events waiting for a slow client, per stream: when full, the followers stop asking the
+# scheduler and the relay, which keep the rest (the relay on disk) until it reads on.
+BACKLOG = 8
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a stream starts: stage changes after `after_seq`, output from line `offset` of
+    `attempt` (then every later attempt's from its first line)."""
+
+    action_id: ActionId
+    after_seq: int = 0
+    attempt: int = 1
+    offset: int = 0
+
+
+class Follower:
+    """One stream's follow of one action. `events()` yields the stage changes and (with
+    `logs`) the output chunks in order, then the final status; stopping the iteration
+    (a client gone) stops every call it has in flight."""
+
+    def __init__(self, scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True) -> None:
+        self.scheduler = scheduler
+        self.relay = relay
+        self.cursor = cursor
+        self.logs = logs
+        self._out: asyncio.Queue[gpb.ActionEvent | None] = asyncio.Queue(BACKLOG)
+        # The newest attempt a stage change has been sent for: output of an attempt goes
+        # out only after a change that names it.
+        self._attempt = 0
+        self._attempt_seen = asyncio.Event()
+        self._ended = False
+
+    async def events(self) -> AsyncIterator[gpb.ActionEvent]:
+        status: ActionStatus = await ask(self.scheduler.get, self.cursor.action_id)
+        self._note_attempt(status.attempt)
+        self._ended = status.stage in TERMINAL
+        tasks = [asyncio.ensure_future(self._stages())]
+        if self.logs:
+            tasks.append(asyncio.ensure_future(self._output()))
+        done = asyncio.ensure_future(self._close_when(tasks))
+        try:
+            while (event := await self._out.get()) is not None:
+                yield event
+            for task in tasks:
+                task.result()  # a follower's error ends the stream with it
+            final: ActionStatus = await ask(self.scheduler.get, self.cursor.action_id)
+            yield gatewayconv.result_pb(final)
+        finally:
+            for task in (*tasks, done):
+                task.cancel()
+            await asyncio.gather(*tasks, done, return_exceptions=True)
+
+    async def _close_when(self, tasks: Sequence[asyncio.Future[None]]) -> None:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        await self._out.put(None)
+
+    def _note_attempt(self, attempt: int) -> None:
+        if attempt > self._attempt:
+            self._attempt = attempt
+            self._attempt_seen.set()
+
+    async def _stages(self) -> None:
+        seq = self.cursor.after_seq
+        while True:
+            found: list[StageEvent] = await ask(
+                self.scheduler.wait_events, self.cursor.action_id, seq,
+                0.0 if self._ended else POLL, timeout=POLL + CALL_TIMEOUT)
+            for event in found:
+                await self._out.put(gatewayconv.event_pb(event))
+                seq = event.seq
+                self._ended = self._ended or event.stage in TERMINAL
+                self._note_attempt(event.attempt)
+            if self._ended and not found:
+                self._attempt_seen.set()  # the output follower's last look
+                return
+
+    async def _output(self) -> None:
+        attempt, offset = self.cursor.attempt, self.cursor.offset
+        while True:
+            while self._attempt < attempt and not self._ended:
+                self._attempt_seen.clear()
+                await self._attempt_seen.wait()
+            if self._attempt < attempt:
+                return  # it ended before this attempt began
+            offset, closed = await self._read(attempt, offset)
+            if closed or self._attempt > attempt or self._ended:
+                if self._attempt <= attempt:
+                    return
+                attempt, offset = attempt + 1, 0
+
+    async def _read(self, attempt: int, offset: int) -> tuple[int, bool]:
+        """Send the attempt's output from `offset` until its log is closed, or until nothing
+        more comes while a newer attempt has begun or the action has ended (an attempt lost
+        with its agent is never closed). Returns where it stopped and whether it was closed."""
+        action_id = self.cursor.action_id
+        told: set[int] = set()  # gaps sent, by where they start (a read may repeat one)
+        while True:
+            last_look = self._ended or self._attempt > attempt
+            read: LogRead = await ask(self.relay.read, action_id, attempt, offset, READ_LINES,
+                                      0.0 if last_look else POLL,
+                                      timeout=POLL + CALL_TIMEOUT)
+            if read.dropped:
+                raise NotFound(f"the log of {action_id} attempt {attempt} is gone: "
+                               f"{read.dropped}")
+            gaps = [g for g in read.gaps if g[0] not in told]
+            told.update(g[0] for g in gaps)
+            for batch in read.batches:
+                while gaps and gaps[0][0] < batch.offset:
+                    await self._out.put(gatewayconv.gap_pb(action_id, attempt, *gaps.pop(0)))
+                for chunk in gatewayconv.chunks_pb(batch):
+                    await self._out.put(chunk)
+            for gap in gaps:
+                await self._out.put(gatewayconv.gap_pb(action_id, attempt, *gap))
+            offset = read.next_offset
+            if read.closed or (last_look and not read.batches):
+                return offset, read.closed
+
+
+async def follow(scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True,
+                 ) -> AsyncIterator[gpb.ActionEvent]:
+    follower = Follower(scheduler, relay, cursor, logs)
+    async for event in follower.events():
+        yield event
+

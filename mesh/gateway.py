@@ -93,6 +93,7 @@ class Gateway:
     def __init__(self, scheduler: Any, relay: Any) -> None:
         self.scheduler = scheduler
         self.relay = relay
+        self.following = 0  # streams open now, each holding at most a bounded backlog
 
     def handlers(self) -> grpc.GenericRpcHandler:
         unary: dict[str, Callable[[Any], Awaitable[Any]]] = {
@@ -124,15 +125,22 @@ class Gateway:
                                      not request.allow_unplaceable)
         if not outcome.accepted:
             raise Unplaceable(outcome.reason, [outcome.action_id])
-        async for event in follow(self.scheduler, self.relay, Cursor(outcome.action_id),
-                                  not request.without_logs):
+        async for event in self._follow(Cursor(outcome.action_id), request.without_logs):
             yield event
 
     async def watch(self, request: gpb.WatchRequest) -> AsyncIterator[gpb.ActionEvent]:
-        cursor = Cursor(*gatewayconv.cursor(request))
-        async for event in follow(self.scheduler, self.relay, cursor,
-                                  not request.without_logs):
+        async for event in self._follow(Cursor(*gatewayconv.cursor(request)),
+                                        request.without_logs):
             yield event
+
+    async def _follow(self, cursor: Cursor, without_logs: bool,
+                      ) -> AsyncIterator[gpb.ActionEvent]:
+        self.following += 1
+        try:
+            async for event in follow(self.scheduler, self.relay, cursor, not without_logs):
+                yield event
+        finally:
+            self.following -= 1
 
     # ---- one answer each -----------------------------------------------------------------
 
@@ -317,6 +325,7 @@ class GatewayActor:
             raise InvalidInput("gateway: not configured", [("gateway", "required")])
         self.config = mesh.gateway
         self._port: int | None = None
+        self._gateway: Gateway | None = None
         self._error: BaseException | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
@@ -328,8 +337,9 @@ class GatewayActor:
     async def _main(self) -> None:
         scheduler = ray.get_actor(names.SCHEDULER, namespace=names.NAMESPACE)
         relay = ray.get_actor(names.RELAY, namespace=names.NAMESPACE)
+        self._gateway = Gateway(scheduler, relay)
         try:
-            server, self._port, healthy = await serve(self.config, Gateway(scheduler, relay))
+            server, self._port, healthy = await serve(self.config, self._gateway)
         except BaseException as exc:
             log.error("the gateway could not start: %r", exc)
             self._error = exc
@@ -349,6 +359,10 @@ class GatewayActor:
             raise ClusterUnavailable(f"the gateway could not start: {self._error!r}")
         assert self._port is not None
         return self._port
+
+    def streams(self) -> int:
+        """How many Submit and Watch streams are open."""
+        return 0 if self._gateway is None else self._gateway.following
 
     def __repr__(self) -> str:
         return f"GatewayActor(port={self._port})"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,10 +12,6 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc import aio
 
 from agent.links import NamedActor
@@ -31,6 +25,7 @@ from scheduler.core.decisions import Stop
 from scheduler.link import LinkServer
 from tests.builders import action, agent, load, report
 from tests.link_support import LinkClient
+from tests.tls_support import throwaway_certificate
 
 # A hang fails within 30 s instead of stalling the run.
 pytestmark = pytest.mark.timeout(30)
@@ -456,27 +451,6 @@ async def test_stops_and_load_ride_the_stream(serve: Serve, agent_side: AgentSid
     await async_wait_until(lambda: list(handler.loads), bool, what="the load at the server")
     assert handler.loads == [("n1", sample)] and ray_side.loads == []
     assert not served.server.stop(Stop(ActionId("a1"), 1, AgentId("n2"), "x")), "no stream"
-
-
-def throwaway_certificate(directory: Path, name: str) -> tuple[str, str]:
-    """A self-signed certificate for `name` and 127.0.0.1, and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "link.crt", directory / "link.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
 
 
 async def test_with_a_certificate_the_stream_is_tls_and_plaintext_is_refused(

@@ -125,7 +125,8 @@ class Gateway:
                                      not request.allow_unplaceable)
         if not outcome.accepted:
             raise Unplaceable(outcome.reason, [outcome.action_id])
-        async for event in self._follow(Cursor(outcome.action_id), request.without_logs):
+        cursor = Cursor(outcome.action_id, fresh=outcome.created)
+        async for event in self._follow(cursor, request.without_logs):
             yield event
 
     async def watch(self, request: gpb.WatchRequest) -> AsyncIterator[gpb.ActionEvent]:

@@ -604,6 +604,13 @@ class StageEvent(Model):
     reason: str = ""
 
 
+class FollowedEvents(Model):
+    """An action's stage changes after a point, and its status once they end it."""
+
+    events: list[StageEvent]
+    final: ActionStatus | None = None
+
+
 class SubmitOutcome(Model):
     """The answer for one action of a submitted batch (its status is one `get` away: a
     batch of thousands is answered without building and sending thousands of them)."""

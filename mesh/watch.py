@@ -11,12 +11,15 @@ from typing import Any
 from mesh import gatewayconv
 from mesh.calls import CALL_TIMEOUT, ask
 from mesh.errors import NotFound
-from mesh.schema import ActionId, ActionStatus, LogRead, StageEvent
+from mesh.schema import ActionId, ActionStatus, FollowedEvents, LogRead
 from mesh.stages import TERMINAL
 from mesh.v1 import gateway_pb2 as gpb
 
 # Seconds one long-poll for stage changes or output waits before asking again.
 POLL = 5.0
+# Seconds a poll for stage changes that found some waits for more (until the action ends):
+# a short action's changes come in one answer, not one call each.
+LINGER = 0.05
 # Lines asked of the relay per read. Each read is held until its chunks are written to the
 # client, so this (times ~64 bytes) is about what one slow stream holds in memory.
 READ_LINES = 20_000
@@ -34,6 +37,8 @@ class Cursor:
     after_seq: int = 0
     attempt: int = 1
     offset: int = 0
+    # Just accepted: queued, no attempt yet (nothing to look up before following it).
+    fresh: bool = False
 
 
 class Follower:
@@ -52,11 +57,13 @@ class Follower:
         self._attempt = 0
         self._attempt_seen = asyncio.Event()
         self._ended = False
+        self._final: ActionStatus | None = None
 
     async def events(self) -> AsyncIterator[gpb.ActionEvent]:
-        status: ActionStatus = await ask(self.scheduler.get, self.cursor.action_id)
-        self._note_attempt(status.attempt)
-        self._ended = status.stage in TERMINAL
+        if not self.cursor.fresh:
+            status: ActionStatus = await ask(self.scheduler.get, self.cursor.action_id)
+            self._note_attempt(status.attempt)
+            self._ended = status.stage in TERMINAL
         tasks = [asyncio.ensure_future(self._stages())]
         if self.logs:
             tasks.append(asyncio.ensure_future(self._output()))
@@ -66,7 +73,7 @@ class Follower:
                 yield event
             for task in tasks:
                 task.result()  # a follower's error ends the stream with it
-            final: ActionStatus = await ask(self.scheduler.get, self.cursor.action_id)
+            final = self._final or await ask(self.scheduler.get, self.cursor.action_id)
             yield gatewayconv.result_pb(final)
         finally:
             for task in (*tasks, done):
@@ -85,15 +92,17 @@ class Follower:
     async def _stages(self) -> None:
         seq = self.cursor.after_seq
         while True:
-            found: list[StageEvent] = await ask(
-                self.scheduler.wait_events, self.cursor.action_id, seq,
-                0.0 if self._ended else POLL, timeout=POLL + CALL_TIMEOUT)
-            for event in found:
+            answer: FollowedEvents = await ask(
+                self.scheduler.follow, self.cursor.action_id, seq,
+                0.0 if self._ended else POLL, LINGER, timeout=POLL + LINGER + CALL_TIMEOUT)
+            self._final = answer.final
+            for event in answer.events:
                 await self._out.put(gatewayconv.event_pb(event))
                 seq = event.seq
                 self._ended = self._ended or event.stage in TERMINAL
                 self._note_attempt(event.attempt)
-            if self._ended and not found:
+            # An ended action's changes all came in this answer: the last is the end.
+            if self._ended:
                 self._attempt_seen.set()  # the output follower's last look
                 return
 

@@ -24,6 +24,7 @@ from mesh.schema import (
     ActionStatus,
     AgentId,
     AgentStatus,
+    FollowedEvents,
     Health,
     ListQuery,
     Load,
@@ -130,13 +131,20 @@ class SchedulerActor:
     async def wait_events(self, action_id: ActionId, after: int = 0, timeout: float = 10.0,
                           ) -> list[StageEvent]:
         await self._serving()
-        return await self.s.wait_events(_action_id(action_id), arrived_count(after, "after"),
+        return await self.s.waits.events(_action_id(action_id), arrived_count(after, "after"),
                                         arrived_seconds(timeout, "timeout"))
+
+    async def follow(self, action_id: ActionId, after: int = 0, timeout: float = 10.0,
+                     linger: float = 0.0) -> FollowedEvents:
+        await self._serving()
+        return await self.s.waits.follow(_action_id(action_id), arrived_count(after, "after"),
+                                   arrived_seconds(timeout, "timeout"),
+                                   arrived_seconds(linger, "linger"))
 
     async def wait_result(self, action_id: ActionId, timeout: float = 10.0,
                           ) -> ActionStatus | None:
         await self._serving()
-        return await self.s.wait_result(_action_id(action_id), arrived_seconds(timeout, "timeout"))
+        return await self.s.waits.result(_action_id(action_id), arrived_seconds(timeout, "timeout"))
 
     # ---- accounts ------------------------------------------------------------------------
 

@@ -38,7 +38,6 @@ from mesh.schema import (
     Health,
     Load,
     MeshConfig,
-    StageEvent,
     SubmitOutcome,
 )
 from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, make_agent_handle
@@ -50,6 +49,7 @@ from scheduler.nodes import alive, parse_nodes, wanted
 from scheduler.sinks import EventBook, QuotaLog
 from scheduler.store import Store
 from scheduler.upkeep import Upkeep
+from scheduler.waits import Waits
 
 log = logging.getLogger("actionmesh.scheduler")
 T = TypeVar("T")
@@ -85,6 +85,7 @@ class Scheduler:
                                    capacity_percent=config.capacity_percent,
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog(), archive=self.store)
+        self.waits = Waits(self.core, self.book, clock)
         self.writer = Writer(self.core, self.store, clock, on_store_failure or _exit_process)
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
@@ -476,19 +477,6 @@ class Scheduler:
                     "link": "stream" if self.link.on_stream(status.info.agent_id) else "ray",
                     "link_since": self.link.since.get(status.info.agent_id)})
                 for status in self.core.pool(self.clock())]
-
-    async def wait_events(self, action_id: ActionId, after: int, timeout: float,
-                          ) -> list[StageEvent]:
-        """Events with seq > after, waiting up to `timeout` for the first one."""
-        if not self.book.since(action_id, 0):
-            self.core.get(action_id, self.clock())  # NotFound for an unknown id
-        return await self.book.wait(action_id, after, min(max(timeout, 0.0), 60.0))
-
-    async def wait_result(self, action_id: ActionId, timeout: float) -> ActionStatus | None:
-        """The action's status once it has ended, waiting up to `timeout` for that; None if
-        it is still unfinished then. (One call where events, then a get, would be two.)"""
-        return await self.book.wait_for(action_id, lambda: self.core.result(action_id),
-                                        min(max(timeout, 0.0), 60.0))
 
     async def shutdown(self) -> int:
         """Stop every agent (their attempts are killed); returns how many were stopped."""

@@ -444,7 +444,7 @@ async def test_a_restarted_scheduler_reconciles_with_its_agents_before_serving(
     await async_wait_until(lambda: fake.calls, lambda c: ("start", "b") in c,
                            what="b started again")
     assert s.core.get(ActionId("b"), s.clock()).attempt == 2
-    events = [e.reason for e in await s.wait_events(ActionId("a"), 0, 0)]
+    events = [e.reason for e in await s.waits.events(ActionId("a"), 0, 0)]
     assert events[0] == "accepted" and len(events) == 4, events
     await s.shutdown()
 
@@ -597,8 +597,8 @@ async def test_a_result_waiter_gets_the_final_status_in_one_answer(
     s.submit([action("a")], True)
     s.ensure_started()
     await settle()
-    assert await s.wait_result(ActionId("a"), 0.0) is None, "still running: no status"
-    waiter = asyncio.ensure_future(s.wait_result(ActionId("a"), 30.0))
+    assert await s.waits.result(ActionId("a"), 0.0) is None, "still running: no status"
+    waiter = asyncio.ensure_future(s.waits.result(ActionId("a"), 30.0))
     s.report_attempt(report("a", 1, "n1", "running"))
     await settle()
     assert not waiter.done(), "a running report is not the end"
@@ -606,4 +606,4 @@ async def test_a_result_waiter_gets_the_final_status_in_one_answer(
     status = await waiter
     assert status is not None and status.stage is Stage.FAILED and status.exit_code == 3
     with pytest.raises(NotFound):
-        await s.wait_result(ActionId("nope"), 0.0)
+        await s.waits.result(ActionId("nope"), 0.0)

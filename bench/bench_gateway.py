@@ -11,8 +11,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import ray
 

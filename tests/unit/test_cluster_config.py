@@ -78,7 +78,7 @@ def test_the_workers_join_the_head_with_labels_actions_can_require(
     assert labels and all(LABEL_RE.match(f"{k}:{v}" if v else k) for k, v in labels.items())
 
 
-def test_mesh_up_runs_on_the_head_with_a_fixed_link_port(config: dict[str, Any]) -> None:
+def test_mesh_up_runs_on_the_head_with_fixed_link_and_gateway_ports(config: dict[str, Any]) -> None:
     (args,) = commands(config["head_start_ray_commands"], "mesh")
     with cli.make_context("mesh", list(args)) as ctx:
         assert ctx.params["address"] == "auto"
@@ -86,6 +86,10 @@ def test_mesh_up_runs_on_the_head_with_a_fixed_link_port(config: dict[str, Any])
         assert sub is not None and sub.name == "up"
         params = parse(sub, ctx.args)
     assert params["link_port"] == 6390
+    # The gateway too, with the token file that file_mounts puts on the head.
+    assert params["grpc_port"] == 50051
+    assert params["grpc_token_file"] == "~/.actionmesh/grpc_token"
+    assert config["file_mounts"]["~/.actionmesh/grpc_token"] == "./grpc_token"
     # Actions run as a user of their own, which setup makes on every machine.
     assert params["run_as"] == "actionmesh-run" and config["auth"]["ssh_user"] == "root"
     assert any("useradd" in line and line.rstrip().endswith("actionmesh-run")

@@ -74,15 +74,7 @@ def status_code(exc: MeshError) -> grpc.StatusCode:
 
 def gateway_options() -> dict[str, Any]:
     """`.options(...)` for the one gateway: detached, named, on the head, restarted forever."""
-    return {
-        "name": names.GATEWAY,
-        "namespace": names.NAMESPACE,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "resources": {names.HEAD_RESOURCE: 0.001},
-        "max_restarts": -1,
-        "max_task_retries": -1,
-    }
+    return {**names.on_the_head(names.GATEWAY), "max_restarts": -1, "max_task_retries": -1}
 
 
 class Gateway:

@@ -23,5 +23,12 @@ ENV_ATTEMPT = "ACTIONMESH_ATTEMPT"
 ENV_GRPC_TOKEN = "ACTIONMESH_GRPC_TOKEN"
 
 
+def on_the_head(name: str) -> dict[str, object]:
+    """`.options(...)` shared by the mesh's singletons: named, detached (they outlive the
+    driver that made them), found again rather than made twice, pinned to the head."""
+    return {"name": name, "namespace": NAMESPACE, "lifetime": "detached",
+            "get_if_exists": True, "resources": {HEAD_RESOURCE: 0.001}}
+
+
 def agent_name(node_id: str) -> str:
     return AGENT_PREFIX + node_id

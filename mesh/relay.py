@@ -15,7 +15,7 @@ import ray
 from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
 from mesh.errors import InvalidInput
 from mesh.logstore import LogStore
-from mesh.names import HEAD_RESOURCE, NAMESPACE, RELAY
+from mesh.names import RELAY, on_the_head
 from mesh.schema import LogBatch, LogRead, MeshConfig
 from mesh.statedir import Owner, StateDirLock
 
@@ -39,11 +39,7 @@ _T = TypeVar("_T")
 def relay_options() -> dict[str, Any]:
     """`.options(...)` for the one relay: detached, named, on the head, restarted forever."""
     return {
-        "name": RELAY,
-        "namespace": NAMESPACE,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "resources": {HEAD_RESOURCE: 0.001},
+        **on_the_head(RELAY),
         "max_restarts": -1,
         "max_task_retries": -1,
         # Followers park in `read`; Ray's default of 1000 concurrent calls would let them

@@ -195,13 +195,7 @@ class SchedulerActor:
 
 def scheduler_options() -> dict[str, Any]:
     """How the singleton is created: detached, named, restartable, pinned to the head."""
-    return {
-        "name": names.SCHEDULER,
-        "namespace": names.NAMESPACE,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "resources": {names.HEAD_RESOURCE: 0.001},
-    }
+    return names.on_the_head(names.SCHEDULER)
 
 
 def _action_id(value: Any) -> ActionId:

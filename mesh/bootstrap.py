@@ -114,9 +114,11 @@ def connect_ray(address: str | None = "auto", start_local: bool = False) -> None
 def up(config: MeshConfig | None = None, timeout: float = 120.0) -> dict[str, Any]:
     """Create the relay and the scheduler (or find them), and wait for the agents."""
     config = config or MeshConfig()
+    # The gateway's token goes to the gateway alone, not to the scheduler and every agent.
+    shared = config.model_copy(update={"gateway": None})
     try:
         scheduler = SchedulerActor.options(  # type: ignore[attr-defined]
-            **scheduler_options()).remote(config)
+            **scheduler_options()).remote(shared)
     except RayError as exc:
         raise ClusterUnavailable(f"could not create the mesh actors: {exc}") from exc
     # The scheduler takes the state dir first: the relay must not touch another cluster's.
@@ -126,7 +128,7 @@ def up(config: MeshConfig | None = None, timeout: float = 120.0) -> dict[str, An
         ray.kill(scheduler, no_restart=True)
         raise
     try:
-        relay = LogRelay.options(**relay_options()).remote(config)  # type: ignore[attr-defined]
+        relay = LogRelay.options(**relay_options()).remote(shared)  # type: ignore[attr-defined]
     except RayError as exc:
         raise ClusterUnavailable(f"could not create the mesh actors: {exc}") from exc
     calls.call(relay.ping, timeout=timeout)

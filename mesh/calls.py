@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, NoReturn
 
 import ray
@@ -36,9 +37,15 @@ def wait(ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
 
 async def ask(method: Any, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
     """`call` for a coroutine: the answer of `method.remote(*args)`, awaited."""
+    ref = send(method, *args)
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(send(method, *args).future()),
-                                      timeout)
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
+    except asyncio.CancelledError:
+        # Whoever awaited is gone (a gateway client left): a parked wait must not go on
+        # holding the actor's slot, nor its answer cross for nobody.
+        with contextlib.suppress(Exception):
+            ray.cancel(ref)
+        raise
     except TimeoutError:
         raise SchedulerUnavailable(f"no answer within {timeout:g}s") from None
     except RayError as exc:

@@ -3,7 +3,8 @@
     MeshError
      ├── InvalidInput            bad input from outside; names the field
      ├── NotFound                unknown action, agent or account id
-     ├── Conflict                contradicts the state (an account that exists, or is used)
+     ├── Conflict                contradicts the state (an account still used)
+ │    └── AlreadyExists       an account that exists with another config
      ├── Unplaceable             no agent in the pool could ever take the action
      ├── StageError              a stage move the transition table forbids (a bug)
      ├── StateCorrupt            the scheduler's saved state cannot be read
@@ -55,6 +56,11 @@ class NotFound(MeshError):
 class Conflict(MeshError):
     """The request contradicts the scheduler's state (an account that already exists, or
     one still used by actions)."""
+
+
+class AlreadyExists(Conflict):
+    """What is to be created exists already, and differently (an account with another
+    config)."""
 
 
 class Unplaceable(MeshError):

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from mesh import calls, gatewayconv, names
 from mesh.arrival import arrived
 from mesh.errors import (
+    AlreadyExists,
     ClusterUnavailable,
     Conflict,
     InvalidInput,
@@ -32,7 +34,7 @@ from mesh.errors import (
     Unplaceable,
 )
 from mesh.schema import AccountStatus, ActionId, GatewayConfig, MeshConfig, check_token
-from mesh.v1 import AUTHORIZATION_KEY, KEEPALIVE_OPTIONS
+from mesh.v1 import AUTHORIZATION_KEY, KEEPALIVE_OPTIONS, serialize
 from mesh.v1 import gateway_pb2 as gpb
 from mesh.watch import Cursor, follow
 
@@ -53,6 +55,7 @@ START_TIMEOUT = 30.0
 
 # Our errors as gRPC status codes; the most specific class first.
 _CODES: list[tuple[type[MeshError], grpc.StatusCode]] = [
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unplaceable, grpc.StatusCode.FAILED_PRECONDITION),
@@ -64,8 +67,6 @@ _CODES: list[tuple[type[MeshError], grpc.StatusCode]] = [
 
 
 def status_code(exc: MeshError) -> grpc.StatusCode:
-    if isinstance(exc, Conflict) and "already exists" in str(exc):
-        return grpc.StatusCode.ALREADY_EXISTS
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code
@@ -100,11 +101,11 @@ class Gateway:
         for name, method in unary.items():
             table[name] = grpc.unary_unary_rpc_method_handler(
                 _answering(method), request_deserializer=_parser(methods[name]),
-                response_serializer=_serialize)
+                response_serializer=serialize)
         for name, stream in streams.items():
             table[name] = grpc.unary_stream_rpc_method_handler(
                 _streaming(stream), request_deserializer=_parser(methods[name]),
-                response_serializer=_serialize)
+                response_serializer=serialize)
         return grpc.method_handlers_generic_handler(SERVICE, table)
 
     # ---- following actions ---------------------------------------------------------------
@@ -184,11 +185,6 @@ def _parser(method: Any) -> Callable[[bytes], Any]:
 
 def _parse(kind: Any, data: bytes) -> Any:
     return kind.FromString(data)
-
-
-def _serialize(message: Any) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
 
 
 async def _abort(context: aio.ServicerContext, exc: Exception) -> None:
@@ -328,10 +324,10 @@ class GatewayActor:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        scheduler = ray.get_actor(names.SCHEDULER, namespace=names.NAMESPACE)
-        relay = ray.get_actor(names.RELAY, namespace=names.NAMESPACE)
-        self._gateway = Gateway(scheduler, relay)
         try:
+            scheduler = ray.get_actor(names.SCHEDULER, namespace=names.NAMESPACE)
+            relay = ray.get_actor(names.RELAY, namespace=names.NAMESPACE)
+            self._gateway = Gateway(scheduler, relay)
             server, self._port, healthy = await serve(self.config, self._gateway)
         except BaseException as exc:
             log.error("the gateway could not start: %r", exc)
@@ -340,7 +336,13 @@ class GatewayActor:
             return
         log.info("gateway serving on %s:%d", self.config.host, self._port)
         self._started.set()
-        await asyncio.gather(watch_health(healthy, scheduler), server.wait_for_termination())
+        try:
+            await asyncio.gather(watch_health(healthy, scheduler), server.wait_for_termination())
+        finally:
+            # Serving is this actor's whole job: a process that stopped serving exits, so
+            # that Ray starts it again.
+            log.error("the gateway stopped serving; exiting to be restarted")
+            os._exit(1)
 
     def port(self) -> int:
         """The port it listens on, once it does; its start's error otherwise."""

@@ -156,10 +156,12 @@ def chunks_pb(batch: LogBatch) -> Iterator[gpb.ActionEvent]:
     lines = batch.lines
     start, size = 0, 0
     for i, line in enumerate(lines):
-        if size and size + len(line) > CHUNK_BYTES:
+        # Bytes as they cross: a line of other than ASCII takes more than its length.
+        cost = (len(line) if line.isascii() else len(line.encode())) + 1
+        if size and size + cost > CHUNK_BYTES:
             yield _chunk(batch, start, lines[start:i])
             start, size = i, 0
-        size += len(line) + 1
+        size += cost
     if start < len(lines):
         yield _chunk(batch, start, lines[start:])
 

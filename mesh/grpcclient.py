@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from mesh.v1 import AUTHORIZATION_KEY, method_path
+from mesh.v1 import AUTHORIZATION_KEY, method_path, serialize
 from mesh.v1 import gateway_pb2 as gpb
 from mesh.v1 import link_pb2 as pb
 
@@ -18,13 +18,8 @@ MAX_RECEIVE = 64 * 1024 * 1024
 
 def _unary(channel: grpc.Channel, name: str, answer: Any) -> Any:
     return channel.unary_unary(method_path("Gateway", name),
-                               request_serializer=_serialize,
+                               request_serializer=serialize,
                                response_deserializer=answer.FromString)
-
-
-def _serialize(message: Any) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
 
 
 class GatewayClient:
@@ -44,7 +39,7 @@ class GatewayClient:
         self.metadata = ((AUTHORIZATION_KEY, f"Bearer {token}"),)
         streaming = {"Submit": gpb.SubmitRequest, "Watch": gpb.WatchRequest}
         self._streams = {name: self.channel.unary_stream(
-            method_path("Gateway", name), request_serializer=_serialize,
+            method_path("Gateway", name), request_serializer=serialize,
             response_deserializer=gpb.ActionEvent.FromString) for name in streaming}
         self._calls = {name: _unary(self.channel, name, answer) for name, answer in {
             "Cancel": gpb.ActionStatus, "Get": gpb.ActionStatus, "List": gpb.ListResponse,

@@ -71,8 +71,9 @@ class Follower:
         try:
             while (event := await self._out.get()) is not None:
                 yield event
-            for task in tasks:
-                task.result()  # a follower's error ends the stream with it
+            for task in tasks:  # a follower's error ends the stream with it
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
             final = self._final or await ask(self.scheduler.get, self.cursor.action_id)
             yield gatewayconv.result_pb(final)
         finally:
@@ -95,14 +96,15 @@ class Follower:
             answer: FollowedEvents = await ask(
                 self.scheduler.follow, self.cursor.action_id, seq,
                 0.0 if self._ended else POLL, LINGER, timeout=POLL + LINGER + CALL_TIMEOUT)
-            self._final = answer.final
             for event in answer.events:
                 await self._out.put(gatewayconv.event_pb(event))
                 seq = event.seq
-                self._ended = self._ended or event.stage in TERMINAL
                 self._note_attempt(event.attempt)
-            # An ended action's changes all came in this answer: the last is the end.
-            if self._ended:
+            # An ended action's changes all came in the answer that says it ended (also
+            # to a watch from past its last change).
+            self._final = answer.final
+            if answer.final is not None:
+                self._ended = True
                 self._attempt_seen.set()  # the output follower's last look
                 return
 
@@ -114,16 +116,15 @@ class Follower:
                 await self._attempt_seen.wait()
             if self._attempt < attempt:
                 return  # it ended before this attempt began
-            offset, closed = await self._read(attempt, offset)
-            if closed or self._attempt > attempt or self._ended:
-                if self._attempt <= attempt:
-                    return
-                attempt, offset = attempt + 1, 0
+            await self._read(attempt, offset)
+            # The log may close before the change that begins the next attempt arrives
+            # (an agent closes it before it reports the end): wait for that change above.
+            attempt, offset = attempt + 1, 0
 
-    async def _read(self, attempt: int, offset: int) -> tuple[int, bool]:
+    async def _read(self, attempt: int, offset: int) -> None:
         """Send the attempt's output from `offset` until its log is closed, or until nothing
         more comes while a newer attempt has begun or the action has ended (an attempt lost
-        with its agent is never closed). Returns where it stopped and whether it was closed."""
+        with its agent is never closed)."""
         action_id = self.cursor.action_id
         told: set[int] = set()  # gaps sent, by where they start (a read may repeat one)
         while True:
@@ -145,7 +146,7 @@ class Follower:
                 await self._out.put(gatewayconv.gap_pb(action_id, attempt, *gap))
             offset = read.next_offset
             if read.closed or (last_look and not read.batches):
-                return offset, read.closed
+                return
 
 
 async def follow(scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True,

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from mesh.schema import ActionId, StageEvent
-from mesh.stages import TERMINAL
 from scheduler.core.quota.events import QuotaEvent
 
 log = logging.getLogger("actionmesh.scheduler")
@@ -78,21 +77,6 @@ class EventBook:
                 if not waiting:
                     del self._waiters[action_id]
         return self.since(action_id, after)
-
-    async def gather(self, action_id: ActionId, after: int, timeout: float, linger: float,
-                     ) -> list[StageEvent]:
-        """`wait`, then more of the action's changes as they come for up to `linger`
-        seconds, until one ends it: a follower gets a short action's changes in one answer
-        rather than one call per change."""
-        found = await self.wait(action_id, after, timeout)
-        deadline = asyncio.get_running_loop().time() + linger
-        while found and found[-1].stage not in TERMINAL:
-            left = deadline - asyncio.get_running_loop().time()
-            more = await self.wait(action_id, found[-1].seq, left) if left > 0 else []
-            if not more:
-                break
-            found.extend(more)
-        return found
 
     async def wait_for(self, action_id: ActionId, check: Callable[[], T | None],
                        timeout: float) -> T | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from mesh.schema import ActionId, ActionStatus, FollowedEvents, StageEvent
@@ -33,12 +34,21 @@ class Waits:
 
     async def follow(self, action_id: ActionId, after: int, timeout: float, linger: float,
                      ) -> FollowedEvents:
-        """`events`, gathering changes for up to `linger` s, and the status at the end."""
+        """`events`, then more of them as they come for up to `linger` seconds until one
+        ends it (a follower gets a short action's changes in one answer, not one call per
+        change), and the status once it has ended."""
         self._known(action_id)
-        events = await self.book.gather(action_id, after, _bounded(timeout, MAX_WAIT),
-                                        _bounded(linger, MAX_LINGER))
-        ended = bool(events) and events[-1].stage in TERMINAL
-        return FollowedEvents(events=events, final=self.core.result(action_id) if ended else None)
+        events = await self.book.wait(action_id, after, _bounded(timeout, MAX_WAIT))
+        deadline = asyncio.get_running_loop().time() + _bounded(linger, MAX_LINGER)
+        while events and events[-1].stage not in TERMINAL:
+            left = deadline - asyncio.get_running_loop().time()
+            more = await self.book.wait(action_id, events[-1].seq, left) if left > 0 else []
+            if not more:
+                break
+            events.extend(more)
+        # Once it has ended, say so whatever `after` was: a follower from past the last
+        # change would otherwise wait for one that never comes.
+        return FollowedEvents(events=events, final=self.core.result(action_id))
 
     async def result(self, action_id: ActionId, timeout: float) -> ActionStatus | None:
         """The action's status once it has ended, waiting up to `timeout` for that; None if

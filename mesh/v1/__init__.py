@@ -5,6 +5,8 @@ Python needs no generated service stubs (which would be untyped)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pool
 
 from mesh.v1 import gateway_pb2, link_pb2  # noqa: F401 (registers their descriptors)
@@ -27,6 +29,12 @@ KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 # The call metadata that opens an agent's stream: who it is, and its credential.
 AGENT_KEY = "x-actionmesh-agent"
 AUTHORIZATION_KEY = "authorization"
+
+
+def serialize(message: Any) -> bytes:
+    """A message's wire bytes (the serializer every call here is given)."""
+    data: bytes = message.SerializeToString()
+    return data
 
 
 def method_path(service: str, method: str) -> str:

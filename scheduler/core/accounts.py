@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from mesh import reasons
-from mesh.errors import Conflict, InvalidInput, NotFound
+from mesh.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from mesh.schema import AccountConfig, AccountId, AccountStatus, QuotaOptions
 from mesh.stages import Stage
 from scheduler.core.clock import advance
@@ -34,7 +34,7 @@ class Accounts:
         if existing == config:
             return self._status(account_id)
         if existing is not None:
-            raise Conflict(f"account {account_id!r} already exists with another config; "
+            raise AlreadyExists(f"account {account_id!r} already exists with another config; "
                            "modify it instead")
         self.quota.add_account(account_id, config)
         return self._status(account_id)

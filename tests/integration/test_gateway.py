@@ -137,6 +137,22 @@ def test_watch_from_where_a_stream_stopped_gives_exactly_the_rest(served: Served
     assert next(e.stage.seq for e in again if e.WhichOneof("event") == "stage") == 3
 
 
+def test_every_attempt_s_output_follows_its_stage_changes(served: Served) -> None:
+    # The agent closes an attempt's log before it reports the attempt's end, so the stream
+    # has read the first log to its end before it hears that a second attempt began.
+    action = shell('echo "try $ACTIONMESH_ATTEMPT"; exit 1', retry=pb.RetryPolicy(on_failure=2))
+    found = events(served.gateway.submit(action, timeout=60))
+    assert [(attempt, offset, text) for attempt, offset, _, text in lines(found)] == \
+        [(1, 0, "try 1"), (2, 0, "try 2"), (3, 0, "try 3")]
+    assert [e.stage.attempt for e in found if e.WhichOneof("event") == "stage"
+            and e.stage.stage == gpb.STAGE_RUNNING] == [1, 2, 3]
+    result = found[-1].result
+    assert result.stage == gpb.STAGE_FAILED and len(result.attempts) == 3
+    # A watch from past the last change ends at once with the status.
+    [only] = events(served.gateway.watch(result.id, after_seq=1000, attempt=4, timeout=30))
+    assert only.result.stage == gpb.STAGE_FAILED
+
+
 def test_cancel_through_grpc_kills_the_process_tree(served: Served) -> None:
     stream = served.gateway.submit(
         shell("sleep 300 & sleep 300 & echo started; wait"), timeout=60)

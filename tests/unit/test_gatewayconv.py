@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from mesh import gatewayconv
 from mesh.errors import (
+    AlreadyExists,
     ClusterUnavailable,
     Conflict,
     InvalidInput,
@@ -70,7 +71,7 @@ def test_the_token_never_shows_in_the_config() -> None:
     (InvalidInput("x"), grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound("x"), grpc.StatusCode.NOT_FOUND),
     (Unplaceable("x"), grpc.StatusCode.FAILED_PRECONDITION),
-    (Conflict("account 'a' already exists with another config"),
+    (AlreadyExists("account 'a' already exists with another config"),
      grpc.StatusCode.ALREADY_EXISTS),
     (Conflict("account 'a' is used by 2 unfinished actions"),
      grpc.StatusCode.FAILED_PRECONDITION),
@@ -142,6 +143,8 @@ def test_output_is_cut_into_chunks_a_client_can_take(monkeypatch: pytest.MonkeyP
     assert [c.offset for c in chunks] == [50, 53, 56, 59]
     assert {(c.attempt, c.stream, c.action_id) for c in chunks} == \
         {(2, gpb.LOG_STREAM_STDERR, "a1")}
+    wide = LogBatch.of(aid("a1"), 1, "stdout", 0, ["é" * 20] * 4)  # 41 bytes each
+    assert [len(e.log.lines) for e in gatewayconv.chunks_pb(wide)] == [2, 2]
     long = LogBatch.of(aid("a1"), 1, "stdout", 0, ["y" * 500])
     assert [list(e.log.lines) for e in gatewayconv.chunks_pb(long)] == [["y" * 500]], \
         "a line longer than a chunk goes whole"

@@ -136,12 +136,21 @@ def up(config: MeshConfig | None = None, timeout: float = 120.0) -> dict[str, An
         log.warning("the scheduler has not registered every node's agent yet")
     agents = calls.call(scheduler.pool, timeout=timeout)
     info = {"agents": len(agents), "address": ray.get_runtime_context().gcs_address,
-            "grpc_port": None if config.gateway is None else _start_gateway(config, timeout)}
+            "grpc_port": None if config.gateway is None else start_gateway(config, timeout)}
     return info
 
 
-def _start_gateway(config: MeshConfig, timeout: float) -> int:
-    """Create the gateway (or find it) and return the port it serves on."""
+def start_gateway(config: MeshConfig, timeout: float) -> int:
+    """Create the gateway (or find it, replacing one started with other settings) and
+    return the port it serves on."""
+    try:
+        running: Any = ray.get_actor(names.GATEWAY, namespace=names.NAMESPACE)
+    except ValueError:
+        running = None
+    if running is not None and calls.call(running.settings, timeout=timeout) != config.gateway:
+        log.info("replacing the gateway: its settings changed")
+        ray.kill(running, no_restart=True)
+        wait_until(_gateway_gone, bool, timeout, "the old gateway gone", interval=0.1)
     try:
         gateway = GatewayActor.options(  # type: ignore[attr-defined]
             **gateway_options()).remote(config)
@@ -153,6 +162,14 @@ def _start_gateway(config: MeshConfig, timeout: float) -> int:
         ray.kill(gateway, no_restart=True)  # a gateway that cannot serve must not linger
         raise
     return port
+
+
+def _gateway_gone() -> bool:
+    try:
+        ray.get_actor(names.GATEWAY, namespace=names.NAMESPACE)
+    except ValueError:
+        return True
+    return False
 
 
 def down(stop_cluster: bool = True) -> dict[str, Any]:

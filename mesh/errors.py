@@ -16,6 +16,7 @@
      ├── MeshNotRunning          the cluster is up but the mesh actors are not
      ├── SchedulerUnavailable    the scheduler did not answer (restarting, gone)
      ├── ActionTimeout           waiting for a result took longer than asked
+     ├── Busy                    too much of this is under way already; try again later
      └── WaitTimeout             a condition polled with `mesh.waiting` never held
 """
 
@@ -108,6 +109,10 @@ class MeshNotRunning(MeshError):
 
 class SchedulerUnavailable(MeshError):
     """The scheduler actor did not answer; it may be restarting."""
+
+
+class Busy(MeshError):
+    """Refused for now: too much of the same is under way (the gateway's open streams)."""
 
 
 class ActionTimeout(MeshError):

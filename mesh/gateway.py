@@ -24,6 +24,7 @@ from mesh import calls, gatewayconv, names
 from mesh.arrival import arrived
 from mesh.errors import (
     AlreadyExists,
+    Busy,
     ClusterUnavailable,
     Conflict,
     InvalidInput,
@@ -56,6 +57,7 @@ START_TIMEOUT = 30.0
 # Our errors as gRPC status codes; the most specific class first.
 _CODES: list[tuple[type[MeshError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (Busy, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unplaceable, grpc.StatusCode.FAILED_PRECONDITION),
@@ -83,9 +85,10 @@ class Gateway:
     the request, asks the scheduler (or follows an action through it and the relay) and
     answers in messages. Our errors end a call with their status code and message."""
 
-    def __init__(self, scheduler: Any, relay: Any) -> None:
+    def __init__(self, scheduler: Any, relay: Any, max_streams: int) -> None:
         self.scheduler = scheduler
         self.relay = relay
+        self.max_streams = max_streams
         self.following = 0  # streams open now, each holding at most a bounded backlog
 
     def handlers(self) -> grpc.GenericRpcHandler:
@@ -112,6 +115,7 @@ class Gateway:
 
     async def submit(self, request: gpb.SubmitRequest) -> AsyncIterator[gpb.ActionEvent]:
         action = gatewayconv.action(request)
+        self._room()  # before submitting: an accepted action is followed
         if action.id is None:
             action = action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
         (outcome,) = await calls.ask(self.scheduler.submit, [action],
@@ -123,9 +127,15 @@ class Gateway:
             yield event
 
     async def watch(self, request: gpb.WatchRequest) -> AsyncIterator[gpb.ActionEvent]:
+        self._room()
         async for event in self._follow(Cursor(*gatewayconv.cursor(request)),
                                         request.without_logs):
             yield event
+
+    def _room(self) -> None:
+        if self.following >= self.max_streams:
+            raise Busy(f"{self.following} streams are open, the most this gateway keeps "
+                       "(max_streams); try again later")
 
     async def _follow(self, cursor: Cursor, without_logs: bool,
                       ) -> AsyncIterator[gpb.ActionEvent]:
@@ -222,14 +232,17 @@ class TokenCheck(aio.ServerInterceptor):  # type: ignore[misc]
     before its handler runs; the health service answers anyone, as probes expect."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
-        sent = dict(details.invocation_metadata or ()).get(AUTHORIZATION_KEY, "")
-        if hmac.compare_digest(str(sent).encode(), self._expected):
+        sent = str(dict(details.invocation_metadata or ()).get(AUTHORIZATION_KEY, ""))
+        scheme, _, token = sent.strip().partition(" ")
+        # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                              self._expected):
             return handler
         return _refusing(handler)
 
@@ -327,7 +340,7 @@ class GatewayActor:
         try:
             scheduler = ray.get_actor(names.SCHEDULER, namespace=names.NAMESPACE)
             relay = ray.get_actor(names.RELAY, namespace=names.NAMESPACE)
-            self._gateway = Gateway(scheduler, relay)
+            self._gateway = Gateway(scheduler, relay, self.config.max_streams)
             server, self._port, healthy = await serve(self.config, self._gateway)
         except BaseException as exc:
             log.error("the gateway could not start: %r", exc)
@@ -354,6 +367,10 @@ class GatewayActor:
             raise ClusterUnavailable(f"the gateway could not start: {self._error!r}")
         assert self._port is not None
         return self._port
+
+    def settings(self) -> GatewayConfig:
+        """What it was started with (`mesh up` replaces a gateway started otherwise)."""
+        return self.config
 
     def streams(self) -> int:
         """How many Submit and Watch streams are open."""

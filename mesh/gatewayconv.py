@@ -10,6 +10,8 @@ from mesh.arrival import arrived, arrived_count, arrived_id
 from mesh.errors import InvalidInput
 from mesh.protoconv import action_fields, action_pb, load_pb
 from mesh.schema import (
+    MAX_COUNT,
+    MAX_PAGE,
     AccountConfig,
     AccountStatus,
     Action,
@@ -62,7 +64,7 @@ _STREAMS: dict[str, gpb.LogStream] = {
 # A log chunk's lines take at most this many bytes, so that a chunk stays far below a
 # client's default receive limit (4 MiB) whatever the relay hands over in one read.
 CHUNK_BYTES = 1 << 20
-# The most actions a listing page may hold when the request leaves it unset.
+# The actions a listing page holds when the request leaves it unset.
 DEFAULT_PAGE = 100
 
 # ---- what a controller sends -----------------------------------------------------------
@@ -91,6 +93,12 @@ def cursor(message: gpb.WatchRequest) -> tuple[ActionId, int, int, int]:
 
 
 def list_query(message: gpb.ListRequest) -> ListQuery:
+    # Checked here, to name the proto's fields rather than the query's (limit, after).
+    if message.page_size > MAX_PAGE:
+        raise InvalidInput(f"page_size: at most {MAX_PAGE:,}, got {message.page_size}",
+                           [("page_size", f"above {MAX_PAGE}")])
+    if message.page_token > MAX_COUNT:
+        raise InvalidInput("page_token: not one a listing gave", [("page_token", "too large")])
     fields: dict[str, Any] = {"tags": dict(message.tags), "after": message.page_token,
                               "limit": message.page_size or DEFAULT_PAGE}
     if message.stage != gpb.STAGE_UNSPECIFIED:

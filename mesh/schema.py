@@ -184,6 +184,7 @@ class Model(BaseModel):
 # always be written: a record that cannot be written would stop the scheduler again on
 # every restart (agents resend their recent reports).
 MAX_COUNT = 2**31 - 1  # attempt numbers, sequence numbers, offsets, limits
+MAX_PAGE = 10_000  # actions in one page of a listing
 MAX_BYTES = 2**60  # 1 EiB
 MAX_CPUS = 2.0**20
 MAX_INSTANT = 1e11  # seconds since the epoch: the year 5138
@@ -580,7 +581,7 @@ class ListQuery(Model):
     submitted_after: Instant | None = None
     submitted_before: Instant | None = None
     after: Count = Field(0, description="the cursor: a page's `cursor`, to continue after it")
-    limit: int = Field(100, ge=1, le=10_000)
+    limit: int = Field(100, ge=1, le=MAX_PAGE)
 
 
 class ActionPage(Model):
@@ -736,6 +737,11 @@ class GatewayConfig(Model):
     token: SecretStr | None = Field(
         None, description="the token itself, when not in a file (`mesh up` takes it from "
         "ACTIONMESH_GRPC_TOKEN)")
+    max_streams: int = Field(
+        500, ge=1, le=900,
+        description="most Submit and Watch streams open at once; past it a new one is "
+        "refused with RESOURCE_EXHAUSTED (each holds a waiting call on the scheduler, which "
+        "takes 1,000 at once)")
     cert: str | None = Field(None, description="PEM certificate to serve TLS with")
     key: str | None = Field(None, description="PEM private key of cert")
 

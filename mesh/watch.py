@@ -55,8 +55,8 @@ class Follower:
         # The newest attempt a stage change has been sent for: output of an attempt goes
         # out only after a change that names it.
         self._attempt = 0
-        self._attempt_seen = asyncio.Event()
         self._ended = False
+        self._moved = asyncio.Event()  # set when a newer attempt begins or the action ends
         self._final: ActionStatus | None = None
 
     async def events(self) -> AsyncIterator[gpb.ActionEvent]:
@@ -88,7 +88,13 @@ class Follower:
     def _note_attempt(self, attempt: int) -> None:
         if attempt > self._attempt:
             self._attempt = attempt
-            self._attempt_seen.set()
+            self._moved.set()
+
+    async def _moved_past(self, attempt: int) -> None:
+        """Return once an attempt after `attempt` has begun or the action has ended."""
+        while not (self._ended or self._attempt > attempt):
+            self._moved.clear()
+            await self._moved.wait()
 
     async def _stages(self) -> None:
         seq = self.cursor.after_seq
@@ -105,21 +111,34 @@ class Follower:
             self._final = answer.final
             if answer.final is not None:
                 self._ended = True
-                self._attempt_seen.set()  # the output follower's last look
+                self._moved.set()  # the output follower's last look
                 return
 
     async def _output(self) -> None:
         attempt, offset = self.cursor.attempt, self.cursor.offset
         while True:
-            while self._attempt < attempt and not self._ended:
-                self._attempt_seen.clear()
-                await self._attempt_seen.wait()
+            await self._moved_past(attempt - 1)
             if self._attempt < attempt:
                 return  # it ended before this attempt began
             await self._read(attempt, offset)
             # The log may close before the change that begins the next attempt arrives
             # (an agent closes it before it reports the end): wait for that change above.
             attempt, offset = attempt + 1, 0
+
+    async def _read_first(self, reading: asyncio.Future[LogRead], attempt: int) -> bool:
+        """Wait for the read, unless a newer attempt begins or the action ends first: then
+        cancel it and return False. A log that is never closed (its attempt was lost, or
+        cancelled before it ran) must not hold up what follows until the read times out."""
+        moved = asyncio.ensure_future(self._moved_past(attempt))
+        either: set[asyncio.Future[Any]] = {reading, moved}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+            read = reading.done()
+            if not read:
+                reading.cancel()  # (its Ray call is cancelled with it)
+        return read
 
     async def _read(self, attempt: int, offset: int) -> None:
         """Send the attempt's output from `offset` until its log is closed, or until nothing
@@ -129,9 +148,12 @@ class Follower:
         told: set[int] = set()  # gaps sent, by where they start (a read may repeat one)
         while True:
             last_look = self._ended or self._attempt > attempt
-            read: LogRead = await ask(self.relay.read, action_id, attempt, offset, READ_LINES,
-                                      0.0 if last_look else POLL,
-                                      timeout=POLL + CALL_TIMEOUT)
+            reading = asyncio.ensure_future(ask(
+                self.relay.read, action_id, attempt, offset, READ_LINES,
+                0.0 if last_look else POLL, timeout=POLL + CALL_TIMEOUT))
+            if not last_look and not await self._read_first(reading, attempt):
+                continue
+            read: LogRead = await reading
             if read.dropped:
                 raise NotFound(f"the log of {action_id} attempt {attempt} is gone: "
                                f"{read.dropped}")

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,11 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from mesh import names
+from mesh import bootstrap, names
 from mesh.bootstrap import actor_pid
 from mesh.client import Client
-from mesh.gateway import GatewayActor, gateway_options
 from mesh.grpcclient import GatewayClient
-from mesh.schema import GatewayConfig, MeshConfig
+from mesh.schema import GatewayConfig
 from mesh.v1 import gateway_pb2 as gpb
 from mesh.v1 import link_pb2 as pb
 from mesh.waiting import wait_until
@@ -153,6 +154,31 @@ def test_every_attempt_s_output_follows_its_stage_changes(served: Served) -> Non
     assert only.result.stage == gpb.STAGE_FAILED
 
 
+def test_an_attempt_lost_with_its_agent_holds_up_nothing_after_it(served: Served) -> None:
+    # The lost attempt's log is never closed; the stream must move on to the next attempt
+    # when it begins, not when a read of the dead one gives up (5 s).
+    stream = served.gateway.submit(shell("echo started; sleep 1; echo finished"), timeout=90)
+    found: list[gpb.ActionEvent] = []
+    for event in stream:
+        found.append(event)
+        if lines(found):
+            break
+    agent_id = next(e.stage.agent_id for e in found if e.stage.stage == gpb.STAGE_RUNNING)
+    [agent] = [a for a in served.mesh.client.pool() if a.info.agent_id == agent_id]
+    os.kill(agent.info.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    found.extend(stream)
+    took = time.monotonic() - killed
+    assert [(attempt, text) for attempt, _, _, text in lines(found)] == \
+        [(1, "started"), (2, "started"), (2, "finished")]
+    result = found[-1].result
+    assert result.stage == gpb.STAGE_SUCCEEDED and result.attempt == 2
+    assert result.attempts[0].outcome == gpb.ATTEMPT_OUTCOME_LOST
+    assert took < 4.0, f"the stream ended {took:.1f}s after the kill"
+    wait_until(served.mesh.client.pool, lambda p: len(p) == 2 and all(a.load for a in p),
+               timeout=60, what="the killed agent replaced")
+
+
 def test_cancel_through_grpc_kills_the_process_tree(served: Served) -> None:
     stream = served.gateway.submit(
         shell("sleep 300 & sleep 300 & echo started; wait"), timeout=60)
@@ -194,7 +220,7 @@ BAD: dict[str, tuple[Callable[[GatewayClient], Any], grpc.StatusCode, str]] = {
     "watch unknown": (lambda g: g.watch("no-such-action"), grpc.StatusCode.NOT_FOUND, ""),
     "cancel unknown": (lambda g: g.cancel("no-such-action"), grpc.StatusCode.NOT_FOUND, ""),
     "page too large": (lambda g: g.call("List", gpb.ListRequest(page_size=20_000)),
-                       grpc.StatusCode.INVALID_ARGUMENT, "limit"),
+                       grpc.StatusCode.INVALID_ARGUMENT, "page_size"),
     "bad charge rate": (lambda g: g.call("CreateAccount", gpb.CreateAccountRequest(
         account_id="gw-bad", config=gpb.AccountConfig(charge_rate=[-1.0]))),
         grpc.StatusCode.INVALID_ARGUMENT, "charge_rate"),
@@ -283,6 +309,13 @@ def test_without_the_token_every_call_but_health_is_refused(served: Served) -> N
                 .status == health_pb2.HealthCheckResponse.SERVING
     assert len(served.mesh.client.list()) == before, "a refused submit submitted nothing"
     assert "actionmesh.v1.Gateway" in _services(served.gateway)
+    # The scheme is case-insensitive, as HTTP's are.
+    lower = served.gateway.channel.unary_unary(
+        "/actionmesh.v1.Gateway/ListAgents",
+        request_serializer=gpb.ListAgentsRequest.SerializeToString,
+        response_deserializer=gpb.ListAgentsResponse.FromString)
+    assert lower(gpb.ListAgentsRequest(), metadata=(("authorization", f"bearer {TOKEN}"),),
+                 timeout=30).agents
 
 
 def _services(client: GatewayClient) -> list[str]:
@@ -341,12 +374,7 @@ def test_a_slow_client_holds_back_the_stream_and_a_gone_one_frees_it(served: Ser
 
 def test_tls_with_a_throwaway_certificate(served: Served, tmp_path: Path) -> None:
     cert, key = throwaway_certificate(tmp_path, "gateway.mesh.test")
-    tls = served.mesh.config.model_copy(update={"gateway": GatewayConfig(
-        port=0, host="127.0.0.1", token=TOKEN, cert=cert, key=key)})  # type: ignore[arg-type]
-    plain = served.mesh.config
-    _replace_gateway(tls)
-    try:
-        address = _address()
+    with gateway_with(served, cert=cert, key=key) as address:
         with GatewayClient(address, TOKEN, Path(cert).read_bytes(),
                            server_name="gateway.mesh.test") as secure:
             found = events(secure.submit(shell("echo over tls"), timeout=60))
@@ -354,26 +382,42 @@ def test_tls_with_a_throwaway_certificate(served: Served, tmp_path: Path) -> Non
         with GatewayClient(address, TOKEN) as cleartext:
             code, _ = _code(lambda: cleartext.get("anything"))
             assert code == grpc.StatusCode.UNAVAILABLE
-    finally:
-        _replace_gateway(plain)
-        served.gateway.close()
-        served.address = _address()
-        served.gateway = GatewayClient(served.address, TOKEN)
 
 
-def _replace_gateway(config: MeshConfig) -> None:
-    ray.kill(_gateway_actor(), no_restart=True)
-    wait_until(_gateway_gone, lambda gone: gone, timeout=30, what="the old gateway gone")
-    actor = GatewayActor.options(**gateway_options()).remote(config)  # type: ignore[attr-defined]
-    ray.get(actor.port.remote())
+def test_past_its_most_streams_a_submit_is_refused_and_submits_nothing(
+        served: Served) -> None:
+    with gateway_with(served, max_streams=2) as address, \
+            GatewayClient(address, TOKEN) as gateway:
+        held: list[Any] = [gateway.submit(shell("sleep 30", cpus=0.1), timeout=60)
+                           for _ in range(2)]
+        ids = [next(stream).stage.action_id for stream in held]
+        before = len(served.mesh.client.list())
+        code, details = _code(lambda: gateway.submit(shell("echo one too many", cpus=0.1)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams" in details
+        assert len(served.mesh.client.list()) == before, "the refused action was not submitted"
+        for stream, action_id in zip(held, ids, strict=True):
+            stream.cancel()
+            served.mesh.client.cancel(action_id)
+        wait_until(lambda: ray.get(_gateway_actor().streams.remote()), lambda n: n == 0,
+                   timeout=15, what="the held streams closed")
+        assert events(gateway.submit(shell("echo room again", cpus=0.1), without_logs=True,
+                                     timeout=60))[-1].result.stage == gpb.STAGE_SUCCEEDED
 
 
-def _gateway_gone() -> bool:
+@contextmanager
+def gateway_with(served: Served, **settings: Any) -> Iterator[str]:
+    """The gateway started again with other settings, as `mesh up` replaces it; the
+    module's own after. Yields its address."""
+    config = served.mesh.config
+    assert config.gateway is not None
+    changed = config.model_copy(update={"gateway": config.gateway.model_copy(update=settings)})
     try:
-        _gateway_actor()
-    except ValueError:
-        return True
-    return False
+        port = bootstrap.start_gateway(changed, 60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        served.gateway.close()
+        served.address = f"127.0.0.1:{bootstrap.start_gateway(config, 60)}"
+        served.gateway = GatewayClient(served.address, TOKEN)
 
 
 @pytest.fixture(scope="module")

@@ -111,8 +111,9 @@ def test_a_listing_request() -> None:
         (Stage.RUNNING, "nightly", 40, gatewayconv.DEFAULT_PAGE, None)
     with pytest.raises(InvalidInput, match="stage"):
         gatewayconv.list_query(gpb.ListRequest(stage=99))  # type: ignore[arg-type]
-    with pytest.raises(InvalidInput, match="limit"):
+    with pytest.raises(InvalidInput, match="page_size"):
         gatewayconv.list_query(gpb.ListRequest(page_size=10_001))
+    gatewayconv.list_query(gpb.ListRequest(page_size=10_000))  # the most, exactly
 
 
 def test_account_changes_follow_the_update_mask() -> None:

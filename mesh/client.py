@@ -170,16 +170,14 @@ class ActionHandle:
                 # Ask for the next lines before handing these out, so the relay's round trip
                 # overlaps the caller's work on this batch.
                 pending = ask(offset)
-            gaps = [g for g in read.gaps if g[0] not in told]
-            for batch in read.batches:
-                while gaps and gaps[0][0] < batch.offset:
-                    yield self._lost(attempt, *gaps.pop(0), told)
-                lines = batch.lines
-                source = LogSource(batch.action_id, batch.attempt, batch.stream)
+            for piece in read.in_order(told):
+                if isinstance(piece, tuple):
+                    yield self._lost(attempt, *piece)
+                    continue
+                lines = piece.lines
+                source = LogSource(piece.action_id, piece.attempt, piece.stream)
                 yield from map(LogLine, repeat(source),
-                               range(batch.offset, batch.offset + len(lines)), lines)
-            for gap in gaps:
-                yield self._lost(attempt, *gap, told)
+                               range(piece.offset, piece.offset + len(lines)), lines)
             if done:
                 return offset, read.closed
             if not read.batches:
@@ -190,8 +188,7 @@ class ActionHandle:
                 pending = ask(offset)
 
 
-    def _lost(self, attempt: int, start: int, end: int, told: set[int]) -> LogLine:
-        told.add(start)
+    def _lost(self, attempt: int, start: int, end: int) -> LogLine:
         return LogLine(LogSource(self.id, attempt, "stderr", lost=end - start), start,
                        f"[actionmesh: lines {start}-{end - 1} of this log were lost]")
 

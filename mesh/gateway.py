@@ -4,6 +4,7 @@ language, with token authentication, TLS when configured, health and reflection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -89,11 +90,11 @@ class Gateway:
         self.scheduler = scheduler
         self.relay = relay
         self.max_streams = max_streams
-        self.following = 0  # streams open now, each holding at most a bounded backlog
+        self.open_streams = 0  # streams open now, each holding at most a bounded backlog
 
     def handlers(self) -> grpc.GenericRpcHandler:
         unary: dict[str, Callable[[Any], Awaitable[Any]]] = {
-            "Cancel": self.cancel, "Get": self.get, "List": self.list,
+            "Cancel": self.cancel, "Get": self.get, "List": self.list_actions,
             "ListAgents": self.list_agents, "CreateAccount": self.create_account,
             "ModifyAccount": self.modify_account, "DeleteAccount": self.delete_account,
             "ListAccounts": self.list_accounts}
@@ -133,18 +134,21 @@ class Gateway:
             yield event
 
     def _room(self) -> None:
-        if self.following >= self.max_streams:
-            raise Busy(f"{self.following} streams are open, the most this gateway keeps "
+        if self.open_streams >= self.max_streams:
+            raise Busy(f"{self.open_streams} streams are open, the most this gateway keeps "
                        "(max_streams); try again later")
 
     async def _follow(self, cursor: Cursor, without_logs: bool,
                       ) -> AsyncIterator[gpb.ActionEvent]:
-        self.following += 1
+        self.open_streams += 1
         try:
-            async for event in follow(self.scheduler, self.relay, cursor, not without_logs):
-                yield event
+            # Closed here, not when the collector finds it: a client gone stops its calls now.
+            async with contextlib.aclosing(
+                    follow(self.scheduler, self.relay, cursor, not without_logs)) as events:
+                async for event in events:
+                    yield event
         finally:
-            self.following -= 1
+            self.open_streams -= 1
 
     # ---- one answer each -----------------------------------------------------------------
 
@@ -156,7 +160,7 @@ class Gateway:
         status = await calls.ask(self.scheduler.get, gatewayconv.action_id(request.action_id))
         return gatewayconv.status_pb(status)
 
-    async def list(self, request: gpb.ListRequest) -> gpb.ListResponse:
+    async def list_actions(self, request: gpb.ListRequest) -> gpb.ListResponse:
         page = await calls.ask(self.scheduler.page, gatewayconv.list_query(request))
         return gatewayconv.page_pb(page)
 
@@ -202,8 +206,10 @@ async def _abort(context: aio.ServicerContext, exc: Exception) -> None:
     logged here and shown to the caller as INTERNAL without its traceback."""
     if isinstance(exc, MeshError):
         await context.abort(status_code(exc), str(exc) or type(exc).__name__)
-    log.exception("a gateway call failed", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(exc).__name__}")
+    else:
+        log.exception("a gateway call failed", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"the gateway failed: {type(exc).__name__}")
 
 
 def _answering(method: Callable[[Any], Awaitable[Any]],
@@ -374,7 +380,7 @@ class GatewayActor:
 
     def streams(self) -> int:
         """How many Submit and Watch streams are open."""
-        return 0 if self._gateway is None else self._gateway.following
+        return 0 if self._gateway is None else self._gateway.open_streams
 
     def __repr__(self) -> str:
         return f"GatewayActor(port={self._port})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, NewType
@@ -715,6 +716,17 @@ class LogRead(Model):
         default_factory=list, description="ranges [start, end) of lines in this window that "
         "will never come (lost pushes, or lines a crashed relay held only in memory)")
     dropped: str = Field("", description="why the log is gone, when it is")
+
+    def in_order(self, told: set[int]) -> Iterator[LogBatch | tuple[int, int]]:
+        """The batches and the gaps, in order of offset; a gap already in `told` (by where
+        it starts: a later read may report it again) is left out, a new one added to it."""
+        gaps = [g for g in self.gaps if g[0] not in told]
+        told.update(g[0] for g in gaps)
+        for batch in self.batches:
+            while gaps and gaps[0][0] < batch.offset:
+                yield gaps.pop(0)
+            yield batch
+        yield from gaps
 
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]

@@ -4,7 +4,8 @@ order into one bounded stream of events that ends with its final status."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,7 @@ class Follower:
         self._moved = asyncio.Event()  # set when a newer attempt begins or the action ends
         self._final: ActionStatus | None = None
 
-    async def events(self) -> AsyncIterator[gpb.ActionEvent]:
+    async def events(self) -> AsyncGenerator[gpb.ActionEvent, None]:
         if not self.cursor.fresh:
             status: ActionStatus = await ask(self.scheduler.get, self.cursor.action_id)
             self._note_attempt(status.attempt)
@@ -157,23 +158,21 @@ class Follower:
             if read.dropped:
                 raise NotFound(f"the log of {action_id} attempt {attempt} is gone: "
                                f"{read.dropped}")
-            gaps = [g for g in read.gaps if g[0] not in told]
-            told.update(g[0] for g in gaps)
-            for batch in read.batches:
-                while gaps and gaps[0][0] < batch.offset:
-                    await self._out.put(gatewayconv.gap_pb(action_id, attempt, *gaps.pop(0)))
-                for chunk in gatewayconv.chunks_pb(batch):
+            for piece in read.in_order(told):
+                if isinstance(piece, tuple):
+                    await self._out.put(gatewayconv.gap_pb(action_id, attempt, *piece))
+                    continue
+                for chunk in gatewayconv.chunks_pb(piece):
                     await self._out.put(chunk)
-            for gap in gaps:
-                await self._out.put(gatewayconv.gap_pb(action_id, attempt, *gap))
             offset = read.next_offset
             if read.closed or (last_look and not read.batches):
                 return
 
 
 async def follow(scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True,
-                 ) -> AsyncIterator[gpb.ActionEvent]:
-    follower = Follower(scheduler, relay, cursor, logs)
-    async for event in follower.events():
-        yield event
+                 ) -> AsyncGenerator[gpb.ActionEvent, None]:
+    """The stream of one action's events from `cursor` (see Follower)."""
+    async with contextlib.aclosing(Follower(scheduler, relay, cursor, logs).events()) as events:
+        async for event in events:
+            yield event
 

@@ -30,6 +30,7 @@ from mesh.errors import (
     Conflict,
     InvalidInput,
     MeshError,
+    MeshNotRunning,
     NotFound,
     SchedulerUnavailable,
     StoreReadOnly,
@@ -65,6 +66,7 @@ _CODES: list[tuple[type[MeshError], grpc.StatusCode]] = [
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreReadOnly, grpc.StatusCode.UNAVAILABLE),
     (SchedulerUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (MeshNotRunning, grpc.StatusCode.UNAVAILABLE),
     (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
@@ -86,11 +88,49 @@ class Gateway:
     the request, asks the scheduler (or follows an action through it and the relay) and
     answers in messages. Our errors end a call with their status code and message."""
 
-    def __init__(self, scheduler: Any, relay: Any, max_streams: int) -> None:
-        self.scheduler = scheduler
-        self.relay = relay
+    def __init__(self, find: Callable[[str], Any], max_streams: int) -> None:
+        self._find = find
+        self._found: dict[str, Any] = {}
         self.max_streams = max_streams
         self.open_streams = 0  # streams open now, each holding at most a bounded backlog
+
+    @property
+    def scheduler(self) -> Any:
+        return self._actor(names.SCHEDULER)
+
+    @property
+    def relay(self) -> Any:
+        return self._actor(names.RELAY)
+
+    def _actor(self, name: str) -> Any:
+        """The named mesh actor's handle, looked up once and again after it failed: a
+        scheduler made anew by a later `mesh up` is another actor than the one gone."""
+        found = self._found.get(name)
+        if found is None:
+            try:
+                found = self._found[name] = self._find(name)
+            except ValueError:
+                raise MeshNotRunning(f"no {name} on the cluster: is the mesh up?") from None
+        return found
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, SchedulerUnavailable | MeshNotRunning):
+            self._found.clear()
+
+    async def watch_health(self, healthy: health.aio.HealthServicer) -> None:
+        """Say SERVING while the scheduler answers and serves, NOT_SERVING otherwise."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        while True:
+            try:
+                state = await calls.ask(self.scheduler.health, timeout=HEALTH_EVERY * 2)
+                ok = state.serving
+            except Exception as exc:
+                self._failed(exc)
+                ok = False
+            status = serving if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE):
+                await healthy.set(name, status)
+            await asyncio.sleep(HEALTH_EVERY)
 
     def handlers(self) -> grpc.GenericRpcHandler:
         unary: dict[str, Callable[[Any], Awaitable[Any]]] = {
@@ -104,11 +144,11 @@ class Gateway:
         table: dict[str, grpc.RpcMethodHandler] = {}
         for name, method in unary.items():
             table[name] = grpc.unary_unary_rpc_method_handler(
-                _answering(method), request_deserializer=_parser(methods[name]),
+                _answering(method, self._failed), request_deserializer=_parser(methods[name]),
                 response_serializer=serialize)
         for name, stream in streams.items():
             table[name] = grpc.unary_stream_rpc_method_handler(
-                _streaming(stream), request_deserializer=_parser(methods[name]),
+                _streaming(stream, self._failed), request_deserializer=_parser(methods[name]),
                 response_serializer=serialize)
         return grpc.method_handlers_generic_handler(SERVICE, table)
 
@@ -212,23 +252,28 @@ async def _abort(context: aio.ServicerContext, exc: Exception) -> None:
                             f"the gateway failed: {type(exc).__name__}")
 
 
-def _answering(method: Callable[[Any], Awaitable[Any]],
+Failed = Callable[[Exception], None]
+
+
+def _answering(method: Callable[[Any], Awaitable[Any]], failed: Failed,
                ) -> Callable[[Any, aio.ServicerContext], Awaitable[Any]]:
     async def answer(request: Any, context: aio.ServicerContext) -> Any:
         try:
             return await method(request)
         except Exception as exc:
+            failed(exc)
             await _abort(context, exc)
     return answer
 
 
-def _streaming(method: Callable[[Any], AsyncIterator[Any]],
+def _streaming(method: Callable[[Any], AsyncIterator[Any]], failed: Failed,
                ) -> Callable[[Any, aio.ServicerContext], AsyncIterator[Any]]:
     async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for message in method(request):
                 yield message
         except Exception as exc:
+            failed(exc)
             await _abort(context, exc)
     return stream
 
@@ -306,19 +351,8 @@ async def serve(config: GatewayConfig, gateway: Gateway,
     return server, port, healthy
 
 
-async def watch_health(healthy: health.aio.HealthServicer, scheduler: Any) -> None:
-    """Say SERVING while the scheduler answers and serves, NOT_SERVING otherwise."""
-    serving = health_pb2.HealthCheckResponse.SERVING
-    while True:
-        try:
-            state = await calls.ask(scheduler.health, timeout=HEALTH_EVERY * 2)
-            ok = state.serving
-        except Exception:
-            ok = False
-        status = serving if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE):
-            await healthy.set(name, status)
-        await asyncio.sleep(HEALTH_EVERY)
+def _named(name: str) -> Any:
+    return ray.get_actor(name, namespace=names.NAMESPACE)
 
 
 @ray.remote(num_cpus=0)
@@ -344,9 +378,7 @@ class GatewayActor:
 
     async def _main(self) -> None:
         try:
-            scheduler = ray.get_actor(names.SCHEDULER, namespace=names.NAMESPACE)
-            relay = ray.get_actor(names.RELAY, namespace=names.NAMESPACE)
-            self._gateway = Gateway(scheduler, relay, self.config.max_streams)
+            gateway = self._gateway = Gateway(_named, self.config.max_streams)
             server, self._port, healthy = await serve(self.config, self._gateway)
         except BaseException as exc:
             log.error("the gateway could not start: %r", exc)
@@ -356,7 +388,7 @@ class GatewayActor:
         log.info("gateway serving on %s:%d", self.config.host, self._port)
         self._started.set()
         try:
-            await asyncio.gather(watch_health(healthy, scheduler), server.wait_for_termination())
+            await asyncio.gather(gateway.watch_health(healthy), server.wait_for_termination())
         finally:
             # Serving is this actor's whole job: a process that stopped serving exits, so
             # that Ray starts it again.

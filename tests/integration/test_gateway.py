@@ -206,6 +206,16 @@ def _code(call: Any) -> tuple[grpc.StatusCode, str]:
     raise AssertionError("the call succeeded")
 
 
+def _outcome(call: Callable[[], Any]) -> grpc.StatusCode:
+    """The call's status code, OK when it succeeds."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        return code
+    return grpc.StatusCode.OK
+
+
 BAD: dict[str, tuple[Callable[[GatewayClient], Any], grpc.StatusCode, str]] = {
     "empty command": (lambda g: g.submit(pb.Action(command=[""])),
                       grpc.StatusCode.INVALID_ARGUMENT, "command"),
@@ -448,3 +458,22 @@ def test_a_client_in_another_language_speaks_the_contract(served: Served,
         ["STAGE_QUEUED", "STAGE_ASSIGNED", "STAGE_RUNNING", "STAGE_FAILED"]
     assert [e["log"]["lines"] for e in found if e["event"] == "log"] == [["from node"]]
     assert found[-1]["result"]["stage"] == "STAGE_FAILED"
+
+
+def test_a_scheduler_gone_is_unavailable_then_a_new_one_is_found(served: Served) -> None:
+    # Last in the module: it takes the scheduler down for good, then brings up another.
+    known = events(served.gateway.submit(shell("echo before"), without_logs=True,
+                                         timeout=60))[-1].result.id
+    ray.kill(ray.get_actor(names.SCHEDULER, namespace=names.NAMESPACE), no_restart=True)
+    wait_until(lambda: _outcome(lambda: served.gateway.get(known)),
+               lambda code: code == grpc.StatusCode.UNAVAILABLE, timeout=30,
+               what="a call answered UNAVAILABLE")
+    check = health_pb2_grpc.HealthStub(served.gateway.channel).Check
+    wait_until(lambda: check(health_pb2.HealthCheckRequest(service="")).status,
+               lambda status: status == health_pb2.HealthCheckResponse.NOT_SERVING,
+               timeout=30, what="health saying NOT_SERVING")
+    bootstrap.up(served.mesh.config)  # a new scheduler, from the same state
+    assert served.gateway.get(known).stage == gpb.STAGE_SUCCEEDED
+    wait_until(lambda: check(health_pb2.HealthCheckRequest(service="")).status,
+               lambda status: status == health_pb2.HealthCheckResponse.SERVING,
+               timeout=30, what="health saying SERVING again")

@@ -36,10 +36,17 @@ from mesh.errors import (
     StoreReadOnly,
     Unplaceable,
 )
-from mesh.schema import AccountStatus, ActionId, GatewayConfig, MeshConfig, check_token
+from mesh.schema import (
+    AccountStatus,
+    ActionId,
+    FollowedEvents,
+    GatewayConfig,
+    MeshConfig,
+    check_token,
+)
 from mesh.v1 import AUTHORIZATION_KEY, KEEPALIVE_OPTIONS, serialize
 from mesh.v1 import gateway_pb2 as gpb
-from mesh.watch import Cursor, follow
+from mesh.watch import LINGER, Cursor, follow
 
 log = logging.getLogger("actionmesh.gateway")
 
@@ -159,12 +166,12 @@ class Gateway:
         self._room()  # before submitting: an accepted action is followed
         if action.id is None:
             action = action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
-        (outcome,) = await calls.ask(self.scheduler.submit, [action],
-                                     not request.allow_unplaceable)
+        outcome, first = await calls.ask(self.scheduler.submit_and_follow, action,
+                                         not request.allow_unplaceable, LINGER)
         if not outcome.accepted:
             raise Unplaceable(outcome.reason, [outcome.action_id])
-        cursor = Cursor(outcome.action_id, fresh=outcome.created)
-        async for event in self._follow(cursor, request.without_logs):
+        async for event in self._follow(Cursor(outcome.action_id), request.without_logs,
+                                        first):
             yield event
 
     async def watch(self, request: gpb.WatchRequest) -> AsyncIterator[gpb.ActionEvent]:
@@ -179,12 +186,13 @@ class Gateway:
                        "(max_streams); try again later")
 
     async def _follow(self, cursor: Cursor, without_logs: bool,
-                      ) -> AsyncIterator[gpb.ActionEvent]:
+                      first: FollowedEvents | None = None) -> AsyncIterator[gpb.ActionEvent]:
         self.open_streams += 1
         try:
             # Closed here, not when the collector finds it: a client gone stops its calls now.
             async with contextlib.aclosing(
-                    follow(self.scheduler, self.relay, cursor, not without_logs)) as events:
+                    follow(self.scheduler, self.relay, cursor, not without_logs,
+                           first)) as events:
                 async for event in events:
                     yield event
         finally:

@@ -38,8 +38,6 @@ class Cursor:
     after_seq: int = 0
     attempt: int = 1
     offset: int = 0
-    # Just accepted: queued, no attempt yet (nothing to look up before following it).
-    fresh: bool = False
 
 
 class Follower:
@@ -47,8 +45,12 @@ class Follower:
     `logs`) the output chunks in order, then the final status; stopping the iteration
     (a client gone) stops every call it has in flight."""
 
-    def __init__(self, scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True) -> None:
+    def __init__(self, scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True,
+                 first: FollowedEvents | None = None) -> None:
         self.scheduler = scheduler
+        # The first answer of a follow from the action's start, when the caller has it (a
+        # submission answers with one): nothing to look up before following on from it.
+        self._first = first
         self.relay = relay
         self.cursor = cursor
         self.logs = logs
@@ -61,7 +63,7 @@ class Follower:
         self._final: ActionStatus | None = None
 
     async def events(self) -> AsyncGenerator[gpb.ActionEvent, None]:
-        if not self.cursor.fresh:
+        if self._first is None:
             status: ActionStatus = await ask(self.scheduler.get, self.cursor.action_id)
             self._note_attempt(status.attempt)
             self._ended = status.stage in TERMINAL
@@ -99,10 +101,12 @@ class Follower:
 
     async def _stages(self) -> None:
         seq = self.cursor.after_seq
+        answer, self._first = self._first, None
         while True:
-            answer: FollowedEvents = await ask(
-                self.scheduler.follow, self.cursor.action_id, seq,
-                0.0 if self._ended else POLL, LINGER, timeout=POLL + LINGER + CALL_TIMEOUT)
+            if answer is None:
+                answer = await ask(
+                    self.scheduler.follow, self.cursor.action_id, seq,
+                    0.0 if self._ended else POLL, LINGER, timeout=POLL + LINGER + CALL_TIMEOUT)
             for event in answer.events:
                 await self._out.put(gatewayconv.event_pb(event))
                 seq = event.seq
@@ -114,6 +118,7 @@ class Follower:
                 self._ended = True
                 self._moved.set()  # the output follower's last look
                 return
+            answer = None
 
     async def _output(self) -> None:
         attempt, offset = self.cursor.attempt, self.cursor.offset
@@ -170,9 +175,10 @@ class Follower:
 
 
 async def follow(scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True,
-                 ) -> AsyncGenerator[gpb.ActionEvent, None]:
+                 first: FollowedEvents | None = None) -> AsyncGenerator[gpb.ActionEvent, None]:
     """The stream of one action's events from `cursor` (see Follower)."""
-    async with contextlib.aclosing(Follower(scheduler, relay, cursor, logs).events()) as events:
+    follower = Follower(scheduler, relay, cursor, logs, first)
+    async with contextlib.aclosing(follower.events()) as events:
         async for event in events:
             yield event
 

@@ -108,6 +108,17 @@ class SchedulerActor:
         actions = [arrived(Action, spec, f"action #{i}") for i, spec in enumerate(specs)]
         return self.s.submit(actions, reject_unplaceable)
 
+    async def submit_and_follow(self, spec: Action | dict[str, Any],
+                                reject_unplaceable: bool = True, linger: float = 0.0,
+                                ) -> tuple[SubmitOutcome, FollowedEvents | None]:
+        """`submit` of one action, then its first `follow` from its start (None when it was
+        refused): one call where a follower would make two."""
+        (outcome,) = await self.submit([spec], reject_unplaceable)
+        if not outcome.accepted:
+            return outcome, None
+        return outcome, await self.s.waits.follow(outcome.action_id, 0, 0.0,
+                                                  arrived_seconds(linger, "linger"))
+
     async def cancel(self, action_id: ActionId) -> ActionStatus:
         await self._serving()
         return self.s.cancel(_action_id(action_id))
@@ -138,8 +149,8 @@ class SchedulerActor:
                      linger: float = 0.0) -> FollowedEvents:
         await self._serving()
         return await self.s.waits.follow(_action_id(action_id), arrived_count(after, "after"),
-                                   arrived_seconds(timeout, "timeout"),
-                                   arrived_seconds(linger, "linger"))
+                                         arrived_seconds(timeout, "timeout"),
+                                         arrived_seconds(linger, "linger"))
 
     async def wait_result(self, action_id: ActionId, timeout: float = 10.0,
                           ) -> ActionStatus | None:

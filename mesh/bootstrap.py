@@ -95,15 +95,18 @@ def stop_local_cluster() -> bool:
     return True
 
 
-def connect_ray(address: str | None = "auto", start_local: bool = False) -> None:
-    """Attach this process to a Ray cluster in the mesh's namespace."""
+def connect_ray(address: str | None = "auto", start_local: bool = False,
+                quiet: bool = False) -> None:
+    """Attach this process to a Ray cluster in the mesh's namespace; `quiet`: Ray says
+    nothing short of an error (a command's output is its own)."""
     if ray.is_initialized():
         return
     if start_local and (address in (None, "auto")) and not cluster_running():
         start_local_cluster()
     try:
         ray.init(address=address or "auto", namespace=names.NAMESPACE,
-                 logging_level=logging.WARNING, log_to_driver=False)
+                 logging_level=logging.ERROR if quiet else logging.WARNING,
+                 log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError, RayError) as exc:
         raise ClusterUnavailable(
             f"no Ray cluster at {address!r}: {exc}. Start one with `mesh up` "

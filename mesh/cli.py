@@ -104,7 +104,7 @@ def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
         config = MeshConfig(**fields)
     except ValidationError as exc:
         raise InvalidInput.from_validation("mesh config", exc) from None
-    bootstrap.connect_ray(ctx.obj["address"], start_local=True)
+    bootstrap.connect_ray(ctx.obj["address"], start_local=True, quiet=True)
     info = bootstrap.up(config)
     served = "" if info["grpc_port"] is None else f"; gRPC gateway on port {info['grpc_port']}"
     click.echo(f"mesh is up on {info['address']} with {info['agents']} agent(s){served}")
@@ -130,7 +130,7 @@ def down(ctx: click.Context, keep_cluster: bool) -> None:
     if not bootstrap.cluster_running():
         click.echo("no Ray cluster is running")
         return
-    bootstrap.connect_ray(ctx.obj["address"])
+    bootstrap.connect_ray(ctx.obj["address"], quiet=True)
     info = bootstrap.down(stop_cluster=not keep_cluster)
     parts = [f"stopped {info['agents_stopped']} agent(s)" if info["mesh_found"]
              else "the mesh was not running"]
@@ -164,7 +164,10 @@ def read_secret_files(paths: Sequence[str]) -> dict[str, str]:
     return found
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+# Options end at the first word that is not one (or at `--`): that word and all after it
+# are the command, so `mesh submit make -j2` runs `make -j2`, and a mistyped option before
+# it is an error naming it rather than the start of the command.
+@cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("--cpus", type=float, default=1.0, show_default=True)
 @click.option("--memory", default="0", help="e.g. 512M, 2G")
 @click.option("--label", "labels", multiple=True, help="required label (repeatable)")
@@ -371,7 +374,7 @@ def _agent_row(a: AgentStatus) -> list[str]:
 def demo(ctx: click.Context, count: int) -> None:
     """The main job: start what is needed, run a few actions, stream their output."""
     started = time.monotonic()
-    client = connect(ctx.obj["address"], start_local=True)
+    client = connect(ctx.obj["address"], start_local=True, quiet=True)
     click.echo(f"mesh ready in {time.monotonic() - started:.1f}s; "
                f"{len(client.pool())} agent(s) in the pool")
     scripts = [f"for i in 1 2 3; do echo \"demo {n}: step $i on $(hostname)\"; sleep 0.2; done"

@@ -304,10 +304,11 @@ class Client:
 
 
 def connect(address: str | None = "auto", start_local: bool = False,
-            config: MeshConfig | None = None) -> Client:
+            config: MeshConfig | None = None, quiet: bool = False) -> Client:
     """Connect to the mesh. With `start_local`, start a local Ray cluster when none is
-    running and bring the mesh up on it if it is not up yet."""
-    bootstrap.connect_ray(address, start_local)
+    running and bring the mesh up on it if it is not up yet; `quiet`: Ray's own warnings
+    are not printed."""
+    bootstrap.connect_ray(address, start_local, quiet)
     if start_local:
         try:
             bootstrap.scheduler_handle()

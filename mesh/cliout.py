@@ -37,7 +37,7 @@ def errors(fn: F) -> F:
 
 
 def client_of(ctx: click.Context) -> Client:
-    return connect(ctx.obj["address"])
+    return connect(ctx.obj["address"], quiet=True)
 
 
 def dump(data: Any) -> None:

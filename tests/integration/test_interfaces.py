@@ -53,6 +53,34 @@ def test_unplaceable_submit_is_refused_at_once(mesh: Mesh) -> None:
     assert "unplaceable" in done.stderr and "512 CPUs" in done.stderr
 
 
+def test_a_mistyped_option_is_an_error_and_the_first_word_begins_the_command(
+        mesh: Mesh) -> None:
+    before = len(mesh.client.list())
+    done = mesh_cli(mesh, "submit", "--secrte", "X=1", "--", "sh", "-c", "true")
+    assert done.returncode == 2 and "No such option '--secrte'" in done.stderr, done.stderr
+    assert len(mesh.client.list()) == before, "nothing was submitted"
+    done = mesh_cli(mesh, "submit", "--label", "pool:small", "sh", "-c", "echo $0 -n", "x")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "x -n\n", "the options after the first word are the command's"
+
+
+def test_a_command_prints_only_its_own_output(mesh: Mesh) -> None:
+    # As a user runs it: the cluster found by `auto`, where Ray warns about its token.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    control = subprocess.run(
+        [sys.executable, "-c", "import ray; ray.init(address='auto', logging_level='WARNING')"],
+        capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert control.returncode == 0, control.stderr
+    if not control.stderr:
+        pytest.skip("Ray says nothing to a plain driver here (it warns only where a token "
+                    "file exists): nothing to keep off the terminal")
+    done = subprocess.run([sys.executable, "-m", "mesh.cli", "--address", "auto", "status"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", "Ray's warnings and chatter stay off the user's terminal"
+
+
 def test_bad_input_names_the_field(mesh: Mesh) -> None:
     done = mesh_cli(mesh, "submit", "--label", "bad label", "--", "true")
     assert done.returncode == 2

@@ -15,7 +15,8 @@ from mesh import bootstrap
 from mesh.cli_accounts import accounts, print_accounts
 from mesh.client import connect
 from mesh.cliout import client_of, dump, errors, table
-from mesh.errors import InvalidInput
+from mesh.errors import InvalidInput, MeshError
+from mesh.health import EXIT_CODES, judge
 from mesh.names import ENV_GRPC_TOKEN
 from mesh.schema import (
     FREE_BUCKET,
@@ -119,6 +120,30 @@ def _gateway_fields(port: int, host: str | None, token_file: str | None, cert: s
     if token_file is None and os.environ.get(ENV_GRPC_TOKEN):
         fields["token"] = os.environ[ENV_GRPC_TOKEN]
     return fields
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def health(ctx: click.Context, as_json: bool) -> None:
+    """Whether the mesh is healthy: exit code 0 healthy, 1 degraded, 2 down."""
+    try:
+        report = client_of(ctx).health()
+    except MeshError as exc:  # no cluster, or no mesh on it
+        report = judge(None, False, [], str(exc))
+    if as_json:
+        dump(report.model_dump(mode="json"))
+    else:
+        click.echo(report.verdict)
+        for problem in report.problems:
+            click.echo(f"  {problem}")
+        if report.scheduler is not None:
+            agents = ", ".join(f"{n} {state}" for state, n in sorted(report.agents.items()))
+            click.echo(f"scheduler: {'serving' if report.scheduler.serving else 'starting'}, "
+                       f"store {report.scheduler.store}, link {report.scheduler.link}; "
+                       f"relay: {'answers' if report.relay else 'does not answer'}; "
+                       f"agents: {agents or 'none'}")
+    sys.exit(EXIT_CODES[report.verdict])
 
 
 @cli.command()

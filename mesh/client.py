@@ -20,6 +20,7 @@ from mesh.errors import (
     NotFound,
     Unplaceable,
 )
+from mesh.health import judge
 from mesh.schema import (
     AccountConfig,
     AccountStatus,
@@ -34,12 +35,15 @@ from mesh.schema import (
     LogRead,
     LogSource,
     MeshConfig,
+    MeshHealth,
     QuotaOptions,
     StageEvent,
 )
 from mesh.stages import TERMINAL, Stage
 
 POLL = 5.0
+# Seconds `health` waits for each part's answer.
+HEALTH_TIMEOUT = 10.0
 # Lines asked for per log read: the relay's own cap (it also caps a reply at ~8 MiB). A read
 # returns whatever is there, so a wide window costs a follower no latency, and each read is
 # a Ray call with a fixed cost on both sides: following a long log with windows of 10,000
@@ -198,7 +202,15 @@ class Client:
 
     def __init__(self) -> None:
         self.scheduler = bootstrap.scheduler_handle()
-        self.relay = bootstrap.relay_handle()
+        self._relay: Any = None
+
+    @property
+    def relay(self) -> Any:
+        """The log relay, found when first needed: a mesh whose relay is gone still takes
+        submissions and answers `health`."""
+        if self._relay is None:
+            self._relay = bootstrap.relay_handle()
+        return self._relay
 
     def submit(self, action: Action | dict[str, Any], reject_unplaceable: bool = True,
                ) -> ActionHandle:
@@ -264,11 +276,22 @@ class Client:
         result: builtins.list[AgentStatus] = call(self.scheduler.pool)
         return result
 
-    def health(self) -> Health:
-        """Whether the scheduler serves, and whether it can write its state; answered at
-        once, even while it restarts its agents' reconciliation."""
-        result: Health = call(self.scheduler.health)
-        return result
+    def health(self) -> MeshHealth:
+        """Every part asked (the scheduler, whether it serves and can write its state, the
+        relay, the agents and their link) and a verdict: healthy, degraded or down."""
+        relay = self._relay_answers()
+        try:
+            scheduler: Health = call(self.scheduler.health, timeout=HEALTH_TIMEOUT)
+        except MeshError as exc:
+            return judge(None, relay, [], str(exc))
+        agents = self.pool() if scheduler.serving else []
+        return judge(scheduler, relay, agents)
+
+    def _relay_answers(self) -> bool:
+        try:
+            return bool(call(self.relay.ping, timeout=HEALTH_TIMEOUT))
+        except MeshError:
+            return False
 
     # ---- quota accounts --------------------------------------------------------------------
 

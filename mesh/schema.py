@@ -509,6 +509,32 @@ class Health(Model):
     store: Literal["ok", "read-only"] = "ok"
     reason: str = Field("", description="why the store is read-only")
     since: float | None = Field(None, description="when it became read-only")
+    link: Literal["stream", "ray", "down"] = Field(
+        "ray", description="the agents' link: its gRPC server serving (stream), Ray calls "
+        "alone as configured (ray), or a stream configured whose server is not serving")
+
+
+Verdict = Literal["healthy", "degraded", "down"]
+
+
+class MeshHealth(Model):
+    """The mesh as a probe sees it: what each part says, and one verdict with its reasons."""
+
+    verdict: Verdict
+    problems: list[str] = Field(default_factory=list, description="why it is not healthy")
+    scheduler: Health | None = Field(None, description="None: the scheduler did not answer")
+    relay: bool = Field(False, description="the log relay answered")
+    agents: dict[str, int] = Field(default_factory=dict, description="agents by state")
+    agents_by_ray: int = Field(0, description="agents reporting by Ray calls while the "
+                               "stream is the configured link")
+
+    @property
+    def store(self) -> str:
+        return self.scheduler.store if self.scheduler is not None else "unknown"
+
+    @property
+    def reason(self) -> str:
+        return self.scheduler.reason if self.scheduler is not None else ""
 
 
 class Rejection(Model):

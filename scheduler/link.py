@@ -171,6 +171,10 @@ class LinkServer:
 
     # ---- what the scheduler sends --------------------------------------------------------
 
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
     def on_stream(self, agent_id: AgentId) -> bool:
         return self._newest(agent_id) is not None
 

@@ -123,7 +123,9 @@ class Scheduler:
         self.kick()
 
     def health(self) -> Health:
-        return self.writer.health(self._synced is not None and self._synced.is_set())
+        link = "ray" if self.config.link == "ray" else "stream" if self.link.serving else "down"
+        return self.writer.health(self._synced is not None and self._synced.is_set())\
+            .model_copy(update={"link": link})
 
     # ---- life cycle ----------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 
-from mesh import InvalidInput, Stage, bootstrap, calls
+from mesh import InvalidInput, Stage, bootstrap, calls, names
 from mesh.protocol import AttemptReport
+from mesh.waiting import wait_until
 from tests.integration.cluster import Accounts, Mesh, scheduler_pid
 
 pytestmark = pytest.mark.integration
@@ -218,3 +220,19 @@ def test_a_secret_runs_masked_and_is_never_read_back(mesh: Mesh, tmp_path: Path)
                       if p.is_file() and p.name != "secrets.key")
     assert value.encode() not in stored, "the secret is readable in the state dir"
     assert stat.S_IMODE((state / "secrets.key").stat().st_mode) == 0o600
+
+
+def test_health_says_healthy_then_degraded_without_the_relay_then_down(mesh: Mesh) -> None:
+    # Last in the module: it stops the relay, then the mesh.
+    done = mesh_cli(mesh, "health")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0] == "healthy" and "2 alive" in done.stdout
+    ray.kill(ray.get_actor(names.RELAY, namespace=names.NAMESPACE), no_restart=True)
+    done = wait_until(lambda: mesh_cli(mesh, "health", "--json"),
+                      lambda d: d.returncode == 1, timeout=30, what="health degraded")
+    report = json.loads(done.stdout)
+    assert report["verdict"] == "degraded" and not report["relay"]
+    assert report["problems"] == ["the log relay does not answer: output is not kept"]
+    bootstrap.down(stop_cluster=False)
+    done = mesh_cli(mesh, "health")
+    assert done.returncode == 2 and done.stdout.startswith("down"), done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -10,10 +11,12 @@ from typing import Any
 
 import click
 from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
 
 from mesh import bootstrap
 from mesh.cli_accounts import accounts, print_accounts
-from mesh.client import connect
+from mesh.client import Client, connect
 from mesh.cliout import client_of, dump, errors, table
 from mesh.errors import InvalidInput, MeshError
 from mesh.health import EXIT_CODES, judge
@@ -29,6 +32,7 @@ from mesh.schema import (
     parse_duration,
 )
 from mesh.stages import TERMINAL
+from mesh.top import TOP_SCRIPT_WIDTH, QuitKey, Snapshot, frame
 
 
 @click.group()
@@ -144,6 +148,34 @@ def health(ctx: click.Context, as_json: bool) -> None:
                        f"relay: {'answers' if report.relay else 'does not answer'}; "
                        f"agents: {agents or 'none'}")
     sys.exit(EXIT_CODES[report.verdict])
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="print one frame and exit (for scripts)")
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=1.0, show_default=True,
+              help="seconds between frames")
+@click.pass_context
+@errors
+def top(ctx: click.Context, once: bool, interval: float) -> None:
+    """A live view of the pool and the queue, refreshed in place; q quits."""
+    client = client_of(ctx)
+    # Off a terminal (a script, a pipe) nothing says how wide a line may be: wide enough
+    # that no column is cut short.
+    console = Console(width=None if sys.stdout.isatty() else TOP_SCRIPT_WIDTH)
+    if once:
+        console.print(frame(_snapshot(client)))
+        return
+    with contextlib.suppress(KeyboardInterrupt), QuitKey() as key, \
+            Live(console=console, auto_refresh=False) as live:
+        while True:
+            live.update(frame(_snapshot(client)), refresh=True)
+            if key.pressed.wait(interval):
+                return
+
+
+def _snapshot(client: Client) -> Snapshot:
+    return Snapshot(agents=client.pool(), accounts=client.accounts(), counts=client.counts(),
+                    taken_at=time.time())
 
 
 @cli.command()

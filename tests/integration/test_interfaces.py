@@ -7,7 +7,9 @@ import contextlib
 import io
 import json
 import os
+import pty
 import re
+import select
 import stat
 import subprocess
 import sys
@@ -220,6 +222,37 @@ def test_a_secret_runs_masked_and_is_never_read_back(mesh: Mesh, tmp_path: Path)
                       if p.is_file() and p.name != "secrets.key")
     assert value.encode() not in stored, "the secret is readable in the state dir"
     assert stat.S_IMODE((state / "secrets.key").stat().st_mode) == 0o600
+
+
+def test_top_once_prints_a_frame_of_the_pool(mesh: Mesh) -> None:
+    done = mesh_cli(mesh, "top", "--once")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "2 agent(s)" in done.stdout and "queue by account" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if " alive " in line]
+    assert len(rows) == 2 and all("CPUs" in row for row in rows), done.stdout
+
+
+def test_top_refreshes_in_place_on_a_terminal_and_q_quits(mesh: Mesh) -> None:
+    leader, follower = pty.openpty()
+    view = subprocess.Popen(
+        [sys.executable, "-m", "mesh.cli", "--address", mesh.cluster.address, "top",
+         "--interval", "0.2"], stdin=follower, stdout=follower, stderr=follower, cwd=ROOT)
+    os.close(follower)
+    seen = bytearray()
+
+    def frames() -> int:
+        while select.select([leader], [], [], 0.05)[0]:
+            seen.extend(os.read(leader, 65536))
+        return seen.count(b"queue by account")
+
+    try:
+        wait_until(frames, lambda n: n >= 3, timeout=60, what="three frames drawn")
+        os.write(leader, b"q")
+        assert view.wait(timeout=15) == 0
+    finally:
+        if view.poll() is None:
+            view.kill()
+        os.close(leader)
 
 
 def test_health_says_healthy_then_degraded_without_the_relay_then_down(mesh: Mesh) -> None:

@@ -46,7 +46,7 @@ from mesh.schema import (
 )
 from mesh.v1 import AUTHORIZATION_KEY, KEEPALIVE_OPTIONS, serialize
 from mesh.v1 import gateway_pb2 as gpb
-from mesh.watch import LINGER, Cursor, follow
+from mesh.watch import LINGER, Cursor, Follower
 
 log = logging.getLogger("actionmesh.gateway")
 
@@ -99,7 +99,7 @@ class Gateway:
         self._find = find
         self._found: dict[str, Any] = {}
         self.max_streams = max_streams
-        self.open_streams = 0  # streams open now, each holding at most a bounded backlog
+        self.followers: set[Follower] = set()  # one per open stream
 
     @property
     def scheduler(self) -> Any:
@@ -181,22 +181,21 @@ class Gateway:
             yield event
 
     def _room(self) -> None:
-        if self.open_streams >= self.max_streams:
-            raise Busy(f"{self.open_streams} streams are open, the most this gateway keeps "
+        if len(self.followers) >= self.max_streams:
+            raise Busy(f"{len(self.followers)} streams are open, the most this gateway keeps "
                        "(max_streams); try again later")
 
     async def _follow(self, cursor: Cursor, without_logs: bool,
                       first: FollowedEvents | None = None) -> AsyncIterator[gpb.ActionEvent]:
-        self.open_streams += 1
+        follower = Follower(self.scheduler, self.relay, cursor, not without_logs, first)
+        self.followers.add(follower)
         try:
             # Closed here, not when the collector finds it: a client gone stops its calls now.
-            async with contextlib.aclosing(
-                    follow(self.scheduler, self.relay, cursor, not without_logs,
-                           first)) as events:
+            async with contextlib.aclosing(follower.events()) as events:
                 async for event in events:
                     yield event
         finally:
-            self.open_streams -= 1
+            self.followers.discard(follower)
 
     # ---- one answer each -----------------------------------------------------------------
 
@@ -420,7 +419,11 @@ class GatewayActor:
 
     def streams(self) -> int:
         """How many Submit and Watch streams are open."""
-        return 0 if self._gateway is None else self._gateway.open_streams
+        return 0 if self._gateway is None else len(self._gateway.followers)
+
+    def backlog(self) -> int:
+        """Events waiting in the open streams for their clients to read them."""
+        return 0 if self._gateway is None else sum(f.backlog for f in self._gateway.followers)
 
     def __repr__(self) -> str:
         return f"GatewayActor(port={self._port})"

@@ -4,7 +4,6 @@ order into one bounded stream of events that ends with its final status."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +60,11 @@ class Follower:
         self._ended = False
         self._moved = asyncio.Event()  # set when a newer attempt begins or the action ends
         self._final: ActionStatus | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Events waiting for the client to read them (at most BACKLOG)."""
+        return self._out.qsize()
 
     async def events(self) -> AsyncGenerator[gpb.ActionEvent, None]:
         if self._first is None:
@@ -172,13 +176,4 @@ class Follower:
             offset = read.next_offset
             if read.closed or (last_look and not read.batches):
                 return
-
-
-async def follow(scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True,
-                 first: FollowedEvents | None = None) -> AsyncGenerator[gpb.ActionEvent, None]:
-    """The stream of one action's events from `cursor` (see Follower)."""
-    follower = Follower(scheduler, relay, cursor, logs, first)
-    async with contextlib.aclosing(follower.events()) as events:
-        async for event in events:
-            yield event
 

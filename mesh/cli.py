@@ -348,9 +348,8 @@ def status(ctx: click.Context, action_id: str | None, stage: str | None, account
     health = client.health()
     if health.store != "ok":
         click.echo(f"state store {health.store}: {health.reason}")
-    agents = client.pool()
     counts = {stage: n for stage, n in client.counts().items() if n}
-    click.echo(f"{len(agents)} agent(s); {sum(counts.values())} action(s)")
+    click.echo(f"{sum(health.agents.values())} agent(s); {sum(counts.values())} action(s)")
     if counts:
         click.echo("  " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     known = client.accounts()

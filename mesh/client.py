@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import time
-import uuid
 from collections.abc import Generator, Iterator, Sequence
 from itertools import repeat
 from typing import Any
@@ -64,11 +63,7 @@ def _action(spec: Action | dict[str, Any]) -> Action:
         action = spec if isinstance(spec, Action) else Action.model_validate(spec)
     except ValidationError as exc:
         raise InvalidInput.from_validation("action", exc) from None
-    if action.id is None:
-        # The id is chosen here, before the first send, so a resubmission after a lost
-        # answer finds the same action instead of creating a second one.
-        action = action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
-    return action
+    return action.identified()
 
 
 class ActionHandle:

@@ -10,7 +10,6 @@ import hmac
 import logging
 import os
 import threading
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ from mesh.errors import (
 )
 from mesh.schema import (
     AccountStatus,
-    ActionId,
     FollowedEvents,
     GatewayConfig,
     MeshConfig,
@@ -162,10 +160,8 @@ class Gateway:
     # ---- following actions ---------------------------------------------------------------
 
     async def submit(self, request: gpb.SubmitRequest) -> AsyncIterator[gpb.ActionEvent]:
-        action = gatewayconv.action(request)
+        action = gatewayconv.action(request).identified()
         self._room()  # before submitting: an accepted action is followed
-        if action.id is None:
-            action = action.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
         outcome, first = await calls.ask(self.scheduler.submit_and_follow, action,
                                          not request.allow_unplaceable, LINGER)
         if not outcome.accepted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,14 @@ class Action(Model):
             raise ValueError(f"command, env and secrets take {total} bytes; exec allows an "
                              f"action at most {MAX_EXEC_BYTES}")
         return value
+
+    def identified(self) -> Action:
+        """The action with an id: its own, else a new random one. Chosen by whoever sends
+        it first, so that sending it again after a lost answer finds the same action
+        instead of creating a second one."""
+        if self.id is not None:
+            return self
+        return self.model_copy(update={"id": ActionId(uuid.uuid4().hex)})
 
     def masked(self) -> Action:
         """The spec as reads show it: each secret's name, never its value."""

@@ -47,12 +47,12 @@ class Follower:
     def __init__(self, scheduler: Any, relay: Any, cursor: Cursor, logs: bool = True,
                  first: FollowedEvents | None = None) -> None:
         self.scheduler = scheduler
-        # The first answer of a follow from the action's start, when the caller has it (a
-        # submission answers with one): nothing to look up before following on from it.
-        self._first = first
         self.relay = relay
         self.cursor = cursor
         self.logs = logs
+        # The first answer of a follow from the action's start, when the caller has it (a
+        # submission answers with one): nothing to look up before following on from it.
+        self._first = first
         self._out: asyncio.Queue[gpb.ActionEvent | None] = asyncio.Queue(BACKLOG)
         # The newest attempt a stage change has been sent for: output of an attempt goes
         # out only after a change that names it.
@@ -81,8 +81,9 @@ class Follower:
             for task in tasks:  # a follower's error ends the stream with it
                 if task.done() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            final = self._final or await ask(self.scheduler.get, self.cursor.action_id)
-            yield gatewayconv.result_pb(final)
+            # The stage follower ends only on the answer that carries the final status.
+            assert self._final is not None
+            yield gatewayconv.result_pb(self._final)
         finally:
             for task in (*tasks, done):
                 task.cancel()

@@ -16,6 +16,7 @@ from rich.live import Live
 
 from mesh import bootstrap
 from mesh.cli_accounts import accounts, print_accounts
+from mesh.cli_events import events
 from mesh.client import Client, connect
 from mesh.cliout import client_of, dump, errors, table
 from mesh.errors import InvalidInput, MeshError
@@ -447,6 +448,7 @@ def demo(ctx: click.Context, count: int) -> None:
 
 
 cli.add_command(accounts)
+cli.add_command(events)
 
 
 def main() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import time
 from collections.abc import Generator, Iterator, Sequence
 from itertools import repeat
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mesh import bootstrap
 from mesh.calls import CALL_TIMEOUT, call, send, wait
@@ -17,6 +18,7 @@ from mesh.errors import (
     InvalidInput,
     MeshError,
     NotFound,
+    SchedulerUnavailable,
     Unplaceable,
 )
 from mesh.health import judge
@@ -28,12 +30,15 @@ from mesh.schema import (
     ActionPage,
     ActionStatus,
     AgentStatus,
+    EventPage,
+    EventQuery,
     Health,
     ListQuery,
     LogLine,
     LogRead,
     LogSource,
     MeshConfig,
+    MeshEvent,
     MeshHealth,
     QuotaOptions,
     StageEvent,
@@ -41,6 +46,9 @@ from mesh.schema import (
 from mesh.stages import TERMINAL, Stage
 
 POLL = 5.0
+# A follower of the event log rides out a scheduler restart this long, asking this often.
+RECONNECT_FOR = 120.0
+RECONNECT_PAUSE = 0.5
 # Seconds `health` waits for each part's answer.
 HEALTH_TIMEOUT = 10.0
 # Lines asked for per log read: the relay's own cap (it also caps a reply at ~8 MiB). A read
@@ -48,14 +56,17 @@ HEALTH_TIMEOUT = 10.0
 # a Ray call with a fixed cost on both sides: following a long log with windows of 10,000
 # lines took the relay a third more CPU than with 100,000.
 READ_LINES = 100_000
+M = TypeVar("M", bound=BaseModel)
 
 
-def _query(query: ListQuery | None, fields: dict[str, Any]) -> ListQuery:
+def _checked(model: type[M], what: str, query: M | None, fields: dict[str, Any]) -> M:
+    """The query with `fields` laid over it, validated here (a bad field is named before
+    anything is sent)."""
     try:
         base = query.model_dump() if query is not None else {}
-        return ListQuery.model_validate({**base, **fields})
+        return model.model_validate({**base, **fields})
     except ValidationError as exc:
-        raise InvalidInput.from_validation("listing", exc) from None
+        raise InvalidInput.from_validation(what, exc) from None
 
 
 def _action(spec: Action | dict[str, Any]) -> Action:
@@ -238,12 +249,13 @@ class Client:
         """One page of accepted actions in submission order, filtered by stage, account,
         job, tags and submission time (`ListQuery`'s fields); pass its `cursor` as
         `after` for the next page."""
-        result: ActionPage = call(self.scheduler.page, _query(query, fields))
+        result: ActionPage = call(self.scheduler.page,
+                                  _checked(ListQuery, "listing", query, fields))
         return result
 
     def pages(self, query: ListQuery | None = None, **fields: Any) -> Iterator[ActionPage]:
         """Every page of a listing, fetched as they are iterated."""
-        checked = _query(query, fields)
+        checked = _checked(ListQuery, "listing", query, fields)
         while True:
             found = self.page(checked)
             yield found
@@ -270,6 +282,50 @@ class Client:
     def pool(self) -> builtins.list[AgentStatus]:
         result: builtins.list[AgentStatus] = call(self.scheduler.pool)
         return result
+
+    def event_page(self, query: EventQuery | None = None, timeout: float = 0.0,
+                   **fields: Any) -> EventPage:
+        """One page of the event log after `after` (`EventQuery`'s fields), waiting up to
+        `timeout` seconds for new entries when there are none yet."""
+        checked = _checked(EventQuery, "event query", query, fields)
+        page: EventPage = call(self.scheduler.events, checked, timeout,
+                               timeout=timeout + CALL_TIMEOUT)
+        return page
+
+    def events(self, after: int = 0, follow: bool = False, *,
+               reconnect_for: float = RECONNECT_FOR, **fields: Any,
+               ) -> Iterator[MeshEvent]:
+        """The event log's entries after `after` that match the filters (`action_id`,
+        `agent_id`, `kinds`, `since`), oldest first. Without `follow` it ends at the
+        newest; with it, it waits for more, and rides out a scheduler restart (up to
+        `reconnect_for` seconds without an answer), resuming after the last entry it
+        gave: the log is durable and its seqs are never reused, so nothing is missed or
+        given twice."""
+        query = _checked(EventQuery, "event query", None, {**fields, "after": after})
+        gone_since: float | None = None
+        while True:
+            try:
+                page = self.event_page(query, POLL if follow else 0.0)
+            except SchedulerUnavailable:
+                if not follow:
+                    raise
+                now = time.monotonic()
+                gone_since = gone_since or now
+                if now - gone_since > reconnect_for:
+                    raise
+                time.sleep(RECONNECT_PAUSE)
+                self._find_scheduler()
+                continue
+            gone_since = None
+            yield from page.events
+            if not follow and page.last == query.after:
+                return
+            query = query.model_copy(update={"after": page.last})
+
+    def _find_scheduler(self) -> None:
+        """Look the scheduler up again: a `mesh up` after a `mesh down` makes a new one."""
+        with contextlib.suppress(MeshError):
+            self.scheduler = bootstrap.scheduler_handle()
 
     def health(self) -> MeshHealth:
         """Every part asked (the scheduler, whether it serves and can write its state, the

@@ -26,6 +26,16 @@ CALL_FAILED = "a call to it failed: actor died"
 AGENT_LEFT = "agent left before the start"
 START_NOT_SENT = "could not send the start: {error}"
 START_REFUSED = "agent refused the start: {error}"
+MESH_DOWN = "the mesh was brought down"
+
+# The event log's words for what is not a stage change.
+DEMOTED = "demoted from priority {old} to {new} (account {account})"
+PROMOTED = "promoted from priority {old} to {new} (account {account})"
+AGENT_JOINED = "{host}: {cpus:g} CPUs, {memory_gib:.1f} GiB, labels [{labels}]"
+AGENT_REJOINED = "registered again ({host})"
+AGENT_SUSPECT = "it does not answer; its work stays placed until it is found dead"
+AGENT_BACK = "it answers again"
+RESTARTED = "took back {actions} unfinished action(s) and {accounts} account(s)"
 
 # Waiting.
 NO_AGENTS = "no agents in the pool yet; waiting for one to join"

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NewType
+from typing import Annotated, Any, Literal, NewType, get_args
 
 from pydantic import (
     BaseModel,
@@ -628,6 +628,20 @@ class ActionPage(Model):
         description="pass as `after` for the next page; None when there is no more")
 
 
+# What a stage change was, as the event log names it: the move that starts an attempt, the
+# ones that queue an action again (stopped for higher-priority work, or after its attempt
+# was lost or failed) and a quarantine are told apart from a plain stage change.
+StageKind = Literal["accepted", "stage", "assigned", "preempted", "rescheduled",
+                    "quarantined"]
+# What else the event log records: a running attempt's priority moved by the quota pass
+# (a demotion or promotion), agents joining, leaving, going silent and coming back, and
+# the scheduler starting (after a restart, with what it took back).
+PoolKind = Literal["reprioritized", "agent_joined", "agent_left", "agent_suspect",
+                   "agent_back", "scheduler_started"]
+EventKind = StageKind | PoolKind
+EVENT_KINDS: tuple[str, ...] = (*get_args(StageKind), *get_args(PoolKind))
+
+
 class StageEvent(Model):
     """One stage change of one action; `seq` orders an action's events from 1."""
 
@@ -639,6 +653,45 @@ class StageEvent(Model):
     agent_id: AgentId | None = None
     exit_code: int | None = None
     reason: str = ""
+    kind: StageKind = "stage"
+
+
+class MeshEvent(Model):
+    """One entry of the mesh's durable event log. `seq` orders the whole log from 1 and is
+    never reused, so a reader continues after the last one it saw, across restarts; it is
+    0 on an event the store has not written yet."""
+
+    seq: int = 0
+    time: float
+    kind: EventKind
+    action_id: ActionId | None = None
+    attempt: int | None = None
+    stage: Stage | None = None
+    agent_id: AgentId | None = None
+    exit_code: int | None = None
+    priority: int | None = None
+    reason: str = ""
+
+
+class EventQuery(Model):
+    """Which entries of the event log to read, after a point, in log order."""
+
+    after: Count = Field(0, description="the last seq already seen: the page starts after it")
+    action_id: ActionId | None = Field(None, min_length=1, max_length=256)
+    agent_id: AgentId | None = Field(None, min_length=1, max_length=256)
+    kinds: frozenset[EventKind] = Field(frozenset(), description="empty: every kind")
+    since: Instant | None = Field(None, description="only events at or after this time")
+    limit: int = Field(1000, ge=1, le=MAX_PAGE)
+
+
+class EventPage(Model):
+    """A page of the event log; pass `last` as `after` to read on. `first` is the oldest
+    seq still kept: a reader whose `after` is below `first - 1` missed events that
+    retention deleted."""
+
+    events: list[MeshEvent]
+    last: int
+    first: int
 
 
 class FollowedEvents(Model):

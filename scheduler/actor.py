@@ -24,6 +24,8 @@ from mesh.schema import (
     ActionStatus,
     AgentId,
     AgentStatus,
+    EventPage,
+    EventQuery,
     FollowedEvents,
     Health,
     ListQuery,
@@ -151,6 +153,14 @@ class SchedulerActor:
         return await self.s.waits.follow(_action_id(action_id), arrived_count(after, "after"),
                                          arrived_seconds(timeout, "timeout"),
                                          arrived_seconds(linger, "linger"))
+
+    async def events(self, query: EventQuery | dict[str, Any], timeout: float = 0.0,
+                     ) -> EventPage:
+        """A page of the event log after `query.after`, waiting up to `timeout` seconds
+        for new entries when there are none yet."""
+        await self._serving()
+        return await self.s.journal.read(arrived(EventQuery, query, "event query"),
+                                         arrived_seconds(timeout, "timeout"))
 
     async def wait_result(self, action_id: ActionId, timeout: float = 10.0,
                           ) -> ActionStatus | None:

@@ -13,7 +13,7 @@ from mesh.errors import StateCorrupt
 from mesh.schema import STORED, Action, ActionId, AttemptRecord
 from scheduler.rows import ATTEMPT, ENDED, SHAPE_COLUMNS, attempt_row, parse_quota, shape_row
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The accounts file of releases before this store, imported once by the first migration.
 LEGACY_QUOTA_FILE = "quota.json"
 
@@ -129,6 +129,42 @@ CREATE INDEX expired_by_time ON expired (at)
 """
 
 
+# Version 5: the event log. Stage events become entries of one log with a mesh-wide order
+# (`seq`, never reused, so a reader resumes after the last it saw), beside the entries that
+# are not stage changes (agents joining and leaving, priority moves, restarts). An action's
+# own order is kept as `action_seq`; its entries are found by the index. Older stage
+# events are given the kind the core now names them by, from their stage and reason.
+SCHEMA_5 = """
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    action_id TEXT,
+    action_seq INTEGER,
+    attempt INTEGER,
+    stage TEXT,
+    agent_id TEXT,
+    exit_code INTEGER,
+    priority INTEGER,
+    reason TEXT NOT NULL
+);
+CREATE UNIQUE INDEX journal_by_action ON journal (action_id, action_seq);
+CREATE INDEX journal_of_pool ON journal (time) WHERE action_id IS NULL;
+INSERT INTO journal (time, kind, action_id, action_seq, attempt, stage, agent_id, exit_code,
+                     reason)
+    SELECT time, CASE
+            WHEN seq = 1 THEN 'accepted'
+            WHEN stage = 'assigned' THEN 'assigned'
+            WHEN stage = 'queued' AND reason LIKE 'preempted by %' THEN 'preempted'
+            WHEN stage = 'queued' AND attempt > 0 THEN 'rescheduled'
+            WHEN stage = 'failed' AND reason LIKE 'quarantined:%' THEN 'quarantined'
+            ELSE 'stage' END,
+        action_id, seq, attempt, stage, agent_id, exit_code, reason
+    FROM events ORDER BY time, action_id, seq;
+DROP TABLE events
+"""
+
+
 def _import_legacy_quota(db: sqlite3.Connection, directory: Path) -> None:
     legacy = directory / LEGACY_QUOTA_FILE
     try:
@@ -190,6 +226,10 @@ def _to_4(db: sqlite3.Connection, directory: Path) -> None:
     _execute_all(db, SCHEMA_4)
 
 
+def _to_5(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, SCHEMA_5)
+
+
 # Migration n takes a database at version n to n + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2, _to_3, _to_4]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2, _to_3, _to_4, _to_5]
 assert len(MIGRATIONS) == SCHEMA_VERSION

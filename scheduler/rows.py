@@ -16,6 +16,7 @@ from mesh.schema import (
     ActionId,
     AgentId,
     AttemptRecord,
+    MeshEvent,
     StageEvent,
 )
 from mesh.stages import TERMINAL, Stage
@@ -37,7 +38,16 @@ INSERT = f"""INSERT INTO actions ({ACTION_COLUMNS}, id, seq, spec, submitted_at,
 SELECT = (f"SELECT id, seq, spec, submitted_at, {ACTION_COLUMNS}, "
           f"{', '.join(SHAPE_COLUMNS)} FROM actions")
 ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-INSERT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# An entry of the event log: its seq is SQLite's to hand out. A stage event is known by its
+# action and its number there, so writing it twice keeps one.
+JOURNAL_COLUMNS = ("time, kind, action_id, action_seq, attempt, stage, agent_id, exit_code, "
+                   "priority, reason")
+INSERT_EVENT = (f"INSERT OR IGNORE INTO journal ({JOURNAL_COLUMNS}) "
+                f"VALUES ({', '.join('?' * 10)})")
+SELECT_JOURNAL = f"SELECT seq, {JOURNAL_COLUMNS} FROM journal"
+SELECT_STAGE_EVENTS = ("SELECT action_id, action_seq, attempt, stage, time, agent_id, "
+                       "exit_code, reason, kind FROM journal "
+                       "WHERE action_id = ? AND action_seq IS NOT NULL ORDER BY action_seq")
 log = logging.getLogger("actionmesh.scheduler")
 
 # The one key of a saved spec's `secrets` when they are sealed (no variable has this name),
@@ -165,15 +175,37 @@ def read_attempt(row: Any) -> AttemptRecord:
                            f"{exc}") from exc
 
 
+def event_row(e: StageEvent | MeshEvent) -> tuple[object, ...]:
+    if isinstance(e, StageEvent):
+        return (e.time, e.kind, e.action_id, e.seq, e.attempt, e.stage.value, e.agent_id,
+                e.exit_code, None, e.reason)
+    return (e.time, e.kind, e.action_id, None, e.attempt,
+            e.stage.value if e.stage is not None else None, e.agent_id, e.exit_code,
+            e.priority, e.reason)
+
+
 def read_event(row: Any) -> StageEvent:
-    action_id, seq, attempt, stage, time, agent_id, exit_code, reason = row
+    action_id, seq, attempt, stage, time, agent_id, exit_code, reason, kind = row
     try:
         return StageEvent.model_validate({
             "action_id": action_id, "seq": seq, "attempt": attempt, "stage": stage,
-            "time": time, "agent_id": agent_id, "exit_code": exit_code, "reason": reason})
+            "time": time, "agent_id": agent_id, "exit_code": exit_code, "reason": reason,
+            "kind": kind})
     except ValidationError as exc:
         raise StateCorrupt(f"saved event {seq} of action {action_id!r} cannot be read: "
                            f"{exc}") from exc
+
+
+def read_entry(row: Any) -> MeshEvent:
+    seq, time, kind, action_id, _, attempt, stage, agent_id, exit_code, priority, reason = row
+    try:
+        return MeshEvent.model_validate({
+            "seq": seq, "time": time, "kind": kind, "action_id": action_id,
+            "attempt": attempt, "stage": stage, "agent_id": agent_id,
+            "exit_code": exit_code, "priority": priority, "reason": reason})
+    except ValidationError as exc:
+        raise StateCorrupt(f"saved entry {seq} of the event log cannot be read: {exc}",
+                           ) from exc
 
 
 def parse_quota(text: str, where: str) -> QuotaSnapshot:

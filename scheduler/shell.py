@@ -44,6 +44,7 @@ from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, mak
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.state import SchedulerState
 from scheduler.durable import Writer
+from scheduler.journal import JournalReads
 from scheduler.link import LinkServer
 from scheduler.nodes import alive, parse_nodes, wanted
 from scheduler.sinks import EventBook, QuotaLog
@@ -86,6 +87,7 @@ class Scheduler:
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog(), archive=self.store)
         self.waits = Waits(self.core, self.book, clock)
+        self.journal = JournalReads(self.store)
         self.writer = Writer(self.core, self.store, clock, on_store_failure or _exit_process)
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
@@ -298,7 +300,7 @@ class Scheduler:
                 self.agent_lost(agent_id, reasons.ACTOR_DIED, handle)
                 return
             except AgentUnreachable:
-                self.core.agent_suspect(agent_id)
+                self.core.agent_suspect(agent_id, self.clock())
                 await asyncio.sleep(self.config.load_interval)
             except Exception as exc:
                 log.warning("watch on agent %s failed: %r; watching again", agent_id, exc)
@@ -314,7 +316,7 @@ class Scheduler:
         del self.handles[agent_id]
         self.link.since.pop(agent_id, None)
         log.warning("agent %s left the pool: %s", agent_id, why)
-        self.core.agent_left(agent_id, self.clock())
+        self.core.agent_left(agent_id, self.clock(), why)
         self.writer.write()
         self.link.close_agent(agent_id)
         self.kick()
@@ -386,7 +388,7 @@ class Scheduler:
         except AgentGone:
             self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)
         except AgentUnreachable:
-            self.core.agent_suspect(decision.agent_id)
+            self.core.agent_suspect(decision.agent_id, self.clock())
         except Exception as exc:
             log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
             if isinstance(decision, Assign):
@@ -485,7 +487,7 @@ class Scheduler:
         handles = list(self.handles.items())
         self.handles.clear()
         for agent_id, _ in handles:
-            self.core.agent_left(agent_id, self.clock())
+            self.core.agent_left(agent_id, self.clock(), reasons.MESH_DOWN)
         self.writer.write()
         results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
                                        return_exceptions=True)

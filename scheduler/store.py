@@ -17,12 +17,12 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from mesh.errors import StateCorrupt
-from mesh.schema import ActionId, AttemptRecord, ListQuery, StageEvent
+from mesh.schema import ActionId, AttemptRecord, EventPage, EventQuery, ListQuery, StageEvent
 from mesh.stages import Stage
 from mesh.statedir import private_dir
 from scheduler.core.quota.snapshot import QuotaSnapshot
@@ -35,14 +35,18 @@ from scheduler.rows import (
     INSERT,
     INSERT_EVENT,
     SELECT,
+    SELECT_JOURNAL,
+    SELECT_STAGE_EVENTS,
     UNFINISHED,
     UPDATE,
     action_row,
     attempt_row,
     created_row,
+    event_row,
     parse_quota,
     read_action,
     read_attempt,
+    read_entry,
     read_event,
 )
 from scheduler.sealing import Sealer, SealError
@@ -62,6 +66,12 @@ VACUUM_PAGES = 1024
 # An older file is rewritten at start-up to use auto-vacuum only up to this size (a few
 # seconds' work); a larger one is left as it is, with a warning saying how to do it.
 CONVERT_MAX = 256 << 20
+# Entries of the event log one read looks through at most when it filters on more than the
+# action (which is indexed): the scheduler answers everyone from one thread, so a filtered
+# read of a long log goes page by page, each saying how far it looked (`EventPage.last`).
+SCAN_WINDOW = 50_000
+# Log entries that belong to no action (agents', restarts) deleted by age per batch.
+POOL_EVENTS_PER_BATCH = 5000
 
 class Store:
     """The state database. All calls come from one thread (the scheduler's event loop)."""
@@ -87,6 +97,8 @@ class Store:
             raise StateCorrupt(f"the secrets key beside {self.path} cannot be used: {exc}; "
                                "put back the key file it was saved with") from None
         self._quota_text = ""  # the accounts as last read or written
+        # Called after a commit that added to the event log (readers waiting for it).
+        self.on_events: Callable[[], None] | None = None
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -254,9 +266,59 @@ class Store:
         return self._kept(rows)
 
     def events(self, action_id: ActionId) -> list[StageEvent]:
-        rows = self.db.execute("SELECT * FROM events WHERE action_id = ? ORDER BY seq",
-                               (action_id,))
-        return [read_event(row) for row in rows]
+        return [read_event(row) for row in self.db.execute(SELECT_STAGE_EVENTS, (action_id,))]
+
+    @property
+    def last_event(self) -> int:
+        """The seq of the newest entry of the event log (0 when it never had one)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'journal'"
+                              ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def journal(self, query: EventQuery) -> EventPage:
+        """Entries of the event log after `query.after` that match it, in log order. Without
+        an action to look up by, one read looks through at most SCAN_WINDOW entries."""
+        top = self.last_event
+        first = self.db.execute("SELECT coalesce(min(seq), ?) FROM journal",
+                                (top + 1,)).fetchone()[0]
+        after = query.after
+        if query.since is not None:
+            after = max(after, self._seq_before(query.since, first, top))
+        where: list[str] = ["seq > ?"]
+        args: list[object] = [after]
+        # How far this read looks: to the end when indexed by action, else a window.
+        reach = top if query.action_id is not None else min(top, after + SCAN_WINDOW)
+        where.append("seq <= ?")
+        args.append(reach)
+        for column, value in (("action_id", query.action_id), ("agent_id", query.agent_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.kinds:
+            where.append(f"kind IN ({', '.join('?' * len(query.kinds))})")
+            args.extend(sorted(query.kinds))
+        if query.since is not None:
+            where.append("time >= ?")
+            args.append(query.since)
+        rows = self.db.execute(f"{SELECT_JOURNAL} WHERE {' AND '.join(where)} ORDER BY seq "
+                               "LIMIT ?", (*args, query.limit)).fetchall()
+        events = [read_entry(row) for row in rows]
+        last = events[-1].seq if len(events) == query.limit else max(reach, after)
+        return EventPage(events=events, last=last, first=first)
+
+    def _seq_before(self, since: float, first: int, top: int) -> int:
+        """The seq just before the first entry at or after `since`, by bisecting the log
+        (entries are written in time order, near enough: the filter on time stays)."""
+        low, high = first, top + 1
+        while low < high:
+            mid = (low + high) // 2
+            row = self.db.execute("SELECT seq, time FROM journal WHERE seq >= ? ORDER BY seq "
+                                  "LIMIT 1", (mid,)).fetchone()
+            if row is None or row[1] >= since:
+                high = mid
+            else:
+                low = row[0] + 1
+        return low - 1
 
     def _kept(self, rows: list[Any], found: Iterable[Any] | None = None) -> list[Kept]:
         """Actions from their rows, each with its attempts: from `found` (attempt rows,
@@ -288,6 +350,8 @@ class Store:
                 self.db.execute("COMMIT")
                 if quota_text is not None:
                     self._quota_text = quota_text
+                if changes.events and self.on_events is not None:
+                    self.on_events()
             except BaseException:
                 # A failed COMMIT (disk full, I/O) may have rolled back already.
                 if self.db.in_transaction:
@@ -307,9 +371,13 @@ class Store:
                 "SELECT id, stage FROM actions WHERE finished_at < ? ORDER BY finished_at "
                 "LIMIT ?", (before, limit))]
             ids = [(action_id,) for action_id, _ in gone]
-            for table, column in (("events", "action_id"), ("attempts", "action_id"),
+            for table, column in (("journal", "action_id"), ("attempts", "action_id"),
                                   ("actions", "id")):
                 self.db.executemany(f"DELETE FROM {table} WHERE {column} = ?", ids)
+            # The log's entries of no action (agents', restarts) age out with the same rule.
+            self.db.execute("DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE "
+                            "action_id IS NULL AND time < ? LIMIT ?)",
+                            (before, POOL_EVENTS_PER_BATCH))
             self.db.executemany("INSERT OR REPLACE INTO expired VALUES (?, ?)",
                                 [(action_id, before) for action_id, _ in gone])
             self.db.execute("DELETE FROM expired WHERE at < ?", (forget_before,))
@@ -342,8 +410,6 @@ class Store:
         self.db.executemany(INSERT, [created_row(r, self.sealer) for r in changes.created])
         self.db.executemany(UPDATE, [action_row(r) for r in changes.updated])
         self.db.executemany(ATTEMPT, [attempt_row(a, r) for a, r in changes.attempts])
-        self.db.executemany(INSERT_EVENT, [
-            (e.action_id, e.seq, e.attempt, e.stage.value, e.time, e.agent_id, e.exit_code,
-             e.reason) for e in changes.events])
+        self.db.executemany(INSERT_EVENT, [event_row(e) for e in changes.events])
         if quota_text is not None:
             self.db.execute("INSERT OR REPLACE INTO quota VALUES (1, ?)", (quota_text,))

@@ -93,7 +93,8 @@ class MemoryStore:
         for action_id, attempt in changes.attempts:
             self.attempts.setdefault(action_id, {})[attempt.number] = attempt
         for event in changes.events:
-            self.events.setdefault(event.action_id, []).append(event)
+            if isinstance(event, StageEvent):  # the log's other entries are the store's
+                self.events.setdefault(event.action_id, []).append(event)
         if changes.accounts is not None:
             self.accounts = changes.accounts
 

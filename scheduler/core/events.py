@@ -1,10 +1,14 @@
-"""Where the core's stage events go: the sink protocol and the null sink for tests."""
+"""Where the core's events go: the stage-event sink protocol, the null and list sinks for
+tests, and the quota sink that journals priority moves for the event log."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from mesh.schema import ActionId, StageEvent
+from mesh import reasons
+from mesh.schema import ActionId, MeshEvent, StageEvent
+from scheduler.core.quota.events import DropEvents, QuotaEvent, QuotaSink
 
 
 class EventSink(Protocol):
@@ -34,3 +38,27 @@ class ListSink:
 
     def forget(self, action_id: ActionId) -> None:
         return None  # a test's record of everything that happened
+
+
+class PriorityMoves:
+    """A quota sink that journals each priority move of a running attempt (a demotion or a
+    promotion) for the event log, then hands every event on to `then`."""
+
+    def __init__(self, note: Callable[[MeshEvent], None],
+                 attempt_of: Callable[[ActionId], int | None],
+                 then: QuotaSink | None = None) -> None:
+        self.note = note
+        self.attempt_of = attempt_of
+        self.then: QuotaSink = then or DropEvents()
+
+    def emit(self, event: QuotaEvent) -> None:
+        if event.type == "reprioritized" and event.new_priority is not None:
+            old, new = event.priority, event.new_priority
+            # A lower number is a higher priority.
+            words = reasons.PROMOTED if old is not None and new < old else reasons.DEMOTED
+            self.note(MeshEvent(
+                time=event.time, kind="reprioritized", action_id=event.task_id,
+                attempt=self.attempt_of(event.task_id), agent_id=event.worker_id or None,
+                priority=new, reason=words.format(old=old, new=new,
+                                                  account=event.account_id or "-")))
+        self.then.emit(event)

@@ -18,8 +18,10 @@ from mesh.schema import (
     ActionStatus,
     AgentId,
     AttemptRecord,
+    MeshEvent,
     PendingReason,
     StageEvent,
+    StageKind,
 )
 from mesh.stages import TERMINAL, Stage, transition
 from scheduler.core.events import EventSink, NullSink
@@ -117,7 +119,7 @@ class _Journal:
     actions: set[ActionId] = field(default_factory=set)
     created: set[ActionId] = field(default_factory=set)
     attempts: set[tuple[ActionId, int]] = field(default_factory=set)
-    events: list[StageEvent] = field(default_factory=list)
+    events: list[StageEvent | MeshEvent] = field(default_factory=list)
 
 
 class Ledger:
@@ -142,6 +144,10 @@ class Ledger:
         if entry is None:
             raise NotFound(f"no action with id {action_id!r}")
         return entry
+
+    def attempt_of(self, action_id: ActionId) -> int | None:
+        entry = self.actions.get(action_id)
+        return None if entry is None else entry.attempt
 
     def in_stage(self, *stages: Stage) -> list[ActionEntry]:
         return [e for stage in stages for e in self.by_stage[stage].values()]
@@ -184,8 +190,10 @@ class Ledger:
         self.by_stage[entry.stage][entry.id] = entry
         self.last_seq = max(self.last_seq, entry.seq)
 
-    def move(self, entry: ActionEntry, stage: Stage, now: float, reason: str) -> None:
-        """Move the entry to `stage` if the stage table allows it (StageError if not)."""
+    def move(self, entry: ActionEntry, stage: Stage, now: float, reason: str,
+             kind: StageKind | None = None) -> None:
+        """Move the entry to `stage` if the stage table allows it (StageError if not);
+        `kind` names the move in the event log (else `assigned` or a plain `stage`)."""
         new = transition(entry.stage, stage)
         del self.by_stage[entry.stage][entry.id]
         entry.stage = new
@@ -195,13 +203,20 @@ class Ledger:
         elif new in TERMINAL:
             entry.cancel_requested = False
         entry.reason = reason
-        self.emit(entry, now, reason)
+        self.emit(entry, now, reason, kind or ("assigned" if new is Stage.ASSIGNED
+                                               else "stage"))
 
-    def emit(self, entry: ActionEntry, now: float, reason: str) -> None:
-        event = _next_event(entry, now, reason)
+    def emit(self, entry: ActionEntry, now: float, reason: str,
+             kind: StageKind = "stage") -> None:
+        event = _next_event(entry, now, reason, kind)
         self._journal.actions.add(entry.id)
         self._journal.events.append(event)
         self.sink.emit(event)
+
+    def note(self, event: MeshEvent) -> None:
+        """Journal an event of the log that is not a stage change (an agent's, a
+        priority move) for the next write."""
+        self._journal.events.append(event)
 
     def accept(self, entries: list[tuple[ActionEntry, str]], now: float,
                commit: Callable[[Changes], None] | None = None) -> None:
@@ -213,12 +228,12 @@ class Ledger:
         """
         events: list[StageEvent] = []
         for entry, unplaceable in entries:
-            events.append(_next_event(entry, now, "accepted"))
+            events.append(_next_event(entry, now, "accepted", "accepted"))
             if unplaceable:
                 entry.unplaceable, entry.reason = True, unplaceable
-                events.append(_next_event(entry, now, unplaceable))
+                events.append(_next_event(entry, now, unplaceable, "stage"))
         if commit is not None:
-            commit(Changes(created=[e.record() for e, _ in entries], events=events))
+            commit(Changes(created=[e.record() for e, _ in entries], events=[*events]))
         else:
             self._journal.created.update(e.id for e, _ in entries)
             self._journal.actions.update(e.id for e, _ in entries)
@@ -281,8 +296,8 @@ class Ledger:
             raise
 
 
-def _next_event(entry: ActionEntry, now: float, reason: str) -> StageEvent:
+def _next_event(entry: ActionEntry, now: float, reason: str, kind: StageKind) -> StageEvent:
     entry.events += 1
     return StageEvent(seq=entry.events, action_id=entry.id, attempt=entry.attempt,
                       stage=entry.stage, time=now, agent_id=entry.agent_id,
-                      exit_code=entry.exit_code, reason=reason)
+                      exit_code=entry.exit_code, reason=reason, kind=kind)

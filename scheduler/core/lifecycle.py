@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mesh import reasons
 from mesh.protocol import AttemptReport
-from mesh.schema import Action, AgentId, AttemptRecord, Priority
+from mesh.schema import Action, AgentId, AttemptRecord, Priority, StageKind
 from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision, Stop
@@ -54,13 +54,15 @@ class Lifecycle:
 
     # ---- moves ---------------------------------------------------------------------------
 
-    def requeue(self, entry: ActionEntry, now: float, reason: str) -> None:
-        self.ledger.move(entry, Stage.QUEUED, now, reason)
+    def requeue(self, entry: ActionEntry, now: float, reason: str,
+                kind: StageKind = "rescheduled") -> None:
+        self.ledger.move(entry, Stage.QUEUED, now, reason, kind)
         self.quota.add_request(request_of(entry), now)
 
-    def finish(self, entry: ActionEntry, stage: Stage, now: float, reason: str) -> None:
+    def finish(self, entry: ActionEntry, stage: Stage, now: float, reason: str,
+               kind: StageKind = "stage") -> None:
         entry.finished_at = now
-        self.ledger.move(entry, stage, now, reason)
+        self.ledger.move(entry, stage, now, reason, kind)
         self.quota.finished(entry.id, now)
 
     def release(self, entry: ActionEntry, now: float) -> None:
@@ -95,7 +97,7 @@ class Lifecycle:
         if victim.cancel_requested:  # its stop was on the way already: it ends here
             self.finish(victim, Stage.CANCELLED, now, reasons.CANCELLED_BY_USER)
         else:
-            self.requeue(victim, now, why)
+            self.requeue(victim, now, why, "preempted")
         return stop
 
     def lose(self, entry: ActionEntry, now: float, reason: str | None = None,
@@ -119,7 +121,7 @@ class Lifecycle:
             distinct = list(dict.fromkeys(entry.deaths_in_a_row))
             if len(distinct) >= entry.spec.retry.quarantine_after:
                 self.finish(entry, Stage.FAILED, now, reasons.QUARANTINED.format(
-                    n=len(distinct), agents=", ".join(distinct)))
+                    n=len(distinct), agents=", ".join(distinct)), "quarantined")
                 return
         budget = entry.spec.retry.on_lost
         if entry.losses > budget:

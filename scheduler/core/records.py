@@ -13,6 +13,7 @@ from mesh.schema import (
     AgentId,
     AttemptRecord,
     ListQuery,
+    MeshEvent,
     StageEvent,
 )
 from mesh.stages import Stage
@@ -79,7 +80,7 @@ class Changes:
     created: list[ActionRecord] = field(default_factory=list)
     updated: list[ActionRecord] = field(default_factory=list)
     attempts: list[tuple[ActionId, AttemptRecord]] = field(default_factory=list)
-    events: list[StageEvent] = field(default_factory=list)
+    events: list[StageEvent | MeshEvent] = field(default_factory=list)
     accounts: QuotaSnapshot | None = None
 
     def __bool__(self) -> bool:

@@ -25,6 +25,7 @@ from mesh.schema import (
     AgentStatus,
     ListQuery,
     Load,
+    MeshEvent,
     PendingReason,
     QuotaOptions,
     RunningAttempt,
@@ -35,7 +36,7 @@ from scheduler.core import listing
 from scheduler.core.accounts import Accounts
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision
-from scheduler.core.events import EventSink
+from scheduler.core.events import EventSink, PriorityMoves
 from scheduler.core.ledger import ActionEntry, Ledger
 from scheduler.core.lifecycle import Lifecycle, need_of, request_of
 from scheduler.core.placement import Placer, Slot, could_ever_run
@@ -72,8 +73,9 @@ class SchedulerState:
         self._archive: Archive = archive or NoArchive()
         self._archived: dict[Stage, int] = {}
         self._placer = Placer(stale_after, cpu_busy_percent)
-        self._quota = QuotaScheduler(0.0, quota_options, quirks, quota_sink)
         self._ledger = Ledger(sink)
+        self._quota = QuotaScheduler(0.0, quota_options, quirks, PriorityMoves(
+            self._ledger.note, self._ledger.attempt_of, quota_sink))
         self._agents: dict[AgentId, AgentEntry] = {}
         self._life = Lifecycle(self._ledger, self._quota, self._agents)
         self._reconciler = Reconciler(self._life)
@@ -96,6 +98,9 @@ class SchedulerState:
         # In the order the quota queue keeps them, so each is added at its end.
         waiting = sorted(self._ledger.in_stage(Stage.QUEUED), key=lambda e: (e.submitted_at, e.id))
         restore_queue(self._quota, (request_of(entry) for entry in waiting), now)
+        accounts = len(saved.accounts.accounts) if saved.accounts is not None else 0
+        self._ledger.note(MeshEvent(time=now, kind="scheduler_started", reason=reasons.RESTARTED
+                                    .format(actions=len(saved.actions), accounts=accounts)))
 
     def writing(self) -> AbstractContextManager[Changes]:
         """The changes since the last write; given back for the next one if the write
@@ -276,17 +281,26 @@ class SchedulerState:
         if entry is None:
             entry = AgentEntry(info=info, capacity_percent=self.capacity_percent)
             self._agents[info.agent_id] = entry
+            reason = reasons.AGENT_JOINED.format(
+                host=info.hostname, cpus=info.cpus, memory_gib=info.memory / 2**30,
+                labels=", ".join(info.labels))
         else:
             entry.info = info
             entry.state = "alive"
+            reason = reasons.AGENT_REJOINED.format(host=info.hostname)
+        self._ledger.note(MeshEvent(time=now, kind="agent_joined", agent_id=info.agent_id,
+                                    reason=reason))
         self._mark_idle(entry, now)
         self._judge_queue(now, only_clears)
         return self._reconciler.agent_holds(info.agent_id, held or AgentHoldings(), now)
 
-    def agent_left(self, agent_id: AgentId, now: float) -> None:
-        """The agent is gone: its attempts are lost and their actions go back to the queue."""
+    def agent_left(self, agent_id: AgentId, now: float, reason: str = "") -> None:
+        """The agent is gone (`reason`: why): its attempts are lost and their actions go
+        back to the queue."""
         if self._agents.pop(agent_id, None) is None:
             return
+        self._ledger.note(MeshEvent(time=now, kind="agent_left", agent_id=agent_id,
+                                    reason=reason))
         advance(self._quota, now)
         for action_id in self._quota.forget_worker(agent_id, now):
             self._life.lose(self._ledger.get(action_id), now, died=True)
@@ -297,10 +311,12 @@ class SchedulerState:
         entry = self._agents.get(agent_id)
         return None if entry is None else entry.info
 
-    def agent_suspect(self, agent_id: AgentId) -> None:
+    def agent_suspect(self, agent_id: AgentId, now: float) -> None:
         entry = self._agents.get(agent_id)
         if entry is not None and entry.state == "alive":
             entry.state = "suspect"
+            self._ledger.note(MeshEvent(time=now, kind="agent_suspect", agent_id=agent_id,
+                                        reason=reasons.AGENT_SUSPECT))
 
     def agents_wanted(self, wanted: set[AgentId], now: float) -> set[AgentId]:
         """After a restart: attempts saved in flight on any other agent went with it while
@@ -325,6 +341,8 @@ class SchedulerState:
         entry.take_load(load, now)
         if entry.state == "suspect":
             entry.state = "alive"
+            self._ledger.note(MeshEvent(time=now, kind="agent_back", agent_id=agent_id,
+                                        reason=reasons.AGENT_BACK))
         if agent_id in self._quota.workers:
             self._quota.confirm_worker(agent_id, now)
         else:

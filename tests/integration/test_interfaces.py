@@ -10,9 +10,11 @@ import os
 import pty
 import re
 import select
+import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -253,6 +255,66 @@ def test_top_refreshes_in_place_on_a_terminal_and_q_quits(mesh: Mesh) -> None:
         if view.poll() is None:
             view.kill()
         os.close(leader)
+
+
+def test_events_lists_an_actions_entries_and_refuses_a_bad_filter_by_name(mesh: Mesh) -> None:
+    done_action = mesh.client.submit({"command": ["true"], "labels": ["pool:small"]})
+    assert done_action.result(timeout=60).ok
+    done = mesh_cli(mesh, "events", "--action", done_action.id)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    kinds = [line.split()[3] for line in lines]
+    assert kinds == ["accepted", "assigned", "stage", "stage"], lines
+    assert lines[-1].endswith(f"{done_action.id}#1 @{mesh.small_id}  succeeded: exit 0"), lines
+    seqs = [int(line.split()[0]) for line in lines]
+    assert seqs == sorted(seqs)
+    done = mesh_cli(mesh, "events", "--json", "--kind", "agent_joined")
+    joined = {json.loads(line)["agent_id"] for line in done.stdout.splitlines()}
+    assert {mesh.big_id, mesh.small_id} <= joined, done.stdout
+    done = mesh_cli(mesh, "events", "--since", "yesterday-ish")
+    assert done.returncode == 2 and "--since" in done.stderr, done.stderr
+    done = mesh_cli(mesh, "events", "--kind", "nonsense")
+    assert done.returncode == 2 and "--kind" in done.stderr, done.stderr
+
+
+def test_events_follow_goes_on_across_a_scheduler_restart_with_no_gap_or_repeat(
+        mesh: Mesh) -> None:
+    start = mesh.client.event_page().last
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "mesh.cli", "--address", mesh.cluster.address, "events",
+         "--follow", "--json", "--after", str(start)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    printed: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: printed.extend(
+        json.loads(line) for line in follower.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        def ended(action_id: str) -> bool:
+            return any(e["action_id"] == action_id and e["stage"] == "succeeded"
+                       for e in list(printed))
+
+        first = mesh.client.submit({"command": ["true"], "labels": ["pool:small"]})
+        wait_until(lambda: ended(first.id), bool, timeout=60, what="the follower printing "
+                   "the first action's end")
+        os.kill(scheduler_pid(), signal.SIGKILL)
+        # The submission waits for the restarted scheduler.
+        second = mesh.client.submit({"command": ["true"], "labels": ["pool:small"]})
+        assert second.result(timeout=60).ok
+        wait_until(lambda: ended(second.id), bool, timeout=60, what="the follower printing "
+                   "the second action's end, after the restart")
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
+        reader.join(timeout=30)
+    seqs = [e["seq"] for e in printed]
+    whole = [json.loads(line) for line in mesh_cli(
+        mesh, "events", "--json", "--after", str(start)).stdout.splitlines()]
+    assert seqs == [e["seq"] for e in whole][:len(seqs)], "the follower saw what the log has"
+    assert seqs == list(range(start + 1, start + 1 + len(seqs))), "no gap, no repeat"
+    kinds = [e["kind"] for e in printed]
+    assert "scheduler_started" in kinds, kinds
+    restarted = kinds.index("scheduler_started")
+    assert any(e["kind"] == "agent_joined" for e in printed[restarted:]), kinds
 
 
 def test_health_says_healthy_then_degraded_without_the_relay_then_down(mesh: Mesh) -> None:

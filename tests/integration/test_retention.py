@@ -53,7 +53,7 @@ def test_finished_actions_events_and_logs_expire_and_unfinished_ones_stay(short:
                lambda stages: all(s is Stage.SUCCEEDED for s in stages), timeout=60,
                what="the short actions run")
     assert [line.text for line in client.handle(done[0]).logs()] == ["line 0"]
-    assert rows(short, "events", done) > 0
+    assert rows(short, "journal", done) > 0
 
     def expired(action_id: str) -> bool:
         try:
@@ -65,7 +65,7 @@ def test_finished_actions_events_and_logs_expire_and_unfinished_ones_stay(short:
 
     wait_until(lambda: [expired(a) for a in done], all, timeout=RETENTION * 10,
                interval=0.5, what="every finished action expired")
-    for table in ("actions", "attempts", "events"):
+    for table in ("actions", "attempts", "journal"):
         assert rows(short, table, done) == 0, f"{table} rows left"
     wait_until(lambda: [calls.call(relay.attempts, a) for a in done],
                lambda found: not any(found), timeout=RETENTION * 10, interval=0.5,

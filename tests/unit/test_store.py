@@ -95,7 +95,7 @@ def test_a_failed_write_leaves_the_previous_state_and_the_changes_for_the_next(
     store = Store(tmp_path)
     write_all(core, store)
     core.report(report("b", 1, "n2", "succeeded", exit_code=0), 6)
-    store.db.execute("CREATE TRIGGER no BEFORE INSERT ON events BEGIN "
+    store.db.execute("CREATE TRIGGER no BEFORE INSERT ON journal BEGIN "
                      "SELECT RAISE(ABORT, 'disk full'); END")
     with pytest.raises(sqlite3.Error, match="disk full"), core.writing() as changes:
         store.write(changes)

@@ -54,6 +54,11 @@ class AgentActor:
         # resources and labels when it starts): a restarted scheduler is answered at once.
         self._info: AgentInfo | None = None
 
+    def __repr__(self) -> str:
+        # What the Ray dashboard's actor list shows for it (and its log lines' prefix): on
+        # one machine several nodes share a hostname, so their node follows.
+        return f"agent {socket.gethostname()} (node {self.node_id[:8]})"
+
     async def hello(self) -> AgentInfo:
         """Register: start the reaper and the load stream (once), describe the machine."""
         if self._sampler is None:

@@ -35,6 +35,7 @@ from mesh.errors import (
     StoreReadOnly,
     Unplaceable,
 )
+from mesh.metrics import METRICS_INTERVAL, Recorder
 from mesh.schema import (
     AccountStatus,
     FollowedEvents,
@@ -358,6 +359,13 @@ def _named(name: str) -> Any:
     return ray.get_actor(name, namespace=names.NAMESPACE)
 
 
+async def _record_streams(gateway: Gateway) -> None:
+    metrics = Recorder()
+    while True:
+        metrics.set("gateway_streams", len(gateway.followers))
+        await asyncio.sleep(METRICS_INTERVAL)
+
+
 @ray.remote(num_cpus=0)
 class GatewayActor:
     """Runs the server on a thread of its own event loop, from construction on: a gateway
@@ -376,6 +384,10 @@ class GatewayActor:
         self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
         self._thread.start()
 
+    def __repr__(self) -> str:
+        # The dashboard's actor list shows it by its role (the port is known once serving).
+        return f"gateway {self.config.host}:{self._port or self.config.port}"
+
     def _run(self) -> None:
         asyncio.run(self._main())
 
@@ -391,7 +403,8 @@ class GatewayActor:
         log.info("gateway serving on %s:%d", self.config.host, self._port)
         self._started.set()
         try:
-            await asyncio.gather(gateway.watch_health(healthy), server.wait_for_termination())
+            await asyncio.gather(gateway.watch_health(healthy), server.wait_for_termination(),
+                                 _record_streams(gateway))
         finally:
             # Serving is this actor's whole job: a process that stopped serving exits, so
             # that Ray starts it again.
@@ -420,6 +433,3 @@ class GatewayActor:
     def backlog(self) -> int:
         """Events waiting in the open streams for their clients to read them."""
         return 0 if self._gateway is None else sum(f.backlog for f in self._gateway.followers)
-
-    def __repr__(self) -> str:
-        return f"GatewayActor(port={self._port})"

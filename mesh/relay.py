@@ -15,6 +15,7 @@ import ray
 from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
 from mesh.errors import InvalidInput
 from mesh.logstore import LogStore
+from mesh.metrics import METRICS_INTERVAL, Recorder
 from mesh.names import RELAY, on_the_head
 from mesh.schema import LogBatch, LogRead, MeshConfig
 from mesh.statedir import Owner, StateDirLock
@@ -108,12 +109,17 @@ class LogRelay:
         self._retention = config.retention
         self._expire_every = config.expire_every
         self._expiring: asyncio.TimerHandle | None = None
+        self._metrics = Recorder()
+        self._skipped_shown = 0
+
+    def __repr__(self) -> str:
+        return "relay"  # the dashboard's actor list shows it by its role
 
     async def append(self, batch: LogBatch) -> None:
         """Store a batch (a LogBatch or its dict form) and wake the readers of its attempt.
         While the disk refuses spills and memory is past twice its budget, the answer
         waits: the agent's pushes back up and it stops reading the action's output."""
-        self._start_expiring()
+        self._start_timers()
         checked = _guard("append", arrived, LogBatch, batch, "log batch")
         while self._store.overfull:
             await asyncio.sleep(SPILL_RETRY)
@@ -142,14 +148,32 @@ class LogRelay:
         self._wake((action_id, attempt))
         asyncio.get_running_loop().call_later(self._close_grace, self._settle, action_id,
                                               attempt)
-        self._start_expiring()
+        self._start_timers()
 
-    def _start_expiring(self) -> None:
+    def _start_timers(self) -> None:
         # From the first call on the event loop: a restarted relay holding old logs must
         # expire them even if no attempt ever closes again.
         if self._expiring is None:
             self._expiring = asyncio.get_running_loop().call_later(self._expire_every,
                                                                     self._expire)
+            self._record()
+
+    def _record(self) -> None:
+        """Show the store's counters as metrics, now and every METRICS_INTERVAL."""
+        try:
+            stats = self._store.stats()
+            for name, value in (("relay_memory_bytes", stats["memory_bytes"]),
+                                ("relay_disk_bytes", stats["spilled_bytes"]),
+                                ("relay_attempts", stats["attempts"]),
+                                ("relay_waiting_readers",
+                                 sum(w.count for w in self._waiters.values()))):
+                self._metrics.set(name, value)
+            self._metrics.inc("relay_skipped_lines_total",
+                              stats["skipped_lines"] - self._skipped_shown)
+            self._skipped_shown = stats["skipped_lines"]
+        except Exception:
+            log.exception("recording the relay's metrics failed; will record again")
+        asyncio.get_running_loop().call_later(METRICS_INTERVAL, self._record)
 
     def _expire(self) -> None:
         """Forget the logs of actions that finished longer ago than the retention period
@@ -166,7 +190,7 @@ class LogRelay:
     async def read(self, action_id: str, attempt: int, offset: int, max_lines: int = 10_000,
                    wait: float = 0.0) -> LogRead:
         """Lines from `offset`; when there are none yet, wait up to `wait` s for some or the end."""
-        self._start_expiring()
+        self._start_timers()
         _guard("read", _check_attempt, action_id, attempt)
         _guard("read", arrived_count, offset, "offset")
         _guard("read", arrived_count, max_lines, "max_lines", 1)
@@ -203,7 +227,7 @@ class LogRelay:
         return stats
 
     async def ping(self) -> bool:
-        self._start_expiring()
+        self._start_timers()
         return True
 
     async def _changed(self, key: _Key, timeout: float) -> None:

@@ -634,9 +634,9 @@ class ActionPage(Model):
 StageKind = Literal["accepted", "stage", "assigned", "preempted", "rescheduled",
                     "quarantined"]
 # What else the event log records: a running attempt's priority moved by the quota pass
-# (a demotion or promotion), agents joining, leaving, going silent and coming back, and
+# (down: demoted, up: promoted), agents joining, leaving, going silent and coming back, and
 # the scheduler starting (after a restart, with what it took back).
-PoolKind = Literal["reprioritized", "agent_joined", "agent_left", "agent_suspect",
+PoolKind = Literal["demoted", "promoted", "agent_joined", "agent_left", "agent_suspect",
                    "agent_back", "scheduler_started"]
 EventKind = StageKind | PoolKind
 EVENT_KINDS: tuple[str, ...] = (*get_args(StageKind), *get_args(PoolKind))

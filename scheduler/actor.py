@@ -6,13 +6,15 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
 
-from mesh import names
+from mesh import dashboards, names
 from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
 from mesh.errors import StateDirRefused
+from mesh.metrics import Recorder
 from mesh.protocol import AttemptReport, ReportAnswer
 from mesh.schema import (
     AccountConfig,
@@ -63,11 +65,17 @@ class SchedulerActor:
             self.refusal = exc
             return
         host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self.s = Scheduler(config, link_host=host)
+        self.s = Scheduler(config, link_host=host, metrics=Recorder())
+        session = _session_dir()
+        if session is not None:
+            dashboards.install(session)
         # What the modules and the restored state built lives as long as the process: kept
         # out of the cyclic collector's full passes, which would otherwise scan it all
         # (once soon after a restart, then again as the queue turns over).
         gc.freeze()
+
+    def __repr__(self) -> str:
+        return "scheduler"  # the dashboard's actor list shows it by its role
 
     def _body(self) -> Scheduler:
         if self.refusal is not None:
@@ -217,6 +225,12 @@ class SchedulerActor:
 def scheduler_options() -> dict[str, Any]:
     """How the singleton is created: detached, named, restartable, pinned to the head."""
     return names.on_the_head(names.SCHEDULER)
+
+
+def _session_dir() -> Path | None:
+    # Ray names no public way to this node's session directory; its worker knows it.
+    node = ray._private.worker.global_worker.node
+    return None if node is None else Path(node.get_session_dir_path())
 
 
 def _action_id(value: Any) -> ActionId:

@@ -19,9 +19,9 @@ class JournalReads:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._grew = asyncio.Event()
-        store.on_events = self._wake
+        store.listeners.append(self._wake)
 
-    def _wake(self) -> None:
+    def _wake(self, _: object) -> None:
         self._grew.set()
         self._grew = asyncio.Event()  # waiters hold the one that was set
 

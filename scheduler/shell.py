@@ -20,6 +20,7 @@ import ray
 
 from mesh import reasons
 from mesh.errors import MeshError, SchedulerUnavailable
+from mesh.metrics import METRICS_INTERVAL
 from mesh.protocol import (
     AgentHoldings,
     Assignment,
@@ -49,6 +50,7 @@ from scheduler.link import LinkServer
 from scheduler.nodes import alive, parse_nodes, wanted
 from scheduler.sinks import EventBook, QuotaLog
 from scheduler.store import Store
+from scheduler.telemetry import Discard, Sink, Telemetry
 from scheduler.upkeep import Upkeep
 from scheduler.waits import Waits
 
@@ -77,7 +79,8 @@ class Scheduler:
                  list_nodes: Callable[[], list[dict[str, Any]]] | None = None,
                  clock: Callable[[], float] = time.time, link_host: str = "127.0.0.1",
                  store: Store | None = None,
-                 on_store_failure: Callable[[BaseException], None] | None = None) -> None:
+                 on_store_failure: Callable[[BaseException], None] | None = None,
+                 metrics: Sink | None = None) -> None:
         self.config = config
         self.clock = clock
         self.store = store or Store(config.state_dir)
@@ -88,6 +91,8 @@ class Scheduler:
                                    quota_sink=QuotaLog(), archive=self.store)
         self.waits = Waits(self.core, self.book, clock)
         self.journal = JournalReads(self.store)
+        self.telemetry = Telemetry(metrics or Discard(), clock())
+        self.store.listeners.append(self.telemetry.written)
         self.writer = Writer(self.core, self.store, clock, on_store_failure or _exit_process)
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
@@ -143,6 +148,7 @@ class Scheduler:
         self._spawn(self._node_loop())
         self._spawn(self.upkeep.save_accounts())
         self._spawn(self.upkeep.expire())
+        self._spawn(self._metrics_loop())
         self.writer.start(self._spawn, self._resume)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -212,6 +218,16 @@ class Scheduler:
                         agent_id, exc)
 
     # ---- the loops, which must never die -------------------------------------------------
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            try:
+                now = self.clock()
+                self.telemetry.sample(self.core.counts(), self.core.accounts.queue_depth(now),
+                                      self.pool(), self.health())
+            except Exception:
+                log.exception("sampling the metrics failed; will sample again")
+            await asyncio.sleep(METRICS_INTERVAL)
 
     async def _dispatch_loop(self) -> None:
         assert self._wake is not None
@@ -285,7 +301,10 @@ class Scheduler:
         """Add the agent to the pool, squaring what it runs with the saved state."""
         self.handles[info.agent_id] = handle
         self.link.since.setdefault(info.agent_id, self.clock())
-        self._carry_out(self.core.agent_joined(info, self.clock(), held))
+        decisions = self.core.agent_joined(info, self.clock(), held)
+        self.telemetry.reconciled(held or AgentHoldings(),
+                                  sum(isinstance(d, Stop) for d in decisions))
+        self._carry_out(decisions)
         self._spawn(self._watch(info.agent_id, handle))
         self._send_grant(info.agent_id)
         self.kick()

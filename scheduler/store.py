@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from mesh.errors import StateCorrupt
-from mesh.schema import ActionId, AttemptRecord, EventPage, EventQuery, ListQuery, StageEvent
+from mesh.schema import (
+    ActionId,
+    AttemptRecord,
+    EventPage,
+    EventQuery,
+    ListQuery,
+    MeshEvent,
+    StageEvent,
+)
 from mesh.stages import Stage
 from mesh.statedir import private_dir
 from scheduler.core.quota.snapshot import QuotaSnapshot
@@ -97,8 +105,9 @@ class Store:
             raise StateCorrupt(f"the secrets key beside {self.path} cannot be used: {exc}; "
                                "put back the key file it was saved with") from None
         self._quota_text = ""  # the accounts as last read or written
-        # Called after a commit that added to the event log (readers waiting for it).
-        self.on_events: Callable[[], None] | None = None
+        # Called with the entries after a commit that added them to the event log (readers
+        # waiting for them, the metrics that count them).
+        self.listeners: list[Callable[[list[StageEvent | MeshEvent]], None]] = []
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -350,8 +359,9 @@ class Store:
                 self.db.execute("COMMIT")
                 if quota_text is not None:
                     self._quota_text = quota_text
-                if changes.events and self.on_events is not None:
-                    self.on_events()
+                if changes.events:
+                    for listener in self.listeners:
+                        listener(changes.events)
             except BaseException:
                 # A failed COMMIT (disk full, I/O) may have rolled back already.
                 if self.db.in_transaction:

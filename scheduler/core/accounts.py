@@ -82,6 +82,16 @@ class Accounts:
         advance(self.quota, now)
         return [self._status(a) for a in sorted(self.quota.configs)]
 
+    def queue_depth(self, now: float) -> dict[tuple[AccountId, int], int]:
+        """Queued actions by account and by the priority each would be matched at now
+        (work of no account: the empty account, in the free bucket)."""
+        advance(self.quota, now)
+        depth: dict[tuple[AccountId, int], int] = {}
+        for request in self.quota.queued.values():
+            key = (request.account_id, self.quota.priority_for(request))
+            depth[key] = depth.get(key, 0) + 1
+        return depth
+
     def snapshot(self, now: float) -> QuotaSnapshot:
         """Accounts, balances and options as of `now`: what must outlive the scheduler."""
         advance(self.quota, now)

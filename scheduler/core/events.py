@@ -54,10 +54,11 @@ class PriorityMoves:
     def emit(self, event: QuotaEvent) -> None:
         if event.type == "reprioritized" and event.new_priority is not None:
             old, new = event.priority, event.new_priority
-            # A lower number is a higher priority.
-            words = reasons.PROMOTED if old is not None and new < old else reasons.DEMOTED
+            promoted = old is not None and new < old  # a lower number is a higher priority
+            words = reasons.PROMOTED if promoted else reasons.DEMOTED
             self.note(MeshEvent(
-                time=event.time, kind="reprioritized", action_id=event.task_id,
+                time=event.time, kind="promoted" if promoted else "demoted",
+                action_id=event.task_id,
                 attempt=self.attempt_of(event.task_id), agent_id=event.worker_id or None,
                 priority=new, reason=words.format(old=old, new=new,
                                                   account=event.account_id or "-")))

@@ -97,8 +97,8 @@ def test_a_demotion_of_running_work_is_an_entry_naming_both_priorities(tmp_path:
     core.step(5)
     core.step(300)  # charged far below zero: three of the four move down a level
     written(core, store)
-    moves = everything(store, kinds=["reprioritized"])
-    assert len(moves) == 3
+    moves = everything(store, kinds=["demoted", "promoted"])
+    assert [e.kind for e in moves] == ["demoted"] * 3
     assert all(e.priority == 1 and e.attempt == 1 and e.agent_id == "n1" for e in moves)
     assert moves[0].reason == "demoted from priority 0 to 1 (account ci)"
 

@@ -29,14 +29,16 @@ def config() -> dict[str, Any]:
 
 
 def commands(lines: list[str], tool: str) -> list[list[str]]:
-    """The argument lists of every `tool ...` command, environment assignments dropped."""
+    """The argument lists of every `tool ...` command (a line may chain several with `&&`),
+    environment assignments dropped."""
     found = []
     for line in lines:
-        words = shlex.split(line)
-        while words and "=" in words[0] and not words[0].startswith("-"):
-            words.pop(0)
-        if words and words[0] == tool:
-            found.append(words[1:])
+        for command in line.split(" && "):
+            words = shlex.split(command)
+            while words and "=" in words[0] and not words[0].startswith("-"):
+                words.pop(0)
+            if words and words[0] == tool:
+                found.append(words[1:])
     return found
 
 
@@ -74,6 +76,10 @@ def test_the_workers_join_the_head_with_labels_actions_can_require(
     assert any("RAY_AUTH_MODE=token" in line and "ray start" in line
                for line in config["worker_start_ray_commands"])
     assert worker["address"] == "$RAY_HEAD_IP:6379"
+    # Registered under the address it was reached at: the SSH session's own (its third word).
+    assert worker["node_ip_address"] == "${ssh[2]}"
+    assert any(line.startswith("ssh=($SSH_CONNECTION) && ")
+               for line in config["worker_start_ray_commands"])
     labels = as_dict(worker["labels"])
     assert labels and all(LABEL_RE.match(f"{k}:{v}" if v else k) for k, v in labels.items())
 
@@ -89,7 +95,12 @@ def test_mesh_up_runs_on_the_head_with_fixed_link_and_gateway_ports(config: dict
     # The gateway too, with the token file that file_mounts puts on the head.
     assert params["grpc_port"] == 50051
     assert params["grpc_token_file"] == "~/.actionmesh/grpc_token"
-    assert config["file_mounts"]["~/.actionmesh/grpc_token"] == "./grpc_token"
+    assert config["file_mounts"]["~/.actionmesh/grpc_token"] == "./cluster-secrets/grpc_token"
+    # Ray applies rsync_exclude to every mount: excluding the tokens by name would keep
+    # them from the machines too; their directory keeps them out of the checkout's copy.
+    mounted = {Path(source).name for source in config["file_mounts"].values()}
+    assert not mounted & set(config["rsync_exclude"])
+    assert "cluster-secrets" in config["rsync_exclude"]
     # Actions run as a user of their own, which setup makes on every machine.
     assert params["run_as"] == "actionmesh-run" and config["auth"]["ssh_user"] == "root"
     assert any("useradd" in line and line.rstrip().endswith("actionmesh-run")

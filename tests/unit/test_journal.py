@@ -28,6 +28,15 @@ def everything(store: Store, **query: object) -> list[MeshEvent]:
     return store.journal(EventQuery.model_validate(query)).events
 
 
+def one_agent_written(tmp_path: Path) -> tuple[Store, SchedulerState]:
+    """A store whose log holds one entry: agent n1 joined."""
+    store = Store(tmp_path)
+    core = SchedulerState(stale_after=1e9)
+    core.agent_joined(agent("n1"), 0)
+    written(core, store)
+    return store, core
+
+
 def summary(events: list[MeshEvent]) -> list[tuple[str, str | None, str | None]]:
     return [(e.kind, e.action_id, e.agent_id) for e in events]
 
@@ -142,10 +151,7 @@ def test_filters_and_pages_read_every_matching_entry_once(
 
 def test_seqs_are_never_handed_out_twice_even_after_the_newest_entries_go(
         tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    core = SchedulerState(stale_after=1e9)
-    core.agent_joined(agent("n1"), 0)
-    written(core, store)
+    store, core = one_agent_written(tmp_path)
     top = store.last_event
     store.db.execute("DELETE FROM journal")
     store.close()
@@ -205,10 +211,7 @@ def test_a_version_4_file_gets_its_stage_events_in_the_log_with_their_kinds(
 
 def test_a_reader_waits_for_the_next_entry_and_wakes_when_it_is_written(
         tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    core = SchedulerState(stale_after=1e9)
-    core.agent_joined(agent("n1"), 0)
-    written(core, store)
+    store, core = one_agent_written(tmp_path)
     reads = JournalReads(store)
 
     async def scenario() -> tuple[EventPage, EventPage]:
@@ -228,10 +231,7 @@ def test_a_reader_waits_for_the_next_entry_and_wakes_when_it_is_written(
 
 
 def test_the_log_is_in_the_file_the_store_keeps(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    core = SchedulerState(stale_after=1e9)
-    core.agent_joined(agent("n1"), 0)
-    written(core, store)
+    store, _ = one_agent_written(tmp_path)
     store.close()
     db = sqlite3.connect(tmp_path / DB_FILE)
     assert db.execute("SELECT kind, agent_id FROM journal").fetchall() == [

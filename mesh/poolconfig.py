@@ -1,0 +1,161 @@
+"""The pool config file: named groups of agents with their capacity, blocked flag and
+capabilities, and the jobs' manual group assignments and colocation sets.
+
+In the spirit of the Prow dispatcher's cluster file (`../shared/seeds/004`): a group is
+matched by node labels and hostname patterns instead of being a cluster; agents in no
+group form the group `default`. A file that does not validate is refused whole, each
+problem named by its field.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from mesh.errors import InvalidInput
+from mesh.schema import Model, check_label, parse_duration
+
+# The group of every agent that no group of the file matches.
+DEFAULT_GROUP = "default"
+GroupName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+JobName = Annotated[str, Field(min_length=1, max_length=256)]
+MAX_GROUPS = 1000
+MAX_JOBS = 100_000
+
+
+class GroupMatch(Model):
+    """Which agents a group holds: those whose node has every one of `labels`, and, when
+    `hostnames` are given, whose hostname matches one of them (shell patterns: `build-*`)."""
+
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    hostnames: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=list, max_length=256)
+
+    @model_validator(mode="after")
+    def _something(self) -> GroupMatch:
+        if not self.labels and not self.hostnames:
+            raise ValueError("give labels, hostnames or both: an empty match would take "
+                             "every agent")
+        return self
+
+    def holds(self, hostname: str, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(key) != value for key, value in self.labels.items()):
+            return False
+        return not self.hostnames or any(fnmatch.fnmatchcase(hostname, pattern)
+                                         for pattern in self.hostnames)
+
+
+class Group(Model):
+    """A named set of agents and how the mesh may use them."""
+
+    match: GroupMatch
+    capacity: int = Field(100, ge=1, le=100,
+                          description="the share of each machine (percent) the mesh may reserve")
+    blocked: bool = Field(False, description="no new work; running work finishes")
+    capabilities: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="labels this group's agents offer besides their own")
+
+    @field_validator("capabilities")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        return [check_label(label) for label in value]
+
+
+class JobAssignment(Model):
+    """A job's group, set by hand: a preference (its caches are warm there), or with
+    `pin` a requirement."""
+
+    group: GroupName
+    pin: bool = False
+
+
+class PoolConfig(Model):
+    """The whole file. Groups are tried in the order written; the first that matches an
+    agent has it."""
+
+    groups: dict[GroupName, Group] = Field(default_factory=dict, max_length=MAX_GROUPS)
+    assignments: dict[JobName, JobAssignment] = Field(default_factory=dict,
+                                                      max_length=MAX_JOBS)
+    colocate: list[list[JobName]] = Field(
+        default_factory=list, max_length=MAX_JOBS,
+        description="sets of jobs that must share a group")
+    dispatch_window: float = Field(14 * 86400.0, ge=3600, le=366 * 86400,
+                                   description="how far back recorded load counts")
+    dispatch_every: float = Field(86400.0, ge=60, le=366 * 86400,
+                                  description="how often assignments are computed again")
+
+    @field_validator("assignments", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `job: group` is short for `job: {group: group}`.
+        if isinstance(value, dict):
+            return {job: {"group": given} if isinstance(given, str) else given
+                    for job, given in value.items()}
+        return value
+
+    @field_validator("dispatch_window", "dispatch_every", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("groups")
+    @classmethod
+    def _not_default(cls, value: dict[str, Group]) -> dict[str, Group]:
+        if DEFAULT_GROUP in value:
+            raise ValueError(f"{DEFAULT_GROUP!r} is the group of agents no group matches; "
+                             "give yours another name")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoolConfig:
+        known = {*self.groups, DEFAULT_GROUP}
+        for job, given in self.assignments.items():
+            if given.group not in known:
+                raise ValueError(f"assignments.{job}: no group {given.group!r} (groups: "
+                                 f"{', '.join(sorted(known))})")
+        seen: dict[str, int] = {}
+        for index, jobs in enumerate(self.colocate):
+            if len(jobs) < 2:
+                raise ValueError(f"colocate.{index}: a set needs two jobs or more")
+            for job in jobs:
+                if job in seen:
+                    raise ValueError(f"colocate.{index}: job {job!r} is already in set "
+                                     f"{seen[job]}")
+                seen[job] = index
+            pinned = {self.assignments[j].group for j in jobs if j in self.assignments}
+            if len(pinned) > 1:
+                raise ValueError(f"colocate.{index}: its jobs are assigned to different "
+                                 f"groups ({', '.join(sorted(pinned))}) but must share one")
+        return self
+
+    def group_of(self, hostname: str, labels: Mapping[str, str]) -> str:
+        """The group an agent with this hostname and these node labels belongs to."""
+        for name, group in self.groups.items():
+            if group.match.holds(hostname, labels):
+                return name
+        return DEFAULT_GROUP
+
+    @classmethod
+    def parse(cls, text: str, where: str = "pool config") -> PoolConfig:
+        """The config in a YAML text; InvalidInput naming each bad field (or the line of
+        bad YAML) otherwise."""
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" (line {mark.line + 1})" if mark is not None else ""
+            raise InvalidInput(f"{where}: not YAML{at}: {exc}", [(where, "not YAML")]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise InvalidInput(f"{where}: expected a mapping at the top, got "
+                               f"{type(loaded).__name__}", [(where, "not a mapping")])
+        try:
+            return cls.model_validate(loaded)
+        except ValidationError as exc:
+            raise InvalidInput.from_validation(where, exc) from None

@@ -396,12 +396,15 @@ def cancel(ctx: click.Context, action_id: str) -> None:
     click.echo(f"{st.id}: {st.stage.value}")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @errors
 def agents(ctx: click.Context, as_json: bool) -> None:
-    """The pool: agents with labels, live load and reservations."""
+    """The pool: agents with labels, live load and reservations (`mesh agents drain
+    AGENT`, `undrain AGENT` to stop and resume giving one new work)."""
+    if ctx.invoked_subcommand is not None:
+        return
     pool = client_of(ctx).pool()
     if as_json:
         dump([a.model_dump(mode="json") for a in pool])
@@ -409,6 +412,28 @@ def agents(ctx: click.Context, as_json: bool) -> None:
     table([_agent_row(a) for a in pool],
            ["AGENT", "STATE", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL", "RUNNING",
             "LINK", "CONTAINED BY", "RUNS AS", "LABELS"])
+
+
+@agents.command()
+@click.argument("agent")
+@click.pass_context
+@errors
+def drain(ctx: click.Context, agent: str) -> None:
+    """No new work for AGENT (its id, or its hostname); its running work finishes, then
+    it shows as drained. Kept across scheduler restarts."""
+    status = client_of(ctx).drain(agent)
+    click.echo(f"{status.info.agent_id} ({status.info.hostname}): {status.state}, "
+               f"{len(status.running)} attempt(s) running")
+
+
+@agents.command()
+@click.argument("agent")
+@click.pass_context
+@errors
+def undrain(ctx: click.Context, agent: str) -> None:
+    """Let a drained AGENT take work again."""
+    status = client_of(ctx).undrain(agent)
+    click.echo(f"{status.info.agent_id} ({status.info.hostname}): {status.state}")
 
 
 def _agent_row(a: AgentStatus) -> list[str]:

@@ -327,6 +327,17 @@ class Client:
         with contextlib.suppress(MeshError):
             self.scheduler = bootstrap.scheduler_handle()
 
+    def drain(self, agent: str) -> AgentStatus:
+        """Give the agent (its id, or the hostname `pool()` shows) no new work; its running
+        work finishes, then it shows as drained. Kept across scheduler restarts."""
+        status: AgentStatus = call(self.scheduler.drain, agent, True)
+        return status
+
+    def undrain(self, agent: str) -> AgentStatus:
+        """Let a drained agent take work again."""
+        status: AgentStatus = call(self.scheduler.drain, agent, False)
+        return status
+
     def health(self) -> MeshHealth:
         """Every part asked (the scheduler, whether it serves and can write its state, the
         relay, the agents and their link) and a verdict: healthy, degraded or down."""

@@ -483,7 +483,9 @@ class AgentInfo(Model):
         "'cgroup (...)' with what kills them and which hierarchies limit memory and pids")
 
 
-AgentState = Literal["alive", "suspect", "draining", "blocked", "dead"]
+# Alive or suspect is what the agent's answers say; draining (work still running) and
+# drained (none left) are an operator's drain of a live agent; blocked is its group's.
+AgentState = Literal["alive", "suspect", "draining", "drained", "blocked", "dead"]
 
 
 class RunningAttempt(Model):
@@ -637,7 +639,7 @@ StageKind = Literal["accepted", "stage", "assigned", "preempted", "rescheduled",
 # (down: demoted, up: promoted), agents joining, leaving, going silent and coming back, and
 # the scheduler starting (after a restart, with what it took back).
 PoolKind = Literal["demoted", "promoted", "agent_joined", "agent_left", "agent_suspect",
-                   "agent_back", "scheduler_started"]
+                   "agent_back", "agent_drained", "agent_undrained", "scheduler_started"]
 EventKind = StageKind | PoolKind
 EVENT_KINDS: tuple[str, ...] = (*get_args(StageKind), *get_args(PoolKind))
 

@@ -13,7 +13,7 @@ import ray
 
 from mesh import dashboards, names
 from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
-from mesh.errors import StateDirRefused
+from mesh.errors import InvalidInput, StateDirRefused
 from mesh.metrics import Recorder
 from mesh.protocol import AttemptReport, ReportAnswer
 from mesh.schema import (
@@ -211,6 +211,14 @@ class SchedulerActor:
         if not changes:
             return self.s.core.accounts.options
         return self.s.change_accounts(lambda: self.s.core.accounts.set_options(changes))
+
+    async def drain(self, agent: str, drained: bool = True) -> AgentStatus:
+        """No new work for the agent (its id, or its hostname) and its running work
+        finishes; with `drained` false, it takes work again."""
+        await self._serving()
+        if not isinstance(drained, bool):
+            raise InvalidInput("drained: expected true or false", [("drained", repr(drained))])
+        return self.s.drain(arrived_id(agent, "agent"), drained)
 
     async def health(self) -> Health:
         """Answers at once, serving or not: whether it serves and can write its state."""

@@ -13,7 +13,7 @@ from mesh.errors import StateCorrupt
 from mesh.schema import STORED, Action, ActionId, AttemptRecord
 from scheduler.rows import ATTEMPT, ENDED, SHAPE_COLUMNS, attempt_row, parse_quota, shape_row
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The accounts file of releases before this store, imported once by the first migration.
 LEGACY_QUOTA_FILE = "quota.json"
 
@@ -165,6 +165,10 @@ DROP TABLE events
 """
 
 
+# Version 6: the agents an operator drained.
+SCHEMA_6 = "CREATE TABLE drained (agent_id TEXT PRIMARY KEY) WITHOUT ROWID"
+
+
 def _import_legacy_quota(db: sqlite3.Connection, directory: Path) -> None:
     legacy = directory / LEGACY_QUOTA_FILE
     try:
@@ -230,6 +234,11 @@ def _to_5(db: sqlite3.Connection, directory: Path) -> None:
     _execute_all(db, SCHEMA_5)
 
 
+def _to_6(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, SCHEMA_6)
+
+
 # Migration n takes a database at version n to n + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_to_1, _to_2, _to_3, _to_4, _to_5]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [
+    _to_1, _to_2, _to_3, _to_4, _to_5, _to_6]
 assert len(MIGRATIONS) == SCHEMA_VERSION

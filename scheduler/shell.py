@@ -493,6 +493,15 @@ class Scheduler:
                                       "restarts first)")
         return result
 
+    def drain(self, name: str, drained: bool) -> AgentStatus:
+        """Drain an agent (or open it again), durably; refused while read-only."""
+        self.writer.refuse_if_read_only("drains")
+        status = self.core.drain(name, self.clock(), drained)
+        self.writer.save_drained()
+        self.writer.write()
+        self.kick()
+        return next(s for s in self.pool() if s.info.agent_id == status.info.agent_id)
+
     # ---- reads that are not the core's alone ---------------------------------------------
 
     def pool(self) -> list[AgentStatus]:

@@ -24,6 +24,7 @@ from typing import Any
 from mesh.errors import StateCorrupt
 from mesh.schema import (
     ActionId,
+    AgentId,
     AttemptRecord,
     EventPage,
     EventQuery,
@@ -234,6 +235,7 @@ class Store:
         saved.finished = {Stage(stage): n for stage, n in self.db.execute(
             f"SELECT stage, count(*) FROM actions WHERE stage IN ({ended}) GROUP BY stage",
             ENDED)}
+        saved.drained = {AgentId(a) for (a,) in self.db.execute("SELECT agent_id FROM drained")}
         quota = self.db.execute("SELECT snapshot FROM quota").fetchone()
         if quota is not None:
             saved.accounts = parse_quota(quota[0], f"{self.path} (quota)")
@@ -415,6 +417,18 @@ class Store:
             return
         if snapshot.model_dump_json() != self._quota_text:
             self.write(Changes(accounts=snapshot))
+
+    def save_drained(self, agents: set[AgentId]) -> None:
+        """Keep exactly these agents as drained, in one transaction."""
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM drained")
+            self.db.executemany("INSERT INTO drained VALUES (?)", [(a,) for a in sorted(agents)])
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     def _write(self, changes: Changes, quota_text: str | None) -> None:
         self.db.executemany(INSERT, [created_row(r, self.sealer) for r in changes.created])

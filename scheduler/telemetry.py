@@ -18,7 +18,7 @@ from mesh.schema import (
 from mesh.stages import TERMINAL, Stage
 
 # Every agent state a chart shows, present (at 0) even when no agent is in it.
-AGENT_STATES = ("alive", "suspect", "draining", "blocked")
+AGENT_STATES = ("alive", "suspect", "draining", "drained", "blocked")
 LINKS = ("stream", "ray")
 PER_AGENT = ("agent_reserved_cpus", "agent_capacity_cpus", "agent_reserved_memory_bytes",
              "agent_capacity_memory_bytes", "agent_running", "agent_cpu_percent",

@@ -58,7 +58,7 @@ class Alive:
     name = reasons.CHECK_ALIVE
 
     def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
-        if slot.agent.state in ("alive", "draining", "blocked"):
+        if slot.agent.state == "alive":
             return None
         return _rejection(slot.agent, self.name, f"agent is {slot.agent.state}")
 
@@ -67,8 +67,8 @@ class Open:
     name = reasons.CHECK_OPEN
 
     def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
-        if slot.agent.state in ("draining", "blocked"):
-            return _rejection(slot.agent, self.name, f"agent is {slot.agent.state}")
+        if slot.agent.drained:
+            return _rejection(slot.agent, self.name, "agent is drained: no new work")
         return None
 
 

@@ -14,8 +14,9 @@ from mesh.schema import ActionId, AgentId, AgentInfo, AgentState, Load
 @dataclass(slots=True)
 class AgentEntry:
     info: AgentInfo
-    state: AgentState = "alive"
+    state: AgentState = "alive"  # its liveness: alive or suspect
     capacity_percent: float = 100.0
+    drained: bool = False  # an operator's: no new work, running work finishes
     load: Load | None = None
     load_received_at: float | None = None
     # Memory of attempts placed after the last load sample was taken: the sample cannot
@@ -25,6 +26,12 @@ class AgentEntry:
     @property
     def agent_id(self) -> AgentId:
         return self.info.agent_id
+
+    def shown_state(self, running: int) -> AgentState:
+        """The state `mesh agents` shows: its liveness, or how far its drain has got."""
+        if self.state != "alive" or not self.drained:
+            return self.state
+        return "draining" if running else "drained"
 
     @property
     def labels(self) -> frozenset[str]:

@@ -103,6 +103,7 @@ class Saved:
     # How many finished actions the store keeps, by stage (they are not in `actions`).
     finished: dict[Stage, int] = field(default_factory=dict)
     accounts: QuotaSnapshot | None = None
+    drained: set[AgentId] = field(default_factory=set)
 
 
 # An action retention deleted, and the stage it had ended in.

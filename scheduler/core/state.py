@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 from mesh import reasons
-from mesh.errors import InvalidInput, NotFound, StateCorrupt
+from mesh.errors import Conflict, InvalidInput, NotFound, StateCorrupt
 from mesh.protocol import AgentHoldings, Assignment, AttemptReport
 from mesh.schema import (
     Action,
@@ -82,6 +82,8 @@ class SchedulerState:
         self.accounts = Accounts(self._quota, self._ledger)
         # Agents whose live load turned work away: their next sample may let it in.
         self._turned_away: set[AgentId] = set()
+        # Agents an operator drained, present or not (one that comes back stays drained).
+        self.drained: set[AgentId] = set()
 
     # ---- durable state -------------------------------------------------------------------
 
@@ -93,6 +95,7 @@ class SchedulerState:
             restore_accounts(self._quota, saved.accounts)
         self._ledger.last_seq = max(self._ledger.last_seq, saved.last_seq)
         self._archived = dict(saved.finished)
+        self.drained = set(saved.drained)
         for record, attempts in sorted(saved.actions, key=lambda a: a[0].seq):
             self._ledger.admit(ActionEntry.from_record(record, attempts))
         # In the order the quota queue keeps them, so each is added at its end.
@@ -279,7 +282,8 @@ class SchedulerState:
         only_clears = bool(self._agents)
         entry = self._agents.get(info.agent_id)
         if entry is None:
-            entry = AgentEntry(info=info, capacity_percent=self.capacity_percent)
+            entry = AgentEntry(info=info, capacity_percent=self.capacity_percent,
+                               drained=info.agent_id in self.drained)
             self._agents[info.agent_id] = entry
             reason = reasons.AGENT_JOINED.format(
                 host=info.hostname, cpus=info.cpus, memory_gib=info.memory / 2**30,
@@ -305,6 +309,33 @@ class SchedulerState:
         for action_id in self._quota.forget_worker(agent_id, now):
             self._life.lose(self._ledger.get(action_id), now, died=True)
         self._judge_queue(now, only_clears=False)
+
+    def find_agent(self, name: str) -> AgentId:
+        """The agent `name` names: its id, or the hostname `mesh agents` shows (NotFound,
+        or Conflict when several agents share that hostname)."""
+        if name in self._agents:
+            return AgentId(name)
+        on_host = sorted(a for a, e in self._agents.items() if e.info.hostname == name)
+        if len(on_host) > 1:
+            raise Conflict(f"{len(on_host)} agents run on host {name!r} "
+                           f"({', '.join(on_host)}): name one by its id")
+        if not on_host:
+            raise NotFound(f"no agent with id or hostname {name!r}")
+        return on_host[0]
+
+    def drain(self, name: str, now: float, drained: bool = True) -> AgentStatus:
+        """Give the agent no new work (its running work finishes), or, with `drained`
+        false, open it again."""
+        agent_id = self.find_agent(name)
+        entry = self._agents[agent_id]
+        if entry.drained != drained:
+            entry.drained = drained
+            (self.drained.add if drained else self.drained.discard)(agent_id)
+            self._ledger.note(MeshEvent(time=now, agent_id=agent_id, reason=entry.info.hostname,
+                                        kind="agent_drained" if drained else "agent_undrained"))
+            if not drained:
+                self._quota.touch_worker(agent_id)  # requests it turned down may run now
+        return next(s for s in self.pool(now) if s.info.agent_id == agent_id)
 
     def agent_info(self, agent_id: AgentId) -> AgentInfo | None:
         """What a registered agent said of itself; None for one not in the pool."""
@@ -368,7 +399,8 @@ class SchedulerState:
                     action_id=entry.id, attempt=entry.attempt, stage=entry.stage,
                     cpus=run.request.cpus, memory=run.request.memory))
             statuses.append(AgentStatus(
-                info=agent.info, state=agent.state, capacity_percent=agent.capacity_percent,
+                info=agent.info, state=agent.shown_state(len(running)),
+                capacity_percent=agent.capacity_percent,
                 load=agent.load, load_age=agent.load_age(now),
                 reserved_cpus=sum(r.cpus for r in running),
                 reserved_memory=sum(r.memory for r in running), running=running))

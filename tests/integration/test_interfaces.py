@@ -11,6 +11,7 @@ import pty
 import re
 import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -315,6 +316,38 @@ def test_events_follow_goes_on_across_a_scheduler_restart_with_no_gap_or_repeat(
     assert "scheduler_started" in kinds, kinds
     restarted = kinds.index("scheduler_started")
     assert any(e["kind"] == "agent_joined" for e in printed[restarted:]), kinds
+
+
+def test_drain_lets_running_work_finish_gives_no_more_and_survives_a_restart(
+        mesh: Mesh) -> None:
+    client = mesh.client
+    # On one machine every agent has the same hostname: it names none of them.
+    done = mesh_cli(mesh, "agents", "drain", socket.gethostname())
+    assert done.returncode == 2 and mesh.small_id in done.stderr, done.stderr
+    running = client.submit({"command": ["sleep", "3"], "labels": ["pool:small"]})
+    wait_until(lambda: running.status().stage, lambda s: s is Stage.RUNNING, timeout=60,
+               what="the first action running on the small agent")
+    done = mesh_cli(mesh, "agents", "drain", mesh.small_id)
+    assert done.returncode == 0 and "draining, 1 attempt(s) running" in done.stdout, done
+    waiting = client.submit({"command": ["true"], "labels": ["pool:small"]})
+
+    def small() -> str:
+        return next(a.state for a in client.pool() if a.info.agent_id == mesh.small_id)
+
+    assert running.result(timeout=60).ok, "its running work finished"
+    assert wait_until(small, lambda s: s == "drained", timeout=30, what="drained") == "drained"
+    pending = client.get(waiting.id)
+    assert pending.stage is Stage.QUEUED and pending.pending is not None
+    assert "drained" in pending.pending.summary, pending.pending.summary
+    os.kill(scheduler_pid(), signal.SIGKILL)
+    assert small() == "drained", "the restarted scheduler keeps the drain"
+    assert client.get(waiting.id).stage is Stage.QUEUED
+    done = mesh_cli(mesh, "agents", "undrain", mesh.small_id)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith(": alive"), done
+    assert waiting.result(timeout=60).ok
+    kinds = [e.kind for e in client.events(agent_id=mesh.small_id,
+                                           kinds=["agent_drained", "agent_undrained"])]
+    assert kinds[-2:] == ["agent_drained", "agent_undrained"]
 
 
 def test_health_says_healthy_then_degraded_without_the_relay_then_down(mesh: Mesh) -> None:

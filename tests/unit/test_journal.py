@@ -184,6 +184,7 @@ def test_a_version_4_file_gets_its_stage_events_in_the_log_with_their_kinds(
     store = Store(tmp_path)
     store.db.executescript("""
         DROP TABLE journal;
+        DROP TABLE drained;
         CREATE TABLE events (action_id TEXT NOT NULL, seq INTEGER NOT NULL,
             attempt INTEGER NOT NULL, stage TEXT NOT NULL, time REAL NOT NULL, agent_id TEXT,
             exit_code INTEGER, reason TEXT NOT NULL, PRIMARY KEY (action_id, seq))

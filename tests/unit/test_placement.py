@@ -25,10 +25,12 @@ from tests.builders import GIB, action, agent, aid, load
 
 def entry(cpus: float = 4, memory: int = 8 * GIB, labels: list[str] | None = None,
           cpu_percent: float = 0.0, available: int = 8 * GIB, loaded_at: float = 0.0,
-          state: AgentState = "alive", agent_id: str = "n1", mesh: float = 0.0) -> Slot:
+          state: AgentState = "alive", agent_id: str = "n1", mesh: float = 0.0,
+          drained: bool = False) -> Slot:
     """An agent with a fresh load sample (`mesh`: the share of it our attempts use) and
     nothing reserved yet."""
-    e = AgentEntry(info=agent(agent_id, cpus=cpus, memory=memory, labels=labels), state=state)
+    e = AgentEntry(info=agent(agent_id, cpus=cpus, memory=memory, labels=labels), state=state,
+                   drained=drained)
     e.take_load(load(cpu_percent, available=available, mesh=mesh), loaded_at)
     return Slot(e, Worker(e.agent_id, e.labels, e.cpu_capacity, int(e.memory_capacity)))
 
@@ -61,8 +63,7 @@ CASES: list[tuple[str, Check, Slot, Request, bool]] = [
      True),
     ("memory one byte over", MemoryReservation(), entry(memory=2 * GIB),
      need(memory=2 * GIB + 1), False),
-    ("draining refuses", Open(), entry(state="draining"), need(), False),
-    ("blocked refuses", Open(), entry(state="blocked"), need(), False),
+    ("drained refuses", Open(), entry(drained=True), need(), False),
     ("alive is open", Open(), entry(), need(), True),
     ("idle machine has room", LiveLoad(3.0), entry(cpus=4, cpu_percent=0), need(cpus=4), True),
     ("others just below the limit", LiveLoad(3.0, 90), entry(cpus=4, cpu_percent=89.9),

@@ -33,7 +33,9 @@ def judge(scheduler: Health | None, relay: bool, agents: list[AgentStatus],
     if not relay:
         problems.append("the log relay does not answer: output is not kept")
     if not states["alive"]:
-        problems.append("no agent is alive: nothing can run")
+        drained = states["draining"] + states["drained"]
+        problems.append(f"no agent takes new work: {drained} drained" if drained
+                        else "no agent is alive: nothing can run")
     if states["suspect"]:
         problems.append(f"{states['suspect']} agent(s) suspect: not answering, given no work")
     if scheduler.link == "down":

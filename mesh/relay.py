@@ -161,12 +161,11 @@ class LogRelay:
     def _record(self) -> None:
         """Show the store's counters as metrics, now and every METRICS_INTERVAL."""
         try:
-            stats = self._store.stats()
+            stats = self._stats()
             for name, value in (("relay_memory_bytes", stats["memory_bytes"]),
                                 ("relay_disk_bytes", stats["spilled_bytes"]),
                                 ("relay_attempts", stats["attempts"]),
-                                ("relay_waiting_readers",
-                                 sum(w.count for w in self._waiters.values()))):
+                                ("relay_waiting_readers", stats["waiting_readers"])):
                 self._metrics.set(name, value)
             self._metrics.inc("relay_skipped_lines_total",
                               stats["skipped_lines"] - self._skipped_shown)
@@ -221,6 +220,9 @@ class LogRelay:
         return self._store.attempts(action_id)
 
     async def stats(self) -> dict[str, int]:
+        return self._stats()
+
+    def _stats(self) -> dict[str, int]:
         """The store's counters, plus how many readers are parked in a long-poll."""
         stats = self._store.stats()
         stats["waiting_readers"] = sum(w.count for w in self._waiters.values())

@@ -500,15 +500,19 @@ class Scheduler:
         self.writer.save_drained()
         self.writer.write()
         self.kick()
-        return next(s for s in self.pool() if s.info.agent_id == status.info.agent_id)
+        return self._linked(status)
 
     # ---- reads that are not the core's alone ---------------------------------------------
 
     def pool(self) -> list[AgentStatus]:
-        return [status.model_copy(update={
-                    "link": "stream" if self.link.on_stream(status.info.agent_id) else "ray",
-                    "link_since": self.link.since.get(status.info.agent_id)})
-                for status in self.core.pool(self.clock())]
+        return [self._linked(status) for status in self.core.pool(self.clock())]
+
+    def _linked(self, status: AgentStatus) -> AgentStatus:
+        """The core's view of an agent with how it talks with the scheduler, and since when."""
+        agent_id = status.info.agent_id
+        return status.model_copy(update={
+            "link": "stream" if self.link.on_stream(agent_id) else "ray",
+            "link_since": self.link.since.get(agent_id)})
 
     async def shutdown(self) -> int:
         """Stop every agent (their attempts are killed); returns how many were stopped."""

@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +347,19 @@ class Store:
 
     # ---- writing, once per step ----------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction around the body: committed when it returns, rolled back when it
+        raises (a failed COMMIT, say for a full disk, may have rolled back already)."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
     def write(self, changes: Changes, durable: bool = False) -> None:
         """Write the changes as one transaction; `durable`: fsynced before returning."""
         if not changes:
@@ -355,30 +368,30 @@ class Store:
         if durable:
             self.db.execute("PRAGMA synchronous=FULL")
         try:
-            self.db.execute("BEGIN")
-            try:
+            with self._transaction():
                 self._write(changes, quota_text)
-                self.db.execute("COMMIT")
-                if quota_text is not None:
-                    self._quota_text = quota_text
-                if changes.events:
-                    for listener in self.listeners:
-                        listener(changes.events)
-            except BaseException:
-                # A failed COMMIT (disk full, I/O) may have rolled back already.
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
         finally:
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")
+        if quota_text is not None:
+            self._quota_text = quota_text
+        if changes.events:
+            self._tell(changes.events)
+
+    def _tell(self, events: list[StageEvent | MeshEvent]) -> None:
+        """Hand written entries of the log to the listeners. They only watch: one that
+        fails is logged, and neither the write nor the other listeners are undone."""
+        for listener in self.listeners:
+            try:
+                listener(events)
+            except Exception:
+                log.exception("a listener of the event log failed on %d entries", len(events))
 
     def expire(self, before: float, limit: int, forget_before: float) -> list[Expired]:
         """Delete up to `limit` actions that finished before `before`, with their attempts
         and events, in one transaction; their ids are kept (to say they expired) until
         `forget_before`. Returns the deleted (id, stage)."""
-        self.db.execute("BEGIN")
-        try:
+        with self._transaction():
             gone = [(ActionId(i), Stage(stage)) for i, stage in self.db.execute(
                 "SELECT id, stage FROM actions WHERE finished_at < ? ORDER BY finished_at "
                 "LIMIT ?", (before, limit))]
@@ -393,11 +406,6 @@ class Store:
             self.db.executemany("INSERT OR REPLACE INTO expired VALUES (?, ?)",
                                 [(action_id, before) for action_id, _ in gone])
             self.db.execute("DELETE FROM expired WHERE at < ?", (forget_before,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
         self._shrink()
         return gone
 
@@ -420,15 +428,9 @@ class Store:
 
     def save_drained(self, agents: set[AgentId]) -> None:
         """Keep exactly these agents as drained, in one transaction."""
-        self.db.execute("BEGIN")
-        try:
+        with self._transaction():
             self.db.execute("DELETE FROM drained")
             self.db.executemany("INSERT INTO drained VALUES (?)", [(a,) for a in sorted(agents)])
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
 
     def _write(self, changes: Changes, quota_text: str | None) -> None:
         self.db.executemany(INSERT, [created_row(r, self.sealer) for r in changes.created])

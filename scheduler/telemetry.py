@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -17,6 +18,8 @@ from mesh.schema import (
 )
 from mesh.stages import TERMINAL, Stage
 
+# A metric's tags as a key: (name, value) pairs, sorted.
+Tags = tuple[tuple[str, str], ...]
 # Every agent state a chart shows, present (at 0) even when no agent is in it.
 AGENT_STATES = ("alive", "suspect", "draining", "drained", "blocked")
 LINKS = ("stream", "ray")
@@ -63,25 +66,31 @@ class Telemetry:
         self._running_at: dict[ActionId, float] = {}
         # Tag values a gauge was given before: set to 0 when they are no longer there, as
         # Ray keeps a gauge's last value for good.
-        self._shown: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+        self._shown: dict[str, set[Tags]] = {}
 
     # ---- counted from the event log, as it is written ------------------------------------
 
     def written(self, events: Sequence[StageEvent | MeshEvent]) -> None:
+        # Counted here, then added once per counter and tags: a write of a few hundred
+        # entries costs a few calls into Ray's recorder, not one per entry.
+        counts: Counter[tuple[str, Tags]] = Counter()
         for event in events:
             if isinstance(event, StageEvent):
-                self._stage(event)
+                self._stage(event, counts)
             elif event.kind in _AGENT_EVENTS:
-                self.sink.inc("agent_events_total", event=_AGENT_EVENTS[event.kind])
+                counts["agent_events_total", (("event", _AGENT_EVENTS[event.kind]),)] += 1
             elif event.kind in ("demoted", "promoted"):
-                self.sink.inc("priority_moves_total", direction=event.kind)
+                counts["priority_moves_total", (("direction", event.kind),)] += 1
+        for (name, tags), n in counts.items():
+            self.sink.inc(name, n, **dict(tags))
 
-    def _stage(self, event: StageEvent) -> None:
+    def _stage(self, event: StageEvent,
+               counts: Counter[tuple[str, Tags]]) -> None:
         action_id = event.action_id
         if event.kind == "accepted":
-            self.sink.inc("actions_accepted_total")
+            counts["actions_accepted_total", ()] += 1
         elif event.kind in _COUNTED:
-            self.sink.inc(f"{_COUNTED[event.kind]}_total")
+            counts[f"{_COUNTED[event.kind]}_total", ()] += 1
         if event.stage is Stage.QUEUED:
             self._queued_at.setdefault(action_id, event.time)
             self._running_at.pop(action_id, None)
@@ -94,7 +103,7 @@ class Telemetry:
         elif event.stage in TERMINAL:
             self._queued_at.pop(action_id, None)
             outcome = event.stage.value
-            self.sink.inc("actions_finished_total", outcome=outcome)
+            counts["actions_finished_total", (("outcome", outcome),)] += 1
             began = self._running_at.pop(action_id, None)
             if began is not None:
                 self.sink.observe("run_seconds", max(0.0, event.time - began),
@@ -144,7 +153,7 @@ class Telemetry:
 
     def _gauge(self, name: str, values: Iterable[tuple[float, dict[str, str]]]) -> None:
         """Set each tagged value, and 0 for tags set before that are not among them."""
-        now: set[tuple[tuple[str, str], ...]] = set()
+        now: set[Tags] = set()
         for value, tags in values:
             now.add(tuple(sorted(tags.items())))
             self.sink.set(name, float(value), **tags)

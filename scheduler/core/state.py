@@ -335,7 +335,7 @@ class SchedulerState:
                                         kind="agent_drained" if drained else "agent_undrained"))
             if not drained:
                 self._quota.touch_worker(agent_id)  # requests it turned down may run now
-        return next(s for s in self.pool(now) if s.info.agent_id == agent_id)
+        return self._status(agent_id, now)
 
     def agent_info(self, agent_id: AgentId) -> AgentInfo | None:
         """What a registered agent said of itself; None for one not in the pool."""
@@ -388,23 +388,23 @@ class SchedulerState:
         return more_room and bool(self._quota.queued)
 
     def pool(self, now: float) -> list[AgentStatus]:
-        statuses = []
-        for agent_id in sorted(self._agents):
-            agent = self._agents[agent_id]
-            worker = self._quota.workers.get(agent_id)
-            running = []
-            for request_id, run in sorted(worker.running.items()) if worker else ():
-                entry = self._ledger.get(request_id)
-                running.append(RunningAttempt(
-                    action_id=entry.id, attempt=entry.attempt, stage=entry.stage,
-                    cpus=run.request.cpus, memory=run.request.memory))
-            statuses.append(AgentStatus(
-                info=agent.info, state=agent.shown_state(len(running)),
-                capacity_percent=agent.capacity_percent,
-                load=agent.load, load_age=agent.load_age(now),
-                reserved_cpus=sum(r.cpus for r in running),
-                reserved_memory=sum(r.memory for r in running), running=running))
-        return statuses
+        return [self._status(agent_id, now) for agent_id in sorted(self._agents)]
+
+    def _status(self, agent_id: AgentId, now: float) -> AgentStatus:
+        agent = self._agents[agent_id]
+        worker = self._quota.workers.get(agent_id)
+        running = []
+        for request_id, run in sorted(worker.running.items()) if worker else ():
+            entry = self._ledger.get(request_id)
+            running.append(RunningAttempt(
+                action_id=entry.id, attempt=entry.attempt, stage=entry.stage,
+                cpus=run.request.cpus, memory=run.request.memory))
+        return AgentStatus(
+            info=agent.info, state=agent.shown_state(len(running)),
+            capacity_percent=agent.capacity_percent,
+            load=agent.load, load_age=agent.load_age(now),
+            reserved_cpus=sum(r.cpus for r in running),
+            reserved_memory=sum(r.memory for r in running), running=running)
 
     # ---- one scheduling step -------------------------------------------------------------
 

@@ -237,3 +237,20 @@ def test_the_log_is_in_the_file_the_store_keeps(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / DB_FILE)
     assert db.execute("SELECT kind, agent_id FROM journal").fetchall() == [
         ("agent_joined", "n1")]
+
+
+def test_a_failing_listener_neither_undoes_the_write_nor_silences_the_others(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(tmp_path)
+    heard: list[int] = []
+
+    def broken(_: object) -> None:
+        raise RuntimeError("a metrics bug")
+
+    store.listeners += [broken, lambda events: heard.append(len(events))]
+    core = SchedulerState(stale_after=1e9)
+    core.agent_joined(agent("n1"), 0)
+    written(core, store)  # raises nothing: the write stands
+    assert heard == [1]
+    assert summary(everything(store)) == [("agent_joined", None, "n1")]
+    assert "a listener of the event log failed" in caplog.text

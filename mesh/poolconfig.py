@@ -10,8 +10,8 @@ problem named by its field.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Collection
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -21,19 +21,37 @@ from mesh.schema import Model, check_label, parse_duration
 
 # The group of every agent that no group of the file matches.
 DEFAULT_GROUP = "default"
-GroupName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+# A name is also the value of the label that says an agent's group, so it reads as one.
+GroupName = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9_.-]{0,61}[a-z0-9])?$")]
+# The label every agent offers for its group (`mesh-group:big`). An action may require it
+# like any label; a job's assignment is expressed with it (see `group_label`).
+GROUP_LABEL_KEY = "mesh-group"
+GROUP_LABEL_PREFIX = GROUP_LABEL_KEY + ":"
 JobName = Annotated[str, Field(min_length=1, max_length=256)]
 MAX_GROUPS = 1000
+# Why a job goes to its group: the pool config says so, the last dispatch, or it first ran there.
+HomeKind = Literal["manual", "dispatched", "first run"]
 MAX_JOBS = 100_000
 
 
+def group_label(group: str) -> str:
+    """The label that agents of `group` offer."""
+    return GROUP_LABEL_PREFIX + group
+
+
 class GroupMatch(Model):
-    """Which agents a group holds: those whose node has every one of `labels`, and, when
+    """Which agents a group holds: those that offer every one of `labels` of their own
+    (`pool:big`, `os:linux`: node labels as `mesh agents` shows them), and, when
     `hostnames` are given, whose hostname matches one of them (shell patterns: `build-*`)."""
 
-    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    labels: list[str] = Field(default_factory=list, max_length=64)
     hostnames: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
         default_factory=list, max_length=256)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        return [check_label(label) for label in value]
 
     @model_validator(mode="after")
     def _something(self) -> GroupMatch:
@@ -42,8 +60,8 @@ class GroupMatch(Model):
                              "every agent")
         return self
 
-    def holds(self, hostname: str, labels: Mapping[str, str]) -> bool:
-        if any(labels.get(key) != value for key, value in self.labels.items()):
+    def holds(self, hostname: str, labels: Collection[str]) -> bool:
+        if any(label not in labels for label in self.labels):
             return False
         return not self.hostnames or any(fnmatch.fnmatchcase(hostname, pattern)
                                          for pattern in self.hostnames)
@@ -133,8 +151,8 @@ class PoolConfig(Model):
                                  f"groups ({', '.join(sorted(pinned))}) but must share one")
         return self
 
-    def group_of(self, hostname: str, labels: Mapping[str, str]) -> str:
-        """The group an agent with this hostname and these node labels belongs to."""
+    def group_of(self, hostname: str, labels: Collection[str]) -> str:
+        """The group an agent with this hostname and these labels of its own is in."""
         for name, group in self.groups.items():
             if group.match.holds(hostname, labels):
                 return name
@@ -159,3 +177,40 @@ class PoolConfig(Model):
             return cls.model_validate(loaded)
         except ValidationError as exc:
             raise InvalidInput.from_validation(where, exc) from None
+
+
+class GroupStatus(Model):
+    """A group as the scheduler sees it now."""
+
+    name: str
+    capacity: float = Field(description="the share of each machine (percent) the mesh may "
+                            "reserve there")
+    blocked: bool
+    blocked_by: Literal["", "config", "operator"] = Field(
+        "", description="who blocked it: the pool config, or an operator (`mesh groups block`)")
+    capabilities: list[str]
+    agents: list[str] = Field(description="ids of its agents")
+    cpus: float = Field(description="CPUs the mesh may reserve on its live agents")
+    jobs: int = Field(description="jobs assigned to it")
+    load: float = Field(description="CPU-seconds of its jobs in the dispatch window")
+
+
+class JobHome(Model):
+    """Where a job's work goes, and why."""
+
+    job: str
+    group: str
+    how: HomeKind = Field(
+        description="set in the pool config, by the last dispatch, or where the job first ran")
+    pinned: bool = Field(description="a requirement (the job waits for its group), not a "
+                         "preference")
+    load: float = Field(description="the job's CPU-seconds in the dispatch window")
+
+
+class PoolStatus(Model):
+    """The pool config in force, and its groups now."""
+
+    config: PoolConfig
+    groups: list[GroupStatus]
+    dispatched_at: float | None = Field(None, description="when jobs were last dispatched")
+    next_dispatch_at: float | None = None

@@ -35,12 +35,19 @@ AGENT_JOINED = "{host}: {cpus:g} CPUs, {memory_gib:.1f} GiB, labels [{labels}]"
 AGENT_REJOINED = "registered again ({host})"
 AGENT_SUSPECT = "it does not answer; its work stays placed until it is found dead"
 AGENT_BACK = "it answers again"
+POOL_APPLIED = "pool config applied: {groups} group(s), {assignments} manual assignment(s)"
+GROUP_BLOCKED = "group {group} blocked by an operator: no new work there"
+GROUP_UNBLOCKED = "group {group} unblocked by an operator"
+DISPATCHED = "{jobs} job(s) assigned over {groups} open group(s); {moved} moved"
 RESTARTED = "took back {actions} unfinished action(s) and {accounts} account(s)"
 
 # Waiting.
 NO_AGENTS = "no agents in the pool yet; waiting for one to join"
 UNPLACEABLE = "unplaceable: {detail}"
 WAITING = "waiting: {detail}"
+PINNED_GROUP = "job `{job}` is pinned to group `{group}`: {there}"
+PREFERRED_GROUP = ("job `{job}` prefers group `{group}` (warm): there, {there}; elsewhere, "
+                   "{elsewhere}")
 
 # What an account's quota says about a waiting action.
 QUOTA_NO_ACCOUNT = "no account: it runs in the free bucket when no paid work needs the room"

@@ -501,6 +501,7 @@ class AgentStatus(Model):
 
     info: AgentInfo
     state: AgentState
+    group: str = Field("default", description="its group in the pool config")
     capacity_percent: float
     load: Load | None
     load_age: float | None = Field(None, description="seconds since the last load report")
@@ -636,10 +637,12 @@ class ActionPage(Model):
 StageKind = Literal["accepted", "stage", "assigned", "preempted", "rescheduled",
                     "quarantined"]
 # What else the event log records: a running attempt's priority moved by the quota pass
-# (down: demoted, up: promoted), agents joining, leaving, going silent and coming back, and
-# the scheduler starting (after a restart, with what it took back).
+# (down: demoted, up: promoted), agents joining, leaving, going silent and coming back,
+# drained and opened again, the scheduler starting (after a restart, with what it took
+# back), a pool config applied, groups blocked or unblocked by hand, and jobs dispatched.
 PoolKind = Literal["demoted", "promoted", "agent_joined", "agent_left", "agent_suspect",
-                   "agent_back", "agent_drained", "agent_undrained", "scheduler_started"]
+                   "agent_back", "agent_drained", "agent_undrained", "scheduler_started",
+                   "pool_applied", "group_blocked", "group_unblocked", "dispatched"]
 EventKind = StageKind | PoolKind
 EVENT_KINDS: tuple[str, ...] = (*get_args(StageKind), *get_args(PoolKind))
 

@@ -13,7 +13,7 @@ from mesh.errors import StateCorrupt
 from mesh.schema import STORED, Action, ActionId, AttemptRecord
 from scheduler.rows import ATTEMPT, ENDED, SHAPE_COLUMNS, attempt_row, parse_quota, shape_row
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # The accounts file of releases before this store, imported once by the first migration.
 LEGACY_QUOTA_FILE = "quota.json"
 
@@ -113,6 +113,9 @@ SCHEMA_3 = ";".join(f"ALTER TABLE actions ADD COLUMN {name} {kind}" for name, ki
     ("provisionable_labels", "TEXT NOT NULL DEFAULT ''"), ("cpus", "REAL NOT NULL DEFAULT 1"),
     ("memory", "INTEGER NOT NULL DEFAULT 0")))
 
+# The shape columns version 3 added (the job came with version 4).
+_SHAPE_3 = SHAPE_COLUMNS[:5]
+
 # Version 4: what listings filter on and retention deletes by. Account and job are columns
 # for every action (version 3 filled the account of unfinished ones only); actions are
 # indexed by stage (a restart reads the unfinished ones) and by finish time (retention
@@ -168,6 +171,17 @@ DROP TABLE events
 # Version 6: the agents an operator drained.
 SCHEMA_6 = "CREATE TABLE drained (agent_id TEXT PRIMARY KEY) WITHOUT ROWID"
 
+# Version 7: the groups (`scheduler/poolrows.py`): the pool config in force with the groups
+# an operator blocked and the last dispatch time, each job's group, and its load by day.
+SCHEMA_7 = """
+CREATE TABLE pool (id INTEGER PRIMARY KEY CHECK (id = 1), record TEXT NOT NULL);
+CREATE TABLE homes (job TEXT PRIMARY KEY, grp TEXT NOT NULL, how TEXT NOT NULL,
+                    pinned INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE job_load (job TEXT NOT NULL, day INTEGER NOT NULL, seconds REAL NOT NULL,
+                       PRIMARY KEY (job, day)) WITHOUT ROWID;
+CREATE INDEX job_load_by_day ON job_load (day)
+"""
+
 
 def _import_legacy_quota(db: sqlite3.Connection, directory: Path) -> None:
     legacy = directory / LEGACY_QUOTA_FILE
@@ -221,8 +235,8 @@ def _to_3(db: sqlite3.Connection, directory: Path) -> None:
             spec = Action.model_validate_json(text, context=STORED)
         except ValidationError as exc:
             raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc}") from exc
-        shapes.append((*shape_row(spec), action_id))
-    db.executemany(f"UPDATE actions SET {', '.join(f'{c}=?' for c in SHAPE_COLUMNS)} "
+        shapes.append((*shape_row(spec)[:len(_SHAPE_3)], action_id))
+    db.executemany(f"UPDATE actions SET {', '.join(f'{c}=?' for c in _SHAPE_3)} "
                    "WHERE id=?", shapes)
 
 
@@ -238,7 +252,11 @@ def _to_6(db: sqlite3.Connection, directory: Path) -> None:
     _execute_all(db, SCHEMA_6)
 
 
+def _to_7(db: sqlite3.Connection, directory: Path) -> None:
+    _execute_all(db, SCHEMA_7)
+
+
 # Migration n takes a database at version n to n + 1, inside one transaction.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [
-    _to_1, _to_2, _to_3, _to_4, _to_5, _to_6]
+    _to_1, _to_2, _to_3, _to_4, _to_5, _to_6, _to_7]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -27,14 +27,14 @@ from scheduler.sealing import Sealer, SealError
 # The fields that place an action are columns of their own, so a restart queues its waiting
 # actions without parsing their specs. Label lists are kept space-separated (a label cannot
 # hold a space).
-SHAPE_COLUMNS = ("account", "labels", "provisionable_labels", "cpus", "memory")
+SHAPE_COLUMNS = ("account", "labels", "provisionable_labels", "cpus", "memory", "job")
 ACTION_COLUMNS = ("stage, attempt, finished_at, exit_code, reason, failures, losses, deaths, "
                   "cancel_requested, unplaceable, floor, events")
 UPDATE = """UPDATE actions SET stage=?, attempt=?, finished_at=?, exit_code=?, reason=?,
     failures=?, losses=?, deaths=?, cancel_requested=?, unplaceable=?, floor=?, events=?
     WHERE id=?"""
 INSERT = f"""INSERT INTO actions ({ACTION_COLUMNS}, id, seq, spec, submitted_at,
-    {", ".join(SHAPE_COLUMNS)}, job) VALUES ({", ".join("?" * 22)})"""
+    {", ".join(SHAPE_COLUMNS)}) VALUES ({", ".join("?" * 22)})"""
 SELECT = (f"SELECT id, seq, spec, submitted_at, {ACTION_COLUMNS}, "
           f"{', '.join(SHAPE_COLUMNS)} FROM actions")
 ATTEMPT = """INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -96,23 +96,23 @@ def created_row(r: ActionRecord, sealer: Sealer) -> tuple[object, ...]:
     """The INSERT of a newly accepted action (its spec is always parsed: it was just sent)."""
     assert isinstance(r.spec, Action)
     return (*action_row(r), r.seq, spec_text(r.spec, sealer), r.submitted_at,
-            *shape_row(r.spec), r.spec.job)
+            *shape_row(r.spec))
 
 
 def shape_row(spec: Action | SavedSpec) -> tuple[object, ...]:
     return (spec.account, " ".join(sorted(spec.labels)),
-            " ".join(sorted(spec.provisionable_labels)), spec.cpus, spec.memory)
+            " ".join(sorted(spec.provisionable_labels)), spec.cpus, spec.memory, spec.job)
 
 
 def read_action(row: Any, sealer: Sealer) -> ActionRecord:
     (action_id, seq, spec, submitted_at, stage, attempt, finished_at, exit_code, reason,
      failures, losses, deaths, cancel_requested, unplaceable, floor, events, account, labels,
-     provisionable_labels, cpus, memory) = row
+     provisionable_labels, cpus, memory, job) = row
     # Per row of ten thousand at a restart: the common values are looked up, not parsed.
     try:
         text = _opened(str(spec), sealer, action_id, stage)
         saved = SavedSpec(text, AccountId(account), _labels(labels),
-                          _labels(provisionable_labels), float(cpus), int(memory))
+                          _labels(provisionable_labels), float(cpus), int(memory), str(job))
         return ActionRecord(
             id=ActionId(action_id), seq=int(seq),
             # A spec is parsed when first needed (see SavedSpec), except for an action in

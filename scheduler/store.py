@@ -37,6 +37,7 @@ from mesh.statedir import private_dir
 from scheduler.core.quota.snapshot import QuotaSnapshot
 from scheduler.core.records import Changes, Expired, Kept, Saved
 from scheduler.migrations import MIGRATIONS, SCHEMA_VERSION
+from scheduler.poolrows import read_pool, write_pool
 from scheduler.rows import (
     ATTEMPT,
     CHUNK,
@@ -236,6 +237,7 @@ class Store:
             f"SELECT stage, count(*) FROM actions WHERE stage IN ({ended}) GROUP BY stage",
             ENDED)}
         saved.drained = {AgentId(a) for (a,) in self.db.execute("SELECT agent_id FROM drained")}
+        saved.pool = read_pool(self.db, str(self.path))
         quota = self.db.execute("SELECT snapshot FROM quota").fetchone()
         if quota is not None:
             saved.accounts = parse_quota(quota[0], f"{self.path} (quota)")
@@ -439,3 +441,5 @@ class Store:
         self.db.executemany(INSERT_EVENT, [event_row(e) for e in changes.events])
         if quota_text is not None:
             self.db.execute("INSERT OR REPLACE INTO quota VALUES (1, ?)", (quota_text,))
+        if changes.pool:
+            write_pool(self.db, changes.pool)

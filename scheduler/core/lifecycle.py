@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from mesh import reasons
 from mesh.protocol import AttemptReport
-from mesh.schema import Action, AgentId, AttemptRecord, Priority, StageKind
+from mesh.schema import Action, ActionId, AgentId, AttemptRecord, Priority, StageKind
 from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision, Stop
+from scheduler.core.groups import NO_LABELS, Groups
 from scheduler.core.ledger import ActionEntry, Ledger
 from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.model import Request
@@ -24,22 +25,20 @@ _REPORT_STAGES = {
 }
 # Outcomes of an attempt whose process may still be running: it was not seen to end.
 _MAY_RUN = (None, "lost", "preempted")
+NO_EXTRA = (NO_LABELS, NO_LABELS)
 
 
-def request_of(entry: ActionEntry) -> Request:
-    """The quota scheduler's view of a waiting action."""
-    saved = entry.source
-    if isinstance(saved, SavedSpec):  # its shape is enough: the spec stays unparsed
-        return Request(entry.id, saved.account, saved.labels, saved.provisionable_labels,
-                       entry.submitted_at, saved.cpus, saved.memory)
-    return need_of(saved, entry.submitted_at)
-
-
-def need_of(spec: Action, submitted_at: float = 0.0) -> Request:
-    """What an action asks of an agent and of the quota scheduler, as a request."""
-    assert spec.id is not None
-    return Request(spec.id, spec.account, frozenset(spec.labels),
-                   frozenset(spec.provisionable_labels), submitted_at, spec.cpus, spec.memory)
+def need_of(spec: Action | SavedSpec, submitted_at: float = 0.0, *, groups: Groups | None = None,
+            action_id: ActionId | None = None) -> Request:
+    """What an action asks of an agent and of the quota scheduler, as a request: its own
+    labels and, with `groups`, what its job's home adds (a saved spec's shape is enough:
+    it stays unparsed)."""
+    base, provisionable = groups.extra_labels(spec.job) if groups is not None else NO_EXTRA
+    request_id = action_id if action_id is not None or isinstance(spec, SavedSpec) else spec.id
+    assert request_id is not None, "a saved spec's request needs the action's id"
+    return Request(request_id, spec.account, frozenset(spec.labels) | base,
+                   frozenset(spec.provisionable_labels) | provisionable, submitted_at,
+                   spec.cpus, spec.memory)
 
 
 class Lifecycle:
@@ -47,17 +46,23 @@ class Lifecycle:
     index, the record of what runs where, in step with them."""
 
     def __init__(self, ledger: Ledger, quota: QuotaScheduler,
-                 agents: dict[AgentId, AgentEntry]) -> None:
+                 agents: dict[AgentId, AgentEntry], groups: Groups) -> None:
         self.ledger = ledger
         self.quota = quota
         self.agents = agents
+        self.groups = groups
+
+    def request(self, entry: ActionEntry) -> Request:
+        """The quota scheduler's view of a waiting action, its job's home included."""
+        return need_of(entry.source, entry.submitted_at, groups=self.groups,
+                       action_id=entry.id)
 
     # ---- moves ---------------------------------------------------------------------------
 
     def requeue(self, entry: ActionEntry, now: float, reason: str,
                 kind: StageKind = "rescheduled") -> None:
         self.ledger.move(entry, Stage.QUEUED, now, reason, kind)
-        self.quota.add_request(request_of(entry), now)
+        self.quota.add_request(self.request(entry), now)
 
     def finish(self, entry: ActionEntry, stage: Stage, now: float, reason: str,
                kind: StageKind = "stage") -> None:
@@ -71,6 +76,11 @@ class Lifecycle:
         if agent is not None:
             agent.left(entry.id)
         self.quota.finished(entry.id, now)
+        record = entry.attempts[-1] if entry.attempts else None
+        if record is not None and record.started_at is not None:
+            # The job's load is what it reserved while it ran: CPUs times seconds.
+            self.groups.ran(entry.source.job, now,
+                            entry.source.cpus * max(0.0, now - record.started_at))
 
     def assign(self, entry: ActionEntry, agent: AgentEntry, priority: int, now: float,
                ) -> Assign:
@@ -81,6 +91,7 @@ class Lifecycle:
                                priority=priority)
         self.ledger.add_attempt(entry, record)
         agent.placed(entry.id, entry.source.memory)
+        self.groups.first_ran(entry.source.job, agent.group)
         self.ledger.move(entry, Stage.ASSIGNED, now, "")
         return Assign(entry.id, entry.attempt, agent.agent_id, now, Priority(priority))
 

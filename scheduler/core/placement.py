@@ -9,6 +9,7 @@ from typing import Protocol
 
 from mesh import reasons
 from mesh.schema import Load, PendingReason, Rejection
+from scheduler.core.groups import Home
 from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.model import EPSILON, Request, TaskRun, Worker
 
@@ -60,7 +61,7 @@ class Alive:
     def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
         if slot.agent.state == "alive":
             return None
-        return _rejection(slot.agent, self.name, f"agent is {slot.agent.state}")
+        return _rejection(slot.agent, self.name, f"is {slot.agent.state}")
 
 
 class Open:
@@ -68,7 +69,10 @@ class Open:
 
     def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
         if slot.agent.drained:
-            return _rejection(slot.agent, self.name, "agent is drained: no new work")
+            return _rejection(slot.agent, self.name, "is drained: no new work")
+        if slot.agent.terms.blocked:
+            return _rejection(slot.agent, self.name,
+                              f"is in group `{slot.agent.group}`, which is blocked")
         return None
 
 
@@ -190,20 +194,40 @@ class Placer:
                 return rejection
         return None
 
-    def explain(self, slots: Iterable[Slot], need: Request, now: float) -> PendingReason:
-        """Every failing check of every agent, and a sentence that counts them."""
+    def explain(self, slots: Iterable[Slot], need: Request, now: float, job: str = "",
+                home: Home | None = None) -> PendingReason:
+        """Every failing check of every agent, and a sentence that counts them. With the
+        job's `home`, the sentence speaks of its group first (a pinned job, of it alone)."""
         pool = list(slots)
         if not pool:
             return PendingReason(summary=reasons.NO_AGENTS)
         rejections = [r for slot in pool for check in self.checks
                       if (r := check.reject(slot, need, now)) is not None]
-        if not any(could_ever_run(slot.agent, need) for slot in pool):
-            detail = summarize(rejections, len(pool), static_only=True)
-            return PendingReason(summary=reasons.UNPLACEABLE.format(detail=detail),
-                                 unplaceable=True, rejections=rejections)
-        detail = summarize(rejections, len(pool), static_only=False)
-        return PendingReason(summary=reasons.WAITING.format(detail=detail),
+        unplaceable = not any(could_ever_run(slot.agent, need) for slot in pool)
+        if home is None:
+            detail = summarize(rejections, len(pool), static_only=unplaceable)
+        else:
+            detail = _about_home(pool, rejections, unplaceable, job, home)
+        template = reasons.UNPLACEABLE if unplaceable else reasons.WAITING
+        return PendingReason(summary=template.format(detail=detail), unplaceable=unplaceable,
                              rejections=rejections)
+
+
+def _about_home(pool: list[Slot], rejections: list[Rejection], static_only: bool, job: str,
+                home: Home) -> str:
+    """`job `j` prefers group `big` (warm): there, 2 agents lack 4 CPUs ...; elsewhere,
+    ...`, or for a pinned job its group alone."""
+    there = {slot.agent.agent_id for slot in pool if slot.agent.group == home.group}
+    inside = [r for r in rejections if r.agent_id in there]
+    said = (summarize(inside, len(there), static_only) if there
+            else "it has no agents")
+    if home.pinned:
+        return reasons.PINNED_GROUP.format(job=job, group=home.group, there=said)
+    outside = [r for r in rejections if r.agent_id not in there]
+    elsewhere = (summarize(outside, len(pool) - len(there), static_only)
+                 if len(pool) > len(there) else "no agents")
+    return reasons.PREFERRED_GROUP.format(job=job, group=home.group, there=said,
+                                          elsewhere=elsewhere)
 
 
 _STATIC = (reasons.CHECK_LABELS, reasons.CHECK_CPU, reasons.CHECK_MEMORY)

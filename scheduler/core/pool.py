@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mesh.schema import ActionId, AgentId, AgentInfo, AgentState, Load
+from scheduler.core.groups import Terms
 
 
 @dataclass(slots=True)
 class AgentEntry:
     info: AgentInfo
+    terms: Terms  # what its group makes of it
     state: AgentState = "alive"  # its liveness: alive or suspect
-    capacity_percent: float = 100.0
     drained: bool = False  # an operator's: no new work, running work finishes
     load: Load | None = None
     load_received_at: float | None = None
@@ -28,14 +29,26 @@ class AgentEntry:
         return self.info.agent_id
 
     def shown_state(self, running: int) -> AgentState:
-        """The state `mesh agents` shows: its liveness, or how far its drain has got."""
-        if self.state != "alive" or not self.drained:
+        """The state `mesh agents` shows: its liveness, how far its drain has got, or its
+        group's block."""
+        if self.state != "alive":
             return self.state
-        return "draining" if running else "drained"
+        if self.drained:
+            return "draining" if running else "drained"
+        return "blocked" if self.terms.blocked else "alive"
+
+    @property
+    def group(self) -> str:
+        return self.terms.group
+
+    @property
+    def capacity_percent(self) -> float:
+        return self.terms.capacity_percent
 
     @property
     def labels(self) -> frozenset[str]:
-        return frozenset(self.info.labels)
+        """What it offers: its own labels, its group's capabilities and its group's label."""
+        return self.terms.labels
 
     @property
     def cpu_capacity(self) -> float:

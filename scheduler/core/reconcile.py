@@ -13,7 +13,7 @@ from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Decision, Stop
 from scheduler.core.ledger import ActionEntry
-from scheduler.core.lifecycle import Lifecycle, request_of, why_stopped
+from scheduler.core.lifecycle import Lifecycle, why_stopped
 from scheduler.core.quota.vector import FREE_BUCKET, ZERO
 
 
@@ -100,4 +100,4 @@ class Reconciler:
         next pass may promote or demote it). It ran before, so load samples show it."""
         worker = self.quota.workers[agent_id]  # a registered agent always has one
         priority = entry.attempts[-1].priority if entry.attempts else FREE_BUCKET
-        self.quota.start(request_of(entry), worker, priority, ZERO)
+        self.quota.start(self.life.request(entry), worker, priority, ZERO)

@@ -17,6 +17,7 @@ from mesh.schema import (
     StageEvent,
 )
 from mesh.stages import Stage
+from scheduler.core.groups import PoolChanges, SavedPool
 from scheduler.core.quota.snapshot import QuotaSnapshot
 
 # The command a status shows in place of a saved spec that cannot be read.
@@ -34,6 +35,7 @@ class SavedSpec(NamedTuple):
     provisionable_labels: frozenset[str]
     cpus: float
     memory: int
+    job: str
 
     def parse(self) -> Action:
         # Checked when it was accepted: only types and bounds are checked again.
@@ -46,7 +48,7 @@ class SavedSpec(NamedTuple):
             "id": action_id, "command": [UNREADABLE_SPEC], "cpus": self.cpus,
             "memory": self.memory, "labels": sorted(self.labels),
             "provisionable_labels": sorted(self.provisionable_labels),
-            "account": self.account}, context=STORED)
+            "account": self.account, "job": self.job}, context=STORED)
 
 
 class ActionRecord(NamedTuple):
@@ -82,10 +84,11 @@ class Changes:
     attempts: list[tuple[ActionId, AttemptRecord]] = field(default_factory=list)
     events: list[StageEvent | MeshEvent] = field(default_factory=list)
     accounts: QuotaSnapshot | None = None
+    pool: PoolChanges = field(default_factory=PoolChanges)
 
     def __bool__(self) -> bool:
         return bool(self.created or self.updated or self.attempts or self.events
-                    or self.accounts is not None)
+                    or self.accounts is not None or self.pool)
 
 
 # An action as the store keeps it: its own state and its attempts, oldest first.
@@ -104,6 +107,7 @@ class Saved:
     finished: dict[Stage, int] = field(default_factory=dict)
     accounts: QuotaSnapshot | None = None
     drained: set[AgentId] = field(default_factory=set)
+    pool: SavedPool = field(default_factory=SavedPool)
 
 
 # An action retention deleted, and the stage it had ended in.

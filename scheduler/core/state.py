@@ -9,11 +9,12 @@ explains why an action waits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from mesh import reasons
 from mesh.errors import Conflict, InvalidInput, NotFound, StateCorrupt
+from mesh.poolconfig import GroupStatus, JobHome, PoolConfig, PoolStatus
 from mesh.protocol import AgentHoldings, Assignment, AttemptReport
 from mesh.schema import (
     Action,
@@ -37,8 +38,9 @@ from scheduler.core.accounts import Accounts
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision
 from scheduler.core.events import EventSink, PriorityMoves
+from scheduler.core.groups import Groups
 from scheduler.core.ledger import ActionEntry, Ledger
-from scheduler.core.lifecycle import Lifecycle, need_of, request_of
+from scheduler.core.lifecycle import Lifecycle, need_of
 from scheduler.core.placement import Placer, Slot, could_ever_run
 from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.events import QuotaSink
@@ -68,7 +70,7 @@ class SchedulerState:
                  quota_options: QuotaOptions | None = None, quirks: Quirks | None = None,
                  quota_sink: QuotaSink | None = None, archive: Archive | None = None,
                  ) -> None:
-        self.capacity_percent = capacity_percent
+        self.groups = Groups(capacity_percent)
         # Finished actions a restart did not load: asked for when an id is not in memory.
         self._archive: Archive = archive or NoArchive()
         self._archived: dict[Stage, int] = {}
@@ -77,7 +79,7 @@ class SchedulerState:
         self._quota = QuotaScheduler(0.0, quota_options, quirks, PriorityMoves(
             self._ledger.note, self._ledger.attempt_of, quota_sink))
         self._agents: dict[AgentId, AgentEntry] = {}
-        self._life = Lifecycle(self._ledger, self._quota, self._agents)
+        self._life = Lifecycle(self._ledger, self._quota, self._agents, self.groups)
         self._reconciler = Reconciler(self._life)
         self.accounts = Accounts(self._quota, self._ledger)
         # Agents whose live load turned work away: their next sample may let it in.
@@ -96,19 +98,27 @@ class SchedulerState:
         self._ledger.last_seq = max(self._ledger.last_seq, saved.last_seq)
         self._archived = dict(saved.finished)
         self.drained = set(saved.drained)
+        self.groups.restore(saved.pool)
         for record, attempts in sorted(saved.actions, key=lambda a: a[0].seq):
             self._ledger.admit(ActionEntry.from_record(record, attempts))
         # In the order the quota queue keeps them, so each is added at its end.
         waiting = sorted(self._ledger.in_stage(Stage.QUEUED), key=lambda e: (e.submitted_at, e.id))
-        restore_queue(self._quota, (request_of(entry) for entry in waiting), now)
+        restore_queue(self._quota, (self._life.request(entry) for entry in waiting), now)
         accounts = len(saved.accounts.accounts) if saved.accounts is not None else 0
         self._ledger.note(MeshEvent(time=now, kind="scheduler_started", reason=reasons.RESTARTED
                                     .format(actions=len(saved.actions), accounts=accounts)))
 
-    def writing(self) -> AbstractContextManager[Changes]:
+    @contextmanager
+    def writing(self) -> Iterator[Changes]:
         """The changes since the last write; given back for the next one if the write
         (the body of the `with`) raises."""
-        return self._ledger.writing()
+        with self._ledger.writing() as changes:
+            changes.pool = self.groups.take_changes()
+            try:
+                yield changes
+            except BaseException:
+                self.groups.give_back(changes.pool)
+                raise
 
     def quota_snapshot(self, now: float) -> QuotaSnapshot:
         """The whole quota state as a value, for the store, a bug report or a test."""
@@ -137,7 +147,7 @@ class SchedulerState:
             assert spec.id is not None
             if self._known(spec.id) is not None or spec.id in fresh or spec.id in refused:
                 continue
-            verdict = self._unplaceable(need_of(spec), now)
+            verdict = self._unplaceable(need_of(spec, groups=self.groups), now)
             if verdict is not None and reject_unplaceable:
                 refused[spec.id] = verdict.summary
                 continue
@@ -146,7 +156,7 @@ class SchedulerState:
             fresh[spec.id] = (entry, verdict.summary if verdict is not None else "")
         self._ledger.accept(list(fresh.values()), now, commit)
         for entry, _ in fresh.values():
-            self._quota.add_request(request_of(entry), now)
+            self._quota.add_request(self._life.request(entry), now)
         outcomes: list[SubmitOutcome] = []
         told: set[ActionId] = set()
         for spec in specs:
@@ -192,8 +202,10 @@ class SchedulerState:
         entry = self._find(action_id)
         pending = None
         if entry.stage is Stage.QUEUED:
-            request = request_of(entry)
-            pending = self._placer.explain(self._slots(), request, now)
+            request = self._life.request(entry)
+            job = entry.source.job
+            pending = self._placer.explain(self._slots(), request, now, job,
+                                           self.groups.home(job))
             if entry.id in self._quota.queued:
                 priority, quota = self.accounts.why_waiting(request)
                 pending = pending.model_copy(update={
@@ -282,7 +294,7 @@ class SchedulerState:
         only_clears = bool(self._agents)
         entry = self._agents.get(info.agent_id)
         if entry is None:
-            entry = AgentEntry(info=info, capacity_percent=self.capacity_percent,
+            entry = AgentEntry(info=info, terms=self.groups.terms(info),
                                drained=info.agent_id in self.drained)
             self._agents[info.agent_id] = entry
             reason = reasons.AGENT_JOINED.format(
@@ -290,6 +302,7 @@ class SchedulerState:
                 labels=", ".join(info.labels))
         else:
             entry.info = info
+            entry.terms = self.groups.terms(info)
             entry.state = "alive"
             reason = reasons.AGENT_REJOINED.format(host=info.hostname)
         self._ledger.note(MeshEvent(time=now, kind="agent_joined", agent_id=info.agent_id,
@@ -336,6 +349,112 @@ class SchedulerState:
             if not drained:
                 self._quota.touch_worker(agent_id)  # requests it turned down may run now
         return self._status(agent_id, now)
+
+    # ---- groups and jobs' homes ----------------------------------------------------------
+
+    def apply_pool(self, config: PoolConfig, now: float) -> PoolStatus:
+        """Put a pool config in force: agents take their group's terms, and jobs are
+        dispatched again over the new groups (running work stays where it is)."""
+        advance(self._quota, now)
+        self.groups.apply(config)
+        self._ledger.note(MeshEvent(time=now, kind="pool_applied", reason=reasons.POOL_APPLIED
+                                    .format(groups=len(config.groups),
+                                            assignments=len(config.assignments))))
+        self._reshape(now)
+        self.dispatch(now)
+        return self.pool_status(now)
+
+    def block_group(self, group: str, blocked: bool, now: float) -> GroupStatus:
+        """Give a group no new work (its running work finishes), or open it again."""
+        if self.groups.block(group, blocked):
+            self._ledger.note(MeshEvent(
+                time=now, kind="group_blocked" if blocked else "group_unblocked",
+                reason=(reasons.GROUP_BLOCKED if blocked else reasons.GROUP_UNBLOCKED)
+                .format(group=group)))
+            self._reshape(now)
+        return next(g for g in self.pool_status(now).groups if g.name == group)
+
+    def dispatch_due(self, now: float) -> bool:
+        return self.groups.due(now)
+
+    def dispatch(self, now: float) -> PoolStatus:
+        """Assign jobs to groups again from their recorded load; queued work of the jobs
+        that moved asks for its new group at once."""
+        weights = {group: 0.0 for group in self.groups.names()}
+        for agent in self._agents.values():
+            if agent.state == "alive" and not agent.drained:
+                weights[agent.group] += agent.cpu_capacity
+        done = self.groups.dispatch(now, weights)
+        open_groups = sum(1 for g, w in weights.items() if w > 0 and not self.groups.blocked(g))
+        self._ledger.note(MeshEvent(time=now, kind="dispatched", reason=reasons.DISPATCHED
+                                    .format(jobs=done.jobs, groups=open_groups,
+                                            moved=len(done.moved))))
+        self._refile(done.moved, now)
+        return self.pool_status(now)
+
+    def job_home(self, job: str, now: float) -> JobHome:
+        """Where the job's work goes (NotFound for a job with no group)."""
+        home = self.groups.home(job)
+        if home is None:
+            raise NotFound(f"job {job!r} has no group: it has no recorded load and no "
+                           "manual assignment, and has not run yet")
+        load = self.groups.history.loads(now, self.groups.config.dispatch_window).get(job, 0.0)
+        return JobHome(job=job, group=home.group, how=home.how, pinned=home.pinned, load=load)
+
+    def pool_status(self, now: float) -> PoolStatus:
+        config = self.groups.config
+        loads = self.groups.history.loads(now, config.dispatch_window)
+        jobs: dict[str, int] = {}
+        load: dict[str, float] = {}
+        for job in {*self.groups.homes, *config.assignments}:
+            home = self.groups.home(job)
+            assert home is not None
+            jobs[home.group] = jobs.get(home.group, 0) + 1
+            load[home.group] = load.get(home.group, 0.0) + loads.get(job, 0.0)
+        groups = []
+        for name in self.groups.names():
+            configured = config.groups.get(name)
+            agents = sorted(a for a, e in self._agents.items() if e.group == name)
+            by = ("config" if configured is not None and configured.blocked else
+                  "operator" if name in self.groups.blocked_by_operator else "")
+            groups.append(GroupStatus(
+                name=name, blocked=bool(by), blocked_by=by,
+                capacity=configured.capacity if configured else self.groups.default_capacity,
+                capabilities=configured.capabilities if configured else [], agents=agents,
+                cpus=sum(self._agents[a].cpu_capacity for a in agents
+                         if self._agents[a].state == "alive"),
+                jobs=jobs.get(name, 0), load=load.get(name, 0.0)))
+        dispatched = self.groups.dispatched_at
+        return PoolStatus(config=config, groups=groups, dispatched_at=dispatched,
+                          next_dispatch_at=None if dispatched is None
+                          else dispatched + config.dispatch_every)
+
+    def _reshape(self, now: float) -> None:
+        """After the groups changed: each agent takes its group's terms, and queued work
+        asks for its job's group as it is now."""
+        for agent in self._agents.values():
+            agent.terms = self.groups.terms(agent.info)
+            self._quota.reshape_worker(agent.agent_id, agent.labels, agent.cpu_capacity,
+                                       int(agent.memory_capacity))
+        self._refile(None, now)
+
+    def _refile(self, jobs: set[str] | None, now: float) -> None:
+        """Queued actions of these jobs (None: of every job) ask again for their job's
+        group; verdicts of unplaceable are judged again."""
+        if jobs is not None and not jobs:
+            return
+        queued = self._quota.queued
+        for entry in self._ledger.in_stage(Stage.QUEUED):
+            if jobs is not None and entry.source.job not in jobs:
+                continue
+            old = queued.get(entry.id)
+            if old is None:
+                continue
+            new = self._life.request(entry)
+            if (new.base_labels, new.provisionable_labels) != (old.base_labels,
+                                                               old.provisionable_labels):
+                self._quota.refile(new)
+        self._judge_queue(now, only_clears=False)
 
     def agent_info(self, agent_id: AgentId) -> AgentInfo | None:
         """What a registered agent said of itself; None for one not in the pool."""
@@ -400,7 +519,7 @@ class SchedulerState:
                 action_id=entry.id, attempt=entry.attempt, stage=entry.stage,
                 cpus=run.request.cpus, memory=run.request.memory))
         return AgentStatus(
-            info=agent.info, state=agent.shown_state(len(running)),
+            info=agent.info, state=agent.shown_state(len(running)), group=agent.group,
             capacity_percent=agent.capacity_percent,
             load=agent.load, load_age=agent.load_age(now),
             reserved_cpus=sum(r.cpus for r in running),
@@ -513,7 +632,7 @@ class SchedulerState:
         for entry in self._ledger.in_stage(Stage.QUEUED):
             if only_clears and not entry.unplaceable:
                 continue
-            need = queued.get(entry.id) or request_of(entry)  # the one queued, if any
+            need = queued.get(entry.id) or self._life.request(entry)  # the one queued, if any
             shape = (need.base_labels, need.cpus, need.memory)
             if shape not in verdicts:
                 verdicts[shape] = self._unplaceable(need, now)

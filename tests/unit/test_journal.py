@@ -185,6 +185,9 @@ def test_a_version_4_file_gets_its_stage_events_in_the_log_with_their_kinds(
     store.db.executescript("""
         DROP TABLE journal;
         DROP TABLE drained;
+        DROP TABLE pool;
+        DROP TABLE homes;
+        DROP TABLE job_load;
         CREATE TABLE events (action_id TEXT NOT NULL, seq INTEGER NOT NULL,
             attempt INTEGER NOT NULL, stage TEXT NOT NULL, time REAL NOT NULL, agent_id TEXT,
             exit_code INTEGER, reason TEXT NOT NULL, PRIMARY KEY (action_id, seq))

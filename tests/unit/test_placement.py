@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from mesh.schema import AgentState
+from scheduler.core.groups import Groups
 from scheduler.core.lifecycle import need_of
 from scheduler.core.placement import (
     BaseLabels,
@@ -29,8 +31,8 @@ def entry(cpus: float = 4, memory: int = 8 * GIB, labels: list[str] | None = Non
           drained: bool = False) -> Slot:
     """An agent with a fresh load sample (`mesh`: the share of it our attempts use) and
     nothing reserved yet."""
-    e = AgentEntry(info=agent(agent_id, cpus=cpus, memory=memory, labels=labels), state=state,
-                   drained=drained)
+    info = agent(agent_id, cpus=cpus, memory=memory, labels=labels)
+    e = AgentEntry(info=info, terms=Groups().terms(info), state=state, drained=drained)
     e.take_load(load(cpu_percent, available=available, mesh=mesh), loaded_at)
     return Slot(e, Worker(e.agent_id, e.labels, e.cpu_capacity, int(e.memory_capacity)))
 
@@ -111,7 +113,7 @@ def test_reservations_count_against_capacity() -> None:
 
 def test_capacity_percent_scales_headroom() -> None:
     slot = entry(cpus=4)
-    slot.agent.capacity_percent = 50
+    slot.agent.terms = replace(slot.agent.terms, capacity_percent=50)
     assert CpuReservation().reject(slot, need(cpus=2), 0) is None
     assert CpuReservation().reject(slot, need(cpus=2.5), 0) is not None
 

@@ -11,13 +11,13 @@ from mesh.poolconfig import DEFAULT_GROUP, PoolConfig
 EXAMPLE = """
 groups:
   big:
-    match: {labels: {pool: big}}
+    match: {labels: ['pool:big']}
     capabilities: [vpn]
   arm:
     match: {hostnames: ["arm-*", "graviton-?"]}
     capacity: 20
   gcp:
-    match: {labels: {cloud: gcp}, hostnames: ["build0*"]}
+    match: {labels: ['cloud:gcp'], hostnames: ["build0*"]}
     blocked: true
 assignments:
   linux-build: {group: big, pin: true}
@@ -41,19 +41,19 @@ def test_the_example_reads_with_its_shorthand_and_durations() -> None:
 
 
 @pytest.mark.parametrize(("hostname", "labels", "group"), [
-    pytest.param("x", {"pool": "big"}, "big", id="by-label"),
-    pytest.param("x", {"pool": "big", "other": "y"}, "big", id="extra-labels-do-not-matter"),
-    pytest.param("x", {"pool": "small"}, DEFAULT_GROUP, id="label-value-differs"),
-    pytest.param("arm-7", {}, "arm", id="by-hostname-pattern"),
-    pytest.param("graviton-3", {}, "arm", id="by-one-char-pattern"),
-    pytest.param("graviton-10", {}, DEFAULT_GROUP, id="one-char-pattern-is-one-char"),
-    pytest.param("ARM-7", {}, DEFAULT_GROUP, id="hostname-case-matters"),
-    pytest.param("build03", {"cloud": "gcp"}, "gcp", id="labels-and-hostname-both"),
-    pytest.param("build03", {}, DEFAULT_GROUP, id="hostname-without-its-labels"),
-    pytest.param("arm-1", {"pool": "big"}, "big", id="first-group-in-file-order-wins"),
+    pytest.param("x", ["pool:big"], "big", id="by-label"),
+    pytest.param("x", ["pool:big", "other:y"], "big", id="extra-labels-do-not-matter"),
+    pytest.param("x", ["pool:small"], DEFAULT_GROUP, id="label-value-differs"),
+    pytest.param("arm-7", [], "arm", id="by-hostname-pattern"),
+    pytest.param("graviton-3", [], "arm", id="by-one-char-pattern"),
+    pytest.param("graviton-10", [], DEFAULT_GROUP, id="one-char-pattern-is-one-char"),
+    pytest.param("ARM-7", [], DEFAULT_GROUP, id="hostname-case-matters"),
+    pytest.param("build03", ["cloud:gcp"], "gcp", id="labels-and-hostname-both"),
+    pytest.param("build03", [], DEFAULT_GROUP, id="hostname-without-its-labels"),
+    pytest.param("arm-1", ["pool:big"], "big", id="first-group-in-file-order-wins"),
 ])
 def test_an_agent_is_in_the_first_group_that_matches_it(
-        hostname: str, labels: dict[str, str], group: str) -> None:
+        hostname: str, labels: list[str], group: str) -> None:
     assert PoolConfig.parse(EXAMPLE).group_of(hostname, labels) == group
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mesh.poolconfig import GROUP_LABEL_PREFIX
 from mesh.schema import AccountConfig, AccountId
 from scheduler.core.quota.model import Request, Worker
 
@@ -22,11 +23,15 @@ def fanout_group(request: Request) -> Group:
     with no account shares one group (upstream's group 0), which is always throttled.
 
     Upstream hashes the sorted concatenation of its two label lists; ours are sets, so a
-    label named in both lists counts once (swarming's two lists never overlap).
+    label named in both lists counts once (swarming's two lists never overlap). Group
+    labels (`mesh-group:big`, which a job's assignment adds) are left out: where the mesh
+    sends a job's work must not split its account's fanout into one limit per group.
     """
     if request.group is None:
+        labels = request.provisionable_labels | request.base_labels
         request.group = ("",) if not request.account_id else (
-            request.account_id, *sorted(request.provisionable_labels | request.base_labels))
+            request.account_id,
+            *sorted(label for label in labels if not label.startswith(GROUP_LABEL_PREFIX)))
     return request.group
 
 

@@ -287,6 +287,25 @@ class QuotaScheduler:
         if worker is not None:
             worker.confirm(t)
 
+    def reshape_worker(self, worker_id: AgentId, labels: frozenset[str], cpus: float,
+                       memory: int) -> None:
+        """The mesh changed what the worker offers (its group's config): its labels and
+        size change in place, and what runs there stays (above its size, until it ends)."""
+        worker = self.workers.get(worker_id)
+        if worker is None or (worker.labels, worker.cpus, worker.memory) == (labels, cpus,
+                                                                            memory):
+            return
+        worker.labels, worker.cpus, worker.memory = labels, cpus, memory
+        worker.modified_time = self.last_update_time
+
+    def refile(self, request: Request) -> None:
+        """A queued request asks for other labels (its job's group moved): it is filed
+        again in their place, as not examined since, keeping its enqueue time."""
+        old = self.queued[request.id]
+        request.confirm(old.confirmed_time)
+        del self.queued[request.id]
+        self.queued[request.id] = request
+
     def touch_worker(self, worker_id: AgentId) -> None:
         """Something the core cannot see (its live load) may let the worker take work it
         was already matched against: consider every waiting request for it again."""

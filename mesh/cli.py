@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,11 +18,13 @@ from rich.live import Live
 from mesh import bootstrap
 from mesh.cli_accounts import accounts, print_accounts
 from mesh.cli_events import events
+from mesh.cli_pool import apply, assignment, config, dispatch, groups, read_config_file
 from mesh.client import Client, connect
 from mesh.cliout import client_of, dump, errors, table
 from mesh.errors import InvalidInput, MeshError
 from mesh.health import EXIT_CODES, judge
 from mesh.names import ENV_GRPC_TOKEN
+from mesh.poolconfig import PoolConfig
 from mesh.schema import (
     FREE_BUCKET,
     Action,
@@ -77,15 +80,31 @@ def cli(ctx: click.Context, address: str) -> None:
 @click.option("--run-as", default=None,
               help="run actions as this user, so that they cannot read what the agents' "
               "user can (agents must run as root to switch)")
+@click.option("--pool-config", default=None, type=click.Path(dir_okay=False),
+              help="pool config file (groups, job assignments): applied now and whenever "
+              "it changes")
+@click.option("--http-port", type=int, default=None,
+              help="serve the dispatcher's HTTP endpoint on this port of the head")
+@click.option("--http-host", default=None,
+              help="the address the HTTP endpoint listens on (default 127.0.0.1)")
 @click.pass_context
 @errors
 def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
        link: str | None, link_port: int | None, link_cert: str | None, link_key: str | None,
        grpc_port: int | None, grpc_host: str | None, grpc_token_file: str | None,
        grpc_cert: str | None, grpc_key: str | None, retention: str | None,
-       log_dir: str | None, log_budget: str | None, run_as: str | None) -> None:
+       log_dir: str | None, log_budget: str | None, run_as: str | None,
+       pool_config: str | None, http_port: int | None, http_host: str | None) -> None:
     """Start the mesh (and a local Ray cluster if none is running)."""
     fields: dict[str, Any] = {"head_agent": not no_head_agent, "run_as": run_as}
+    if pool_config is not None:
+        # Refused here, naming the field, rather than in the scheduler's log.
+        PoolConfig.parse(read_config_file(pool_config), pool_config)
+        fields["pool_config"] = str(Path(pool_config).resolve())
+    if http_port is not None:
+        fields["http_port"] = http_port
+    if http_host is not None:
+        fields["http_host"] = http_host
     if state_dir:
         fields["state_dir"] = state_dir
     if link is not None:
@@ -410,8 +429,8 @@ def agents(ctx: click.Context, as_json: bool) -> None:
         dump([a.model_dump(mode="json") for a in pool])
         return
     table([_agent_row(a) for a in pool],
-           ["AGENT", "STATE", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL", "RUNNING",
-            "LINK", "CONTAINED BY", "RUNS AS", "LABELS"])
+           ["AGENT", "STATE", "GROUP", "HOST", "CPUS", "RESERVED", "LOAD", "MEM AVAIL",
+            "RUNNING", "LINK", "CONTAINED BY", "RUNS AS", "LABELS"])
 
 
 @agents.command()
@@ -438,7 +457,7 @@ def undrain(ctx: click.Context, agent: str) -> None:
 
 def _agent_row(a: AgentStatus) -> list[str]:
     load = a.load
-    return [a.info.agent_id[:12], a.state, a.info.hostname, f"{a.info.cpus:g}",
+    return [a.info.agent_id[:12], a.state, a.group, a.info.hostname, f"{a.info.cpus:g}",
             f"{a.reserved_cpus:g} CPU/{format_size(a.reserved_memory)}",
             # The live-load check judges by the share that is not the mesh's own.
             f"{load.cpu_percent:.0f}% ({load.mesh_cpu_percent:.0f}% ours)" if load else "-",
@@ -474,6 +493,8 @@ def demo(ctx: click.Context, count: int) -> None:
 
 cli.add_command(accounts)
 cli.add_command(events)
+for command in (apply, config, groups, dispatch, assignment):
+    cli.add_command(command)
 
 
 def main() -> None:

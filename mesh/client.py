@@ -9,6 +9,7 @@ from collections.abc import Generator, Iterator, Sequence
 from itertools import repeat
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from mesh import bootstrap
@@ -22,6 +23,7 @@ from mesh.errors import (
     Unplaceable,
 )
 from mesh.health import judge
+from mesh.poolconfig import GroupStatus, JobHome, PoolConfig, PoolStatus
 from mesh.schema import (
     AccountConfig,
     AccountStatus,
@@ -337,6 +339,40 @@ class Client:
         """Let a drained agent take work again."""
         status: AgentStatus = call(self.scheduler.drain, agent, False)
         return status
+
+    def apply(self, config: str | PoolConfig) -> PoolStatus:
+        """Put a pool config (a YAML text, or the model) in force, without restarting
+        anything; a bad one is refused whole (InvalidInput naming each field) and the
+        config in force stays. Kept across scheduler restarts."""
+        text = config if isinstance(config, str) else yaml.safe_dump(
+            config.model_dump(mode="json"), sort_keys=False)
+        status: PoolStatus = call(self.scheduler.apply_pool, text)
+        return status
+
+    def pool_config(self) -> PoolStatus:
+        """The pool config in force, and its groups now."""
+        status: PoolStatus = call(self.scheduler.pool_status)
+        return status
+
+    def block(self, group: str) -> GroupStatus:
+        """Give a whole group no new work; its running work finishes."""
+        status: GroupStatus = call(self.scheduler.block_group, group, True)
+        return status
+
+    def unblock(self, group: str) -> GroupStatus:
+        """Lift an operator's block of a group (a block in the pool config stays)."""
+        status: GroupStatus = call(self.scheduler.block_group, group, False)
+        return status
+
+    def dispatch(self) -> PoolStatus:
+        """Assign jobs to groups again from their recorded load, now."""
+        status: PoolStatus = call(self.scheduler.dispatch)
+        return status
+
+    def assignment(self, job: str) -> JobHome:
+        """Where the job's work goes and why (NotFound for a job with no group yet)."""
+        home: JobHome = call(self.scheduler.job_home, job)
+        return home
 
     def health(self) -> MeshHealth:
         """Every part asked (the scheduler, whether it serves and can write its state, the

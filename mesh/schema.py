@@ -957,6 +957,15 @@ class MeshConfig(Model):
         description="the name agents expect in link_cert (default: the head's address)")
     gateway: GatewayConfig | None = Field(
         None, description="serve the gRPC gateway on the head (off when unset)")
+    pool_config: str | None = Field(
+        None, description="a pool config file on the head (`mesh up --pool-config`): applied "
+        "when the scheduler starts and whenever it changes; a bad edit is refused and logged, "
+        "and the config in force stays")
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="serve the dispatcher's HTTP endpoint on this port "
+        "of the head (GET /assignment?job=NAME, GET /event?dispatch=true); off when unset")
+    http_host: str = Field("127.0.0.1", min_length=1, max_length=255,
+                           description="the address the HTTP endpoint listens on")
     load_heartbeat: PositiveSeconds = Field(
         5.0, description="an agent whose load has not changed much re-sends it this often "
         "(an idle fleet's cost to the scheduler); must be below load_stale_after")
@@ -971,7 +980,8 @@ class MeshConfig(Model):
         for a look is kept past its time, so a short retention looks more often."""
         return max(EXPIRE_FLOOR, min(EXPIRE_INTERVAL, self.retention / EXPIRE_SHARE))
 
-    @field_validator("state_dir", "log_dir", "workspace_dir", "link_cert", "link_key")
+    @field_validator("state_dir", "log_dir", "workspace_dir", "link_cert", "link_key",
+                     "pool_config")
     @classmethod
     def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else check_path(value, str(info.field_name))

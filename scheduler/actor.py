@@ -15,6 +15,7 @@ from mesh import dashboards, names
 from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
 from mesh.errors import InvalidInput, StateDirRefused
 from mesh.metrics import Recorder
+from mesh.poolconfig import GroupStatus, JobHome, PoolConfig, PoolStatus
 from mesh.protocol import AttemptReport, ReportAnswer
 from mesh.schema import (
     AccountConfig,
@@ -219,6 +220,43 @@ class SchedulerActor:
         if not isinstance(drained, bool):
             raise InvalidInput("drained: expected true or false", [("drained", repr(drained))])
         return self.s.drain(arrived_id(agent, "agent"), drained)
+
+    async def apply_pool(self, text: str) -> PoolStatus:
+        """Put the pool config in this YAML text in force (a bad one is refused whole, each
+        field named, and the config in force stays)."""
+        await self._serving()
+        if not isinstance(text, str):
+            raise InvalidInput("pool config: expected the file's text", [("pool config",
+                                                                          "not text")])
+        return self.s.apply_pool(PoolConfig.parse(text))
+
+    async def pool_status(self) -> PoolStatus:
+        await self._serving()
+        return self.s.core.pool_status(self.s.clock())
+
+    async def block_group(self, group: str, blocked: bool = True) -> GroupStatus:
+        """No new work for the group's agents (their running work finishes); with
+        `blocked` false, open it again. Kept across restarts."""
+        await self._serving()
+        if not isinstance(blocked, bool):
+            raise InvalidInput("blocked: expected true or false", [("blocked", repr(blocked))])
+        return self.s.block_group(arrived_id(group, "group"), blocked)
+
+    async def dispatch(self) -> PoolStatus:
+        """Assign jobs to groups again from their recorded load, now."""
+        await self._serving()
+        return self.s.dispatch()
+
+    async def job_home(self, job: str) -> JobHome:
+        await self._serving()
+        if not isinstance(job, str) or not job or len(job) > 256:
+            raise InvalidInput("job: expected a job name (1 to 256 characters)",
+                               [("job", repr(job)[:80])])
+        return self.s.core.job_home(job, self.s.clock())
+
+    async def http_port(self) -> int | None:
+        """The port the dispatcher's HTTP endpoint serves on (None: it does not serve)."""
+        return self._body().http_port
 
     async def health(self) -> Health:
         """Answers at once, serving or not: whether it serves and can write its state."""

@@ -21,6 +21,7 @@ import ray
 from mesh import reasons
 from mesh.errors import MeshError, SchedulerUnavailable
 from mesh.metrics import METRICS_INTERVAL
+from mesh.poolconfig import GroupStatus, PoolConfig, PoolStatus
 from mesh.protocol import (
     AgentHoldings,
     Assignment,
@@ -45,9 +46,11 @@ from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, mak
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.state import SchedulerState
 from scheduler.durable import Writer
+from scheduler.http import DispatchHttp
 from scheduler.journal import JournalReads
 from scheduler.link import LinkServer
 from scheduler.nodes import alive, parse_nodes, wanted
+from scheduler.poolfile import PoolFile
 from scheduler.sinks import EventBook, QuotaLog
 from scheduler.store import Store
 from scheduler.telemetry import Discard, Sink, Telemetry
@@ -67,6 +70,8 @@ LINK_RETRY_FIRST, LINK_RETRY_MAX = 1.0, 30.0
 REGRANT_AFTER = 10.0
 # Seconds between passes when nothing else asks for one.
 QUOTA_PASS_INTERVAL = 2.0
+# Seconds between looks at the pool config file and at whether a dispatch is due.
+POOL_CHECK_INTERVAL = 2.0
 # Finished actions kept in memory (the latest, written ones); the store answers for others.
 FINISHED_IN_MEMORY = 1000
 
@@ -106,6 +111,8 @@ class Scheduler:
         self._synced: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._granted_at: dict[AgentId, float] = {}
+        self.http_port: int | None = None
+        self._http: DispatchHttp | None = None
         self.link = LinkServer(config, link_host, self.core.agent_info, self.report_attempt,
                                self.report_load, self._stopped, self._deliver_otherwise, clock)
 
@@ -149,6 +156,9 @@ class Scheduler:
         self._spawn(self.upkeep.save_accounts())
         self._spawn(self.upkeep.expire())
         self._spawn(self._metrics_loop())
+        self._spawn(self._pool_loop())
+        if self.config.http_port is not None:
+            self._spawn(self._serve_http(self.config.http_port))
         self.writer.start(self._spawn, self._resume)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -502,6 +512,69 @@ class Scheduler:
         self.kick()
         return self._linked(status)
 
+    # ---- groups: the pool config, blocks, and jobs' dispatch --------------------------------
+
+    def apply_pool(self, config: PoolConfig) -> PoolStatus:
+        """Put a pool config in force, durably (refused while read-only)."""
+        self.writer.refuse_if_read_only("pool config changes")
+        status = self.core.apply_pool(config, self.clock())
+        self._written("the pool config")
+        return status
+
+    def block_group(self, group: str, blocked: bool) -> GroupStatus:
+        self.writer.refuse_if_read_only("blocks")
+        status = self.core.block_group(group, blocked, self.clock())
+        self._written("the block" if blocked else "the unblock")
+        return status
+
+    def dispatch(self) -> PoolStatus:
+        """Assign jobs to groups again now (refused while read-only)."""
+        self.writer.refuse_if_read_only("dispatches")
+        status = self.core.dispatch(self.clock())
+        self._written("the dispatch")
+        return status
+
+    def _written(self, what: str) -> None:
+        """Write the change just made and run a pass; StoreReadOnly if it was not written."""
+        written = self.writer.write()
+        self.kick()
+        if not written:
+            raise self.writer.refusal(f"{what} is in force but not yet written (it will be "
+                                      "once the store can write, unless the scheduler "
+                                      "restarts first)")
+
+    async def _pool_loop(self) -> None:
+        """Follow the pool config file, if one was named, and dispatch jobs when due."""
+        watched = PoolFile(self.config.pool_config) if self.config.pool_config else None
+        while True:
+            try:
+                if not self.writer.read_only:
+                    self._pool_upkeep(watched)
+            except Exception:
+                log.exception("pool upkeep failed; will try again")
+            await asyncio.sleep(POOL_CHECK_INTERVAL)
+
+    async def _serve_http(self, port: int) -> None:
+        http = DispatchHttp(self.config.http_host, port,
+                            lambda job: self.core.job_home(job, self.clock()), self.dispatch)
+        try:
+            self.http_port = await http.start()
+        except OSError as exc:
+            log.error("the dispatcher's HTTP endpoint cannot serve on %s:%d: %s",
+                      self.config.http_host, port, exc)
+            return
+        self._http = http
+        log.info("dispatcher HTTP endpoint on %s:%d", self.config.http_host, self.http_port)
+
+    def _pool_upkeep(self, watched: PoolFile | None) -> None:
+        config = watched.changed() if watched is not None else None
+        if config is not None and config != self.core.groups.config:
+            self.apply_pool(config)
+            log.info("pool config %s applied: %d group(s)", watched and watched.path,
+                     len(config.groups))
+        elif self.core.dispatch_due(self.clock()):
+            self.dispatch()
+
     # ---- reads that are not the core's alone ---------------------------------------------
 
     def pool(self) -> list[AgentStatus]:
@@ -524,6 +597,8 @@ class Scheduler:
         results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
                                        return_exceptions=True)
         await self.link.close()
+        if self._http is not None:
+            await self._http.close()
         for task in list(self._tasks):
             task.cancel()
         return sum(1 for r in results if not isinstance(r, BaseException))

@@ -88,6 +88,7 @@ class Groups:
         self.homes: dict[str, Home] = {}  # dispatched or first-run; manual ones are config's
         self.history = JobHistory()
         self.dispatched_at: float | None = None
+        self._period_from: float | None = None
         self._changes = PoolChanges()
 
     # ---- groups ----------------------------------------------------------------------------
@@ -165,8 +166,12 @@ class Groups:
         self._changes.load[key] = self._changes.load.get(key, 0.0) + cpu_seconds
 
     def due(self, now: float) -> bool:
-        return (self.dispatched_at is None
-                or now - self.dispatched_at >= self.config.dispatch_every)
+        """Whether a period has passed since the last dispatch (or, before any, since the
+        first time this was asked: a new scheduler does not reshuffle at once)."""
+        if self.dispatched_at is None:
+            self._period_from = self._period_from if self._period_from is not None else now
+            return now - self._period_from >= self.config.dispatch_every
+        return now - self.dispatched_at >= self.config.dispatch_every
 
     def dispatch(self, now: float, weights: Mapping[str, float]) -> Dispatched:
         """Assign every job with load in the window (and every manual one) a group, in

@@ -58,6 +58,8 @@ from scheduler.core.records import Archive, Changes, Expired, Kept, NoArchive, S
 
 # Memory freed on an agent that is worth another placement pass (or 1% of the machine).
 MEMORY_STEP = 64 * 2**20
+# What makes two requests alike to the checks that judge them unplaceable.
+Shape = tuple[frozenset[str], float, int]
 # Finished actions read from the archive at a time when listing.
 LIST_PAGE = 1000
 
@@ -143,11 +145,12 @@ class SchedulerState:
         fresh: dict[ActionId, tuple[ActionEntry, str]] = {}
         refused: dict[ActionId, str] = {}
         seq = self._ledger.last_seq
+        verdicts: dict[Shape, PendingReason | None] = {}
         for spec in specs:
             assert spec.id is not None
             if self._known(spec.id) is not None or spec.id in fresh or spec.id in refused:
                 continue
-            verdict = self._unplaceable(need_of(spec, groups=self.groups), now)
+            verdict = self._verdict(need_of(spec, groups=self.groups), now, verdicts)
             if verdict is not None and reject_unplaceable:
                 refused[spec.id] = verdict.summary
                 continue
@@ -534,7 +537,7 @@ class SchedulerState:
         if not self._agents or not (self._quota.queued or self._quota.running):
             return []  # (with only running work, the pass still promotes and demotes)
         decisions: list[Decision] = []
-        for assignment in run_once(self._quota, self._gate(now)):
+        for assignment in run_once(self._quota, self._gate(now), self._takes_work):
             decisions.extend(self._apply(assignment, now))
         return decisions
 
@@ -570,6 +573,13 @@ class SchedulerState:
             return True
 
         return admit
+
+    def _takes_work(self, worker: Worker) -> bool:
+        """Whether the agent is open to new work at all: alive, not drained, and its group
+        not blocked (the gate's `Alive` and `Open` checks, asked once per worker)."""
+        agent = self._agents.get(worker.id)
+        return (agent is not None and agent.state == "alive" and not agent.drained
+                and not agent.terms.blocked)
 
     def _apply(self, assignment: QuotaAssignment, now: float) -> list[Decision]:
         entry = self._ledger.get(assignment.request_id)
@@ -623,20 +633,26 @@ class SchedulerState:
             return None
         return self._placer.explain(self._slots(), need, now)
 
+    def _verdict(self, need: Request, now: float, verdicts: dict[Shape, PendingReason | None],
+                 ) -> PendingReason | None:
+        """`_unplaceable`, once per shape of request in `verdicts` (a batch, a re-judging):
+        the same labels and size get the same answer."""
+        shape = (need.base_labels, need.cpus, need.memory)
+        if shape not in verdicts:
+            verdicts[shape] = self._unplaceable(need, now)
+        return verdicts[shape]
+
     def _judge_queue(self, now: float, only_clears: bool) -> None:
         """Re-judge queued actions after the pool changed: flag the ones no agent could
         ever take, and tell watchers once. With `only_clears`, only flagged ones can
         change, so only they are looked at; actions of one shape share one verdict."""
-        verdicts: dict[tuple[frozenset[str], float, int], PendingReason | None] = {}
+        verdicts: dict[Shape, PendingReason | None] = {}
         queued = self._quota.queued
         for entry in self._ledger.in_stage(Stage.QUEUED):
             if only_clears and not entry.unplaceable:
                 continue
             need = queued.get(entry.id) or self._life.request(entry)  # the one queued, if any
-            shape = (need.base_labels, need.cpus, need.memory)
-            if shape not in verdicts:
-                verdicts[shape] = self._unplaceable(need, now)
-            verdict = verdicts[shape]
+            verdict = self._verdict(need, now, verdicts)
             was = entry.unplaceable
             entry.unplaceable = verdict is not None
             if verdict is not None and not was:

@@ -187,3 +187,11 @@ def test_groups_homes_and_load_survive_a_restart(tmp_path: Path) -> None:
     assert again.job_home("build", 30) == core.job_home("build", 30)
     assert again.job_home("build", 30).load == pytest.approx(5.0)
     assert again.job_home("docs", 30).how == "manual"
+
+
+def test_a_dispatch_falls_due_a_period_after_the_last_or_after_the_first_look() -> None:
+    core = pool()
+    assert not core.dispatch_due(1000.0), "a new scheduler does not reshuffle at once"
+    assert core.dispatch_due(1000.0 + 86400), "one period (1d by default) after"
+    core.dispatch(2000.0)
+    assert not core.dispatch_due(2000.0 + 86399) and core.dispatch_due(2000.0 + 86400)

@@ -48,6 +48,9 @@ from scheduler.core.quota.view import OUT, LevelView, Skip
 # caller knows (the mesh asks its placement chain: the agent's state and live load too)?
 # With a task run: room is being made by preempting it.
 Gate = Callable[[Worker, Request, TaskRun | None], bool]
+# Does the worker ask for work at all? The mesh closes agents (drained, blocked, not alive)
+# as upstream's bots that do not call in: the pass does not walk the queue for them.
+Open = Callable[[Worker], bool]
 
 # Workers times an account's shapes above which looking its shapes up by label pays for
 # itself (rather than checking each shape's labels against each worker's).
@@ -65,17 +68,24 @@ def _demand(amount: float) -> float:
     return float(math.ceil(amount))
 
 
-def run_once(qs: QuotaScheduler, gate: Gate | None = None) -> list[QuotaAssignment]:
+def _every_worker(worker: Worker) -> bool:
+    return True
+
+
+def run_once(qs: QuotaScheduler, gate: Gate | None = None, open_worker: Open | None = None,
+             ) -> list[QuotaAssignment]:
     """Run one pass at the scheduler's current time; the state is updated as it goes."""
-    return Pass(qs, gate or reservations_fit).run()
+    return Pass(qs, gate or reservations_fit, open_worker or _every_worker).run()
 
 
 class Pass:
     """The decisions of one pass, and (overridable) where it finds its requests."""
 
-    def __init__(self, qs: QuotaScheduler, gate: Gate) -> None:
+    def __init__(self, qs: QuotaScheduler, gate: Gate, open_worker: Open = _every_worker,
+                 ) -> None:
         self.qs = qs
         self.gate = gate
+        self.open = open_worker
         self.now = qs.last_update_time
         self.matched: set[ActionId] = set()
         self.matched_at = [0] * (FREE_BUCKET + 1)  # requests taken from each level
@@ -195,7 +205,8 @@ class Pass:
     def _match_idle(self, p: int, provisioned_only: bool) -> None:
         if not self._unmatched(p):
             return
-        workers = sorted((w for w in self.qs.workers.values() if self._has_room(w)),
+        workers = sorted((w for w in self.qs.workers.values()
+                          if self._has_room(w) and self.open(w)),
                          key=lambda w: (w.free_cpus, w.id))
         for worker in workers:
 
@@ -282,6 +293,7 @@ class Pass:
             return
         candidates = [(w, run) for w, run in self.qs.runs() if run.priority > p]
         banned = {run.request.account_id for _, run in candidates}
+        candidates = [(w, run) for w, run in candidates if self.open(w)]
         candidates.sort(key=lambda c: c[1].cost)
         cut = self.qs.quirks.examined_cut_in_preemption
         chained = self.qs.quirks.chained_preemption

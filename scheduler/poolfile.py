@@ -14,16 +14,17 @@ log = logging.getLogger("actionmesh.scheduler")
 
 
 class PoolFile:
-    """A watched pool config file. `changed()` gives the config when the file's content
-    differs from the last look; a bad edit is logged once and None returned, so the
-    config in force stays."""
+    """A watched pool config file. `changed()` gives the config and its content's digest
+    when the content differs from the last look (or, at first, from `applied`: the digest
+    of what was last applied from it, before a restart); a bad edit is logged once and
+    None returned, so the config in force stays."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, applied: str | None = None) -> None:
         self.path = Path(path)
         self._seen: tuple[float, int] | None = None  # (mtime, size) at the last read
-        self._digest: str | None = None
+        self._digest = applied
 
-    def changed(self) -> PoolConfig | None:
+    def changed(self) -> tuple[PoolConfig, str] | None:
         try:
             stat = self.path.stat()
         except OSError as exc:
@@ -46,7 +47,7 @@ class PoolFile:
             return None  # touched, not changed
         self._digest = digest
         try:
-            return PoolConfig.parse(text, str(self.path))
+            return PoolConfig.parse(text, str(self.path)), digest
         except InvalidInput as exc:
             log.error("pool config %s refused, the config in force stays: %s", self.path, exc)
             return None

@@ -22,7 +22,8 @@ def write_pool(db: sqlite3.Connection, changes: PoolChanges) -> None:
     if changes.pool is not None:
         record = {"config": changes.pool.config.model_dump(mode="json"),
                   "blocked": sorted(changes.pool.blocked),
-                  "dispatched_at": changes.pool.dispatched_at}
+                  "dispatched_at": changes.pool.dispatched_at,
+                  "file_digest": changes.pool.file_digest}
         db.execute("INSERT OR REPLACE INTO pool VALUES (1, ?)", (json.dumps(record),))
     gone = [(job,) for job, home in changes.homes.items() if home is None]
     db.executemany("DELETE FROM homes WHERE job = ?", gone)
@@ -44,8 +45,10 @@ def read_pool(db: sqlite3.Connection, where: str) -> SavedPool:
             config = PoolConfig.model_validate(record["config"])
             blocked = {str(group) for group in record["blocked"]}
             dispatched_at = record["dispatched_at"]
+            digest = record.get("file_digest")
             saved.config, saved.blocked, saved.dispatched_at = config, blocked, (
                 None if dispatched_at is None else float(dispatched_at))
+            saved.file_digest = None if digest is None else str(digest)
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             # One damaged record must not keep the scheduler from starting: it starts with
             # every agent in the default group until a config is applied again.

@@ -112,6 +112,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._granted_at: dict[AgentId, float] = {}
         self.http_port: int | None = None
+        self.pool_looks = 0  # turns of the pool loop, for whoever waits on one
         self._http: DispatchHttp | None = None
         self.link = LinkServer(config, link_host, self.core.agent_info, self.report_attempt,
                                self.report_load, self._stopped, self._deliver_otherwise, clock)
@@ -514,10 +515,11 @@ class Scheduler:
 
     # ---- groups: the pool config, blocks, and jobs' dispatch --------------------------------
 
-    def apply_pool(self, config: PoolConfig) -> PoolStatus:
-        """Put a pool config in force, durably (refused while read-only)."""
+    def apply_pool(self, config: PoolConfig, file_digest: str | None = None) -> PoolStatus:
+        """Put a pool config in force, durably (refused while read-only); `file_digest`:
+        read from the pool config file, with that content."""
         self.writer.refuse_if_read_only("pool config changes")
-        status = self.core.apply_pool(config, self.clock())
+        status = self.core.apply_pool(config, self.clock(), file_digest)
         self._written("the pool config")
         return status
 
@@ -545,7 +547,8 @@ class Scheduler:
 
     async def _pool_loop(self) -> None:
         """Follow the pool config file, if one was named, and dispatch jobs when due."""
-        watched = PoolFile(self.config.pool_config) if self.config.pool_config else None
+        watched = (PoolFile(self.config.pool_config, self.core.groups.file_digest)
+                   if self.config.pool_config else None)
         while True:
             try:
                 if not self.writer.read_only:
@@ -567,9 +570,11 @@ class Scheduler:
         log.info("dispatcher HTTP endpoint on %s:%d", self.config.http_host, self.http_port)
 
     def _pool_upkeep(self, watched: PoolFile | None) -> None:
-        config = watched.changed() if watched is not None else None
-        if config is not None and config != self.core.groups.config:
-            self.apply_pool(config)
+        self.pool_looks += 1
+        edited = watched.changed() if watched is not None else None
+        if edited is not None:
+            config, digest = edited
+            self.apply_pool(config, digest)
             log.info("pool config %s applied: %d group(s)", watched and watched.path,
                      len(config.groups))
         elif self.core.dispatch_due(self.clock()):

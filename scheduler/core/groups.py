@@ -63,6 +63,9 @@ class SavedPool:
     config: PoolConfig = field(default_factory=PoolConfig)
     blocked: set[str] = field(default_factory=set)
     dispatched_at: float | None = None
+    # The content (sha256) of the pool config file last applied from the file, so that a
+    # restart applies the file only if it changed meanwhile, not over a `mesh apply`.
+    file_digest: str | None = None
     homes: dict[str, Home] = field(default_factory=dict)
     history: dict[str, dict[int, float]] = field(default_factory=dict)
 
@@ -88,6 +91,7 @@ class Groups:
         self.homes: dict[str, Home] = {}  # dispatched or first-run; manual ones are config's
         self.history = JobHistory()
         self.dispatched_at: float | None = None
+        self.file_digest: str | None = None
         self._period_from: float | None = None
         self._changes = PoolChanges()
 
@@ -117,8 +121,12 @@ class Groups:
         return Terms(group, float(capacity), self.blocked(group),
                      own | frozenset(capabilities) | {group_label(group)})
 
-    def apply(self, config: PoolConfig) -> None:
+    def apply(self, config: PoolConfig, file_digest: str | None = None) -> None:
+        """Put `config` in force (`file_digest`: it came from the pool config file, with
+        that content)."""
         self.config = config
+        if file_digest is not None:
+            self.file_digest = file_digest
         # A block of a group the new config no longer has would outlive it unseen.
         self.blocked_by_operator &= set(self.names())
         self._pool_changed()
@@ -207,12 +215,14 @@ class Groups:
     # ---- durable state ---------------------------------------------------------------------
 
     def saved(self) -> SavedPool:
-        return SavedPool(self.config, set(self.blocked_by_operator), self.dispatched_at)
+        return SavedPool(self.config, set(self.blocked_by_operator), self.dispatched_at,
+                         self.file_digest)
 
     def restore(self, saved: SavedPool) -> None:
         self.config = saved.config
         self.blocked_by_operator = set(saved.blocked)
         self.dispatched_at = saved.dispatched_at
+        self.file_digest = saved.file_digest
         self.homes = dict(saved.homes)
         self.history = JobHistory.restore(saved.history)
 

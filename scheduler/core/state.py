@@ -355,11 +355,13 @@ class SchedulerState:
 
     # ---- groups and jobs' homes ----------------------------------------------------------
 
-    def apply_pool(self, config: PoolConfig, now: float) -> PoolStatus:
-        """Put a pool config in force: agents take their group's terms, and jobs are
-        dispatched again over the new groups (running work stays where it is)."""
+    def apply_pool(self, config: PoolConfig, now: float, file_digest: str | None = None,
+                   ) -> PoolStatus:
+        """Put a pool config in force (`file_digest`: read from the pool config file, with
+        that content): agents take their group's terms, and jobs are dispatched again over
+        the new groups (running work stays where it is)."""
         advance(self._quota, now)
-        self.groups.apply(config)
+        self.groups.apply(config, file_digest)
         self._ledger.note(MeshEvent(time=now, kind="pool_applied", reason=reasons.POOL_APPLIED
                                     .format(groups=len(config.groups),
                                             assignments=len(config.assignments))))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,17 @@ class Accounts:
         wait_until(lambda: [self.client.get(a) for a in unfinished],
                    lambda statuses: all(s.done for s in statuses), timeout=60,
                    what=f"the unfinished actions of account {account_id!r} cancelled")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mesh_cli(mesh: Mesh, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The `mesh` CLI in a subprocess, against this mesh's cluster (`auto` would find
+    whichever cluster on this machine started last)."""
+    return subprocess.run([sys.executable, "-m", "mesh.cli", "--address", mesh.cluster.address,
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          check=False)
 
 
 def survivors(action_id: str) -> list[int]:

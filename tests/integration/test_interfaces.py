@@ -26,17 +26,9 @@ import ray
 from mesh import InvalidInput, Stage, bootstrap, calls, names
 from mesh.protocol import AttemptReport
 from mesh.waiting import wait_until
-from tests.integration.cluster import Accounts, Mesh, scheduler_pid
+from tests.integration.cluster import ROOT, Accounts, Mesh, mesh_cli, scheduler_pid
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def mesh_cli(mesh: Mesh, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    # An explicit address: `auto` would find whichever cluster on this machine started last.
-    return subprocess.run([sys.executable, "-m", "mesh.cli", "--address", mesh.cluster.address,
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          check=False)
 
 
 def test_submit_streams_output_and_exits_with_the_action_exit_code(mesh: Mesh) -> None:

@@ -4,24 +4,14 @@ work by paid work, and CPU shares that follow the accounts' charge rates."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from mesh import AccountConfig, Action, Conflict, InvalidInput, NotFound, Stage
 from mesh.waiting import wait_until
-from tests.integration.cluster import Accounts, Mesh, survivors
+from tests.integration.cluster import Accounts, Mesh, mesh_cli, survivors
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def mesh_cli(mesh: Mesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mesh.cli", "--address", mesh.cluster.address,
-                           *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          check=False)
 
 
 def test_accounts_from_python_with_configs_checked_field_by_field(

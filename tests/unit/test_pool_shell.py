@@ -82,17 +82,25 @@ async def test_the_file_is_applied_at_start_and_followed_and_a_bad_edit_is_refus
 
 
 async def test_a_restart_keeps_the_config_applied_by_hand_until_the_file_changes(
-        tmp_path: Path) -> None:
-    config = MeshConfig(state_dir=str(tmp_path / "state"), link="ray")
+        tmp_path: Path, pool_file: Path) -> None:
+    config = MeshConfig(state_dir=str(tmp_path / "state"), link="ray",
+                        pool_config=str(pool_file))
     first = await started(config)
+    await async_wait_until(lambda: groups_of(first), lambda g: g == ["big"], 10,
+                           "the file applied at start")
     first.apply_pool(PoolConfig.parse(BIG_AND_SMALL))
     with pytest.raises(InvalidInput, match=r"groups\.small\.capacity"):
         first.apply_pool(PoolConfig.parse(BIG_AND_SMALL.replace("50", "101")))
     await first.shutdown()
     first.store.close()
     again = await started(config)
-    assert groups_of(again) == ["big", "small"]
+    await async_wait_until(lambda: again.pool_looks, lambda n: n >= 2, 10,
+                           "the pool loop's second look at the file")
+    assert groups_of(again) == ["big", "small"], "the unchanged file is not applied again"
     assert again.core.groups.config.groups["small"].capacity == 50
+    edit(pool_file, BIG + "  other: {match: {hostnames: ['o*']}}\n")
+    await async_wait_until(lambda: groups_of(again), lambda g: g == ["big", "other"], 10,
+                           "the file's edit applied over the config applied by hand")
     await again.shutdown()
 
 

@@ -217,6 +217,7 @@ def test_the_workers_agent_joins_and_actions_run_there_from_a_client_and_the_cli
     [worker] = found
     assert worker["info"]["address"] == WORKER, worker
     assert "pool:linux-x64" in worker["info"]["labels"]
+    assert worker["group"] == "linux-x64", "deploy/pool.yaml, followed from `mesh up`"
     # A Python client on the head finds the cluster by address="auto".
     script = ("import mesh; c = mesh.connect(); "
               "hs = c.submit_many([{'command': ['sh', '-c', "

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from mesh.poolconfig import PoolConfig
 from mesh.schema import AgentState
 from scheduler.core.groups import Groups
 from scheduler.core.lifecycle import need_of
@@ -28,11 +29,14 @@ from tests.builders import GIB, action, agent, aid, load
 def entry(cpus: float = 4, memory: int = 8 * GIB, labels: list[str] | None = None,
           cpu_percent: float = 0.0, available: int = 8 * GIB, loaded_at: float = 0.0,
           state: AgentState = "alive", agent_id: str = "n1", mesh: float = 0.0,
-          drained: bool = False) -> Slot:
+          drained: bool = False, group: str = "") -> Slot:
     """An agent with a fresh load sample (`mesh`: the share of it our attempts use) and
-    nothing reserved yet."""
-    info = agent(agent_id, cpus=cpus, memory=memory, labels=labels)
-    e = AgentEntry(info=info, terms=Groups().terms(info), state=state, drained=drained)
+    nothing reserved yet; with `group`, in that group of the pool config GROUPS."""
+    info = agent(agent_id, cpus=cpus, memory=memory, labels=[
+        *(labels or ["os:linux"]), *([f"pool:{group}"] if group else [])])
+    groups = Groups()
+    groups.apply(PoolConfig.parse(GROUPS))
+    e = AgentEntry(info=info, terms=groups.terms(info), state=state, drained=drained)
     e.take_load(load(cpu_percent, available=available, mesh=mesh), loaded_at)
     return Slot(e, Worker(e.agent_id, e.labels, e.cpu_capacity, int(e.memory_capacity)))
 
@@ -53,7 +57,37 @@ def reserve(slot: Slot, cpus: float, memory: int = 0, name: str = "other",
     return run
 
 
+GROUPS = """
+groups:
+  half: {match: {labels: ['pool:half']}, capacity: 50}
+  shut: {match: {labels: ['pool:shut']}, blocked: true}
+  gpu: {match: {labels: ['pool:gpu']}, capabilities: [cuda]}
+"""
+
 CASES: list[tuple[str, Check, Slot, Request, bool]] = [
+    # What a pool config's groups add.
+    ("capacity 50 exactly fits half", CpuReservation(), entry(cpus=4, group="half"),
+     need(cpus=2), True),
+    ("capacity 50 just over half", CpuReservation(), entry(cpus=4, group="half"),
+     need(cpus=2.01), False),
+    ("capacity 50 halves memory too", MemoryReservation(),
+     entry(memory=4 * GIB, group="half"), need(memory=2 * GIB + 1), False),
+    ("blocked group refuses", Open(), entry(group="shut"), need(), False),
+    ("blocked group refuses zero-CPU work too", Open(), entry(group="shut"), need(cpus=0),
+     False),
+    ("capability offered by the group", BaseLabels(), entry(group="gpu"),
+     need(labels=["cuda"]), True),
+    ("capability of another group", BaseLabels(), entry(group="half"),
+     need(labels=["cuda"]), False),
+    ("own group's label offered", BaseLabels(), entry(group="gpu"),
+     need(labels=["mesh-group:gpu"]), True),
+    ("no group: the default group's label", BaseLabels(), entry(),
+     need(labels=["mesh-group:default"]), True),
+    ("another group's label (a pin elsewhere)", BaseLabels(), entry(group="gpu"),
+     need(labels=["mesh-group:half"]), False),
+    ("a preferred group is not required", BaseLabels(), entry(group="gpu"),
+     need(provisionable_labels=["mesh-group:half"]), True),
+    # The checks themselves.
     ("labels all offered", BaseLabels(), entry(labels=["os:linux", "vpn"]),
      need(labels=["vpn"]), True),
     ("label missing", BaseLabels(), entry(labels=["os:linux"]), need(labels=["vpn"]), False),

@@ -111,7 +111,8 @@ class FullPass(Pass):
         matched = self.matched
         return any(r.id not in matched for r in self.lists[p])
 
-    def _candidates(self, worker: Worker, p: int, cut: bool, skip: Skip) -> Iterable[Request]:
+    def _candidates(self, worker: Worker, p: int, cut: bool, skip: Skip,
+                    provisioned_only: bool = False) -> Iterable[Request]:
         return self._matches(worker, p, cut)  # the caller checks each request in full
 
     def _matches(self, worker: Worker, p: int, cut: bool = True) -> list[Request]:

@@ -148,12 +148,14 @@ class Pass:
     def _unmatched(self, p: int) -> bool:
         return self.view.size[p] > self.matched_at[p]
 
-    def _candidates(self, worker: Worker, p: int, cut: bool, skip: Skip) -> Iterable[Request]:
+    def _candidates(self, worker: Worker, p: int, cut: bool, skip: Skip,
+                    provisioned_only: bool = False) -> Iterable[Request]:
         """Level p's unmatched requests this worker can take, most specific first. With
         `cut`, only those examined no later than the worker last changed: a pair examined
         since then was already tried and did not match. Shapes that `skip` passes over
-        may be left out: it must stay true for them while the caller walks."""
-        return self.view.matches(worker, p, cut, skip)
+        may be left out: it must stay true for them while the caller walks; with
+        `provisioned_only`, so may those whose provisionable labels the worker lacks."""
+        return self.view.matches(worker, p, cut, skip, provisioned_only)
 
     def _throttled_to_free(self, p: int) -> None:
         """Requests a fanout limit held back at their paid level get a chance for free."""
@@ -215,7 +217,7 @@ class Pass:
                 return not self._eligible(request, worker, p) or (
                     provisioned_only and not request.provisionable_labels <= worker.labels)
 
-            for request in self._candidates(worker, p, True, skip):
+            for request in self._candidates(worker, p, True, skip, provisioned_only):
                 if request.id in self.matched or not self._eligible(request, worker, p):
                     continue
                 if provisioned_only and not request.provisionable_labels <= worker.labels:

@@ -87,7 +87,11 @@ class LevelView:
         # What the pass appends to the free level after each paid one, in order.
         self.tail: list[list[Shape]] = []
         self._extras: dict[int, _Shapes] = {}
-        self._plans: dict[tuple[AgentId, int, bool], tuple[float, list[list[Shape]]]] = {}
+        self._plans: dict[tuple[AgentId, int, bool, bool],
+                          tuple[float, list[list[Shape]]]] = {}
+        # Whether a worker's match list at a level is too long to sort, decided the first
+        # time it is asked for, so that its provisioned part and its whole agree.
+        self._unsorted: dict[tuple[AgentId, int, bool], bool] = {}
         self._floors: dict[int, float] = {}
 
     def level_of(self, shape: Shape) -> int:
@@ -100,15 +104,20 @@ class LevelView:
         self.tail.append(shapes)
         self.size[FREE_BUCKET] += sum(len(s) for s in shapes)
 
-    def matches(self, worker: Worker, p: int, cut: bool, skip: Skip) -> Iterator[Request]:
+    def matches(self, worker: Worker, p: int, cut: bool, skip: Skip,
+                provisioned_only: bool = False) -> Iterator[Request]:
         """The worker's match list at level p, as `Pass` would build it at this moment
         (the cut and the order fixed the first time it is asked for in the pass), less
-        the shapes `skip` passes over; requests taken meanwhile are not met again."""
-        key = (worker.id, p, cut)
+        the shapes `skip` passes over and, with `provisioned_only`, those whose
+        provisionable labels the worker lacks; requests taken meanwhile are not met
+        again. (Most shapes of a queue whose jobs prefer groups are another group's: a
+        provisioned walk that leaves them out of its plan never looks at them.)"""
+        key = (worker.id, p, cut, provisioned_only)
         plan = self._plans.get(key)
         if plan is None:
             since = worker.modified_time if cut else float("inf")
-            runs = self._plan(worker.labels, p, since) if since >= self._floor(p) else []
+            runs = (self._plan(worker, p, cut, since, provisioned_only)
+                    if since >= self._floor(p) else [])
             plan = self._plans[key] = (since, runs)
         return self._walk(*plan, skip) if plan[1] else iter(())
 
@@ -139,7 +148,8 @@ class LevelView:
             self._floors[p] = floor
         return floor
 
-    def _plan(self, labels: frozenset[str], p: int, since: float) -> list[list[Shape]]:
+    def _plan(self, worker: Worker, p: int, cut: bool, since: float,
+              provisioned_only: bool) -> list[list[Shape]]:
         """Shapes to walk, in runs: each run merged in level order, the runs in turn.
 
         Upstream sorts a match list by quality (stably), so the runs are, per quality
@@ -152,12 +162,19 @@ class LevelView:
         by quality gives [A, C] then [B, D], so the runs are [A], [C], [B], [D], and an
         old request of C still comes after a new one of A.
         """
+        labels = worker.labels
         found = self._gather(labels, p, since)
         segments = ([[s for s in segment if s.base <= labels] for segment in self.tail]
                     if p == FREE_BUCKET else [])
-        count = sum(s.count_upto(since) for s in found)
-        count += sum(s.count_upto(since) for segment in segments for s in segment)
-        if count >= MAX_SORTED_MATCHES:
+        decided = (worker.id, p, cut)
+        unsorted = self._unsorted.get(decided)
+        if unsorted is None:
+            unsorted = self._unsorted[decided] = self._at_least(
+                MAX_SORTED_MATCHES, since, [found, *segments])
+        if provisioned_only:
+            found = [s for s in found if s.provisionable <= labels]
+            segments = [[s for s in seg if s.provisionable <= labels] for seg in segments]
+        if unsorted:
             runs = [found, *segments]
         else:
             qualities = {s.quality for s in found}
@@ -168,6 +185,14 @@ class LevelView:
                 runs.extend([s for s in segment if s.quality == quality]
                             for segment in segments)
         return [run for run in runs if run]
+
+    @staticmethod
+    def _at_least(n: int, since: float, runs: list[list[Shape]]) -> bool:
+        """Whether the shapes hold `n` or more requests examined no later than `since`:
+        counted (by bisection, per shape) only when their sizes allow as many."""
+        if sum(len(s) for run in runs for s in run) < n:
+            return False
+        return sum(s.count_upto(since) for run in runs for s in run) >= n
 
     def _gather(self, labels: frozenset[str], p: int, since: float) -> list[Shape]:
         """Every shape at level p the worker can take that may hold a request examined

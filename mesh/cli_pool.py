@@ -32,12 +32,10 @@ def apply(ctx: click.Context, file: str, as_json: bool) -> None:
     """Put the pool config in FILE in force, without restarting anything. A bad file is
     refused whole, each problem named by its field, and the config in force stays."""
     status = client_of(ctx).apply(read_config_file(file))
-    if as_json:
-        dump(status.model_dump(mode="json"))
-        return
-    click.echo(f"applied {file}: {len(status.config.groups)} group(s), "
-               f"{len(status.config.assignments)} manual assignment(s)")
-    print_groups(status)
+    if not as_json:
+        click.echo(f"applied {file}: {len(status.config.groups)} group(s), "
+                   f"{len(status.config.assignments)} manual assignment(s)")
+    show_groups(status, as_json)
 
 
 @click.command()
@@ -61,13 +59,8 @@ def config(ctx: click.Context, as_json: bool) -> None:
 def groups(ctx: click.Context, as_json: bool) -> None:
     """The pool's groups: capacity, block, agents and jobs (`mesh groups block GROUP`,
     `unblock GROUP` to stop and resume giving a whole group new work)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    status = client_of(ctx).pool_config()
-    if as_json:
-        dump(status.model_dump(mode="json"))
-        return
-    print_groups(status)
+    if ctx.invoked_subcommand is None:
+        show_groups(client_of(ctx).pool_config(), as_json)
 
 
 @groups.command()
@@ -95,11 +88,7 @@ def unblock(ctx: click.Context, group: str) -> None:
 @errors
 def dispatch(ctx: click.Context, as_json: bool) -> None:
     """Assign jobs to groups again now, from their recorded CPU-seconds."""
-    status = client_of(ctx).dispatch()
-    if as_json:
-        dump(status.model_dump(mode="json"))
-        return
-    print_groups(status)
+    show_groups(client_of(ctx).dispatch(), as_json)
 
 
 @click.command()
@@ -118,7 +107,11 @@ def assignment(ctx: click.Context, job: str, as_json: bool) -> None:
                f"{home.load:.0f} CPU-seconds in the window)")
 
 
-def print_groups(status: PoolStatus) -> None:
+def show_groups(status: PoolStatus, as_json: bool) -> None:
+    """The groups as a table, or the whole status as JSON."""
+    if as_json:
+        dump(status.model_dump(mode="json"))
+        return
     table([[g.name, f"{g.capacity:g}%", _blocked(g), str(len(g.agents)), f"{g.cpus:g}",
             str(g.jobs), f"{g.load:.0f}", ",".join(g.capabilities) or "-"]
            for g in status.groups],

@@ -31,6 +31,8 @@ JobName = Annotated[str, Field(min_length=1, max_length=256)]
 MAX_GROUPS = 1000
 # Why a job goes to its group: the pool config says so, the last dispatch, or it first ran there.
 HomeKind = Literal["manual", "dispatched", "first run"]
+# Who blocked a group: nobody, its pool config, or an operator by hand.
+BlockedBy = Literal["", "config", "operator"]
 MAX_JOBS = 100_000
 
 
@@ -186,7 +188,7 @@ class GroupStatus(Model):
     capacity: float = Field(description="the share of each machine (percent) the mesh may "
                             "reserve there")
     blocked: bool
-    blocked_by: Literal["", "config", "operator"] = Field(
+    blocked_by: BlockedBy = Field(
         "", description="who blocked it: the pool config, or an operator (`mesh groups block`)")
     capabilities: list[str]
     agents: list[str] = Field(description="ids of its agents")

@@ -33,11 +33,8 @@ class DispatchHttp:
         app.router.add_get("/event", self._event)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server  # aiohttp names no public way to the bound port
-        assert server is not None
-        port: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        port: int = self._runner.addresses[0][1]
         return port
 
     async def close(self) -> None:

@@ -13,7 +13,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mesh.errors import NotFound
-from mesh.poolconfig import DEFAULT_GROUP, HomeKind, PoolConfig, group_label
+from mesh.poolconfig import (
+    DEFAULT_GROUP,
+    BlockedBy,
+    GroupStatus,
+    HomeKind,
+    JobHome,
+    PoolConfig,
+    PoolStatus,
+    group_label,
+)
 from mesh.schema import AgentInfo
 from scheduler.core.dispatch import BUCKET, JobHistory, Manual, dispatch
 
@@ -202,6 +211,50 @@ class Groups:
         self._pool_changed()
         return Dispatched(len(result.assignments), moved, result.loads)
 
+    # ---- what is said of them -------------------------------------------------------------
+
+    def job_home(self, job: str, now: float) -> JobHome:
+        """Where the job's work goes (NotFound for a job with no group)."""
+        home = self.home(job)
+        if home is None:
+            raise NotFound(f"job {job!r} has no group: it has no recorded load and no "
+                           "manual assignment, and has not run yet")
+        load = self.history.loads(now, self.config.dispatch_window).get(job, 0.0)
+        return JobHome(job=job, group=home.group, how=home.how, pinned=home.pinned, load=load)
+
+    def status(self, members: Iterable[tuple[str, str, float]], now: float) -> PoolStatus:
+        """The groups now, given each agent as (id, group, CPUs the mesh may reserve on it
+        while it lives)."""
+        config = self.config
+        loads = self.history.loads(now, config.dispatch_window)
+        jobs: dict[str, int] = {}
+        load: dict[str, float] = {}
+        for job in {*self.homes, *config.assignments}:
+            home = self.home(job)
+            assert home is not None
+            jobs[home.group] = jobs.get(home.group, 0) + 1
+            load[home.group] = load.get(home.group, 0.0) + loads.get(job, 0.0)
+        agents: dict[str, list[str]] = {}
+        cpus: dict[str, float] = {}
+        for agent_id, group, reservable in members:
+            agents.setdefault(group, []).append(agent_id)
+            cpus[group] = cpus.get(group, 0.0) + reservable
+        groups = []
+        for name in self.names():
+            configured = config.groups.get(name)
+            by: BlockedBy = ("config" if configured is not None and configured.blocked else
+                             "operator" if name in self.blocked_by_operator else "")
+            groups.append(GroupStatus(
+                name=name, blocked=bool(by), blocked_by=by,
+                capacity=configured.capacity if configured else self.default_capacity,
+                capabilities=configured.capabilities if configured else [],
+                agents=sorted(agents.get(name, [])), cpus=cpus.get(name, 0.0),
+                jobs=jobs.get(name, 0), load=load.get(name, 0.0)))
+        dispatched = self.dispatched_at
+        return PoolStatus(config=config, groups=groups, dispatched_at=dispatched,
+                          next_dispatch_at=None if dispatched is None
+                          else dispatched + config.dispatch_every)
+
     def _set_home(self, job: str, home: Home | None) -> None:
         if home is None:
             if self.homes.pop(job, None) is None:
@@ -248,11 +301,3 @@ class Groups:
 def _group(home: Home | None) -> str | None:
     return None if home is None else home.group
 
-
-def weights_of(agents: Iterable[tuple[str, float]]) -> dict[str, float]:
-    """Each group's capacity for dispatch: its agents' CPUs as the group's capacity allows
-    (given as (group, CPUs it may reserve) per agent)."""
-    weights: dict[str, float] = {}
-    for group, cpus in agents:
-        weights[group] = weights.get(group, 0.0) + cpus
-    return weights

@@ -11,7 +11,7 @@ from mesh import reasons
 from mesh.schema import Load, PendingReason, Rejection
 from scheduler.core.groups import Home
 from scheduler.core.pool import AgentEntry
-from scheduler.core.quota.model import EPSILON, Request, TaskRun, Worker
+from scheduler.core.quota.model import EPSILON, NO_ACTION, Request, TaskRun, Worker
 
 
 @dataclass(slots=True)
@@ -166,6 +166,10 @@ class LiveLoad:
         return None
 
 
+# What the checks of an agent's own state are asked with: they look at the agent alone.
+ANY_REQUEST = Request(NO_ACTION, cpus=0.0)
+
+
 def could_ever_run(agent: AgentEntry, need: Request) -> bool:
     """True when the agent would take the request once idle: labels and machine size fit."""
     return (
@@ -184,8 +188,15 @@ class Placer:
 
     def __init__(self, stale_after: float, cpu_busy_percent: float = 95.0) -> None:
         self.live_load = LiveLoad(stale_after, cpu_busy_percent)
-        self.checks: list[Check] = [Alive(), Open(), BaseLabels(), CpuReservation(),
+        self._states: list[Check] = [Alive(), Open()]
+        self.checks: list[Check] = [*self._states, BaseLabels(), CpuReservation(),
                                     MemoryReservation(), self.live_load]
+
+    def open_to_work(self, agent: AgentEntry, now: float) -> bool:
+        """Whether the agent takes new work at all, whatever the request: the checks of
+        its own state (alive, not drained, its group not blocked), the chain's first."""
+        slot = Slot(agent, None)
+        return all(check.reject(slot, ANY_REQUEST, now) is None for check in self._states)
 
     def first_rejection(self, slot: Slot, need: Request, now: float) -> Rejection | None:
         for check in self.checks:

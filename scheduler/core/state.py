@@ -387,7 +387,7 @@ class SchedulerState:
         that moved asks for its new group at once."""
         weights = {group: 0.0 for group in self.groups.names()}
         for agent in self._agents.values():
-            if agent.state == "alive" and not agent.drained:
+            if self._placer.open_to_work(agent, now):
                 weights[agent.group] += agent.cpu_capacity
         done = self.groups.dispatch(now, weights)
         open_groups = sum(1 for g, w in weights.items() if w > 0 and not self.groups.blocked(g))
@@ -399,40 +399,11 @@ class SchedulerState:
 
     def job_home(self, job: str, now: float) -> JobHome:
         """Where the job's work goes (NotFound for a job with no group)."""
-        home = self.groups.home(job)
-        if home is None:
-            raise NotFound(f"job {job!r} has no group: it has no recorded load and no "
-                           "manual assignment, and has not run yet")
-        load = self.groups.history.loads(now, self.groups.config.dispatch_window).get(job, 0.0)
-        return JobHome(job=job, group=home.group, how=home.how, pinned=home.pinned, load=load)
+        return self.groups.job_home(job, now)
 
     def pool_status(self, now: float) -> PoolStatus:
-        config = self.groups.config
-        loads = self.groups.history.loads(now, config.dispatch_window)
-        jobs: dict[str, int] = {}
-        load: dict[str, float] = {}
-        for job in {*self.groups.homes, *config.assignments}:
-            home = self.groups.home(job)
-            assert home is not None
-            jobs[home.group] = jobs.get(home.group, 0) + 1
-            load[home.group] = load.get(home.group, 0.0) + loads.get(job, 0.0)
-        groups = []
-        for name in self.groups.names():
-            configured = config.groups.get(name)
-            agents = sorted(a for a, e in self._agents.items() if e.group == name)
-            by = ("config" if configured is not None and configured.blocked else
-                  "operator" if name in self.groups.blocked_by_operator else "")
-            groups.append(GroupStatus(
-                name=name, blocked=bool(by), blocked_by=by,
-                capacity=configured.capacity if configured else self.groups.default_capacity,
-                capabilities=configured.capabilities if configured else [], agents=agents,
-                cpus=sum(self._agents[a].cpu_capacity for a in agents
-                         if self._agents[a].state == "alive"),
-                jobs=jobs.get(name, 0), load=load.get(name, 0.0)))
-        dispatched = self.groups.dispatched_at
-        return PoolStatus(config=config, groups=groups, dispatched_at=dispatched,
-                          next_dispatch_at=None if dispatched is None
-                          else dispatched + config.dispatch_every)
+        return self.groups.status(((a.agent_id, a.group, a.cpu_capacity if a.state == "alive"
+                                    else 0.0) for a in self._agents.values()), now)
 
     def _reshape(self, now: float) -> None:
         """After the groups changed: each agent takes its group's terms, and queued work
@@ -539,7 +510,7 @@ class SchedulerState:
         if not self._agents or not (self._quota.queued or self._quota.running):
             return []  # (with only running work, the pass still promotes and demotes)
         decisions: list[Decision] = []
-        for assignment in run_once(self._quota, self._gate(now), self._takes_work):
+        for assignment in run_once(self._quota, self._gate(now), self._takes_work(now)):
             decisions.extend(self._apply(assignment, now))
         return decisions
 
@@ -576,12 +547,13 @@ class SchedulerState:
 
         return admit
 
-    def _takes_work(self, worker: Worker) -> bool:
-        """Whether the agent is open to new work at all: alive, not drained, and its group
-        not blocked (the gate's `Alive` and `Open` checks, asked once per worker)."""
-        agent = self._agents.get(worker.id)
-        return (agent is not None and agent.state == "alive" and not agent.drained
-                and not agent.terms.blocked)
+    def _takes_work(self, now: float) -> Callable[[Worker], bool]:
+        """The pass's question whether a worker asks for work at all, put to the
+        placement chain's checks of the agent's own state."""
+        def takes(worker: Worker) -> bool:
+            agent = self._agents.get(worker.id)
+            return agent is not None and self._placer.open_to_work(agent, now)
+        return takes
 
     def _apply(self, assignment: QuotaAssignment, now: float) -> list[Decision]:
         entry = self._ledger.get(assignment.request_id)

@@ -160,8 +160,9 @@ class Groups:
         return self.homes.get(job)
 
     def extra_labels(self, job: str) -> tuple[Labels, Labels]:
-        """(base, provisionable) labels the job's home adds to its requests."""
-        home = self.home(job)
+        """(base, provisionable) labels the job's home adds to its requests (none while
+        every agent is in the one default group: there is nowhere else to go)."""
+        home = self.home(job) if self.config.groups else None
         if home is None:
             return NO_LABELS, NO_LABELS
         label = frozenset((group_label(home.group),))
@@ -169,8 +170,9 @@ class Groups:
 
     def first_ran(self, job: str, group: str) -> bool:
         """A job with no home started in `group`: its caches are warm there now, so it
-        goes there until a dispatch says otherwise. True when that gave it a home."""
-        if not job or self.home(job) is not None:
+        goes there until a dispatch says otherwise. True when that gave it a home. (Not
+        while the config has no groups: every agent is in `default`.)"""
+        if not job or not self.config.groups or self.home(job) is not None:
             return False
         self._set_home(job, Home(group, "first run"))
         return True

@@ -195,3 +195,14 @@ def test_a_dispatch_falls_due_a_period_after_the_last_or_after_the_first_look() 
     assert core.dispatch_due(1000.0 + 86400), "one period (1d by default) after"
     core.dispatch(2000.0)
     assert not core.dispatch_due(2000.0 + 86399) and core.dispatch_due(2000.0 + 86400)
+
+
+def test_without_groups_a_job_gets_no_group_and_its_requests_no_label() -> None:
+    core = SchedulerState(stale_after=1e9)
+    core.agent_joined(agent("n1"), 0)
+    core.load(nid("n1"), load(), 0)
+    core.submit([action("a", job="build")], 1)
+    assert placed(core, 1) == {"a": "n1"}
+    with pytest.raises(NotFound):
+        core.job_home("build", 1)
+    assert core.groups.extra_labels("build") == (frozenset(), frozenset())

@@ -269,8 +269,11 @@ class Scheduler:
         assert self._synced is not None
         records = await asyncio.get_running_loop().run_in_executor(None, self.list_nodes)
         views = parse_nodes(records)
-        for agent_id in [a for a in self.handles if a not in alive(views)]:
+        living = alive(views)
+        for agent_id in [a for a in self.handles if a not in living]:
             self.agent_lost(agent_id, reasons.NODE_DEAD)
+        if not self.writer.read_only and self.core.forget_drained(living):
+            self.writer.save_drained()
         todo = [n for n in wanted(views, self.config.head_agent)
                 if AgentId(n) not in self.handles and n not in self.bringing_up]
         self.bringing_up.update(todo)

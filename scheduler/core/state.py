@@ -432,6 +432,13 @@ class SchedulerState:
                 self._quota.refile(new)
         self._judge_queue(now, only_clears=False)
 
+    def forget_drained(self, alive_nodes: set[str]) -> bool:
+        """Forget the drains of agents whose node is no longer alive: an agent's id is its
+        node's, which Ray never gives out again. True when some were forgotten."""
+        gone = {a for a in self.drained if a not in alive_nodes}
+        self.drained -= gone
+        return bool(gone)
+
     def agent_info(self, agent_id: AgentId) -> AgentInfo | None:
         """What a registered agent said of itself; None for one not in the pool."""
         entry = self._agents.get(agent_id)

@@ -607,3 +607,20 @@ async def test_a_result_waiter_gets_the_final_status_in_one_answer(
     assert status is not None and status.stage is Stage.FAILED and status.exit_code == 3
     with pytest.raises(NotFound):
         await s.waits.result(ActionId("nope"), 0.0)
+
+
+async def test_the_drain_of_an_agent_whose_node_died_is_forgotten(
+        n1: FakeAgent, tmp_path: Path) -> None:
+    nodes = [{"NodeID": "n1", "Alive": True, "Resources": {}, "Labels": {}}]
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path), link="ray"),
+                  agent_factory=lambda node, _: n1, list_nodes=lambda: nodes)
+    try:
+        assert await s.ready(5)
+        s.drain("n1", True)
+        assert s.store.load().drained == {"n1"}
+        nodes[0]["Alive"] = False  # Ray never gives a dead node's id out again
+        await async_wait_until(lambda: set(s.core.drained), lambda d: not d,
+                               what="the drain forgotten")
+        assert s.store.load().drained == set()
+    finally:
+        await s.shutdown()

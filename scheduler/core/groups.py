@@ -194,16 +194,20 @@ class Groups:
 
     def dispatch(self, now: float, weights: Mapping[str, float]) -> Dispatched:
         """Assign every job with load in the window (and every manual one) a group, in
-        proportion to `weights` (each group's capacity), never a blocked one."""
+        proportion to `weights` (each group's capacity), never a blocked one. A job with no
+        load in the window loses its group; one with load keeps it while no open group has
+        room to offer (no agents yet, or every group blocked)."""
         window = self.config.dispatch_window
         self.history.forget_before(now - window)
         self._changes.forget_before_day = int((now - window) // BUCKET)
         manual = {job: Manual(a.group, a.pin) for job, a in self.config.assignments.items()}
         blocked = [g for g in self.names() if self.blocked(g)]
-        result = dispatch(self.history.loads(now, window), weights, manual,
-                          self.config.colocate, blocked)
+        loads = self.history.loads(now, window)
+        result = dispatch(loads, weights, manual, self.config.colocate, blocked)
+        somewhere = any(w > 0 and g not in blocked for g, w in weights.items())
         before = {job: self.home(job) for job in {*self.homes, *result.assignments}}
-        for job in [j for j in self.homes if j not in result.assignments]:
+        for job in [j for j in self.homes if j not in result.assignments
+                    and (somewhere or j not in loads)]:
             self._set_home(job, None)
         for job, group in result.assignments.items():
             if job not in manual:

@@ -206,3 +206,13 @@ def test_without_groups_a_job_gets_no_group_and_its_requests_no_label() -> None:
     with pytest.raises(NotFound):
         core.job_home("build", 1)
     assert core.groups.extra_labels("build") == (frozenset(), frozenset())
+
+
+def test_a_dispatch_with_nowhere_to_send_work_keeps_the_jobs_groups() -> None:
+    core = pool()
+    core.submit([action("first", job="build", labels=["mesh-group:big"])], 1)
+    run_and_end(core, placed(core, 1), 2)
+    for name in ("b1", "b2", "s1"):
+        core.agent_left(nid(name), 20)
+    core.dispatch(21)  # as a config applied before any agent registered would
+    assert core.job_home("build", 21).group == "big", "no agents: nothing to balance"

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from mesh.errors import InvalidInput
-from mesh.schema import check_id
+from mesh.schema import MAX_JOB_NAME, check_id
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,6 +37,21 @@ def arrived_id(value: Any, what: str) -> str:
         return check_id(value, what)
     except ValueError as exc:
         raise InvalidInput(f"{what}: {exc}", [("id", str(exc))]) from None
+
+
+def arrived_flag(value: Any, what: str) -> bool:
+    """True or false, and nothing else; InvalidInput otherwise."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what}: expected true or false", [(what, repr(value)[:80])])
+    return value
+
+
+def arrived_job(value: Any) -> str:
+    """A job's name, as an action gives it; InvalidInput otherwise."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_JOB_NAME:
+        raise InvalidInput(f"job: expected a job name (1 to {MAX_JOB_NAME} characters)",
+                           [("job", repr(value)[:80])])
+    return value
 
 
 def arrived_count(value: Any, what: str, least: int = 0) -> int:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mesh.errors import InvalidInput
-from mesh.schema import Model, check_label, parse_duration
+from mesh.schema import MAX_JOB_NAME, Model, check_label, parse_duration
 
 # The group of every agent that no group of the file matches.
 DEFAULT_GROUP = "default"
@@ -27,7 +27,7 @@ GroupName = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9_.-]{0,61}[a-z0-9]
 # like any label; a job's assignment is expressed with it (see `group_label`).
 GROUP_LABEL_KEY = "mesh-group"
 GROUP_LABEL_PREFIX = GROUP_LABEL_KEY + ":"
-JobName = Annotated[str, Field(min_length=1, max_length=256)]
+JobName = Annotated[str, Field(min_length=1, max_length=MAX_JOB_NAME)]
 MAX_GROUPS = 1000
 # Why a job goes to its group: the pool config says so, the last dispatch, or it first ran there.
 HomeKind = Literal["manual", "dispatched", "first run"]

@@ -187,6 +187,7 @@ class Model(BaseModel):
 # every restart (agents resend their recent reports).
 MAX_COUNT = 2**31 - 1  # attempt numbers, sequence numbers, offsets, limits
 MAX_PAGE = 10_000  # actions in one page of a listing
+MAX_JOB_NAME = 256
 MAX_BYTES = 2**60  # 1 EiB
 MAX_CPUS = 2.0**20
 MAX_INSTANT = 1e11  # seconds since the epoch: the year 5138
@@ -252,7 +253,8 @@ class Action(Model):
         description="labels preferred but not required"
     )
     account: AccountId = Field(AccountId(""), description="quota account; empty for none")
-    job: str = Field("", max_length=256, description="job name this action belongs to")
+    job: str = Field("", max_length=MAX_JOB_NAME,
+                     description="job name this action belongs to")
     timeout: float | None = Field(None, gt=0, le=MAX_SECONDS,
                                   description="seconds before it is timed out")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -615,7 +617,7 @@ class ListQuery(Model):
 
     stage: Stage | None = None
     account: AccountId | None = None
-    job: str | None = Field(None, max_length=256)
+    job: str | None = Field(None, max_length=MAX_JOB_NAME)
     tags: dict[str, str] = Field(default_factory=dict, description="all must match")
     submitted_after: Instant | None = None
     submitted_before: Instant | None = None

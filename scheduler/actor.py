@@ -12,7 +12,14 @@ from typing import Any
 import ray
 
 from mesh import dashboards, names
-from mesh.arrival import arrived, arrived_count, arrived_id, arrived_seconds
+from mesh.arrival import (
+    arrived,
+    arrived_count,
+    arrived_flag,
+    arrived_id,
+    arrived_job,
+    arrived_seconds,
+)
 from mesh.errors import InvalidInput, StateDirRefused
 from mesh.metrics import Recorder
 from mesh.poolconfig import GroupStatus, JobHome, PoolConfig, PoolStatus
@@ -217,9 +224,7 @@ class SchedulerActor:
         """No new work for the agent (its id, or its hostname) and its running work
         finishes; with `drained` false, it takes work again."""
         await self._serving()
-        if not isinstance(drained, bool):
-            raise InvalidInput("drained: expected true or false", [("drained", repr(drained))])
-        return self.s.drain(arrived_id(agent, "agent"), drained)
+        return self.s.drain(arrived_id(agent, "agent"), arrived_flag(drained, "drained"))
 
     async def apply_pool(self, text: str) -> PoolStatus:
         """Put the pool config in this YAML text in force (a bad one is refused whole, each
@@ -238,9 +243,7 @@ class SchedulerActor:
         """No new work for the group's agents (their running work finishes); with
         `blocked` false, open it again. Kept across restarts."""
         await self._serving()
-        if not isinstance(blocked, bool):
-            raise InvalidInput("blocked: expected true or false", [("blocked", repr(blocked))])
-        return self.s.block_group(arrived_id(group, "group"), blocked)
+        return self.s.block_group(arrived_id(group, "group"), arrived_flag(blocked, "blocked"))
 
     async def dispatch(self) -> PoolStatus:
         """Assign jobs to groups again from their recorded load, now."""
@@ -249,10 +252,7 @@ class SchedulerActor:
 
     async def job_home(self, job: str) -> JobHome:
         await self._serving()
-        if not isinstance(job, str) or not job or len(job) > 256:
-            raise InvalidInput("job: expected a job name (1 to 256 characters)",
-                               [("job", repr(job)[:80])])
-        return self.s.core.job_home(job, self.s.clock())
+        return self.s.core.job_home(arrived_job(job), self.s.clock())
 
     async def http_port(self) -> int | None:
         """The port the dispatcher's HTTP endpoint serves on (None: it does not serve)."""

@@ -153,16 +153,6 @@ class Writer:
         except Exception as exc:
             self.failed(exc)
 
-    def save_drained(self) -> None:
-        """Write which agents are drained (StoreReadOnly, saying so, when it cannot)."""
-        try:
-            self.store.save_drained(self.core.drained)
-        except Exception as exc:
-            if self.failed(exc) is not None:
-                raise self.refusal("the drain is in force but not written: a restart "
-                                   "forgets it") from None
-            raise
-
     def retry(self) -> bool:
         """Try to write again; True once the store takes writes, ending read-only."""
         if not self._probe() or not self._attempt(durable=True):

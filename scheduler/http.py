@@ -8,12 +8,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from mesh.errors import MeshError, NotFound
+from mesh.arrival import arrived_job
+from mesh.errors import InvalidInput, MeshError, NotFound
 from mesh.poolconfig import JobHome, PoolStatus
 
 log = logging.getLogger("actionmesh.scheduler")
-
-MAX_JOB = 256
 
 
 class DispatchHttp:
@@ -42,11 +41,10 @@ class DispatchHttp:
             await self._runner.cleanup()
 
     async def _assignment(self, request: web.Request) -> web.Response:
-        job = request.query.get("job", "")
-        if not job or len(job) > MAX_JOB:
-            return _error(400, f"job: give the job's name (1 to {MAX_JOB} characters)")
         try:
-            home = self._home(job)
+            home = self._home(arrived_job(request.query.get("job", "")))
+        except InvalidInput as exc:
+            return _error(400, str(exc))
         except NotFound as exc:
             return _error(404, str(exc))
         return web.json_response(home.model_dump(mode="json"))

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 
 from pydantic import ValidationError
 
 from mesh.poolconfig import PoolConfig
+from mesh.schema import Model
 from scheduler.core.groups import Home, PoolChanges, SavedPool
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("actionmesh.scheduler")
+
+
+class PoolRecord(Model):
+    """The one row of `pool`: what of the groups is not per job."""
+
+    config: PoolConfig
+    blocked: list[str]
+    dispatched_at: float | None
+    file_digest: str | None = None
+
 
 UPSERT_LOAD = """INSERT INTO job_load VALUES (?, ?, ?)
     ON CONFLICT (job, day) DO UPDATE SET seconds = seconds + excluded.seconds"""
@@ -20,11 +30,10 @@ UPSERT_LOAD = """INSERT INTO job_load VALUES (?, ?, ?)
 def write_pool(db: sqlite3.Connection, changes: PoolChanges) -> None:
     """Inside the caller's transaction."""
     if changes.pool is not None:
-        record = {"config": changes.pool.config.model_dump(mode="json"),
-                  "blocked": sorted(changes.pool.blocked),
-                  "dispatched_at": changes.pool.dispatched_at,
-                  "file_digest": changes.pool.file_digest}
-        db.execute("INSERT OR REPLACE INTO pool VALUES (1, ?)", (json.dumps(record),))
+        pool = changes.pool
+        record = PoolRecord(config=pool.config, blocked=sorted(pool.blocked),
+                            dispatched_at=pool.dispatched_at, file_digest=pool.file_digest)
+        db.execute("INSERT OR REPLACE INTO pool VALUES (1, ?)", (record.model_dump_json(),))
     gone = [(job,) for job, home in changes.homes.items() if home is None]
     db.executemany("DELETE FROM homes WHERE job = ?", gone)
     db.executemany("INSERT OR REPLACE INTO homes VALUES (?, ?, ?, ?)",
@@ -41,19 +50,15 @@ def read_pool(db: sqlite3.Connection, where: str) -> SavedPool:
     row = db.execute("SELECT record FROM pool").fetchone()
     if row is not None:
         try:
-            record = json.loads(row[0])
-            config = PoolConfig.model_validate(record["config"])
-            blocked = {str(group) for group in record["blocked"]}
-            dispatched_at = record["dispatched_at"]
-            digest = record.get("file_digest")
-            saved.config, saved.blocked, saved.dispatched_at = config, blocked, (
-                None if dispatched_at is None else float(dispatched_at))
-            saved.file_digest = None if digest is None else str(digest)
-        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            record = PoolRecord.model_validate_json(row[0])
+        except ValidationError as exc:
             # One damaged record must not keep the scheduler from starting: it starts with
             # every agent in the default group until a config is applied again.
             log.error("%s: the saved pool config cannot be read, so none is in force (apply "
                       "it again): %s", where, exc)
+        else:
+            saved.config, saved.blocked = record.config, set(record.blocked)
+            saved.dispatched_at, saved.file_digest = record.dispatched_at, record.file_digest
     saved.homes = {job: Home(group, how, bool(pinned))
                    for job, group, how, pinned in db.execute("SELECT * FROM homes")}
     for job, day, seconds in db.execute("SELECT job, day, seconds FROM job_load"):

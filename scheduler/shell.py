@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import ray
 
 from mesh import reasons
-from mesh.errors import MeshError, SchedulerUnavailable
+from mesh.errors import MeshError, SchedulerUnavailable, StoreReadOnly
 from mesh.metrics import METRICS_INTERVAL
 from mesh.poolconfig import GroupStatus, PoolConfig, PoolStatus
 from mesh.protocol import (
@@ -272,8 +272,8 @@ class Scheduler:
         living = alive(views)
         for agent_id in [a for a in self.handles if a not in living]:
             self.agent_lost(agent_id, reasons.NODE_DEAD)
-        if not self.writer.read_only and self.core.forget_drained(living):
-            self.writer.save_drained()
+        if self.core.forget_drained(living):
+            self.writer.write()
         todo = [n for n in wanted(views, self.config.head_agent)
                 if AgentId(n) not in self.handles and n not in self.bringing_up]
         self.bringing_up.update(todo)
@@ -502,18 +502,14 @@ class Scheduler:
         self.writer.save_accounts()
         self.kick()
         if self.writer.read_only:
-            raise self.writer.refusal("the change is in force but not yet written (it will "
-                                      "be once the store can write, unless the scheduler "
-                                      "restarts first)")
+            raise self._unwritten("the change")
         return result
 
     def drain(self, name: str, drained: bool) -> AgentStatus:
         """Drain an agent (or open it again), durably; refused while read-only."""
         self.writer.refuse_if_read_only("drains")
         status = self.core.drain(name, self.clock(), drained)
-        self.writer.save_drained()
-        self.writer.write()
-        self.kick()
+        self._written("the drain" if drained else "the undrain")
         return self._linked(status)
 
     # ---- groups: the pool config, blocks, and jobs' dispatch --------------------------------
@@ -544,9 +540,12 @@ class Scheduler:
         written = self.writer.write()
         self.kick()
         if not written:
-            raise self.writer.refusal(f"{what} is in force but not yet written (it will be "
-                                      "once the store can write, unless the scheduler "
-                                      "restarts first)")
+            raise self._unwritten(what)
+
+    def _unwritten(self, what: str) -> StoreReadOnly:
+        return self.writer.refusal(f"{what} is in force but not yet written (it will be "
+                                   "once the store can write, unless the scheduler restarts "
+                                   "first)")
 
     async def _pool_loop(self) -> None:
         """Follow the pool config file, if one was named, and dispatch jobs when due."""

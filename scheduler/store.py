@@ -428,12 +428,6 @@ class Store:
         if snapshot.model_dump_json() != self._quota_text:
             self.write(Changes(accounts=snapshot))
 
-    def save_drained(self, agents: set[AgentId]) -> None:
-        """Keep exactly these agents as drained, in one transaction."""
-        with self._transaction():
-            self.db.execute("DELETE FROM drained")
-            self.db.executemany("INSERT INTO drained VALUES (?)", [(a,) for a in sorted(agents)])
-
     def _write(self, changes: Changes, quota_text: str | None) -> None:
         self.db.executemany(INSERT, [created_row(r, self.sealer) for r in changes.created])
         self.db.executemany(UPDATE, [action_row(r) for r in changes.updated])
@@ -443,3 +437,7 @@ class Store:
             self.db.execute("INSERT OR REPLACE INTO quota VALUES (1, ?)", (quota_text,))
         if changes.pool:
             write_pool(self.db, changes.pool)
+        if changes.drained is not None:
+            self.db.execute("DELETE FROM drained")
+            self.db.executemany("INSERT INTO drained VALUES (?)",
+                                [(a,) for a in sorted(changes.drained)])

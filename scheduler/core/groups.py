@@ -27,7 +27,9 @@ from mesh.schema import AgentInfo
 from scheduler.core.dispatch import BUCKET, JobHistory, Manual, dispatch
 
 Labels = frozenset[str]
-NO_LABELS: Labels = frozenset()
+# The (base, provisionable) labels a job's group adds to its requests.
+Extra = tuple[Labels, Labels]
+NO_EXTRA: Extra = (frozenset(), frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +83,12 @@ class SavedPool:
 
 @dataclass(frozen=True)
 class Dispatched:
-    """What one dispatch did: the jobs it placed, those whose group changed, and the load
-    each open group was given."""
+    """What one dispatch did: the jobs it placed, those whose group changed, and how many
+    open groups had room."""
 
     jobs: int
     moved: set[str]
-    loads: dict[str, float]
+    groups: int
 
 
 class Groups:
@@ -159,14 +161,14 @@ class Groups:
             return Home(manual.group, "manual", manual.pin)
         return self.homes.get(job)
 
-    def extra_labels(self, job: str) -> tuple[Labels, Labels]:
+    def extra_labels(self, job: str) -> Extra:
         """(base, provisionable) labels the job's home adds to its requests (none while
         every agent is in the one default group: there is nowhere else to go)."""
         home = self.home(job) if self.config.groups else None
         if home is None:
-            return NO_LABELS, NO_LABELS
+            return NO_EXTRA
         label = frozenset((group_label(home.group),))
-        return (label, NO_LABELS) if home.pinned else (NO_LABELS, label)
+        return (label, frozenset()) if home.pinned else (frozenset(), label)
 
     def first_ran(self, job: str, group: str) -> bool:
         """A job with no home started in `group`: its caches are warm there now, so it
@@ -204,10 +206,10 @@ class Groups:
         blocked = [g for g in self.names() if self.blocked(g)]
         loads = self.history.loads(now, window)
         result = dispatch(loads, weights, manual, self.config.colocate, blocked)
-        somewhere = any(w > 0 and g not in blocked for g, w in weights.items())
+        open_groups = sum(1 for g, w in weights.items() if w > 0 and g not in blocked)
         before = {job: self.home(job) for job in {*self.homes, *result.assignments}}
         for job in [j for j in self.homes if j not in result.assignments
-                    and (somewhere or j not in loads)]:
+                    and (open_groups or j not in loads)]:
             self._set_home(job, None)
         for job, group in result.assignments.items():
             if job not in manual:
@@ -215,7 +217,7 @@ class Groups:
         moved = {job for job, was in before.items() if _group(was) != _group(self.home(job))}
         self.dispatched_at = now
         self._pool_changed()
-        return Dispatched(len(result.assignments), moved, result.loads)
+        return Dispatched(len(result.assignments), moved, open_groups)
 
     # ---- what is said of them -------------------------------------------------------------
 

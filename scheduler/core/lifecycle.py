@@ -9,7 +9,7 @@ from mesh.schema import Action, ActionId, AgentId, AttemptRecord, Priority, Stag
 from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Assign, Decision, Stop
-from scheduler.core.groups import NO_LABELS, Groups
+from scheduler.core.groups import NO_EXTRA, Extra, Groups
 from scheduler.core.ledger import ActionEntry, Ledger
 from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.model import Request
@@ -25,20 +25,23 @@ _REPORT_STAGES = {
 }
 # Outcomes of an attempt whose process may still be running: it was not seen to end.
 _MAY_RUN = (None, "lost", "preempted")
-NO_EXTRA = (NO_LABELS, NO_LABELS)
 
 
-def need_of(spec: Action | SavedSpec, submitted_at: float = 0.0, *, groups: Groups | None = None,
-            action_id: ActionId | None = None) -> Request:
-    """What an action asks of an agent and of the quota scheduler, as a request: its own
-    labels and, with `groups`, what its job's home adds (a saved spec's shape is enough:
-    it stays unparsed)."""
-    base, provisionable = groups.extra_labels(spec.job) if groups is not None else NO_EXTRA
-    request_id = action_id if action_id is not None or isinstance(spec, SavedSpec) else spec.id
-    assert request_id is not None, "a saved spec's request needs the action's id"
-    return Request(request_id, spec.account, frozenset(spec.labels) | base,
-                   frozenset(spec.provisionable_labels) | provisionable, submitted_at,
-                   spec.cpus, spec.memory)
+def need_of(spec: Action, submitted_at: float = 0.0, extra: Extra = NO_EXTRA) -> Request:
+    """What an action asks of an agent and of the quota scheduler, as a request (`extra`:
+    the (base, provisionable) labels its job's group adds)."""
+    assert spec.id is not None
+    return _request(spec.id, spec, submitted_at, extra)
+
+
+def _request(action_id: ActionId, shape: Action | SavedSpec, submitted_at: float,
+             extra: Extra) -> Request:
+    """The request of an action's shape (a saved spec's is enough: it stays unparsed)."""
+    base, provisionable = frozenset(shape.labels), frozenset(shape.provisionable_labels)
+    if extra is not NO_EXTRA:
+        base, provisionable = base | extra[0], provisionable | extra[1]
+    return Request(action_id, shape.account, base, provisionable, submitted_at, shape.cpus,
+                   shape.memory)
 
 
 class Lifecycle:
@@ -53,9 +56,9 @@ class Lifecycle:
         self.groups = groups
 
     def request(self, entry: ActionEntry) -> Request:
-        """The quota scheduler's view of a waiting action, its job's home included."""
-        return need_of(entry.source, entry.submitted_at, groups=self.groups,
-                       action_id=entry.id)
+        """The quota scheduler's view of a waiting action, its job's group included."""
+        return _request(entry.id, entry.source, entry.submitted_at,
+                        self.groups.extra_labels(entry.source.job))
 
     # ---- moves ---------------------------------------------------------------------------
 

@@ -85,10 +85,11 @@ class Changes:
     events: list[StageEvent | MeshEvent] = field(default_factory=list)
     accounts: QuotaSnapshot | None = None
     pool: PoolChanges = field(default_factory=PoolChanges)
+    drained: set[AgentId] | None = None  # all drained agents, when that changed
 
     def __bool__(self) -> bool:
         return bool(self.created or self.updated or self.attempts or self.events
-                    or self.accounts is not None or self.pool)
+                    or self.accounts is not None or self.pool or self.drained is not None)
 
 
 # An action as the store keeps it: its own state and its attempts, oldest first.

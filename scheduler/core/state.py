@@ -59,7 +59,7 @@ from scheduler.core.records import Archive, Changes, Expired, Kept, NoArchive, S
 # Memory freed on an agent that is worth another placement pass (or 1% of the machine).
 MEMORY_STEP = 64 * 2**20
 # What makes two requests alike to the checks that judge them unplaceable.
-Shape = tuple[frozenset[str], float, int]
+NeedKey = tuple[frozenset[str], float, int]
 # Finished actions read from the archive at a time when listing.
 LIST_PAGE = 1000
 
@@ -86,8 +86,10 @@ class SchedulerState:
         self.accounts = Accounts(self._quota, self._ledger)
         # Agents whose live load turned work away: their next sample may let it in.
         self._turned_away: set[AgentId] = set()
-        # Agents an operator drained, present or not (one that comes back stays drained).
+        # Agents an operator drained, present or not (one that comes back stays drained),
+        # and whether that changed since the last write.
         self.drained: set[AgentId] = set()
+        self._drains_changed = False
 
     # ---- durable state -------------------------------------------------------------------
 
@@ -116,10 +118,13 @@ class SchedulerState:
         (the body of the `with`) raises."""
         with self._ledger.writing() as changes:
             changes.pool = self.groups.take_changes()
+            if self._drains_changed:
+                changes.drained, self._drains_changed = set(self.drained), False
             try:
                 yield changes
             except BaseException:
                 self.groups.give_back(changes.pool)
+                self._drains_changed = self._drains_changed or changes.drained is not None
                 raise
 
     def quota_snapshot(self, now: float) -> QuotaSnapshot:
@@ -145,12 +150,13 @@ class SchedulerState:
         fresh: dict[ActionId, tuple[ActionEntry, str]] = {}
         refused: dict[ActionId, str] = {}
         seq = self._ledger.last_seq
-        verdicts: dict[Shape, PendingReason | None] = {}
+        verdicts: dict[NeedKey, PendingReason | None] = {}
         for spec in specs:
             assert spec.id is not None
             if self._known(spec.id) is not None or spec.id in fresh or spec.id in refused:
                 continue
-            verdict = self._verdict(need_of(spec, groups=self.groups), now, verdicts)
+            verdict = self._verdict(need_of(spec, extra=self.groups.extra_labels(spec.job)),
+                                    now, verdicts)
             if verdict is not None and reject_unplaceable:
                 refused[spec.id] = verdict.summary
                 continue
@@ -347,6 +353,7 @@ class SchedulerState:
         if entry.drained != drained:
             entry.drained = drained
             (self.drained.add if drained else self.drained.discard)(agent_id)
+            self._drains_changed = True
             self._ledger.note(MeshEvent(time=now, agent_id=agent_id, reason=entry.info.hostname,
                                         kind="agent_drained" if drained else "agent_undrained"))
             if not drained:
@@ -365,8 +372,9 @@ class SchedulerState:
         self._ledger.note(MeshEvent(time=now, kind="pool_applied", reason=reasons.POOL_APPLIED
                                     .format(groups=len(config.groups),
                                             assignments=len(config.assignments))))
-        self._reshape(now)
-        self.dispatch(now)
+        self._reshape()
+        self._dispatch(now)
+        self._refile(None, now)  # every job's group may have changed with the config
         return self.pool_status(now)
 
     def block_group(self, group: str, blocked: bool, now: float) -> GroupStatus:
@@ -376,7 +384,7 @@ class SchedulerState:
                 time=now, kind="group_blocked" if blocked else "group_unblocked",
                 reason=(reasons.GROUP_BLOCKED if blocked else reasons.GROUP_UNBLOCKED)
                 .format(group=group)))
-            self._reshape(now)
+            self._reshape()  # (no job's group changes before the next dispatch)
         return next(g for g in self.pool_status(now).groups if g.name == group)
 
     def dispatch_due(self, now: float) -> bool:
@@ -385,17 +393,21 @@ class SchedulerState:
     def dispatch(self, now: float) -> PoolStatus:
         """Assign jobs to groups again from their recorded load; queued work of the jobs
         that moved asks for its new group at once."""
+        self._refile(self._dispatch(now), now)
+        return self.pool_status(now)
+
+    def _dispatch(self, now: float) -> set[str]:
+        """Dispatch, weighing each group by the CPUs of its agents open to work; returns
+        the jobs that moved."""
         weights = {group: 0.0 for group in self.groups.names()}
         for agent in self._agents.values():
             if self._placer.open_to_work(agent, now):
                 weights[agent.group] += agent.cpu_capacity
         done = self.groups.dispatch(now, weights)
-        open_groups = sum(1 for g, w in weights.items() if w > 0 and not self.groups.blocked(g))
         self._ledger.note(MeshEvent(time=now, kind="dispatched", reason=reasons.DISPATCHED
-                                    .format(jobs=done.jobs, groups=open_groups,
+                                    .format(jobs=done.jobs, groups=done.groups,
                                             moved=len(done.moved))))
-        self._refile(done.moved, now)
-        return self.pool_status(now)
+        return done.moved
 
     def job_home(self, job: str, now: float) -> JobHome:
         """Where the job's work goes (NotFound for a job with no group)."""
@@ -405,14 +417,18 @@ class SchedulerState:
         return self.groups.status(((a.agent_id, a.group, a.cpu_capacity if a.state == "alive"
                                     else 0.0) for a in self._agents.values()), now)
 
-    def _reshape(self, now: float) -> None:
-        """After the groups changed: each agent takes its group's terms, and queued work
-        asks for its job's group as it is now."""
+    def _reshape(self) -> None:
+        """After the groups changed: each agent takes its group's terms. One whose terms
+        changed (its labels, size, or block) is looked at again by the next pass for all
+        that waits, as an undrained one is: a pass examines work without it while closed."""
         for agent in self._agents.values():
-            agent.terms = self.groups.terms(agent.info)
+            terms = self.groups.terms(agent.info)
+            if terms == agent.terms:
+                continue
+            agent.terms = terms
             self._quota.reshape_worker(agent.agent_id, agent.labels, agent.cpu_capacity,
                                        int(agent.memory_capacity))
-        self._refile(None, now)
+            self._quota.touch_worker(agent.agent_id)
 
     def _refile(self, jobs: set[str] | None, now: float) -> None:
         """Queued actions of these jobs (None: of every job) ask again for their job's
@@ -437,6 +453,7 @@ class SchedulerState:
         node's, which Ray never gives out again. True when some were forgotten."""
         gone = {a for a in self.drained if a not in alive_nodes}
         self.drained -= gone
+        self._drains_changed = self._drains_changed or bool(gone)
         return bool(gone)
 
     def agent_info(self, agent_id: AgentId) -> AgentInfo | None:
@@ -614,7 +631,7 @@ class SchedulerState:
             return None
         return self._placer.explain(self._slots(), need, now)
 
-    def _verdict(self, need: Request, now: float, verdicts: dict[Shape, PendingReason | None],
+    def _verdict(self, need: Request, now: float, verdicts: dict[NeedKey, PendingReason | None],
                  ) -> PendingReason | None:
         """`_unplaceable`, once per shape of request in `verdicts` (a batch, a re-judging):
         the same labels and size get the same answer."""
@@ -627,7 +644,7 @@ class SchedulerState:
         """Re-judge queued actions after the pool changed: flag the ones no agent could
         ever take, and tell watchers once. With `only_clears`, only flagged ones can
         change, so only they are looked at; actions of one shape share one verdict."""
-        verdicts: dict[Shape, PendingReason | None] = {}
+        verdicts: dict[NeedKey, PendingReason | None] = {}
         queued = self._quota.queued
         for entry in self._ledger.in_stage(Stage.QUEUED):
             if only_clears and not entry.unplaceable:

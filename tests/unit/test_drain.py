@@ -68,7 +68,6 @@ def test_a_drain_is_in_the_event_log_and_survives_a_restart(tmp_path: Path) -> N
     core.drain("n1", 1)
     core.drain("n2", 2)
     core.drain("n2", 3, drained=False)
-    store.save_drained(core.drained)
     with core.writing() as changes:
         drains = [e for e in changes.events if isinstance(e, MeshEvent)
                   and e.kind.startswith("agent_") and "drain" in e.kind]

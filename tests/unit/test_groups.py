@@ -216,3 +216,25 @@ def test_a_dispatch_with_nowhere_to_send_work_keeps_the_jobs_groups() -> None:
         core.agent_left(nid(name), 20)
     core.dispatch(21)  # as a config applied before any agent registered would
     assert core.job_home("build", 21).group == "big", "no agents: nothing to balance"
+
+
+def test_an_unblocked_group_takes_the_work_that_waited_through_its_block() -> None:
+    core = pool()
+    core.block_group("small", True, 1)
+    core.submit([action("waits", labels=["mesh-group:small"])], 2)
+    assert placed(core, 2) == {}, "looked at (examined) while its only agent was blocked"
+    core.block_group("small", False, 3)
+    assert placed(core, 3) == {"waits": "s1"}, "nothing else happened in between"
+
+
+def test_a_damaged_pool_record_starts_the_scheduler_with_no_config(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    core = pool()
+    core.restore(store.load(), 0)
+    core.apply_pool(PoolConfig.parse(CONFIG), 0)
+    with core.writing() as changes:
+        store.write(changes)
+    store.db.execute("UPDATE pool SET record = '{\"config\": 7}'")
+    again = SchedulerState(stale_after=1e9)
+    again.restore(store.load(), 1)
+    assert again.pool_status(1).config == PoolConfig()

@@ -85,7 +85,8 @@ class Pass:
                  ) -> None:
         self.qs = qs
         self.gate = gate
-        self.open = open_worker
+        # Asked once per worker and pass, not at every level and sub-pass.
+        self.closed = {w for w, worker in qs.workers.items() if not open_worker(worker)}
         self.now = qs.last_update_time
         self.matched: set[ActionId] = set()
         self.matched_at = [0] * (FREE_BUCKET + 1)  # requests taken from each level
@@ -208,7 +209,7 @@ class Pass:
         if not self._unmatched(p):
             return
         workers = sorted((w for w in self.qs.workers.values()
-                          if self._has_room(w) and self.open(w)),
+                          if self._has_room(w) and w.id not in self.closed),
                          key=lambda w: (w.free_cpus, w.id))
         for worker in workers:
 
@@ -295,7 +296,7 @@ class Pass:
             return
         candidates = [(w, run) for w, run in self.qs.runs() if run.priority > p]
         banned = {run.request.account_id for _, run in candidates}
-        candidates = [(w, run) for w, run in candidates if self.open(w)]
+        candidates = [(w, run) for w, run in candidates if w.id not in self.closed]
         candidates.sort(key=lambda c: c[1].cost)
         cut = self.qs.quirks.examined_cut_in_preemption
         chained = self.qs.quirks.chained_preemption

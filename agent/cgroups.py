@@ -174,10 +174,11 @@ class Cgroups:
             raise
         return group
 
-    def give_back(self, group: AttemptGroup) -> bool:
-        """Keep an ended attempt's group for the next one if it is empty; False if it is
-        not (a process is still leaving): the caller then removes it, off the loop."""
-        if len(self._free) >= MAX_FREE or group.memory_limit is not None or not group.empty():
+    def give_back(self, group: AttemptGroup, empty: bool) -> bool:
+        """Keep an ended attempt's group for the next one if it is `empty` (as its
+        `empty()` just said); False if it is not (a process is still leaving): the caller
+        then removes it, off the loop."""
+        if len(self._free) >= MAX_FREE or group.memory_limit is not None or not empty:
             return False
         self._free.append(group)
         return True

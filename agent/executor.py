@@ -63,6 +63,8 @@ REMEMBER_FINISHED = 10_000
 NEVER_ASSIGNED = float("-inf")
 # Log pushes in flight per attempt before its pipes stop being read.
 MAX_PUSHES_IN_FLIGHT = 8
+# Programs whose place on a PATH is kept (see _Programs); past this, all are forgotten.
+MAX_KNOWN_PROGRAMS = 256
 
 
 @dataclass(eq=False)
@@ -101,17 +103,40 @@ def _argv(assignment: Assignment) -> list[str]:
     return ["/bin/sh", "-c", action.command[0]] if action.shell else list(action.command)
 
 
-def _check_executable(program: str, path: str, cwd: str) -> None:
-    """Raise what exec would for `program`: a gated start (see ChildProcess) execs it from a
-    shell, which would otherwise turn "not found" into exit code 127."""
-    if "/" in program:
-        where = os.path.join(cwd, program)
-        if not os.path.exists(where):
+class _Programs:
+    """Checks that a program can be exec'd, raising what exec would: a gated start (see
+    ChildProcess) execs it from a shell, which would otherwise turn "not found" into exit
+    code 127.
+
+    Where a name without a slash was last found on a PATH is kept, and a start looks at that
+    one file again rather than walking the PATH (`shutil.which` looks in every directory up
+    to it: a tenth of a short attempt's start); a file that is gone is looked for again.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str], str] = {}
+
+    def check(self, program: str, path: str, cwd: str) -> None:
+        if "/" in program:
+            where = os.path.join(cwd, program)
+            if not os.path.exists(where):
+                raise FileNotFoundError(2, "No such file or directory", program)
+            if not _executable(where):
+                raise PermissionError(13, "Permission denied", program)
+            return
+        known = self._found.get((program, path))
+        if known is not None and _executable(known):
+            return
+        found = shutil.which(program, path=path)
+        if found is None:
             raise FileNotFoundError(2, "No such file or directory", program)
-        if os.path.isdir(where) or not os.access(where, os.X_OK):
-            raise PermissionError(13, "Permission denied", program)
-    elif shutil.which(program, path=path) is None:
-        raise FileNotFoundError(2, "No such file or directory", program)
+        if len(self._found) >= MAX_KNOWN_PROGRAMS:
+            self._found.clear()
+        self._found[(program, path)] = found
+
+
+def _executable(where: str) -> bool:
+    return os.access(where, os.X_OK) and not os.path.isdir(where)
 
 
 def _spawn_failure(exc: Exception, argv: list[str], cwd: str | None) -> str:
@@ -169,6 +194,7 @@ class Executor:
         self._reaper: ReaperHandle | None = None
         self._closed = False
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._programs = _Programs()
 
     # ---- the reaper -----------------------------------------------------------------------
 
@@ -342,7 +368,7 @@ class Executor:
             gated = attempt.group is not None or switched
             if gated and not switched:
                 # Checked as the agent's user, who is the one that will exec it.
-                _check_executable(argv[0], env.get("PATH", ""), workdir)
+                self._programs.check(argv[0], env.get("PATH", ""), workdir)
             # Another user enters its working directory itself (the gate's `cd`): Popen
             # would enter it as the agent, past directories that user may not pass.
             attempt.child.spawn(argv, workdir, env, gated=gated,
@@ -441,6 +467,7 @@ class Executor:
         await asyncio.gather(*(a.done.wait() for a in attempts))
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.close)
+        await asyncio.to_thread(self.workspaces.close)
         if self._reaper is not None:
             reaper, self._reaper = self._reaper, None
             if await asyncio.to_thread(reaper.close) is None:
@@ -548,11 +575,17 @@ class Executor:
         if attempt.send_end_report:
             report = self._report(attempt, end.stage, end.exit_code, end.reason)
         self._remember(attempt.key, report, attempt.assignment.assigned_at)
-        if attempt.workspace is not None and not self.workspaces.remove(attempt.workspace):
-            self._spawn_cleanup(self.workspaces.remove_tree, attempt.workspace)
-        if (attempt.group is not None and self.cgroups is not None
-                and not self.cgroups.give_back(attempt.group)):
-            self._spawn_cleanup(attempt.group.remove)
+        # Only a control group tells that nothing of the attempt runs on (a process group
+        # can be left): then its empty directory may serve the next attempt.
+        vacated = False
+        if attempt.group is not None and self.cgroups is not None:
+            vacated = attempt.group.empty()
+            if not self.cgroups.give_back(attempt.group, vacated):
+                self._spawn_cleanup(attempt.group.remove)
+        workspace = attempt.workspace
+        if workspace is not None and not (vacated and self.workspaces.give_back(workspace)) \
+                and not self.workspaces.remove(workspace):
+            self._spawn_cleanup(self.workspaces.remove_tree, workspace)
         attempt.done.set()
 
     def _spawn_cleanup(self, work: Callable[..., Any], *args: Any) -> None:

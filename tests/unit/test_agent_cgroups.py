@@ -172,6 +172,39 @@ async def test_ended_attempts_leave_their_groups_empty_for_the_next(
     assert not any(base.exists() for base in bases)  # the agent's shutdown removed them
 
 
+async def test_an_emptied_workspace_serves_the_next_attempt_private_again(
+        sinks: RecordingSinks, machine: Cgroups) -> None:
+    where = "pwd; stat -c '%i %a' ."
+    async with executor(sinks) as ex:
+        await ex.start(shell(f"{where}; chmod 777 .", "w1"))
+        await ended(sinks, "w1")
+        await ex.start(shell(f"{where}; echo x > left", "w2"))
+        await ended(sinks, "w2")
+        await ex.start(shell(where, "w3"))
+        await ended(sinks, "w3")
+    (first, seen1), (second, seen2), (third, seen3) = (
+        (Path(lines[0][2]), lines[1][2].split()) for lines in map(sinks.lines, ("w1", "w2", "w3")))
+    # The same directory, renamed for its new attempt and closed up again...
+    assert second.name.startswith("w2-1-") and second != first, (first, second)
+    assert seen2[0] == seen1[0] and seen2[1] == "700", (seen1, seen2)
+    # ...but not one left with contents: that one is removed, and the next made anew
+    # (its inode number may be the removed one's again).
+    assert "+" in second.name and "+" not in third.name and not second.exists(), third
+    assert seen3[1] == "700"
+    assert not third.exists()  # gone with the agent
+
+
+async def test_without_cgroups_every_attempt_gets_a_new_workspace(
+        sinks: RecordingSinks) -> None:
+    # A process group cannot show that nothing of an attempt still runs in its directory.
+    async with executor(sinks, CONFIG.model_copy(update={"cgroups": False})) as ex:
+        for name in ("n1", "n2"):
+            await ex.start(shell("pwd", name))
+            await ended(sinks, name)
+        first, second = (Path(sinks.lines(n)[0][2]) for n in ("n1", "n2"))
+        assert not first.exists() and "+" not in second.name, (first, second)
+
+
 async def test_a_reused_group_counts_only_its_own_attempts_oom_kills(
         sinks: RecordingSinks, machine: Cgroups) -> None:
     if machine.memory is None:
@@ -236,6 +269,25 @@ async def test_a_missing_program_is_still_reported_as_not_started(
     end = sinks.end("a1")
     assert end is not None and end.stage == "failed" and end.exit_code is None
     assert "could not start 'no-such-program-xyz'" in end.reason, end.reason
+
+
+async def test_a_program_that_is_gone_is_not_started_though_it_was_found_before(
+        sinks: RecordingSinks, machine: Cgroups, tmp_path: Path) -> None:
+    tool = tmp_path / "bin" / "mytool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho ran\n")
+    tool.chmod(0o755)
+    env = {"PATH": f"{tool.parent}:/usr/bin:/bin"}
+    async with executor(sinks) as ex:
+        await ex.start(assignment(["mytool"], "t1", env=env))
+        await ended(sinks, "t1")
+        tool.unlink()
+        await ex.start(assignment(["mytool"], "t2", env=env))
+        await ended(sinks, "t2")
+    first, second = sinks.end("t1"), sinks.end("t2")
+    assert first is not None and first.stage == "succeeded", first
+    assert second is not None and second.exit_code is None
+    assert "could not start 'mytool'" in second.reason, second.reason
 
 
 async def test_a_new_agent_clears_groups_an_earlier_one_left(machine: Cgroups,

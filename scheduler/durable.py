@@ -20,7 +20,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,7 @@ class Writer:
         self._enter(f"{fault} ({exc})")
         return fault
 
-    def hold(self, decisions: list[Decision]) -> None:
+    def hold(self, decisions: Sequence[Decision]) -> None:
         """Decisions whose state could not be written: carried out once it is."""
         self._held.extend(decisions)
 

@@ -49,9 +49,10 @@ OPTIONS: list[tuple[str, int]] = [
     ("grpc.so_reuseport", 0),
 ]
 
-# Applies a report; the answer carries the reporting agent's next work and whether what the
-# report changed was written.
-Handler = Callable[[AttemptReport], ReportAnswer]
+# Applies reports that arrived together, from one agent or several, in order as one (one
+# scheduling step, one write): one answer per report, each saying whether what it changed
+# was written; an agent's next work rides on the answer to its last report.
+Handler = Callable[[list[AttemptReport]], list[ReportAnswer]]
 # Receives what a closed stream carried that its agent never confirmed: assignments (the
 # agent ignores a second start of an attempt it knows) and stops with no outcome back, so
 # they go another way rather than being lost.
@@ -102,7 +103,6 @@ class _Stream:
     unconfirmed: dict[Key, Assignment] = field(default_factory=dict)
     unanswered_stops: dict[Key, Stop] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    writing: bool = False
     closed: bool = False
 
     def pending(self) -> bool:
@@ -130,6 +130,8 @@ class LinkServer:
         self.streams: dict[AgentId, list[_Stream]] = {}
         # Since when each agent has had a stream open, or has had none.
         self.since: dict[AgentId, float] = {}
+        # Reports not yet applied, by the stream they came on, in arrival order.
+        self._inbox: list[tuple[_Stream, list[pb.AttemptReport]]] = []
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -259,7 +261,7 @@ class LinkServer:
         reason = "the call was cancelled"
         try:
             await context.write(pb.SchedulerMessage())  # admitted
-            tasks = [loop.create_task(self._read(stream, requests, context)),
+            tasks = [loop.create_task(self._read(stream, requests)),
                      loop.create_task(self._write(stream, context))]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             failed = [t.exception() for t in done if t.exception() is not None]
@@ -273,12 +275,9 @@ class LinkServer:
                 task.cancel()
             self._closed(stream, reason)
 
-    async def _read(self, stream: _Stream, requests: AsyncIterator[pb.AgentMessage],
-                    context: aio.ServicerContext) -> None:
+    async def _read(self, stream: _Stream, requests: AsyncIterator[pb.AgentMessage]) -> None:
         async for message in requests:
             self._take(stream, message)
-            if not stream.writing:
-                await self._flush(stream, context)  # the answers at once, no task between
 
     def _closed(self, stream: _Stream, reason: str) -> None:
         streams = self.streams.get(stream.agent_id, [])
@@ -295,15 +294,14 @@ class LinkServer:
             self.undelivered(unconfirmed, unstopped)
 
     def _take(self, stream: _Stream, message: pb.AgentMessage) -> None:
-        """Apply one message of the agent: each report is answered, in order."""
+        """Take one message of the agent. Its reports wait for the end of this turn of the
+        event loop, to be applied with those that came meanwhile on any stream; each is
+        answered, in order."""
         agent = stream.agent_id
-        for report in message.reports:
-            answer = self._answer(stream, report)
-            converted, size = self._answer_pb(answer)
-            if converted.assignments:
-                stream.unconfirmed.update(((a.action_id, a.attempt), a)
-                                          for a in answer.assignments)
-            stream.answers.append((converted, size))
+        if message.reports:
+            if not self._inbox:
+                asyncio.get_running_loop().call_soon(self._apply_inbox)
+            self._inbox.append((stream, list(message.reports)))
         if message.HasField("load"):
             try:
                 self.load(agent, protoconv.load(message.load))
@@ -321,19 +319,49 @@ class LinkServer:
             if stop is not None:
                 self.stopped(stop, checked)
 
-    def _answer(self, stream: _Stream, message: pb.AttemptReport) -> ReportAnswer:
+    def _apply_inbox(self) -> None:
+        """Apply every report waiting, from all streams, as one; queue each answer on its
+        stream (what a stream closed meanwhile cannot carry is handed on)."""
+        inbox, self._inbox = self._inbox, []
+        reports: list[AttemptReport] = []
+        # Per report, in order: its stream, and its place in `reports` or why it is refused.
+        order: list[tuple[_Stream, int | ReportAnswer]] = []
+        for stream, messages in inbox:
+            for message in messages:
+                try:
+                    report = protoconv.report(message, stream.agent_id)
+                except InvalidInput as exc:
+                    order.append((stream, ReportAnswer(error=f"invalid report: {exc}")))
+                    continue
+                stream.unconfirmed.pop((report.action_id, report.attempt), None)
+                order.append((stream, len(reports)))
+                reports.append(report)
+        answers = self._apply(reports)
+        for stream, place in order:
+            answer = answers[place] if isinstance(place, int) else place
+            if stream.closed:
+                if answer.assignments:
+                    self.undelivered(answer.assignments, [])
+                continue
+            converted, size = self._answer_pb(answer)
+            if converted.assignments:
+                stream.unconfirmed.update(((a.action_id, a.attempt), a)
+                                          for a in answer.assignments)
+            stream.answers.append((converted, size))
+            stream.wake.set()
+
+    def _apply(self, reports: list[AttemptReport]) -> list[ReportAnswer]:
+        if not reports:
+            return []
         try:
-            report = protoconv.report(message, stream.agent_id)
-        except InvalidInput as exc:
-            return ReportAnswer(error=f"invalid report: {exc}")
-        stream.unconfirmed.pop((report.action_id, report.attempt), None)
-        try:
-            return self.handler(report)
+            return self.handler(reports)
         except Exception as exc:
-            # A bug in applying one report must cost that report, not the stream.
-            log.exception("applying %s of %s attempt %d failed", report.stage,
-                          report.action_id, report.attempt)
-            return ReportAnswer(error=f"the scheduler failed to apply it: {exc!r}")
+            # A bug in applying reports must cost those reports, not the streams.
+            log.exception("applying %d report(s) failed, the first %s of %s attempt %d",
+                          len(reports), reports[0].stage, reports[0].action_id,
+                          reports[0].attempt)
+            return [ReportAnswer(error=f"the scheduler failed to apply it: {exc!r}")
+                    for _ in reports]
 
     def _answer_pb(self, answer: ReportAnswer) -> tuple[pb.ReportAnswer, int]:
         """The answer as it goes down, and its size."""
@@ -347,23 +375,15 @@ class LinkServer:
         return converted, converted.ByteSize() + ITEM_OVERHEAD
 
     async def _write(self, stream: _Stream, context: aio.ServicerContext) -> None:
-        """Send what is pushed to the stream between its agent's messages; returns when
-        the stream is closed from this side."""
+        """Send what is queued for the stream (answers, stops, new work), in as few messages
+        as the size limit allows; the only writer (gRPC takes one write at a time), so what
+        comes while a write is under way goes in the next. Returns when the stream is
+        closed from this side."""
         while not stream.closed:
             await stream.wake.wait()
             stream.wake.clear()
-            if not stream.writing:
-                await self._flush(stream, context)
-
-    async def _flush(self, stream: _Stream, context: aio.ServicerContext) -> None:
-        """Send what waits, in as few messages as the size limit allows. One flush at a
-        time (gRPC takes one write at a time); one running picks up what comes meanwhile."""
-        stream.writing = True
-        try:
             while stream.pending() and not stream.closed:
                 await context.write(self._next_message(stream))
-        finally:
-            stream.writing = False
 
     def _next_message(self, stream: _Stream) -> pb.SchedulerMessage:
         """Take what fits in one message off the stream's queues (each item fits alone):

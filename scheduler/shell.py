@@ -114,7 +114,7 @@ class Scheduler:
         self.http_port: int | None = None
         self.pool_looks = 0  # turns of the pool loop, for whoever waits on one
         self._http: DispatchHttp | None = None
-        self.link = LinkServer(config, link_host, self.core.agent_info, self.report_attempt,
+        self.link = LinkServer(config, link_host, self.core.agent_info, self.report_attempts,
                                self.report_load, self._stopped, self._deliver_otherwise, clock)
 
     # ---- durable state -------------------------------------------------------------------
@@ -434,24 +434,35 @@ class Scheduler:
             self.kick()
 
     def report_attempt(self, report: AttemptReport) -> ReportAnswer:
-        """Apply a report; answer an end report with the reporting agent's next work, and
-        whether what it changed is written.
+        """Apply one report (see report_attempts)."""
+        return self.report_attempts([report])[0]
+
+    def report_attempts(self, reports: list[AttemptReport]) -> list[ReportAnswer]:
+        """Apply reports that arrived together, in order, with one step and one write; one
+        answer per report, each saying whether what it changed is written.
 
         The end of an attempt frees room on its agent, so a step runs at once and what it
-        places there rides back on this call's answer: the freed slot is refilled one
-        round trip sooner than with a separate start call.
+        places there rides back on the answer to that agent's last report: the freed slot
+        is refilled one round trip sooner than with a separate start call. Under load,
+        reports from many agents share the step and the write.
         """
         now = self.clock()
-        decisions = self.core.report(report, now)
-        if (report.stage != "running" and report.agent_id in self.handles
-                and not self.writer.read_only):
+        decisions: list[Decision] = []
+        for report in reports:
+            decisions += self.core.report(report, now)
+        if not self.writer.read_only and any(
+                r.stage != "running" and r.agent_id in self.handles for r in reports):
             decisions += self._step(now)
-        mine = [d for d in decisions
-                if isinstance(d, Assign) and d.agent_id == report.agent_id]
+        last = {r.agent_id: i for i, r in enumerate(reports)}
+        mine = [d for d in decisions if isinstance(d, Assign) and d.agent_id in last]
         if not self._carry_out([d for d in decisions if d not in mine]):  # writes `mine` too
-            self.writer.hold(list(mine))  # unwritten: sent by the recovery once it can write
-            return ReportAnswer(recorded=False)
-        return ReportAnswer(assignments=[self.core.assignment(d) for d in mine], recorded=True)
+            self.writer.hold(mine)  # unwritten: sent by the recovery once it can write
+            return [ReportAnswer(recorded=False) for _ in reports]
+        work: dict[AgentId, list[Assignment]] = {}
+        for decision in mine:
+            work.setdefault(decision.agent_id, []).append(self.core.assignment(decision))
+        return [ReportAnswer(assignments=work.get(r.agent_id, []) if last[r.agent_id] == i
+                             else [], recorded=True) for i, r in enumerate(reports)]
 
     def _deliver_otherwise(self, assignments: list[Assignment], stops: list[Stop]) -> None:
         """Ray calls for what a lost stream may not have delivered: starts still waiting for

@@ -83,6 +83,8 @@ class Recorder:
     def __init__(self, answers: dict[tuple[str, str], list[Assignment]] | None = None,
                  on_report: Callable[[AttemptReport], None] | None = None) -> None:
         self.seen: list[AttemptReport] = []
+        # How many reports each call applied together.
+        self.batches: list[int] = []
         self.answers = answers or {}
         self.on_report = on_report
         self.undelivered: list[Assignment] = []
@@ -90,7 +92,11 @@ class Recorder:
         self.loads: list[tuple[AgentId, Load]] = []
         self.stopped: list[tuple[Stop, CancelOutcome]] = []
 
-    def __call__(self, r: AttemptReport) -> ReportAnswer:
+    def __call__(self, reports: list[AttemptReport]) -> list[ReportAnswer]:
+        self.batches.append(len(reports))
+        return [self._one(r) for r in reports]
+
+    def _one(self, r: AttemptReport) -> ReportAnswer:
         self.seen.append(r)
         if self.on_report is not None:
             self.on_report(r)
@@ -245,6 +251,7 @@ async def test_reports_arrive_in_order_and_end_reports_bring_the_next_assignment
     await async_wait_until(lambda: len(handler.seen), lambda n: n >= len(sent),
                            what="every report at the server")
     assert handler.seen == sent
+    assert handler.batches == [len(sent)], "reports that come together are applied as one"
     await async_wait_until(lambda: [a.action_id for a in got],
                            lambda ids: ids == ["b1", "b2", "b3"],
                            what="the answers' assignments")

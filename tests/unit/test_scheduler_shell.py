@@ -142,6 +142,46 @@ async def test_an_end_report_is_answered_with_the_agents_next_assignment(
     assert s.core.get(ActionId("b"), s.clock()).stage is Stage.ASSIGNED
 
 
+async def test_reports_that_arrive_together_share_one_step_and_one_write(
+        tmp_path: Path) -> None:
+    agents = {n: FakeAgent(agent(n, cpus=1)) for n in ("n1", "n2")}
+    nodes = [{"NodeID": n, "Alive": True, "Resources": {}, "Labels": {}} for n in agents]
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda n, _: agents[n],
+                  list_nodes=lambda: nodes, clock=lambda: 1.0)
+    try:
+        for fake in agents.values():
+            s.register(fake.info, fake)
+            s.report_load(fake.info.agent_id, load(at=0.0))
+        s.submit([action(x) for x in "abcde"], True)
+        s.ensure_started()
+        await settle()
+        running = {str(x): n for n, fake in agents.items() for kind, x in fake.calls
+                   if kind == "start"}
+        assert sorted(running.values()) == ["n1", "n2"], running
+        first, second = sorted(running, key=running.__getitem__)
+        writes: list[Changes] = []
+        write = s.writer.store.write
+
+        def counted(changes: Changes, durable: bool = False) -> None:
+            writes.append(changes)
+            write(changes, durable)
+
+        s.writer.store.write = counted  # type: ignore[method-assign]
+        answers = s.report_attempts([
+            report(first, 1, "n1", "running"),
+            report(first, 1, "n1", "succeeded", exit_code=0),
+            report(second, 1, "n2", "failed", exit_code=1)])
+        assert len(writes) == 1, "one write for the three reports"
+        assert all(a.recorded for a in answers)
+        # Each agent's next work rides on the answer to its last report; none is lost.
+        work = [[x.action_id for x in a.assignments] for a in answers]
+        assert work[0] == [] and len(work[1]) == len(work[2]) == 1, work
+        assert {s.core.get(ActionId(x), s.clock()).stage for x in work[1] + work[2]} == {
+            Stage.ASSIGNED}
+    finally:
+        await s.shutdown()
+
+
 async def test_an_unreachable_agent_is_suspect_and_watched_again(
         s: Scheduler, n1: FakeAgent) -> None:
     await settle()

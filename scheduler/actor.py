@@ -111,11 +111,11 @@ class SchedulerActor:
     async def report_load(self, agent_id: AgentId, load: Load) -> None:
         body, agent = self._started(), _agent_id(agent_id)
         body.report_load(agent, arrived(Load, load, "load"))
-        body.by_ray_call(agent)
+        body.grants.by_ray_call(agent)
 
     async def report_attempt(self, report: AttemptReport) -> ReportAnswer:
         body, checked = self._started(), arrived(AttemptReport, report, "report")
-        body.by_ray_call(checked.agent_id)
+        body.grants.by_ray_call(checked.agent_id)
         return body.report_attempt(checked)
 
     # ---- clients -------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class SchedulerActor:
         if not isinstance(text, str):
             raise InvalidInput("pool config: expected the file's text", [("pool config",
                                                                           "not text")])
-        return self.s.apply_pool(PoolConfig.parse(text))
+        return self.s.pools.apply(PoolConfig.parse(text))
 
     async def pool_status(self) -> PoolStatus:
         await self._serving()
@@ -243,12 +243,12 @@ class SchedulerActor:
         """No new work for the group's agents (their running work finishes); with
         `blocked` false, open it again. Kept across restarts."""
         await self._serving()
-        return self.s.block_group(arrived_id(group, "group"), arrived_flag(blocked, "blocked"))
+        return self.s.pools.block(arrived_id(group, "group"), arrived_flag(blocked, "blocked"))
 
     async def dispatch(self) -> PoolStatus:
         """Assign jobs to groups again from their recorded load, now."""
         await self._serving()
-        return self.s.dispatch()
+        return self.s.pools.dispatch()
 
     async def job_home(self, job: str) -> JobHome:
         await self._serving()
@@ -256,7 +256,7 @@ class SchedulerActor:
 
     async def http_port(self) -> int | None:
         """The port the dispatcher's HTTP endpoint serves on (None: it does not serve)."""
-        return self._body().http_port
+        return self._body().pools.http_port
 
     async def health(self) -> Health:
         """Answers at once, serving or not: whether it serves and can write its state."""

@@ -183,6 +183,16 @@ class Writer:
             raise self.refusal(f"{what} are refused until it can write again (nothing was "
                                "changed)")
 
+    def write_change(self, what: str) -> None:
+        """Write an operator's change just made; StoreReadOnly if it stays unwritten."""
+        if not self.write():
+            raise self.unwritten(what)
+
+    def unwritten(self, what: str) -> StoreReadOnly:
+        """The error for a change in force that could not be written."""
+        return self.refusal(f"{what} is in force but not yet written (it will be once the "
+                            "store can write, unless the scheduler restarts first)")
+
     def refusal(self, outcome: str) -> StoreReadOnly:
         """The error for a change asked while read-only, saying why and what became of it."""
         return StoreReadOnly(f"state store read-only: {self.reason}; {outcome}")

@@ -1,9 +1,10 @@
-"""The scheduler's body: loops that never die, durable writes, and carrying out decisions.
+"""The scheduler's body: the loops that never die, agents coming and going, and the calls
+of agents and clients, fed to the pure core (`scheduler/core`).
 
-It feeds the pure core (`scheduler/core`) events from agents, nodes and clients, writes what
-each step changed before acting on it, and turns the core's `Assign` / `Stop` decisions into
-calls to agents. Ray appears only behind injected interfaces (agent handles, node listing),
-so tests drive it in memory.
+What each step changed is written before it is acted on; the core's `Assign` / `Stop`
+decisions are carried out by `Delivery`, operators' pool changes by `PoolKeeper`, and the
+agents' link grants by `Grants`. Ray appears only behind injected interfaces (agent
+handles, node listing), so tests drive it in memory.
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ from typing import Any, TypeVar
 import ray
 
 from mesh import reasons
-from mesh.errors import MeshError, SchedulerUnavailable, StoreReadOnly
+from mesh.errors import MeshError, SchedulerUnavailable
 from mesh.metrics import METRICS_INTERVAL
-from mesh.poolconfig import GroupStatus, PoolConfig, PoolStatus
 from mesh.protocol import (
     AgentHoldings,
     Assignment,
     AttemptReport,
-    CancelOutcome,
-    LinkGrant,
     ReportAnswer,
 )
 from mesh.schema import (
@@ -45,12 +43,13 @@ from mesh.schema import (
 from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable, make_agent_handle
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.state import SchedulerState
+from scheduler.delivery import Delivery
 from scheduler.durable import Writer
-from scheduler.http import DispatchHttp
+from scheduler.grants import Grants
 from scheduler.journal import JournalReads
 from scheduler.link import LinkServer
 from scheduler.nodes import alive, parse_nodes, wanted
-from scheduler.poolfile import PoolFile
+from scheduler.pooling import PoolKeeper
 from scheduler.sinks import EventBook, QuotaLog
 from scheduler.store import Store
 from scheduler.telemetry import Discard, Sink, Telemetry
@@ -64,14 +63,8 @@ HELLO_TIMEOUT = 60.0
 # At start-up (and after a restart) clients wait until every agent has said what it runs,
 # or this many seconds; a slower agent is reconciled when it answers.
 FIRST_SYNC_WAIT = 10.0
-# Pauses between attempts to serve the agent link while its port cannot be had.
-LINK_RETRY_FIRST, LINK_RETRY_MAX = 1.0, 30.0
-# An agent reporting by Ray calls this long after its last grant is handed another.
-REGRANT_AFTER = 10.0
 # Seconds between passes when nothing else asks for one.
 QUOTA_PASS_INTERVAL = 2.0
-# Seconds between looks at the pool config file and at whether a dispatch is due.
-POOL_CHECK_INTERVAL = 2.0
 # Finished actions kept in memory (the latest, written ones); the store answers for others.
 FINISHED_IN_MEMORY = 1000
 
@@ -110,12 +103,13 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._synced: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._granted_at: dict[AgentId, float] = {}
-        self.http_port: int | None = None
-        self.pool_looks = 0  # turns of the pool loop, for whoever waits on one
-        self._http: DispatchHttp | None = None
+        self.pools = PoolKeeper(self.core, self.writer, self.kick, config, clock)
         self.link = LinkServer(config, link_host, self.core.agent_info, self.report_attempts,
-                               self.report_load, self._stopped, self._deliver_otherwise, clock)
+                               self.report_load, lambda *a: self.delivery.stopped(*a),
+                               lambda *a: self.delivery.otherwise(*a), clock)
+        self.grants = Grants(self.link, self.handles, self.core.agent_info, clock, self._spawn)
+        self.delivery = Delivery(self.core, self.writer, self.link, self.handles, clock,
+                                 self.kick, self._spawn, self.agent_lost)
 
     # ---- durable state -------------------------------------------------------------------
 
@@ -133,7 +127,7 @@ class Scheduler:
 
     def _resume(self, held: list[Decision]) -> None:
         """The store writes again: carry out what was held (starts still wanted only)."""
-        self._carry_out([d for d in held if not isinstance(d, Assign)
+        self.delivery.carry_out([d for d in held if not isinstance(d, Assign)
                          or self.core.awaits_start(d.action_id, d.attempt)])
         self.kick()
 
@@ -151,15 +145,15 @@ class Scheduler:
         self._wake.set()  # look at the queue once at start: it may hold work already
         self._synced = asyncio.Event()
         if self.config.link == "stream":
-            self._spawn(self._open_link())
+            self._spawn(self.grants.serve())
         self._spawn(self._dispatch_loop())
         self._spawn(self._node_loop())
         self._spawn(self.upkeep.save_accounts())
         self._spawn(self.upkeep.expire())
         self._spawn(self._metrics_loop())
-        self._spawn(self._pool_loop())
+        self._spawn(self.pools.follow())
         if self.config.http_port is not None:
-            self._spawn(self._serve_http(self.config.http_port))
+            self._spawn(self.pools.serve_http(self.config.http_port))
         self.writer.start(self._spawn, self._resume)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -184,50 +178,6 @@ class Scheduler:
             return False
         return True
 
-    async def _open_link(self) -> None:
-        """Serve the agent link, trying again with a growing pause while its port cannot
-        be had (agents report by Ray calls meanwhile: slower, but nothing is lost); then
-        hand every agent its grant."""
-        pause = LINK_RETRY_FIRST
-        while True:
-            try:
-                port = await self.link.start()
-                break
-            except Exception as exc:
-                log.error("agent link not served on %s:%d (%r); agents report by Ray calls; "
-                          "trying again in %gs", self.link.host, self.link.port, exc, pause)
-            await asyncio.sleep(pause)
-            pause = min(LINK_RETRY_MAX, pause * 2)
-        log.info("agent link on %s:%d%s", self.link.host, port,
-                 " (TLS)" if self.link.tls else "")
-        for agent_id in list(self.handles):
-            self._send_grant(agent_id)
-
-    def _send_grant(self, agent_id: AgentId) -> None:
-        """Hand the agent its grant (once the link serves), by a Ray call to the agent's
-        own actor: only that actor learns its credential."""
-        info = self.core.agent_info(agent_id)
-        grant = None if info is None else self.link.grant(info)
-        if grant is not None:
-            self._granted_at[agent_id] = self.clock()
-            self._spawn(self._grant(agent_id, self.handles[agent_id], grant))
-
-    def by_ray_call(self, agent_id: AgentId) -> None:
-        """An agent reported by Ray call: if the link serves and the agent has had no
-        stream for a while, its grant may have been lost (or refused): hand it again."""
-        if (agent_id in self.handles and not self.link.on_stream(agent_id)
-                and self.clock() - self._granted_at.get(agent_id, 0.0) >= REGRANT_AFTER):
-            self._send_grant(agent_id)
-
-    async def _grant(self, agent_id: AgentId, handle: AgentHandle, grant: LinkGrant) -> None:
-        try:
-            await handle.link(grant)
-        except (AgentGone, AgentUnreachable):
-            pass  # the watch on the agent sees to it; a new handle gets a new grant
-        except Exception as exc:
-            log.warning("agent %s refused its link grant: %r; it reports by Ray calls",
-                        agent_id, exc)
-
     # ---- the loops, which must never die -------------------------------------------------
 
     async def _metrics_loop(self) -> None:
@@ -251,7 +201,7 @@ class Scheduler:
             if self.writer.read_only:
                 continue  # nothing new starts; the recovery kicks once it can write
             try:
-                if self._carry_out(self._step(self.clock())):
+                if self.delivery.carry_out(self._step(self.clock())):
                     self.core.evict_finished(FINISHED_IN_MEMORY)
             except Exception:
                 log.exception("carrying out a step failed; the loop goes on")
@@ -318,9 +268,9 @@ class Scheduler:
         decisions = self.core.agent_joined(info, self.clock(), held)
         self.telemetry.reconciled(held or AgentHoldings(),
                                   sum(isinstance(d, Stop) for d in decisions))
-        self._carry_out(decisions)
+        self.delivery.carry_out(decisions)
         self._spawn(self._watch(info.agent_id, handle))
-        self._send_grant(info.agent_id)
+        self.grants.send(info.agent_id)
         self.kick()
 
     async def _watch(self, agent_id: AgentId, handle: AgentHandle) -> None:
@@ -364,69 +314,6 @@ class Scheduler:
             log.exception("scheduling step failed; the loop goes on")
             return []
 
-    def _carry_out(self, decisions: list[Decision]) -> bool:
-        """Write the state, then act: an assignment is written before its agent hears of
-        it, so a restarted scheduler never meets an attempt it did not know it made.
-        False (and nothing sent) when the write failed.
-
-        Starts and stops go down the agent's stream when it has one open (one message
-        per agent, no Ray call), else by Ray call.
-        """
-        if not self.writer.write():
-            self.writer.hold(decisions)
-            return False
-        starts: dict[AgentId, list[Assign]] = {}
-        for decision in decisions:
-            if decision.agent_id not in self.handles:
-                if isinstance(decision, Assign):
-                    self._start_failed(decision, reasons.AGENT_LEFT)
-            elif isinstance(decision, Assign):
-                starts.setdefault(decision.agent_id, []).append(decision)
-            elif not self.link.stop(decision):
-                self._call(decision)
-        for agent_id, assigns in starts.items():
-            unsent = {(a.action_id, a.attempt) for a in self.link.push(
-                agent_id, [self.core.assignment(a) for a in assigns])}
-            for assign in assigns:
-                if (assign.action_id, assign.attempt) in unsent:
-                    self._call(assign)
-        return True
-
-    def _call(self, decision: Decision) -> None:
-        """Carry out one decision by a Ray call to its agent, and follow the call."""
-        handle = self.handles[decision.agent_id]
-        try:
-            if isinstance(decision, Assign):
-                call = handle.start(self.core.assignment(decision))
-            else:
-                call = handle.stop(decision.action_id, decision.attempt, decision.reason)
-        except Exception as exc:  # submitting the call itself failed (serialisation)
-            log.exception("could not send %s", decision)
-            if isinstance(decision, Assign):
-                self._start_failed(decision, reasons.START_NOT_SENT.format(error=exc))
-            return
-        self._spawn(self._follow_call(decision, handle, call))
-
-    def _start_failed(self, decision: Assign, why: str) -> None:
-        self.core.start_failed(decision.action_id, decision.attempt, self.clock(), why)
-        self.writer.write()
-        self.kick()
-
-    async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
-        try:
-            found = await call
-            if isinstance(decision, Stop) and found == "unknown":
-                self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
-                self.writer.write()
-        except AgentGone:
-            self.agent_lost(decision.agent_id, reasons.CALL_FAILED, handle)
-        except AgentUnreachable:
-            self.core.agent_suspect(decision.agent_id, self.clock())
-        except Exception as exc:
-            log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
-            if isinstance(decision, Assign):
-                self._start_failed(decision, reasons.START_REFUSED.format(error=exc))
-
     # ---- calls from agents ---------------------------------------------------------------
 
     def report_load(self, agent_id: AgentId, load: Load) -> None:
@@ -455,7 +342,8 @@ class Scheduler:
             decisions += self._step(now)
         last = {r.agent_id: i for i, r in enumerate(reports)}
         mine = [d for d in decisions if isinstance(d, Assign) and d.agent_id in last]
-        if not self._carry_out([d for d in decisions if d not in mine]):  # writes `mine` too
+        others = [d for d in decisions if d not in mine]
+        if not self.delivery.carry_out(others):  # writes `mine` too
             self.writer.hold(mine)  # unwritten: sent by the recovery once it can write
             return [ReportAnswer(recorded=False) for _ in reports]
         work: dict[AgentId, list[Assignment]] = {}
@@ -463,23 +351,6 @@ class Scheduler:
             work.setdefault(decision.agent_id, []).append(self.core.assignment(decision))
         return [ReportAnswer(assignments=work.get(r.agent_id, []) if last[r.agent_id] == i
                              else [], recorded=True) for i, r in enumerate(reports)]
-
-    def _deliver_otherwise(self, assignments: list[Assignment], stops: list[Stop]) -> None:
-        """Ray calls for what a lost stream may not have delivered: starts still waiting for
-        their start (a cancelled or ended one must not run again), and stops with no
-        outcome back."""
-        now = self.clock()
-        still = [a for a in assignments if self.core.awaits_start(a.action_id, a.attempt)]
-        self._carry_out([Assign(a.action_id, a.attempt, a.agent_id, now) for a in still])
-        for stop in stops:
-            if stop.agent_id in self.handles:
-                self._call(stop)
-
-    def _stopped(self, stop: Stop, outcome: CancelOutcome) -> None:
-        """An agent's outcome of a stop sent down its stream."""
-        if outcome == "unknown":
-            self.core.stop_found_nothing(stop.action_id, stop.attempt, self.clock())
-            self.writer.write()
 
     # ---- calls from clients that change state --------------------------------------------
 
@@ -501,7 +372,7 @@ class Scheduler:
 
     def cancel(self, action_id: ActionId) -> ActionStatus:
         self.writer.refuse_if_read_only("cancels")
-        self._carry_out(self.core.cancel(action_id, self.clock()))
+        self.delivery.carry_out(self.core.cancel(action_id, self.clock()))
         self.kick()
         return self.core.get(action_id, self.clock())
 
@@ -513,85 +384,16 @@ class Scheduler:
         self.writer.save_accounts()
         self.kick()
         if self.writer.read_only:
-            raise self._unwritten("the change")
+            raise self.writer.unwritten("the change")
         return result
 
     def drain(self, name: str, drained: bool) -> AgentStatus:
         """Drain an agent (or open it again), durably; refused while read-only."""
         self.writer.refuse_if_read_only("drains")
         status = self.core.drain(name, self.clock(), drained)
-        self._written("the drain" if drained else "the undrain")
-        return self._linked(status)
-
-    # ---- groups: the pool config, blocks, and jobs' dispatch --------------------------------
-
-    def apply_pool(self, config: PoolConfig, file_digest: str | None = None) -> PoolStatus:
-        """Put a pool config in force, durably (refused while read-only); `file_digest`:
-        read from the pool config file, with that content."""
-        self.writer.refuse_if_read_only("pool config changes")
-        status = self.core.apply_pool(config, self.clock(), file_digest)
-        self._written("the pool config")
-        return status
-
-    def block_group(self, group: str, blocked: bool) -> GroupStatus:
-        self.writer.refuse_if_read_only("blocks")
-        status = self.core.block_group(group, blocked, self.clock())
-        self._written("the block" if blocked else "the unblock")
-        return status
-
-    def dispatch(self) -> PoolStatus:
-        """Assign jobs to groups again now (refused while read-only)."""
-        self.writer.refuse_if_read_only("dispatches")
-        status = self.core.dispatch(self.clock())
-        self._written("the dispatch")
-        return status
-
-    def _written(self, what: str) -> None:
-        """Write the change just made and run a pass; StoreReadOnly if it was not written."""
-        written = self.writer.write()
         self.kick()
-        if not written:
-            raise self._unwritten(what)
-
-    def _unwritten(self, what: str) -> StoreReadOnly:
-        return self.writer.refusal(f"{what} is in force but not yet written (it will be "
-                                   "once the store can write, unless the scheduler restarts "
-                                   "first)")
-
-    async def _pool_loop(self) -> None:
-        """Follow the pool config file, if one was named, and dispatch jobs when due."""
-        watched = (PoolFile(self.config.pool_config, self.core.groups.file_digest)
-                   if self.config.pool_config else None)
-        while True:
-            try:
-                if not self.writer.read_only:
-                    self._pool_upkeep(watched)
-            except Exception:
-                log.exception("pool upkeep failed; will try again")
-            await asyncio.sleep(POOL_CHECK_INTERVAL)
-
-    async def _serve_http(self, port: int) -> None:
-        http = DispatchHttp(self.config.http_host, port,
-                            lambda job: self.core.job_home(job, self.clock()), self.dispatch)
-        try:
-            self.http_port = await http.start()
-        except OSError as exc:
-            log.error("the dispatcher's HTTP endpoint cannot serve on %s:%d: %s",
-                      self.config.http_host, port, exc)
-            return
-        self._http = http
-        log.info("dispatcher HTTP endpoint on %s:%d", self.config.http_host, self.http_port)
-
-    def _pool_upkeep(self, watched: PoolFile | None) -> None:
-        self.pool_looks += 1
-        edited = watched.changed() if watched is not None else None
-        if edited is not None:
-            config, digest = edited
-            self.apply_pool(config, digest)
-            log.info("pool config %s applied: %d group(s)", watched and watched.path,
-                     len(config.groups))
-        elif self.core.dispatch_due(self.clock()):
-            self.dispatch()
+        self.writer.write_change("the drain" if drained else "the undrain")
+        return self._linked(status)
 
     # ---- reads that are not the core's alone ---------------------------------------------
 
@@ -615,8 +417,7 @@ class Scheduler:
         results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
                                        return_exceptions=True)
         await self.link.close()
-        if self._http is not None:
-            await self._http.close()
+        await self.pools.close()
         for task in list(self._tasks):
             task.cancel()
         return sum(1 for r in results if not isinstance(r, BaseException))

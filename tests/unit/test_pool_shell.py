@@ -88,13 +88,13 @@ async def test_a_restart_keeps_the_config_applied_by_hand_until_the_file_changes
     first = await started(config)
     await async_wait_until(lambda: groups_of(first), lambda g: g == ["big"], 10,
                            "the file applied at start")
-    first.apply_pool(PoolConfig.parse(BIG_AND_SMALL))
+    first.pools.apply(PoolConfig.parse(BIG_AND_SMALL))
     with pytest.raises(InvalidInput, match=r"groups\.small\.capacity"):
-        first.apply_pool(PoolConfig.parse(BIG_AND_SMALL.replace("50", "101")))
+        first.pools.apply(PoolConfig.parse(BIG_AND_SMALL.replace("50", "101")))
     await first.shutdown()
     first.store.close()
     again = await started(config)
-    await async_wait_until(lambda: again.pool_looks, lambda n: n >= 2, 10,
+    await async_wait_until(lambda: again.pools.looks, lambda n: n >= 2, 10,
                            "the pool loop's second look at the file")
     assert groups_of(again) == ["big", "small"], "the unchanged file is not applied again"
     assert again.core.groups.config.groups["small"].capacity == 50
@@ -106,9 +106,9 @@ async def test_a_restart_keeps_the_config_applied_by_hand_until_the_file_changes
 
 async def test_the_http_endpoint_answers_assignments_and_dispatches(
         watching: Scheduler) -> None:
-    await async_wait_until(lambda: watching.http_port, bool, 10, "the endpoint serving")
-    watching.apply_pool(PoolConfig.parse(BIG + "assignments: {docs: big}\n"))
-    base = f"http://127.0.0.1:{watching.http_port}"
+    await async_wait_until(lambda: watching.pools.http_port, bool, 10, "the endpoint serving")
+    watching.pools.apply(PoolConfig.parse(BIG + "assignments: {docs: big}\n"))
+    base = f"http://127.0.0.1:{watching.pools.http_port}"
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/assignment", params={"job": "docs"}) as answer:
             assert answer.status == 200

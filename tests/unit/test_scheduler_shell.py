@@ -37,7 +37,8 @@ from mesh.v1 import link_pb2 as pb
 from mesh.waiting import async_wait_until
 from scheduler.agent_handle import AgentGone, AgentUnreachable
 from scheduler.core.records import Changes, Saved
-from scheduler.shell import REGRANT_AFTER, Scheduler
+from scheduler.grants import REGRANT_AFTER
+from scheduler.shell import Scheduler
 from scheduler.store import Store
 from tests.builders import action, agent, load, report
 from tests.link_support import LinkClient
@@ -346,18 +347,18 @@ async def test_an_agent_reporting_by_ray_calls_without_a_stream_is_granted_again
     try:
         assert await s.ready(5)
         await async_wait_until(lambda: len(n1.grants), lambda n: n == 1, what="a grant")
-        s.by_ray_call(AgentId("n1"))  # just granted: the grant may still be on its way
+        s.grants.by_ray_call(AgentId("n1"))  # just granted: the grant may still be on its way
         clock[0] += REGRANT_AFTER
         link = await LinkClient(n1.grants[0], "n1").open()
         await async_wait_until(lambda: s.pool()[0].link, lambda how: how == "stream",
                                what="the agent on its stream")
-        s.by_ray_call(AgentId("n1"))  # a late Ray call from an agent on its stream
+        s.grants.by_ray_call(AgentId("n1"))  # a late Ray call from an agent on its stream
         await settle()
         assert len(n1.grants) == 1, "an agent on its stream is not granted again"
         await link.close()
         await async_wait_until(lambda: s.pool()[0].link, lambda how: how == "ray",
                                what="the stream gone")
-        s.by_ray_call(AgentId("n1"))
+        s.grants.by_ray_call(AgentId("n1"))
         await async_wait_until(lambda: len(n1.grants), lambda n: n == 2, what="a new grant")
         assert n1.grants[1] == n1.grants[0], "the same agent process, the same grant"
     finally:

@@ -1,0 +1,107 @@
+"""One scheduling step: the quota pass, with the placement chain as its gate, and what it
+decided carried into the ledger as Assign and Stop decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mesh import reasons
+from mesh.errors import StateCorrupt
+from mesh.schema import AgentId
+from mesh.stages import Stage
+from scheduler.core.clock import advance
+from scheduler.core.decisions import Decision
+from scheduler.core.fleet import Fleet
+from scheduler.core.ledger import Ledger
+from scheduler.core.lifecycle import Lifecycle
+from scheduler.core.placement import Placer, Slot
+from scheduler.core.quota.model import QuotaAssignment, Request, TaskRun, Worker
+from scheduler.core.quota.run import Gate, run_once
+from scheduler.core.quota.scheduler import QuotaScheduler
+
+
+class Stepper:
+    """Runs the pass over the fleet's agents."""
+
+    def __init__(self, fleet: Fleet, placer: Placer, quota: QuotaScheduler, ledger: Ledger,
+                 life: Lifecycle) -> None:
+        self.fleet = fleet
+        self.placer = placer
+        self.quota = quota
+        self.ledger = ledger
+        self.life = life
+
+    def step(self, now: float) -> list[Decision]:
+        """One quota pass at `now`: who starts where, at which priority, and who is stopped
+        to make room for higher-priority work."""
+        advance(self.quota, now)
+        if not self.fleet.agents or not (self.quota.queued or self.quota.running):
+            return []  # (with only running work, the pass still promotes and demotes)
+        decisions: list[Decision] = []
+        for assignment in run_once(self.quota, self._gate(now), self._takes_work(now)):
+            decisions.extend(self._apply(assignment, now))
+        return decisions
+
+    def _gate(self, now: float) -> Gate:
+        """The placement chain as the pass's gate. Memory granted during this pass counts
+        against the live sample at once; a preemption's victim gives its own back. An
+        agent that turned work away for its load is looked at again after its next
+        sample."""
+        agents = self.fleet.agents
+        granted: dict[AgentId, int] = {}
+        # Agents whose live load refuses every CPU request this pass (saturated, or silent
+        # too long): asked once, not once per queued request (a deep queue over a busy
+        # fleet spent most of each pass building the same refusal).
+        no_cpu_work: set[AgentId] = set()
+        live = self.placer.live_load
+
+        def admit(worker: Worker, request: Request, freed: TaskRun | None) -> bool:
+            agent = agents.get(worker.id)
+            if agent is None:
+                return False
+            takes_cpu = request.cpus > 0 and freed is None
+            if takes_cpu and worker.id in no_cpu_work:
+                return False
+            slot = Slot(agent, worker, freed, granted.get(worker.id, 0))
+            rejection = self.placer.first_rejection(slot, request, now)
+            if rejection is not None:
+                if rejection.check == reasons.CHECK_LOAD:
+                    self.fleet.turned_away.add(agent.agent_id)
+                    if takes_cpu and not live.takes_cpu_work(agent, now):
+                        no_cpu_work.add(worker.id)
+                return False
+            given_back = freed.request.memory if freed is not None else 0
+            granted[worker.id] = slot.granted_memory - given_back + request.memory
+            return True
+
+        return admit
+
+    def _takes_work(self, now: float) -> Callable[[Worker], bool]:
+        """The pass's question whether a worker asks for work at all, put to the
+        placement chain's checks of the agent's own state."""
+        agents = self.fleet.agents
+
+        def takes(worker: Worker) -> bool:
+            agent = agents.get(worker.id)
+            return agent is not None and self.placer.open_to_work(agent, now)
+        return takes
+
+    def _apply(self, assignment: QuotaAssignment, now: float) -> list[Decision]:
+        entry = self.ledger.get(assignment.request_id)
+        agent = self.fleet.agents[assignment.worker_id]
+        decisions: list[Decision] = []
+        if assignment.kind == "preempt":
+            victim = self.ledger.get(assignment.task_to_abort)
+            decisions.append(self.life.preempt(victim, entry, assignment.priority, now))
+        try:
+            entry.spec  # noqa: B018 (a restored spec is parsed when it is first needed)
+        except StateCorrupt as exc:  # a damaged row must cost its action, not the scheduler
+            self.life.finish(entry, Stage.FAILED, now,
+                             reasons.SPEC_UNREADABLE.format(error=_first_line(exc)))
+            return decisions
+        decisions.append(self.life.assign(entry, agent, assignment.priority, now))
+        return decisions
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else repr(exc)

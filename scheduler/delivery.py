@@ -1,0 +1,119 @@
+"""Carrying out the core's decisions: written first, then sent to their agents, down the
+agent's stream when it has one open or by Ray call, and what becomes of each call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from mesh import reasons
+from mesh.protocol import Assignment, CancelOutcome
+from mesh.schema import AgentId
+from scheduler.agent_handle import AgentGone, AgentHandle, AgentUnreachable
+from scheduler.core.decisions import Assign, Decision, Stop
+from scheduler.core.state import SchedulerState
+from scheduler.durable import Writer
+from scheduler.link import LinkServer
+
+log = logging.getLogger("actionmesh.scheduler")
+
+# Drops an agent whose actor a call found dead (only if `handle` is still the one registered).
+Gone = Callable[[AgentId, str, AgentHandle], None]
+
+
+class Delivery:
+    """Sends decisions to the registered agents (`handles`, the shell's own)."""
+
+    def __init__(self, core: SchedulerState, writer: Writer, link: LinkServer,
+                 handles: dict[AgentId, AgentHandle], clock: Callable[[], float],
+                 kick: Callable[[], None],
+                 spawn: Callable[[Coroutine[Any, Any, Any]], Any], on_gone: Gone) -> None:
+        self.core = core
+        self.writer = writer
+        self.link = link
+        self.handles = handles
+        self.clock = clock
+        self.kick = kick
+        self.spawn = spawn
+        self.on_gone = on_gone
+
+    def carry_out(self, decisions: list[Decision]) -> bool:
+        """Write the state, then act: an assignment is written before its agent hears of
+        it, so a restarted scheduler never meets an attempt it did not know it made.
+        False (and nothing sent) when the write failed.
+
+        Starts and stops go down the agent's stream when it has one open (one message
+        per agent, no Ray call), else by Ray call.
+        """
+        if not self.writer.write():
+            self.writer.hold(decisions)
+            return False
+        starts: dict[AgentId, list[Assign]] = {}
+        for decision in decisions:
+            if decision.agent_id not in self.handles:
+                if isinstance(decision, Assign):
+                    self._start_failed(decision, reasons.AGENT_LEFT)
+            elif isinstance(decision, Assign):
+                starts.setdefault(decision.agent_id, []).append(decision)
+            elif not self.link.stop(decision):
+                self._call(decision)
+        for agent_id, assigns in starts.items():
+            unsent = {(a.action_id, a.attempt) for a in self.link.push(
+                agent_id, [self.core.assignment(a) for a in assigns])}
+            for assign in assigns:
+                if (assign.action_id, assign.attempt) in unsent:
+                    self._call(assign)
+        return True
+
+    def _call(self, decision: Decision) -> None:
+        """Carry out one decision by a Ray call to its agent, and follow the call."""
+        handle = self.handles[decision.agent_id]
+        try:
+            if isinstance(decision, Assign):
+                call = handle.start(self.core.assignment(decision))
+            else:
+                call = handle.stop(decision.action_id, decision.attempt, decision.reason)
+        except Exception as exc:  # submitting the call itself failed (serialisation)
+            log.exception("could not send %s", decision)
+            if isinstance(decision, Assign):
+                self._start_failed(decision, reasons.START_NOT_SENT.format(error=exc))
+            return
+        self.spawn(self._follow_call(decision, handle, call))
+
+    def _start_failed(self, decision: Assign, why: str) -> None:
+        self.core.start_failed(decision.action_id, decision.attempt, self.clock(), why)
+        self.writer.write()
+        self.kick()
+
+    async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
+        try:
+            found = await call
+            if isinstance(decision, Stop) and found == "unknown":
+                self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
+                self.writer.write()
+        except AgentGone:
+            self.on_gone(decision.agent_id, reasons.CALL_FAILED, handle)
+        except AgentUnreachable:
+            self.core.agent_suspect(decision.agent_id, self.clock())
+        except Exception as exc:
+            log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
+            if isinstance(decision, Assign):
+                self._start_failed(decision, reasons.START_REFUSED.format(error=exc))
+
+    def otherwise(self, assignments: list[Assignment], stops: list[Stop]) -> None:
+        """Ray calls for what a lost stream may not have delivered: starts still waiting for
+        their start (a cancelled or ended one must not run again), and stops with no
+        outcome back."""
+        now = self.clock()
+        still = [a for a in assignments if self.core.awaits_start(a.action_id, a.attempt)]
+        self.carry_out([Assign(a.action_id, a.attempt, a.agent_id, now) for a in still])
+        for stop in stops:
+            if stop.agent_id in self.handles:
+                self._call(stop)
+
+    def stopped(self, stop: Stop, outcome: CancelOutcome) -> None:
+        """An agent's outcome of a stop sent down its stream."""
+        if outcome == "unknown":
+            self.core.stop_found_nothing(stop.action_id, stop.attempt, self.clock())
+            self.writer.write()

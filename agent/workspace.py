@@ -102,8 +102,8 @@ class Workspaces:
 
     def give_back(self, path: Path) -> bool:
         """Keep an ended attempt's directory for the next attempt if it is empty; False
-        (kept for debugging, or with contents left) when the caller must `remove` it. Only
-        for an attempt none of whose processes can still be running in it."""
+        (kept for debugging, enough kept already, or with contents left) when the caller
+        must `remove` it. Only for an attempt none of whose processes can still run."""
         if self.keep or len(self._free) >= MAX_FREE:
             return False
         try:

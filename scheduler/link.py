@@ -296,7 +296,9 @@ class LinkServer:
     def _take(self, stream: _Stream, message: pb.AgentMessage) -> None:
         """Take one message of the agent. Its reports wait for the end of this turn of the
         event loop, to be applied with those that came meanwhile on any stream; each is
-        answered, in order."""
+        answered, in order. Its load and stop outcomes are taken at once, so before its
+        reports: only an outcome saying the agent never had the attempt changes anything,
+        and a report on that attempt can only be its refusal, which ends it the same way."""
         agent = stream.agent_id
         if message.reports:
             if not self._inbox:

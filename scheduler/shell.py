@@ -335,12 +335,20 @@ class Scheduler:
         """
         now = self.clock()
         decisions: list[Decision] = []
-        for report in reports:
-            decisions += self.core.report(report, now)
+        failed: dict[int, str] = {}
+        for i, report in enumerate(reports):
+            try:
+                decisions += self.core.report(report, now)
+            except Exception as exc:
+                # A bug in applying one report must cost that report, not those with it.
+                log.exception("applying %s of %s attempt %d failed", report.stage,
+                              report.action_id, report.attempt)
+                failed[i] = f"the scheduler failed to apply it: {exc!r}"
         if not self.writer.read_only and any(
                 r.stage != "running" and r.agent_id in self.handles for r in reports):
             decisions += self._step(now)
-        last = {r.agent_id: i for i, r in enumerate(reports)}
+        # An agent whose reports all failed gets its work another way.
+        last = {r.agent_id: i for i, r in enumerate(reports) if i not in failed}
         mine = [d for d in decisions if isinstance(d, Assign) and d.agent_id in last]
         others = [d for d in decisions if d not in mine]
         if not self.delivery.carry_out(others):  # writes `mine` too
@@ -349,7 +357,8 @@ class Scheduler:
         work: dict[AgentId, list[Assignment]] = {}
         for decision in mine:
             work.setdefault(decision.agent_id, []).append(self.core.assignment(decision))
-        return [ReportAnswer(assignments=work.get(r.agent_id, []) if last[r.agent_id] == i
+        return [ReportAnswer(error=failed[i]) if i in failed else
+                ReportAnswer(assignments=work.get(r.agent_id, []) if last[r.agent_id] == i
                              else [], recorded=True) for i, r in enumerate(reports)]
 
     # ---- calls from clients that change state --------------------------------------------

@@ -17,6 +17,7 @@ from mesh.errors import InvalidInput, NotFound, StateCorrupt, StoreReadOnly
 from mesh.protocol import (
     AgentHoldings,
     Assignment,
+    AttemptReport,
     CancelOutcome,
     HeldAttempt,
     LinkGrant,
@@ -36,6 +37,7 @@ from mesh.v1 import MAX_DOWN
 from mesh.v1 import link_pb2 as pb
 from mesh.waiting import async_wait_until
 from scheduler.agent_handle import AgentGone, AgentUnreachable
+from scheduler.core.decisions import Decision
 from scheduler.core.records import Changes, Saved
 from scheduler.grants import REGRANT_AFTER
 from scheduler.shell import Scheduler
@@ -146,13 +148,8 @@ async def test_an_end_report_is_answered_with_the_agents_next_assignment(
 async def test_reports_that_arrive_together_share_one_step_and_one_write(
         tmp_path: Path) -> None:
     agents = {n: FakeAgent(agent(n, cpus=1)) for n in ("n1", "n2")}
-    nodes = [{"NodeID": n, "Alive": True, "Resources": {}, "Labels": {}} for n in agents]
-    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda n, _: agents[n],
-                  list_nodes=lambda: nodes, clock=lambda: 1.0)
+    s = two_agent_scheduler(tmp_path, agents)
     try:
-        for fake in agents.values():
-            s.register(fake.info, fake)
-            s.report_load(fake.info.agent_id, load(at=0.0))
         s.submit([action(x) for x in "abcde"], True)
         s.ensure_started()
         await settle()
@@ -181,6 +178,48 @@ async def test_reports_that_arrive_together_share_one_step_and_one_write(
             Stage.ASSIGNED}
     finally:
         await s.shutdown()
+
+
+async def test_a_report_that_fails_to_apply_costs_only_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    agents = {n: FakeAgent(agent(n, cpus=1)) for n in ("n1", "n2")}
+    s = two_agent_scheduler(tmp_path, agents)
+    try:
+        s.submit([action(x) for x in "abcd"], True)
+        s.ensure_started()
+        await settle()
+        on = {n: [str(x) for kind, x in fake.calls if kind == "start"]
+              for n, fake in agents.items()}
+        apply = s.core.report
+
+        def broken(report: AttemptReport, now: float) -> list[Decision]:
+            decisions = apply(report, now)
+            if report.agent_id == "n1":
+                raise RuntimeError("a bug, after the report took effect")
+            return decisions
+
+        monkeypatch.setattr(s.core, "report", broken)
+        bad, good = s.report_attempts([
+            report(on["n1"][0], 1, "n1", "succeeded", exit_code=0),
+            report(on["n2"][0], 1, "n2", "succeeded", exit_code=0)])
+        assert "a bug" in bad.error and not bad.assignments
+        assert good.recorded and not good.error and len(good.assignments) == 1
+        # The work placed on n1's freed slot has no answer to ride on: a start call takes it.
+        await settle()
+        assert len([c for c in agents["n1"].calls if c[0] == "start"]) == 2, agents["n1"].calls
+    finally:
+        await s.shutdown()
+
+
+def two_agent_scheduler(tmp_path: Path, agents: dict[str, FakeAgent]) -> Scheduler:
+    """A scheduler with the 1-CPU agents `agents` registered and their load reported."""
+    nodes = [{"NodeID": n, "Alive": True, "Resources": {}, "Labels": {}} for n in agents]
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda n, _: agents[n],
+                  list_nodes=lambda: nodes, clock=lambda: 1.0)
+    for fake in agents.values():
+        s.register(fake.info, fake)
+        s.report_load(fake.info.agent_id, load(at=0.0))
+    return s
 
 
 async def test_an_unreachable_agent_is_suspect_and_watched_again(

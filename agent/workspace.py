@@ -42,8 +42,11 @@ def base_environment(agent_env: Mapping[str, str], user: RunAs) -> dict[str, str
 class Workspaces:
     """The attempts' private directories under one root (made 0700, as each of them is).
 
-    A directory an attempt left empty, with nothing of that attempt still running, is
-    renamed for the next attempt rather than removed and made again: on an ext4 disk
+    Where attempts run as the agent's own user, a directory an attempt left empty, with
+    nothing of that attempt still running, is renamed for the next attempt rather than
+    removed and made again (attempts of one user can reach each other's files anyway;
+    those of another user never get a used one, as nothing else of that user need have
+    ended with the attempt, nor its extended attributes and ACLs): on an ext4 disk
     mounted with `discard` (as this project's build machines are) a mkdir and an rmdir
     take 0.15-0.3 ms of CPU and up to 0.5 ms on the clock, on the agent's event loop; the
     look inside and the rename that hand one on take under 0.06 ms. Until it is taken, a
@@ -89,14 +92,17 @@ class Workspaces:
     def _reuse(self, free: Path, prefix: str) -> Path | None:
         """A kept directory under a new name (mkdtemp's names end in 8 characters, these in
         `+N`, so the two never meet), private again; None if it is not fit to be one."""
+        path = free
         try:
             if not stat.S_ISDIR(os.lstat(free).st_mode):
                 return None
-            path = self.root / f"{prefix}+{next(self._names)}"
-            os.rename(free, path)
+            renamed = self.root / f"{prefix}+{next(self._names)}"
+            os.rename(free, renamed)
+            path = renamed
             # The attempt owned it and may have opened it up.
             os.chmod(path, 0o700)
         except OSError:
+            self.remove(path)  # (what is not empty the next agent's `clear` removes)
             return None
         return path
 
@@ -104,7 +110,7 @@ class Workspaces:
         """Keep an ended attempt's directory for the next attempt if it is empty; False
         (kept for debugging, enough kept already, or with contents left) when the caller
         must `remove` it. Only for an attempt none of whose processes can still run."""
-        if self.keep or len(self._free) >= MAX_FREE:
+        if self.keep or self.owner is not None or len(self._free) >= MAX_FREE:
             return False
         try:
             with os.scandir(path) as entries:

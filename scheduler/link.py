@@ -130,8 +130,9 @@ class LinkServer:
         self.streams: dict[AgentId, list[_Stream]] = {}
         # Since when each agent has had a stream open, or has had none.
         self.since: dict[AgentId, float] = {}
-        # Reports not yet applied, by the stream they came on, in arrival order.
-        self._inbox: list[tuple[_Stream, list[pb.AttemptReport]]] = []
+        # Reports not yet applied (or the answer refusing one), by the stream they came on,
+        # in arrival order.
+        self._inbox: list[tuple[_Stream, AttemptReport | ReportAnswer]] = []
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -300,10 +301,16 @@ class LinkServer:
         reports: only an outcome saying the agent never had the attempt changes anything,
         and a report on that attempt can only be its refusal, which ends it the same way."""
         agent = stream.agent_id
-        if message.reports:
-            if not self._inbox:
-                asyncio.get_running_loop().call_soon(self._apply_inbox)
-            self._inbox.append((stream, list(message.reports)))
+        if message.reports and not self._inbox:
+            asyncio.get_running_loop().call_soon(self._apply_inbox)
+        for raw in message.reports:
+            try:
+                report = protoconv.report(raw, agent)
+            except InvalidInput as exc:
+                self._inbox.append((stream, ReportAnswer(error=f"invalid report: {exc}")))
+                continue
+            stream.unconfirmed.pop((report.action_id, report.attempt), None)
+            self._inbox.append((stream, report))
         if message.HasField("load"):
             try:
                 self.load(agent, protoconv.load(message.load))
@@ -323,40 +330,43 @@ class LinkServer:
 
     def _apply_inbox(self) -> None:
         """Apply every report waiting, from all streams, as one; queue each answer on its
-        stream (what a stream closed meanwhile cannot carry is handed on)."""
+        stream. A stream whose answers cannot all be queued is closed, so that its agent
+        sends its unanswered reports again rather than take later answers for them."""
         inbox, self._inbox = self._inbox, []
-        reports: list[AttemptReport] = []
-        # Per report, in order: its stream, and its place in `reports` or why it is refused.
-        order: list[tuple[_Stream, int | ReportAnswer]] = []
-        for stream, messages in inbox:
-            for message in messages:
-                try:
-                    report = protoconv.report(message, stream.agent_id)
-                except InvalidInput as exc:
-                    order.append((stream, ReportAnswer(error=f"invalid report: {exc}")))
-                    continue
-                stream.unconfirmed.pop((report.action_id, report.attempt), None)
-                order.append((stream, len(reports)))
-                reports.append(report)
-        answers = self._apply(reports)
-        for stream, place in order:
-            answer = answers[place] if isinstance(place, int) else place
-            if stream.closed:
-                if answer.assignments:
-                    self.undelivered(answer.assignments, [])
-                continue
-            converted, size = self._answer_pb(answer)
-            if converted.assignments:
-                stream.unconfirmed.update(((a.action_id, a.attempt), a)
-                                          for a in answer.assignments)
-            stream.answers.append((converted, size))
-            stream.wake.set()
+        reports = [r for _, r in inbox if isinstance(r, AttemptReport)]
+        answers = iter(self._apply(reports))
+        for stream, item in inbox:
+            answer = next(answers) if isinstance(item, AttemptReport) else item
+            try:
+                self._queue_answer(stream, answer)
+            except Exception:
+                log.exception("queueing an answer for agent %s failed; closing its stream",
+                              stream.agent_id)
+                stream.closed = True
+                stream.wake.set()
+
+    def _queue_answer(self, stream: _Stream, answer: ReportAnswer) -> None:
+        """Queue an answer on its stream; the work on it is handed on if the stream has
+        closed meanwhile."""
+        if stream.closed:
+            if answer.assignments:
+                self.undelivered(answer.assignments, [])
+            return
+        converted, size = self._answer_pb(answer)
+        if converted.assignments:
+            stream.unconfirmed.update(((a.action_id, a.attempt), a) for a in answer.assignments)
+        stream.answers.append((converted, size))
+        stream.wake.set()
 
     def _apply(self, reports: list[AttemptReport]) -> list[ReportAnswer]:
+        """One answer per report: the handler's, or an error for each if it fails."""
         if not reports:
             return []
         try:
-            return self.handler(reports)
+            answers = self.handler(reports)
+            if len(answers) != len(reports):
+                raise RuntimeError(f"{len(answers)} answers to {len(reports)} reports")
+            return answers
         except Exception as exc:
             # A bug in applying reports must cost those reports, not the streams.
             log.exception("applying %d report(s) failed, the first %s of %s attempt %d",

@@ -332,6 +332,37 @@ async def test_a_malformed_report_is_answered_with_its_error_and_the_stream_stay
     await client.close()
 
 
+class Failing(Recorder):
+    """Fails on batches holding action b1: raises, or answers only the first report."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def __call__(self, reports: list[AttemptReport]) -> list[ReportAnswer]:
+        answers = super().__call__(reports)
+        if any(r.action_id == "b1" for r in reports):
+            if self.how == "raises":
+                raise RuntimeError("a bug")
+            return answers[:1]
+        return answers
+
+
+@pytest.mark.parametrize("how", ["raises", "answers too few"])
+async def test_a_batch_that_fails_to_apply_answers_each_report_with_an_error(
+        serve: Serve, how: str) -> None:
+    served = await serve(Failing(how))
+    client = await LinkClient(served.grant(), "n1").open()
+    await client.send(report("a1", 1, "n1", "running"), report("b1", 1, "n1", "running"))
+    answers: list[pb.ReportAnswer] = []
+    while len(answers) < 2:
+        answers += (await client.read()).answers
+    # No answer is taken for another report's, and the stream stays open.
+    assert all("the scheduler failed to apply it" in a.error for a in answers), answers
+    assert await client.ask(report("c1", 1, "n1", "running")) == []
+    await client.close()
+
+
 async def test_an_oversized_message_closes_only_its_stream_with_the_reason_logged(
         serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="actionmesh.scheduler.link")

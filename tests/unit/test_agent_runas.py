@@ -49,6 +49,12 @@ async def test_an_action_runs_as_the_configured_user_in_a_workspace_of_its_own(
                              f'touch mine; stat -c %U mine; cat {secret_file} || echo refused'))
         await ended(sinks)
         assert ex.user.name == USER
+        # Even left empty, a workspace of another user's attempt serves no later attempt.
+        await ex.start(shell("rm mine; pwd", "a2"))
+        await ended(sinks, "a2")
+        await ex.start(shell("pwd", "a3"))
+        await ended(sinks, "a3")
+    assert "+" not in output(sinks, "a3")[0] and output(sinks, "a3") != output(sinks, "a2")
     lines = output(sinks)
     assert lines[:3] == [str(entry.pw_uid), str(entry.pw_gid), f"user={USER}"], lines
     # Its working directory and HOME: a workspace of this attempt's own, made its.

@@ -172,9 +172,10 @@ async def test_reports_that_arrive_together_share_one_step_and_one_write(
         assert len(writes) == 1, "one write for the three reports"
         assert all(a.recorded for a in answers)
         # Each agent's next work rides on the answer to its last report; none is lost.
-        work = [[x.action_id for x in a.assignments] for a in answers]
+        work = [[(x.action_id, x.agent_id) for x in a.assignments] for a in answers]
         assert work[0] == [] and len(work[1]) == len(work[2]) == 1, work
-        assert {s.core.get(ActionId(x), s.clock()).stage for x in work[1] + work[2]} == {
+        assert (work[1][0][1], work[2][0][1]) == ("n1", "n2"), work
+        assert {s.core.get(ActionId(x), s.clock()).stage for x, _ in work[1] + work[2]} == {
             Stage.ASSIGNED}
     finally:
         await s.shutdown()

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-for b in throughput latency isolation link fanout logs gateway memory quota dispatch groups deep_queue cpu_bound failover restart soak; do
+for b in throughput latency agent isolation link fanout logs gateway memory quota dispatch groups deep_queue cpu_bound failover restart soak; do
   echo "== $b"
   "$PY" -m "bench.bench_$b"
 done

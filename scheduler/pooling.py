@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mesh.poolconfig import GroupStatus, PoolConfig, PoolStatus
 from mesh.schema import MeshConfig
 from scheduler.core.state import SchedulerState
 from scheduler.durable import Writer
-from scheduler.http import DispatchHttp
 from scheduler.poolfile import PoolFile
+
+if TYPE_CHECKING:
+    from scheduler.http import DispatchHttp
 
 log = logging.getLogger("actionmesh.scheduler")
 
@@ -85,6 +88,10 @@ class PoolKeeper:
             self.dispatch()
 
     async def serve_http(self, port: int) -> None:
+        # Imported here: aiohttp takes ~0.25 s to import, which a scheduler without the
+        # endpoint (most) would otherwise pay again at every restart.
+        from scheduler.http import DispatchHttp
+
         http = DispatchHttp(self.config.http_host, port,
                             lambda job: self.core.job_home(job, self.clock()), self.dispatch)
         try:

@@ -583,8 +583,7 @@ class Executor:
             if not self.cgroups.give_back(attempt.group, vacated):
                 self._spawn_cleanup(attempt.group.remove)
         workspace = attempt.workspace
-        if workspace is not None and not (vacated and self.workspaces.give_back(workspace)) \
-                and not self.workspaces.remove(workspace):
+        if workspace is not None and not self.workspaces.release(workspace, vacated):
             self._spawn_cleanup(self.workspaces.remove_tree, workspace)
         attempt.done.set()
 

@@ -106,10 +106,13 @@ class Workspaces:
             return None
         return path
 
-    def give_back(self, path: Path) -> bool:
-        """Keep an ended attempt's directory for the next attempt if it is empty; False
-        (kept for debugging, enough kept already, or with contents left) when the caller
-        must `remove` it. Only for an attempt none of whose processes can still run."""
+    def release(self, path: Path, reusable: bool) -> bool:
+        """Done with an attempt's directory: hand it on to the next attempt if it is empty
+        and `reusable` (none of the attempt's processes can still run), else delete it if
+        it is empty; False if it has contents left for `remove_tree`."""
+        return (reusable and self._hand_on(path)) or self.remove(path)
+
+    def _hand_on(self, path: Path) -> bool:
         if self.keep or self.owner is not None or len(self._free) >= MAX_FREE:
             return False
         try:

@@ -349,8 +349,13 @@ class Scheduler:
             decisions += self._step(now)
         # An agent whose reports all failed gets its work another way.
         last = {r.agent_id: i for i, r in enumerate(reports) if i not in failed}
-        mine = [d for d in decisions if isinstance(d, Assign) and d.agent_id in last]
-        others = [d for d in decisions if d not in mine]
+        mine: list[Assign] = []
+        others: list[Decision] = []
+        for decision in decisions:
+            if isinstance(decision, Assign) and decision.agent_id in last:
+                mine.append(decision)
+            else:
+                others.append(decision)
         if not self.delivery.carry_out(others):  # writes `mine` too
             self.writer.hold(mine)  # unwritten: sent by the recovery once it can write
             return [ReportAnswer(recorded=False) for _ in reports]

@@ -115,6 +115,33 @@ async def s(n1: FakeAgent, tmp_path: Path) -> AsyncIterator[Scheduler]:
     await scheduler.shutdown()
 
 
+Pair = tuple[Scheduler, dict[str, FakeAgent]]
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """A started scheduler with two 1-CPU agents, n1 and n2, their load reported, and
+    actions a-e submitted: one runs on each agent, the others wait. Shut down after."""
+    agents = {n: FakeAgent(agent(n, cpus=1)) for n in ("n1", "n2")}
+    nodes = [{"NodeID": n, "Alive": True, "Resources": {}, "Labels": {}} for n in agents]
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda n, _: agents[n],
+                  list_nodes=lambda: nodes, clock=lambda: 1.0)
+    for fake in agents.values():
+        s.register(fake.info, fake)
+        s.report_load(fake.info.agent_id, load(at=0.0))
+    s.submit([action(x) for x in "abcde"], True)
+    s.ensure_started()
+    await settle()
+    yield s, agents
+    await s.shutdown()
+
+
+def started(agents: dict[str, FakeAgent]) -> dict[str, list[str]]:
+    """The actions each agent was sent a start call for."""
+    return {n: [str(x) for kind, x in fake.calls if kind == "start"]
+            for n, fake in agents.items()}
+
+
 def state_of(s: Scheduler, agent_id: str) -> str:
     return next(a.state for a in s.pool() if a.info.agent_id == agent_id)
 
@@ -145,82 +172,54 @@ async def test_an_end_report_is_answered_with_the_agents_next_assignment(
     assert s.core.get(ActionId("b"), s.clock()).stage is Stage.ASSIGNED
 
 
-async def test_reports_that_arrive_together_share_one_step_and_one_write(
-        tmp_path: Path) -> None:
-    agents = {n: FakeAgent(agent(n, cpus=1)) for n in ("n1", "n2")}
-    s = two_agent_scheduler(tmp_path, agents)
-    try:
-        s.submit([action(x) for x in "abcde"], True)
-        s.ensure_started()
-        await settle()
-        running = {str(x): n for n, fake in agents.items() for kind, x in fake.calls
-                   if kind == "start"}
-        assert sorted(running.values()) == ["n1", "n2"], running
-        first, second = sorted(running, key=running.__getitem__)
-        writes: list[Changes] = []
-        write = s.writer.store.write
+async def test_reports_that_arrive_together_share_one_step_and_one_write(pair: Pair) -> None:
+    s, agents = pair
+    on = started(agents)
+    assert [len(ids) for ids in on.values()] == [1, 1], on
+    first, second = on["n1"][0], on["n2"][0]
+    writes: list[Changes] = []
+    write = s.writer.store.write
 
-        def counted(changes: Changes, durable: bool = False) -> None:
-            writes.append(changes)
-            write(changes, durable)
+    def counted(changes: Changes, durable: bool = False) -> None:
+        writes.append(changes)
+        write(changes, durable)
 
-        s.writer.store.write = counted  # type: ignore[method-assign]
-        answers = s.report_attempts([
-            report(first, 1, "n1", "running"),
-            report(first, 1, "n1", "succeeded", exit_code=0),
-            report(second, 1, "n2", "failed", exit_code=1)])
-        assert len(writes) == 1, "one write for the three reports"
-        assert all(a.recorded for a in answers)
-        # Each agent's next work rides on the answer to its last report; none is lost.
-        work = [[(x.action_id, x.agent_id) for x in a.assignments] for a in answers]
-        assert work[0] == [] and len(work[1]) == len(work[2]) == 1, work
-        assert (work[1][0][1], work[2][0][1]) == ("n1", "n2"), work
-        assert {s.core.get(ActionId(x), s.clock()).stage for x, _ in work[1] + work[2]} == {
-            Stage.ASSIGNED}
-    finally:
-        await s.shutdown()
+    s.writer.store.write = counted  # type: ignore[method-assign]
+    answers = s.report_attempts([
+        report(first, 1, "n1", "running"),
+        report(first, 1, "n1", "succeeded", exit_code=0),
+        report(second, 1, "n2", "failed", exit_code=1)])
+    assert len(writes) == 1, "one write for the three reports"
+    assert all(a.recorded for a in answers)
+    # Each agent's next work rides on the answer to its last report; none is lost.
+    work = [[(x.action_id, x.agent_id) for x in a.assignments] for a in answers]
+    assert work[0] == [] and len(work[1]) == len(work[2]) == 1, work
+    assert (work[1][0][1], work[2][0][1]) == ("n1", "n2"), work
+    assert {s.core.get(ActionId(x), s.clock()).stage for x, _ in work[1] + work[2]} == {
+        Stage.ASSIGNED}
 
 
 async def test_a_report_that_fails_to_apply_costs_only_itself(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    agents = {n: FakeAgent(agent(n, cpus=1)) for n in ("n1", "n2")}
-    s = two_agent_scheduler(tmp_path, agents)
-    try:
-        s.submit([action(x) for x in "abcd"], True)
-        s.ensure_started()
-        await settle()
-        on = {n: [str(x) for kind, x in fake.calls if kind == "start"]
-              for n, fake in agents.items()}
-        apply = s.core.report
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, agents = pair
+    on = started(agents)
+    apply = s.core.report
 
-        def broken(report: AttemptReport, now: float) -> list[Decision]:
-            decisions = apply(report, now)
-            if report.agent_id == "n1":
-                raise RuntimeError("a bug, after the report took effect")
-            return decisions
+    def broken(report: AttemptReport, now: float) -> list[Decision]:
+        decisions = apply(report, now)
+        if report.agent_id == "n1":
+            raise RuntimeError("a bug, after the report took effect")
+        return decisions
 
-        monkeypatch.setattr(s.core, "report", broken)
-        bad, good = s.report_attempts([
-            report(on["n1"][0], 1, "n1", "succeeded", exit_code=0),
-            report(on["n2"][0], 1, "n2", "succeeded", exit_code=0)])
-        assert "a bug" in bad.error and not bad.assignments
-        assert good.recorded and not good.error and len(good.assignments) == 1
-        # The work placed on n1's freed slot has no answer to ride on: a start call takes it.
-        await settle()
-        assert len([c for c in agents["n1"].calls if c[0] == "start"]) == 2, agents["n1"].calls
-    finally:
-        await s.shutdown()
-
-
-def two_agent_scheduler(tmp_path: Path, agents: dict[str, FakeAgent]) -> Scheduler:
-    """A scheduler with the 1-CPU agents `agents` registered and their load reported."""
-    nodes = [{"NodeID": n, "Alive": True, "Resources": {}, "Labels": {}} for n in agents]
-    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), agent_factory=lambda n, _: agents[n],
-                  list_nodes=lambda: nodes, clock=lambda: 1.0)
-    for fake in agents.values():
-        s.register(fake.info, fake)
-        s.report_load(fake.info.agent_id, load(at=0.0))
-    return s
+    monkeypatch.setattr(s.core, "report", broken)
+    bad, good = s.report_attempts([
+        report(on["n1"][0], 1, "n1", "succeeded", exit_code=0),
+        report(on["n2"][0], 1, "n2", "succeeded", exit_code=0)])
+    assert "a bug" in bad.error and not bad.assignments
+    assert good.recorded and not good.error and len(good.assignments) == 1
+    # The work placed on n1's freed slot has no answer to ride on: a start call takes it.
+    await settle()
+    assert len(started(agents)["n1"]) == 2, agents["n1"].calls
 
 
 async def test_an_unreachable_agent_is_suspect_and_watched_again(

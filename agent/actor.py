@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 
+from agent.backlog import Backlog
 from agent.executor import Executor
 from agent.links import NamedActor, RelayLogs
 from agent.loadfilter import LoadFilter
@@ -48,7 +49,7 @@ class AgentActor:
         self.executor = Executor(self.agent_id, uuid.uuid4().hex, config, self.uplink,
                                  RelayLogs(NamedActor(RELAY)))
         self.uplink.on_recorded = self.executor.recorded
-        self._starts: set[asyncio.Task[None]] = set()
+        self.backlog = Backlog(self.executor, self._start_one)
         self._sampler: asyncio.Task[None] | None = None
         # What it tells the scheduler never changes while it lives (Ray fixes a node's
         # resources and labels when it starts): a restarted scheduler is answered at once.
@@ -87,24 +88,27 @@ class AgentActor:
         return self._info
 
     async def start(self, assignment: Assignment) -> None:
+        """A start by Ray call: carried out before the call returns (its failure is the
+        call's), unless it must wait for room here, as a start down the stream would."""
         # As stored: the scheduler sends specs it accepted, some under older rules; types
         # and bounds are still checked.
-        await self.executor.start(arrived(Assignment, assignment, "assignment", STORED))
+        assignment = arrived(Assignment, assignment, "assignment", STORED)
+        if self.backlog.fits(assignment):
+            await self.executor.start(assignment)
+        else:
+            self.backlog.offer([assignment])
 
     async def link(self, grant: LinkGrant) -> None:
         """The scheduler's grant for this agent's stream: open it (again)."""
         self.uplink.grant(arrived(LinkGrant, grant, "link grant"))
 
     def _start_all(self, assignments: list[Assignment]) -> None:
-        """Start assignments that came down the stream."""
-        for assignment in assignments:
-            task = asyncio.get_running_loop().create_task(self._start_one(assignment))
-            self._starts.add(task)
-            task.add_done_callback(self._starts.discard)
+        """Start assignments that came down the stream, or hold them until they have room."""
+        self.backlog.offer(assignments)
 
     async def _start_one(self, assignment: Assignment) -> None:
-        """Start an assignment that came down the stream; a refusal goes back the same
-        way, and the scheduler queues the action again at once."""
+        """Start an assignment the backlog lets go; a refusal goes back as a report, and
+        the scheduler queues the action again at once."""
         try:
             await self.executor.start(assignment)
         except Exception as exc:
@@ -121,16 +125,26 @@ class AgentActor:
         """A stop, by Ray call or down the stream: checked where it lands."""
         if not isinstance(reason, str):
             reason = repr(reason)
-        return await self.executor.cancel(ActionId(arrived_id(action_id, "action id")),
-                                          arrived_count(attempt, "attempt", 1), reason[:1000])
+        action_id = ActionId(arrived_id(action_id, "action id"))
+        attempt = arrived_count(attempt, "attempt", 1)
+        reason = reason[:1000]
+        waiting = self.backlog.withdraw(action_id, attempt)
+        if waiting is not None:
+            await self.executor.forgo(waiting, reason)
+            return "stopped"
+        return await self.executor.cancel(action_id, attempt, reason)
 
     async def holdings(self) -> AgentHoldings:
-        """What a (re)starting scheduler reconciles against: what runs here, what ended."""
-        return self.executor.holdings()
+        """What a (re)starting scheduler reconciles against: what runs or waits to run
+        here, what ended."""
+        held = self.executor.holdings()
+        held.running.extend(self.backlog.held())
+        return held
 
     async def shutdown(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
+        self.backlog.close()
         await self.executor.shutdown()
         await self.uplink.close()
 

@@ -195,6 +195,8 @@ class Executor:
         self._closed = False
         self._cleanups: set[asyncio.Task[None]] = set()
         self._programs = _Programs()
+        # Told each time an attempt has ended and given back what it reserved.
+        self.on_slot_freed: Callable[[], None] | None = None
 
     # ---- the reaper -----------------------------------------------------------------------
 
@@ -332,12 +334,7 @@ class Executor:
 
         reaper = self._ensure_reaper()  # no attempt runs unguarded: fail the start instead
         loop = asyncio.get_running_loop()
-        shipper = LogShipper(self.logs, assignment.action_id, assignment.attempt,
-                             self.config.log_flush_bytes, self.config.log_flush_interval,
-                             MAX_PUSHES_IN_FLIGHT,
-                             secrets=list(assignment.action.secrets.values()))
-        attempt = _Attempt(assignment, shipper, ChildProcess(shipper))
-        self._attempts[key] = attempt
+        attempt = self._admit(assignment)
         argv = _argv(assignment)
         cwd = assignment.action.cwd
         if self._refusal:
@@ -399,9 +396,35 @@ class Executor:
         else:
             self._report(attempt, "running")
 
-    async def _not_started(self, attempt: _Attempt, reason: str) -> None:
+    def _admit(self, assignment: Assignment) -> _Attempt:
+        shipper = LogShipper(self.logs, assignment.action_id, assignment.attempt,
+                             self.config.log_flush_bytes, self.config.log_flush_interval,
+                             MAX_PUSHES_IN_FLIGHT,
+                             secrets=list(assignment.action.secrets.values()))
+        attempt = _Attempt(assignment, shipper, ChildProcess(shipper))
+        self._attempts[attempt.key] = attempt
+        return attempt
+
+    async def _not_started(self, attempt: _Attempt, reason: str,
+                           stage: ReportStage = "failed") -> None:
         await attempt.shipper.finish()  # an empty, closed log rather than one that never ends
-        self._finish(attempt, Outcome("failed", None, reason))
+        self._finish(attempt, Outcome(stage, None, reason))
+
+    async def forgo(self, assignment: Assignment, reason: str) -> None:
+        """End, as cancelled, an attempt that was stopped before it started here (it waited
+        for a slot): its log empty and closed, its end report sent, and remembered, so that
+        its start is ignored if it comes again."""
+        if not self.knows(assignment.action_id, assignment.attempt):
+            await self._not_started(self._admit(assignment), reason, "cancelled")
+
+    def knows(self, action_id: ActionId, attempt: int) -> bool:
+        """Whether the attempt runs here or ended here lately."""
+        key = (action_id, attempt)
+        return key in self._attempts or key in self._finished
+
+    def reserved_cpus(self) -> float:
+        """The CPUs the attempts that run here (or are being stopped) were given."""
+        return sum(a.assignment.action.cpus for a in self._attempts.values())
 
     def _memory_limit(self, assignment: Assignment) -> int | None:
         memory = assignment.action.memory
@@ -586,6 +609,8 @@ class Executor:
         if workspace is not None and not self.workspaces.release(workspace, vacated):
             self._spawn_cleanup(self.workspaces.remove_tree, workspace)
         attempt.done.set()
+        if self.on_slot_freed is not None:
+            self.on_slot_freed()
 
     def _spawn_cleanup(self, work: Callable[..., Any], *args: Any) -> None:
         """Run slow clean-up work off the event loop."""

@@ -21,6 +21,10 @@ class Assignment(Model):
     # When the scheduler made the attempt (its clock): the same for every re-send of it, so
     # an agent can refuse a start older than the attempts it has forgotten.
     assigned_at: Instant
+    within_cpus: float | None = Field(None, ge=0, le=1 << 20, description=(
+        "hold the start until the attempts running on the agent, with this one, reserve at "
+        "most this many CPUs (the agent's capacity as the scheduler counts it): work handed "
+        "over ahead of a free slot starts as soon as one frees. None: start at once"))
 
 
 ReportStage = Literal["running", "succeeded", "failed", "timed_out", "cancelled"]

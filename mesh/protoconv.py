@@ -60,7 +60,8 @@ def _present(message: Any, names: tuple[str, ...]) -> dict[str, Any]:
 def assignment_pb(assignment: Assignment) -> pb.Assignment:
     return pb.Assignment(action_id=assignment.action_id, attempt=assignment.attempt,
                          action=action_pb(assignment.action),
-                         assigned_at=assignment.assigned_at)
+                         assigned_at=assignment.assigned_at,
+                         within_cpus=assignment.within_cpus)
 
 
 def assignment(message: pb.Assignment, agent_id: AgentId) -> Assignment:
@@ -69,7 +70,8 @@ def assignment(message: pb.Assignment, agent_id: AgentId) -> Assignment:
     return arrived(Assignment, {
         "action": action_fields(message.action), "action_id": message.action_id,
         "attempt": message.attempt, "agent_id": agent_id,
-        "assigned_at": message.assigned_at}, "assignment", STORED)
+        "assigned_at": message.assigned_at, **_present(message, ("within_cpus",))},
+        "assignment", STORED)
 
 
 def report_pb(report: AttemptReport) -> pb.AttemptReport:

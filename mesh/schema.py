@@ -906,6 +906,12 @@ class MeshConfig(Model):
     capacity_percent: float = Field(100.0, gt=0, le=1000)
     cpu_busy_percent: float = Field(
         95.0, gt=0, le=100, description="no CPU work for an agent whose machine is this busy")
+    backlog_turnover: float = Field(
+        0.25, ge=0, le=3600,
+        description="an agent whose latest attempts each ended within this many seconds of "
+        "being assigned is handed, while work waits, up to one more attempt per CPU ahead "
+        "of a free slot, to start as soon as one frees (bursts of short actions keep its "
+        "CPUs busy); 0: never")
     head_agent: bool = Field(True, description="run an agent on the head node too")
     log_dir: str | None = Field(
         None, description="where the relay keeps logs (default: <state_dir>/logs); on a disk "

@@ -86,7 +86,8 @@ class Scheduler:
         self.core = SchedulerState(stale_after=config.load_stale_after,
                                    capacity_percent=config.capacity_percent,
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
-                                   quota_sink=QuotaLog(), archive=self.store)
+                                   quota_sink=QuotaLog(), archive=self.store,
+                                   backlog_turnover=config.backlog_turnover)
         self.waits = Waits(self.core, self.book, clock)
         self.journal = JournalReads(self.store)
         self.telemetry = Telemetry(metrics or Discard(), clock())

@@ -101,16 +101,18 @@ class Action(_message.Message):
     def __init__(self, id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., shell: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., secrets: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., cpus: _Optional[float] = ..., memory: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., provisionable_labels: _Optional[_Iterable[str]] = ..., account: _Optional[str] = ..., job: _Optional[str] = ..., timeout: _Optional[float] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action_id", "attempt", "action", "assigned_at")
+    __slots__ = ("action_id", "attempt", "action", "assigned_at", "within_cpus")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     ASSIGNED_AT_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_CPUS_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     attempt: int
     action: Action
     assigned_at: float
-    def __init__(self, action_id: _Optional[str] = ..., attempt: _Optional[int] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., assigned_at: _Optional[float] = ...) -> None: ...
+    within_cpus: float
+    def __init__(self, action_id: _Optional[str] = ..., attempt: _Optional[int] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., assigned_at: _Optional[float] = ..., within_cpus: _Optional[float] = ...) -> None: ...
 
 class AttemptReport(_message.Message):
     __slots__ = ("action_id", "attempt", "stage", "time", "exit_code", "reason")

@@ -203,6 +203,9 @@ class Lifecycle:
             reason = reasons.EXITED_NONZERO.format(code=report.exit_code)
         self.ledger.update_attempt(entry, finished_at=now, outcome=stage,
                                    exit_code=report.exit_code, reason=reason)
+        agent = self.agents.get(report.agent_id)
+        if agent is not None:
+            agent.ended_after(now - entry.attempts[-1].assigned_at)
         entry.deaths_in_a_row.clear()  # it ended on its own: its agent survived it
         self.release(entry, now)
         entry.exit_code = report.exit_code

@@ -91,7 +91,7 @@ class CpuReservation:
     name = reasons.CHECK_CPU
 
     def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
-        capacity = slot.agent.cpu_capacity
+        capacity = slot.agent.cpu_capacity + (slot.worker.spare if slot.worker else 0.0)
         free = capacity - slot.reserved()[0]
         if need.cpus <= free + EPSILON:
             return None

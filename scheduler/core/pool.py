@@ -6,10 +6,14 @@ of which attempt runs where, and an agent's reservations are read from it.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from mesh.schema import ActionId, AgentId, AgentInfo, AgentState, Load
 from scheduler.core.groups import Terms
+
+# How many of an agent's latest attempts tell whether its slots turn over fast.
+TURNOVER_SAMPLES = 8
 
 
 @dataclass(slots=True)
@@ -23,6 +27,8 @@ class AgentEntry:
     # Memory of attempts placed after the last load sample was taken: the sample cannot
     # show it yet, so the live-load check subtracts it from what the sample says is free.
     placed_since_sample: dict[ActionId, int] = field(default_factory=dict)
+    # How long its latest attempts held their place there, assigned to ended (newest last).
+    holds: deque[float] = field(default_factory=lambda: deque(maxlen=TURNOVER_SAMPLES))
 
     @property
     def agent_id(self) -> AgentId:
@@ -69,6 +75,14 @@ class AgentEntry:
         """The attempt ended; if it was placed after the last sample, no sample ever
         showed its memory, so stop counting it."""
         self.placed_since_sample.pop(action_id, None)
+
+    def ended_after(self, seconds: float) -> None:
+        """An attempt ended on its own `seconds` after it was assigned here."""
+        self.holds.append(seconds)
+
+    def turns_over_within(self, seconds: float) -> bool:
+        """Whether each of its latest attempts held its place no longer than `seconds`."""
+        return len(self.holds) == TURNOVER_SAMPLES and max(self.holds) <= seconds
 
     def take_load(self, load: Load, now: float) -> None:
         self.load = load

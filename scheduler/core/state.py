@@ -67,7 +67,7 @@ class SchedulerState:
                  cpu_busy_percent: float = 95.0, sink: EventSink | None = None,
                  quota_options: QuotaOptions | None = None, quirks: Quirks | None = None,
                  quota_sink: QuotaSink | None = None, archive: Archive | None = None,
-                 ) -> None:
+                 backlog_turnover: float = 0.0) -> None:
         self.groups = Groups(capacity_percent)
         # Finished actions a restart did not load: asked for when an id is not in memory.
         self._archive: Archive = archive or NoArchive()
@@ -82,7 +82,7 @@ class SchedulerState:
         self._fleet = Fleet(agents, self.groups, self._placer, self._quota, self._ledger,
                             self._life, self._judge)
         self._stepper = Stepper(self._fleet, self._placer, self._quota, self._ledger,
-                                self._life)
+                                self._life, backlog_turnover)
         self.accounts = Accounts(self._quota, self._ledger)
 
     @property
@@ -271,8 +271,10 @@ class SchedulerState:
         """What the agent is sent for an Assign decision."""
         entry = self._ledger.get(decision.action_id)
         record = next(r for r in entry.attempts if r.number == decision.attempt)
+        agent = self._fleet.agents.get(decision.agent_id)
         return Assignment(action=entry.spec, action_id=entry.id, attempt=decision.attempt,
-                          agent_id=decision.agent_id, assigned_at=record.assigned_at)
+                          agent_id=decision.agent_id, assigned_at=record.assigned_at,
+                          within_cpus=agent.cpu_capacity if agent is not None else None)
 
     def report(self, report: AttemptReport, now: float) -> list[Decision]:
         """An agent's word on an attempt: it runs, or it ended and how."""

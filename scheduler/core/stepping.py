@@ -1,5 +1,5 @@
-"""One scheduling step: the quota pass, with the placement chain as its gate, and what it
-decided carried into the ledger as Assign and Stop decisions."""
+"""One scheduling step: the quota pass, with the placement chain as its gate, then the
+backlog pass, and what they decided carried into the ledger as Assign and Stop decisions."""
 
 from __future__ import annotations
 
@@ -16,20 +16,29 @@ from scheduler.core.ledger import Ledger
 from scheduler.core.lifecycle import Lifecycle
 from scheduler.core.placement import Placer, Slot
 from scheduler.core.quota.model import QuotaAssignment, Request, TaskRun, Worker
-from scheduler.core.quota.run import Gate, run_once
+from scheduler.core.quota.run import Gate, fill, run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
 
 
 class Stepper:
-    """Runs the pass over the fleet's agents."""
+    """Runs the passes over the fleet's agents.
+
+    `backlog_turnover`: an agent whose latest attempts each held their place no longer
+    than this many seconds is handed, while work still waits after the quota pass, up to
+    one more attempt per CPU ahead of a free slot; it starts each as soon as a running one
+    ends, so a short action's slot does not idle for the round trip of its end report and
+    the next start. 0: never. Slow turnover keeps the agent out, so that work is not held
+    behind a long attempt while another agent could take it.
+    """
 
     def __init__(self, fleet: Fleet, placer: Placer, quota: QuotaScheduler, ledger: Ledger,
-                 life: Lifecycle) -> None:
+                 life: Lifecycle, backlog_turnover: float = 0.0) -> None:
         self.fleet = fleet
         self.placer = placer
         self.quota = quota
         self.ledger = ledger
         self.life = life
+        self.backlog_turnover = backlog_turnover
 
     def step(self, now: float) -> list[Decision]:
         """One quota pass at `now`: who starts where, at which priority, and who is stopped
@@ -40,7 +49,31 @@ class Stepper:
         decisions: list[Decision] = []
         for assignment in run_once(self.quota, self._gate(now), self._takes_work(now)):
             decisions.extend(self._apply(assignment, now))
+        if self.backlog_turnover > 0 and self.quota.queued:
+            for assignment in self._fill_backlogs(now):
+                decisions.extend(self._apply(assignment, now))
         return decisions
+
+    def _fill_backlogs(self, now: float) -> list[QuotaAssignment]:
+        """The backlog pass: matching alone, over room lent to the agents whose slots turn
+        over fast (their CPUs once more), in the order the quota pass keeps. It runs after
+        the quota pass, so work takes a free slot anywhere before a place in a backlog."""
+        lent: list[Worker] = []
+        for agent in self.fleet.agents.values():
+            worker = self.quota.workers.get(agent.agent_id)
+            if worker is not None and agent.turns_over_within(self.backlog_turnover):
+                worker.spare = agent.cpu_capacity
+                # Its room changed: every waiting request is worth trying on it again.
+                self.quota.touch_worker(worker.id)
+                lent.append(worker)
+        if not lent:
+            return []
+        takes = self._takes_work(now)
+        try:
+            return fill(self.quota, self._gate(now), lambda w: w.spare > 0 and takes(w))
+        finally:
+            for worker in lent:
+                worker.spare = 0.0
 
     def _gate(self, now: float) -> Gate:
         """The placement chain as the pass's gate. Memory granted during this pass counts

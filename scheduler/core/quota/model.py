@@ -147,6 +147,8 @@ class Worker:
     confirmed_time: float = ZERO_TIME
     modified_time: float = 0.0
     running: dict[ActionId, TaskRun] = field(default_factory=dict)
+    # CPUs lent for a backlog pass (`scheduler/core/stepping.py`): room ahead of a free slot.
+    spare: float = 0.0
 
     def confirm(self, t: float) -> None:
         self.confirmed_time = max(self.confirmed_time, t)
@@ -165,7 +167,7 @@ class Worker:
 
     @property
     def free_cpus(self) -> float:
-        return self.cpus - sum(run.request.cpus for run in self.running.values())
+        return self.cpus + self.spare - sum(run.request.cpus for run in self.running.values())
 
     @property
     def free_memory(self) -> float:

@@ -78,6 +78,13 @@ def run_once(qs: QuotaScheduler, gate: Gate | None = None, open_worker: Open | N
     return Pass(qs, gate or reservations_fit, open_worker or _every_worker).run()
 
 
+def fill(qs: QuotaScheduler, gate: Gate, open_worker: Open) -> list[QuotaAssignment]:
+    """Match waiting requests to workers with room, level by level, and nothing else: no
+    reprioritising, no preemption, no examined stamps. A backlog pass after `run_once`,
+    over room lent to some workers for it."""
+    return Pass(qs, gate, open_worker).fill()
+
+
 class Pass:
     """The decisions of one pass, and (overridable) where it finds its requests."""
 
@@ -119,6 +126,13 @@ class Pass:
         self._match_idle(FREE_BUCKET, provisioned_only=True)
         self._match_idle(FREE_BUCKET, provisioned_only=False)
         self._mark_examined()
+        return self.assignments
+
+    def fill(self) -> list[QuotaAssignment]:
+        self._prioritize()
+        for p in [*range(NUM_PRIORITIES), FREE_BUCKET]:
+            self._match_idle(p, provisioned_only=True)
+            self._match_idle(p, provisioned_only=False)
         return self.assignments
 
     # ---- where requests come from: the queue's kept order ---------------------------------

@@ -1,0 +1,99 @@
+"""The starts an agent holds until its running attempts leave them room: work the scheduler
+handed over ahead of a free slot, started in the order it came as attempts end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from agent.executor import Executor, Key
+from mesh.protocol import Assignment, HeldAttempt
+from mesh.schema import ActionId
+
+# Reservations are compared with a little slack, as the scheduler compares them.
+EPSILON = 1e-9
+
+Start = Callable[[Assignment], Coroutine[Any, Any, None]]
+
+
+class Backlog:
+    """Assignments waiting for room, first come first started.
+
+    An assignment says how many CPUs the agent's running attempts may reserve with it
+    (`within_cpus`, the agent's capacity as the scheduler counts it). It starts when they
+    do, or when nothing runs (it may ask for more than a capacity that shrank since); one
+    without a limit starts at once. `start` carries a start out (and reports its failure).
+    """
+
+    def __init__(self, executor: Executor, start: Start) -> None:
+        self._executor = executor
+        self._start = start
+        self._waiting: dict[Key, Assignment] = {}
+        # Starts handed to `start` that have not returned: the executor may not count
+        # them yet, so they are counted here until they do.
+        self._starting: dict[Key, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        executor.on_slot_freed = self.pump
+
+    def offer(self, assignments: list[Assignment]) -> None:
+        """Take these starts, and start what has room."""
+        for assignment in assignments:
+            key = (assignment.action_id, assignment.attempt)
+            if (key in self._waiting or key in self._starting
+                    or self._executor.knows(*key)):
+                continue  # a repeated start: the first one stands
+            if assignment.within_cpus is None:
+                self._launch(key, assignment)  # no limit: nothing to wait for
+            else:
+                self._waiting[key] = assignment
+        self.pump()
+
+    def fits(self, assignment: Assignment) -> bool:
+        """Whether it may start now: nothing waits ahead of it and it has room."""
+        return not self._waiting and self._has_room(assignment)
+
+    def pump(self) -> None:
+        """Start waiting work, oldest first, while it has room."""
+        while self._waiting:
+            key, assignment = next(iter(self._waiting.items()))
+            if not self._has_room(assignment):
+                return
+            del self._waiting[key]
+            self._launch(key, assignment)
+
+    def withdraw(self, action_id: ActionId, attempt: int) -> Assignment | None:
+        """Take back a start that still waits (its attempt was stopped before it ran)."""
+        return self._waiting.pop((action_id, attempt), None)
+
+    def held(self) -> list[HeldAttempt]:
+        """What waits here, as the scheduler's reconciliation counts it: held by this agent."""
+        return [HeldAttempt(action_id=a, attempt=n) for a, n in self._waiting]
+
+    def close(self) -> None:
+        """Start nothing more; what waits is dropped (the agent is going away, and to the
+        scheduler its attempts are lost with it)."""
+        self._closed = True
+        self._waiting.clear()
+
+    def _has_room(self, assignment: Assignment) -> bool:
+        limit = assignment.within_cpus
+        if limit is None:
+            return True
+        if self._closed:
+            return False
+        reserved = self._executor.reserved_cpus() + sum(self._starting.values())
+        return reserved == 0 or reserved + assignment.action.cpus <= limit + EPSILON
+
+    def _launch(self, key: Key, assignment: Assignment) -> None:
+        self._starting[key] = assignment.action.cpus
+        task = asyncio.get_running_loop().create_task(self._start(assignment))
+        self._tasks.add(task)
+
+        def started(done: asyncio.Task[None]) -> None:
+            self._tasks.discard(done)
+            self._starting.pop(key, None)
+            self.pump()  # a start that failed left its room to the next one
+
+        task.add_done_callback(started)

@@ -1,0 +1,112 @@
+"""An agent's backlog with a real executor: starts held until running attempts leave room."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.backlog import Backlog
+from agent.executor import Executor
+from mesh.protocol import Assignment, HeldAttempt
+from mesh.schema import ActionId
+from mesh.waiting import async_wait_until
+from tests.agent_support import RecordingSinks, ended, executor, shell
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def sinks() -> RecordingSinks:
+    return RecordingSinks()
+
+
+@pytest.fixture
+async def ex(sinks: RecordingSinks) -> AsyncIterator[Executor]:
+    async with executor(sinks) as started:
+        yield started
+
+
+@pytest.fixture
+def backlog(ex: Executor) -> Backlog:
+    return Backlog(ex, ex.start)
+
+
+def held_until(script: str, action_id: str, within: float | None = 1.0,
+               cpus: float = 1.0) -> Assignment:
+    start = shell(script, action_id, cpus=cpus)
+    return start.model_copy(update={"within_cpus": within})
+
+
+async def running(ex: Executor, action_id: str) -> None:
+    await async_wait_until(lambda: ex.knows(ActionId(action_id), 1), bool,
+                           what=f"{action_id} to run")
+
+
+def alone(marks: Path, action_id: str) -> str:
+    """A script that fails if another such script runs beside it."""
+    return (f"ls {marks} | grep -q . && exit 7; touch {marks}/{action_id}; sleep 0.2; "
+            f"rm {marks}/{action_id}")
+
+
+async def test_held_starts_run_one_after_another_in_the_order_they_came(
+        backlog: Backlog, sinks: RecordingSinks, tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+    backlog.offer([held_until(alone(tmp_path, n), n) for n in names])
+    assert backlog.held() == [HeldAttempt(action_id=ActionId(n), attempt=1) for n in "bc"]
+    for name in names:
+        await ended(sinks, name)
+    assert [sinks.end(n).exit_code for n in names] == [0, 0, 0]  # type: ignore[union-attr]
+    ends = [r.action_id for r in sinks.reports if r.stage == "succeeded"]
+    assert ends == names
+    assert backlog.held() == []
+
+
+async def test_a_start_without_a_limit_runs_at_once_beside_held_work(
+        backlog: Backlog, sinks: RecordingSinks) -> None:
+    backlog.offer([held_until("sleep 5", "long"), held_until("true", "held")])
+    backlog.offer([held_until("true", "free", within=None)])
+    await ended(sinks, "free")
+    assert sinks.stages("held") == []
+    assert backlog.held() == [HeldAttempt(action_id=ActionId("held"), attempt=1)]
+
+
+async def test_a_start_larger_than_the_limit_runs_when_nothing_else_does(
+        backlog: Backlog, sinks: RecordingSinks) -> None:
+    backlog.offer([held_until("true", "big", cpus=2.0)])
+    await ended(sinks, "big")
+    assert sinks.end("big").exit_code == 0  # type: ignore[union-attr]
+
+
+async def test_a_held_start_taken_back_ends_cancelled_without_running(
+        backlog: Backlog, ex: Executor, sinks: RecordingSinks, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    backlog.offer([held_until("sleep 5", "long"), held_until(f"touch {ran}", "held")])
+    await running(ex, "long")
+    waiting = backlog.withdraw(ActionId("held"), 1)
+    assert waiting is not None and backlog.held() == []
+    await ex.forgo(waiting, "preempted")
+    end = sinks.end("held")
+    assert end is not None and (end.stage, end.reason) == ("cancelled", "preempted")
+    assert sinks.closed[("held", 1)] == 0  # its log is closed, empty
+    # The long attempt ending frees the slot, and nothing is left to start.
+    assert await ex.cancel(ActionId("long"), 1) == "stopped"
+    backlog.offer([held_until(f"touch {ran}", "held")])  # a repeat of the start is ignored
+    assert backlog.held() == [] and not ran.exists()
+
+
+async def test_a_repeated_start_is_held_once(backlog: Backlog) -> None:
+    backlog.offer([held_until("sleep 5", "long"), held_until("true", "held")])
+    backlog.offer([held_until("true", "held"), held_until("sleep 5", "long")])
+    assert backlog.held() == [HeldAttempt(action_id=ActionId("held"), attempt=1)]
+
+
+async def test_a_closed_backlog_starts_nothing_more(
+        backlog: Backlog, ex: Executor, sinks: RecordingSinks) -> None:
+    backlog.offer([held_until("sleep 5", "long"), held_until("true", "held")])
+    await running(ex, "long")
+    backlog.close()
+    assert backlog.held() == []
+    assert await ex.cancel(ActionId("long"), 1) == "stopped"
+    assert sinks.stages("held") == []

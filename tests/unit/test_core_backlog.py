@@ -1,0 +1,108 @@
+"""The backlog pass: agents whose slots turn over fast are handed work ahead of a free slot."""
+
+from __future__ import annotations
+
+from mesh import reasons
+from mesh.stages import Stage
+from scheduler.core.decisions import Assign, Decision, Stop
+from scheduler.core.pool import TURNOVER_SAMPLES
+from scheduler.core.state import SchedulerState
+from tests.builders import action, agent, aid, load, nid, report
+
+TURNOVER = 0.25
+
+
+def core_with(*agents: tuple[str, float], turnover: float = TURNOVER) -> SchedulerState:
+    core = SchedulerState(stale_after=1e9, backlog_turnover=turnover)
+    for agent_id, cpus in agents:
+        join(core, agent_id, cpus)
+    return core
+
+
+def join(core: SchedulerState, agent_id: str, cpus: float) -> None:
+    core.agent_joined(agent(agent_id, cpus=cpus), 0.0)
+    core.load(nid(agent_id), load(), 0.0)
+
+
+def starts(decisions: list[Decision]) -> list[Assign]:
+    return [d for d in decisions if isinstance(d, Assign)]
+
+
+def per_agent(decisions: list[Decision]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for start in starts(decisions):
+        counts[start.agent_id] = counts.get(start.agent_id, 0) + 1
+    return counts
+
+
+def run_through(core: SchedulerState, n: int, t: float, hold: float) -> float:
+    """Run n one-CPU actions to their end, each ending `hold` seconds after its start."""
+    names = [f"warm{t:g}-{i}" for i in range(n)]
+    core.submit([action(name) for name in names], t)
+    while any(core.get(aid(name), t).stage is not Stage.SUCCEEDED for name in names):
+        for start in starts(core.step(t)):
+            core.report(report(start.action_id, start.attempt, start.agent_id, "succeeded",
+                               exit_code=0), t + hold)
+        t += hold + 0.01
+    return t
+
+
+def test_an_agent_whose_slots_turn_over_fast_takes_one_more_attempt_per_cpu() -> None:
+    core = core_with(("n1", 2))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action(f"a{i}") for i in range(5)], t)
+    first = starts(core.step(t))
+    assert len(first) == 4  # two to run now, two to start as those end
+    assert {core.assignment(s).within_cpus for s in first} == {2.0}
+    assert [core.get(aid(f"a{i}"), t).stage for i in range(5)] == [Stage.ASSIGNED] * 4 + [
+        Stage.QUEUED]
+    assert core.step(t) == []  # nothing more until one ends
+    core.report(report("a0", 1, "n1", "succeeded", exit_code=0), t + 0.01)
+    assert [s.action_id for s in starts(core.step(t + 0.01))] == ["a4"]
+
+
+def test_no_backlog_until_enough_attempts_have_ended_fast() -> None:
+    core = core_with(("n1", 2))
+    t = run_through(core, TURNOVER_SAMPLES - 1, 0.0, hold=0.01)
+    core.submit([action(f"a{i}") for i in range(3)], t)
+    assert per_agent(core.step(t)) == {"n1": 2}
+
+
+def test_an_agent_whose_attempts_hold_their_slot_longer_gets_no_backlog() -> None:
+    core = core_with(("n1", 2))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    t = run_through(core, 1, t, hold=TURNOVER * 2)  # one slow attempt among the latest
+    core.submit([action(f"a{i}") for i in range(3)], t)
+    assert per_agent(core.step(t)) == {"n1": 2}
+
+
+def test_a_free_slot_anywhere_comes_before_a_place_in_a_backlog() -> None:
+    core = core_with(("n1", 1))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    join(core, "n2", 4)  # no history: no backlog, but free CPUs
+    core.load(nid("n1"), load(), t)
+    core.submit([action(f"a{i}") for i in range(3)], t)
+    assert per_agent(core.step(t)) == {"n1": 1, "n2": 2}
+    core.submit([action(f"b{i}") for i in range(3)], t)
+    # n2's last two slots, then n1's backlog; one waits in the queue.
+    assert per_agent(core.step(t)) == {"n2": 2, "n1": 1}
+
+
+def test_a_turnover_of_zero_never_hands_work_ahead() -> None:
+    core = core_with(("n1", 2), turnover=0.0)
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.0)
+    core.submit([action(f"a{i}") for i in range(3)], t)
+    assert per_agent(core.step(t)) == {"n1": 2}
+
+
+def test_work_waiting_in_a_backlog_is_cancelled_as_any_assigned_work() -> None:
+    core = core_with(("n1", 1))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action("a"), action("b")], t)
+    assert per_agent(core.step(t)) == {"n1": 2}
+    why = reasons.CANCELLED_BY_USER
+    assert core.cancel(aid("b"), t) == [Stop(aid("b"), 1, nid("n1"), why)]
+    # The agent takes it back unstarted and says so with a cancelled end.
+    core.report(report("b", 1, "n1", "cancelled", reason=why), t)
+    assert core.get(aid("b"), t).stage is Stage.CANCELLED
+    assert core.get(aid("a"), t).stage is Stage.ASSIGNED

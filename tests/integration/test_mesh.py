@@ -73,6 +73,23 @@ def test_more_actions_than_cpus_queue_and_all_finish(mesh: Mesh) -> None:
     assert 1 <= peak <= 3, f"{peak} actions ran at once on 3 CPUs"
 
 
+def test_a_burst_of_short_actions_is_handed_over_ahead_of_a_free_slot_yet_runs_one_at_a_time(
+        mesh: Mesh, tmp_path: Path) -> None:
+    # Each action holds a lock while it runs: two at once on the 1-CPU agent would fail one.
+    lock = tmp_path / "lock"
+    handles = mesh.client.submit_many(
+        [Action(command=[f"mkdir {lock} || exit 7; rmdir {lock}"], shell=True,
+                labels=["pool:small"]) for _ in range(40)])
+    results = [h.result(timeout=120) for h in handles]
+    assert [r.stage for r in results] == [Stage.SUCCEEDED] * 40, [r.reason for r in results]
+    spans = [(r.attempts[-1].assigned_at, r.attempts[-1].finished_at) for r in results]
+    # Once its slots were seen to turn over fast, the agent was handed an action before the
+    # one it ran had ended (without the backlog, the next is assigned when the end arrives).
+    ahead = sum(1 for assigned, _ in spans
+                if any(a < assigned < f for a, f in spans if f is not None))
+    assert ahead > 0, spans
+
+
 def test_an_action_no_agent_could_ever_take_is_refused_as_unplaceable(mesh: Mesh) -> None:
     with pytest.raises(Unplaceable, match="64 CPUs"):
         mesh.client.submit(Action(command=["true"], cpus=64))

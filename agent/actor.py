@@ -84,6 +84,7 @@ class AgentActor:
             started_at=self.started_at,
             containment=self.executor.containment,
             runs_as=self.executor.runs_as,
+            holds_starts=True,
         )
         return self._info
 
@@ -94,7 +95,7 @@ class AgentActor:
         # and bounds are still checked.
         assignment = arrived(Assignment, assignment, "assignment", STORED)
         if self.backlog.fits(assignment):
-            await self.executor.start(assignment)
+            await self.backlog.start_now(assignment)
         else:
             self.backlog.offer([assignment])
 
@@ -137,9 +138,7 @@ class AgentActor:
     async def holdings(self) -> AgentHoldings:
         """What a (re)starting scheduler reconciles against: what runs or waits to run
         here, what ended."""
-        held = self.executor.holdings()
-        held.running.extend(self.backlog.held())
-        return held
+        return self.executor.holdings().model_copy(update={"waiting": self.backlog.held()})
 
     async def shutdown(self) -> None:
         if self._sampler is not None:

@@ -29,6 +29,9 @@ class Backlog:
     def __init__(self, executor: Executor, start: Start) -> None:
         self._executor = executor
         self._start = start
+        # Held starts taken back because a later attempt of their action came: each ends
+        # as cancelled (`Executor.forgo`) without running.
+        self._forgone: set[asyncio.Task[None]] = set()
         self._waiting: dict[Key, Assignment] = {}
         # Starts handed to `start` that have not returned: the executor may not count
         # them yet, so they are counted here until they do.
@@ -39,16 +42,35 @@ class Backlog:
 
     def offer(self, assignments: list[Assignment]) -> None:
         """Take these starts, and start what has room."""
+        if self._closed:
+            return
         for assignment in assignments:
             key = (assignment.action_id, assignment.attempt)
             if (key in self._waiting or key in self._starting
                     or self._executor.knows(*key)):
                 continue  # a repeated start: the first one stands
-            if assignment.within_cpus is None:
-                self._launch(key, assignment)  # no limit: nothing to wait for
+            self._supersede(assignment)
+            if assignment.within_cpus is None or self._executor.runs_older(*key):
+                # Nothing to wait for, or a start that stops its earlier attempt here (which
+                # holds the room it needs), as it would have before the backlog.
+                self._launch(key, assignment)
             else:
                 self._waiting[key] = assignment
         self.pump()
+
+    def start_now(self, assignment: Assignment) -> Coroutine[Any, Any, None]:
+        """The start, to await (its failure is the awaiter's): counted as starting from this
+        call on, so that held work does not take its room meanwhile."""
+        key = (assignment.action_id, assignment.attempt)
+        self._starting[key] = assignment.action.cpus
+        return self._carry_out(key, assignment)
+
+    async def _carry_out(self, key: Key, assignment: Assignment) -> None:
+        try:
+            await self._executor.start(assignment)
+        finally:
+            self._starting.pop(key, None)
+            self.pump()
 
     def fits(self, assignment: Assignment) -> bool:
         """Whether it may start now: nothing waits ahead of it and it has room."""
@@ -67,6 +89,10 @@ class Backlog:
         """Take back a start that still waits (its attempt was stopped before it ran)."""
         return self._waiting.pop((action_id, attempt), None)
 
+    def pending(self) -> int:
+        """Starts held or on their way."""
+        return len(self._waiting) + len(self._starting)
+
     def held(self) -> list[HeldAttempt]:
         """What waits here, as the scheduler's reconciliation counts it: held by this agent."""
         return [HeldAttempt(action_id=a, attempt=n) for a, n in self._waiting]
@@ -76,6 +102,17 @@ class Backlog:
         scheduler its attempts are lost with it)."""
         self._closed = True
         self._waiting.clear()
+
+    def _supersede(self, assignment: Assignment) -> None:
+        """Earlier attempts of the action still held here are dropped: the scheduler has
+        moved on from them."""
+        for key in [k for k in self._waiting
+                    if k[0] == assignment.action_id and k[1] < assignment.attempt]:
+            dropped = self._waiting.pop(key)
+            task = asyncio.get_running_loop().create_task(self._executor.forgo(
+                dropped, f"superseded by attempt {assignment.attempt}"))
+            self._forgone.add(task)
+            task.add_done_callback(self._forgone.discard)
 
     def _has_room(self, assignment: Assignment) -> bool:
         limit = assignment.within_cpus

@@ -422,6 +422,10 @@ class Executor:
         key = (action_id, attempt)
         return key in self._attempts or key in self._finished
 
+    def runs_older(self, action_id: ActionId, attempt: int) -> bool:
+        """Whether an earlier attempt of the action runs here (a start of this one stops it)."""
+        return any(a == action_id and n < attempt for a, n in self._attempts)
+
     def reserved_cpus(self) -> float:
         """The CPUs the attempts that run here (or are being stopped) were given."""
         return sum(a.assignment.action.cpus for a in self._attempts.values())

@@ -59,6 +59,8 @@ class AgentHoldings(Model):
     the end reports of attempts that ended lately (some may never have been delivered)."""
 
     running: list[HeldAttempt] = Field(default_factory=list)
+    # Handed over ahead of a free slot and not started yet: in flight, but not running.
+    waiting: list[HeldAttempt] = Field(default_factory=list)
     ended: list[AttemptReport] = Field(default_factory=list)
 
 

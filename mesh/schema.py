@@ -483,6 +483,9 @@ class AgentInfo(Model):
     containment: str = Field(
         "process group", description="how its attempts are contained: 'process group', or "
         "'cgroup (...)' with what kills them and which hierarchies limit memory and pids")
+    holds_starts: bool = Field(
+        False, description="it holds a start until its running attempts leave it room "
+        "(Assignment.within_cpus), so it may be handed work ahead of a free slot")
 
 
 # Alive or suspect is what the agent's answers say; draining (work still running) and

@@ -111,7 +111,8 @@ class Telemetry:
 
     def reconciled(self, held: AgentHoldings, stopped: int) -> None:
         """An agent registered saying what it runs; `stopped` of those were told to stop."""
-        self.sink.inc("reconciled_total", len(held.running) - stopped, outcome="kept")
+        kept = len(held.running) + len(held.waiting) - stopped
+        self.sink.inc("reconciled_total", kept, outcome="kept")
         self.sink.inc("reconciled_total", stopped, outcome="stopped")
         self.sink.inc("reconciled_total", len(held.ended), outcome="ended")
 

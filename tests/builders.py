@@ -41,10 +41,10 @@ def action(action_id: str = "a1", **fields: Any) -> Action:
 
 
 def agent(agent_id: str = "n1", cpus: float = 4, memory: int = 8 * GIB,
-          labels: list[str] | None = None) -> AgentInfo:
+          labels: list[str] | None = None, holds_starts: bool = False) -> AgentInfo:
     return AgentInfo(agent_id=AgentId(agent_id), node_id=agent_id, hostname=f"host-{agent_id}",
                      address="127.0.0.1", labels=labels or ["os:linux"], cpus=cpus,
-                     memory=memory, pid=1, started_at=0.0)
+                     memory=memory, pid=1, started_at=0.0, holds_starts=holds_starts)
 
 
 def load(cpu_percent: float = 0.0, cpus: int = 4, available: int = 8 * GIB,

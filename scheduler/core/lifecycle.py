@@ -204,7 +204,9 @@ class Lifecycle:
         self.ledger.update_attempt(entry, finished_at=now, outcome=stage,
                                    exit_code=report.exit_code, reason=reason)
         agent = self.agents.get(report.agent_id)
-        if agent is not None:
+        if agent is not None and (stage is Stage.SUCCEEDED or report.exit_code is not None):
+            # (A start the agent could not carry out ends fast too, but tells nothing of
+            # how fast its slots turn over.)
             agent.ended_after(now - entry.attempts[-1].assigned_at)
         entry.deaths_in_a_row.clear()  # it ended on its own: its agent survived it
         self.release(entry, now)

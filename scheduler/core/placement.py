@@ -91,9 +91,11 @@ class CpuReservation:
     name = reasons.CHECK_CPU
 
     def reject(self, slot: Slot, need: Request, now: float) -> Rejection | None:
-        capacity = slot.agent.cpu_capacity + (slot.worker.spare if slot.worker else 0.0)
-        free = capacity - slot.reserved()[0]
-        if need.cpus <= free + EPSILON:
+        capacity = slot.agent.cpu_capacity
+        lent = slot.worker.spare if slot.worker is not None else 0.0
+        free = capacity + lent - slot.reserved()[0]
+        # Room lent for a backlog holds work that the agent could run, and no other.
+        if need.cpus <= free + EPSILON and need.cpus <= capacity + EPSILON:
             return None
         return _rejection(slot.agent, self.name, f"lacks {need.cpus:g} CPUs of headroom "
                           f"({max(free, 0.0):g} free of {capacity:g})", need.cpus, free)

@@ -42,7 +42,8 @@ class Reconciler:
         decisions: list[Decision] = []
         for report in held.ended:
             self._above_floor(report.action_id, report.attempt)
-        for attempt in held.running:
+        running = [(attempt, True) for attempt in held.running]
+        for attempt, started in [*running, *((a, False) for a in held.waiting)]:
             entry = self.ledger.find(attempt.action_id)
             self._above_floor(attempt.action_id, attempt.attempt)
             if entry is None or not self.life.in_flight_on(entry, agent_id, attempt.attempt):
@@ -52,6 +53,8 @@ class Reconciler:
                 continue
             if entry.id not in self.quota.running:
                 self._claim(entry, agent_id)
+            if not started:
+                continue  # it stays assigned until the agent starts it
             decisions.extend(self.life.report(AttemptReport(
                 action_id=entry.id, attempt=entry.attempt, agent_id=agent_id,
                 stage="running", time=now), now))

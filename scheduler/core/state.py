@@ -83,6 +83,9 @@ class SchedulerState:
                             self._life, self._judge)
         self._stepper = Stepper(self._fleet, self._placer, self._quota, self._ledger,
                                 self._life, backlog_turnover)
+        # Agents are told how many CPUs their work may reserve only where they may be
+        # handed work ahead of a free slot.
+        self._limit_starts = backlog_turnover > 0
         self.accounts = Accounts(self._quota, self._ledger)
 
     @property
@@ -274,7 +277,8 @@ class SchedulerState:
         agent = self._fleet.agents.get(decision.agent_id)
         return Assignment(action=entry.spec, action_id=entry.id, attempt=decision.attempt,
                           agent_id=decision.agent_id, assigned_at=record.assigned_at,
-                          within_cpus=agent.cpu_capacity if agent is not None else None)
+                          within_cpus=agent.cpu_capacity
+                          if agent is not None and self._limit_starts else None)
 
     def report(self, report: AttemptReport, now: float) -> list[Decision]:
         """An agent's word on an attempt: it runs, or it ended and how."""

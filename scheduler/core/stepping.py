@@ -15,6 +15,7 @@ from scheduler.core.fleet import Fleet
 from scheduler.core.ledger import Ledger
 from scheduler.core.lifecycle import Lifecycle
 from scheduler.core.placement import Placer, Slot
+from scheduler.core.pool import AgentEntry
 from scheduler.core.quota.model import QuotaAssignment, Request, TaskRun, Worker
 from scheduler.core.quota.run import Gate, fill, run_once
 from scheduler.core.quota.scheduler import QuotaScheduler
@@ -58,22 +59,34 @@ class Stepper:
         """The backlog pass: matching alone, over room lent to the agents whose slots turn
         over fast (their CPUs once more), in the order the quota pass keeps. It runs after
         the quota pass, so work takes a free slot anywhere before a place in a backlog."""
-        lent: list[Worker] = []
-        for agent in self.fleet.agents.values():
-            worker = self.quota.workers.get(agent.agent_id)
-            if worker is not None and agent.turns_over_within(self.backlog_turnover):
-                worker.spare = agent.cpu_capacity
-                # Its room changed: every waiting request is worth trying on it again.
-                self.quota.touch_worker(worker.id)
-                lent.append(worker)
-        if not lent:
-            return []
-        takes = self._takes_work(now)
+        lent: list[tuple[Worker, float]] = []
         try:
+            for agent in self.fleet.agents.values():
+                worker = self.quota.workers.get(agent.agent_id)
+                if worker is not None and self._turns_over(agent, worker, now):
+                    lent.append((worker, worker.modified_time))
+                    worker.spare = agent.cpu_capacity
+                    # Its room changed: every waiting request is worth trying on it again.
+                    self.quota.touch_worker(worker.id)
+            if not lent:
+                return []
+            takes = self._takes_work(now)
             return fill(self.quota, self._gate(now), lambda w: w.spare > 0 and takes(w))
         finally:
-            for worker in lent:
+            # As it was: the quota pass's shortcuts must not see the lent room.
+            for worker, modified in lent:
                 worker.spare = 0.0
+                worker.modified_time = modified
+
+    def _turns_over(self, agent: AgentEntry, worker: Worker, now: float) -> bool:
+        """Whether the agent's slots turn over fast: it can hold starts, each of its latest
+        attempts ended within the turnover of being assigned, and none it has now is older
+        (held work must not wait behind an attempt already known to be long)."""
+        if not agent.info.holds_starts or not agent.turns_over_within(self.backlog_turnover):
+            return False
+        since = now - self.backlog_turnover
+        return all(self.ledger.get(action_id).attempts[-1].assigned_at >= since
+                   for action_id in worker.running)
 
     def _gate(self, now: float) -> Gate:
         """The placement chain as the pass's gate. Memory granted during this pass counts

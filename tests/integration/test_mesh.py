@@ -78,10 +78,11 @@ def test_a_burst_of_short_actions_is_handed_over_ahead_of_a_free_slot_yet_runs_o
     # Each action holds a lock while it runs: two at once on the 1-CPU agent would fail one.
     lock = tmp_path / "lock"
     handles = mesh.client.submit_many(
-        [Action(command=[f"mkdir {lock} || exit 7; rmdir {lock}"], shell=True,
+        [Action(command=[f"mkdir {lock} || exit 7; sleep 0.02; rmdir {lock}"], shell=True,
                 labels=["pool:small"]) for _ in range(40)])
     results = [h.result(timeout=120) for h in handles]
     assert [r.stage for r in results] == [Stage.SUCCEEDED] * 40, [r.reason for r in results]
+    assert all(len(r.attempts) == 1 for r in results)
     spans = [(r.attempts[-1].assigned_at, r.attempts[-1].finished_at) for r in results]
     # Once its slots were seen to turn over fast, the agent was handed an action before the
     # one it ran had ended (without the backlog, the next is assigned when the end arrives).

@@ -93,7 +93,7 @@ async def test_a_held_start_taken_back_ends_cancelled_without_running(
     # The long attempt ending frees the slot, and nothing is left to start.
     assert await ex.cancel(ActionId("long"), 1) == "stopped"
     backlog.offer([held_until(f"touch {ran}", "held")])  # a repeat of the start is ignored
-    assert backlog.held() == [] and not ran.exists()
+    assert backlog.pending() == 0 and not ran.exists()
 
 
 async def test_a_repeated_start_is_held_once(backlog: Backlog) -> None:
@@ -109,4 +109,37 @@ async def test_a_closed_backlog_starts_nothing_more(
     backlog.close()
     assert backlog.held() == []
     assert await ex.cancel(ActionId("long"), 1) == "stopped"
-    assert sinks.stages("held") == []
+    backlog.offer([held_until("true", "late")])
+    assert backlog.pending() == 0  # nothing started, nothing held
+    assert sinks.stages("held") == [] and sinks.stages("late") == []
+
+
+async def test_a_later_attempt_drops_the_held_one_and_stops_the_running_one(
+        backlog: Backlog, ex: Executor, sinks: RecordingSinks) -> None:
+    backlog.offer([held_until("sleep 5", "a"), held_until("sleep 5", "b")])
+    await running(ex, "a")
+    # A later attempt of a held action takes its place; the earlier ends unstarted.
+    backlog.offer([held_until("true", "b").model_copy(update={"attempt": 2})])
+    await ended(sinks, "b", 1)
+    assert sinks.stages("b", 1) == ["cancelled"]
+    assert backlog.held() == [HeldAttempt(action_id=ActionId("b"), attempt=2)]
+    # A later attempt of a running action starts at once, stopping the earlier one, as
+    # it did before starts were held (that attempt holds the room it needs).
+    backlog.offer([held_until("true", "a").model_copy(update={"attempt": 2})])
+    await ended(sinks, "a", 1)
+    assert sinks.end("a", 1).stage == "cancelled"  # type: ignore[union-attr]
+    await ended(sinks, "a", 2)
+    await ended(sinks, "b", 2)
+
+
+async def test_a_start_carried_out_at_once_counts_until_it_runs(
+        backlog: Backlog, ex: Executor, sinks: RecordingSinks) -> None:
+    first = held_until("sleep 5", "first")
+    assert backlog.fits(first)
+    starting = backlog.start_now(first)
+    backlog.offer([held_until("true", "second")])  # while `first` is on its way
+    assert backlog.held() == [HeldAttempt(action_id=ActionId("second"), attempt=1)]
+    await starting
+    assert backlog.held() == [HeldAttempt(action_id=ActionId("second"), attempt=1)]
+    assert await ex.cancel(ActionId("first"), 1) == "stopped"
+    await ended(sinks, "second")

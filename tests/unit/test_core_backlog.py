@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from mesh import reasons
+from mesh.protocol import AgentHoldings, HeldAttempt, ReportStage
 from mesh.stages import Stage
 from scheduler.core.decisions import Assign, Decision, Stop
 from scheduler.core.pool import TURNOVER_SAMPLES
 from scheduler.core.state import SchedulerState
-from tests.builders import action, agent, aid, load, nid, report
+from tests.builders import action, agent, aid, load, nid, report, restarted
 
 TURNOVER = 0.25
 
@@ -19,9 +20,10 @@ def core_with(*agents: tuple[str, float], turnover: float = TURNOVER) -> Schedul
     return core
 
 
-def join(core: SchedulerState, agent_id: str, cpus: float) -> None:
-    core.agent_joined(agent(agent_id, cpus=cpus), 0.0)
-    core.load(nid(agent_id), load(), 0.0)
+def join(core: SchedulerState, agent_id: str, cpus: float, holds_starts: bool = True,
+         t: float = 0.0) -> None:
+    core.agent_joined(agent(agent_id, cpus=cpus, holds_starts=holds_starts), t)
+    core.load(nid(agent_id), load(), t)
 
 
 def starts(decisions: list[Decision]) -> list[Assign]:
@@ -35,14 +37,15 @@ def per_agent(decisions: list[Decision]) -> dict[str, int]:
     return counts
 
 
-def run_through(core: SchedulerState, n: int, t: float, hold: float) -> float:
+def run_through(core: SchedulerState, n: int, t: float, hold: float,
+                stage: ReportStage = "succeeded", exit_code: int | None = 0) -> float:
     """Run n one-CPU actions to their end, each ending `hold` seconds after its start."""
     names = [f"warm{t:g}-{i}" for i in range(n)]
     core.submit([action(name) for name in names], t)
-    while any(core.get(aid(name), t).stage is not Stage.SUCCEEDED for name in names):
+    while any(core.get(aid(name), t).stage is Stage.QUEUED for name in names):
         for start in starts(core.step(t)):
-            core.report(report(start.action_id, start.attempt, start.agent_id, "succeeded",
-                               exit_code=0), t + hold)
+            core.report(report(start.action_id, start.attempt, start.agent_id,
+                               stage, exit_code=exit_code), t + hold)
         t += hold + 0.01
     return t
 
@@ -88,11 +91,66 @@ def test_a_free_slot_anywhere_comes_before_a_place_in_a_backlog() -> None:
     assert per_agent(core.step(t)) == {"n2": 2, "n1": 1}
 
 
-def test_a_turnover_of_zero_never_hands_work_ahead() -> None:
+def test_a_turnover_of_zero_never_hands_work_ahead_nor_limits_starts() -> None:
     core = core_with(("n1", 2), turnover=0.0)
     t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.0)
     core.submit([action(f"a{i}") for i in range(3)], t)
+    first = core.step(t)
+    assert per_agent(first) == {"n1": 2}
+    assert {core.assignment(s).within_cpus for s in starts(first)} == {None}
+
+
+def test_an_agent_that_cannot_hold_starts_is_handed_nothing_ahead() -> None:
+    core = SchedulerState(stale_after=1e9, backlog_turnover=TURNOVER)
+    join(core, "n1", 2, holds_starts=False)  # an agent of an earlier version
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action(f"a{i}") for i in range(3)], t)
     assert per_agent(core.step(t)) == {"n1": 2}
+
+
+def test_fast_ends_of_starts_that_never_ran_do_not_count() -> None:
+    core = core_with(("n1", 2))
+    # E.g. an agent that cannot make workspaces fails every start at once.
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01, stage="failed", exit_code=None)
+    core.submit([action(f"a{i}") for i in range(3)], t)
+    assert per_agent(core.step(t)) == {"n1": 2}
+
+
+def test_no_more_work_ahead_once_an_attempt_there_outlasts_the_turnover() -> None:
+    core = core_with(("n1", 2))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action("long")], t)
+    assert per_agent(core.step(t)) == {"n1": 1}
+    core.submit([action(f"a{i}") for i in range(4)], t)
+    assert per_agent(core.step(t)) == {"n1": 3}  # a free CPU, and one more per CPU
+    later = t + TURNOVER * 2
+    core.report(report("a0", 1, "n1", "succeeded", exit_code=0), later)
+    assert core.step(later) == []  # `long` has run too long: a3 waits for a free slot
+
+
+def test_room_lent_for_a_backlog_holds_nothing_larger_than_the_agent() -> None:
+    core = core_with(("n1", 2))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action("one")], t)
+    assert per_agent(core.step(t)) == {"n1": 1}
+    core.submit([action("big", cpus=3)], t)  # 1 free + 2 lent, but the agent has 2
+    assert core.step(t) == []
+    assert core.get(aid("big"), t).stage is Stage.QUEUED
+
+
+def test_a_restarted_scheduler_keeps_work_held_by_an_agent_assigned() -> None:
+    core = core_with(("n1", 1))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action("a"), action("b")], t)
+    assert per_agent(core.step(t)) == {"n1": 2}
+    after = restarted(core, t + 1, backlog_turnover=TURNOVER, stale_after=1e9)
+    held = AgentHoldings(running=[HeldAttempt(action_id=aid("a"), attempt=1)],
+                         waiting=[HeldAttempt(action_id=aid("b"), attempt=1)])
+    assert after.agent_joined(agent("n1", cpus=1, holds_starts=True), t + 1, held) == []
+    assert after.get(aid("a"), t + 1).stage is Stage.RUNNING
+    assert after.get(aid("b"), t + 1).stage is Stage.ASSIGNED
+    after.report(report("b", 1, "n1", "succeeded", exit_code=0), t + 2)
+    assert after.get(aid("b"), t + 2).stage is Stage.SUCCEEDED
 
 
 def test_work_waiting_in_a_backlog_is_cancelled_as_any_assigned_work() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,9 @@ from agent.executor import Executor
 from mesh.protocol import Assignment, HeldAttempt
 from mesh.schema import ActionId
 from mesh.waiting import async_wait_until
-from tests.agent_support import RecordingSinks, ended, executor, shell
+from tests.agent_support import RecordingSinks, ended, shell
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def sinks() -> RecordingSinks:
-    return RecordingSinks()
-
-
-@pytest.fixture
-async def ex(sinks: RecordingSinks) -> AsyncIterator[Executor]:
-    async with executor(sinks) as started:
-        yield started
 
 
 @pytest.fixture

@@ -92,11 +92,6 @@ def machine() -> Iterator[Cgroups]:
         cgroups.remove(base, wait=2.0)
 
 
-@pytest.fixture
-def sinks() -> RecordingSinks:
-    return RecordingSinks()
-
-
 # Starts a process that leaves the attempt's process group (setsid) and its environment marks
 # (env -i), so only the control group still holds it; prints its pid, then waits for a file
 # `go` in its workspace before it goes on.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,18 +28,6 @@ from tests.agent_support import (
 TREE = "sleep 60 & sleep 60 & wait"
 # A hang fails within 30 s instead of stalling the run.
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def sinks() -> RecordingSinks:
-    return RecordingSinks()
-
-
-@pytest.fixture
-async def ex(sinks: RecordingSinks) -> AsyncIterator[Executor]:
-    """An executor with CONFIG reporting to `sinks`, shut down after the test."""
-    async with executor(sinks) as started:
-        yield started
 
 
 def of(ex: Executor, action_id: str) -> list[int]:

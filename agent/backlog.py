@@ -29,9 +29,6 @@ class Backlog:
     def __init__(self, executor: Executor, start: Start) -> None:
         self._executor = executor
         self._start = start
-        # Held starts taken back because a later attempt of their action came: each ends
-        # as cancelled (`Executor.forgo`) without running.
-        self._forgone: set[asyncio.Task[None]] = set()
         self._waiting: dict[Key, Assignment] = {}
         # Starts handed to `start` that have not returned: the executor may not count
         # them yet, so they are counted here until they do.
@@ -109,10 +106,11 @@ class Backlog:
         for key in [k for k in self._waiting
                     if k[0] == assignment.action_id and k[1] < assignment.attempt]:
             dropped = self._waiting.pop(key)
+            # It ends as cancelled without running, its log empty and closed.
             task = asyncio.get_running_loop().create_task(self._executor.forgo(
                 dropped, f"superseded by attempt {assignment.attempt}"))
-            self._forgone.add(task)
-            task.add_done_callback(self._forgone.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _has_room(self, assignment: Assignment) -> bool:
         limit = assignment.within_cpus

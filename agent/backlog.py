@@ -9,10 +9,7 @@ from typing import Any
 
 from agent.executor import Executor, Key
 from mesh.protocol import Assignment, HeldAttempt
-from mesh.schema import ActionId
-
-# Reservations are compared with a little slack, as the scheduler compares them.
-EPSILON = 1e-9
+from mesh.schema import EPSILON, ActionId
 
 Start = Callable[[Assignment], Coroutine[Any, Any, None]]
 

@@ -214,6 +214,9 @@ Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 AttemptNumber = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
 Cpus = Annotated[float, Field(ge=0, le=MAX_CPUS)]
+# CPUs and memory are compared with a little slack, wherever reservations are summed (the
+# scheduler's placement, an agent's held starts), so that 0.1 + 0.2 CPUs fit in 0.3.
+EPSILON = 1e-9
 Instant = Annotated[float, Field(ge=0, le=MAX_INSTANT)]
 # An exit status, or minus the signal that ended it.
 ExitCode = Annotated[int, Field(ge=-255, le=255)]

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mesh import reasons
-from mesh.schema import Load, PendingReason, Rejection
+from mesh.schema import EPSILON, Load, PendingReason, Rejection
 from scheduler.core.groups import Home
 from scheduler.core.pool import AgentEntry
-from scheduler.core.quota.model import EPSILON, NO_ACTION, Request, TaskRun, Worker
+from scheduler.core.quota.model import NO_ACTION, Request, TaskRun, Worker
 
 
 @dataclass(slots=True)

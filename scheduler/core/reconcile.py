@@ -42,8 +42,8 @@ class Reconciler:
         decisions: list[Decision] = []
         for report in held.ended:
             self._above_floor(report.action_id, report.attempt)
-        running = [(attempt, True) for attempt in held.running]
-        for attempt, started in [*running, *((a, False) for a in held.waiting)]:
+        held_here = [(a, True) for a in held.running] + [(a, False) for a in held.waiting]
+        for attempt, started in held_here:
             entry = self.ledger.find(attempt.action_id)
             self._above_floor(attempt.action_id, attempt.attempt)
             if entry is None or not self.life.in_flight_on(entry, agent_id, attempt.attempt):

@@ -83,9 +83,6 @@ class SchedulerState:
                             self._life, self._judge)
         self._stepper = Stepper(self._fleet, self._placer, self._quota, self._ledger,
                                 self._life, backlog_turnover)
-        # Agents are told how many CPUs their work may reserve only where they may be
-        # handed work ahead of a free slot.
-        self._limit_starts = backlog_turnover > 0
         self.accounts = Accounts(self._quota, self._ledger)
 
     @property
@@ -274,11 +271,14 @@ class SchedulerState:
         """What the agent is sent for an Assign decision."""
         entry = self._ledger.get(decision.action_id)
         record = next(r for r in entry.attempts if r.number == decision.attempt)
+        # Agents are told how many CPUs their work may reserve only where they may be
+        # handed work ahead of a free slot.
         agent = self._fleet.agents.get(decision.agent_id)
+        within = (agent.cpu_capacity if agent is not None and self._stepper.backlog_turnover > 0
+                  else None)
         return Assignment(action=entry.spec, action_id=entry.id, attempt=decision.attempt,
                           agent_id=decision.agent_id, assigned_at=record.assigned_at,
-                          within_cpus=agent.cpu_capacity
-                          if agent is not None and self._limit_starts else None)
+                          within_cpus=within)
 
     def report(self, report: AttemptReport, now: float) -> list[Decision]:
         """An agent's word on an attempt: it runs, or it ended and how."""

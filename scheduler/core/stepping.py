@@ -59,24 +59,20 @@ class Stepper:
         """The backlog pass: matching alone, over room lent to the agents whose slots turn
         over fast (their CPUs once more), in the order the quota pass keeps. It runs after
         the quota pass, so work takes a free slot anywhere before a place in a backlog."""
-        lent: list[tuple[Worker, float]] = []
+        lent: list[Worker] = []
         try:
             for agent in self.fleet.agents.values():
                 worker = self.quota.workers.get(agent.agent_id)
                 if worker is not None and self._turns_over(agent, worker, now):
-                    lent.append((worker, worker.modified_time))
+                    lent.append(worker)
                     worker.spare = agent.cpu_capacity
-                    # Its room changed: every waiting request is worth trying on it again.
-                    self.quota.touch_worker(worker.id)
             if not lent:
                 return []
             takes = self._takes_work(now)
             return fill(self.quota, self._gate(now), lambda w: w.spare > 0 and takes(w))
         finally:
-            # As it was: the quota pass's shortcuts must not see the lent room.
-            for worker, modified in lent:
+            for worker in lent:
                 worker.spare = 0.0
-                worker.modified_time = modified
 
     def _turns_over(self, agent: AgentEntry, worker: Worker, now: float) -> bool:
         """Whether the agent's slots turn over fast: it can hold starts, each of its latest

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from mesh.schema import ActionId
-from scheduler.core.quota.model import EPSILON, Request
+from mesh.schema import EPSILON, ActionId
+from scheduler.core.quota.model import Request
 from scheduler.core.quota.queue import OrderKey, Queue, Shape
 
 

@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Iterable
 from operator import attrgetter
 
-from mesh.schema import AccountId, AgentId
-from scheduler.core.quota.model import EPSILON, MAX_SORTED_MATCHES, QuotaAssignment, Request, Worker
+from mesh.schema import EPSILON, AccountId, AgentId
+from scheduler.core.quota.model import MAX_SORTED_MATCHES, QuotaAssignment, Request, Worker
 from scheduler.core.quota.run import Gate, Pass, reservations_fit
 from scheduler.core.quota.scheduler import QuotaScheduler
 from scheduler.core.quota.vector import FREE_BUCKET

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from mesh.schema import AccountId, ActionId, AgentId
+from mesh.schema import EPSILON, AccountId, ActionId, AgentId
 from scheduler.core.quota.vector import ZERO, Vector
 
 # Go's zero time in Unix seconds: a request's or worker's confirmed time before any
@@ -20,9 +20,6 @@ DEMOTE_THRESHOLD = -600.0
 UNASSIGN_MAX_AGE = 46 * 3600.0
 # Match lists this long are left unsorted: any match beats the best one at high load.
 MAX_SORTED_MATCHES = 50_000
-# Reservations are compared with a little slack so that 0.1 + 0.2 CPUs fit in 0.3.
-EPSILON = 1e-9
-
 # The empty id of each kind: work of no account (it shares one fanout group and pays
 # nothing), an event about no worker, an assignment that aborts nothing.
 NO_ACCOUNT = AccountId("")

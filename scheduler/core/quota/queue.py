@@ -27,9 +27,9 @@ from collections import Counter
 from collections.abc import ItemsView, Iterable, Iterator, MutableMapping, ValuesView
 from typing import TypeAlias
 
-from mesh.schema import AccountId, ActionId
+from mesh.schema import EPSILON, AccountId, ActionId
 from scheduler.core.quota.limits import Group, fanout_group
-from scheduler.core.quota.model import EPSILON, Request
+from scheduler.core.quota.model import Request
 
 ShapeKey: TypeAlias = tuple[AccountId, frozenset[str], frozenset[str], float, int]
 # A request's place in its level: the order upstream sorts a level by (plus our ties).

@@ -18,12 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-from mesh.schema import AccountId, ActionId
+from mesh.schema import EPSILON, AccountId, ActionId
 from scheduler.core.quota.events import QuotaEvent
 from scheduler.core.quota.limits import FanoutCounter, Group, LabelCounter, fanout_group
 from scheduler.core.quota.model import (
     DEMOTE_THRESHOLD,
-    EPSILON,
     PROMOTE_THRESHOLD,
     QuotaAssignment,
     Request,
@@ -81,17 +80,20 @@ def run_once(qs: QuotaScheduler, gate: Gate | None = None, open_worker: Open | N
 def fill(qs: QuotaScheduler, gate: Gate, open_worker: Open) -> list[QuotaAssignment]:
     """Match waiting requests to workers with room, level by level, and nothing else: no
     reprioritising, no preemption, no examined stamps. A backlog pass after `run_once`,
-    over room lent to some workers for it."""
-    return Pass(qs, gate, open_worker).fill()
+    over room lent to some workers for it: every waiting request is tried again on them,
+    however recently it was examined (it was examined without that room)."""
+    return Pass(qs, gate, open_worker, cut=False).fill()
 
 
 class Pass:
     """The decisions of one pass, and (overridable) where it finds its requests."""
 
     def __init__(self, qs: QuotaScheduler, gate: Gate, open_worker: Open = _every_worker,
-                 ) -> None:
+                 cut: bool = True) -> None:
         self.qs = qs
         self.gate = gate
+        # Whether idle matching skips pairs examined since the worker last changed.
+        self.cut = cut
         # Asked once per worker and pass, not at every level and sub-pass.
         self.closed = {w for w, worker in qs.workers.items() if not open_worker(worker)}
         self.now = qs.last_update_time
@@ -116,23 +118,20 @@ class Pass:
     def run(self) -> list[QuotaAssignment]:
         self._prioritize()
         for p in range(NUM_PRIORITIES):
-            self._match_idle(p, provisioned_only=True)
-            self._match_idle(p, provisioned_only=False)
+            self._match(p)
             self._reprioritize(p)
             if not self.qs.options.disable_preemption:
                 self._preempt(p)
             if self.fanout is not None:
                 self._throttled_to_free(p)
-        self._match_idle(FREE_BUCKET, provisioned_only=True)
-        self._match_idle(FREE_BUCKET, provisioned_only=False)
+        self._match(FREE_BUCKET)
         self._mark_examined()
         return self.assignments
 
     def fill(self) -> list[QuotaAssignment]:
         self._prioritize()
         for p in [*range(NUM_PRIORITIES), FREE_BUCKET]:
-            self._match_idle(p, provisioned_only=True)
-            self._match_idle(p, provisioned_only=False)
+            self._match(p)
         return self.assignments
 
     # ---- where requests come from: the queue's kept order ---------------------------------
@@ -219,6 +218,12 @@ class Pass:
             return False
         return self.labels is None or not self.labels.at_limit(request, worker)
 
+    def _match(self, p: int) -> None:
+        """Level p's requests onto workers with room: those that need no provisioning
+        first, then any."""
+        self._match_idle(p, provisioned_only=True)
+        self._match_idle(p, provisioned_only=False)
+
     def _match_idle(self, p: int, provisioned_only: bool) -> None:
         if not self._unmatched(p):
             return
@@ -232,7 +237,7 @@ class Pass:
                 return not self._eligible(request, worker, p) or (
                     provisioned_only and not request.provisionable_labels <= worker.labels)
 
-            for request in self._candidates(worker, p, True, skip, provisioned_only):
+            for request in self._candidates(worker, p, self.cut, skip, provisioned_only):
                 if request.id in self.matched or not self._eligible(request, worker, p):
                     continue
                 if provisioned_only and not request.provisionable_labels <= worker.labels:

@@ -1,13 +1,20 @@
 """Models and ids that arrive over Ray or a channel, validated where they land: Ray unpickles
 a pydantic model without validating it (as `model_construct` makes one), so a peer could
-hand any actor an action asking for -100 CPUs."""
+hand any actor an action asking for -100 CPUs.
+
+The calls on every action's way (`submit`, `wait_result`) carry models as JSON text
+(`as_json`): validating JSON is what landing needs anyway, while a pickled model costs
+several times as much to send and, unpickled, must be dumped and validated again.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mesh.errors import InvalidInput
 from mesh.schema import MAX_JOB_NAME, check_id
@@ -17,9 +24,11 @@ M = TypeVar("M", bound=BaseModel)
 
 def arrived(kind: type[M], value: Any, what: str, context: dict[str, Any] | None = None,
             ) -> M:
-    """`value` (a model or its fields) validated as `kind` (with the validation `context`,
-    e.g. STORED); InvalidInput naming the field."""
+    """`value` (a model, its fields or its JSON text) validated as `kind` (with the
+    validation `context`, e.g. STORED); InvalidInput naming the field."""
     try:
+        if isinstance(value, str | bytes):
+            return kind.model_validate_json(value, context=context)
         if isinstance(value, BaseModel):
             # From its fields, deeply: a nested model instance would otherwise be taken as
             # it is, unvalidated.
@@ -27,6 +36,27 @@ def arrived(kind: type[M], value: Any, what: str, context: dict[str, Any] | None
         return kind.model_validate(value, context=context)
     except ValidationError as exc:
         raise InvalidInput.from_validation(what, exc) from None
+
+
+def arrived_list(kind: type[M], text: Any, what: str) -> list[M]:
+    """A JSON array of `kind` (as `as_json` writes a sequence) validated; InvalidInput
+    naming the item and field otherwise."""
+    try:
+        return _list_of(kind).validate_json(text)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(what, exc) from None
+
+
+def as_json(value: BaseModel | Sequence[BaseModel]) -> str:
+    """A model, or a sequence of them, as the JSON text `arrived` / `arrived_list` read."""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return "[" + ",".join(item.model_dump_json() for item in value) + "]"
+
+
+@functools.cache
+def _list_of(kind: type[M]) -> TypeAdapter[list[M]]:
+    return TypeAdapter(list[kind])  # type: ignore[valid-type]
 
 
 def arrived_id(value: Any, what: str) -> str:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mesh import bootstrap
+from mesh.arrival import arrived, arrived_list, as_json
 from mesh.calls import CALL_TIMEOUT, call, send, wait
 from mesh.errors import (
     ActionTimeout,
@@ -44,6 +45,7 @@ from mesh.schema import (
     MeshHealth,
     QuotaOptions,
     StageEvent,
+    SubmitOutcome,
 )
 from mesh.stages import TERMINAL, Stage
 
@@ -116,10 +118,10 @@ class ActionHandle:
             left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if left <= 0:
                 raise ActionTimeout(f"action {self.id} did not finish within {timeout:g}s")
-            status: ActionStatus | None = call(self.client.scheduler.wait_result, self.id,
-                                               left, timeout=left + CALL_TIMEOUT)
-            if status is not None:
-                return status
+            text: str | None = call(self.client.scheduler.wait_result, self.id, left,
+                                    timeout=left + CALL_TIMEOUT)
+            if text is not None:
+                return arrived(ActionStatus, text, "status")
 
     def logs(self, follow: bool = False, attempt: int | None = None, offset: int = 0,
              ) -> Iterator[LogLine]:
@@ -228,8 +230,9 @@ class Client:
     def submit_many(self, actions: Sequence[Action | dict[str, Any]],
                     reject_unplaceable: bool = True) -> builtins.list[ActionHandle]:
         """Submit a batch. Ids are chosen here, so repeating the call is idempotent."""
-        specs = [_action(a) for a in actions]
-        outcomes = call(self.scheduler.submit, specs, reject_unplaceable)
+        specs = [as_json(_action(a)) for a in actions]
+        outcomes = arrived_list(SubmitOutcome, call(self.scheduler.submit, specs,
+                                                    reject_unplaceable), "submit outcomes")
         refused = [o for o in outcomes if not o.accepted]
         if refused:
             detail = "; ".join(f"{o.action_id}: {o.reason}" for o in refused)

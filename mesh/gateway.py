@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh import calls, gatewayconv, names
-from mesh.arrival import arrived
+from mesh.arrival import arrived, as_json
 from mesh.errors import (
     AlreadyExists,
     Busy,
@@ -163,7 +163,7 @@ class Gateway:
     async def submit(self, request: gpb.SubmitRequest) -> AsyncIterator[gpb.ActionEvent]:
         action = gatewayconv.action(request).identified()
         self._room()  # before submitting: an accepted action is followed
-        outcome, first = await calls.ask(self.scheduler.submit_and_follow, action,
+        outcome, first = await calls.ask(self.scheduler.submit_and_follow, as_json(action),
                                          not request.allow_unplaceable, LINGER)
         if not outcome.accepted:
             raise Unplaceable(outcome.reason, [outcome.action_id])

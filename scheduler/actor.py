@@ -19,6 +19,7 @@ from mesh.arrival import (
     arrived_id,
     arrived_job,
     arrived_seconds,
+    as_json,
 )
 from mesh.errors import InvalidInput, StateDirRefused
 from mesh.metrics import Recorder
@@ -120,18 +121,24 @@ class SchedulerActor:
 
     # ---- clients -------------------------------------------------------------------------
 
-    async def submit(self, specs: list[Action | dict[str, Any]],
-                     reject_unplaceable: bool = True) -> list[SubmitOutcome]:
+    async def submit(self, specs: list[Action | dict[str, Any] | str],
+                     reject_unplaceable: bool = True) -> str:
+        """Accept a batch of actions (models, their fields, or their JSON text); the
+        outcomes as a JSON array (see mesh.arrival)."""
+        return as_json(await self._submit(specs, reject_unplaceable))
+
+    async def _submit(self, specs: list[Action | dict[str, Any] | str],
+                      reject_unplaceable: bool) -> list[SubmitOutcome]:
         await self._serving()
         actions = [arrived(Action, spec, f"action #{i}") for i, spec in enumerate(specs)]
         return self.s.submit(actions, reject_unplaceable)
 
-    async def submit_and_follow(self, spec: Action | dict[str, Any],
+    async def submit_and_follow(self, spec: Action | dict[str, Any] | str,
                                 reject_unplaceable: bool = True, linger: float = 0.0,
                                 ) -> tuple[SubmitOutcome, FollowedEvents | None]:
         """`submit` of one action, then its first `follow` from its start (None when it was
         refused): one call where a follower would make two."""
-        (outcome,) = await self.submit([spec], reject_unplaceable)
+        (outcome,) = await self._submit([spec], reject_unplaceable)
         if not outcome.accepted:
             return outcome, None
         return outcome, await self.s.waits.follow(outcome.action_id, 0, 0.0,
@@ -178,10 +185,12 @@ class SchedulerActor:
         return await self.s.journal.read(arrived(EventQuery, query, "event query"),
                                          arrived_seconds(timeout, "timeout"))
 
-    async def wait_result(self, action_id: ActionId, timeout: float = 10.0,
-                          ) -> ActionStatus | None:
+    async def wait_result(self, action_id: ActionId, timeout: float = 10.0) -> str | None:
+        """The action's status as JSON text once it has ended (see `Waits.result`)."""
         await self._serving()
-        return await self.s.waits.result(_action_id(action_id), arrived_seconds(timeout, "timeout"))
+        status = await self.s.waits.result(_action_id(action_id),
+                                           arrived_seconds(timeout, "timeout"))
+        return None if status is None else as_json(status)
 
     # ---- accounts ------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +249,11 @@ class Store:
         kept = self._kept(rows)
         return kept[0] if kept else None
 
+    def find_many(self, action_ids: Sequence[ActionId]) -> dict[ActionId, Kept]:
+        """Those of the ids that are kept, by id: a query per CHUNK ids, not one each."""
+        rows = list(self._among(f"{SELECT} WHERE id IN", action_ids))
+        return {record.id: (record, attempts) for record, attempts in self._kept(rows)}
+
     def expired(self, action_id: ActionId) -> bool:
         return self.db.execute("SELECT 1 FROM expired WHERE id = ?",
                                (action_id,)).fetchone() is not None
@@ -338,14 +343,18 @@ class Store:
         by action and number), else looked up."""
         attempts: dict[str, list[AttemptRecord]] = {row[0]: [] for row in rows}
         if found is None:
-            ids = list(attempts)
-            found = (row for start in range(0, len(ids), CHUNK) for row in self.db.execute(
-                f"SELECT * FROM attempts WHERE action_id IN "
-                f"({', '.join('?' * len(ids[start:start + CHUNK]))}) ORDER BY action_id, number",
-                ids[start:start + CHUNK]))
+            found = self._among("SELECT * FROM attempts WHERE action_id IN", list(attempts),
+                                "ORDER BY action_id, number")
         for row in found:
             attempts[row[0]].append(read_attempt(row))
         return [(read_action(row, self.sealer), attempts[row[0]]) for row in rows]
+
+    def _among(self, query: str, ids: Sequence[str], then: str = "") -> Iterator[Any]:
+        """The rows of `query` (ending in `IN`) over `ids`, then `then` (ordering holds
+        within each CHUNK of ids, which is how attempts are read): a query per CHUNK."""
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start:start + CHUNK]
+            yield from self.db.execute(f"{query} ({', '.join('?' * len(chunk))}) {then}", chunk)
 
     # ---- writing, once per step ----------------------------------------------------------
 

@@ -4,7 +4,7 @@ interface in memory, and the quota scheduler's accounts, requests and passes."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mesh.protocol import AttemptReport, Refused, ReportStage
@@ -114,6 +114,9 @@ class MemoryStore:
     def find(self, action_id: ActionId) -> Kept | None:
         record = self.records.get(action_id)
         return self._kept(record) if record is not None else None
+
+    def find_many(self, action_ids: Sequence[ActionId]) -> dict[ActionId, Kept]:
+        return {i: self._kept(self.records[i]) for i in action_ids if i in self.records}
 
     def expired(self, action_id: ActionId) -> bool:
         return action_id in self.deleted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -121,6 +122,10 @@ class Archive(Protocol):
 
     def find(self, action_id: ActionId) -> Kept | None: ...
 
+    def find_many(self, action_ids: Sequence[ActionId]) -> dict[ActionId, Kept]:
+        """Those of the ids that are kept, by id."""
+        ...
+
     def expired(self, action_id: ActionId) -> bool: ...
 
     def page(self, query: ListQuery) -> list[Kept]:
@@ -133,6 +138,9 @@ class NoArchive:
 
     def find(self, action_id: ActionId) -> Kept | None:
         return None
+
+    def find_many(self, action_ids: Sequence[ActionId]) -> dict[ActionId, Kept]:
+        return {}
 
     def expired(self, action_id: ActionId) -> bool:
         return False

@@ -143,7 +143,7 @@ class SchedulerState:
         With `commit`, the new actions are handed to it (to be made durable) before they
         are accepted; if it raises, nothing was accepted.
         """
-        self._check_batch(specs)
+        known = self._check_batch(specs)
         advance(self._quota, now)
         fresh: dict[ActionId, tuple[ActionEntry, str]] = {}
         refused: dict[ActionId, str] = {}
@@ -151,7 +151,7 @@ class SchedulerState:
         verdicts: Verdicts = {}
         for spec in specs:
             assert spec.id is not None
-            if self._known(spec.id) is not None or spec.id in fresh or spec.id in refused:
+            if spec.id in known or spec.id in fresh or spec.id in refused:
                 continue
             verdict = self._judge.verdict(
                 need_of(spec, extra=self.groups.extra_labels(spec.job)), now, verdicts)
@@ -179,13 +179,20 @@ class SchedulerState:
             told.add(entry.id)
         return outcomes
 
-    def _check_batch(self, specs: Sequence[Action]) -> None:
-        seen: dict[ActionId, Action] = {}
+    def _check_batch(self, specs: Sequence[Action]) -> dict[ActionId, ActionEntry]:
+        """Refuse a batch that cannot be accepted whole; the entries of the ids it gives
+        that were accepted before, by id."""
+        ids: list[ActionId] = []
         for spec in specs:
             if spec.id is None:
                 raise InvalidInput("action id: the scheduler needs an id; the client assigns "
                                    "one", [("id", "missing")])
-            existing = self._known(spec.id)
+            ids.append(spec.id)
+        known = self._known_many(ids)
+        seen: dict[ActionId, Action] = {}
+        for spec in specs:
+            assert spec.id is not None
+            existing = known.get(spec.id)
             earlier = existing.shown_spec if existing is not None else seen.get(spec.id)
             # Compared as reads show them: whether a resubmission is "the same" must not
             # tell a guessed secret from a wrong one.
@@ -197,6 +204,7 @@ class SchedulerState:
                 raise InvalidInput(f"account: no account {spec.account!r}; create it first "
                                    "(`mesh accounts create`) or submit without one",
                                    [("account", f"unknown account {spec.account!r}")])
+        return known
 
     def cancel(self, action_id: ActionId, now: float) -> list[Decision]:
         entry = self._find(action_id)
@@ -417,6 +425,22 @@ class SchedulerState:
             return entry
         kept: Kept | None = self._archive.find(action_id)
         return ActionEntry.from_record(*kept) if kept is not None else None
+
+    def _known_many(self, action_ids: Sequence[ActionId]) -> dict[ActionId, ActionEntry]:
+        """`_known` of each id, with one look into the archive for all it must find there
+        (a batch of new ids would otherwise cost two queries each)."""
+        found: dict[ActionId, ActionEntry] = {}
+        elsewhere: list[ActionId] = []
+        for action_id in action_ids:
+            entry = self._ledger.find(action_id)
+            if entry is not None:
+                found[action_id] = entry
+            else:
+                elsewhere.append(action_id)
+        if elsewhere:
+            found.update((action_id, ActionEntry.from_record(*kept)) for action_id, kept
+                         in self._archive.find_many(elsewhere).items())
+        return found
 
     def _find(self, action_id: ActionId) -> ActionEntry:
         entry = self._known(action_id)

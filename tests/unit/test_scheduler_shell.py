@@ -172,6 +172,14 @@ async def test_an_end_report_is_answered_with_the_agents_next_assignment(
     assert s.core.get(ActionId("b"), s.clock()).stage is Stage.ASSIGNED
 
 
+async def test_a_started_scheduler_sends_new_works_start_before_it_answers_the_submit(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.ensure_started()
+    await settle()  # the loop's first pass: nothing to place yet
+    s.submit([action("a")], True)
+    assert n1.calls == [("start", "a")], "the start waited for the loop"
+
+
 async def test_reports_that_arrive_together_share_one_step_and_one_write(pair: Pair) -> None:
     s, agents = pair
     on = started(agents)

@@ -5,14 +5,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from mesh.arrival import arrived, arrived_list, as_json
 from mesh.errors import InvalidInput
 from mesh.protocol import AttemptReport, HeldAttempt
 from mesh.schema import (
     AccountConfig,
     Action,
+    ActionId,
     Load,
     LogBatch,
     MeshConfig,
+    SubmitOutcome,
     parse_duration,
     parse_size,
 )
@@ -192,3 +195,22 @@ def test_a_read_shows_a_secrets_name_never_its_value() -> None:
     assert "s3cr3t" not in shown.model_dump_json()
     plain = Action(command=["true"])
     assert plain.masked() is plain
+
+
+def test_an_action_arriving_as_json_text_is_validated_as_one_given_as_fields() -> None:
+    sent = Action(command=["make", "test"], env={"CI": "1"}, labels=["os:linux"], cpus=2)
+    assert arrived(Action, as_json(sent), "action") == sent
+    with pytest.raises(InvalidInput, match=r"cpus: .*greater than or equal to 0") as err:
+        arrived(Action, '{"command": ["true"], "cpus": -100}', "action #0")
+    assert err.value.errors[0][0] == "cpus"
+
+
+def test_a_list_arriving_as_json_names_the_item_and_field_at_fault() -> None:
+    outcomes = [SubmitOutcome(action_id=ActionId(f"a{i}"), accepted=True, created=True)
+                for i in range(3)]
+    assert arrived_list(SubmitOutcome, as_json(outcomes), "outcomes") == outcomes
+    assert arrived_list(SubmitOutcome, as_json([]), "outcomes") == []
+    bad = as_json(outcomes).replace('"created":true', '"created":"perhaps"', 1)
+    with pytest.raises(InvalidInput) as err:
+        arrived_list(SubmitOutcome, bad, "outcomes")
+    assert err.value.errors[0][0] == "0.created"

@@ -131,6 +131,20 @@ def test_a_version_1_file_is_migrated_with_its_attempts_as_rows_and_its_shape_as
     assert saved.last_seq == 2
 
 
+def test_many_ids_are_looked_up_at_once_past_a_chunk_with_their_attempts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "CHUNK", 2)  # a, b, c and an unknown id: two queries
+    core, _ = worked_core()
+    store = Store(tmp_path)
+    write_all(core, store)
+    found = store.find_many([aid("a"), aid("nobody"), aid("c"), aid("b")])
+    assert sorted(found) == ["a", "b", "c"]
+    assert [(x.number, x.outcome) for x in found[aid("a")][1]] == [
+        (1, "lost"), (2, Stage.SUCCEEDED)]
+    assert found[aid("c")][0].stage is Stage.CANCELLED
+    assert store.find_many([]) == {}
+
+
 def test_a_large_older_file_is_left_as_it_is_with_a_warning_saying_how_to_convert_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:

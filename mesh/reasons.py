@@ -16,6 +16,8 @@ SUPERSEDED = "attempt {attempt} was superseded by attempt {current}"
 PREEMPTED = "preempted by action {by} (account {account}, priority {priority})"
 GIVEN_UP = "attempt {attempt} was already given up as lost"
 UNKNOWN_ATTEMPT = "the scheduler has no such action"
+WITHDRAWN = ("taken back from agent {agent}, where it waited {waited:.2f}s for a slot held "
+             "by a longer attempt; queued again")
 NOT_HELD = ("requeued: the scheduler restarted and agent {agent} does not have this attempt "
             "(its start never arrived)")
 

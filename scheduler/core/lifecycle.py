@@ -114,6 +114,16 @@ class Lifecycle:
             self.requeue(victim, now, why, "preempted")
         return stop
 
+    def withdraw(self, entry: ActionEntry, now: float) -> Stop:
+        """Take back an attempt its agent holds ahead of a slot (it has not started there):
+        the action waits again at its place in the queue, at no cost to its budgets."""
+        assert entry.agent_id is not None
+        why = reasons.WITHDRAWN.format(agent=entry.agent_id,
+                                       waited=now - entry.attempts[-1].assigned_at)
+        stop = Stop(entry.id, entry.attempt, entry.agent_id, why)
+        self.lose(entry, now, why, counted=False)
+        return stop
+
     def lose(self, entry: ActionEntry, now: float, reason: str | None = None,
              died: bool = False, counted: bool = True) -> None:
         """The attempt is gone without an ending; `died`: with its agent; `counted`:

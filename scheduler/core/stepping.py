@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from mesh import reasons
 from mesh.errors import StateCorrupt
-from mesh.schema import AgentId
+from mesh.schema import EPSILON, AgentId
 from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Decision
@@ -28,8 +28,9 @@ class Stepper:
     than this many seconds is handed, while work still waits after the quota pass, up to
     one more attempt per CPU ahead of a free slot; it starts each as soon as a running one
     ends, so a short action's slot does not idle for the round trip of its end report and
-    the next start. 0: never. Slow turnover keeps the agent out, so that work is not held
-    behind a long attempt while another agent could take it.
+    the next start. 0: never. Slow turnover keeps the agent out, and work held there past
+    the turnover is taken back, so that work does not wait behind a long attempt while
+    another agent could take it.
     """
 
     def __init__(self, fleet: Fleet, placer: Placer, quota: QuotaScheduler, ledger: Ledger,
@@ -48,6 +49,9 @@ class Stepper:
         if not self.fleet.agents or not (self.quota.queued or self.quota.running):
             return []  # (with only running work, the pass still promotes and demotes)
         decisions: list[Decision] = []
+        if self.backlog_turnover > 0:
+            # First, so that what is taken back can take a free slot in this same step.
+            decisions.extend(self._take_back(now))
         for assignment in run_once(self.quota, self._gate(now), self._takes_work(now)):
             decisions.extend(self._apply(assignment, now))
         if self.backlog_turnover > 0 and self.quota.queued:
@@ -73,6 +77,34 @@ class Stepper:
         finally:
             for worker in lent:
                 worker.spare = 0.0
+
+    def _take_back(self, now: float) -> list[Decision]:
+        """Withdraw work still held ahead of a slot that did not free up within the
+        turnover: an attempt there proved long, so the work waits again in the queue, for
+        the next free slot anywhere (this agent's too), rather than behind it.
+
+        Held work is what an agent reserves beyond its CPUs; the attempts held are, as
+        far as the scheduler can tell, the latest it assigned there that have not been
+        reported running (an agent reports a start within `running_report_delay`). One
+        that started just before its stop arrives is stopped and runs again elsewhere.
+        """
+        since = now - self.backlog_turnover
+        decisions: list[Decision] = []
+        for agent in self.fleet.agents.values():
+            worker = self.quota.workers.get(agent.agent_id)
+            if worker is None or not agent.info.holds_starts:
+                continue
+            over = -worker.free_cpus
+            # Latest first: a worker keeps what it runs in the order it was assigned.
+            for action_id in reversed(list(worker.running) if over > EPSILON else []):
+                entry = self.ledger.get(action_id)
+                if entry.stage is not Stage.ASSIGNED or entry.attempts[-1].assigned_at >= since:
+                    continue
+                over -= worker.running[action_id].request.cpus
+                decisions.append(self.life.withdraw(entry, now))
+                if over <= EPSILON:
+                    break
+        return decisions
 
     def _turns_over(self, agent: AgentEntry, worker: Worker, now: float) -> bool:
         """Whether the agent's slots turn over fast: it can hold starts, each of its latest

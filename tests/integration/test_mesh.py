@@ -91,6 +91,32 @@ def test_a_burst_of_short_actions_is_handed_over_ahead_of_a_free_slot_yet_runs_o
     assert ahead > 0, spans
 
 
+def test_work_held_behind_an_attempt_that_proves_long_is_taken_back_and_runs_elsewhere(
+        mesh: Mesh) -> None:
+    client = mesh.client
+    # Many short actions first: every agent's slots are seen to turn over fast.
+    warm = client.submit_many([Action(command=["true"], labels=[f"pool:{pool}"])
+                               for pool in ("big", "small") for _ in range(20)])
+    assert all(h.result(timeout=60).ok for h in warm)
+    # Every CPU taken by a long action, and one more short action: it is handed to an
+    # agent ahead of a free slot, where it would wait for a minute.
+    blockers = client.submit_many([Action(command=["sleep", "60"], labels=[f"pool:{pool}"])
+                                   for pool in ("big", "big", "small")])
+    try:
+        held = client.submit(Action(command=["true"]))
+        taken_back = wait_until(held.status, lambda s: bool(s.attempts)
+                                and s.attempts[0].outcome == "lost", timeout=30,
+                                interval=0.05, what="the held action taken back")
+        assert taken_back.stage is Stage.QUEUED
+        assert taken_back.attempts[0].reason.startswith("taken back from agent")
+        blockers[2].cancel()  # a slot frees: it runs there, unharmed
+        result = held.result(timeout=60)
+        assert result.ok and len(result.attempts) == 2, result
+    finally:
+        for blocker in blockers:
+            blocker.cancel()
+
+
 def test_an_action_no_agent_could_ever_take_is_refused_as_unplaceable(mesh: Mesh) -> None:
     with pytest.raises(Unplaceable, match="64 CPUs"):
         mesh.client.submit(Action(command=["true"], cpus=64))

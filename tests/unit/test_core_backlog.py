@@ -121,11 +121,49 @@ def test_no_more_work_ahead_once_an_attempt_there_outlasts_the_turnover() -> Non
     t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
     core.submit([action("long")], t)
     assert per_agent(core.step(t)) == {"n1": 1}
+    core.report(report("long", 1, "n1", "running"), t)
     core.submit([action(f"a{i}") for i in range(4)], t)
     assert per_agent(core.step(t)) == {"n1": 3}  # a free CPU, and one more per CPU
     later = t + TURNOVER * 2
     core.report(report("a0", 1, "n1", "succeeded", exit_code=0), later)
-    assert core.step(later) == []  # `long` has run too long: a3 waits for a free slot
+    core.report(report("a1", 1, "n1", "running"), later)  # started in a0's slot
+    # `long` has run too long: a2, still held behind it, is taken back; a3 waits.
+    assert [(d.action_id, type(d)) for d in core.step(later)] == [(aid("a2"), Stop)]
+    assert core.get(aid("a3"), later).stage is Stage.QUEUED
+
+
+def test_work_held_behind_an_attempt_that_proves_long_is_taken_back_for_a_slot_elsewhere(
+) -> None:
+    core = core_with(("n1", 1))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action("long"), action("short")], t)
+    assert per_agent(core.step(t)) == {"n1": 2}  # `short` is held, to start as `long` ends
+    core.report(report("long", 1, "n1", "running"), t + 0.01)
+    assert core.step(t + TURNOVER / 2) == [], "taken back before the turnover was up"
+    later = t + TURNOVER * 2
+    join(core, "n2", 1, t=later)
+    stop, start = core.step(later)
+    assert isinstance(stop, Stop) and (stop.action_id, stop.attempt) == (aid("short"), 1)
+    assert stop.reason.startswith("taken back from agent n1")
+    assert isinstance(start, Assign)
+    assert (start.action_id, start.attempt, start.agent_id) == (aid("short"), 2, nid("n2"))
+    status = core.get(aid("short"), later)
+    first = status.attempts[0]
+    assert (first.outcome, first.reason) == ("lost", stop.reason)
+    # Its stop answered: the agent ends the held attempt unstarted, which changes nothing.
+    core.report(report("short", 1, "n1", "cancelled", reason=stop.reason), later + 1)
+    assert core.get(aid("long"), later + 1).stage is Stage.RUNNING
+
+
+def test_work_held_while_the_slot_turns_over_in_time_is_left_where_it_is() -> None:
+    core = core_with(("n1", 1))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action("a"), action("b")], t)
+    assert per_agent(core.step(t)) == {"n1": 2}
+    core.report(report("a", 1, "n1", "succeeded", exit_code=0), t + TURNOVER / 2)
+    core.report(report("b", 1, "n1", "running"), t + TURNOVER / 2)
+    assert core.step(t + TURNOVER * 4) == []
+    assert core.get(aid("b"), t + TURNOVER * 4).attempt == 1
 
 
 def test_room_lent_for_a_backlog_holds_nothing_larger_than_the_agent() -> None:

@@ -308,6 +308,7 @@ class SchedulerState:
 
     def agent_joined(self, info: AgentInfo, now: float, held: AgentHoldings | None = None,
                      ) -> list[Decision]:
+        self._stepper.joined(info.agent_id)
         return self._fleet.joined(info, now, held)
 
     def agent_left(self, agent_id: AgentId, now: float, reason: str = "") -> None:

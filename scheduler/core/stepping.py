@@ -41,6 +41,16 @@ class Stepper:
         self.ledger = ledger
         self.life = life
         self.backlog_turnover = backlog_turnover
+        # The agents that may hold work ahead of a slot, so that a step over a large fleet
+        # looks at those alone: the ones the backlog pass handed work to, and those that
+        # joined since (their holdings may have held starts). None: every agent, as after
+        # a restart, which finds held starts in the holdings.
+        self._holding: set[AgentId] | None = None
+
+    def joined(self, agent_id: AgentId) -> None:
+        """An agent joined the pool, perhaps holding starts."""
+        if self._holding is not None:
+            self._holding.add(agent_id)
 
     def step(self, now: float) -> list[Decision]:
         """One quota pass at `now`: who starts where, at which priority, and who is stopped
@@ -56,6 +66,8 @@ class Stepper:
             decisions.extend(self._apply(assignment, now))
         if self.backlog_turnover > 0 and self.quota.queued:
             for assignment in self._fill_backlogs(now):
+                if self._holding is not None:
+                    self._holding.add(assignment.worker_id)
                 decisions.extend(self._apply(assignment, now))
         return decisions
 
@@ -90,9 +102,10 @@ class Stepper:
         """
         since = now - self.backlog_turnover
         decisions: list[Decision] = []
-        for agent in self.fleet.agents.values():
-            worker = self.quota.workers.get(agent.agent_id)
-            if worker is None or not agent.info.holds_starts:
+        holding: set[AgentId] = set()
+        for agent_id in list(self.fleet.agents if self._holding is None else self._holding):
+            agent, worker = self.fleet.agents.get(agent_id), self.quota.workers.get(agent_id)
+            if agent is None or worker is None or not agent.info.holds_starts:
                 continue
             over = -worker.free_cpus
             # Latest first: a worker keeps what it runs in the order it was assigned.
@@ -104,6 +117,9 @@ class Stepper:
                 decisions.append(self.life.withdraw(entry, now))
                 if over <= EPSILON:
                     break
+            if over > EPSILON:
+                holding.add(agent_id)
+        self._holding = holding
         return decisions
 
     def _turns_over(self, agent: AgentEntry, worker: Worker, now: float) -> bool:

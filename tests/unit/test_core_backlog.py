@@ -191,6 +191,25 @@ def test_a_restarted_scheduler_keeps_work_held_by_an_agent_assigned() -> None:
     assert after.get(aid("b"), t + 2).stage is Stage.SUCCEEDED
 
 
+def test_work_an_agent_holds_when_it_joins_a_restarted_scheduler_is_taken_back_in_time(
+) -> None:
+    core = core_with(("n1", 1))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action("a"), action("b")], t)
+    assert per_agent(core.step(t)) == {"n1": 2}
+    after = restarted(core, t + 1, backlog_turnover=TURNOVER, stale_after=1e9)
+    join(after, "n2", 2, t=t + 1)  # another agent, and work for it: nothing held yet
+    after.submit([action("c")], t + 1)
+    assert per_agent(after.step(t + 1)) == {"n2": 1}
+    held = AgentHoldings(running=[HeldAttempt(action_id=aid("a"), attempt=1)],
+                         waiting=[HeldAttempt(action_id=aid("b"), attempt=1)])
+    after.agent_joined(agent("n1", cpus=1, holds_starts=True), t + 1, held)
+    after.load(nid("n1"), load(), t + 1)
+    stop, start = after.step(t + 1)  # b waited a second already: taken back, run on n2
+    assert isinstance(stop, Stop) and (stop.action_id, stop.agent_id) == (aid("b"), "n1")
+    assert isinstance(start, Assign) and (start.action_id, start.agent_id) == (aid("b"), "n2")
+
+
 def test_work_waiting_in_a_backlog_is_cancelled_as_any_assigned_work() -> None:
     core = core_with(("n1", 1))
     t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)

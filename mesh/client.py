@@ -26,6 +26,7 @@ from mesh.errors import (
 from mesh.health import judge
 from mesh.poolconfig import GroupStatus, JobHome, PoolConfig, PoolStatus
 from mesh.schema import (
+    STORED,
     AccountConfig,
     AccountStatus,
     Action,
@@ -121,7 +122,8 @@ class ActionHandle:
             text: str | None = call(self.client.scheduler.wait_result, self.id, left,
                                     timeout=left + CALL_TIMEOUT)
             if text is not None:
-                return arrived(ActionStatus, text, "status")
+                # Its spec was checked when it was accepted: types and bounds alone now.
+                return arrived(ActionStatus, text, "status", STORED)
 
     def logs(self, follow: bool = False, attempt: int | None = None, offset: int = 0,
              ) -> Iterator[LogLine]:

@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from agent.executor import Executor, Key
+from agent.ended import Key
+from agent.executor import Executor
 from mesh.protocol import Assignment, HeldAttempt
 from mesh.schema import EPSILON, ActionId
 

@@ -340,6 +340,40 @@ def remove(path: Path, wait: float) -> bool:
     return True
 
 
+# An agent's control groups are named this, its node, its process's token and its pid.
+AGENT_PREFIX = "actionmesh-"
+
+
+def agent_groups(agent_id: str, token: str) -> Cgroups | None:
+    """This agent process's control groups, with what agents that are gone left beside
+    them cleared. Named by process (token and pid), not by node: a dying agent's reaper
+    removes its own groups, never those of the agent that replaced it; and a machine that
+    lost an agent with its reaper (both killed) has them cleared by the next."""
+    found = detect(f"{AGENT_PREFIX}{agent_id}-{token[:12]}-{os.getpid()}")
+    if found is not None:
+        found.clear_others(lambda name: _left_behind(agent_id, name))
+    return found
+
+
+def _left_behind(agent_id: str, name: str) -> bool:
+    """Whether the control groups named `name` are an agent's that is gone: an earlier one
+    of this node, or one of any node whose process has ended."""
+    if not name.startswith(AGENT_PREFIX):
+        return False
+    if name.startswith(f"{AGENT_PREFIX}{agent_id}-"):
+        return True
+    pid = name.rsplit("-", 1)[-1]
+    if not pid.isdigit():
+        return False  # not named by this release: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
 def detect(name: str, mountinfo: str | None = None, proc_cgroup: str | None = None,
            ) -> Cgroups | None:
     """This agent's groups (directory `name` under where this process sits, in each usable

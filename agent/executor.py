@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -27,8 +26,10 @@ from typing import Any
 from agent import cgroups, procscan
 from agent.cgroups import AttemptGroup, Cgroups
 from agent.child import ChildProcess
+from agent.ended import REMEMBER_FINISHED, Ended, Key
 from agent.logship import LogShipper
 from agent.outcome import Outcome, outcome
+from agent.programs import Programs, argv, spawn_failure
 from agent.reaper import ReaperHandle
 from agent.runas import RunAs
 from agent.sinks import LogSink, ReportSink
@@ -46,25 +47,12 @@ from mesh.schema import ActionId, AgentId, MeshConfig
 
 log = logging.getLogger(__name__)
 
-# An agent's control groups are named this, its node and its process's token.
-CGROUP_PREFIX = "actionmesh-"
-
-Key = tuple[ActionId, int]
-
 # After the main process has gone and its group has been killed, the pipes normally close
 # at once. If no byte arrives for this long while one stays open, a process that left the
 # group holds it: it is hunted down by its environment, then the pipe is closed regardless.
 DRAIN_QUIET = 1.0
-# Finished attempts remembered so that a repeated start of one is not run twice, and so a
-# restarted scheduler learns their endings (at 500 endings a second, 20 s of them).
-REMEMBER_FINISHED = 10_000
-# When an attempt remembered only because its stop came before its start was made: not
-# known here, and the mark that it never ran.
-NEVER_ASSIGNED = float("-inf")
 # Log pushes in flight per attempt before its pipes stop being read.
 MAX_PUSHES_IN_FLIGHT = 8
-# Programs whose place on a PATH is kept (see _Programs); past this, all are forgotten.
-MAX_KNOWN_PROGRAMS = 256
 
 
 @dataclass(eq=False)
@@ -96,56 +84,6 @@ class _Attempt:
             self.stop_reason = (stage, reason)
         self.send_end_report = self.send_end_report and report
         self.stop_requested.set()
-
-
-def _argv(assignment: Assignment) -> list[str]:
-    action = assignment.action
-    return ["/bin/sh", "-c", action.command[0]] if action.shell else list(action.command)
-
-
-class _Programs:
-    """Checks that a program can be exec'd, raising what exec would: a gated start (see
-    ChildProcess) execs it from a shell, which would otherwise turn "not found" into exit
-    code 127.
-
-    Where a name without a slash was last found on a PATH is kept, and a start looks at that
-    one file again rather than walking the PATH (`shutil.which` looks in every directory up
-    to it: a tenth of a short attempt's start); a file that is gone is looked for again.
-    """
-
-    def __init__(self) -> None:
-        self._found: dict[tuple[str, str], str] = {}
-
-    def check(self, program: str, path: str, cwd: str) -> None:
-        if "/" in program:
-            where = os.path.join(cwd, program)
-            if not os.path.exists(where):
-                raise FileNotFoundError(2, "No such file or directory", program)
-            if not _executable(where):
-                raise PermissionError(13, "Permission denied", program)
-            return
-        known = self._found.get((program, path))
-        if known is not None and _executable(known):
-            return
-        found = shutil.which(program, path=path)
-        if found is None:
-            raise FileNotFoundError(2, "No such file or directory", program)
-        if len(self._found) >= MAX_KNOWN_PROGRAMS:
-            self._found.clear()
-        self._found[(program, path)] = found
-
-
-def _executable(where: str) -> bool:
-    return os.access(where, os.X_OK) and not os.path.isdir(where)
-
-
-def _spawn_failure(exc: Exception, argv: list[str], cwd: str | None) -> str:
-    if not isinstance(exc, OSError):
-        return f"could not start {argv[0]!r}: {exc}"
-    why = exc.strerror or str(exc)
-    if cwd is not None and exc.filename == cwd:
-        return f"could not enter working directory {cwd!r}: {why}"
-    return f"could not start {argv[0]!r}: {why}"
 
 
 class Executor:
@@ -183,18 +121,11 @@ class Executor:
         self.cgroups: Cgroups | None = None
         self._prepared: asyncio.Task[None] | None = None
         self._warned_memory = False
-        # Recently ended attempts, with their end report until the scheduler says it wrote
-        # it: a restarted scheduler asks for those, since a report sent while it was away,
-        # or taken while it could not write, may be missing from its state.
-        self._finished: dict[Key, tuple[AttemptReport | None, float]] = {}
-        self._remember_finished = remember
-        # The latest `assigned_at` of the attempts it has forgotten: a start made no later
-        # may be of one that ran here already, and is refused rather than run twice.
-        self._forgot_through = float("-inf")
+        self._ended = Ended(remember)
         self._reaper: ReaperHandle | None = None
         self._closed = False
         self._cleanups: set[asyncio.Task[None]] = set()
-        self._programs = _Programs()
+        self._programs = Programs()
         # Told each time an attempt has ended and given back what it reserved.
         self.on_slot_freed: Callable[[], None] | None = None
 
@@ -233,38 +164,10 @@ class Executor:
         if self._refusal:
             log.error("%s", self._refusal)
         if self.config.cgroups:
-            self.cgroups = await asyncio.to_thread(self._find_cgroups)
+            self.cgroups = await asyncio.to_thread(cgroups.agent_groups, self.agent_id,
+                                                   self.token)
         log.info("attempts are contained by %s", self.containment)
         self._ensure_reaper()
-
-    def _find_cgroups(self) -> Cgroups | None:
-        """This agent process's control groups, with what agents that are gone left beside
-        them cleared. Named by process (token and pid), not by node: a dying agent's reaper
-        removes its own groups, never those of the agent that replaced it; and a machine
-        that lost an agent with its reaper (both killed) has them cleared by the next."""
-        own = f"{CGROUP_PREFIX}{self.agent_id}-{self.token[:12]}-{os.getpid()}"
-        found = cgroups.detect(own)
-        if found is not None:
-            found.clear_others(self._left_behind)
-        return found
-
-    def _left_behind(self, name: str) -> bool:
-        """Whether the control groups named `name` are an agent's that is gone: an earlier
-        one of this node, or one of any node whose process has ended."""
-        if not name.startswith(CGROUP_PREFIX):
-            return False
-        if name.startswith(f"{CGROUP_PREFIX}{self.agent_id}-"):
-            return True
-        pid = name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            return False  # not named by this release: not ours to judge
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # alive, another user's
-        return False
 
     @property
     def runs_as(self) -> str:
@@ -290,7 +193,7 @@ class Executor:
                       self._reaper.process.returncode)
             if self.cgroups is not None:
                 # It killed and removed this agent's groups on its way out: make them again.
-                self.cgroups = self._find_cgroups()
+                self.cgroups = cgroups.agent_groups(self.agent_id, self.token)
         self._reaper = ReaperHandle.spawn(
             self.token, ENV_AGENT, self.cgroups.bases() if self.cgroups is not None else None)
         for attempt in self._attempts.values():
@@ -316,10 +219,10 @@ class Executor:
         if self._closed:
             raise RuntimeError("the agent is shutting down and takes no new attempts")
         key = (assignment.action_id, assignment.attempt)
-        if key in self._attempts or key in self._finished:
+        if key in self._attempts or key in self._ended:
             log.info("ignoring a repeated start of %s attempt %d", *key)
             return
-        if assignment.assigned_at <= self._forgot_through:
+        if assignment.assigned_at <= self._ended.forgot_through:
             raise RuntimeError(
                 f"{key[0]} attempt {key[1]} was made before attempts this agent no longer "
                 "remembers: it may have run here already, so it is not run again")
@@ -335,7 +238,7 @@ class Executor:
         reaper = self._ensure_reaper()  # no attempt runs unguarded: fail the start instead
         loop = asyncio.get_running_loop()
         attempt = self._admit(assignment)
-        argv = _argv(assignment)
+        command = argv(assignment)
         cwd = assignment.action.cwd
         if self._refusal:
             await self._not_started(attempt, self._refusal)
@@ -365,10 +268,10 @@ class Executor:
             gated = attempt.group is not None or switched
             if gated and not switched:
                 # Checked as the agent's user, who is the one that will exec it.
-                self._programs.check(argv[0], env.get("PATH", ""), workdir)
+                self._programs.check(command[0], env.get("PATH", ""), workdir)
             # Another user enters its working directory itself (the gate's `cd`): Popen
             # would enter it as the agent, past directories that user may not pass.
-            attempt.child.spawn(argv, workdir, env, gated=gated,
+            attempt.child.spawn(command, workdir, env, gated=gated,
                                 user=self.user if switched else None)
             if attempt.group is not None:
                 attempt.group.join(attempt.child.pid)
@@ -376,7 +279,7 @@ class Executor:
                 attempt.child.release()
         except Exception as exc:  # any failure to spawn ends the attempt as failed
             attempt.child.abandon()
-            await self._not_started(attempt, _spawn_failure(exc, argv, cwd))
+            await self._not_started(attempt, spawn_failure(exc, command, cwd))
             return
         attempt.pgid = attempt.child.pid
         # Watch it before anything else can fail: a running process must never be left
@@ -420,7 +323,7 @@ class Executor:
     def knows(self, action_id: ActionId, attempt: int) -> bool:
         """Whether the attempt runs here or ended here lately."""
         key = (action_id, attempt)
-        return key in self._attempts or key in self._finished
+        return key in self._attempts or key in self._ended
 
     def runs_older(self, action_id: ActionId, attempt: int) -> bool:
         """Whether an earlier attempt of the action runs here (a start of this one stops it)."""
@@ -455,14 +358,7 @@ class Executor:
         key = (action_id, attempt)
         running = self._attempts.get(key)
         if running is None:
-            held = self._finished.get(key)
-            if held is not None:
-                # Remembered only because a stop came first: it never ran here.
-                return "unknown" if held[1] == NEVER_ASSIGNED else "finished"
-            # Its start may still be on the way (from a scheduler that has since died or
-            # moved on): remembered as finished, it is refused when it comes.
-            self._remember(key, None, NEVER_ASSIGNED)
-            return "unknown"
+            return self._ended.stopped_unknown(key)
         if reason and running.stop_reason is None:
             running.shipper.add_line("stderr", f"actionmesh: stopping this attempt: {reason}")
         running.request_stop("cancelled", reason or "cancelled")
@@ -479,7 +375,7 @@ class Executor:
         not said it wrote, oldest first."""
         return AgentHoldings(
             running=[HeldAttempt(action_id=a, attempt=n) for a, n in self._attempts],
-            ended=[r for r, _ in self._finished.values() if r is not None])
+            ended=self._ended.unrecorded())
 
     async def shutdown(self) -> None:
         """Kill every attempt (TERM, grace, KILL), then the reaper; take no new work.
@@ -601,7 +497,7 @@ class Executor:
         report = None
         if attempt.send_end_report:
             report = self._report(attempt, end.stage, end.exit_code, end.reason)
-        self._remember(attempt.key, report, attempt.assignment.assigned_at)
+        self._ended.remember(attempt.key, report, attempt.assignment.assigned_at)
         # Only a control group tells that nothing of the attempt runs on (a process group
         # can be left): then its empty directory may serve the next attempt.
         vacated = False
@@ -624,16 +520,7 @@ class Executor:
 
     def recorded(self, report: AttemptReport) -> None:
         """The scheduler has written this report: a restarted one will not need it."""
-        key = (report.action_id, report.attempt)
-        held = self._finished.get(key)
-        if held is not None and held[0] is not None and held[0].stage == report.stage:
-            self._finished[key] = (None, held[1])
-
-    def _remember(self, key: Key, report: AttemptReport | None, assigned_at: float) -> None:
-        self._finished[key] = (report, assigned_at)
-        while len(self._finished) > self._remember_finished:
-            _, forgotten = self._finished.pop(next(iter(self._finished)))
-            self._forgot_through = max(self._forgot_through, forgotten)
+        self._ended.recorded(report)
 
     def _report(self, attempt: _Attempt, stage: ReportStage, exit_code: int | None = None,
                 reason: str = "") -> AttemptReport:

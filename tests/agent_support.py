@@ -14,7 +14,8 @@ from typing import Any
 
 import psutil
 
-from agent.executor import REMEMBER_FINISHED, Executor
+from agent.ended import REMEMBER_FINISHED
+from agent.executor import Executor
 from mesh.protocol import Assignment, AttemptReport
 from mesh.schema import ActionId, AgentId, LogBatch, MeshConfig
 from mesh.waiting import async_wait_until

@@ -222,8 +222,9 @@ class Store:
     def _load(self) -> Saved:
         saved = Saved()
         unfinished = ", ".join("?" * len(UNFINISHED))
-        rows = self.db.execute(f"{SELECT} WHERE stage IN ({unfinished}) ORDER BY seq",
-                               UNFINISHED).fetchall()
+        # In no order: the core orders them as it takes them back, and an ORDER BY here
+        # sorted ten thousand rows in a temporary B-tree first (a fifth of the query).
+        rows = self.db.execute(f"{SELECT} WHERE stage IN ({unfinished})", UNFINISHED).fetchall()
         # One query for the attempts of every unfinished action, not one per few hundred.
         found = self.db.execute(
             f"SELECT attempts.* FROM attempts JOIN actions ON actions.id = attempts.action_id "

@@ -103,7 +103,7 @@ class Saved:
     ones, and every action's events, stay in the store, read when asked for), the highest
     sequence number handed out, and the accounts."""
 
-    actions: list[Kept] = field(default_factory=list)
+    actions: list[Kept] = field(default_factory=list)  # in no particular order
     last_seq: int = 0
     # How many finished actions the store keeps, by stage (they are not in `actions`).
     finished: dict[Stage, int] = field(default_factory=dict)

@@ -119,21 +119,18 @@ class AgentActor:
                 action_id=assignment.action_id, attempt=assignment.attempt,
                 agent_id=self.agent_id, stage="refused", time=time.time(), reason=repr(exc)))
 
-    async def cancel(self, action_id: str, attempt: int, reason: str = "") -> CancelOutcome:
-        return await self._stop(action_id, attempt, reason)
+    async def cancel(self, action_id: str, attempt: int, reason: str = "",
+                     held_only: bool = False) -> CancelOutcome:
+        return await self._stop(action_id, attempt, reason, held_only)
 
-    async def _stop(self, action_id: Any, attempt: Any, reason: Any) -> CancelOutcome:
+    async def _stop(self, action_id: Any, attempt: Any, reason: Any, held_only: Any = False,
+                    ) -> CancelOutcome:
         """A stop, by Ray call or down the stream: checked where it lands."""
         if not isinstance(reason, str):
             reason = repr(reason)
         action_id = ActionId(arrived_id(action_id, "action id"))
         attempt = arrived_count(attempt, "attempt", 1)
-        reason = reason[:1000]
-        waiting = self.backlog.withdraw(action_id, attempt)
-        if waiting is not None:
-            await self.executor.forgo(waiting, reason)
-            return "stopped"
-        return await self.executor.cancel(action_id, attempt, reason)
+        return await self.backlog.stop(action_id, attempt, reason[:1000], held_only is True)
 
     async def holdings(self) -> AgentHoldings:
         """What a (re)starting scheduler reconciles against: what runs or waits to run

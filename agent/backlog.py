@@ -9,7 +9,7 @@ from typing import Any
 
 from agent.ended import Key
 from agent.executor import Executor
-from mesh.protocol import Assignment, HeldAttempt
+from mesh.protocol import Assignment, CancelOutcome, HeldAttempt
 from mesh.schema import EPSILON, ActionId
 
 Start = Callable[[Assignment], Coroutine[Any, Any, None]]
@@ -80,9 +80,20 @@ class Backlog:
             del self._waiting[key]
             self._launch(key, assignment)
 
-    def withdraw(self, action_id: ActionId, attempt: int) -> Assignment | None:
-        """Take back a start that still waits (its attempt was stopped before it ran)."""
-        return self._waiting.pop((action_id, attempt), None)
+    async def stop(self, action_id: ActionId, attempt: int, reason: str,
+                   held_only: bool = False) -> CancelOutcome:
+        """Stop an attempt. A start still held here is dropped unstarted and reported
+        cancelled, or withdrawn when the scheduler took it back (`held_only`). Then only a
+        held start goes: one that started runs on, since the scheduler could not know it
+        had, and running it again elsewhere would run it twice."""
+        waiting = self._waiting.pop((action_id, attempt), None)
+        if waiting is not None:
+            await self._executor.forgo(waiting, reason,
+                                       "withdrawn" if held_only else "cancelled")
+            return "stopped"
+        if held_only:
+            return "unknown"  # (not held here: it started, or ended, or never came)
+        return await self._executor.cancel(action_id, attempt, reason)
 
     def pending(self) -> int:
         """Starts held or on their way."""

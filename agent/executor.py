@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent import cgroups, procscan
 from agent.cgroups import AttemptGroup, Cgroups
@@ -41,6 +41,7 @@ from mesh.protocol import (
     AttemptReport,
     CancelOutcome,
     HeldAttempt,
+    NotRun,
     ReportStage,
 )
 from mesh.schema import ActionId, AgentId, MeshConfig
@@ -309,16 +310,17 @@ class Executor:
         return attempt
 
     async def _not_started(self, attempt: _Attempt, reason: str,
-                           stage: ReportStage = "failed") -> None:
+                           stage: ReportStage | NotRun = "failed") -> None:
         await attempt.shipper.finish()  # an empty, closed log rather than one that never ends
         self._finish(attempt, Outcome(stage, None, reason))
 
-    async def forgo(self, assignment: Assignment, reason: str) -> None:
-        """End, as cancelled, an attempt that was stopped before it started here (it waited
-        for a slot): its log empty and closed, its end report sent, and remembered, so that
-        its start is ignored if it comes again."""
+    async def forgo(self, assignment: Assignment, reason: str,
+                    stage: Literal["cancelled", "withdrawn"] = "cancelled") -> None:
+        """End an attempt that was stopped before it started here (it waited for a slot):
+        its log empty and closed, its end report sent, and remembered, so that its start is
+        ignored if it comes again."""
         if not self.knows(assignment.action_id, assignment.attempt):
-            await self._not_started(self._admit(assignment), reason, "cancelled")
+            await self._not_started(self._admit(assignment), reason, stage)
 
     def knows(self, action_id: ActionId, attempt: int) -> bool:
         """Whether the attempt runs here or ended here lately."""
@@ -522,7 +524,7 @@ class Executor:
         """The scheduler has written this report: a restarted one will not need it."""
         self._ended.recorded(report)
 
-    def _report(self, attempt: _Attempt, stage: ReportStage, exit_code: int | None = None,
+    def _report(self, attempt: _Attempt, stage: ReportStage | NotRun, exit_code: int | None = None,
                 reason: str = "") -> AttemptReport:
         report = AttemptReport(
             action_id=attempt.assignment.action_id,

@@ -6,13 +6,13 @@ import signal
 from dataclasses import dataclass
 
 from mesh import reasons
-from mesh.protocol import ReportStage
+from mesh.protocol import NotRun, ReportStage
 from mesh.schema import format_size
 
 
 @dataclass(frozen=True)
 class Outcome:
-    stage: ReportStage
+    stage: ReportStage | NotRun
     exit_code: int | None
     reason: str
 

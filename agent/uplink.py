@@ -50,7 +50,7 @@ OPTIONS: list[tuple[str, int]] = [
 
 Assignments = Callable[[list[Assignment]], None]
 Recorded = Callable[[AttemptReport], None]
-StopHandler = Callable[[ActionId, int, str], Awaitable[CancelOutcome]]
+StopHandler = Callable[[ActionId, int, str, bool], Awaitable[CancelOutcome]]
 Call = Any  # aio.StreamStreamCall[pb.AgentMessage, pb.SchedulerMessage]
 
 
@@ -316,7 +316,8 @@ class SchedulerLink:
         if self.on_stop is None:
             return
         try:
-            outcome = await self.on_stop(ActionId(stop.action_id), stop.attempt, stop.reason)
+            outcome = await self.on_stop(ActionId(stop.action_id), stop.attempt, stop.reason,
+                                         stop.held_only)
         except (InvalidInput, ValidationError) as exc:
             log.error("a stop of %s was not understood: %s", stop.action_id, exc)
             return

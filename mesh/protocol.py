@@ -28,10 +28,11 @@ class Assignment(Model):
 
 
 ReportStage = Literal["running", "succeeded", "failed", "timed_out", "cancelled"]
-# What an agent says of a start it did not carry out (it is shutting down, or could not
-# guard the attempt): the attempt never ran, and counts as lost, as a start refused by a
-# Ray call does.
-Refused = Literal["refused"]
+# What an agent says of a start it did not carry out: the attempt never ran. "refused": it
+# could not (it is shutting down, or could not guard the attempt), and the attempt counts
+# as lost, as a start refused by a Ray call does; "withdrawn": it dropped a start it held
+# for a slot because the scheduler took it back, at no cost to the action.
+NotRun = Literal["refused", "withdrawn"]
 # An agent's answer to a stop: it stopped the attempt, the attempt had already ended, or
 # the agent never ran it.
 CancelOutcome = Literal["stopped", "finished", "unknown"]
@@ -43,7 +44,7 @@ class AttemptReport(Model):
     action_id: ActionId
     attempt: AttemptNumber
     agent_id: AgentId
-    stage: ReportStage | Refused
+    stage: ReportStage | NotRun
     time: Instant
     exit_code: ExitCode | None = None
     reason: str = ""

@@ -17,6 +17,7 @@ _STAGES: dict[str, pb.ReportStage] = {
     "timed_out": pb.REPORT_STAGE_TIMED_OUT,
     "cancelled": pb.REPORT_STAGE_CANCELLED,
     "refused": pb.REPORT_STAGE_REFUSED,
+    "withdrawn": pb.REPORT_STAGE_WITHDRAWN,
 }
 _STAGE_NAMES: dict[int, str] = {number: name for name, number in _STAGES.items()}
 _OUTCOMES: dict[str, pb.StopOutcome] = {

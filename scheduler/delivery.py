@@ -73,7 +73,8 @@ class Delivery:
             if isinstance(decision, Assign):
                 call = handle.start(self.core.assignment(decision))
             else:
-                call = handle.stop(decision.action_id, decision.attempt, decision.reason)
+                call = handle.stop(decision.action_id, decision.attempt, decision.reason,
+                                   decision.held_only)
         except Exception as exc:  # submitting the call itself failed (serialisation)
             log.exception("could not send %s", decision)
             if isinstance(decision, Assign):
@@ -89,9 +90,8 @@ class Delivery:
     async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
         try:
             found = await call
-            if isinstance(decision, Stop) and found == "unknown":
-                self.core.stop_found_nothing(decision.action_id, decision.attempt, self.clock())
-                self.writer.write()
+            if isinstance(decision, Stop):
+                self.stopped(decision, found)
         except AgentGone:
             self.on_gone(decision.agent_id, reasons.CALL_FAILED, handle)
         except AgentUnreachable:
@@ -113,7 +113,8 @@ class Delivery:
                 self._call(stop)
 
     def stopped(self, stop: Stop, outcome: CancelOutcome) -> None:
-        """An agent's outcome of a stop sent down its stream."""
-        if outcome == "unknown":
+        """An agent's outcome of a stop. Of a held-only stop it says nothing the scheduler
+        needs: a start taken back is reported withdrawn, one that started runs on."""
+        if outcome == "unknown" and not stop.held_only:
             self.core.stop_found_nothing(stop.action_id, stop.attempt, self.clock())
             self.writer.write()

@@ -206,7 +206,7 @@ class LinkServer:
         if stream is None:
             return False
         converted = pb.Stop(action_id=decision.action_id, attempt=decision.attempt,
-                            reason=decision.reason)
+                            reason=decision.reason, held_only=decision.held_only)
         stream.stops.append(((decision, converted), converted.ByteSize() + ITEM_OVERHEAD))
         stream.wake.set()
         return True

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mesh.protocol import AttemptReport, Refused, ReportStage
+from mesh.protocol import AttemptReport, NotRun, ReportStage
 from mesh.schema import (
     AccountConfig,
     AccountId,
@@ -55,7 +55,7 @@ def load(cpu_percent: float = 0.0, cpus: int = 4, available: int = 8 * GIB,
                 memory_used=0, memory_available=available, sampled_at=at)
 
 
-def report(action_id: str, attempt: int, agent_id: str, stage: ReportStage | Refused,
+def report(action_id: str, attempt: int, agent_id: str, stage: ReportStage | NotRun,
            time: float = 0.0, exit_code: int | None = None, reason: str = "") -> AttemptReport:
     return AttemptReport(action_id=ActionId(action_id), attempt=attempt,
                          agent_id=AgentId(agent_id), stage=stage, time=time,

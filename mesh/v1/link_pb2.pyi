@@ -16,6 +16,7 @@ class ReportStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPORT_STAGE_TIMED_OUT: _ClassVar[ReportStage]
     REPORT_STAGE_CANCELLED: _ClassVar[ReportStage]
     REPORT_STAGE_REFUSED: _ClassVar[ReportStage]
+    REPORT_STAGE_WITHDRAWN: _ClassVar[ReportStage]
 
 class StopOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -30,6 +31,7 @@ REPORT_STAGE_FAILED: ReportStage
 REPORT_STAGE_TIMED_OUT: ReportStage
 REPORT_STAGE_CANCELLED: ReportStage
 REPORT_STAGE_REFUSED: ReportStage
+REPORT_STAGE_WITHDRAWN: ReportStage
 STOP_OUTCOME_UNSPECIFIED: StopOutcome
 STOP_OUTCOME_STOPPED: StopOutcome
 STOP_OUTCOME_FINISHED: StopOutcome
@@ -181,14 +183,16 @@ class ReportAnswer(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., error: _Optional[str] = ..., recorded: _Optional[bool] = ...) -> None: ...
 
 class Stop(_message.Message):
-    __slots__ = ("action_id", "attempt", "reason")
+    __slots__ = ("action_id", "attempt", "reason", "held_only")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    HELD_ONLY_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     attempt: int
     reason: str
-    def __init__(self, action_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    held_only: bool
+    def __init__(self, action_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ..., held_only: _Optional[bool] = ...) -> None: ...
 
 class SchedulerMessage(_message.Message):
     __slots__ = ("answers", "assignments", "stops")

@@ -20,12 +20,17 @@ class Assign:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """Kill the attempt's process tree on the agent (cancel, or a superseded attempt)."""
+    """Kill the attempt's process tree on the agent (cancel, or a superseded attempt).
+
+    `held_only`: drop the start only if the agent still holds it for a slot (it reports
+    the attempt withdrawn then); one that started runs on, and the scheduler keeps it.
+    """
 
     action_id: ActionId
     attempt: int
     agent_id: AgentId
     reason: str
+    held_only: bool = False
 
 
 Decision = Assign | Stop

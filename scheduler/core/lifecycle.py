@@ -115,14 +115,13 @@ class Lifecycle:
         return stop
 
     def withdraw(self, entry: ActionEntry, now: float) -> Stop:
-        """Take back an attempt its agent holds ahead of a slot (it has not started there):
-        the action waits again at its place in the queue, at no cost to its budgets."""
+        """Ask the agent for an attempt it may hold ahead of a slot. Nothing changes here
+        yet: the scheduler cannot tell a held start from one that started a moment ago, so
+        the agent decides, and reports the attempt withdrawn only if it had not started."""
         assert entry.agent_id is not None
         why = reasons.WITHDRAWN.format(agent=entry.agent_id,
                                        waited=now - entry.attempts[-1].assigned_at)
-        stop = Stop(entry.id, entry.attempt, entry.agent_id, why)
-        self.lose(entry, now, why, counted=False)
-        return stop
+        return Stop(entry.id, entry.attempt, entry.agent_id, why, held_only=True)
 
     def lose(self, entry: ActionEntry, now: float, reason: str | None = None,
              died: bool = False, counted: bool = True) -> None:
@@ -191,6 +190,11 @@ class Lifecycle:
         if report.stage == "refused":
             self.start_failed(entry, report.attempt, now,
                               reasons.START_REFUSED.format(error=report.reason))
+            return []
+        if report.stage == "withdrawn":
+            # The action waits again at its place in the queue, at no cost to its budgets.
+            if entry.stage is Stage.ASSIGNED:
+                self.lose(entry, now, report.reason, counted=False)
             return []
         if entry.stage is Stage.ASSIGNED:
             self.ledger.move(entry, Stage.RUNNING, now, "")

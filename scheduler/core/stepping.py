@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from mesh import reasons
 from mesh.errors import StateCorrupt
-from mesh.schema import EPSILON, AgentId
+from mesh.schema import EPSILON, ActionId, AgentId
 from mesh.stages import Stage
 from scheduler.core.clock import advance
 from scheduler.core.decisions import Decision
@@ -46,6 +46,8 @@ class Stepper:
         # joined since (their holdings may have held starts). None: every agent, as after
         # a restart, which finds held starts in the holdings.
         self._holding: set[AgentId] | None = None
+        # The attempts asked back from their agents, not yet reported withdrawn or running.
+        self._asked: set[tuple[ActionId, int]] = set()
 
     def joined(self, agent_id: AgentId) -> None:
         """An agent joined the pool, perhaps holding starts."""
@@ -97,29 +99,35 @@ class Stepper:
 
         Held work is what an agent reserves beyond its CPUs; the attempts held are, as
         far as the scheduler can tell, the latest it assigned there that have not been
-        reported running (an agent reports a start within `running_report_delay`). One
-        that started just before its stop arrives is stopped and runs again elsewhere.
+        reported running (an agent reports a start within `running_report_delay`). The
+        agent is asked for each (a held-only stop): one that started meanwhile runs on,
+        one still held is reported withdrawn and waits in the queue again.
         """
         since = now - self.backlog_turnover
         decisions: list[Decision] = []
         holding: set[AgentId] = set()
+        asked: set[tuple[ActionId, int]] = set()
         for agent_id in list(self.fleet.agents if self._holding is None else self._holding):
             agent, worker = self.fleet.agents.get(agent_id), self.quota.workers.get(agent_id)
             if agent is None or worker is None or not agent.info.holds_starts:
                 continue
             over = -worker.free_cpus
+            if over > EPSILON:
+                holding.add(agent_id)
             # Latest first: a worker keeps what it runs in the order it was assigned.
             for action_id in reversed(list(worker.running) if over > EPSILON else []):
                 entry = self.ledger.get(action_id)
                 if entry.stage is not Stage.ASSIGNED or entry.attempts[-1].assigned_at >= since:
                     continue
                 over -= worker.running[action_id].request.cpus
-                decisions.append(self.life.withdraw(entry, now))
+                key = (entry.id, entry.attempt)
+                asked.add(key)
+                if key not in self._asked:  # asked once; the agent's answer is a report
+                    decisions.append(self.life.withdraw(entry, now))
                 if over <= EPSILON:
                     break
-            if over > EPSILON:
-                holding.add(agent_id)
         self._holding = holding
+        self._asked = asked
         return decisions
 
     def _turns_over(self, agent: AgentEntry, worker: Worker, now: float) -> bool:

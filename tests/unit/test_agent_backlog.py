@@ -67,21 +67,35 @@ async def test_a_start_larger_than_the_limit_runs_when_nothing_else_does(
     assert sinks.end("big").exit_code == 0  # type: ignore[union-attr]
 
 
-async def test_a_held_start_taken_back_ends_cancelled_without_running(
-        backlog: Backlog, ex: Executor, sinks: RecordingSinks, tmp_path: Path) -> None:
+@pytest.mark.parametrize("held_only, reported", [(False, "cancelled"), (True, "withdrawn")])
+async def test_a_held_start_stopped_ends_without_running(
+        backlog: Backlog, ex: Executor, sinks: RecordingSinks, tmp_path: Path,
+        held_only: bool, reported: str) -> None:
     ran = tmp_path / "ran"
     backlog.offer([held_until("sleep 5", "long"), held_until(f"touch {ran}", "held")])
     await running(ex, "long")
-    waiting = backlog.withdraw(ActionId("held"), 1)
-    assert waiting is not None and backlog.held() == []
-    await ex.forgo(waiting, "preempted")
+    assert await backlog.stop(ActionId("held"), 1, "why", held_only) == "stopped"
+    assert backlog.held() == []
     end = sinks.end("held")
-    assert end is not None and (end.stage, end.reason) == ("cancelled", "preempted")
+    assert end is not None and (end.stage, end.reason) == (reported, "why")
     assert sinks.closed[("held", 1)] == 0  # its log is closed, empty
     # The long attempt ending frees the slot, and nothing is left to start.
-    assert await ex.cancel(ActionId("long"), 1) == "stopped"
+    assert await backlog.stop(ActionId("long"), 1, "cancelled") == "stopped"
     backlog.offer([held_until(f"touch {ran}", "held")])  # a repeat of the start is ignored
     assert backlog.pending() == 0 and not ran.exists()
+
+
+async def test_a_start_taken_back_after_it_started_runs_on_once(
+        backlog: Backlog, ex: Executor, sinks: RecordingSinks, tmp_path: Path) -> None:
+    # The scheduler asks back a held start that has just been let go: it runs on.
+    backlog.offer([held_until("true", "first"),
+                   held_until(f"echo x >> {tmp_path}/ran; sleep 0.3", "held")])
+    await running(ex, "held")
+    assert await backlog.stop(ActionId("held"), 1, "taken back", held_only=True) == "unknown"
+    await ended(sinks, "held")
+    assert sinks.end("held").exit_code == 0  # type: ignore[union-attr]
+    assert (tmp_path / "ran").read_text() == "x\n"
+    assert await backlog.stop(ActionId("held"), 1, "taken back", held_only=True) == "unknown"
 
 
 async def test_a_repeated_start_is_held_once(backlog: Backlog) -> None:

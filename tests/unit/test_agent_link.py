@@ -158,7 +158,7 @@ async def agent_side(serve: Serve) -> AsyncIterator[AgentSide]:
 
     def make(ray_side: FakeSchedulerHandle,
              on_assignments: Callable[[list[Assignment]], None] | None = None,
-             on_stop: Callable[[ActionId, int, str], Awaitable[CancelOutcome]] | None = None,
+             on_stop: Callable[[ActionId, int, str, bool], Awaitable[CancelOutcome]] | None = None,
              ) -> SchedulerLink:
         link = SchedulerLink(Preset(ray_side), AgentId("n1"), on_assignments, on_stop)
         links.append(link)
@@ -471,19 +471,23 @@ async def test_while_the_port_is_blocked_reports_go_by_ray_calls_and_the_stream_
 async def test_stops_and_load_ride_the_stream(serve: Serve, agent_side: AgentSide) -> None:
     handler = Recorder()
     served = await serve(handler)
-    asked: list[tuple[ActionId, int, str]] = []
+    asked: list[tuple[ActionId, int, str, bool]] = []
 
-    async def on_stop(action_id: ActionId, attempt: int, reason: str) -> CancelOutcome:
-        asked.append((action_id, attempt, reason))
+    async def on_stop(action_id: ActionId, attempt: int, reason: str, held_only: bool,
+                      ) -> CancelOutcome:
+        asked.append((action_id, attempt, reason, held_only))
         return "unknown"
 
     ray_side = FakeSchedulerHandle()
     link = agent_side(ray_side, None, on_stop)
     await opened(link, served.grant())
     stop = Stop(ActionId("a1"), 2, AgentId("n1"), "cancelled")
-    assert served.server.stop(stop)
-    await async_wait_until(lambda: list(handler.stopped), bool, what="the stop's outcome")
-    assert asked == [("a1", 2, "cancelled")] and handler.stopped == [(stop, "unknown")]
+    held = Stop(ActionId("a2"), 1, AgentId("n1"), "taken back", held_only=True)
+    assert served.server.stop(stop) and served.server.stop(held)
+    await async_wait_until(lambda: list(handler.stopped), lambda s: len(s) == 2,
+                           what="the stops' outcomes")
+    assert asked == [("a1", 2, "cancelled", False), ("a2", 1, "taken back", True)]
+    assert handler.stopped == [(stop, "unknown"), (held, "unknown")]
     sample = load(cpu_percent=12.5, at=3.0)
     link.load(sample)
     await async_wait_until(lambda: list(handler.loads), bool, what="the load at the server")

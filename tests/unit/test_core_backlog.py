@@ -132,27 +132,50 @@ def test_no_more_work_ahead_once_an_attempt_there_outlasts_the_turnover() -> Non
     assert core.get(aid("a3"), later).stage is Stage.QUEUED
 
 
-def test_work_held_behind_an_attempt_that_proves_long_is_taken_back_for_a_slot_elsewhere(
-) -> None:
+def held_long_and_short() -> tuple[SchedulerState, float]:
+    """`long` runs on n1 and `short` (which may be lost no more) is held there behind it,
+    and n2 joins free: at the time returned, `short` has waited past the turnover."""
     core = core_with(("n1", 1))
     t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
-    core.submit([action("long"), action("short")], t)
+    core.submit([action("long"), action("short", retry={"on_lost": 0})], t)
     assert per_agent(core.step(t)) == {"n1": 2}  # `short` is held, to start as `long` ends
     core.report(report("long", 1, "n1", "running"), t + 0.01)
     assert core.step(t + TURNOVER / 2) == [], "taken back before the turnover was up"
     later = t + TURNOVER * 2
     join(core, "n2", 1, t=later)
-    stop, start = core.step(later)
+    return core, later
+
+
+def test_work_held_behind_an_attempt_that_proves_long_is_taken_back_for_a_slot_elsewhere(
+) -> None:
+    core, later = held_long_and_short()
+    [stop] = core.step(later)
     assert isinstance(stop, Stop) and (stop.action_id, stop.attempt) == (aid("short"), 1)
-    assert stop.reason.startswith("taken back from agent n1")
+    assert stop.held_only and stop.reason.startswith("taken back from agent n1")
+    assert core.step(later) == [], "asked once"
+    assert core.get(aid("short"), later).stage is Stage.ASSIGNED, "until the agent says"
+    # The agent drops the start it held, and says so: the action waits again, at no cost.
+    core.report(report("short", 1, "n1", "withdrawn", reason=stop.reason), later + 0.1)
+    first = core.get(aid("short"), later + 0.1).attempts[0]
+    assert (first.outcome, first.reason) == ("lost", stop.reason)
+    [start] = core.step(later + 0.1)  # (a counted loss would have failed it)
     assert isinstance(start, Assign)
     assert (start.action_id, start.attempt, start.agent_id) == (aid("short"), 2, nid("n2"))
-    status = core.get(aid("short"), later)
-    first = status.attempts[0]
-    assert (first.outcome, first.reason) == ("lost", stop.reason)
-    # Its stop answered: the agent ends the held attempt unstarted, which changes nothing.
-    core.report(report("short", 1, "n1", "cancelled", reason=stop.reason), later + 1)
-    assert core.get(aid("long"), later + 1).stage is Stage.RUNNING
+    assert core.get(aid("long"), later + 0.1).stage is Stage.RUNNING
+
+
+def test_held_work_that_started_before_it_was_asked_back_runs_on_where_it_is() -> None:
+    core, later = held_long_and_short()
+    [stop] = core.step(later)
+    assert isinstance(stop, Stop) and stop.held_only
+    # `long` ended and `short` started in its slot while the stop was on its way: the
+    # agent keeps it, and so does the scheduler; it runs once.
+    core.report(report("long", 1, "n1", "succeeded", exit_code=0), later + 0.05)
+    core.report(report("short", 1, "n1", "running"), later + 0.05)
+    assert core.step(later + 0.1) == []
+    core.report(report("short", 1, "n1", "succeeded", exit_code=0), later + 1)
+    status = core.get(aid("short"), later + 1)
+    assert status.stage is Stage.SUCCEEDED and len(status.attempts) == 1
 
 
 def test_work_held_while_the_slot_turns_over_in_time_is_left_where_it_is() -> None:
@@ -205,8 +228,11 @@ def test_work_an_agent_holds_when_it_joins_a_restarted_scheduler_is_taken_back_i
                          waiting=[HeldAttempt(action_id=aid("b"), attempt=1)])
     after.agent_joined(agent("n1", cpus=1, holds_starts=True), t + 1, held)
     after.load(nid("n1"), load(), t + 1)
-    stop, start = after.step(t + 1)  # b waited a second already: taken back, run on n2
+    [stop] = after.step(t + 1)  # b waited a second already: asked back, then run on n2
     assert isinstance(stop, Stop) and (stop.action_id, stop.agent_id) == (aid("b"), "n1")
+    assert stop.held_only
+    after.report(report("b", 1, "n1", "withdrawn", reason=stop.reason), t + 1)
+    [start] = after.step(t + 1)
     assert isinstance(start, Assign) and (start.action_id, start.agent_id) == (aid("b"), "n2")
 
 

@@ -67,7 +67,8 @@ class FakeAgent:
         self.calls.append(("start", assignment.action_id))
         return _done()
 
-    def stop(self, action_id: str, attempt: int, reason: str = "") -> Any:
+    def stop(self, action_id: str, attempt: int, reason: str = "", held_only: bool = False,
+             ) -> Any:
         self.calls.append(("stop", action_id))
         return _answer(self.stop_outcome)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-from mesh.schema import EPSILON, AccountId, ActionId
+from mesh.schema import EPSILON, AccountId, ActionId, AgentId
 from scheduler.core.quota.events import QuotaEvent
 from scheduler.core.quota.limits import FanoutCounter, Group, LabelCounter, fanout_group
 from scheduler.core.quota.model import (
@@ -94,8 +94,15 @@ class Pass:
         self.gate = gate
         # Whether idle matching skips pairs examined since the worker last changed.
         self.cut = cut
-        # Asked once per worker and pass, not at every level and sub-pass.
-        self.closed = {w for w, worker in qs.workers.items() if not open_worker(worker)}
+        self._open_worker = open_worker
+        # Asked once per worker and pass, not at every level and sub-pass, and only of the
+        # workers the pass looks at (those with room, or running work it may preempt): a
+        # busy fleet is not asked whole at every pass.
+        self._open: dict[AgentId, bool] = {}
+        # The workers with room as of the last look. Within a pass room only shrinks as
+        # work is assigned, until a preemption swaps a victim for other work: then all are
+        # looked at again (a busy fleet is not scanned whole at every level).
+        self._roomy: list[Worker] | None = None
         self.now = qs.last_update_time
         self.matched: set[ActionId] = set()
         self.matched_at = [0] * (FREE_BUCKET + 1)  # requests taken from each level
@@ -114,6 +121,13 @@ class Pass:
             for worker, run in qs.runs():
                 self._count(run.request, worker)
         self.counted_at_start = dict(self.counted)
+
+    def _is_open(self, worker: Worker) -> bool:
+        """Whether the worker asks for work at all in this pass."""
+        known = self._open.get(worker.id)
+        if known is None:
+            known = self._open[worker.id] = self._open_worker(worker)
+        return known
 
     def run(self) -> list[QuotaAssignment]:
         self._prioritize()
@@ -227,8 +241,9 @@ class Pass:
     def _match_idle(self, p: int, provisioned_only: bool) -> None:
         if not self._unmatched(p):
             return
-        workers = sorted((w for w in self.qs.workers.values()
-                          if self._has_room(w) and w.id not in self.closed),
+        roomy = self.qs.workers.values() if self._roomy is None else self._roomy
+        self._roomy = [w for w in roomy if self._has_room(w)]
+        workers = sorted((w for w in self._roomy if self._is_open(w)),
                          key=lambda w: (w.free_cpus, w.id))
         for worker in workers:
 
@@ -315,7 +330,7 @@ class Pass:
             return
         candidates = [(w, run) for w, run in self.qs.runs() if run.priority > p]
         banned = {run.request.account_id for _, run in candidates}
-        candidates = [(w, run) for w, run in candidates if w.id not in self.closed]
+        candidates = [(w, run) for w, run in candidates if self._is_open(w)]
         candidates.sort(key=lambda c: c[1].cost)
         cut = self.qs.quirks.examined_cut_in_preemption
         chained = self.qs.quirks.chained_preemption
@@ -372,5 +387,6 @@ class Pass:
             # A bigger victim left room that work examined earlier may now use. (A one-slot
             # worker never has any, so upstream's results are kept.)
             worker.modified_time = self.now
+        self._roomy = None  # (a victim may leave room, if only for zero-CPU work)
         self._count(request, worker)
         return run

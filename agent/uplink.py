@@ -322,7 +322,8 @@ class SchedulerLink:
             log.error("a stop of %s was not understood: %s", stop.action_id, exc)
             return
         self._stopped.append(pb.Stopped(action_id=stop.action_id, attempt=stop.attempt,
-                                        outcome=protoconv.outcome_pb(outcome)))
+                                        outcome=protoconv.outcome_pb(outcome),
+                                        held_only=stop.held_only))
         self._kick()
 
     def _lost(self, call: Call, why: str) -> None:

@@ -96,6 +96,8 @@ class Delivery:
             self.on_gone(decision.agent_id, reasons.CALL_FAILED, handle)
         except AgentUnreachable:
             self.core.agent_suspect(decision.agent_id, self.clock())
+            if isinstance(decision, Stop) and decision.held_only:
+                self.core.take_back_unanswered(decision.action_id, decision.attempt)
         except Exception as exc:
             log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
             if isinstance(decision, Assign):
@@ -113,8 +115,12 @@ class Delivery:
                 self._call(stop)
 
     def stopped(self, stop: Stop, outcome: CancelOutcome) -> None:
-        """An agent's outcome of a stop. Of a held-only stop it says nothing the scheduler
-        needs: a start taken back is reported withdrawn, one that started runs on."""
-        if outcome == "unknown" and not stop.held_only:
+        """An agent's outcome of a stop. A held-only stop's start, when the agent held it,
+        comes back as a `withdrawn` report; when it did not (it started, or has not
+        arrived yet), the take-back is asked again while the attempt still looks held."""
+        if stop.held_only:
+            if outcome == "unknown":
+                self.core.take_back_unanswered(stop.action_id, stop.attempt)
+        elif outcome == "unknown":
             self.core.stop_found_nothing(stop.action_id, stop.attempt, self.clock())
             self.writer.write()

@@ -101,7 +101,8 @@ class _Stream:
     assignments: deque[tuple[tuple[Assignment, pb.Assignment], int]] = field(
         default_factory=deque)
     unconfirmed: dict[Key, Assignment] = field(default_factory=dict)
-    unanswered_stops: dict[Key, Stop] = field(default_factory=dict)
+    # By attempt and kind: a cancel and a take-back of one attempt may both be on the way.
+    unanswered_stops: dict[tuple[ActionId, int, bool], Stop] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -323,8 +324,8 @@ class LinkServer:
                 # The stop stays unanswered: should the stream close, it goes by Ray call.
                 log.warning("stop outcome of agent %s not understood: %s", agent, exc)
                 continue
-            stop = stream.unanswered_stops.pop((ActionId(outcome.action_id), outcome.attempt),
-                                               None)
+            stop = stream.unanswered_stops.pop(
+                (ActionId(outcome.action_id), outcome.attempt, outcome.held_only), None)
             if stop is not None:
                 self.stopped(stop, checked)
 
@@ -404,7 +405,8 @@ class LinkServer:
         answers, room = _fitting(stream.answers, ROOM, anyway=True)
         stops, room = _fitting(stream.stops, room, anyway=not answers)
         work, _ = _fitting(stream.assignments, room, anyway=not (answers or stops))
-        stream.unanswered_stops.update(((s.action_id, s.attempt), s) for s, _ in stops)
+        stream.unanswered_stops.update(((s.action_id, s.attempt, s.held_only), s)
+                                       for s, _ in stops)
         stream.unconfirmed.update(((a.action_id, a.attempt), a) for a, _ in work)
         return pb.SchedulerMessage(answers=answers, stops=[m for _, m in stops],
                                    assignments=[m for _, m in work])

@@ -153,14 +153,16 @@ class Load(_message.Message):
     def __init__(self, cpu_percent: _Optional[float] = ..., mesh_cpu_percent: _Optional[float] = ..., cpu_count: _Optional[int] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., memory_available: _Optional[int] = ..., load_avg: _Optional[_Iterable[float]] = ..., sampled_at: _Optional[float] = ...) -> None: ...
 
 class Stopped(_message.Message):
-    __slots__ = ("action_id", "attempt", "outcome")
+    __slots__ = ("action_id", "attempt", "outcome", "held_only")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    HELD_ONLY_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     attempt: int
     outcome: StopOutcome
-    def __init__(self, action_id: _Optional[str] = ..., attempt: _Optional[int] = ..., outcome: _Optional[_Union[StopOutcome, str]] = ...) -> None: ...
+    held_only: bool
+    def __init__(self, action_id: _Optional[str] = ..., attempt: _Optional[int] = ..., outcome: _Optional[_Union[StopOutcome, str]] = ..., held_only: _Optional[bool] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("reports", "load", "stopped")

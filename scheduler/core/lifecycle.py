@@ -192,9 +192,10 @@ class Lifecycle:
                               reasons.START_REFUSED.format(error=report.reason))
             return []
         if report.stage == "withdrawn":
-            # The action waits again at its place in the queue, at no cost to its budgets.
-            if entry.stage is Stage.ASSIGNED:
-                self.lose(entry, now, report.reason, counted=False)
+            # The agent dropped it unstarted (even if, say, a reconciliation took it for
+            # running meanwhile): the action waits again at its place in the queue, at no
+            # cost to its budgets.
+            self.lose(entry, now, report.reason, counted=False)
             return []
         if entry.stage is Stage.ASSIGNED:
             self.ledger.move(entry, Stage.RUNNING, now, "")

@@ -300,6 +300,10 @@ class SchedulerState:
     def stop_found_nothing(self, action_id: ActionId, attempt: int, now: float) -> None:
         self._life.stop_found_nothing(self._ledger.find(action_id), attempt, now)
 
+    def take_back_unanswered(self, action_id: ActionId, attempt: int) -> None:
+        """A held-only stop found nothing held, or did not reach its agent."""
+        self._stepper.ask_again(action_id, attempt)
+
     def start_failed(self, action_id: ActionId, attempt: int, now: float, reason: str,
                      ) -> None:
         self._life.start_failed(self._ledger.find(action_id), attempt, now, reason)

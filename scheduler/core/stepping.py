@@ -54,6 +54,11 @@ class Stepper:
         if self._holding is not None:
             self._holding.add(agent_id)
 
+    def ask_again(self, action_id: ActionId, attempt: int) -> None:
+        """A take-back found nothing held (the start may not have arrived yet) or did not
+        reach the agent: the next step asks again while the attempt still looks held."""
+        self._asked.discard((action_id, attempt))
+
     def step(self, now: float) -> list[Decision]:
         """One quota pass at `now`: who starts where, at which priority, and who is stopped
         to make room for higher-priority work."""
@@ -120,6 +125,8 @@ class Stepper:
                 if entry.stage is not Stage.ASSIGNED or entry.attempts[-1].assigned_at >= since:
                     continue
                 over -= worker.running[action_id].request.cpus
+                if entry.cancel_requested:
+                    continue  # its stop is on the way already
                 key = (entry.id, entry.attempt)
                 asked.add(key)
                 if key not in self._asked:  # asked once; the agent's answer is a report

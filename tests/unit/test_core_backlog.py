@@ -178,6 +178,37 @@ def test_held_work_that_started_before_it_was_asked_back_runs_on_where_it_is() -
     assert status.stage is Stage.SUCCEEDED and len(status.attempts) == 1
 
 
+def test_a_take_back_that_found_nothing_held_is_asked_again() -> None:
+    core, later = held_long_and_short()
+    [stop] = core.step(later)
+    assert core.step(later) == []
+    # The start had not reached the agent yet (a lost stream sends both again by Ray call,
+    # in any order): it answered that it holds nothing.
+    core.take_back_unanswered(aid("short"), 1)
+    [again] = core.step(later + 0.1)
+    assert isinstance(again, Stop) and again.held_only
+    assert (again.action_id, again.attempt) == (stop.action_id, stop.attempt)
+
+
+def test_cancelled_held_work_is_not_asked_back_as_well() -> None:
+    core, later = held_long_and_short()
+    [cancel] = core.cancel(aid("short"), later)
+    assert isinstance(cancel, Stop) and not cancel.held_only
+    assert core.step(later) == [], "its stop is on the way already"
+
+
+def test_a_withdrawn_report_requeues_work_taken_for_running_meanwhile() -> None:
+    core, later = held_long_and_short()
+    [stop] = core.step(later)
+    assert isinstance(stop, Stop)
+    # E.g. a reconciliation saw the attempt among the agent's running ones as it was
+    # being dropped: the agent's word that it never ran still counts.
+    core.report(report("short", 1, "n1", "running"), later)
+    core.report(report("short", 1, "n1", "withdrawn", reason=stop.reason), later + 0.1)
+    status = core.get(aid("short"), later + 0.1)
+    assert status.stage is Stage.QUEUED and status.attempts[0].outcome == "lost"
+
+
 def test_work_held_while_the_slot_turns_over_in_time_is_left_where_it_is() -> None:
     core = core_with(("n1", 1))
     t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)

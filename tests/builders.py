@@ -103,8 +103,10 @@ class MemoryStore:
         return record, [attempts[n] for n in sorted(attempts)]
 
     def load(self) -> Saved:
+        # In no order, as the store reads them (`Saved.actions`): newest first here, so
+        # that a restore depending on the order they come in fails its tests.
         unfinished = sorted((r for r in self.records.values() if r.stage not in TERMINAL),
-                            key=lambda r: r.seq)
+                            key=lambda r: r.seq, reverse=True)
         return Saved(actions=[self._kept(r) for r in unfinished],
                      last_seq=max((r.seq for r in self.records.values()), default=0),
                      finished=dict(Counter(r.stage for r in self.records.values()

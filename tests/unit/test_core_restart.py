@@ -202,3 +202,13 @@ def test_the_attempt_floor_survives_a_second_restart() -> None:
     join(again, "n2", AgentHoldings(), now=21)
     starts = {d.action_id: d.attempt for d in again.step(22) if isinstance(d, Assign)}
     assert starts == {"b": 2, "c": 3}
+
+
+def test_restored_work_is_listed_in_submission_order_however_the_store_reads_it() -> None:
+    core = SchedulerState()
+    names = ["q5", "q1", "q4", "q2", "q3"]  # ids out of order, so an id sort shows too
+    for t, name in enumerate(names):
+        core.submit([action(name)], t)
+    # The store reads unfinished actions in no order (the test store: newest first).
+    after = restarted(core)
+    assert [s.id for s in after.list_actions()] == names

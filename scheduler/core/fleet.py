@@ -98,6 +98,7 @@ class Fleet:
         back to the queue."""
         if self.agents.pop(agent_id, None) is None:
             return
+        self.life.turned_over.discard(agent_id)
         self.ledger.note(MeshEvent(time=now, kind="agent_left", agent_id=agent_id,
                                    reason=reason))
         advance(self.quota, now)

@@ -54,6 +54,8 @@ class Lifecycle:
         self.quota = quota
         self.agents = agents
         self.groups = groups
+        # Agents with a new turnover sample since the step last looked (see Stepper).
+        self.turned_over: set[AgentId] = set()
 
     def request(self, entry: ActionEntry) -> Request:
         """The quota scheduler's view of a waiting action, its job's group included."""
@@ -223,6 +225,7 @@ class Lifecycle:
             # (A start the agent could not carry out ends fast too, but tells nothing of
             # how fast its slots turn over.)
             agent.ended_after(now - entry.attempts[-1].assigned_at)
+            self.turned_over.add(agent.agent_id)
         entry.deaths_in_a_row.clear()  # it ended on its own: its agent survived it
         self.release(entry, now)
         entry.exit_code = report.exit_code

@@ -48,6 +48,9 @@ class Stepper:
         self._holding: set[AgentId] | None = None
         # The attempts asked back from their agents, not yet reported withdrawn or running.
         self._asked: set[tuple[ActionId, int]] = set()
+        # The agents whose latest attempts each ended within the turnover, as of their last
+        # end: only an end changes that. None: not yet looked at.
+        self._fast: set[AgentId] | None = None
 
     def joined(self, agent_id: AgentId) -> None:
         """An agent joined the pool, perhaps holding starts."""
@@ -84,7 +87,7 @@ class Stepper:
         the quota pass, so work takes a free slot anywhere before a place in a backlog."""
         lent: list[Worker] = []
         try:
-            for agent in self.fleet.agents.values():
+            for agent in self._fast_agents():
                 worker = self.quota.workers.get(agent.agent_id)
                 if worker is not None and self._turns_over(agent, worker, now):
                     lent.append(worker)
@@ -136,6 +139,26 @@ class Stepper:
         self._holding = holding
         self._asked = asked
         return decisions
+
+    def _fast_agents(self) -> list[AgentEntry]:
+        """The agents whose latest attempts each ended within the turnover: those found so
+        before, and those with an end since (a step over a large fleet of long attempts
+        looks at neither the fleet nor them)."""
+        agents = self.fleet.agents
+        if self._fast is None:
+            self._fast, looked = set(), set(agents)
+        else:
+            looked = self._fast | self.life.turned_over
+        self.life.turned_over.clear()
+        fast = []
+        for agent_id in looked:
+            agent = agents.get(agent_id)
+            if agent is not None and agent.turns_over_within(self.backlog_turnover):
+                self._fast.add(agent_id)
+                fast.append(agent)
+            else:
+                self._fast.discard(agent_id)
+        return fast
 
     def _turns_over(self, agent: AgentEntry, worker: Worker, now: float) -> bool:
         """Whether the agent's slots turn over fast: it can hold starts, each of its latest

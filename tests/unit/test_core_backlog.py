@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mesh import reasons
 from mesh.protocol import AgentHoldings, HeldAttempt, ReportStage
 from mesh.stages import Stage
@@ -26,11 +28,11 @@ def join(core: SchedulerState, agent_id: str, cpus: float, holds_starts: bool = 
     core.load(nid(agent_id), load(), t)
 
 
-def starts(decisions: list[Decision]) -> list[Assign]:
+def starts(decisions: Sequence[Decision]) -> list[Assign]:
     return [d for d in decisions if isinstance(d, Assign)]
 
 
-def per_agent(decisions: list[Decision]) -> dict[str, int]:
+def per_agent(decisions: Sequence[Decision]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for start in starts(decisions):
         counts[start.agent_id] = counts.get(start.agent_id, 0) + 1
@@ -98,6 +100,25 @@ def test_a_turnover_of_zero_never_hands_work_ahead_nor_limits_starts() -> None:
     first = core.step(t)
     assert per_agent(first) == {"n1": 2}
     assert {core.assignment(s).within_cpus for s in starts(first)} == {None}
+
+
+def test_an_agent_that_rejoins_is_handed_work_ahead_only_once_it_turns_over_again() -> None:
+    core = core_with(("n1", 2))
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action(f"b{i}") for i in range(3)], t)
+    assert per_agent(core.step(t)) == {"n1": 3}  # one of them ahead of a free slot
+    core.agent_left(nid("n1"), t)  # they wait again
+    join(core, "n1", 2, t=t + 1)  # a new agent process on the node: nothing known of it
+    first = starts(core.step(t + 1))
+    assert per_agent(first) == {"n1": 2}, "nothing ahead of a free slot yet"
+    for start in first:
+        core.report(report(start.action_id, start.attempt, "n1", "succeeded", exit_code=0),
+                    t + 1.01)
+    [waiting] = {f"b{i}" for i in range(3)} - {start.action_id for start in first}
+    core.cancel(aid(waiting), t + 1.01)
+    t = run_through(core, TURNOVER_SAMPLES, t + 2, hold=0.01)
+    core.submit([action(f"c{i}") for i in range(5)], t)
+    assert per_agent(core.step(t)) == {"n1": 4}
 
 
 def test_an_agent_that_cannot_hold_starts_is_handed_nothing_ahead() -> None:

@@ -45,14 +45,26 @@ def find_marked(marks: Mapping[str, str]) -> list[int]:
         pid = int(name)
         if pid == own:
             continue
-        data = _environ(pid)
-        # A cheap substring test first; the split makes `A=1` not match `A=10`.
-        if not data or not all(needle in data for needle in needles):
-            continue
-        entries = set(data.split(b"\0"))
-        if all(needle in entries for needle in needles):
+        if _holds(pid, needles):
             found.append(pid)
     return found
+
+
+def is_marked(pid: int, marks: Mapping[str, str]) -> bool:
+    """Whether the live process `pid` holds every `NAME=value` of `marks`."""
+    needles = _needles(marks)
+    if not needles:
+        raise ValueError("is_marked needs at least one mark, or it would match everything")
+    return _holds(pid, needles)
+
+
+def _holds(pid: int, needles: list[bytes]) -> bool:
+    data = _environ(pid)
+    # A cheap substring test first; the split makes `A=1` not match `A=10`.
+    if not data or not all(needle in data for needle in needles):
+        return False
+    entries = set(data.split(b"\0"))
+    return all(needle in entries for needle in needles)
 
 
 def kill_marked(

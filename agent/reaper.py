@@ -7,9 +7,10 @@ group, `-PGID` unregisters it. On stdin EOF -- the kernel closes the agent's end
 when the agent dies, even by SIGKILL -- or on SIGTERM / SIGHUP, the reaper SIGKILLs every
 process in the agent's control groups (`--cgroup`: where the machine has them, these hold
 every attempt, including processes that left their session and cleared their environment),
-every registered process group, then every process whose environment holds `NAME=TOKEN` (which
-catches processes between fork and registration and processes that left their group), and
-exits.
+every registered process group still led by a marked process (a group number outlives
+its processes and may be handed on), then every process whose environment holds
+`NAME=TOKEN` (which catches processes between fork and registration and processes that
+left their group), and exits.
 
 Stdlib only, so it is serving ~30 ms after its spawn (importing `mesh` would add ~200 ms
 for pydantic); the agent's side of the pipe is `ReaperHandle`.
@@ -56,10 +57,16 @@ def _set_parent_death_signal() -> None:
 
 
 def reap(groups: set[int], var: str, token: str, trees: list[str] | None = None) -> int:
-    """SIGKILL every process in the control groups `trees`, every registered process group,
-    then every process marked `var=token`; return kills."""
+    """SIGKILL every process in the control groups `trees`, every registered process group
+    whose leader is marked `var=token`, then every process so marked; return kills."""
     kills = sum(cgroups.kill_tree(Path(tree)) for tree in trees or [])
     for pgid in sorted(groups):
+        # Only a group still led by a process of ours: one whose leader has gone may have
+        # passed its number on (pids wrap, at 32768 in many containers) while its
+        # unregistration was still on the way. What is left of such a group is found by
+        # its marks below, or by its control group above.
+        if not procscan.is_marked(pgid, {var: token}):
+            continue
         try:
             os.killpg(pgid, signal.SIGKILL)
             kills += 1

@@ -254,3 +254,21 @@ async def test_on_an_event_loop_short_lived_groups_never_reach_the_reaper(
     assert await received.readline() == b"+202\n"
     assert handle.close() == 0  # EOF: nothing more was sent
     assert await received.read() == b""
+
+
+def test_a_registered_group_number_now_led_by_someone_else_is_spared(
+    cleanup: list[subprocess.Popen[bytes]],
+) -> None:
+    # The group registered, ended, and its number now leads an unmarked group (pids wrap)
+    # before the unregistration reached the reaper: stood for by registering a bystander.
+    token = new_token()
+    handle = ReaperHandle.spawn(token, ENV_AGENT)
+    cleanup.append(handle.process)
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    ours = spawn_tree(token, "ours")
+    cleanup.extend([bystander, ours])
+    assert handle.register(bystander.pid) and handle.register(ours.pid)
+    tree_pids(token, "ours")
+    assert handle.close() == 0
+    gone(token, "ours")
+    assert bystander.poll() is None

@@ -89,7 +89,7 @@ class Stepper:
         try:
             for agent in self._fast_agents():
                 worker = self.quota.workers.get(agent.agent_id)
-                if worker is not None and self._turns_over(agent, worker, now):
+                if worker is not None and self._turns_over(worker, now):
                     lent.append(worker)
                     worker.spare = agent.cpu_capacity
             if not lent:
@@ -141,9 +141,9 @@ class Stepper:
         return decisions
 
     def _fast_agents(self) -> list[AgentEntry]:
-        """The agents whose latest attempts each ended within the turnover: those found so
-        before, and those with an end since (a step over a large fleet of long attempts
-        looks at neither the fleet nor them)."""
+        """The agents that can hold starts and whose latest attempts each ended within the
+        turnover: those found so before, and those with an end since (a step over a large
+        fleet of long attempts looks at neither the fleet nor them)."""
         agents = self.fleet.agents
         if self._fast is None:
             self._fast, looked = set(), set(agents)
@@ -153,19 +153,18 @@ class Stepper:
         fast = []
         for agent_id in looked:
             agent = agents.get(agent_id)
-            if agent is not None and agent.turns_over_within(self.backlog_turnover):
+            if (agent is not None and agent.info.holds_starts
+                    and agent.turns_over_within(self.backlog_turnover)):
                 self._fast.add(agent_id)
                 fast.append(agent)
             else:
                 self._fast.discard(agent_id)
         return fast
 
-    def _turns_over(self, agent: AgentEntry, worker: Worker, now: float) -> bool:
-        """Whether the agent's slots turn over fast: it can hold starts, each of its latest
-        attempts ended within the turnover of being assigned, and none it has now is older
-        (held work must not wait behind an attempt already known to be long)."""
-        if not agent.info.holds_starts or not agent.turns_over_within(self.backlog_turnover):
-            return False
+    def _turns_over(self, worker: Worker, now: float) -> bool:
+        """Whether a fast agent's slots still turn over fast: none of the attempts it has now
+        is older than the turnover (held work must not wait behind an attempt already known
+        to be long)."""
         since = now - self.backlog_turnover
         return all(self.ledger.get(action_id).attempts[-1].assigned_at >= since
                    for action_id in worker.running)

@@ -183,11 +183,21 @@ class Cgroups:
         self._free.append(group)
         return True
 
+    def spawner_home(self) -> list[Path]:
+        """The cgroup.procs files of the spawn server's own group, made if need be (beside
+        the attempts' groups: a v2 group that has children holds no process itself)."""
+        homes = [base / SPAWNER_GROUP for base in self.bases()]
+        for home in homes:
+            home.mkdir(mode=0o755, exist_ok=True)
+        return [home / "cgroup.procs" for home in homes]
+
     def close(self) -> None:
-        """Remove the groups kept for reuse, and the agent's own directories if nothing else
-        is left in them (the agent is going away)."""
+        """Remove the groups kept for reuse and the spawn server's, and the agent's own
+        directories if nothing else is left in them (the agent is going away)."""
         while self._free:
             self._free.pop().remove(wait=1.0)
+        for base in self.bases():
+            remove(base / SPAWNER_GROUP, wait=1.0)
         for base in self.bases():
             with contextlib.suppress(OSError):
                 os.rmdir(base)
@@ -234,6 +244,10 @@ class AttemptGroup:
         pids_dir = self._path(self.owner.pids)
         if pids and pids_dir is not None:
             _write(pids_dir / "pids.max", str(pids))
+
+    def procs_files(self) -> list[Path]:
+        """Where a process writes "0" to join the group in every hierarchy."""
+        return [path / "cgroup.procs" for _, path in self.paths]
 
     def join(self, pid: int) -> None:
         """Move `pid` into the group in every hierarchy (before it runs the action's code:
@@ -340,6 +354,8 @@ def remove(path: Path, wait: float) -> bool:
     return True
 
 
+# The spawn server's own group, in each of the agent's directories.
+SPAWNER_GROUP = "spawner"
 # An agent's control groups are named this, its node, its process's token and its pid.
 AGENT_PREFIX = "actionmesh-"
 

@@ -5,7 +5,8 @@ asyncio's subprocess transports cost several loop turns per spawn (a task connec
 pipe, futures hand over each step) and a child watcher; at hundreds of short attempts a
 second that was the largest share of a slot's cycle after the spawn itself. Here a spawn is
 `Popen` plus three `add_reader` calls. Exit comes from a pidfd where Linux has them (5.3+),
-else from asyncio's child watcher.
+else from asyncio's child watcher; for a process the spawn server started (its parent), from
+the server.
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from agent.logship import LineSplitter, LogShipper
 from agent.runas import RunAs
+from agent.spawner import Spawner
 from mesh.schema import Stream
 
 # As much as one read takes from a pipe (asyncio's read transports take 256 KiB too).
 READ_SIZE = 256 * 1024
+# The exit code of a process reaped by another (its status is lost to the agent).
+LOST_STATUS = 255
 # A gated start: the shell waits for a line on stdin before it execs the action, so the
-# agent can first put it where it must be (its control group): everything the action
-# starts is born there. It runs nothing if the agent goes away before the line comes.
+# agent can first put it where it must be (its control group, or another user's): all the
+# action starts is born there. It runs nothing if the agent goes away before the line
+# comes. (Where the spawn server runs, attempts are born in their groups without it.)
 GATE = ('IFS= read -r go && [ "$go" = go ] || exit 125; cd -- "$1" || exit 126; '
         'unset OLDPWD; shift; exec "$@" </dev/null')
 
@@ -51,6 +57,7 @@ class ChildProcess:
         self._pipes: dict[int, tuple[Stream, LineSplitter, IO[bytes]]] = {}
         self._paused = False
         self._pidfd = -1
+        self._spawner: Spawner | None = None
 
     def spawn(self, argv: Sequence[str], cwd: str | None, env: dict[str, str],
               gated: bool = False, user: RunAs | None = None) -> None:
@@ -71,12 +78,8 @@ class ChildProcess:
                                  start_new_session=True, cwd=cwd, env=env, **who)
         self._popen, self.pid = popen, popen.pid
         assert popen.stdout is not None and popen.stderr is not None
-        self._pipes = {popen.stdout.fileno(): ("stdout", LineSplitter(), popen.stdout),
-                       popen.stderr.fileno(): ("stderr", LineSplitter(), popen.stderr)}
         try:
-            for fd in self._pipes:
-                os.set_blocking(fd, False)
-                self.loop.add_reader(fd, self._readable, fd)
+            self._read(popen.stdout, popen.stderr)
             self._watch_exit()
         except BaseException:
             # Started but not watched: it must not run on unseen, nor stay a zombie.
@@ -85,6 +88,38 @@ class ChildProcess:
             popen.wait()
             self.close_pipes()
             raise
+
+    def spawn_in(self, spawner: Spawner, groups: Sequence[Path], program: str,
+                 argv: Sequence[str], cwd: str, env: dict[str, str]) -> None:
+        """Start it through the spawn server, born in `groups` (their cgroup.procs files),
+        in a session of its own; `program` is the file to exec. Raises what exec would."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self.pid = spawner.spawn(program, argv, cwd, env, groups, out_w, err_w)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self._spawner = spawner
+        try:
+            # Owned by _pipes from here, closed by _close_pipe.
+            self._read(open(out_r, "rb", buffering=0),  # noqa: SIM115
+                       open(err_r, "rb", buffering=0))  # noqa: SIM115
+            spawner.watch(self.pid, self._set_exited, self._orphaned)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _read(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+        self._pipes = {stdout.fileno(): ("stdout", LineSplitter(), stdout),
+                       stderr.fileno(): ("stderr", LineSplitter(), stderr)}
+        for fd in self._pipes:
+            os.set_blocking(fd, False)
+            self.loop.add_reader(fd, self._readable, fd)
 
     def release(self) -> None:
         """Let a gated start exec the action."""
@@ -95,6 +130,14 @@ class ChildProcess:
 
     def abandon(self) -> None:
         """Undo a spawn whose start failed after it: kill, reap, stop reading."""
+        if self._spawner is not None:
+            if self.returncode is None:
+                self._spawner.forget(self.pid)  # the server reaps it
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self._set_exited(-signal.SIGKILL)
+            self.close_pipes()
+            return
         popen = self._popen
         if popen is None or self.returncode is not None:
             return
@@ -160,11 +203,28 @@ class ChildProcess:
             return
         self.loop.add_reader(self._pidfd, self._pidfd_readable)
 
+    def _orphaned(self) -> None:
+        """Its spawn server died: its end is watched here now (its status is lost)."""
+        if self.returncode is not None:
+            return
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            self._set_exited(LOST_STATUS)
+            return
+        except OSError:
+            # Nothing to watch it with: it must not run on unseen.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self._set_exited(LOST_STATUS)
+            return
+        self.loop.add_reader(self._pidfd, self._pidfd_readable)
+
     def _pidfd_readable(self) -> None:
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status = self.pid, 255 << 8  # reaped by someone else: its status is lost
+            pid, status = self.pid, LOST_STATUS << 8  # reaped elsewhere: status lost
         if pid == 0:
             return  # not yet waitable; the pidfd stays watched
         self.loop.remove_reader(self._pidfd)

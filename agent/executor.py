@@ -27,12 +27,14 @@ from agent import cgroups, procscan
 from agent.cgroups import AttemptGroup, Cgroups
 from agent.child import ChildProcess
 from agent.ended import REMEMBER_FINISHED, Ended, Key
+from agent.launch import Launcher
 from agent.logship import LogShipper
 from agent.outcome import Outcome, outcome
-from agent.programs import Programs, argv, spawn_failure
+from agent.programs import argv, spawn_failure
 from agent.reaper import ReaperHandle
 from agent.runas import RunAs
 from agent.sinks import LogSink, ReportSink
+from agent.spawner import SpawnerGone
 from agent.workspace import ENV_WORKSPACE, Workspaces, base_environment, workspace_root
 from mesh.names import ENV_ACTION, ENV_AGENT, ENV_ATTEMPT
 from mesh.protocol import (
@@ -126,7 +128,7 @@ class Executor:
         self._reaper: ReaperHandle | None = None
         self._closed = False
         self._cleanups: set[asyncio.Task[None]] = set()
-        self._programs = Programs()
+        self._launcher = Launcher()
         # Told each time an attempt has ended and given back what it reserved.
         self.on_slot_freed: Callable[[], None] | None = None
 
@@ -169,6 +171,7 @@ class Executor:
                                                    self.token)
         log.info("attempts are contained by %s", self.containment)
         self._ensure_reaper()
+        self._launcher.start_spawner(lambda: self.cgroups, self.user, self.config)
 
     @property
     def runs_as(self) -> str:
@@ -185,6 +188,11 @@ class Executor:
     @property
     def reaper_pid(self) -> int | None:
         return self._reaper.pid if self._reaper is not None else None
+
+    @property
+    def spawner_pid(self) -> int | None:
+        spawner = self._launcher.spawner
+        return spawner.pid if spawner is not None else None
 
     def _ensure_reaper(self) -> ReaperHandle:
         if self._reaper is not None and self._reaper.alive():
@@ -266,18 +274,14 @@ class Executor:
             await self._not_started(attempt, f"could not make its control group: {exc}")
             return
         try:
-            gated = attempt.group is not None or switched
-            if gated and not switched:
-                # Checked as the agent's user, who is the one that will exec it.
-                self._programs.check(command[0], env.get("PATH", ""), workdir)
-            # Another user enters its working directory itself (the gate's `cd`): Popen
-            # would enter it as the agent, past directories that user may not pass.
-            attempt.child.spawn(command, workdir, env, gated=gated,
-                                user=self.user if switched else None)
-            if attempt.group is not None:
-                attempt.group.join(attempt.child.pid)
-            if gated:
-                attempt.child.release()
+            self._launcher.launch(attempt.child, attempt.group, self.user, command, workdir,
+                                  env)
+        except SpawnerGone as exc:
+            # It may have started: whatever it left in its group goes with the group. The
+            # action did not run here, so it waits for another start at no cost to it.
+            attempt.child.abandon()
+            await self._not_started(attempt, f"could not start it: {exc}", "refused")
+            return
         except Exception as exc:  # any failure to spawn ends the attempt as failed
             attempt.child.abandon()
             await self._not_started(attempt, spawn_failure(exc, command, cwd))
@@ -390,6 +394,7 @@ class Executor:
         for attempt in attempts:
             attempt.request_stop("cancelled", "the agent shut down", report=False)
         await asyncio.gather(*(a.done.wait() for a in attempts))
+        self._launcher.close()
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.close)
         await asyncio.to_thread(self.workspaces.close)

@@ -18,9 +18,9 @@ def argv(assignment: Assignment) -> list[str]:
 
 
 class Programs:
-    """Checks that a program can be exec'd, raising what exec would: a gated start (see
+    """Finds the file a program names, raising what exec would: a gated start (see
     ChildProcess) execs it from a shell, which would otherwise turn "not found" into exit
-    code 127.
+    code 127, and the spawn server (see agent/spawnserver.py) execs the file it is given.
 
     Where a name without a slash was last found on a PATH is kept, and a start looks at that
     one file again rather than walking the PATH (`shutil.which` looks in every directory up
@@ -30,23 +30,26 @@ class Programs:
     def __init__(self) -> None:
         self._found: dict[tuple[str, str], str] = {}
 
-    def check(self, program: str, path: str, cwd: str) -> None:
+    def find(self, program: str, path: str, cwd: str) -> str:
+        """The file to exec for `program`, looked for on `path` (a name with a slash is
+        the file itself, from `cwd`)."""
         if "/" in program:
             where = os.path.join(cwd, program)
             if not os.path.exists(where):
                 raise FileNotFoundError(2, "No such file or directory", program)
             if not _executable(where):
                 raise PermissionError(13, "Permission denied", program)
-            return
+            return where
         known = self._found.get((program, path))
         if known is not None and _executable(known):
-            return
+            return known
         found = shutil.which(program, path=path)
         if found is None:
             raise FileNotFoundError(2, "No such file or directory", program)
         if len(self._found) >= MAX_KNOWN_PROGRAMS:
             self._found.clear()
         self._found[(program, path)] = found
+        return found
 
 
 def _executable(where: str) -> bool:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,22 +73,6 @@ def test_each_controller_comes_from_v2_where_both_offer_it(tmp_path: Path) -> No
 
 
 # ---- on this machine -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def machine() -> Iterator[Cgroups]:
-    """This machine's cgroups, as an agent of node `test-<random>` would have them (its
-    process token `earlier`); skipped with the reason where there are none the tests may
-    write, except in CI, where the build machine is known to have them."""
-    found = cgroups.detect(f"actionmesh-test-{uuid.uuid4().hex[:8]}-earlier-{os.getpid()}")
-    if found is None:
-        if IN_CI:
-            pytest.fail("no writable cgroup hierarchy on a CI machine")
-        pytest.skip("this machine offers no cgroup hierarchy the tests may write")
-    yield found
-    for base in found.bases():
-        cgroups.kill_tree(base)
-        cgroups.remove(base, wait=2.0)
 
 
 # Starts a process that leaves the attempt's process group (setsid) and its environment marks
@@ -163,7 +146,8 @@ async def test_ended_attempts_leave_their_groups_empty_for_the_next(
         assert ex.cgroups is not None
         bases = ex.cgroups.bases()
         kept = {p.name for b in bases for p in cgroups._children(b)}
-        assert kept == {"slot-1"}, kept  # one after another: one group, reused
+        # One after another: one group, reused (beside the spawn server's own).
+        assert kept == {"slot-1", cgroups.SPAWNER_GROUP}, kept
     assert not any(base.exists() for base in bases)  # the agent's shutdown removed them
 
 
@@ -316,9 +300,9 @@ def test_the_reaper_kills_the_agents_groups_when_the_agent_dies(machine: Cgroups
     assert group.remove(wait=2.0)
 
 
-async def test_gated_start_costs_one_shell(machine: Cgroups) -> None:
-    # The shell that holds the start until the group is joined is the action's own process
-    # after exec: its pid is the attempt's process group, and nothing else is left over.
+async def test_a_contained_start_leaves_one_process_the_actions(machine: Cgroups) -> None:
+    # Whatever put it in its group (the spawn server, or a gate shell that then execs) is
+    # not left over: the action's own process leads the attempt's process group.
     sinks = RecordingSinks()
     async with executor(sinks) as ex:
         await ex.start(shell("echo $$; sleep 30"))

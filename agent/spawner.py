@@ -1,0 +1,207 @@
+"""The agent's end of its spawn server (agent/spawnserver.py): the server started and
+restarted, attempts spawned through it, and their ends passed on to whoever watches them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import spawnserver
+from agent.spawnserver import HEADER, frame
+
+log = logging.getLogger(__name__)
+
+# Longest the server may take to start, or to answer one spawn (it answers in about a
+# millisecond; only a stopped or swapped-out machine is slower).
+ANSWER_TIMEOUT = 10.0
+
+
+class SpawnerGone(RuntimeError):
+    """The server died, or did not answer in time; a new one starts on the next spawn."""
+
+
+@dataclass
+class _Watch:
+    exited: Callable[[int], None]
+    orphaned: Callable[[], None]
+
+
+class Spawner:
+    """Spawns attempts through one server process, started on first use and again after it
+    dies. Runs on the agent's event loop: each spawn waits for its answer (as Popen waits
+    for its child's exec), and each end the server reports goes to the pid's watcher.
+
+    When the server dies, the attempts it started run on as orphans: their watchers are
+    told (`orphaned`), to watch the processes themselves, their exit statuses lost.
+    """
+
+    def __init__(self, home: Callable[[], list[Path]]) -> None:
+        self.home = home  # the server's own groups' cgroup.procs files, asked at each start
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+        self._watches: dict[int, _Watch] = {}
+        self._early: dict[int, int] = {}  # ends reported before their pid was watched
+        self._stdin = os.open(os.devnull, os.O_RDONLY)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Start the server unless it runs; SpawnerGone if it does not come up."""
+        if self._sock is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", spawnserver.__file__, str(theirs.fileno()),
+                 *map(str, self.home())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, cwd="/", env={},
+                start_new_session=True)
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._buffer.clear()
+        ready = self._answer("ready")
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
+        log.info("spawn server %d started", ready["ready"])
+
+    def spawn(self, path: str, argv: Sequence[str], cwd: str, env: dict[str, str],
+              groups: Sequence[Path], stdout: int, stderr: int) -> int:
+        """Start `path` (`argv`) in `cwd`, in its own session, born in `groups` (their
+        cgroup.procs files); its pid. Raises what exec would (OSError), or SpawnerGone."""
+        self.start()
+        assert self._sock is not None
+        data = frame({"path": path, "argv": list(argv), "cwd": cwd, "env": env,
+                      "groups": [str(g) for g in groups]})
+        try:
+            sent = self._sock.sendmsg(
+                [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                          array("i", [self._stdin, stdout, stderr]))], socket.MSG_NOSIGNAL)
+            self._sock.sendall(data[sent:], socket.MSG_NOSIGNAL)
+        except OSError as exc:
+            self._lost(f"the spawn server could not be reached: {exc}")
+            raise SpawnerGone(f"the spawn server could not be reached: {exc}") from None
+        answer = self._answer("pid", "errno")
+        if "pid" in answer:
+            return int(answer["pid"])
+        raise OSError(answer["errno"], answer["strerror"], answer["filename"])
+
+    def watch(self, pid: int, exited: Callable[[int], None],
+              orphaned: Callable[[], None]) -> None:
+        """Tell `exited(code)` when `pid` ends, or `orphaned()` if the server dies first."""
+        code = self._early.pop(pid, None)
+        if code is not None:
+            exited(code)
+        else:
+            self._watches[pid] = _Watch(exited, orphaned)
+
+    def forget(self, pid: int) -> None:
+        self._watches.pop(pid, None)
+
+    def close(self) -> None:
+        """Stop the server (its children run on) and wait for it."""
+        self._lost("")
+        with contextlib.suppress(OSError):
+            os.close(self._stdin)
+
+    # ---- the server's frames ----------------------------------------------------------------
+
+    def _answer(self, *keys: str) -> dict[str, Any]:
+        """The next frame with one of `keys`; the ends that come before it passed on."""
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        while True:
+            while (message := self._frame()) is not None:
+                if any(k in message for k in keys):
+                    # Ends read with it are passed on now: no more bytes may come to
+                    # wake the reader for them.
+                    while (later := self._frame()) is not None:
+                        self._ended(later)
+                    return message
+                self._ended(message)
+            assert self._sock is not None
+            left = deadline - time.monotonic()
+            ready = select.select([self._sock], [], [], max(left, 0.0))[0] if left > 0 else []
+            why = "did not answer in time"
+            if ready:
+                chunk = self._sock.recv(1 << 16)
+                if chunk:
+                    self._buffer += chunk
+                    continue
+                why = "exited"
+            self._lost(f"the spawn server {why}")
+            raise SpawnerGone(f"the spawn server {why}")
+
+    def _frame(self) -> dict[str, Any] | None:
+        """The next whole frame read, taken from the buffer; None if there is none yet."""
+        if len(self._buffer) < HEADER.size:
+            return None
+        (size,) = HEADER.unpack_from(self._buffer)
+        if len(self._buffer) < HEADER.size + size:
+            return None
+        message: dict[str, Any] = json.loads(self._buffer[HEADER.size:HEADER.size + size])
+        del self._buffer[:HEADER.size + size]
+        return message
+
+    def _readable(self) -> None:
+        assert self._sock is not None
+        try:
+            # A spawn's wait for its answer may have read what woke this reader.
+            chunk = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            chunk = b""
+            log.warning("reading from the spawn server failed: %s", exc)
+        if not chunk:
+            self._lost("the spawn server exited")
+            return
+        self._buffer += chunk
+        while (message := self._frame()) is not None:
+            self._ended(message)
+
+    def _ended(self, message: dict[str, Any]) -> None:
+        if "exit" not in message:
+            log.error("unexpected message from the spawn server: %r", message)
+            return
+        pid, code = int(message["exit"]), int(message["code"])
+        watch = self._watches.pop(pid, None)
+        if watch is not None:
+            watch.exited(code)
+        else:
+            self._early[pid] = code
+
+    def _lost(self, why: str) -> None:
+        """Stop using the server (kill it if it still runs); its attempts are orphans now."""
+        sock, process = self._sock, self._process
+        self._sock = self._process = None
+        if sock is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        if process is not None:
+            if why:
+                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=ANSWER_TIMEOUT)
+            if why:
+                log.error("%s (status %s); what it started is watched from here", why,
+                          process.returncode)
+        self._early.clear()
+        watches, self._watches = self._watches, {}
+        for watch in watches.values():
+            watch.orphaned()

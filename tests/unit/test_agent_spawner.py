@@ -1,0 +1,154 @@
+"""The spawn server, with real processes on this machine's control groups: a child born in
+its groups with nothing of the server's, failures as exec reports them, and the server's
+death survived."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.cgroups import AttemptGroup, Cgroups
+from agent.spawner import Spawner
+from mesh.schema import ActionId
+from mesh.waiting import async_wait_until
+from tests.agent_support import RecordingSinks, ended, executor, exited, shell
+
+pytestmark = pytest.mark.timeout(60)
+
+# What the child sees of itself: its pid, its session, its groups, its open descriptors and
+# the signals it ignores.
+PROBE = ('echo "pid $$ sid $(cut -d" " -f6 /proc/$$/stat)"; cat /proc/$$/cgroup; '
+         'echo "fds $(ls /proc/$$/fd | tr "\\n" " ")"; grep SigIgn /proc/$$/status; '
+         'echo "cwd $(pwd)"; echo "x=$X"; exit 3')
+
+
+@pytest.fixture
+async def spawner(machine: Cgroups) -> AsyncIterator[Spawner]:
+    started = Spawner(machine.spawner_home)
+    yield started
+    started.close()
+
+
+class Ran:
+    """One process spawned through the server: its output and its end."""
+
+    def __init__(self, spawner: Spawner, group: AttemptGroup, argv: list[str], cwd: str,
+                 env: dict[str, str]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[int | None] = self.loop.create_future()
+        out_r, out_w = os.pipe()
+        try:
+            self.pid = spawner.spawn(argv[0], argv, cwd, env, group.procs_files(), out_w,
+                                     out_w)
+        finally:
+            os.close(out_w)
+        self.out = os.fdopen(out_r, "rb")
+        spawner.watch(self.pid, self._exited, lambda: self.ended.set_result(None))
+
+    def _exited(self, code: int) -> None:
+        self.ended.set_result(code)
+
+    async def output(self) -> str:
+        return (await asyncio.to_thread(self.out.read)).decode()
+
+
+async def test_a_child_is_born_in_its_groups_in_a_session_of_its_own(
+        spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
+    group = machine.take(None, None)
+    ran = Ran(spawner, group, ["/bin/sh", "-c", PROBE], str(tmp_path), {"X": "y"})
+    text = await ran.output()
+    assert await ran.ended == 3
+    lines = text.splitlines()
+    assert lines[0] == f"pid {ran.pid} sid {ran.pid}", text
+    # /proc/PID/cgroup names its group in each hierarchy, from the hierarchy's root.
+    born = [line for line in lines
+            if any(line.endswith(f"/{p.parent.name}/{p.name}") for _, p in group.paths)]
+    assert len(born) == len(group.paths), text
+    fds = next(line for line in lines if line.startswith("fds ")).split()[1:]
+    # Nothing of the server's leaks in (3: the shell's own pipe for `$(...)`).
+    assert sorted(fds) == ["0", "1", "2", "3"], text
+    ignored = int(next(line for line in lines if line.startswith("SigIgn")).split()[1], 16)
+    # None ignored, SIGPIPE included, which Python ignores (but glibc's own two, see
+    # agent/spawnserver.py).
+    assert not [s for s in signal.valid_signals() if ignored & (1 << (s - 1))], text
+    assert f"cwd {tmp_path}" in lines and "x=y" in lines, text
+    # The server went home: the group holds nothing once the child has gone.
+    assert spawner.pid is not None and not _members(group), (spawner.pid, _members(group))
+    assert group.empty()
+
+
+async def test_what_exec_refuses_is_raised_as_exec_raises_it(
+        spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
+    group = machine.take(None, None)
+    with pytest.raises(FileNotFoundError):
+        Ran(spawner, group, [str(tmp_path / "nothing-here")], str(tmp_path), {})
+    with pytest.raises(FileNotFoundError) as raised:
+        Ran(spawner, group, ["/bin/true"], str(tmp_path / "no-dir"), {})
+    assert raised.value.filename == str(tmp_path / "no-dir")
+    assert group.empty()
+    # The server still serves.
+    ran = Ran(spawner, group, ["/bin/true"], str(tmp_path), {})
+    assert await ran.ended == 0
+
+
+async def test_children_of_a_server_that_died_are_handed_over_and_the_next_spawn_restarts_it(
+        spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
+    group = machine.take(None, None)
+    ran = Ran(spawner, group, ["/bin/sleep", "30"], str(tmp_path), {})
+    first = spawner.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    assert await asyncio.wait_for(ran.ended, 10) is None  # orphaned: watched from here now
+    assert not exited(ran.pid)  # and it runs on
+    os.killpg(ran.pid, signal.SIGKILL)
+    again = Ran(spawner, machine.take(None, None), ["/bin/true"], str(tmp_path), {})
+    assert spawner.pid not in (None, first)
+    assert await again.ended == 0
+
+
+async def test_an_attempt_whose_spawn_server_died_still_ends_and_the_next_starts(
+        machine: Cgroups) -> None:
+    sinks = RecordingSinks()
+    async with executor(sinks) as ex:
+        await ex.start(shell("echo started; sleep 30", "o1"))
+        await async_wait_until(lambda: sinks.lines("o1"), bool, what="the first line")
+        server = ex.spawner_pid
+        assert server is not None, "attempts here start through a spawn server"
+        os.kill(server, signal.SIGKILL)
+        assert await ex.cancel(ActionId("o1"), 1, "test") == "stopped"
+        await ended(sinks, "o1")
+        await ex.start(shell("echo again", "o2"))
+        await ended(sinks, "o2")
+    first, second = sinks.end("o1"), sinks.end("o2")
+    assert first is not None and first.stage == "cancelled", first
+    assert second is not None and second.stage == "succeeded", second
+    assert [line[2] for line in sinks.lines("o2")] == ["again"]
+
+
+def _members(group: AttemptGroup) -> set[int]:
+    return {int(p) for _, path in group.paths
+            for p in (path / "cgroup.procs").read_text().split()}
+
+
+async def test_an_end_a_spawn_read_first_does_not_stall_the_reader(
+        spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
+    # The loop saw the server's socket readable, then a spawn, run first in the same turn,
+    # read what was there while waiting for its answer; the reader must not then block.
+    first = Ran(spawner, machine.take(None, None), ["/bin/true"], str(tmp_path), {})
+    while os.path.exists(f"/proc/{first.pid}"):  # reaped by the server, which then
+        time.sleep(0.001)  # sends its end; no turn of the loop meanwhile: it stays unread
+    second: list[Ran] = []
+    # Long-lived: nothing more comes from the server that would unblock a stalled reader
+    # (the test's timeout fails it then).
+    asyncio.get_running_loop().call_soon(lambda: second.append(
+        Ran(spawner, machine.take(None, None), ["/bin/sleep", "60"], str(tmp_path), {})))
+    assert await asyncio.wait_for(first.ended, 10) == 0
+    await asyncio.sleep(0)  # a turn of the loop: the reader runs
+    os.killpg(second[0].pid, signal.SIGKILL)
+    assert await asyncio.wait_for(second[0].ended, 10) == -signal.SIGKILL

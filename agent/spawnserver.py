@@ -54,9 +54,13 @@ def enter(procs: list[str]) -> None:
         # O_NOFOLLOW: a group's files are the kernel's; a symlink there is someone else's.
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
         try:
-            os.write(fd, b"0")  # "0": the writer itself
+            go_in(fd)
         finally:
             os.close(fd)
+
+
+def go_in(fd: int) -> None:
+    os.write(fd, b"0")  # "0": the writer itself
 
 
 def _exactly(sock: socket.socket, size: int, have: bytes = b"") -> bytes | None:
@@ -133,7 +137,10 @@ def serve(sock: socket.socket, home: list[str]) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     os.chdir("/")
-    enter(home)
+    # Opened once: the server goes home after every spawn.
+    homes = [os.open(path, os.O_WRONLY | os.O_NOFOLLOW) for path in home]
+    for fd in homes:
+        go_in(fd)
     sock.sendall(frame({"ready": os.getpid()}))
     while True:
         ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
@@ -149,7 +156,8 @@ def serve(sock: socket.socket, home: list[str]) -> None:
             # only the attempt (the agent may find it empty, or kill all in it). If this
             # fails, so does the server: the agent takes the start as not carried out.
             os.chdir("/")
-            enter(home)
+            for fd in homes:
+                go_in(fd)
             sock.sendall(frame(answer))
 
 

@@ -58,6 +58,8 @@ class ChildProcess:
         self._paused = False
         self._pidfd = -1
         self._spawner: Spawner | None = None
+        # Its exit status never reached the agent (whoever reaped it kept it).
+        self.status_lost = False
 
     def spawn(self, argv: Sequence[str], cwd: str | None, env: dict[str, str],
               gated: bool = False, user: RunAs | None = None) -> None:
@@ -210,13 +212,13 @@ class ChildProcess:
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:
-            self._set_exited(LOST_STATUS)
+            self._lost()
             return
         except OSError:
             # Nothing to watch it with: it must not run on unseen.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-            self._set_exited(LOST_STATUS)
+            self._lost()
             return
         self.loop.add_reader(self._pidfd, self._pidfd_readable)
 
@@ -224,13 +226,18 @@ class ChildProcess:
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status = self.pid, LOST_STATUS << 8  # reaped elsewhere: status lost
+            self.status_lost = True  # reaped elsewhere
+            pid, status = self.pid, LOST_STATUS << 8
         if pid == 0:
             return  # not yet waitable; the pidfd stays watched
         self.loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = -1
         self._set_exited(os.waitstatus_to_exitcode(status))
+
+    def _lost(self) -> None:
+        self.status_lost = True
+        self._set_exited(LOST_STATUS)
 
     def _exited_elsewhere(self, pid: int, returncode: int) -> None:
         # The child watcher may call from its own thread.

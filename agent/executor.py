@@ -439,7 +439,7 @@ class Executor:
         await attempt.shipper.finish()
         group = attempt.group
         oom = group.memory_limit if group is not None and group.oom_kills() else None
-        self._finish(attempt, outcome(returncode, stopped, oom))
+        self._finish(attempt, outcome(None if child.status_lost else returncode, stopped, oom))
 
     async def _terminate(self, attempt: _Attempt) -> None:
         self._killpg(attempt.pgid, signal.SIGTERM)

@@ -24,15 +24,20 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def outcome(returncode: int, stopped: tuple[ReportStage, str] | None = None,
+def outcome(returncode: int | None, stopped: tuple[ReportStage, str] | None = None,
             oom_limit: int | None = None) -> Outcome:
-    """The report for a process that ended with `returncode` (negative: killed by a signal).
+    """The report for a process that ended with `returncode` (negative: killed by a signal;
+    None: the agent never learned it).
 
     `stopped` is the stage and reason when the agent ended it (cancel, timeout); `oom_limit`
     the attempt's memory limit when the kernel killed a process of it for exceeding it. A
     signal death is reported as exit code 128+N, as a shell would show it: SIGKILL is 137.
     """
-    if returncode < 0:
+    exit_code: int | None
+    if returncode is None:
+        exit_code = None
+        how = reasons.STATUS_LOST
+    elif returncode < 0:
         signum = -returncode
         exit_code = 128 + signum
         how = f"killed by {signal_name(signum)} (exit code {exit_code})"

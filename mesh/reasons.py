@@ -3,6 +3,7 @@
 # Attempt and action endings.
 EXITED_NONZERO = "exited with code {code}"
 OUT_OF_MEMORY = "out of memory (limit {limit}); {how}"
+STATUS_LOST = "its exit status was lost (the process that started it died first)"
 LOST_AGENT = "agent {agent} was lost"
 LOST_BUDGET_SPENT = "lost {n} times with its agents; no retries left"
 QUARANTINED = ("quarantined: lost with {n} different agents in a row ({agents}); it may be "

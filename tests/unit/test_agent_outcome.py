@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.outcome import Outcome, outcome
+from mesh import reasons
 from mesh.protocol import ReportStage
 
 
@@ -29,3 +30,9 @@ from mesh.protocol import ReportStage
 def test_outcome(returncode: int, stopped: tuple[ReportStage, str] | None,
                  expected: Outcome) -> None:
     assert outcome(returncode, stopped) == expected
+
+
+def test_an_exit_status_never_learned_fails_without_a_code_or_keeps_the_stop() -> None:
+    assert outcome(None) == Outcome("failed", None, reasons.STATUS_LOST)
+    assert outcome(None, ("cancelled", "cancelled by request")) == Outcome(
+        "cancelled", None, f"cancelled by request; {reasons.STATUS_LOST}")

@@ -15,6 +15,7 @@ import pytest
 
 from agent.cgroups import AttemptGroup, Cgroups
 from agent.spawner import Spawner
+from mesh import reasons
 from mesh.schema import ActionId
 from mesh.waiting import async_wait_until
 from tests.agent_support import RecordingSinks, ended, executor, exited, shell
@@ -112,23 +113,32 @@ async def test_children_of_a_server_that_died_are_handed_over_and_the_next_spawn
     assert await again.ended == 0
 
 
-async def test_an_attempt_whose_spawn_server_died_still_ends_and_the_next_starts(
+async def test_attempts_whose_spawn_server_died_still_end_and_the_next_starts(
         machine: Cgroups) -> None:
     sinks = RecordingSinks()
     async with executor(sinks) as ex:
         await ex.start(shell("echo started; sleep 30", "o1"))
-        await async_wait_until(lambda: sinks.lines("o1"), bool, what="the first line")
+        await ex.start(shell("echo started; while [ ! -e go ]; do sleep 0.02; done", "o2"))
+        await async_wait_until(lambda: [sinks.lines("o1"), sinks.lines("o2")], all,
+                               what="a line from each")
         server = ex.spawner_pid
         assert server is not None, "attempts here start through a spawn server"
         os.kill(server, signal.SIGKILL)
         assert await ex.cancel(ActionId("o1"), 1, "test") == "stopped"
         await ended(sinks, "o1")
-        await ex.start(shell("echo again", "o2"))
+        [workspace] = [w for w in ex.workspaces.root.iterdir() if w.name.startswith("o2-")]
+        (workspace / "go").touch()
         await ended(sinks, "o2")
-    first, second = sinks.end("o1"), sinks.end("o2")
-    assert first is not None and first.stage == "cancelled", first
-    assert second is not None and second.stage == "succeeded", second
-    assert [line[2] for line in sinks.lines("o2")] == ["again"]
+        await ex.start(shell("echo again", "o3"))
+        await ended(sinks, "o3")
+        assert ex.spawner_pid not in (None, server)
+    cancelled, lost, again = sinks.end("o1"), sinks.end("o2"), sinks.end("o3")
+    assert cancelled is not None and cancelled.stage == "cancelled", cancelled
+    # Its own end, but no one kept how it went.
+    assert lost is not None and (lost.stage, lost.exit_code, lost.reason) == (
+        "failed", None, reasons.STATUS_LOST), lost
+    assert again is not None and again.stage == "succeeded", again
+    assert [line[2] for line in sinks.lines("o3")] == ["again"]
 
 
 def _members(group: AttemptGroup) -> set[int]:

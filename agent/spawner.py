@@ -55,6 +55,9 @@ class Spawner:
         self._buffer = bytearray()
         self._watches: dict[int, _Watch] = {}
         self._early: dict[int, int] = {}  # ends reported before their pid was watched
+        # Pids whose end nobody waits for: theirs must not be taken for a later process's
+        # that gets the same pid.
+        self._forgotten: set[int] = set()
         self._stdin = os.open(os.devnull, os.O_RDONLY)
 
     @property
@@ -112,6 +115,8 @@ class Spawner:
 
     def forget(self, pid: int) -> None:
         self._watches.pop(pid, None)
+        if self._early.pop(pid, None) is None:
+            self._forgotten.add(pid)
 
     def close(self) -> None:
         """Stop the server (its children run on) and wait for it."""
@@ -179,6 +184,9 @@ class Spawner:
             log.error("unexpected message from the spawn server: %r", message)
             return
         pid, code = int(message["exit"]), int(message["code"])
+        if pid in self._forgotten:
+            self._forgotten.discard(pid)
+            return
         watch = self._watches.pop(pid, None)
         if watch is not None:
             watch.exited(code)
@@ -202,6 +210,7 @@ class Spawner:
                 log.error("%s (status %s); what it started is watched from here", why,
                           process.returncode)
         self._early.clear()
+        self._forgotten.clear()
         watches, self._watches = self._watches, {}
         for watch in watches.values():
             watch.orphaned()

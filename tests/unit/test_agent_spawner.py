@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from agent.cgroups import AttemptGroup, Cgroups
 from agent.spawner import Spawner
 from mesh import reasons
 from mesh.schema import ActionId
-from mesh.waiting import async_wait_until
+from mesh.waiting import async_wait_until, wait_until
 from tests.agent_support import RecordingSinks, ended, executor, exited, shell
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,8 +150,10 @@ async def test_an_end_a_spawn_read_first_does_not_stall_the_reader(
     # The loop saw the server's socket readable, then a spawn, run first in the same turn,
     # read what was there while waiting for its answer; the reader must not then block.
     first = Ran(spawner, machine.take(None, None), ["/bin/true"], str(tmp_path), {})
-    while os.path.exists(f"/proc/{first.pid}"):  # reaped by the server, which then
-        time.sleep(0.001)  # sends its end; no turn of the loop meanwhile: it stays unread
+    # Reaped by the server, which then sends its end; waited for without a turn of the
+    # loop, so that end stays unread.
+    wait_until(lambda: os.path.exists(f"/proc/{first.pid}"), lambda alive: not alive,
+               what=f"process {first.pid} to be reaped", interval=0.001)
     second: list[Ran] = []
     # Long-lived: nothing more comes from the server that would unblock a stalled reader
     # (the test's timeout fails it then).
@@ -162,3 +163,24 @@ async def test_an_end_a_spawn_read_first_does_not_stall_the_reader(
     await asyncio.sleep(0)  # a turn of the loop: the reader runs
     os.killpg(second[0].pid, signal.SIGKILL)
     assert await asyncio.wait_for(second[0].ended, 10) == -signal.SIGKILL
+
+
+async def test_the_end_of_a_forgotten_process_is_not_taken_for_a_later_ones(
+        spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
+    group = machine.take(None, None)
+    out_r, out_w = os.pipe()
+    try:
+        pid = spawner.spawn("/bin/true", ["true"], str(tmp_path), {}, group.procs_files(),
+                            out_w, out_w)
+    finally:
+        os.close(out_w)
+        os.close(out_r)
+    spawner.forget(pid)  # as an abandoned start does
+    wait_until(lambda: os.path.exists(f"/proc/{pid}"), lambda alive: not alive,
+               what=f"process {pid} to be reaped")
+    later = Ran(spawner, group, ["/bin/sleep", "60"], str(tmp_path), {})  # reads that end
+    ends: list[int] = []
+    spawner.watch(pid, ends.append, lambda: None)  # as if `later` had got the same pid
+    assert ends == []
+    os.killpg(later.pid, signal.SIGKILL)
+    assert await asyncio.wait_for(later.ended, 10) == -signal.SIGKILL

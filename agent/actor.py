@@ -153,7 +153,7 @@ class AgentActor:
         return time.time()
 
     async def _stream_load(self) -> None:
-        sampler = LoadSampler(self.executor.process_groups)
+        sampler = LoadSampler(self.executor.process_groups, self.executor.attempt_parents)
         worth = LoadFilter(self.config.load_heartbeat, self.config.cpu_busy_percent)
         while True:
             await asyncio.sleep(self.config.load_interval)

@@ -5,13 +5,17 @@ The model. At any instant every CPU-second an attempt has used sits in exactly o
 - in the agent process's `getrusage(RUSAGE_CHILDREN)`, once the agent has reaped the
   attempt's main process (its direct child): the kernel then adds that process's own time
   and the time of every descendant it had reaped;
+- or, for an attempt started by one of the agent's helpers (the spawn server, which is its
+  parent and reaps it), in that helper's `cutime + cstime` in `/proc/PID/stat`; when the
+  agent reaps the helper itself, the kernel moves those into the agent's RUSAGE_CHILDREN
+  (with the helper's own small time);
 - otherwise in `/proc/PID/stat` of a process still in the attempt's process group or
   session: `utime + stime` (its own, all threads, also while a zombie) plus
   `cutime + cstime` (the children it has reaped).
 
-So "CPU seconds of the attempts" = RUSAGE_CHILDREN + the sum over those processes, and its
-change between two samples is what the attempts used in between. Known errors, all small
-or rare in CI work:
+So "CPU seconds of the attempts" = RUSAGE_CHILDREN + the sum over those processes + the
+helpers' reaped time, and its change between two samples is what the attempts used in
+between. Known errors, all small or rare in CI work:
 
 - a descendant that leaves both the group and the session (setsid, as daemons do) is not
   seen while it runs, and what it used is lost when it ends;
@@ -19,7 +23,8 @@ or rare in CI work:
   but its time is lost when it ends: the sum drops, which is clamped to no use at all for
   that interval, so it can hide real use of the same interval;
 - a process reaped inside an attempt's tree between reading its parent and itself is
-  missed (or counted twice) for one sample and set right in the next;
+  missed (or counted twice) for one sample and set right in the next; so is an attempt a
+  helper reaps between the scan and the read of the helper (counted twice);
 - a process runs uncounted between its spawn and the executor learning its group; its time
   shows up in the next interval;
 - every other child the agent process reaps (a replaced reaper) counts as ours.
@@ -45,20 +50,45 @@ def reaped_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _stat_times(data: bytes, wanted: frozenset[int]) -> int | None:
+def _stat_times(data: bytes, wanted: frozenset[int] | None) -> int | None:
     """utime+stime+cutime+cstime in ticks from a /proc/PID/stat line, or None when the
-    process is in none of the `wanted` sessions or process groups."""
+    process is in none of the `wanted` sessions or process groups; with `wanted` None,
+    only cutime+cstime, the time of the children it reaped, whatever its groups."""
     # The command name may hold spaces and parentheses: fields start after the last ')'.
     # After it: state ppid pgrp session tty_nr | tpgid flags minflt cminflt majflt cmajflt
     # utime stime cutime cstime ...
     head = data[data.rfind(b")") + 2:].split(b" ", 5)
     try:
+        fields = head[5].split(b" ", 10)
+        reaped = int(fields[8]) + int(fields[9])
+        if wanted is None:
+            return reaped
         if int(head[2]) not in wanted and int(head[3]) not in wanted:
             return None
-        fields = head[5].split(b" ", 10)
-        return int(fields[6]) + int(fields[7]) + int(fields[8]) + int(fields[9])
+        return int(fields[6]) + int(fields[7]) + reaped
     except (ValueError, IndexError):
         return None  # not the layout we know: count nothing rather than garbage
+
+
+def _read_stat(proc: str, pid: int | str) -> bytes | None:
+    try:
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY)
+        try:
+            return os.read(fd, 4096)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None  # it ended
+
+
+def reaped_by(pids: Collection[int], proc: str = "/proc") -> float:
+    """CPU seconds of the children the processes `pids` have reaped, and of what those
+    had reaped."""
+    ticks = 0
+    for pid in pids:
+        data = _read_stat(proc, pid)
+        ticks += (_stat_times(data, None) or 0) if data is not None else 0
+    return ticks / TICKS
 
 
 class GroupScan:
@@ -104,13 +134,8 @@ class GroupScan:
             if pid in self._foreign and not _handed_out(pid, prev, last):
                 foreign.add(pid)
                 continue
-            try:
-                fd = os.open(f"{self.proc}/{name}/stat", os.O_RDONLY)
-                try:
-                    data = os.read(fd, 4096)
-                finally:
-                    os.close(fd)
-            except OSError:
+            data = _read_stat(self.proc, name)
+            if data is None:
                 continue  # it ended since the listing
             times = _stat_times(data, wanted)
             if times is None:
@@ -142,13 +167,16 @@ class AttemptCpu:
     """The share of the machine's CPU the attempts used between consecutive `percent` calls.
 
     `groups` returns the process groups of the attempts running now (pgid == session id ==
-    the main process's pid, as the executor starts them). The /proc scan runs only while
-    one runs; with none, getrusage alone still counts the attempts that ended in between.
+    the main process's pid, as the executor starts them); `parents` the pids of the
+    agent's helpers that start and reap attempts. The /proc scan runs only while an attempt
+    runs; with none, the reaped times alone still count the attempts that ended in between.
     """
 
     def __init__(self, groups: Callable[[], Collection[int]], cpu_count: int,
-                 clock: Callable[[], float] = time.monotonic, proc: str = "/proc") -> None:
+                 clock: Callable[[], float] = time.monotonic, proc: str = "/proc",
+                 parents: Callable[[], Collection[int]] = tuple) -> None:
         self.groups = groups
+        self.parents = parents
         self.cpu_count = max(1, cpu_count)
         self.clock = clock
         self.scan = GroupScan(proc)
@@ -157,7 +185,8 @@ class AttemptCpu:
 
     def seconds(self) -> float:
         """CPU seconds the attempts have used so far (see the module docstring)."""
-        return reaped_seconds() + self.scan.seconds(self.groups())
+        scanned = reaped_seconds() + self.scan.seconds(self.groups())
+        return scanned + reaped_by(self.parents(), self.scan.proc)
 
     def percent(self) -> float:
         """Attempts' CPU since the previous call as a percentage of the whole machine,

@@ -194,6 +194,12 @@ class Executor:
         spawner = self._launcher.spawner
         return spawner.pid if spawner is not None else None
 
+    def attempt_parents(self) -> tuple[int, ...]:
+        """The processes other than the agent that start and reap attempts: the spawn
+        server, while there is one."""
+        pid = self.spawner_pid
+        return (pid,) if pid is not None else ()
+
     def _ensure_reaper(self) -> ReaperHandle:
         if self._reaper is not None and self._reaper.alive():
             return self._reaper

@@ -44,11 +44,14 @@ class LoadSampler:
     """A sampler whose first sample already covers the time since it was made.
 
     `groups` gives the process groups of the attempts running now (the executor's
-    `process_groups`); their CPU is reported as the mesh's share of the machine's.
+    `process_groups`), `parents` the helpers that start and reap attempts (its
+    `attempt_parents`); their CPU is reported as the mesh's share of the machine's.
     """
 
-    def __init__(self, groups: Callable[[], Collection[int]] = tuple) -> None:
-        self.attempts = AttemptCpu(groups, psutil.cpu_count(logical=True) or 1)
+    def __init__(self, groups: Callable[[], Collection[int]] = tuple,
+                 parents: Callable[[], Collection[int]] = tuple) -> None:
+        self.attempts = AttemptCpu(groups, psutil.cpu_count(logical=True) or 1,
+                                   parents=parents)
         psutil.cpu_percent(interval=None)
 
     def sample(self, now: float) -> Load:

@@ -54,13 +54,20 @@ def test_outside_load_keeps_cpu_work_off_but_the_mesh_own_load_does_not(
     # The mesh's own CPU-bound work: both CPUs busy with it must not read as saturation.
     handles = client.submit_many(busy(6))
     polls: list[dict[str, int]] = []
+    loads: list[Load] = []
 
     def counted() -> dict[str, int]:
         polls.append(client.counts())
+        loads.append(agent_load(client))
         return polls[-1]
 
     wait_until(counted, lambda c: c.get("succeeded", 0) == 6, timeout=120,
                what="the six busy actions to succeed")
+    # Every CPU-second of an attempt is counted as the mesh's, also once it has ended (its
+    # parent, the agent or its spawn server, has reaped it): none reads as outside load.
+    saturated_by_us = [(load.cpu_percent, load.mesh_cpu_percent) for load in loads
+                       if load.foreign_cpu_percent >= config.cpu_busy_percent]
+    assert not saturated_by_us, f"(CPU, the mesh's share) read as saturated: {saturated_by_us}"
     # The end of an attempt and the assignment that refills its slot happen in one
     # scheduler call, so a poll sees an assigned attempt in the slot, never an empty one.
     started = False

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.cpushare import TICKS, AttemptCpu, GroupScan
+from agent.cpushare import TICKS, AttemptCpu, GroupScan, reaped_by
 from agent.sampler import LoadSampler
 from mesh.waiting import wait_until
 
@@ -121,6 +121,34 @@ def test_an_ended_attempt_is_counted_once_whether_or_not_it_was_reaped() -> None
     assert abs(reaped - zombie) <= ROUNDING
 
 
+def test_an_attempt_a_helper_reaped_is_counted_through_the_helper() -> None:
+    # The spawn server's part, played by a plain process: it starts the attempt in a
+    # session of its own, reaps it, and lives on. The attempt's time then sits in the
+    # helper's cutime, not in anything of ours.
+    helper = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys\n"
+         f"child = subprocess.Popen({burn(0.3)!r}, start_new_session=True)\n"
+         "print(child.pid, flush=True)\n"
+         "child.wait()\n"
+         "print('reaped', flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert helper.stdout is not None and helper.stdin is not None
+    try:
+        running = [int(helper.stdout.readline())]
+        counted = AttemptCpu(lambda: running, cpu_count=1, parents=lambda: [helper.pid])
+        blind = AttemptCpu(lambda: running, cpu_count=1)
+        start, blind_start = counted.seconds(), blind.seconds()
+        assert helper.stdout.readline() == "reaped\n"
+        running.clear()
+        assert counted.seconds() - start >= 0.3 - ROUNDING
+        assert blind.seconds() - blind_start < ROUNDING  # what the helper's parent alone sees
+    finally:
+        helper.stdin.close()
+        helper.wait()
+
+
 def test_a_load_sample_tells_our_share_from_the_rest() -> None:
     with spawned(SPIN) as ours, spawned(SPIN) as theirs:
         sampler = LoadSampler(lambda: [ours.pid])
@@ -161,6 +189,12 @@ def test_the_scan_counts_processes_by_session_or_group(tmp_path: Path) -> None:
     write_stat(tmp_path, 200, 200, 200, (1000, 0, 0, 0))  # someone else
     (tmp_path / "self").mkdir()
     assert GroupScan(str(tmp_path)).seconds([100]) == (40 + 30 + 40) / TICKS
+
+
+def test_a_helper_counts_for_the_children_it_reaped_not_for_itself(tmp_path: Path) -> None:
+    write_stat(tmp_path, 300, 300, 300, (70, 5, 20, 6))
+    assert reaped_by([300], str(tmp_path)) == (20 + 6) / TICKS
+    assert reaped_by([300, 301], str(tmp_path)) == (20 + 6) / TICKS  # 301 is gone
 
 
 def test_a_pid_found_foreign_is_read_again_only_once_the_kernel_may_have_reused_it(

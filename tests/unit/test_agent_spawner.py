@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from agent.cgroups import AttemptGroup, Cgroups
+from agent.cpushare import TICKS, AttemptCpu
 from agent.spawner import Spawner
 from mesh import reasons
 from mesh.schema import ActionId
@@ -184,3 +186,22 @@ async def test_the_end_of_a_forgotten_process_is_not_taken_for_a_later_ones(
     assert ends == []
     os.killpg(later.pid, signal.SIGKILL)
     assert await asyncio.wait_for(later.ended, 10) == -signal.SIGKILL
+
+
+async def test_the_cpu_of_an_attempt_the_server_reaped_counts_as_the_mesh_own(
+        machine: Cgroups) -> None:
+    # The server, not the agent, reaps the attempt: its time is in the server's cutime,
+    # which the agent's load sample must count, or the mesh's own work reads as load from
+    # outside it and keeps further work off the machine.
+    sinks = RecordingSinks()
+    async with executor(sinks) as ex:
+        share = AttemptCpu(ex.process_groups, cpu_count=1, parents=ex.attempt_parents)
+        start = share.seconds()
+        burn = f"{sys.executable} -c 'import time\nwhile time.process_time() < 0.3: pass'"
+        await ex.start(shell(burn, "b1"))
+        await ended(sinks, "b1")
+        assert ex.spawner_pid is not None, "attempts here start through a spawn server"
+        assert not ex.process_groups()
+        assert share.seconds() - start >= 0.3 - 3 / TICKS
+    end = sinks.end("b1")
+    assert end is not None and end.stage == "succeeded", end

@@ -458,6 +458,8 @@ class Executor:
     async def _drain(self, attempt: _Attempt) -> None:
         """Wait for both pipes to reach EOF, however long the output keeps flowing."""
         child = attempt.child
+        if child.pipes_closed.done():
+            return  # as for most: both pipes reached EOF by the time the exit was seen
         hunted = False
         while True:
             seen = child.bytes_read

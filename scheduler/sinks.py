@@ -29,14 +29,15 @@ class EventBook:
         self._events: dict[ActionId, list[StageEvent]] = defaultdict(list)
         # Actions whose every event is in `_events` (seq 1 onwards).
         self._whole: set[ActionId] = set()
-        self._waiters: dict[ActionId, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[ActionId, set[asyncio.Future[None]]] = defaultdict(set)
 
     def emit(self, event: StageEvent) -> None:
         self._events[event.action_id].append(event)
         if event.seq == 1:
             self._whole.add(event.action_id)
         for waiter in self._waiters.pop(event.action_id, ()):
-            waiter.set()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def forget(self, action_id: ActionId) -> None:
         # Read from the store again if asked for (it has them until retention deletes them).
@@ -64,13 +65,16 @@ class EventBook:
         found = self.since(action_id, after)
         if found or timeout <= 0:
             return found
-        waiter = asyncio.Event()
+        # A bare future with a timer, not wait_for around Event.wait(): the waiting call
+        # then resumes one turn of the event loop after the event, not three.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters[action_id].add(waiter)
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except TimeoutError:
-            pass
+            await waiter
         finally:
+            timer.cancel()
             waiting = self._waiters.get(action_id)
             if waiting is not None:
                 waiting.discard(waiter)
@@ -87,6 +91,11 @@ class EventBook:
         while (found := check()) is None and (left := deadline - loop.time()) > 0:
             await self.wait(action_id, len(self._all(action_id)), left)
         return found
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class QuotaLog:

@@ -45,7 +45,9 @@ class AgentActor:
         # A fresh token per agent process: the reaper of a dead agent on this node must not
         # match a new agent's actions, nor the other way round.
         self.uplink = SchedulerLink(self.scheduler, self.agent_id, self._start_all,
-                                    self._stop, use_stream=config.link == "stream")
+                                    self._stop, use_stream=config.link == "stream",
+                                    linger=config.report_linger,
+                                    holds_work=lambda: self.backlog.holds_work())
         self.executor = Executor(self.agent_id, uuid.uuid4().hex, config, self.uplink,
                                  RelayLogs(NamedActor(RELAY)))
         self.uplink.on_recorded = self.executor.recorded

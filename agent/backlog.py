@@ -95,6 +95,10 @@ class Backlog:
             return "unknown"  # (not held here: it started, or ended, or never came)
         return await self._executor.cancel(action_id, attempt, reason)
 
+    def holds_work(self) -> bool:
+        """Whether a start waits here for room: the next free slot is taken at once."""
+        return bool(self._waiting)
+
     def pending(self) -> int:
         """Starts held or on their way."""
         return len(self._waiting) + len(self._starting)

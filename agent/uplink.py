@@ -35,6 +35,8 @@ MAX_QUEUED_REPORTS = 10_000
 # Bytes of reports in one message: a backlog's message stays far below the scheduler's
 # limit (a report's reason is cut to REASON_CHARS where it is made).
 REPORT_BYTES = MAX_UP // 4
+# Reports that go at once, lingering or not: enough to make a message worth its cost.
+LINGER_REPORTS = 32
 LOOKUP_BACKOFF = 0.5
 # Seconds to wait for the stream to be admitted.
 CONNECT_TIMEOUT = 5.0
@@ -59,6 +61,11 @@ class SchedulerLink:
     scheduler sends (on the answer to an end report, or unasked) goes to `on_assignments`,
     a stop to `on_stop`, and a report the scheduler answers as written to `on_recorded`.
 
+    While `holds_work()` says the agent has started work waiting for its next free slot,
+    reports wait up to `linger` seconds to go out together: no slot waits on their answers
+    then, and a message, its answer and the scheduler's step and write are each paid once
+    for several. Load and stop outcomes never wait, and take what waits with them.
+
     The usual path is the stream, opened with the grant the scheduler hands the agent over
     Ray. Reports sent on it stay unanswered until their answer arrives; when it breaks they
     are sent again (the scheduler fences reports by attempt and stage, so a repeat is
@@ -69,13 +76,17 @@ class SchedulerLink:
 
     def __init__(self, scheduler: NamedActor, agent_id: AgentId,
                  on_assignments: Assignments | None = None,
-                 on_stop: StopHandler | None = None, use_stream: bool = True) -> None:
+                 on_stop: StopHandler | None = None, use_stream: bool = True,
+                 linger: float = 0.0, holds_work: Callable[[], bool] = lambda: False) -> None:
         self.scheduler = scheduler
         self.agent_id = agent_id
         self.on_assignments = on_assignments
         self.on_stop = on_stop
         self.on_recorded: Recorded | None = None
         self.use_stream = use_stream
+        self.linger = linger
+        self.holds_work = holds_work
+        self._lingering: asyncio.TimerHandle | None = None
         self._grant: LinkGrant | None = None
         self._queue: deque[tuple[AttemptReport, int]] = deque()
         self._unanswered: deque[AttemptReport] = deque()
@@ -100,6 +111,8 @@ class SchedulerLink:
         """Stop sending: close the stream and end the background tasks."""
         self.use_stream = False
         self._closed = True
+        if self._lingering is not None:
+            self._lingering.cancel()
         tasks = [t for t in (self._connector, self._reader, self._pump, *self._tasks)
                  if t is not None]
         for task in tasks:
@@ -141,9 +154,28 @@ class SchedulerLink:
         return bool(self._queue or self._load is not None or self._stopped)
 
     def _kick(self) -> None:
-        if self._closed:
+        if self._closed or not self._pending() or (self._pump is not None
+                                                   and not self._pump.done()):
             return
-        if self._pending() and (self._pump is None or self._pump.done()):
+        if self._may_wait():
+            if self._lingering is None:
+                self._lingering = asyncio.get_running_loop().call_later(
+                    self.linger, self._lingered)
+            return
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    def _may_wait(self) -> bool:
+        """Whether what is pending may wait for more: reports alone, short of a message's
+        worth, while the agent holds work for its next free slot."""
+        return (self.linger > 0 and self._load is None and not self._stopped
+                and len(self._queue) < LINGER_REPORTS and self.holds_work())
+
+    def _lingered(self) -> None:
+        self._lingering = None
+        if not self._closed and self._pending() and (self._pump is None or self._pump.done()):
             self._pump = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:

@@ -915,9 +915,18 @@ class MeshConfig(Model):
     backlog_turnover: float = Field(
         0.25, ge=0, le=3600,
         description="an agent whose latest attempts each ended within this many seconds of "
-        "being assigned is handed, while work waits, up to one more attempt per CPU ahead "
-        "of a free slot, to start as soon as one frees (bursts of short actions keep its "
-        "CPUs busy); 0: never")
+        "being assigned is handed, while work waits, up to backlog_depth more attempts per "
+        "CPU ahead of a free slot, to start as soon as one frees (bursts of short actions "
+        "keep its CPUs busy); 0: never")
+    backlog_depth: float = Field(
+        3.0, ge=1, le=16,
+        description="attempts per CPU a fast agent may hold ahead of its free slots: enough "
+        "to keep its CPUs busy while its end reports gather (report_linger) and travel")
+    report_linger: float = Field(
+        0.003, ge=0, le=1,
+        description="while an agent holds started work for its next free slot (so no slot "
+        "waits on the answer), its end reports wait up to this many seconds to go to the "
+        "scheduler together; 0: each at once")
     head_agent: bool = Field(True, description="run an agent on the head node too")
     log_dir: str | None = Field(
         None, description="where the relay keeps logs (default: <state_dir>/logs); on a disk "

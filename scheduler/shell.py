@@ -87,7 +87,8 @@ class Scheduler:
                                    capacity_percent=config.capacity_percent,
                                    cpu_busy_percent=config.cpu_busy_percent, sink=self.book,
                                    quota_sink=QuotaLog(), archive=self.store,
-                                   backlog_turnover=config.backlog_turnover)
+                                   backlog_turnover=config.backlog_turnover,
+                                   backlog_depth=config.backlog_depth)
         self.waits = Waits(self.core, self.book, clock)
         self.journal = JournalReads(self.store)
         self.telemetry = Telemetry(metrics or Discard(), clock())

@@ -67,7 +67,7 @@ class SchedulerState:
                  cpu_busy_percent: float = 95.0, sink: EventSink | None = None,
                  quota_options: QuotaOptions | None = None, quirks: Quirks | None = None,
                  quota_sink: QuotaSink | None = None, archive: Archive | None = None,
-                 backlog_turnover: float = 0.0) -> None:
+                 backlog_turnover: float = 0.0, backlog_depth: float = 1.0) -> None:
         self.groups = Groups(capacity_percent)
         # Finished actions a restart did not load: asked for when an id is not in memory.
         self._archive: Archive = archive or NoArchive()
@@ -82,7 +82,7 @@ class SchedulerState:
         self._fleet = Fleet(agents, self.groups, self._placer, self._quota, self._ledger,
                             self._life, self._judge)
         self._stepper = Stepper(self._fleet, self._placer, self._quota, self._ledger,
-                                self._life, backlog_turnover)
+                                self._life, backlog_turnover, backlog_depth)
         self.accounts = Accounts(self._quota, self._ledger)
 
     @property

@@ -26,21 +26,23 @@ class Stepper:
 
     `backlog_turnover`: an agent whose latest attempts each held their place no longer
     than this many seconds is handed, while work still waits after the quota pass, up to
-    one more attempt per CPU ahead of a free slot; it starts each as soon as a running one
-    ends, so a short action's slot does not idle for the round trip of its end report and
-    the next start. 0: never. Slow turnover keeps the agent out, and work held there past
+    `backlog_depth` more attempts per CPU ahead of a free slot; it starts each as soon as a
+    running one ends, so a short action's slot does not idle for the round trip of its end
+    report and the next start. 0: never. Slow turnover keeps the agent out, and work held there past
     the turnover is taken back, so that work does not wait behind a long attempt while
     another agent could take it.
     """
 
     def __init__(self, fleet: Fleet, placer: Placer, quota: QuotaScheduler, ledger: Ledger,
-                 life: Lifecycle, backlog_turnover: float = 0.0) -> None:
+                 life: Lifecycle, backlog_turnover: float = 0.0,
+                 backlog_depth: float = 1.0) -> None:
         self.fleet = fleet
         self.placer = placer
         self.quota = quota
         self.ledger = ledger
         self.life = life
         self.backlog_turnover = backlog_turnover
+        self.backlog_depth = backlog_depth
         # The agents that may hold work ahead of a slot, so that a step over a large fleet
         # looks at those alone: the ones the backlog pass handed work to, and those that
         # joined since (their holdings may have held starts). None: every agent, as after
@@ -83,15 +85,16 @@ class Stepper:
 
     def _fill_backlogs(self, now: float) -> list[QuotaAssignment]:
         """The backlog pass: matching alone, over room lent to the agents whose slots turn
-        over fast (their CPUs once more), in the order the quota pass keeps. It runs after
-        the quota pass, so work takes a free slot anywhere before a place in a backlog."""
+        over fast (their CPUs `backlog_depth` times), in the order the quota pass keeps. It
+        runs after the quota pass, so work takes a free slot anywhere before a place in a
+        backlog."""
         lent: list[Worker] = []
         try:
             for agent in self._fast_agents():
                 worker = self.quota.workers.get(agent.agent_id)
                 if worker is not None and self._turns_over(worker, now):
                     lent.append(worker)
-                    worker.spare = agent.cpu_capacity
+                    worker.spare = agent.cpu_capacity * self.backlog_depth
             if not lent:
                 return []
             takes = self._takes_work(now)

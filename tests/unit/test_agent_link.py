@@ -15,7 +15,7 @@ import pytest
 from grpc import aio
 
 from agent.links import NamedActor
-from agent.uplink import SchedulerLink
+from agent.uplink import LINGER_REPORTS, SchedulerLink
 from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, ReportAnswer
 from mesh.schema import Action, ActionId, AgentId, AgentInfo, Load, MeshConfig
 from mesh.v1 import MAX_UP
@@ -159,8 +159,9 @@ async def agent_side(serve: Serve) -> AsyncIterator[AgentSide]:
     def make(ray_side: FakeSchedulerHandle,
              on_assignments: Callable[[list[Assignment]], None] | None = None,
              on_stop: Callable[[ActionId, int, str, bool], Awaitable[CancelOutcome]] | None = None,
-             ) -> SchedulerLink:
-        link = SchedulerLink(Preset(ray_side), AgentId("n1"), on_assignments, on_stop)
+             agent_id: str = "n1", **options: Any) -> SchedulerLink:
+        link = SchedulerLink(Preset(ray_side), AgentId(agent_id), on_assignments, on_stop,
+                             **options)
         links.append(link)
         return link
 
@@ -495,6 +496,63 @@ async def test_stops_and_load_ride_the_stream(serve: Serve, agent_side: AgentSid
     await async_wait_until(lambda: list(handler.loads), bool, what="the load at the server")
     assert handler.loads == [("n1", sample)] and ray_side.loads == []
     assert not served.server.stop(Stop(ActionId("a1"), 1, AgentId("n2"), "x")), "no stream"
+
+
+async def test_while_the_agent_holds_work_its_reports_wait_to_go_together(
+        serve: Serve, agent_side: AgentSide) -> None:
+    handler = Recorder()
+    served = await serve(handler)
+    holding = True
+    link = agent_side(FakeSchedulerHandle(), linger=30.0, holds_work=lambda: holding)
+    other = agent_side(FakeSchedulerHandle(), agent_id="n2", linger=30.0,
+                       holds_work=lambda: False)
+    await opened(link, served.grant())
+    await opened(other, served.grant("n2"))
+    first, second = reports(2)
+    link.report(first)
+    # Reported after it, from an agent holding nothing: it goes at once, the first waits.
+    later = report("b0", 1, "n2", "running")
+    other.report(later)
+    await async_wait_until(lambda: list(handler.seen), lambda seen: later in seen,
+                           what="the report of the agent that holds nothing")
+    assert first not in handler.seen
+    # The held work ran out: what waits goes with the next report, well before the linger.
+    holding = False
+    link.report(second)
+    await async_wait_until(lambda: list(handler.seen), lambda seen: second in seen,
+                           what="both reports")
+    assert handler.seen == [later, first, second] and handler.batches[-1] == 2
+
+
+async def test_load_does_not_wait_and_takes_waiting_reports_along(
+        serve: Serve, agent_side: AgentSide) -> None:
+    handler = Recorder()
+    served = await serve(handler)
+    link = agent_side(FakeSchedulerHandle(), linger=30.0, holds_work=lambda: True)
+    await opened(link, served.grant())
+    sent = reports(2)
+    for r in sent:
+        link.report(r)
+    sample = load(cpu_percent=50.0, at=4.0)
+    link.load(sample)
+    await async_wait_until(lambda: list(handler.loads), bool, what="the load at the server")
+    await async_wait_until(lambda: list(handler.seen), lambda seen: seen == sent,
+                           what="the reports that waited")
+    assert handler.loads == [("n1", sample)]
+
+
+async def test_a_message_worth_of_reports_does_not_wait(
+        serve: Serve, agent_side: AgentSide) -> None:
+    handler = Recorder()
+    served = await serve(handler)
+    link = agent_side(FakeSchedulerHandle(), linger=30.0, holds_work=lambda: True)
+    await opened(link, served.grant())
+    sent = reports(LINGER_REPORTS)
+    for r in sent:
+        link.report(r)
+    await async_wait_until(lambda: list(handler.seen), lambda seen: seen == sent,
+                           what="a message's worth of reports, before the linger ends")
+    assert handler.batches == [LINGER_REPORTS]
 
 
 async def test_with_a_certificate_the_stream_is_tls_and_plaintext_is_refused(

@@ -15,8 +15,9 @@ from tests.builders import action, agent, aid, load, nid, report, restarted
 TURNOVER = 0.25
 
 
-def core_with(*agents: tuple[str, float], turnover: float = TURNOVER) -> SchedulerState:
-    core = SchedulerState(stale_after=1e9, backlog_turnover=turnover)
+def core_with(*agents: tuple[str, float], turnover: float = TURNOVER,
+              depth: float = 1.0) -> SchedulerState:
+    core = SchedulerState(stale_after=1e9, backlog_turnover=turnover, backlog_depth=depth)
     for agent_id, cpus in agents:
         join(core, agent_id, cpus)
     return core
@@ -64,6 +65,17 @@ def test_an_agent_whose_slots_turn_over_fast_takes_one_more_attempt_per_cpu() ->
     assert core.step(t) == []  # nothing more until one ends
     core.report(report("a0", 1, "n1", "succeeded", exit_code=0), t + 0.01)
     assert [s.action_id for s in starts(core.step(t + 0.01))] == ["a4"]
+
+
+def test_a_deeper_backlog_holds_that_many_attempts_per_cpu() -> None:
+    core = core_with(("n1", 2), depth=3)
+    t = run_through(core, TURNOVER_SAMPLES, 0.0, hold=0.01)
+    core.submit([action(f"a{i}") for i in range(10)], t)
+    first = starts(core.step(t))
+    assert len(first) == 8  # two to run now, six held: three per CPU
+    assert {core.assignment(s).within_cpus for s in first} == {2.0}  # still runs two
+    core.report(report("a0", 1, "n1", "succeeded", exit_code=0), t + 0.01)
+    assert [s.action_id for s in starts(core.step(t + 0.01))] == ["a8"]
 
 
 def test_no_backlog_until_enough_attempts_have_ended_fast() -> None:

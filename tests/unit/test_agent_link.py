@@ -524,12 +524,18 @@ async def test_while_the_agent_holds_work_its_reports_wait_to_go_together(
     assert handler.seen == [later, first, second] and handler.batches[-1] == 2
 
 
-async def test_load_does_not_wait_and_takes_waiting_reports_along(
-        serve: Serve, agent_side: AgentSide) -> None:
+async def lingering(serve: Serve, agent_side: AgentSide) -> tuple[Recorder, SchedulerLink]:
+    """Agent n1's open link, whose reports may wait 30 s: it always holds work."""
     handler = Recorder()
     served = await serve(handler)
     link = agent_side(FakeSchedulerHandle(), linger=30.0, holds_work=lambda: True)
     await opened(link, served.grant())
+    return handler, link
+
+
+async def test_load_does_not_wait_and_takes_waiting_reports_along(
+        serve: Serve, agent_side: AgentSide) -> None:
+    handler, link = await lingering(serve, agent_side)
     sent = reports(2)
     for r in sent:
         link.report(r)
@@ -543,10 +549,7 @@ async def test_load_does_not_wait_and_takes_waiting_reports_along(
 
 async def test_a_message_worth_of_reports_does_not_wait(
         serve: Serve, agent_side: AgentSide) -> None:
-    handler = Recorder()
-    served = await serve(handler)
-    link = agent_side(FakeSchedulerHandle(), linger=30.0, holds_work=lambda: True)
-    await opened(link, served.grant())
+    handler, link = await lingering(serve, agent_side)
     sent = reports(LINGER_REPORTS)
     for r in sent:
         link.report(r)

@@ -91,14 +91,14 @@ class ChildProcess:
             self.close_pipes()
             raise
 
-    def spawn_in(self, spawner: Spawner, groups: Sequence[Path], program: str,
-                 argv: Sequence[str], cwd: str, env: dict[str, str]) -> None:
+    async def spawn_in(self, spawner: Spawner, groups: Sequence[Path], program: str,
+                       argv: Sequence[str], cwd: str, env: dict[str, str]) -> None:
         """Start it through the spawn server, born in `groups` (their cgroup.procs files),
         in a session of its own; `program` is the file to exec. Raises what exec would."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            self.pid = spawner.spawn(program, argv, cwd, env, groups, out_w, err_w)
+            self.pid = await spawner.spawn(program, argv, cwd, env, groups, out_w, err_w)
         except BaseException:
             os.close(out_r)
             os.close(err_r)

@@ -228,8 +228,9 @@ class Executor:
         A repeated start of a known attempt is ignored; a start of a newer attempt of an
         action this agent still runs supersedes (cancels) the older one.
         """
-        # First, and awaited only here: after it, nothing awaits until the attempt is
-        # recorded, so a repeated start or a cancel cannot slip in between.
+        # Awaited here, and for the spawn's answer alone after it. The attempt is admitted
+        # before the spawn, so a repeated start meanwhile finds it and is ignored, and a
+        # stop asked for meanwhile is carried out by its supervisor as soon as it runs.
         await self.prepare()
         if self._closed:
             raise RuntimeError("the agent is shutting down and takes no new attempts")
@@ -280,8 +281,8 @@ class Executor:
             await self._not_started(attempt, f"could not make its control group: {exc}")
             return
         try:
-            self._launcher.launch(attempt.child, attempt.group, self.user, command, workdir,
-                                  env)
+            await self._launcher.launch(attempt.child, attempt.group, self.user, command,
+                                        workdir, env)
         except SpawnerGone as exc:
             # It may have started: whatever it left in its group goes with the group. The
             # action did not run here, so it waits for another start at no cost to it.

@@ -45,8 +45,8 @@ class Launcher:
             return
         self.spawner = spawner
 
-    def launch(self, child: ChildProcess, group: AttemptGroup | None, user: RunAs,
-               command: list[str], workdir: str, env: dict[str, str]) -> None:
+    async def launch(self, child: ChildProcess, group: AttemptGroup | None, user: RunAs,
+                     command: list[str], workdir: str, env: dict[str, str]) -> None:
         """Start `command` as `child`, inside `group` from its first instruction; raises
         what exec would (OSError), SpawnerGone if the spawn server failed it."""
         switched = user.switches
@@ -55,8 +55,8 @@ class Launcher:
             # Found as the agent's user, who is the one that will exec it.
             program = self._programs.find(command[0], env.get("PATH", ""), workdir)
             if self.spawner is not None and group is not None:
-                child.spawn_in(self.spawner, group.procs_files(), program, command,
-                               os.path.abspath(workdir), env)
+                await child.spawn_in(self.spawner, group.procs_files(), program, command,
+                                     os.path.abspath(workdir), env)
                 return
         # Another user enters its working directory itself (the gate's `cd`): Popen
         # would enter it as the agent, past directories that user may not pass.

@@ -9,11 +9,13 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +43,9 @@ class _Watch:
 
 class Spawner:
     """Spawns attempts through one server process, started on first use and again after it
-    dies. Runs on the agent's event loop: each spawn waits for its answer (as Popen waits
-    for its child's exec), and each end the server reports goes to the pid's watcher.
+    dies. Runs on the agent's event loop: a spawn's answer (the pid, once the child has
+    exec'd, or the errno) comes through the loop's reader like the ends the server reports,
+    so the loop runs on while the server spawns; each end goes to the pid's watcher.
 
     When the server dies, the attempts it started run on as orphans: their watchers are
     told (`orphaned`), to watch the processes themselves, their exit statuses lost.
@@ -58,6 +61,8 @@ class Spawner:
         # Pids whose end nobody waits for: theirs must not be taken for a later process's
         # that gets the same pid.
         self._forgotten: set[int] = set()
+        # The spawns sent and not yet answered, oldest first: the server answers in order.
+        self._asked: deque[asyncio.Future[dict[str, Any]]] = deque()
         self._stdin = os.open(os.devnull, os.O_RDONLY)
 
     @property
@@ -83,10 +88,12 @@ class Spawner:
         asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
         log.info("spawn server %d started", ready["ready"])
 
-    def spawn(self, path: str, argv: Sequence[str], cwd: str, env: dict[str, str],
-              groups: Sequence[Path], stdout: int, stderr: int) -> int:
+    async def spawn(self, path: str, argv: Sequence[str], cwd: str, env: dict[str, str],
+                    groups: Sequence[Path], stdout: int, stderr: int) -> int:
         """Start `path` (`argv`) in `cwd`, in its own session, born in `groups` (their
-        cgroup.procs files); its pid. Raises what exec would (OSError), or SpawnerGone."""
+        cgroup.procs files); its pid. Raises what exec would (OSError), or SpawnerGone.
+        The descriptors are the server's once this returns or raises: the caller may close
+        its own at once."""
         self.start()
         assert self._sock is not None
         data = frame({"path": path, "argv": list(argv), "cwd": cwd, "env": env,
@@ -99,10 +106,29 @@ class Spawner:
         except OSError as exc:
             self._lost(f"the spawn server could not be reached: {exc}")
             raise SpawnerGone(f"the spawn server could not be reached: {exc}") from None
-        answer = self._answer("pid", "errno")
+        asked: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asked.append(asked)
+        try:
+            # Shielded: the answer must still be taken in its turn, whatever the waiter.
+            answer = await asyncio.wait_for(asyncio.shield(asked), ANSWER_TIMEOUT)
+        except TimeoutError:
+            self._lost("the spawn server did not answer in time")
+            raise SpawnerGone("the spawn server did not answer in time") from None
+        except asyncio.CancelledError:
+            asked.add_done_callback(self._unwanted)
+            raise
         if "pid" in answer:
             return int(answer["pid"])
         raise OSError(answer["errno"], answer["strerror"], answer["filename"])
+
+    def _unwanted(self, asked: asyncio.Future[dict[str, Any]]) -> None:
+        """A spawn whose caller went away meanwhile: what it started must not run unseen."""
+        if asked.cancelled() or asked.exception() is not None or "pid" not in asked.result():
+            return
+        pid = int(asked.result()["pid"])
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        self.forget(pid)
 
     def watch(self, pid: int, exited: Callable[[int], None],
               orphaned: Callable[[], None]) -> None:
@@ -180,6 +206,11 @@ class Spawner:
             self._ended(message)
 
     def _ended(self, message: dict[str, Any]) -> None:
+        if ("pid" in message or "errno" in message) and self._asked:
+            asked = self._asked.popleft()
+            if not asked.done():
+                asked.set_result(message)
+            return
         if "exit" not in message:
             log.error("unexpected message from the spawn server: %r", message)
             return
@@ -211,6 +242,10 @@ class Spawner:
                           process.returncode)
         self._early.clear()
         self._forgotten.clear()
+        asked, self._asked = self._asked, deque()
+        for spawn in asked:
+            if not spawn.done():
+                spawn.set_exception(SpawnerGone(why or "the spawn server was closed"))
         watches, self._watches = self._watches, {}
         for watch in watches.values():
             watch.orphaned()

@@ -40,18 +40,25 @@ async def spawner(machine: Cgroups) -> AsyncIterator[Spawner]:
 class Ran:
     """One process spawned through the server: its output and its end."""
 
-    def __init__(self, spawner: Spawner, group: AttemptGroup, argv: list[str], cwd: str,
-                 env: dict[str, str]) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.ended: asyncio.Future[int | None] = self.loop.create_future()
+    def __init__(self, spawner: Spawner, pid: int, out: int) -> None:
+        self.pid = pid
+        self.ended: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self.out = os.fdopen(out, "rb")
+        spawner.watch(pid, self._exited, lambda: self.ended.set_result(None))
+
+    @classmethod
+    async def start(cls, spawner: Spawner, group: AttemptGroup, argv: list[str], cwd: str,
+                    env: dict[str, str]) -> Ran:
         out_r, out_w = os.pipe()
         try:
-            self.pid = spawner.spawn(argv[0], argv, cwd, env, group.procs_files(), out_w,
-                                     out_w)
+            pid = await spawner.spawn(argv[0], argv, cwd, env, group.procs_files(), out_w,
+                                      out_w)
+        except BaseException:
+            os.close(out_r)
+            raise
         finally:
             os.close(out_w)
-        self.out = os.fdopen(out_r, "rb")
-        spawner.watch(self.pid, self._exited, lambda: self.ended.set_result(None))
+        return cls(spawner, pid, out_r)
 
     def _exited(self, code: int) -> None:
         self.ended.set_result(code)
@@ -63,7 +70,7 @@ class Ran:
 async def test_a_child_is_born_in_its_groups_in_a_session_of_its_own(
         spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
     group = machine.take(None, None)
-    ran = Ran(spawner, group, ["/bin/sh", "-c", PROBE], str(tmp_path), {"X": "y"})
+    ran = await Ran.start(spawner, group, ["/bin/sh", "-c", PROBE], str(tmp_path), {"X": "y"})
     text = await ran.output()
     assert await ran.ended == 3
     lines = text.splitlines()
@@ -89,27 +96,28 @@ async def test_what_exec_refuses_is_raised_as_exec_raises_it(
         spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
     group = machine.take(None, None)
     with pytest.raises(FileNotFoundError):
-        Ran(spawner, group, [str(tmp_path / "nothing-here")], str(tmp_path), {})
+        await Ran.start(spawner, group, [str(tmp_path / "nothing-here")], str(tmp_path), {})
     with pytest.raises(FileNotFoundError) as raised:
-        Ran(spawner, group, ["/bin/true"], str(tmp_path / "no-dir"), {})
+        await Ran.start(spawner, group, ["/bin/true"], str(tmp_path / "no-dir"), {})
     assert raised.value.filename == str(tmp_path / "no-dir")
     assert group.empty()
     # The server still serves.
-    ran = Ran(spawner, group, ["/bin/true"], str(tmp_path), {})
+    ran = await Ran.start(spawner, group, ["/bin/true"], str(tmp_path), {})
     assert await ran.ended == 0
 
 
 async def test_children_of_a_server_that_died_are_handed_over_and_the_next_spawn_restarts_it(
         spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
     group = machine.take(None, None)
-    ran = Ran(spawner, group, ["/bin/sleep", "30"], str(tmp_path), {})
+    ran = await Ran.start(spawner, group, ["/bin/sleep", "30"], str(tmp_path), {})
     first = spawner.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
     assert await asyncio.wait_for(ran.ended, 10) is None  # orphaned: watched from here now
     assert not exited(ran.pid)  # and it runs on
     os.killpg(ran.pid, signal.SIGKILL)
-    again = Ran(spawner, machine.take(None, None), ["/bin/true"], str(tmp_path), {})
+    again = await Ran.start(spawner, machine.take(None, None), ["/bin/true"], str(tmp_path),
+                            {})
     assert spawner.pid not in (None, first)
     assert await again.ended == 0
 
@@ -147,24 +155,52 @@ def _members(group: AttemptGroup) -> set[int]:
             for p in (path / "cgroup.procs").read_text().split()}
 
 
-async def test_an_end_a_spawn_read_first_does_not_stall_the_reader(
+async def test_an_end_read_with_a_spawns_answer_is_passed_on(
         spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
-    # The loop saw the server's socket readable, then a spawn, run first in the same turn,
-    # read what was there while waiting for its answer; the reader must not then block.
-    first = Ran(spawner, machine.take(None, None), ["/bin/true"], str(tmp_path), {})
+    first = await Ran.start(spawner, machine.take(None, None), ["/bin/true"], str(tmp_path),
+                            {})
     # Reaped by the server, which then sends its end; waited for without a turn of the
-    # loop, so that end stays unread.
+    # loop, so that end is still unread when the next answer comes behind it.
     wait_until(lambda: os.path.exists(f"/proc/{first.pid}"), lambda alive: not alive,
                what=f"process {first.pid} to be reaped", interval=0.001)
-    second: list[Ran] = []
-    # Long-lived: nothing more comes from the server that would unblock a stalled reader
-    # (the test's timeout fails it then).
-    asyncio.get_running_loop().call_soon(lambda: second.append(
-        Ran(spawner, machine.take(None, None), ["/bin/sleep", "60"], str(tmp_path), {})))
+    # Long-lived: nothing more comes from the server that would pass a stuck end on.
+    second = await Ran.start(spawner, machine.take(None, None), ["/bin/sleep", "60"],
+                             str(tmp_path), {})
     assert await asyncio.wait_for(first.ended, 10) == 0
-    await asyncio.sleep(0)  # a turn of the loop: the reader runs
-    os.killpg(second[0].pid, signal.SIGKILL)
-    assert await asyncio.wait_for(second[0].ended, 10) == -signal.SIGKILL
+    os.killpg(second.pid, signal.SIGKILL)
+    assert await asyncio.wait_for(second.ended, 10) == -signal.SIGKILL
+
+
+async def test_spawns_sent_together_are_answered_each_with_its_own_pid(
+        spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
+    # The loop runs on while the server spawns: several spawns may wait at once.
+    scripts = [f"echo {i}" for i in range(5)]
+    ran = await asyncio.gather(*(
+        Ran.start(spawner, machine.take(None, None), ["/bin/sh", "-c", script],
+                  str(tmp_path), {}) for script in scripts))
+    assert len({r.pid for r in ran}) == len(scripts)
+    assert [await r.output() for r in ran] == [f"{i}\n" for i in range(len(scripts))]
+    assert [await asyncio.wait_for(r.ended, 10) for r in ran] == [0] * len(scripts)
+
+
+async def test_a_spawn_whose_caller_went_away_does_not_leave_its_process_running(
+        spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
+    group = machine.take(None, None)
+    out_r, out_w = os.pipe()
+    asking = asyncio.ensure_future(spawner.spawn(
+        "/bin/sleep", ["sleep", "60"], str(tmp_path), {}, group.procs_files(), out_w, out_w))
+    await asyncio.sleep(0)  # a turn of the loop: the request goes out
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    os.close(out_w)
+    os.close(out_r)
+    # Answers come in order: once a later spawn has its own, the first's has been taken.
+    later = await Ran.start(spawner, machine.take(None, None), ["/bin/true"], str(tmp_path),
+                            {})
+    assert await asyncio.wait_for(later.ended, 10) == 0
+    await async_wait_until(lambda: _members(group), lambda members: not members,
+                           what="the unwanted process to be killed")
 
 
 async def test_the_end_of_a_forgotten_process_is_not_taken_for_a_later_ones(
@@ -172,15 +208,16 @@ async def test_the_end_of_a_forgotten_process_is_not_taken_for_a_later_ones(
     group = machine.take(None, None)
     out_r, out_w = os.pipe()
     try:
-        pid = spawner.spawn("/bin/true", ["true"], str(tmp_path), {}, group.procs_files(),
-                            out_w, out_w)
+        pid = await spawner.spawn("/bin/true", ["true"], str(tmp_path), {},
+                                  group.procs_files(), out_w, out_w)
     finally:
         os.close(out_w)
         os.close(out_r)
     spawner.forget(pid)  # as an abandoned start does
     wait_until(lambda: os.path.exists(f"/proc/{pid}"), lambda alive: not alive,
                what=f"process {pid} to be reaped")
-    later = Ran(spawner, group, ["/bin/sleep", "60"], str(tmp_path), {})  # reads that end
+    # Its start reads the forgotten end.
+    later = await Ran.start(spawner, group, ["/bin/sleep", "60"], str(tmp_path), {})
     ends: list[int] = []
     spawner.watch(pid, ends.append, lambda: None)  # as if `later` had got the same pid
     assert ends == []

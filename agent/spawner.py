@@ -84,7 +84,7 @@ class Spawner:
             theirs.close()
         self._sock = ours
         self._buffer.clear()
-        ready = self._answer("ready")
+        ready = self._ready()
         asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
         log.info("spawn server %d started", ready["ready"])
 
@@ -152,30 +152,21 @@ class Spawner:
 
     # ---- the server's frames ----------------------------------------------------------------
 
-    def _answer(self, *keys: str) -> dict[str, Any]:
-        """The next frame with one of `keys`; the ends that come before it passed on."""
+    def _ready(self) -> dict[str, Any]:
+        """The started server's first frame, which says it is ready (waited for here: until
+        it comes, nothing can be spawned)."""
         deadline = time.monotonic() + ANSWER_TIMEOUT
-        while True:
-            while (message := self._frame()) is not None:
-                if any(k in message for k in keys):
-                    # Ends read with it are passed on now: no more bytes may come to
-                    # wake the reader for them.
-                    while (later := self._frame()) is not None:
-                        self._ended(later)
-                    return message
-                self._ended(message)
+        while (message := self._frame()) is None:
             assert self._sock is not None
             left = deadline - time.monotonic()
             ready = select.select([self._sock], [], [], max(left, 0.0))[0] if left > 0 else []
-            why = "did not answer in time"
-            if ready:
-                chunk = self._sock.recv(1 << 16)
-                if chunk:
-                    self._buffer += chunk
-                    continue
-                why = "exited"
-            self._lost(f"the spawn server {why}")
-            raise SpawnerGone(f"the spawn server {why}")
+            chunk = self._sock.recv(1 << 16) if ready else b""
+            if not chunk:
+                why = "exited" if ready else "did not answer in time"
+                self._lost(f"the spawn server {why}")
+                raise SpawnerGone(f"the spawn server {why}")
+            self._buffer += chunk
+        return message
 
     def _frame(self) -> dict[str, Any] | None:
         """The next whole frame read, taken from the buffer; None if there is none yet."""
@@ -191,7 +182,6 @@ class Spawner:
     def _readable(self) -> None:
         assert self._sock is not None
         try:
-            # A spawn's wait for its answer may have read what woke this reader.
             chunk = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
@@ -203,9 +193,10 @@ class Spawner:
             return
         self._buffer += chunk
         while (message := self._frame()) is not None:
-            self._ended(message)
+            self._take(message)
 
-    def _ended(self, message: dict[str, Any]) -> None:
+    def _take(self, message: dict[str, Any]) -> None:
+        """One frame of the server's: a spawn's answer (in the order asked) or an end."""
         if ("pid" in message or "errno" in message) and self._asked:
             asked = self._asked.popleft()
             if not asked.done():

@@ -153,11 +153,11 @@ class SchedulerLink:
     def _pending(self) -> bool:
         return bool(self._queue or self._load is not None or self._stopped)
 
-    def _kick(self) -> None:
+    def _kick(self, may_wait: bool = True) -> None:
         if self._closed or not self._pending() or (self._pump is not None
                                                    and not self._pump.done()):
             return
-        if self._may_wait():
+        if may_wait and self._may_wait():
             if self._lingering is None:
                 self._lingering = asyncio.get_running_loop().call_later(
                     self.linger, self._lingered)
@@ -175,8 +175,7 @@ class SchedulerLink:
 
     def _lingered(self) -> None:
         self._lingering = None
-        if not self._closed and self._pending() and (self._pump is None or self._pump.done()):
-            self._pump = asyncio.get_running_loop().create_task(self._run())
+        self._kick(may_wait=False)
 
     async def _run(self) -> None:
         try:

@@ -235,11 +235,26 @@ class Client:
         specs = [as_json(_action(a)) for a in actions]
         outcomes = arrived_list(SubmitOutcome, call(self.scheduler.submit, specs,
                                                     reject_unplaceable), "submit outcomes")
-        refused = [o for o in outcomes if not o.accepted]
-        if refused:
-            detail = "; ".join(f"{o.action_id}: {o.reason}" for o in refused)
-            raise Unplaceable(detail, [o.action_id for o in refused])
+        _raise_refused(outcomes)
         return [ActionHandle(self, o.action_id) for o in outcomes]
+
+    def run(self, action: Action | dict[str, Any], timeout: float | None = None,
+            reject_unplaceable: bool = True) -> ActionStatus:
+        """Submit one action and wait until it ends, its final status returned: what
+        `submit(action).result(timeout)` does, in one call to the scheduler instead of
+        two. Raises Unplaceable, or ActionTimeout after `timeout` seconds (the action is
+        accepted then, and runs on: `handle(id)` finds it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = POLL if timeout is None else min(POLL, timeout)
+        answer, text = call(self.scheduler.submit_and_wait, as_json(_action(action)),
+                            reject_unplaceable, first, timeout=first + CALL_TIMEOUT)
+        outcome = arrived(SubmitOutcome, answer, "submit outcome")
+        _raise_refused([outcome])
+        if text is not None:
+            # Its spec was checked when it was accepted: types and bounds alone now.
+            return arrived(ActionStatus, text, "status", STORED)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return ActionHandle(self, outcome.action_id).result(left)
 
     def handle(self, action_id: str) -> ActionHandle:
         return ActionHandle(self, ActionId(action_id))
@@ -441,3 +456,10 @@ def connect(address: str | None = "auto", start_local: bool = False,
         except MeshError:
             bootstrap.up(config)
     return Client()
+
+
+def _raise_refused(outcomes: Sequence[SubmitOutcome]) -> None:
+    refused = [o for o in outcomes if not o.accepted]
+    if refused:
+        detail = "; ".join(f"{o.action_id}: {o.reason}" for o in refused)
+        raise Unplaceable(detail, [o.action_id for o in refused])

@@ -144,6 +144,18 @@ class SchedulerActor:
         return outcome, await self.s.waits.follow(outcome.action_id, 0, 0.0,
                                                   arrived_seconds(linger, "linger"))
 
+    async def submit_and_wait(self, spec: Action | dict[str, Any] | str,
+                              reject_unplaceable: bool = True, timeout: float = 10.0,
+                              ) -> tuple[SubmitOutcome, str | None]:
+        """`submit` of one action, then `wait_result` on it: one call where a client would
+        make two (and the second, on an idle pool, arrives barely before the result)."""
+        (outcome,) = await self._submit([spec], reject_unplaceable)
+        if not outcome.accepted:
+            return outcome, None
+        status = await self.s.waits.result(outcome.action_id,
+                                           arrived_seconds(timeout, "timeout"))
+        return outcome, None if status is None else as_json(status)
+
     async def cancel(self, action_id: ActionId) -> ActionStatus:
         await self._serving()
         return self.s.cancel(_action_id(action_id))

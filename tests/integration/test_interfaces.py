@@ -145,6 +145,7 @@ def test_readme_python_example_step_by_step(mesh: Mesh, accounts: Accounts) -> N
     printed = out.getvalue().splitlines()
     assert "stdout hello" in printed and "stderr oops" in printed
     assert namespace["result"].stage is Stage.SUCCEEDED
+    assert namespace["quick"].stage is Stage.SUCCEEDED
     assert [h.id for h in namespace["many"]] == ["build-0", "build-1", "build-2"]
     assert all(a.load is not None for a in namespace["client"].pool())
 

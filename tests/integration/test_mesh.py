@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from mesh import Action, InvalidInput, NotFound, RetryPolicy, Stage, Unplaceable
+from mesh import Action, ActionTimeout, InvalidInput, NotFound, RetryPolicy, Stage, Unplaceable
 from mesh.calls import call
 from mesh.names import NAMESPACE, agent_name
 from mesh.protocol import Assignment
@@ -123,6 +123,20 @@ def test_an_action_no_agent_could_ever_take_is_refused_as_unplaceable(mesh: Mesh
     with pytest.raises(Unplaceable, match="`gpu`"):
         mesh.client.submit(Action(command=["true"], labels=["gpu"]))
     assert mesh.client.submit(Action(command=["true"])).result(timeout=60).ok
+
+
+def test_run_submits_and_waits_in_one_call_and_a_timeout_leaves_the_action_running(
+        mesh: Mesh) -> None:
+    status = mesh.client.run(Action(command=["sh", "-c", "exit 4"]), timeout=60)
+    assert status.stage is Stage.FAILED and status.exit_code == 4
+    assert mesh.client.get(status.id).stage is Stage.FAILED
+    with pytest.raises(Unplaceable, match="64 CPUs"):
+        mesh.client.run(Action(command=["true"], cpus=64))
+    slow = Action(id="run-past-its-timeout", command=["sleep", "2"])
+    with pytest.raises(ActionTimeout, match="run-past-its-timeout"):
+        mesh.client.run(slow, timeout=0.5)
+    # Accepted all the same: it runs on, and waiting for it again finds it.
+    assert mesh.client.handle("run-past-its-timeout").result(timeout=60).ok
 
 
 def test_bad_input_names_the_field_and_the_scheduler_keeps_going(mesh: Mesh) -> None:

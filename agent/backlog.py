@@ -28,8 +28,8 @@ class Backlog:
         self._executor = executor
         self._start = start
         self._waiting: dict[Key, Assignment] = {}
-        # Starts handed to `start` that have not returned: the executor may not count
-        # them yet, so they are counted here until they do.
+        # Starts handed to `start` that have not returned: counted here until the executor
+        # counts them (from their admission, before their spawn is answered).
         self._starting: dict[Key, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -131,7 +131,10 @@ class Backlog:
             return True
         if self._closed:
             return False
-        reserved = self._executor.reserved_cpus() + sum(self._starting.values())
+        # Not twice: counted both ways, a start under way kept a slot that freed meanwhile
+        # empty until its own spawn was answered.
+        reserved = self._executor.reserved_cpus() + sum(
+            cpus for key, cpus in self._starting.items() if not self._executor.knows(*key))
         return reserved == 0 or reserved + assignment.action.cpus <= limit + EPSILON
 
     def _launch(self, key: Key, assignment: Assignment) -> None:

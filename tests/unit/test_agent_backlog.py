@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,27 @@ async def test_a_start_carried_out_at_once_counts_until_it_runs(
     assert backlog.held() == [HeldAttempt(action_id=ActionId("second"), attempt=1)]
     assert await ex.cancel(ActionId("first"), 1) == "stopped"
     await ended(sinks, "second")
+
+
+async def test_an_attempt_whose_start_is_under_way_holds_its_room_once(
+        ex: Executor, sinks: RecordingSinks) -> None:
+    # `a`'s start has not returned (as while its spawn is answered): counted once, as the
+    # executor counts it, so a slot that frees meanwhile is taken at once.
+    answered = asyncio.Event()
+
+    async def start(assignment: Assignment) -> None:
+        await ex.start(assignment)
+        if assignment.action_id == "a":
+            await answered.wait()
+
+    backlog = Backlog(ex, start)
+    backlog.offer([held_until("sleep 60", "a", within=2.0),
+                   held_until("sleep 60", "b", within=2.0), held_until("true", "c", within=2.0)])
+    await running(ex, "a")
+    await running(ex, "b")
+    assert backlog.held() == [HeldAttempt(action_id=ActionId("c"), attempt=1)]
+    assert await ex.cancel(ActionId("b"), 1) == "stopped"
+    await ended(sinks, "c")
+    assert not answered.is_set() and backlog.held() == []
+    answered.set()
+    assert await ex.cancel(ActionId("a"), 1) == "stopped"

@@ -149,11 +149,11 @@ class SchedulerActor:
                               ) -> tuple[SubmitOutcome, str | None]:
         """`submit` of one action, then `wait_result` on it: one call where a client would
         make two (and the second, on an idle pool, arrives barely before the result)."""
+        wait = arrived_seconds(timeout, "timeout")  # a bad one refuses the call, not after
         (outcome,) = await self._submit([spec], reject_unplaceable)
         if not outcome.accepted:
             return outcome, None
-        status = await self.s.waits.result(outcome.action_id,
-                                           arrived_seconds(timeout, "timeout"))
+        status = await self.s.waits.result(outcome.action_id, wait)
         return outcome, None if status is None else as_json(status)
 
     async def cancel(self, action_id: ActionId) -> ActionStatus:

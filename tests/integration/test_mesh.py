@@ -137,6 +137,12 @@ def test_run_submits_and_waits_in_one_call_and_a_timeout_leaves_the_action_runni
         mesh.client.run(slow, timeout=0.5)
     # Accepted all the same: it runs on, and waiting for it again finds it.
     assert mesh.client.handle("run-past-its-timeout").result(timeout=60).ok
+    # A wait the scheduler cannot take refuses the call before anything is accepted.
+    spec = Action(id="run-never-accepted", command=["true"]).model_dump_json()
+    with pytest.raises(InvalidInput, match="timeout"):
+        call(mesh.client.scheduler.submit_and_wait, spec, True, "soon")
+    with pytest.raises(NotFound):
+        mesh.client.get("run-never-accepted")
 
 
 def test_bad_input_names_the_field_and_the_scheduler_keeps_going(mesh: Mesh) -> None:

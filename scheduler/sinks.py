@@ -36,8 +36,7 @@ class EventBook:
         if event.seq == 1:
             self._whole.add(event.action_id)
         for waiter in self._waiters.pop(event.action_id, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+            _wake(waiter)
 
     def forget(self, action_id: ActionId) -> None:
         # Read from the store again if asked for (it has them until retention deletes them).
@@ -70,7 +69,7 @@ class EventBook:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters[action_id].add(waiter)
-        timer = loop.call_later(timeout, _expire, waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
         try:
             await waiter
         finally:
@@ -93,7 +92,8 @@ class EventBook:
         return found
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _wake(waiter: asyncio.Future[None]) -> None:
+    """Wake a waiter (an event came, or its time is up), once."""
     if not waiter.done():
         waiter.set_result(None)
 

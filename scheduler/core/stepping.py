@@ -28,9 +28,9 @@ class Stepper:
     than this many seconds is handed, while work still waits after the quota pass, up to
     `backlog_depth` more attempts per CPU ahead of a free slot; it starts each as soon as a
     running one ends, so a short action's slot does not idle for the round trip of its end
-    report and the next start. 0: never. Slow turnover keeps the agent out, and work held there past
-    the turnover is taken back, so that work does not wait behind a long attempt while
-    another agent could take it.
+    report and the next start. 0: never. Slow turnover keeps the agent out, and work held
+    there past the turnover is taken back, so that work does not wait behind a long attempt
+    while another agent could take it.
     """
 
     def __init__(self, fleet: Fleet, placer: Placer, quota: QuotaScheduler, ledger: Ledger,

@@ -1,4 +1,5 @@
-"""Latency: submit -> running and submit -> result for one `true` on an idle pool."""
+"""Latency: submit -> running and submit -> result for one `true` on an idle pool, each way
+a client can ask: submit then result, `run`, and `run` with every call over Ray."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import ray
 from bench.harness import local_mesh, median, pct
 from mesh import Action, ActionStatus, Stage
 from mesh.client import Client
+from mesh.clientlink import ClientLink
 
 N = 500
 
@@ -40,7 +42,17 @@ def one_call(client: Client) -> ActionStatus:
 
 
 WAYS: dict[str, Callable[[Client], ActionStatus]] = {"submit, then result": two_calls,
-                                                      "run": one_call}
+                                                      "run": one_call,
+                                                      "run, over Ray": one_call}
+# Ways taken by a client whose link is never granted: each call a Ray call, as before the
+# client link (mesh/v1/client.proto).
+OVER_RAY = {"run, over Ray"}
+
+
+def over_ray() -> Client:
+    client = Client()
+    client.link = ClientLink(lambda: None)
+    return client
 
 
 def mesh_latencies(client: Client, n: int = N, ways: Sequence[str] = tuple(WAYS),
@@ -48,11 +60,12 @@ def mesh_latencies(client: Client, n: int = N, ways: Sequence[str] = tuple(WAYS)
     """Submit -> running and submit -> result of `n` actions each way, the ways taking
     turns so that a slow spell of this shared machine falls on all."""
     found: dict[str, tuple[list[float], list[float]]] = {w: ([], []) for w in ways}
+    ray_only = over_ray()
     for _ in range(n):
         for name in ways:
             to_running, to_result = found[name]
             start = time.perf_counter()
-            status = WAYS[name](client)
+            status = WAYS[name](ray_only if name in OVER_RAY else client)
             to_result.append(time.perf_counter() - start)
             assert status.stage is Stage.SUCCEEDED, status
             record = status.attempts[-1]

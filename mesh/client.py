@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from mesh import bootstrap
 from mesh.arrival import arrived, arrived_list, as_json
 from mesh.calls import CALL_TIMEOUT, call, send, wait
+from mesh.clientlink import ClientLink, LinkDown
 from mesh.errors import (
     ActionTimeout,
     InvalidInput,
@@ -119,8 +120,7 @@ class ActionHandle:
             left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if left <= 0:
                 raise ActionTimeout(f"action {self.id} did not finish within {timeout:g}s")
-            text: str | None = call(self.client.scheduler.wait_result, self.id, left,
-                                    timeout=left + CALL_TIMEOUT)
+            text = self.client._wait_result(self.id, left)
             if text is not None:
                 # Its spec was checked when it was accepted: types and bounds alone now.
                 return arrived(ActionStatus, text, "status", STORED)
@@ -215,6 +215,9 @@ class Client:
     def __init__(self) -> None:
         self.scheduler = bootstrap.scheduler_handle()
         self._relay: Any = None
+        # `run` and `result` take the client link when it serves: the calls a user waits on,
+        # and a Ray call costs about twice a gRPC call (mesh/v1/client.proto).
+        self.link = ClientLink(lambda: call(self.scheduler.client_grant))
 
     @property
     def relay(self) -> Any:
@@ -246,8 +249,12 @@ class Client:
         accepted then, and runs on: `handle(id)` finds it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         first = POLL if timeout is None else min(POLL, timeout)
-        answer, text = call(self.scheduler.submit_and_wait, as_json(_action(action)),
-                            reject_unplaceable, first, timeout=first + CALL_TIMEOUT)
+        spec = as_json(_action(action))
+        try:
+            answer, text = self.link.run(spec, reject_unplaceable, first)
+        except LinkDown:  # the id is the action's own: asking again cannot accept it twice
+            answer, text = call(self.scheduler.submit_and_wait, spec, reject_unplaceable,
+                                first, timeout=first + CALL_TIMEOUT)
         outcome = arrived(SubmitOutcome, answer, "submit outcome")
         _raise_refused([outcome])
         if text is not None:
@@ -255,6 +262,15 @@ class Client:
             return arrived(ActionStatus, text, "status", STORED)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return ActionHandle(self, outcome.action_id).result(left)
+
+    def _wait_result(self, action_id: ActionId, wait: float) -> str | None:
+        """The action's status as JSON text once it ends within `wait` seconds, else None."""
+        try:
+            return self.link.result(action_id, wait)
+        except LinkDown:
+            text: str | None = call(self.scheduler.wait_result, action_id, wait,
+                                    timeout=wait + CALL_TIMEOUT)
+            return text
 
     def handle(self, action_id: str) -> ActionHandle:
         return ActionHandle(self, ActionId(action_id))

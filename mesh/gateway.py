@@ -23,19 +23,16 @@ from grpc_reflection.v1alpha import reflection
 from mesh import calls, gatewayconv, names
 from mesh.arrival import arrived, as_json
 from mesh.errors import (
-    AlreadyExists,
     Busy,
     ClusterUnavailable,
-    Conflict,
     InvalidInput,
     MeshError,
     MeshNotRunning,
-    NotFound,
     SchedulerUnavailable,
-    StoreReadOnly,
     Unplaceable,
 )
 from mesh.metrics import METRICS_INTERVAL, Recorder
+from mesh.rpcerrors import status_code
 from mesh.schema import (
     AccountStatus,
     FollowedEvents,
@@ -61,28 +58,6 @@ OPTIONS: list[tuple[str, int]] = [
     ("grpc.so_reuseport", 0),
 ]
 START_TIMEOUT = 30.0
-
-# Our errors as gRPC status codes; the most specific class first.
-_CODES: list[tuple[type[MeshError], grpc.StatusCode]] = [
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Busy, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Unplaceable, grpc.StatusCode.FAILED_PRECONDITION),
-    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-    (StoreReadOnly, grpc.StatusCode.UNAVAILABLE),
-    (SchedulerUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (MeshNotRunning, grpc.StatusCode.UNAVAILABLE),
-    (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
-]
-
-
-def status_code(exc: MeshError) -> grpc.StatusCode:
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
-
 
 def gateway_options() -> dict[str, Any]:
     """`.options(...)` for the one gateway: detached, named, on the head, restarted forever."""

@@ -1,6 +1,7 @@
 """The agent-scheduler wire protocol: what an agent and the scheduler say to each other
-(starts, stage reports, holdings, the link's grant). Users never see these;
-the models users see are in `mesh/schema.py`."""
+(starts, stage reports, holdings, the link's grant, which the Python client is handed too
+for its own short path). Users never see these; the models users see are in
+`mesh/schema.py`."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ class AgentHoldings(Model):
 class LinkGrant(Model):
     """Where and how an agent opens its stream to the scheduler: handed to it by the
     scheduler over Ray, which authenticates both ends. The credential is the agent's own:
-    it admits a stream that speaks for that agent alone."""
+    it admits a stream that speaks for that agent alone. The Python client is handed one
+    for the client link, whose credential admits its calls (mesh/v1/client.proto)."""
 
     host: str = Field(..., min_length=1, max_length=255)
     port: int = Field(..., ge=1, le=65535)

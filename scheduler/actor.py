@@ -24,7 +24,7 @@ from mesh.arrival import (
 from mesh.errors import InvalidInput, StateDirRefused
 from mesh.metrics import Recorder
 from mesh.poolconfig import GroupStatus, JobHome, PoolConfig, PoolStatus
-from mesh.protocol import AttemptReport, ReportAnswer
+from mesh.protocol import AttemptReport, LinkGrant, ReportAnswer
 from mesh.schema import (
     AccountConfig,
     AccountId,
@@ -47,6 +47,7 @@ from mesh.schema import (
     SubmitOutcome,
 )
 from mesh.statedir import Owner, StateDirLock
+from scheduler.clientlink import ClientLink
 from scheduler.shell import FIRST_SYNC_WAIT, Scheduler
 
 log = logging.getLogger("actionmesh.scheduler")
@@ -75,6 +76,8 @@ class SchedulerActor:
             return
         host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         self.s = Scheduler(config, link_host=host, metrics=Recorder())
+        self.client_link = ClientLink(self.submit_and_wait, self.wait_result)
+        self.s.link.services.append(self.client_link.handler())
         session = _session_dir()
         if session is not None:
             dashboards.install(session)
@@ -196,6 +199,13 @@ class SchedulerActor:
         await self._serving()
         return await self.s.journal.read(arrived(EventQuery, query, "event query"),
                                          arrived_seconds(timeout, "timeout"))
+
+    async def client_grant(self) -> LinkGrant | None:
+        """Where and with what token a client calls `run` and `wait_result` over gRPC
+        (mesh/v1/client.proto); None while the link does not serve (it is off, or its port
+        cannot be had), when the client calls here."""
+        await self._serving()
+        return self.s.link.grant_with(self.client_link.token)
 
     async def wait_result(self, action_id: ActionId, timeout: float = 10.0) -> str | None:
         """The action's status as JSON text once it has ended (see `Waits.result`)."""

@@ -134,6 +134,8 @@ class LinkServer:
         # Reports not yet applied (or the answer refusing one), by the stream they came on,
         # in arrival order.
         self._inbox: list[tuple[_Stream, AttemptReport | ReportAnswer]] = []
+        # Other services served on the same port (the client link), each admitting its own.
+        self.services: list[grpc.GenericRpcHandler] = []
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -143,7 +145,8 @@ class LinkServer:
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
             method: grpc.stream_stream_rpc_method_handler(
                 self._connect, request_deserializer=pb.AgentMessage.FromString,
-                response_serializer=pb.SchedulerMessage.SerializeToString)})])
+                response_serializer=pb.SchedulerMessage.SerializeToString)}),
+            *self.services])
         address = f"{self.host}:{self.port}"
         port: int
         try:
@@ -166,10 +169,15 @@ class LinkServer:
 
     def grant(self, info: AgentInfo) -> LinkGrant | None:
         """The grant for a registered agent; None while the server is not serving."""
+        return self.grant_with(credential(self._key, info))
+
+    def grant_with(self, secret: str) -> LinkGrant | None:
+        """A grant carrying this credential (an agent's, or the client link's token); None
+        while the server is not serving."""
         if self._server is None:
             return None
         return LinkGrant(
-            host=self.host, port=self.port, credential=credential(self._key, info),
+            host=self.host, port=self.port, credential=secret,
             root_certificate="" if self.tls is None else self.tls.cert.decode(),
             server_name="" if self.tls is None else self.tls.server_name)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pool
 
-from mesh.v1 import gateway_pb2, link_pb2  # noqa: F401 (registers their descriptors)
+from mesh.v1 import client_pb2, gateway_pb2, link_pb2  # noqa: F401 (registers their descriptors)
 
 # What one message of the agent link may take. Up, reports and load are small, so anything
 # near the limit is a peer that does not speak the protocol; down, a message carries whole
@@ -29,6 +29,8 @@ KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 # The call metadata that opens an agent's stream: who it is, and its credential.
 AGENT_KEY = "x-actionmesh-agent"
 AUTHORIZATION_KEY = "authorization"
+# The trailing metadata that names the kind of our error ending a client-link call.
+ERROR_KEY = "x-actionmesh-error"
 
 
 def serialize(message: Any) -> bytes:
@@ -45,3 +47,5 @@ def method_path(service: str, method: str) -> str:
 
 
 CONNECT = method_path("AgentLink", "Connect")
+RUN = method_path("ClientLink", "Run")
+RESULT = method_path("ClientLink", "Result")

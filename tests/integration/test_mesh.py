@@ -7,14 +7,19 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import ray
 
 from mesh import Action, ActionTimeout, InvalidInput, NotFound, RetryPolicy, Stage, Unplaceable
 from mesh.calls import call
+from mesh.client import Client
 from mesh.names import NAMESPACE, agent_name
-from mesh.protocol import Assignment
-from mesh.schema import ActionId, AgentId, LogBatch
+from mesh.protocol import Assignment, LinkGrant
+from mesh.rpcerrors import carried_error
+from mesh.schema import ActionId, ActionStatus, AgentId, LogBatch
+from mesh.v1 import RUN, serialize
+from mesh.v1 import client_pb2 as cpb
 from mesh.waiting import wait_until
 from tests.agent_support import exited
 from tests.conftest import IN_CI
@@ -143,6 +148,37 @@ def test_run_submits_and_waits_in_one_call_and_a_timeout_leaves_the_action_runni
         call(mesh.client.scheduler.submit_and_wait, spec, True, "soon")
     with pytest.raises(NotFound):
         mesh.client.get("run-never-accepted")
+
+
+def test_run_takes_the_client_link_which_admits_only_the_token_granted_over_ray(
+        mesh: Mesh) -> None:
+    client = Client()
+    assert not client.link.serving
+    assert client.run(Action(command=["true"]), timeout=60).ok
+    assert client.link.serving
+    grant = LinkGrant.model_validate(call(client.scheduler.client_grant))
+    channel = grpc.insecure_channel(f"{grant.host}:{grant.port}")
+    run = channel.unary_unary(RUN, request_serializer=serialize,
+                              response_deserializer=cpb.RunReply.FromString)
+    stranger = Action(id="run-by-a-stranger", command=["true"]).model_dump_json()
+    with pytest.raises(grpc.RpcError) as refused:
+        run(cpb.RunRequest(action=stranger, wait=1.0), timeout=30,
+            metadata=[("authorization", "Bearer " + "x" * len(grant.credential))])
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(NotFound):
+        mesh.client.get("run-by-a-stranger")
+    # What arrives by the link is checked as what arrives by Ray: the field is named.
+    token = [("authorization", f"Bearer {grant.credential}")]
+    with pytest.raises(grpc.RpcError) as bad:
+        run(cpb.RunRequest(action='{"command": [], "id": "bad-by-link"}', wait=1.0),
+            timeout=30, metadata=token)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = carried_error(bad.value)
+    assert isinstance(error, InvalidInput) and [f for f, _ in error.errors] == ["command"]
+    reply = run(cpb.RunRequest(action=stranger, wait=30.0), timeout=60, metadata=token)
+    assert ActionStatus.model_validate_json(reply.status).stage is Stage.SUCCEEDED
+    channel.close()
+    client.link.close()
 
 
 def test_bad_input_names_the_field_and_the_scheduler_keeps_going(mesh: Mesh) -> None:

@@ -24,7 +24,7 @@ from mesh.errors import (
     StoreReadOnly,
     Unplaceable,
 )
-from mesh.gateway import status_code
+from mesh.rpcerrors import status_code
 from mesh.schema import (
     ActionStatus,
     AttemptRecord,

@@ -1,0 +1,79 @@
+"""Our errors across gRPC: the status code each ends a call with, and, for the Python
+client's own link, the same error raised again on the caller's side."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from mesh import errors
+from mesh.errors import (
+    AlreadyExists,
+    Busy,
+    ClusterUnavailable,
+    Conflict,
+    InvalidInput,
+    MeshError,
+    MeshNotRunning,
+    NotFound,
+    SchedulerUnavailable,
+    StoreReadOnly,
+    Unplaceable,
+)
+from mesh.v1 import ERROR_KEY
+
+# Our errors as gRPC status codes; the most specific class first.
+_CODES: list[tuple[type[MeshError], grpc.StatusCode]] = [
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (Busy, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Unplaceable, grpc.StatusCode.FAILED_PRECONDITION),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreReadOnly, grpc.StatusCode.UNAVAILABLE),
+    (SchedulerUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (MeshNotRunning, grpc.StatusCode.UNAVAILABLE),
+    (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_code(exc: MeshError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def error_trailer(exc: MeshError) -> tuple[tuple[str, str]]:
+    """Trailing metadata naming the error's kind (and, for bad input, each field)."""
+    told: dict[str, Any] = {"kind": type(exc).__name__}
+    if isinstance(exc, InvalidInput):
+        told["fields"] = exc.errors
+    elif isinstance(exc, Unplaceable):
+        told["action_ids"] = exc.action_ids
+    return ((ERROR_KEY, json.dumps(told)),)
+
+
+def carried_error(error: grpc.RpcError) -> MeshError | None:
+    """The error of ours that ended a call, as it was raised there; None when the call
+    ended for another reason (the link or the server failed)."""
+    trailers = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    text = trailers.get(ERROR_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        told = json.loads(text)
+        kind = getattr(errors, str(told["kind"]), None)
+        message = str(error.details())  # type: ignore[attr-defined]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(kind, type) and issubclass(kind, MeshError)):
+        return MeshError(message)
+    if issubclass(kind, InvalidInput):
+        fields = told.get("fields") or []
+        return kind(message, [(str(path), str(why)) for path, why in fields])
+    if issubclass(kind, Unplaceable):
+        return kind(message, [str(i) for i in told.get("action_ids") or []])
+    return kind(message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None
         wait_until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p),
                    what="two agents reporting load")
         client.create_account("ci", AccountConfig(charge_rate=[2.0], max_charge_seconds=30))
+        assert client.run(Action(command=["true"], labels=["pool:restart"]), timeout=60).ok
         # 4 CPUs: four run at once, the rest queue; they end at different times, some
         # while the scheduler is away.
         handles = client.submit_many([
@@ -74,6 +76,13 @@ def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None
                    what="four running")
         running = {s.id for s in client.list(stage=Stage.RUNNING)}
         assert len(running) == 4
+        # A client on the client link, inside `run` as the scheduler dies: its call goes
+        # again over Ray, to the restarted one, with the same id (accepted once).
+        assert client.link.serving
+        waiter = ThreadPoolExecutor(1)
+        waited = waiter.submit(client.run, marked("w", tmp_path / "w-runs", 0.5), 120)
+        wait_until(lambda: client.counts(), lambda c: sum(c.values()) == 16,
+                   what="the waited one accepted")
         os.kill(scheduler_pid(), signal.SIGKILL)
         killed_at, killed_wall = time.monotonic(), time.time()
         # The next call waits for the restarted scheduler, which answers once it has
@@ -81,11 +90,17 @@ def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None
         counts = client.counts()
         back_after = time.monotonic() - killed_at
         assert counts["queued"] + counts["assigned"] + counts["running"] + \
-            counts["succeeded"] == 14, counts
+            counts["succeeded"] == 16, counts
         results = assert_each_ended_once(client, handles, log)
         for r in results:  # what ran through the restart was kept, not run again
             if r.id in running:
                 assert [a.outcome for a in r.attempts] == [Stage.SUCCEEDED], r.attempts
+        assert waited.result(timeout=60).ok and runs(tmp_path / "w-runs") == ["w"]
+        waiter.shutdown()
+        # The link is granted again by the new scheduler once its pause is over.
+        wait_until(lambda: client.run(Action(command=["true"], labels=["pool:restart"]),
+                                      timeout=60).ok and client.link.serving,
+                   bool, what="runs over the new scheduler's client link")
         # Within the cap (2/s for 30 s), and charged for the paid work that ran.
         account = client.account("ci")
         assert -60.0 <= account.balance[0] <= 60.0

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from grpc import aio
 
@@ -18,6 +20,7 @@ from mesh.errors import InvalidInput, NotFound, SchedulerUnavailable, Unplaceabl
 from mesh.protocol import LinkGrant
 from mesh.schema import Action, ActionId, SubmitOutcome
 from scheduler.clientlink import ClientLink as ClientService
+from tests.tls_support import throwaway_certificate
 
 
 @dataclass
@@ -50,19 +53,31 @@ class Served:
     service: ClientService
     server: aio.Server
     port: int
+    certificate: str = ""
 
     def grant(self, token: str | None = None) -> LinkGrant:
         return LinkGrant(host="127.0.0.1", port=self.port,
-                         credential=token or self.service.token)
+                         credential=token or self.service.token,
+                         root_certificate=self.certificate,
+                         server_name=NAME if self.certificate else "")
 
 
-async def serve(scheduler: Scheduler) -> Served:
+NAME = "scheduler.mesh.test"
+
+
+async def serve(scheduler: Scheduler, tls: tuple[str, str] | None = None) -> Served:
+    """The service on a port of its own; with `tls` (certificate and key files), TLS."""
     service = ClientService(scheduler.run, scheduler.result)
     server = aio.server()
     server.add_generic_rpc_handlers([service.handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        cert, key = (Path(f).read_bytes() for f in tls)
+        port = server.add_secure_port("127.0.0.1:0",
+                                      grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
-    return Served(scheduler, service, server, port)
+    return Served(scheduler, service, server, port, "" if tls is None else cert.decode())
 
 
 @pytest.fixture
@@ -176,3 +191,20 @@ async def test_a_scheduler_gone_sends_calls_elsewhere_until_a_new_one_grants() -
     finally:
         link.close()
         await second.server.stop(grace=None)
+
+
+async def test_with_a_certificate_the_calls_are_tls_and_trust_only_it(tmp_path: Path) -> None:
+    served = await serve(Scheduler(status="{}"), throwaway_certificate(tmp_path, NAME))
+    try:
+        assert served.grant().root_certificate.startswith("-----BEGIN CERTIFICATE-----")
+        link = client(served.grant)
+        assert await in_thread(link.result, "x", 0.1) == "{}"
+        link.close()
+        (tmp_path / "other").mkdir()
+        other, _ = throwaway_certificate(tmp_path / "other", NAME)
+        wrong = served.grant().model_copy(update={"root_certificate": Path(other).read_text()})
+        with pytest.raises(LinkDown, match="did not connect"):
+            await in_thread(client(lambda: wrong).result, "x", 0.1)
+        assert served.scheduler.seen == [("result", "x", 0.1)]
+    finally:
+        await served.server.stop(grace=None)

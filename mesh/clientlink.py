@@ -4,6 +4,7 @@ the link cannot carry a call, which the client then makes over Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -22,8 +23,12 @@ from mesh.v1 import client_pb2 as cpb
 
 log = logging.getLogger("actionmesh.client")
 
-# How long a new channel may take to connect before the client gives up on the link.
-CONNECT_TIMEOUT = 2.0
+# A call waits this long for a new channel to connect (a few ms where the link's port can
+# be reached), then goes over Ray while the channel goes on connecting in the background,
+# for up to CONNECT_TIMEOUT in all: a client that cannot reach the port (outside the
+# cluster's network, say) loses FIRST_CONNECT_WAIT once per grant, not a call's time.
+FIRST_CONNECT_WAIT = 0.1
+CONNECT_TIMEOUT = 10.0
 # After the link failed (or was not granted), calls go over Ray this long before the link is
 # tried again, doubling with each failure in a row: a client that cannot reach the link's
 # port pays for the attempt rarely.
@@ -44,6 +49,8 @@ class ClientLink:
         self.clock = clock
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
+        self._ready: grpc.Future | None = None
+        self._connecting_since = 0.0
         self._metadata: tuple[tuple[str, str], ...] = ()
         self._retry_at = 0.0
         self._pause = RETRY_FIRST
@@ -51,7 +58,7 @@ class ClientLink:
     @property
     def serving(self) -> bool:
         """Whether calls go over the link now (it was granted and connected)."""
-        return self._channel is not None
+        return self._channel is not None and self._ready is not None and self._ready.done()
 
     def run(self, action: str, reject_unplaceable: bool, wait: float,
             ) -> tuple[str, str | None]:
@@ -96,37 +103,44 @@ class ClientLink:
 
     def _open(self) -> tuple[grpc.Channel, tuple[tuple[str, str], ...]]:
         with self._lock:
-            if self._channel is not None:
-                return self._channel, self._metadata
-            if self.clock() < self._retry_at:
-                raise LinkDown("the client link failed lately")
-            # The grant is asked while holding the lock: other threads wait for it rather
-            # than ask too.
-            answer = self.ask_grant()
-            if answer is None:
-                self._back_off("the scheduler does not serve it")
-                raise LinkDown("no client link")
-            grant = arrived(LinkGrant, answer, "link grant")
-            channel = _channel(grant)
-            try:
-                grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
-            except grpc.FutureTimeoutError:
-                channel.close()
-                self._back_off(f"{grant.host}:{grant.port} did not connect within "
-                               f"{CONNECT_TIMEOUT:g}s")
-                raise LinkDown("the client link did not connect") from None
-            self._channel = channel
-            self._metadata = ((AUTHORIZATION_KEY, f"Bearer {grant.credential}"),)
+            if self._channel is None:
+                self._grant()
+            assert self._channel is not None and self._ready is not None
+            if not self._ready.done():
+                if self.clock() - self._connecting_since > CONNECT_TIMEOUT:
+                    self._back_off(f"it did not connect within {CONNECT_TIMEOUT:g}s")
+                    raise LinkDown("the client link did not connect")
+                raise LinkDown("the client link is connecting")
             self._pause = RETRY_FIRST
-            return channel, self._metadata
+            return self._channel, self._metadata
+
+    def _grant(self) -> None:
+        """(Holding the lock.) A new grant, and a channel connecting with it; waits up to
+        FIRST_CONNECT_WAIT for it to connect."""
+        if self.clock() < self._retry_at:
+            raise LinkDown("the client link failed lately")
+        # Asked while holding the lock: other threads wait for it rather than ask too.
+        answer = self.ask_grant()
+        if answer is None:
+            self._back_off("the scheduler does not serve it")
+            raise LinkDown("no client link")
+        grant = arrived(LinkGrant, answer, "link grant")
+        self._channel = _channel(grant)
+        self._metadata = ((AUTHORIZATION_KEY, f"Bearer {grant.credential}"),)
+        self._ready = grpc.channel_ready_future(self._channel)
+        self._connecting_since = self.clock()
+        with contextlib.suppress(grpc.FutureTimeoutError):
+            self._ready.result(timeout=FIRST_CONNECT_WAIT)
 
     def _back_off(self, why: str) -> None:
         """(Holding the lock.) Calls go over Ray for a while; the next try asks for a new
         grant. A call still on the dropped channel ends with it."""
         log.info("client link unusable (%s): calls go over Ray for %gs", why, self._pause)
+        if self._ready is not None:
+            self._ready.cancel()
         if self._channel is not None:
             self._channel.close()
-        self._channel = None
+        self._channel, self._ready = None, None
         self._retry_at = self.clock() + self._pause
         self._pause = min(RETRY_MAX, self._pause * 2)
 

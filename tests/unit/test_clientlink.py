@@ -15,7 +15,7 @@ import pytest
 from grpc import aio
 
 from mesh.arrival import arrived, as_json
-from mesh.clientlink import RETRY_FIRST, ClientLink, LinkDown
+from mesh.clientlink import CONNECT_TIMEOUT, RETRY_FIRST, ClientLink, LinkDown
 from mesh.errors import InvalidInput, NotFound, SchedulerUnavailable, Unplaceable
 from mesh.protocol import LinkGrant
 from mesh.schema import Action, ActionId, SubmitOutcome
@@ -203,8 +203,28 @@ async def test_with_a_certificate_the_calls_are_tls_and_trust_only_it(tmp_path: 
         (tmp_path / "other").mkdir()
         other, _ = throwaway_certificate(tmp_path / "other", NAME)
         wrong = served.grant().model_copy(update={"root_certificate": Path(other).read_text()})
-        with pytest.raises(LinkDown, match="did not connect"):
-            await in_thread(client(lambda: wrong).result, "x", 0.1)
+        asked: list[float] = []
+        clock = Clock()
+
+        def grants() -> LinkGrant:
+            asked.append(clock.now)
+            return wrong
+
+        untrusting = client(grants, clock)
+        # Calls go elsewhere while it tries, then for a pause once it gives up on it.
+        for step, why in ((0.0, "is connecting"), (CONNECT_TIMEOUT / 2, "is connecting"),
+                          (CONNECT_TIMEOUT / 2 + 0.1, "did not connect"),
+                          (RETRY_FIRST / 2, "failed lately")):
+            clock.now += step
+            with pytest.raises(LinkDown, match=why):
+                await in_thread(untrusting.result, "x", 0.1)
+            assert not untrusting.serving
+        assert asked == [100.0]
+        clock.now += RETRY_FIRST
+        with pytest.raises(LinkDown, match="is connecting"):
+            await in_thread(untrusting.result, "x", 0.1)
+        assert len(asked) == 2
+        untrusting.close()
         assert served.scheduler.seen == [("result", "x", 0.1)]
     finally:
         await served.server.stop(grace=None)

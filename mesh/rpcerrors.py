@@ -9,54 +9,41 @@ from typing import Any
 import grpc
 
 from mesh import errors
-from mesh.errors import (
-    AlreadyExists,
-    Busy,
-    ClusterUnavailable,
-    Conflict,
-    InvalidInput,
-    MeshError,
-    MeshNotRunning,
-    NotFound,
-    SchedulerUnavailable,
-    StoreReadOnly,
-    Unplaceable,
-)
 from mesh.v1 import ERROR_KEY
 
 # Our errors as gRPC status codes; the most specific class first.
-_CODES: list[tuple[type[MeshError], grpc.StatusCode]] = [
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Busy, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Unplaceable, grpc.StatusCode.FAILED_PRECONDITION),
-    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-    (StoreReadOnly, grpc.StatusCode.UNAVAILABLE),
-    (SchedulerUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (MeshNotRunning, grpc.StatusCode.UNAVAILABLE),
-    (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
+_CODES: list[tuple[type[errors.MeshError], grpc.StatusCode]] = [
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.Busy, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Unplaceable, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.StoreReadOnly, grpc.StatusCode.UNAVAILABLE),
+    (errors.SchedulerUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.MeshNotRunning, grpc.StatusCode.UNAVAILABLE),
+    (errors.ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
-def status_code(exc: MeshError) -> grpc.StatusCode:
+def status_code(exc: errors.MeshError) -> grpc.StatusCode:
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code
     return grpc.StatusCode.INTERNAL
 
 
-def error_trailer(exc: MeshError) -> tuple[tuple[str, str]]:
+def error_trailer(exc: errors.MeshError) -> tuple[tuple[str, str]]:
     """Trailing metadata naming the error's kind (and, for bad input, each field)."""
     told: dict[str, Any] = {"kind": type(exc).__name__}
-    if isinstance(exc, InvalidInput):
+    if isinstance(exc, errors.InvalidInput):
         told["fields"] = exc.errors
-    elif isinstance(exc, Unplaceable):
+    elif isinstance(exc, errors.Unplaceable):
         told["action_ids"] = exc.action_ids
     return ((ERROR_KEY, json.dumps(told)),)
 
 
-def carried_error(error: grpc.RpcError) -> MeshError | None:
+def carried_error(error: grpc.RpcError) -> errors.MeshError | None:
     """The error of ours that ended a call, as it was raised there; None when the call
     ended for another reason (the link or the server failed)."""
     trailers = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
@@ -69,11 +56,11 @@ def carried_error(error: grpc.RpcError) -> MeshError | None:
         message = str(error.details())  # type: ignore[attr-defined]
     except (ValueError, KeyError, TypeError):
         return None
-    if not (isinstance(kind, type) and issubclass(kind, MeshError)):
-        return MeshError(message)
-    if issubclass(kind, InvalidInput):
+    if not (isinstance(kind, type) and issubclass(kind, errors.MeshError)):
+        return errors.MeshError(message)
+    if issubclass(kind, errors.InvalidInput):
         fields = told.get("fields") or []
         return kind(message, [(str(path), str(why)) for path, why in fields])
-    if issubclass(kind, Unplaceable):
+    if issubclass(kind, errors.Unplaceable):
         return kind(message, [str(i) for i in told.get("action_ids") or []])
     return kind(message)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from agent.links import NamedActor
 from mesh import protoconv
+from mesh.channels import aio_channel
 from mesh.errors import InvalidInput
 from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, ReportAnswer
 from mesh.schema import ActionId, AgentId, Load
@@ -431,13 +432,8 @@ class SchedulerLink:
 def channel_for(grant: LinkGrant, options: list[tuple[str, Any]]) -> aio.Channel:
     """A channel to the scheduler the grant names: TLS, trusting only the certificate the
     grant carries, when it carries one."""
-    target = f"{grant.host}:{grant.port}"
-    if not grant.root_certificate:
-        return aio.insecure_channel(target, options=options)
-    if grant.server_name:
-        options = [*options, ("grpc.ssl_target_name_override", grant.server_name)]
-    return aio.secure_channel(target, grpc.ssl_channel_credentials(
-        grant.root_certificate.encode()), options=options)
+    return aio_channel(f"{grant.host}:{grant.port}", grant.root_certificate.encode() or None,
+                       grant.server_name, options)
 
 
 def _refused(exc: BaseException) -> bool:

@@ -75,6 +75,10 @@ def _checked(model: type[M], what: str, query: M | None, fields: dict[str, Any])
         raise InvalidInput.from_validation(what, exc) from None
 
 
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
 def _action(spec: Action | dict[str, Any]) -> Action:
     try:
         action = spec if isinstance(spec, Action) else Action.model_validate(spec)
@@ -253,23 +257,26 @@ class Client:
         try:
             answer, text = self.link.run(spec, reject_unplaceable, first)
         except LinkDown:  # the id is the action's own: asking again cannot accept it twice
+            wait = first if deadline is None else min(first, _left(deadline))
             answer, text = call(self.scheduler.submit_and_wait, spec, reject_unplaceable,
-                                first, timeout=first + CALL_TIMEOUT)
+                                wait, timeout=wait + CALL_TIMEOUT)
         outcome = arrived(SubmitOutcome, answer, "submit outcome")
         _raise_refused([outcome])
         if text is not None:
             # Its spec was checked when it was accepted: types and bounds alone now.
             return arrived(ActionStatus, text, "status", STORED)
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        left = None if deadline is None else _left(deadline)
         return ActionHandle(self, outcome.action_id).result(left)
 
     def _wait_result(self, action_id: ActionId, wait: float) -> str | None:
         """The action's status as JSON text once it ends within `wait` seconds, else None."""
+        deadline = time.monotonic() + wait
         try:
             return self.link.result(action_id, wait)
         except LinkDown:
-            text: str | None = call(self.scheduler.wait_result, action_id, wait,
-                                    timeout=wait + CALL_TIMEOUT)
+            left = _left(deadline)
+            text: str | None = call(self.scheduler.wait_result, action_id, left,
+                                    timeout=left + CALL_TIMEOUT)
             return text
 
     def handle(self, action_id: str) -> ActionHandle:

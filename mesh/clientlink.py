@@ -1,6 +1,5 @@
-"""The Python client's end of the client link (mesh/v1/client.proto): `run` and `result`
-by gRPC straight to the scheduler, with the grant it hands out over Ray; `LinkDown` whenever
-the link cannot carry a call, which the client then makes over Ray."""
+"""The Python client's end of the client link (mesh/v1/client.proto): `run` and `result` by
+gRPC straight to the scheduler; `LinkDown` whenever the link cannot carry a call."""
 
 from __future__ import annotations
 
@@ -15,10 +14,11 @@ import grpc
 
 from mesh.arrival import arrived
 from mesh.calls import CALL_TIMEOUT
+from mesh.channels import channel
 from mesh.errors import SchedulerUnavailable
 from mesh.protocol import LinkGrant
 from mesh.rpcerrors import carried_error
-from mesh.v1 import AUTHORIZATION_KEY, RESULT, RUN, serialize
+from mesh.v1 import AUTHORIZATION_KEY, KEEPALIVE_OPTIONS, MAX_DOWN, RESULT, RUN, serialize
 from mesh.v1 import client_pb2 as cpb
 
 log = logging.getLogger("actionmesh.client")
@@ -30,9 +30,13 @@ log = logging.getLogger("actionmesh.client")
 FIRST_CONNECT_WAIT = 0.1
 CONNECT_TIMEOUT = 10.0
 # After the link failed (or was not granted), calls go over Ray this long before the link is
-# tried again, doubling with each failure in a row: a client that cannot reach the link's
-# port pays for the attempt rarely.
+# tried again, doubling with each failure until a call gets through.
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+# Statuses that say the channel is of no more use: the server is gone, restarted (a new
+# token), does not serve the link, or the channel was closed under the call.
+_DEAD = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED,
+                   grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED})
+OPTIONS = [*KEEPALIVE_OPTIONS, ("grpc.max_receive_message_length", MAX_DOWN)]
 
 
 class LinkDown(Exception):
@@ -41,13 +45,19 @@ class LinkDown(Exception):
 
 class ClientLink:
     """Calls over the client link, opened at first use with the grant `ask_grant` gets
-    (the scheduler's `client_grant`, over Ray). Safe to share between threads."""
+    (the scheduler's `client_grant`, over Ray). Safe to share between threads: while one
+    asks for a grant, the others' calls go over Ray."""
 
     def __init__(self, ask_grant: Callable[[], Any],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 connect_wait: float = FIRST_CONNECT_WAIT,
+                 call_timeout: float = CALL_TIMEOUT) -> None:
         self.ask_grant = ask_grant
         self.clock = clock
+        self.connect_wait = connect_wait
+        self.call_timeout = call_timeout
         self._lock = threading.Lock()
+        self._granting = False
         self._channel: grpc.Channel | None = None
         self._ready: grpc.Future | None = None
         self._connecting_since = 0.0
@@ -76,79 +86,100 @@ class ClientLink:
         return reply.status if reply.HasField("status") else None
 
     def close(self) -> None:
+        """Close the channel; a later call asks for a new grant."""
         with self._lock:
-            channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.close()
+            self._drop()
 
     def _call(self, method: str, request: Any, reply: Any, wait: float) -> Any:
         channel, metadata = self._open()
-        stub = channel.unary_unary(method, request_serializer=serialize,
-                                   response_deserializer=reply.FromString)
         try:
-            return stub(request, timeout=wait + CALL_TIMEOUT, metadata=metadata)
+            stub = channel.unary_unary(method, request_serializer=serialize,
+                                       response_deserializer=reply.FromString)
+            answer = stub(request, timeout=wait + self.call_timeout, metadata=metadata)
+        except ValueError as exc:  # closed by another thread since `_open` handed it out
+            raise LinkDown(str(exc)) from None
         except grpc.RpcError as exc:
             ours = carried_error(exc)
             if ours is not None:
+                self._got_through()
                 raise ours from None
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+            code = exc.code()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 # As a Ray call that long unanswered: asking again would wait as long.
-                raise SchedulerUnavailable(f"no answer within {wait + CALL_TIMEOUT:g}s") \
-                    from None
-            why = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
-            with self._lock:
-                if channel is self._channel:  # (else another call dropped it already)
-                    self._back_off(why)
+                raise SchedulerUnavailable(
+                    f"no answer within {wait + self.call_timeout:g}s") from None
+            why = f"{code.name}: {exc.details()}"  # type: ignore[attr-defined]
+            if code in _DEAD:
+                with self._lock:
+                    if channel is self._channel:  # (else another call dropped it already)
+                        self._back_off(why)
             raise LinkDown(why) from None
+        self._got_through()
+        return answer
 
     def _open(self) -> tuple[grpc.Channel, tuple[tuple[str, str], ...]]:
+        granting = False
         with self._lock:
             if self._channel is None:
-                self._grant()
-            assert self._channel is not None and self._ready is not None
+                if self._granting:
+                    raise LinkDown("the client link is being granted")
+                if self.clock() < self._retry_at:
+                    raise LinkDown("the client link failed lately")
+                self._granting = granting = True
+        if granting:
+            self._grant()  # the Ray call, outside the lock
+        with self._lock:
+            if self._channel is None or self._ready is None:
+                raise LinkDown("the client link was dropped")
             if not self._ready.done():
                 if self.clock() - self._connecting_since > CONNECT_TIMEOUT:
                     self._back_off(f"it did not connect within {CONNECT_TIMEOUT:g}s")
                     raise LinkDown("the client link did not connect")
                 raise LinkDown("the client link is connecting")
-            self._pause = RETRY_FIRST
             return self._channel, self._metadata
 
     def _grant(self) -> None:
-        """(Holding the lock.) A new grant, and a channel connecting with it; waits up to
-        FIRST_CONNECT_WAIT for it to connect."""
-        if self.clock() < self._retry_at:
-            raise LinkDown("the client link failed lately")
-        # Asked while holding the lock: other threads wait for it rather than ask too.
-        answer = self.ask_grant()
-        if answer is None:
-            self._back_off("the scheduler does not serve it")
+        """Ask for a grant and open a channel with it, waiting up to `connect_wait` for it
+        to connect; LinkDown if there is none."""
+        try:
+            answer = self.ask_grant()
+            grant = None if answer is None else arrived(LinkGrant, answer, "link grant")
+        except Exception as exc:  # an older scheduler, one not answering: Ray it is
+            with self._lock:
+                self._granting = False
+                self._back_off(f"no grant: {exc!r}")
+            raise LinkDown("no client link") from None
+        if grant is None:
+            with self._lock:
+                self._granting = False
+                self._back_off("the scheduler does not serve it")
             raise LinkDown("no client link")
-        grant = arrived(LinkGrant, answer, "link grant")
-        self._channel = _channel(grant)
-        self._metadata = ((AUTHORIZATION_KEY, f"Bearer {grant.credential}"),)
-        self._ready = grpc.channel_ready_future(self._channel)
-        self._connecting_since = self.clock()
+        made = channel(f"{grant.host}:{grant.port}", grant.root_certificate.encode() or None,
+                       grant.server_name, OPTIONS)
+        ready = grpc.channel_ready_future(made)
         with contextlib.suppress(grpc.FutureTimeoutError):
-            self._ready.result(timeout=FIRST_CONNECT_WAIT)
+            ready.result(timeout=self.connect_wait)
+        with self._lock:
+            self._granting = False
+            self._channel, self._ready = made, ready
+            self._metadata = ((AUTHORIZATION_KEY, f"Bearer {grant.credential}"),)
+            self._connecting_since = self.clock()
+
+    def _got_through(self) -> None:
+        self._pause = RETRY_FIRST
 
     def _back_off(self, why: str) -> None:
-        """(Holding the lock.) Calls go over Ray for a while; the next try asks for a new
-        grant. A call still on the dropped channel ends with it."""
+        """(Holding the lock.) Calls go over Ray for a while, the while doubling until one
+        gets through; the next try asks for a new grant."""
         log.info("client link unusable (%s): calls go over Ray for %gs", why, self._pause)
+        self._drop()
+        self._retry_at = self.clock() + self._pause
+        self._pause = min(RETRY_MAX, self._pause * 2)
+
+    def _drop(self) -> None:
+        """(Holding the lock.) Close the channel: calls still on it end (CANCELLED)."""
         if self._ready is not None:
             self._ready.cancel()
         if self._channel is not None:
             self._channel.close()
         self._channel, self._ready = None, None
-        self._retry_at = self.clock() + self._pause
-        self._pause = min(RETRY_MAX, self._pause * 2)
-
-
-def _channel(grant: LinkGrant) -> grpc.Channel:
-    target = f"{grant.host}:{grant.port}"
-    if not grant.root_certificate:
-        return grpc.insecure_channel(target)
-    options = [("grpc.ssl_target_name_override", grant.server_name)] if grant.server_name else []
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(
-        grant.root_certificate.encode()), options=options)

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from mesh.channels import channel
 from mesh.v1 import AUTHORIZATION_KEY, method_path, serialize
 from mesh.v1 import gateway_pb2 as gpb
 from mesh.v1 import link_pb2 as pb
@@ -28,14 +29,8 @@ class GatewayClient:
 
     def __init__(self, address: str, token: str, root_certificate: bytes | None = None,
                  server_name: str | None = None) -> None:
-        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_RECEIVE)]
-        if root_certificate is None:
-            self.channel = grpc.insecure_channel(address, options=options)
-        else:
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            self.channel = grpc.secure_channel(
-                address, grpc.ssl_channel_credentials(root_certificate), options=options)
+        self.channel = channel(address, root_certificate, server_name or "",
+                               [("grpc.max_receive_message_length", MAX_RECEIVE)])
         self.metadata = ((AUTHORIZATION_KEY, f"Bearer {token}"),)
         streaming = {"Submit": gpb.SubmitRequest, "Watch": gpb.WatchRequest}
         self._streams = {name: self.channel.unary_stream(

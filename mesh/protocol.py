@@ -74,7 +74,7 @@ class LinkGrant(Model):
 
     host: str = Field(..., min_length=1, max_length=255)
     port: int = Field(..., ge=1, le=65535)
-    credential: str = Field(..., min_length=32, max_length=256)
+    credential: str = Field(..., min_length=32, max_length=256, repr=False)
     root_certificate: str = Field(
         "", max_length=1 << 20,
         description="PEM the scheduler's certificate is checked against; empty: no TLS")

@@ -33,13 +33,19 @@ def status_code(exc: errors.MeshError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# What a trailer carries of an error's fields or ids: gRPC refuses metadata past 8 KiB in
+# all, and the status's message names them too.
+TRAILER_ITEMS, TRAILER_TEXT = 20, 120
+
+
 def error_trailer(exc: errors.MeshError) -> tuple[tuple[str, str]]:
-    """Trailing metadata naming the error's kind (and, for bad input, each field)."""
+    """Trailing metadata naming the error's kind (and, for bad input, its first fields)."""
     told: dict[str, Any] = {"kind": type(exc).__name__}
     if isinstance(exc, errors.InvalidInput):
-        told["fields"] = exc.errors
+        told["fields"] = [(path[:TRAILER_TEXT], why[:TRAILER_TEXT])
+                          for path, why in exc.errors[:TRAILER_ITEMS]]
     elif isinstance(exc, errors.Unplaceable):
-        told["action_ids"] = exc.action_ids
+        told["action_ids"] = [i[:TRAILER_TEXT] for i in exc.action_ids[:TRAILER_ITEMS]]
     return ((ERROR_KEY, json.dumps(told)),)
 
 

@@ -47,7 +47,7 @@ from mesh.schema import (
     SubmitOutcome,
 )
 from mesh.statedir import Owner, StateDirLock
-from scheduler.clientlink import ClientLink
+from scheduler.clientlink import ClientLinkService
 from scheduler.shell import FIRST_SYNC_WAIT, Scheduler
 
 log = logging.getLogger("actionmesh.scheduler")
@@ -76,8 +76,8 @@ class SchedulerActor:
             return
         host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         self.s = Scheduler(config, link_host=host, metrics=Recorder())
-        self.client_link = ClientLink(self.submit_and_wait, self.wait_result)
-        self.s.link.services.append(self.client_link.handler())
+        self.client_link = ClientLinkService(self.submit_and_wait, self.wait_result)
+        self.s.link.add_service(self.client_link.handler())
         session = _session_dir()
         if session is not None:
             dashboards.install(session)

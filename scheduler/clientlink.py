@@ -17,7 +17,7 @@ from mesh.arrival import as_json
 from mesh.errors import MeshError
 from mesh.rpcerrors import error_trailer, status_code
 from mesh.schema import ActionId, SubmitOutcome
-from mesh.v1 import AUTHORIZATION_KEY, RESULT, RUN, serialize
+from mesh.v1 import AUTHORIZATION_KEY, RESULT, RUN, serialize, split_path
 from mesh.v1 import client_pb2 as cpb
 
 log = logging.getLogger("actionmesh.scheduler.link")
@@ -28,7 +28,11 @@ RunCall = Callable[[str, bool, float], Awaitable[tuple[SubmitOutcome, str | None
 ResultCall = Callable[[ActionId, float], Awaitable[str | None]]
 
 
-class ClientLink:
+# The longest status message sent.
+MAX_DETAILS = 4096
+
+
+class ClientLinkService:
     """The service, and the token that admits a call. A new token with each scheduler
     process: a client granted by the one before asks again."""
 
@@ -38,8 +42,8 @@ class ClientLink:
         self._result = result
 
     def handler(self) -> grpc.GenericRpcHandler:
-        service, run = RUN.strip("/").split("/")
-        _, result = RESULT.strip("/").split("/")
+        service, run = split_path(RUN)
+        _, result = split_path(RESULT)
         return grpc.method_handlers_generic_handler(service, {
             run: grpc.unary_unary_rpc_method_handler(
                 self.run, request_deserializer=cpb.RunRequest.FromString,
@@ -81,11 +85,12 @@ class ClientLink:
 
 
 def _failed(context: aio.ServicerContext, exc: Exception) -> None:
-    """End the call (its reply is not sent) with our error's code and kind; anything else is
-    a bug of ours, logged here and shown as INTERNAL (the client then asks over Ray)."""
+    """Set the call's status to our error's code and kind (gRPC then sends the status, not
+    the reply); anything else is a bug of ours, logged here and shown as INTERNAL."""
     if isinstance(exc, MeshError):
         context.set_code(status_code(exc))
-        context.set_details(str(exc) or type(exc).__name__)
+        # (Cut short: gRPC refuses metadata, the status's message included, past 8 KiB.)
+        context.set_details((str(exc) or type(exc).__name__)[:MAX_DETAILS])
         context.set_trailing_metadata(error_trailer(exc))
         return
     log.exception("a client link call failed", exc_info=exc)

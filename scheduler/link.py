@@ -30,7 +30,15 @@ from mesh import protoconv
 from mesh.errors import InvalidInput
 from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, ReportAnswer
 from mesh.schema import ActionId, AgentId, AgentInfo, Load, MeshConfig
-from mesh.v1 import AGENT_KEY, AUTHORIZATION_KEY, CONNECT, KEEPALIVE_OPTIONS, MAX_DOWN, MAX_UP
+from mesh.v1 import (
+    AGENT_KEY,
+    AUTHORIZATION_KEY,
+    CONNECT,
+    KEEPALIVE_OPTIONS,
+    MAX_DOWN,
+    MAX_UP,
+    split_path,
+)
 from mesh.v1 import link_pb2 as pb
 from scheduler.core.decisions import Stop
 
@@ -135,18 +143,18 @@ class LinkServer:
         # in arrival order.
         self._inbox: list[tuple[_Stream, AttemptReport | ReportAnswer]] = []
         # Other services served on the same port (the client link), each admitting its own.
-        self.services: list[grpc.GenericRpcHandler] = []
+        self._services: list[grpc.GenericRpcHandler] = []
 
     # ---- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> int:
         server = aio.server(options=OPTIONS)
-        service, method = CONNECT.strip("/").split("/")
+        service, method = split_path(CONNECT)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
             method: grpc.stream_stream_rpc_method_handler(
                 self._connect, request_deserializer=pb.AgentMessage.FromString,
                 response_serializer=pb.SchedulerMessage.SerializeToString)}),
-            *self.services])
+            *self._services])
         address = f"{self.host}:{self.port}"
         port: int
         try:
@@ -161,6 +169,12 @@ class LinkServer:
             raise
         self._server, self.port = server, port
         return port
+
+    def add_service(self, handler: grpc.GenericRpcHandler) -> None:
+        """Serve another service on the link's port, from `start` on."""
+        if self._server is not None:
+            raise RuntimeError("a service must be added before the link serves")
+        self._services.append(handler)
 
     async def close(self) -> None:
         server, self._server = self._server, None  # no more grants

@@ -46,6 +46,12 @@ def method_path(service: str, method: str) -> str:
     return f"/{found.containing_service.full_name}/{found.name}"
 
 
+def split_path(path: str) -> tuple[str, str]:
+    """The service and the method of a method path, as a generic handler takes them."""
+    service, _, method = path.strip("/").partition("/")
+    return service, method
+
+
 CONNECT = method_path("AgentLink", "Connect")
 RUN = method_path("ClientLink", "Run")
 RESULT = method_path("ClientLink", "Result")

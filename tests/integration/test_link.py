@@ -86,6 +86,9 @@ def test_while_the_link_port_is_taken_reports_go_by_ray_and_the_stream_comes_bac
         assert agent.link == "ray"
         each_ran_once(client.submit_many([marked(n, log, 0.1) for n in range(6)]), log)
         assert [a.link for a in client.pool()] == ["ray"]
+        # No client link either: `run` goes over Ray.
+        assert client.run(Action(command=["true"]), timeout=60).ok
+        assert not client.link.serving
         freed_at = time.time()
         taken.close()
         # The scheduler tries the port again after 1, 2, 4 ... s; the agent then opens
@@ -95,6 +98,10 @@ def test_while_the_link_port_is_taken_reports_go_by_ray_and_the_stream_comes_bac
         results = [h.result(timeout=60) for h in handles]
         assert all(r.stage is Stage.SUCCEEDED for r in results)
         assert [(a.link, a.link_since) for a in client.pool()] == [("stream", agent.link_since)]
+        # The client link is granted once its pause is over (1 s, doubling from the first
+        # time it found none).
+        wait_until(lambda: client.run(Action(command=["true"]), timeout=60).ok
+                   and client.link.serving, bool, what="`run` on the client link")
     finally:
         taken.close()
         stop_mesh(cluster)

@@ -61,6 +61,7 @@ def assert_each_ended_once(client: Client, handles: list[ActionHandle], log: Pat
 def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None:
     cluster, _, _ = start_mesh(tmp_path / "state", WORKER, WORKER)
     log = tmp_path / "runs"
+    waiter = ThreadPoolExecutor(1)
     try:
         client = Client()
         wait_until(client.pool, lambda p: len(p) == 2 and all(a.load for a in p),
@@ -79,7 +80,6 @@ def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None
         # A client on the client link, inside `run` as the scheduler dies: its call goes
         # again over Ray, to the restarted one, with the same id (accepted once).
         assert client.link.serving
-        waiter = ThreadPoolExecutor(1)
         waited = waiter.submit(client.run, marked("w", tmp_path / "w-runs", 0.5), 120)
         wait_until(lambda: client.counts(), lambda c: sum(c.values()) == 16,
                    what="the waited one accepted")
@@ -96,7 +96,6 @@ def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None
             if r.id in running:
                 assert [a.outcome for a in r.attempts] == [Stage.SUCCEEDED], r.attempts
         assert waited.result(timeout=60).ok and runs(tmp_path / "w-runs") == ["w"]
-        waiter.shutdown()
         # The link is granted again by the new scheduler once its pause is over.
         wait_until(lambda: client.run(Action(command=["true"], labels=["pool:restart"]),
                                       timeout=60).ok and client.link.serving,
@@ -111,6 +110,7 @@ def test_a_killed_scheduler_comes_back_and_loses_nothing(tmp_path: Path) -> None
             what="the agents on streams to the new scheduler")
         print(f"scheduler answered again {back_after:.2f}s after its SIGKILL")
     finally:
+        waiter.shutdown(wait=False, cancel_futures=True)
         stop_mesh(cluster)
 
 

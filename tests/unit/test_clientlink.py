@@ -14,12 +14,20 @@ import grpc
 import pytest
 from grpc import aio
 
+from mesh import errors
 from mesh.arrival import arrived, as_json
 from mesh.clientlink import CONNECT_TIMEOUT, RETRY_FIRST, ClientLink, LinkDown
-from mesh.errors import InvalidInput, NotFound, SchedulerUnavailable, Unplaceable
+from mesh.errors import (
+    InvalidInput,
+    MeshError,
+    SchedulerUnavailable,
+    Unplaceable,
+    WaitTimeout,
+)
 from mesh.protocol import LinkGrant
+from mesh.rpcerrors import TRAILER_ITEMS, TRAILER_TEXT
 from mesh.schema import Action, ActionId, SubmitOutcome
-from scheduler.clientlink import ClientLink as ClientService
+from scheduler.clientlink import ClientLinkService
 from tests.tls_support import throwaway_certificate
 
 
@@ -29,6 +37,7 @@ class Scheduler:
 
     fail: Exception | None = None
     status: str | None = None
+    stall: float = 0.0  # seconds `result` takes to answer
     seen: list[tuple[Any, ...]] = field(default_factory=list)
 
     async def run(self, spec: str, reject: bool, wait: float,
@@ -42,6 +51,7 @@ class Scheduler:
 
     async def result(self, action_id: ActionId, wait: float) -> str | None:
         self.seen.append(("result", action_id, wait))
+        await asyncio.sleep(self.stall)
         if self.fail is not None:
             raise self.fail
         return self.status
@@ -50,7 +60,7 @@ class Scheduler:
 @dataclass
 class Served:
     scheduler: Scheduler
-    service: ClientService
+    service: ClientLinkService
     server: aio.Server
     port: int
     certificate: str = ""
@@ -67,7 +77,7 @@ NAME = "scheduler.mesh.test"
 
 async def serve(scheduler: Scheduler, tls: tuple[str, str] | None = None) -> Served:
     """The service on a port of its own; with `tls` (certificate and key files), TLS."""
-    service = ClientService(scheduler.run, scheduler.result)
+    service = ClientLinkService(scheduler.run, scheduler.result)
     server = aio.server()
     server.add_generic_rpc_handlers([service.handler()])
     if tls is None:
@@ -95,8 +105,10 @@ class Clock:
         return self.now
 
 
-def client(grants: Callable[[], Any], clock: Clock | None = None) -> ClientLink:
-    return ClientLink(grants, clock or Clock())
+def client(grants: Callable[[], Any], clock: Clock | None = None, **options: Any,
+           ) -> ClientLink:
+    # A generous first wait: a loaded machine may take more than the default to connect.
+    return ClientLink(grants, clock or Clock(), **{"connect_wait": 10.0, **options})
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -121,27 +133,68 @@ async def test_run_and_result_cross_with_the_token(served: Served) -> None:
     link.close()
 
 
-@pytest.mark.parametrize("error", [
-    InvalidInput("invalid action: command: too short", [("command", "too short")]),
-    NotFound("no action with id 'x'"),
-    Unplaceable("no agent could run it", ["a-1"]),
-    SchedulerUnavailable("not serving yet"),
-], ids=lambda e: type(e).__name__)
-async def test_our_errors_arrive_as_raised(served: Served, error: Exception) -> None:
+def every_error() -> list[MeshError]:
+    """One of each of our errors, with the fields those that have them carry."""
+    made: list[MeshError] = []
+    for kind in vars(errors).values():
+        if not (isinstance(kind, type) and issubclass(kind, MeshError)):
+            continue
+        if issubclass(kind, InvalidInput):
+            made.append(kind("invalid action: command: too short", [("command", "too short")]))
+        elif issubclass(kind, Unplaceable):
+            made.append(kind("no agent could run it", ["a-1", "a-2"]))
+        else:
+            made.append(kind(f"a {kind.__name__}"))
+    return made
+
+
+@pytest.mark.parametrize("way", ["run", "result"])
+@pytest.mark.parametrize("error", every_error(), ids=lambda e: type(e).__name__)
+async def test_each_of_our_errors_arrives_as_raised(served: Served, error: MeshError,
+                                                    way: str) -> None:
     served.scheduler.fail = error
     link = client(served.grant)
+    call = (lambda: link.run(as_json(ACTION), True, 0.1)) if way == "run" else (
+        lambda: link.result("x", 0.1))
     with pytest.raises(type(error)) as raised:
-        await in_thread(link.result, "x", 0.1)
+        await in_thread(call)
     assert str(raised.value) == str(error) and type(raised.value) is type(error)
-    assert vars(raised.value) == vars(error)  # the fields, the ids
-    assert link._channel is not None, "an error of ours is an answer: the link stays"
+    if not isinstance(error, WaitTimeout):  # (its last observation stays behind)
+        assert vars(raised.value) == vars(error)  # the fields, the ids
+    assert link.serving, "an error of ours is an answer: the link stays"
     link.close()
+
+
+async def test_a_long_list_of_bad_fields_still_arrives_as_bad_input(served: Served) -> None:
+    fields = [(f"env.VAR_{i:04d}", "x" * 300) for i in range(500)]
+    served.scheduler.fail = InvalidInput("invalid action: " + "; ".join(
+        f"{f}: {w}" for f, w in fields), fields)
+    with pytest.raises(InvalidInput) as raised:
+        await in_thread(client(served.grant).result, "x", 0.1)
+    assert raised.value.errors[0] == ("env.VAR_0000", "x" * TRAILER_TEXT)
+    assert len(raised.value.errors) == TRAILER_ITEMS
 
 
 async def test_a_bug_on_the_scheduler_side_is_not_passed_off_as_ours(served: Served) -> None:
     served.scheduler.fail = RuntimeError("boom")
+    link = client(served.grant)
     with pytest.raises(LinkDown, match="INTERNAL"):
-        await in_thread(client(served.grant).result, "x", 0.1)
+        await in_thread(link.result, "x", 0.1)
+    # That call goes over Ray; the link stays for the next (another thread's call on it
+    # would otherwise be cut off).
+    assert link.serving
+    served.scheduler.fail = None
+    assert await in_thread(link.result, "x", 0.1) is None
+    link.close()
+
+
+async def test_an_unanswered_call_is_the_scheduler_unavailable_not_a_link_down(
+        served: Served) -> None:
+    served.scheduler.stall = 30.0
+    link = client(served.grant, call_timeout=0.2)
+    with pytest.raises(SchedulerUnavailable, match=r"no answer within 0\.3s"):
+        await in_thread(link.result, "x", 0.1)
+    link.close()
 
 
 async def test_a_wrong_token_is_refused_before_the_call_runs(served: Served) -> None:
@@ -151,24 +204,45 @@ async def test_a_wrong_token_is_refused_before_the_call_runs(served: Served) -> 
     assert served.scheduler.seen == []
 
 
-async def test_no_grant_backs_off_then_asks_again(served: Served) -> None:
+async def test_no_grant_backs_off_doubling_until_a_call_gets_through(served: Served) -> None:
     asked: list[float] = []
     clock = Clock()
-    answers: list[LinkGrant | None] = [None, served.grant()]
+
+    def no_such_method() -> LinkGrant:
+        raise AttributeError("an older scheduler: no client_grant")
+
+    answers: list[Callable[[], LinkGrant | None]] = [
+        lambda: None, no_such_method, lambda: served.grant("w" * 43), served.grant,
+        lambda: None, lambda: None]
 
     def grants() -> LinkGrant | None:
         asked.append(clock.now)
-        return answers.pop(0)
+        return answers.pop(0)()
 
     link = client(grants, clock)
-    for _ in range(2):  # the second within the pause: not even asked
-        with pytest.raises(LinkDown):
+
+    async def down(why: str) -> None:
+        with pytest.raises(LinkDown, match=why):
             await in_thread(link.result, "x", 0.1)
-    assert asked == [100.0]
+
+    await down("no client link")  # no grant: Ray for 1 s
+    await down("failed lately")  # within the pause: not even asked
     clock.now += RETRY_FIRST
-    assert await in_thread(link.result, "x", 0.1) is None
-    assert asked == [100.0, 100.0 + RETRY_FIRST]
+    await down("no client link")  # it raised: Ray for 2 s
+    clock.now += RETRY_FIRST
+    await down("failed lately")
+    clock.now += RETRY_FIRST
+    await down("UNAUTHENTICATED")  # connected, refused: Ray for 4 s
+    clock.now += 2 * RETRY_FIRST
+    await down("failed lately")
+    clock.now += 2 * RETRY_FIRST
+    assert await in_thread(link.result, "x", 0.1) is None  # through: the pause starts over
+    assert asked == [100.0, 101.0, 103.0, 107.0]
     link.close()
+    await down("no client link")
+    clock.now += RETRY_FIRST
+    await down("no client link")
+    assert asked[-2:] == [clock.now - RETRY_FIRST, clock.now], "1 s, not 8"
 
 
 async def test_a_scheduler_gone_sends_calls_elsewhere_until_a_new_one_grants() -> None:
@@ -210,7 +284,7 @@ async def test_with_a_certificate_the_calls_are_tls_and_trust_only_it(tmp_path: 
             asked.append(clock.now)
             return wrong
 
-        untrusting = client(grants, clock)
+        untrusting = client(grants, clock, connect_wait=0.1)
         # Calls go elsewhere while it tries, then for a pause once it gives up on it.
         for step, why in ((0.0, "is connecting"), (CONNECT_TIMEOUT / 2, "is connecting"),
                           (CONNECT_TIMEOUT / 2 + 0.1, "did not connect"),

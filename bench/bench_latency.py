@@ -60,7 +60,7 @@ def mesh_latencies(client: Client, n: int = N, ways: Sequence[str] = tuple(WAYS)
     """Submit -> running and submit -> result of `n` actions each way, the ways taking
     turns so that a slow spell of this shared machine falls on all."""
     found: dict[str, tuple[list[float], list[float]]] = {w: ([], []) for w in ways}
-    ray_only = over_ray()
+    ray_only = over_ray() if OVER_RAY.intersection(ways) else client
     for _ in range(n):
         for name in ways:
             to_running, to_result = found[name]

@@ -32,7 +32,7 @@ from mesh.errors import (
     Unplaceable,
 )
 from mesh.metrics import METRICS_INTERVAL, Recorder
-from mesh.rpcerrors import status_code
+from mesh.rpcerrors import abort
 from mesh.schema import (
     AccountStatus,
     FollowedEvents,
@@ -220,17 +220,6 @@ def _parse(kind: Any, data: bytes) -> Any:
     return kind.FromString(data)
 
 
-async def _abort(context: aio.ServicerContext, exc: Exception) -> None:
-    """End the call with the status our error maps to; anything else is a bug of ours,
-    logged here and shown to the caller as INTERNAL without its traceback."""
-    if isinstance(exc, MeshError):
-        await context.abort(status_code(exc), str(exc) or type(exc).__name__)
-    else:
-        log.exception("a gateway call failed", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL,
-                            f"the gateway failed: {type(exc).__name__}")
-
-
 Failed = Callable[[Exception], None]
 
 
@@ -241,7 +230,7 @@ def _answering(method: Callable[[Any], Awaitable[Any]], failed: Failed,
             return await method(request)
         except Exception as exc:
             failed(exc)
-            await _abort(context, exc)
+            await abort(context, exc, "gateway")
     return answer
 
 
@@ -253,7 +242,7 @@ def _streaming(method: Callable[[Any], AsyncIterator[Any]], failed: Failed,
                 yield message
         except Exception as exc:
             failed(exc)
-            await _abort(context, exc)
+            await abort(context, exc, "gateway")
     return stream
 
 

@@ -4,9 +4,11 @@ client's own link, the same error raised again on the caller's side."""
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from typing import Any, NoReturn
 
 import grpc
+from grpc import aio
 
 from mesh import errors
 from mesh.v1 import ERROR_KEY
@@ -33,9 +35,24 @@ def status_code(exc: errors.MeshError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# The longest status message sent: gRPC refuses metadata, the message included, past 8 KiB.
+MAX_DETAILS = 4096
 # What a trailer carries of an error's fields or ids: gRPC refuses metadata past 8 KiB in
 # all, and the status's message names them too.
 TRAILER_ITEMS, TRAILER_TEXT = 20, 120
+
+
+async def abort(context: aio.ServicerContext, exc: Exception, server: str) -> NoReturn:
+    """End the call with our error's status code, message and kind (trailing metadata);
+    anything else is a bug of the `server`'s, logged there and shown to the caller as
+    INTERNAL without its traceback."""
+    if isinstance(exc, errors.MeshError):
+        await context.abort(status_code(exc), (str(exc) or type(exc).__name__)[:MAX_DETAILS],
+                            trailing_metadata=error_trailer(exc))
+    logging.getLogger(f"actionmesh.{server}").exception("a %s call failed", server,
+                                                        exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"the {server} failed: {type(exc).__name__}")
+    raise AssertionError("grpc's abort raises")  # (grpc's types do not say so)
 
 
 def error_trailer(exc: errors.MeshError) -> tuple[tuple[str, str]]:

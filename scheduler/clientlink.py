@@ -5,7 +5,6 @@ that the scheduler hands out over Ray."""
 from __future__ import annotations
 
 import hmac
-import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,22 +13,15 @@ import grpc
 from grpc import aio
 
 from mesh.arrival import as_json
-from mesh.errors import MeshError
-from mesh.rpcerrors import error_trailer, status_code
+from mesh.rpcerrors import abort
 from mesh.schema import ActionId, SubmitOutcome
 from mesh.v1 import AUTHORIZATION_KEY, RESULT, RUN, serialize, split_path
 from mesh.v1 import client_pb2 as cpb
-
-log = logging.getLogger("actionmesh.scheduler.link")
 
 # The scheduler actor's own calls, which check what they are given: submit one action (its
 # JSON) and wait; wait for an action's end. Both answer JSON text, None while it runs.
 RunCall = Callable[[str, bool, float], Awaitable[tuple[SubmitOutcome, str | None]]]
 ResultCall = Callable[[ActionId, float], Awaitable[str | None]]
-
-
-# The longest status message sent.
-MAX_DETAILS = 4096
 
 
 class ClientLinkService:
@@ -53,46 +45,27 @@ class ClientLinkService:
                 response_serializer=serialize)})
 
     async def run(self, request: cpb.RunRequest, context: aio.ServicerContext) -> Any:
-        if not self._admitted(context):
-            return cpb.RunReply()
+        await self._admit(context)
         try:
             outcome, status = await self._run(request.action, request.reject_unplaceable,
                                               request.wait)
         except Exception as exc:
-            _failed(context, exc)
-            return cpb.RunReply()
+            await abort(context, exc, "scheduler")
         return cpb.RunReply(outcome=as_json(outcome), status=status)
 
     async def result(self, request: cpb.ResultRequest, context: aio.ServicerContext) -> Any:
-        if not self._admitted(context):
-            return cpb.ResultReply()
+        await self._admit(context)
         try:
             status = await self._result(ActionId(request.action_id), request.wait)
         except Exception as exc:
-            _failed(context, exc)
-            return cpb.ResultReply()
+            await abort(context, exc, "scheduler")
         return cpb.ResultReply(status=status)
 
-    def _admitted(self, context: aio.ServicerContext) -> bool:
+    async def _admit(self, context: aio.ServicerContext) -> None:
         sent = str(dict(context.invocation_metadata() or ()).get(AUTHORIZATION_KEY, ""))
         scheme, _, token = sent.partition(" ")
         # The token is compared in constant time.
-        if scheme == "Bearer" and hmac.compare_digest(token.encode(), self.token.encode()):
-            return True
-        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
-        context.set_details("a token from this scheduler's client_grant is required")
-        return False
-
-
-def _failed(context: aio.ServicerContext, exc: Exception) -> None:
-    """Set the call's status to our error's code and kind (gRPC then sends the status, not
-    the reply); anything else is a bug of ours, logged here and shown as INTERNAL."""
-    if isinstance(exc, MeshError):
-        context.set_code(status_code(exc))
-        # (Cut short: gRPC refuses metadata, the status's message included, past 8 KiB.)
-        context.set_details((str(exc) or type(exc).__name__)[:MAX_DETAILS])
-        context.set_trailing_metadata(error_trailer(exc))
-        return
-    log.exception("a client link call failed", exc_info=exc)
-    context.set_code(grpc.StatusCode.INTERNAL)
-    context.set_details(f"the scheduler failed: {type(exc).__name__}")
+        if not (scheme == "Bearer"
+                and hmac.compare_digest(token.encode(), self.token.encode())):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "a token from this scheduler's client_grant is required")

@@ -50,6 +50,7 @@ _AGENT_STATES: dict[str, gpb.AgentState] = {
     "alive": gpb.AGENT_STATE_ALIVE,
     "suspect": gpb.AGENT_STATE_SUSPECT,
     "draining": gpb.AGENT_STATE_DRAINING,
+    "drained": gpb.AGENT_STATE_DRAINED,
     "blocked": gpb.AGENT_STATE_BLOCKED,
     "dead": gpb.AGENT_STATE_DEAD,
 }

@@ -44,6 +44,7 @@ class AgentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGENT_STATE_DRAINING: _ClassVar[AgentState]
     AGENT_STATE_BLOCKED: _ClassVar[AgentState]
     AGENT_STATE_DEAD: _ClassVar[AgentState]
+    AGENT_STATE_DRAINED: _ClassVar[AgentState]
 
 class AgentLinkKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +75,7 @@ AGENT_STATE_SUSPECT: AgentState
 AGENT_STATE_DRAINING: AgentState
 AGENT_STATE_BLOCKED: AgentState
 AGENT_STATE_DEAD: AgentState
+AGENT_STATE_DRAINED: AgentState
 AGENT_LINK_KIND_UNSPECIFIED: AgentLinkKind
 AGENT_LINK_KIND_STREAM: AgentLinkKind
 AGENT_LINK_KIND_RAY: AgentLinkKind

@@ -5,7 +5,7 @@ errors has its status code."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import grpc
 import pytest
@@ -27,6 +27,8 @@ from mesh.errors import (
 from mesh.rpcerrors import status_code
 from mesh.schema import (
     ActionStatus,
+    AgentState,
+    AgentStatus,
     AttemptRecord,
     GatewayConfig,
     LogBatch,
@@ -36,7 +38,7 @@ from mesh.schema import (
 from mesh.stages import Stage
 from mesh.v1 import gateway_pb2 as gpb
 from mesh.v1 import link_pb2 as pb
-from tests.builders import action, aid, nid
+from tests.builders import action, agent, aid, nid
 
 TOKEN = "a-token-of-twenty-chars"
 
@@ -167,3 +169,12 @@ def test_a_status_reads_as_the_model_says(tmp_path: Path) -> None:
                                             stage=Stage.FAILED, time=9.0, exit_code=-9))
     assert (event.stage.stage, event.stage.exit_code, event.stage.agent_id) == \
         (gpb.STAGE_FAILED, -9, "")
+
+
+def test_every_agent_state_has_its_own_value_on_the_wire() -> None:
+    # A state the gateway cannot show would fail every ListAgents while one agent is in it.
+    shown = [gatewayconv.agent_pb(AgentStatus(
+        info=agent("n1"), state=state, capacity_percent=100.0, load=None, reserved_cpus=0,
+        reserved_memory=0, running=[])).state for state in get_args(AgentState)]
+    assert gpb.AGENT_STATE_UNSPECIFIED not in shown
+    assert len(set(shown)) == len(shown)

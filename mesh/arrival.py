@@ -38,6 +38,17 @@ def arrived(kind: type[M], value: Any, what: str, context: dict[str, Any] | None
         raise InvalidInput.from_validation(what, exc) from None
 
 
+def arrived_changes(kind: type[M], value: Any, what: str) -> M | dict[str, Any]:
+    """Changes to a config: the fields to change by name (each checked once merged with
+    the config in force), or a whole new config, validated here."""
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return value
+    if isinstance(value, BaseModel):
+        return arrived(kind, value, what)
+    raise InvalidInput(f"{what}: expected a mapping of field names to values, got "
+                       f"{type(value).__name__}", [(what, "not a mapping")])
+
+
 def arrived_list(kind: type[M], text: Any, what: str) -> list[M]:
     """A JSON array of `kind` (as `as_json` writes a sequence) validated; InvalidInput
     naming the item and field otherwise."""
@@ -66,7 +77,7 @@ def arrived_id(value: Any, what: str) -> str:
             raise ValueError(f"{what} must be a string, got {type(value).__name__}")
         return check_id(value, what)
     except ValueError as exc:
-        raise InvalidInput(f"{what}: {exc}", [("id", str(exc))]) from None
+        raise InvalidInput(f"{what}: {exc}", [(what, str(exc))]) from None
 
 
 def arrived_flag(value: Any, what: str) -> bool:
@@ -87,7 +98,7 @@ def arrived_job(value: Any) -> str:
 def arrived_count(value: Any, what: str, least: int = 0) -> int:
     """A whole number >= `least` (attempt numbers, offsets); InvalidInput otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise InvalidInput(f"{what} must be an integer >= {least}, got {value!r}",
+        raise InvalidInput(f"{what} must be an integer >= {least}, got {repr(value)[:80]}",
                            [(what, f"not an integer >= {least}")])
     return value
 

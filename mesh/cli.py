@@ -18,7 +18,7 @@ from rich.live import Live
 from mesh import bootstrap
 from mesh.cli_accounts import accounts, print_accounts
 from mesh.cli_events import events
-from mesh.cli_pool import apply, assignment, config, dispatch, groups, read_config_file
+from mesh.cli_pool import apply, assignment, config, dispatch, groups, read_text_file
 from mesh.client import Client, connect
 from mesh.cliout import client_of, dump, errors, table
 from mesh.errors import InvalidInput, MeshError
@@ -99,7 +99,7 @@ def up(ctx: click.Context, state_dir: str | None, no_head_agent: bool,
     fields: dict[str, Any] = {"head_agent": not no_head_agent, "run_as": run_as}
     if pool_config is not None:
         # Refused here, naming the field, rather than in the scheduler's log.
-        PoolConfig.parse(read_config_file(pool_config), pool_config)
+        PoolConfig.parse(read_text_file(pool_config), pool_config)
         fields["pool_config"] = str(Path(pool_config).resolve())
     if http_port is not None:
         fields["http_port"] = http_port
@@ -233,8 +233,7 @@ def read_secret_files(paths: Sequence[str]) -> dict[str, str]:
     """NAME=VALUE lines (blank lines and # comments skipped) of each file, later ones win."""
     found: dict[str, str] = {}
     for path in paths:
-        with open(path, encoding="utf-8") as file:
-            lines = [line.rstrip("\n") for line in file]
+        lines = read_text_file(path).split("\n")
         found.update(parse_pairs([line for line in lines
                                   if line.strip() and not line.lstrip().startswith("#")],
                                  f"--secret-file {path}", secret=True))

@@ -15,10 +15,11 @@ from mesh.poolconfig import GroupStatus, PoolStatus
 from mesh.schema import format_duration
 
 
-def read_config_file(path: str) -> str:
-    """The text of a pool config file; InvalidInput naming it when it cannot be read."""
+def read_text_file(path: str) -> str:
+    """The text of a file named on the command line (a pool config, secrets);
+    InvalidInput naming it when it cannot be read, its bytes not shown."""
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{path}: cannot be read: {exc}", [(path, "unreadable")]) from None
 
@@ -31,7 +32,7 @@ def read_config_file(path: str) -> str:
 def apply(ctx: click.Context, file: str, as_json: bool) -> None:
     """Put the pool config in FILE in force, without restarting anything. A bad file is
     refused whole, each problem named by its field, and the config in force stays."""
-    status = client_of(ctx).apply(read_config_file(file))
+    status = client_of(ctx).apply(read_text_file(file))
     if not as_json:
         click.echo(f"applied {file}: {len(status.config.groups)} group(s), "
                    f"{len(status.config.assignments)} manual assignment(s)")

@@ -10,7 +10,7 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,8 @@ class Gateway:
         self._find = find
         self._found: dict[str, Any] = {}
         self.max_streams = max_streams
-        self.followers: set[Follower] = set()  # one per open stream
+        self.open_streams = 0  # counted from the check on, before any await
+        self.followers: set[Follower] = set()  # one per stream following its action
 
     @property
     def scheduler(self) -> Any:
@@ -137,25 +138,34 @@ class Gateway:
 
     async def submit(self, request: gpb.SubmitRequest) -> AsyncIterator[gpb.ActionEvent]:
         action = gatewayconv.action(request).identified()
-        self._room()  # before submitting: an accepted action is followed
-        outcome, first = await calls.ask(self.scheduler.submit_and_follow, as_json(action),
-                                         not request.allow_unplaceable, LINGER)
-        if not outcome.accepted:
-            raise Unplaceable(outcome.reason, [outcome.action_id])
-        async for event in self._follow(Cursor(outcome.action_id), request.without_logs,
-                                        first):
-            yield event
+        with self._stream():  # before submitting: an accepted action is followed
+            outcome, first = await calls.ask(self.scheduler.submit_and_follow,
+                                             as_json(action), not request.allow_unplaceable,
+                                             LINGER)
+            if not outcome.accepted:
+                raise Unplaceable(outcome.reason, [outcome.action_id])
+            async for event in self._follow(Cursor(outcome.action_id), request.without_logs,
+                                            first):
+                yield event
 
     async def watch(self, request: gpb.WatchRequest) -> AsyncIterator[gpb.ActionEvent]:
-        self._room()
-        async for event in self._follow(Cursor(*gatewayconv.cursor(request)),
-                                        request.without_logs):
-            yield event
+        with self._stream():
+            async for event in self._follow(Cursor(*gatewayconv.cursor(request)),
+                                            request.without_logs):
+                yield event
 
-    def _room(self) -> None:
-        if len(self.followers) >= self.max_streams:
-            raise Busy(f"{len(self.followers)} streams are open, the most this gateway keeps "
+    @contextlib.contextmanager
+    def _stream(self) -> Iterator[None]:
+        """One of the streams this gateway keeps open at most (max_streams); Busy past
+        them. Taken before the first await, so streams opened together count together."""
+        if self.open_streams >= self.max_streams:
+            raise Busy(f"{self.open_streams} streams are open, the most this gateway keeps "
                        "(max_streams); try again later")
+        self.open_streams += 1
+        try:
+            yield
+        finally:
+            self.open_streams -= 1
 
     async def _follow(self, cursor: Cursor, without_logs: bool,
                       first: FollowedEvents | None = None) -> AsyncIterator[gpb.ActionEvent]:
@@ -326,7 +336,7 @@ def _named(name: str) -> Any:
 async def _record_streams(gateway: Gateway) -> None:
     metrics = Recorder()
     while True:
-        metrics.set("gateway_streams", len(gateway.followers))
+        metrics.set("gateway_streams", gateway.open_streams)
         await asyncio.sleep(METRICS_INTERVAL)
 
 
@@ -392,7 +402,7 @@ class GatewayActor:
 
     def streams(self) -> int:
         """How many Submit and Watch streams are open."""
-        return 0 if self._gateway is None else len(self._gateway.followers)
+        return 0 if self._gateway is None else self._gateway.open_streams
 
     def backlog(self) -> int:
         """Events waiting in the open streams for their clients to read them."""

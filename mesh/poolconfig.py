@@ -34,6 +34,9 @@ HomeKind = Literal["manual", "dispatched", "first run"]
 # Who blocked a group: nobody, its pool config, or an operator by hand.
 BlockedBy = Literal["", "config", "operator"]
 MAX_JOBS = 100_000
+# Values in a pool config once YAML's aliases are expanded: an alias names a value written
+# elsewhere, so a few kilobytes of aliases of aliases can stand for billions of them.
+MAX_VALUES = 1_000_000
 
 
 def group_label(group: str) -> str:
@@ -175,10 +178,31 @@ class PoolConfig(Model):
         if not isinstance(loaded, dict):
             raise InvalidInput(f"{where}: expected a mapping at the top, got "
                                f"{type(loaded).__name__}", [(where, "not a mapping")])
+        if not _holds_at_most(loaded, MAX_VALUES):
+            raise InvalidInput(f"{where}: more than {MAX_VALUES:,} values once its aliases "
+                               "are expanded", [(where, "too many values")])
         try:
             return cls.model_validate(loaded)
         except ValidationError as exc:
             raise InvalidInput.from_validation(where, exc) from None
+
+
+def _holds_at_most(loaded: Any, limit: int) -> bool:
+    """Whether the loaded YAML, each alias counted as often as it is used, has at most
+    `limit` values (keys included); it stops counting past the limit."""
+    todo = [loaded]
+    seen = 0
+    while todo:
+        value = todo.pop()
+        seen += 1
+        if seen > limit:
+            return False
+        if isinstance(value, dict):
+            todo.extend(value.keys())
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return True
 
 
 class GroupStatus(Model):

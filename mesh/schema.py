@@ -38,6 +38,15 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# The longest size or duration text read. Longer ones are refused before a pattern runs:
+# backtracking on a long run of digits or spaces costs time quadratic in its length.
+MAX_QUANTITY_TEXT = 64
+
+
+def _quantity_text(value: str, expected: str) -> str:
+    if len(value) > MAX_QUANTITY_TEXT:
+        raise ValueError(f"expected {expected}, got a text of {len(value):,} characters")
+    return value
 
 
 def parse_size(value: Any) -> int:
@@ -48,20 +57,21 @@ def parse_size(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a size, got {value!r}")
     if isinstance(value, int | float):
+        # Compared, not converted: float() of a huge int overflows. Fields bound the rest.
         if value < 0:
             raise ValueError(f"size must not be negative, got {value!r}")
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"size must be finite, got {value!r}")
         return int(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as 512M or 2G, got {value!r}")
-    match = _SIZE_RE.match(value)
+    match = _SIZE_RE.match(_quantity_text(value, "a size such as 512M or 2G"))
     if match is None:
         raise ValueError(f"expected a size such as 512M or 2G, got {value!r}")
     number, unit, tail = match.groups()
     power = "KMGT".find(unit.upper()) + 1 if unit else 0
     base = 1000 if tail.upper() == "B" and unit else 1024
-    return int(float(number) * base**power)
+    return int(float(number) * base**power)  # finite: the text is at most 64 characters
 
 
 def default_state_dir() -> str:
@@ -99,9 +109,12 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration, got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"duration is too large, got {value!r}") from None
     elif isinstance(value, str):
-        text = value.strip().lower()
+        text = _quantity_text(value, "a duration such as 90s, 30m or 1h30m").strip().lower()
         try:
             seconds = float(text)
         except ValueError:
@@ -113,6 +126,8 @@ def parse_duration(value: Any) -> float:
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     else:
         raise ValueError(f"expected a duration such as 90s or 30m, got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration must be finite, got {value!r}")
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
@@ -396,8 +411,9 @@ class AccountConfig(Model):
         0, ge=0, le=2**31 - 1,
         description="most paid actions running at once per set of labels (0: no limit); "
         "more run in the free bucket")
-    per_label_task_limits: dict[str, Count] = Field(
-        default_factory=dict,
+    # Bounded: each pass checks every limit for each waiting action against each agent.
+    per_label_task_limits: dict[Annotated[str, Field(min_length=1, max_length=128)], Count] = Field(
+        default_factory=dict, max_length=MAX_LABELS,
         description="label prefix -> most of this account's actions running at once on "
         "agents with the same label of that prefix (e.g. {'model': 2})")
     disable_free_tasks: bool = Field(

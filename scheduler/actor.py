@@ -14,6 +14,7 @@ import ray
 from mesh import dashboards, names
 from mesh.arrival import (
     arrived,
+    arrived_changes,
     arrived_count,
     arrived_flag,
     arrived_id,
@@ -228,8 +229,10 @@ class SchedulerActor:
         """Change only the given fields of the account's config."""
         await self._serving()
         checked = _account_id(account_id)
+        fields = arrived_changes(AccountConfig, changes, "account config")
+        reset = arrived_flag(reset_balance, "reset_balance")
         return self.s.change_accounts(lambda: self.s.core.accounts.modify(
-            checked, changes, self.s.clock(), reset_balance))
+            checked, fields, self.s.clock(), reset))
 
     async def delete_account(self, account_id: str) -> None:
         await self._serving()
@@ -247,9 +250,10 @@ class SchedulerActor:
     async def quota_options(self, changes: dict[str, Any] | None = None) -> QuotaOptions:
         """The pool-wide quota options, after applying `changes` if any."""
         await self._serving()
-        if not changes:
+        if changes is None or changes == {}:
             return self.s.core.accounts.options
-        return self.s.change_accounts(lambda: self.s.core.accounts.set_options(changes))
+        checked = arrived_changes(QuotaOptions, changes, "quota options")
+        return self.s.change_accounts(lambda: self.s.core.accounts.set_options(checked))
 
     async def drain(self, agent: str, drained: bool = True) -> AgentStatus:
         """No new work for the agent (its id, or its hostname) and its running work

@@ -124,7 +124,13 @@ def read_action(row: Any, sealer: Sealer) -> ActionRecord:
             deaths_in_a_row=() if deaths == "[]" else tuple(map(AgentId, json.loads(deaths))),
             cancel_requested=bool(cancel_requested), unplaceable=bool(unplaceable),
             floor=int(floor), events=int(events))
-    except (ValueError, TypeError, KeyError, ValidationError) as exc:
+    except ValidationError as exc:
+        # Not the error's text, nor chained: it would show the stored values, secrets too.
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "spec"
+        raise StateCorrupt(f"saved action {action_id!r} cannot be read: {where}: "
+                           f"{first['msg']} ({exc.error_count()} errors)") from None
+    except (ValueError, TypeError, KeyError) as exc:
         raise StateCorrupt(f"saved action {action_id!r} cannot be read: {exc!s}") from exc
 
 

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from mesh import AccountConfig, Action, Conflict, InvalidInput, NotFound, Stage
+from mesh.calls import call
+from mesh.schema import QuotaOptions
 from mesh.waiting import wait_until
 from tests.integration.cluster import Accounts, Mesh, mesh_cli, survivors
 
@@ -40,6 +42,23 @@ def test_accounts_from_python_with_configs_checked_field_by_field(
     with pytest.raises(NotFound):
         client.account("qa-admin")
     assert client.quota_options().disable_preemption is False
+
+
+def test_changes_sent_by_a_bare_ray_call_are_checked_too(mesh: Mesh, accounts: Accounts) -> None:
+    # Ray unpickles a model without validating it; a list is not a set of changes at all.
+    # Either, put in force, would stop the scheduler when it next saves its accounts.
+    accounts.create("qa-raw", max_fanout=2)
+    scheduler = mesh.client.scheduler
+    unchecked = AccountConfig.model_construct(max_fanout=-3)
+    with pytest.raises(InvalidInput, match="max_fanout"):
+        call(scheduler.modify_account, "qa-raw", unchecked)
+    with pytest.raises(InvalidInput, match="quota options: expected a mapping"):
+        call(scheduler.quota_options, [("disable_preemption", True)])
+    with pytest.raises(InvalidInput, match="agent_expiry"):
+        call(scheduler.quota_options, QuotaOptions.model_construct(agent_expiry=-1.0,
+                                                                  disable_preemption=False))
+    assert mesh.client.account("qa-raw").config.max_fanout == 2
+    assert mesh.client.quota_options().agent_expiry > 0
 
 
 def test_accounts_from_the_cli(mesh: Mesh, accounts: Accounts) -> None:

@@ -23,6 +23,7 @@ from mesh.cli import cli
     (["--grpc-port", "50051", "--grpc-token-file", "/t", "--grpc-cert", "/c.crt"],
      "cert and key: give both"),
     (["--grpc-port", "-1", "--grpc-token-file", "/t"], "gateway.port"),
+    (["--log-budget", "9" * 400 + "G"], "log_budget"),
 ])
 def test_a_bad_link_option_is_refused_before_ray_is_touched(
         args: list[str], named: str, tmp_path: Path) -> None:

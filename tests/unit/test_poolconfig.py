@@ -102,8 +102,18 @@ def test_a_bad_file_is_refused_naming_the_field(text: str, field: str) -> None:
 @pytest.mark.parametrize(("text", "says"), [
     pytest.param("groups: {g: [", "not YAML (line 1)", id="broken-yaml"),
     pytest.param("- a\n- b", "expected a mapping", id="a-list"),
+    # 85 KB of aliases standing for 64 million job names, refused before they are checked.
+    pytest.param("colocate:\n- &a [" + ",".join(f"j{i}" for i in range(8000)) + "]\n"
+                 + "- *a\n" * 8000, "more than 1,000,000 values once its aliases are expanded",
+                 id="an-alias-bomb"),
 ])
 def test_what_is_not_a_config_at_all_is_refused_saying_so(text: str, says: str) -> None:
     with pytest.raises(InvalidInput, match="pool config") as caught:
         PoolConfig.parse(text)
     assert says in str(caught.value)
+
+
+def test_aliases_within_reason_are_read() -> None:
+    config = PoolConfig.parse("groups:\n  big: {match: &big {labels: ['pool:big']}}\n"
+                              "  huge: {match: *big, capacity: 50}\n")
+    assert config.groups["huge"].match == config.groups["big"].match

@@ -67,6 +67,20 @@ BAD_ACTIONS: list[tuple[str, dict[str, Any], str, str]] = [
      "secrets", "in env and in secrets"),
     ("NUL in a secret", {"command": ["true"], "secrets": {"T": "a\0"}}, "secrets", "NUL"),
     ("absurd cpus", {"command": ["true"], "cpus": 1e9}, "cpus", "less than or equal"),
+    # float() of 400 nines is infinite: an int() of it would escape as OverflowError.
+    ("memory beyond a float", {"command": ["true"], "memory": "9" * 400}, "memory",
+     "characters"),
+    ("memory of the longest text", {"command": ["true"], "memory": "9" * 63 + "T"}, "memory",
+     "less than"),
+    ("memory as a huge int", {"command": ["true"], "memory": 10**400}, "memory", "less than"),
+    # A long run of spaces or digits would make the patterns backtrack for minutes.
+    ("padded memory", {"command": ["true"], "memory": "1" + " " * 30_000 + "x"}, "memory",
+     "30,002 characters"),
+    ("long timeout text", {"command": ["true"], "timeout": "1" * 12_000 + "x"}, "timeout",
+     "12,001 characters"),
+    ("timeout as a huge int", {"command": ["true"], "timeout": 10**400}, "timeout",
+     "too large"),
+    ("NaN timeout text", {"command": ["true"], "timeout": "nan"}, "timeout", "finite"),
 ]
 
 
@@ -173,6 +187,11 @@ def test_a_charge_rate_whose_balance_cap_could_be_infinite_is_refused(rates: lis
     (LogBatch, {"action_id": "a", "attempt": 1, "stream": "stdout", "offset": 2**64,
                 "lines": []}, "offset"),
     (Action, {"command": ["true"], "timeout": 1e300}, "timeout"),
+    # Each quota pass checks every one of an account's label limits per waiting action and
+    # agent: 300,000 of them made a pass take seconds per action.
+    (AccountConfig, {"per_label_task_limits": {f"p{i}": 1 for i in range(300)}},
+     "per_label_task_limits"),
+    (AccountConfig, {"per_label_task_limits": {"p" * 200: 1}}, "per_label_task_limits"),
 ])
 def test_every_number_crossing_a_boundary_is_bounded(model: Any, fields: dict[str, Any],
                                                       bad: str) -> None:

@@ -58,6 +58,9 @@ class Spawner:
         self._buffer = bytearray()
         self._watches: dict[int, _Watch] = {}
         self._early: dict[int, int] = {}  # ends reported before their pid was watched
+        # Pids this server answered and nobody watches yet: a pid not here when its watch
+        # comes was started by a server gone since, which will never report its end.
+        self._unwatched: set[int] = set()
         # Pids whose end nobody waits for: theirs must not be taken for a later process's
         # that gets the same pid.
         self._forgotten: set[int] = set()
@@ -135,11 +138,16 @@ class Spawner:
         """Tell `exited(code)` when `pid` ends, or `orphaned()` if the server dies first."""
         code = self._early.pop(pid, None)
         if code is not None:
+            self._unwatched.discard(pid)
             exited(code)
-        else:
+        elif pid in self._unwatched:
+            self._unwatched.discard(pid)
             self._watches[pid] = _Watch(exited, orphaned)
+        else:
+            orphaned()  # its server died between its answer and this watch
 
     def forget(self, pid: int) -> None:
+        self._unwatched.discard(pid)
         self._watches.pop(pid, None)
         if self._early.pop(pid, None) is None:
             self._forgotten.add(pid)
@@ -199,6 +207,8 @@ class Spawner:
         """One frame of the server's: a spawn's answer (in the order asked) or an end."""
         if ("pid" in message or "errno" in message) and self._asked:
             asked = self._asked.popleft()
+            if "pid" in message:
+                self._unwatched.add(int(message["pid"]))
             if not asked.done():
                 asked.set_result(message)
             return
@@ -233,6 +243,7 @@ class Spawner:
                           process.returncode)
         self._early.clear()
         self._forgotten.clear()
+        self._unwatched.clear()
         asked, self._asked = self._asked, deque()
         for spawn in asked:
             if not spawn.done():

@@ -122,6 +122,24 @@ async def test_children_of_a_server_that_died_are_handed_over_and_the_next_spawn
     assert await again.ended == 0
 
 
+async def test_a_child_whose_server_died_before_it_was_watched_is_handed_over(
+        spawner: Spawner, machine: Cgroups, tmp_path: Path) -> None:
+    # The answer is read, then the server's end, before the spawning coroutine (some loop
+    # turns behind) gets to watch the pid: nobody would ever report its end.
+    out_r, out_w = os.pipe()
+    pid = await spawner.spawn("/bin/sleep", ["/bin/sleep", "30"], str(tmp_path), {},
+                              machine.take(None, None).procs_files(), out_w, out_w)
+    os.close(out_w)
+    server = spawner.pid
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+    await async_wait_until(lambda: spawner.pid, lambda p: p is None, timeout=10,
+                           what="the server's end read")
+    ran = Ran(spawner, pid, out_r)
+    assert await asyncio.wait_for(ran.ended, 10) is None  # orphaned: watched from here now
+    os.killpg(pid, signal.SIGKILL)
+
+
 async def test_attempts_whose_spawn_server_died_still_end_and_the_next_starts(
         machine: Cgroups) -> None:
     sinks = RecordingSinks()

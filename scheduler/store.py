@@ -148,8 +148,10 @@ class Store:
                 raise self._corrupt("the integrity check found: " + "; ".join(problems))
         # Retention deletes as much as is written: without this, the file keeps the pages of
         # the most it ever held (after a burst, for good) and only grows with fragmentation.
-        # It takes effect in a new file now, in an older one at the VACUUM below.
-        self.db.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
+        # Set in a new file only (an older one gets it with its VACUUM below): setting it
+        # writes, and a restart must read a file on a full disk (it starts read-only then).
+        if fresh:
+            self.db.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
         mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
             raise StateCorrupt(f"{self.path} cannot be put in WAL mode (it stays {mode!r}); "
@@ -184,6 +186,7 @@ class Store:
             return
         began = time.monotonic()
         try:
+            self.db.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
             self.db.execute("VACUUM")
         except sqlite3.OperationalError as exc:  # e.g. no room for the copy: next start
             log.warning("cannot rewrite %s (%s); its file will not shrink", self.path, exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +331,34 @@ def test_without_its_key_a_sealed_spec_does_not_open(tmp_path: Path) -> None:
     assert [d.action_id for d in restarted.step(1)] == ["t"]
     assert restarted.get(aid("s"), 1).stage is Stage.FAILED
     assert SECRET not in restarted.get(aid("s"), 1).model_dump_json()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system of its own, 2 MiB, that a test can fill."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("no file system of its own can be mounted here (it takes root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+def test_a_restart_on_a_full_disk_still_reads_the_saved_state(small_disk: Path) -> None:
+    # The scheduler died with its state open (its -wal and -shm files left, as a crash
+    # leaves them), then the disk filled: the new one must read it, to serve read-only.
+    core, _ = worked_core()
+    crashed = Store(small_disk / "state")
+    write_all(core, crashed)
+    with open(small_disk / "filler", "wb") as filler, pytest.raises(OSError, match="space"):
+        while True:
+            filler.write(bytes(1 << 16))
+            filler.flush()
+    restarted = Store(small_disk / "state")
+    assert [record.id for record, _ in restarted.load().actions] == ["b"]
+    assert restarted.find(aid("a")) is not None
+    crashed.close()
+    restarted.close()

@@ -436,7 +436,8 @@ class Scheduler:
         handles = list(self.handles.items())
         self.handles.clear()
         for agent_id, _ in handles:
-            self.core.agent_left(agent_id, self.clock(), reasons.MESH_DOWN)
+            # Not their agents' deaths: `mesh down` must not use up their retries.
+            self.core.agent_left(agent_id, self.clock(), reasons.MESH_DOWN, counted=False)
         self.writer.write()
         results = await asyncio.gather(*(h.shutdown(10.0) for _, h in handles),
                                        return_exceptions=True)

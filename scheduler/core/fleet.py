@@ -93,9 +93,11 @@ class Fleet:
         self.judge.queue(now, only_clears)
         return self.reconciler.agent_holds(info.agent_id, held or AgentHoldings(), now)
 
-    def left(self, agent_id: AgentId, now: float, reason: str = "") -> None:
+    def left(self, agent_id: AgentId, now: float, reason: str = "",
+             counted: bool = True) -> None:
         """The agent is gone (`reason`: why): its attempts are lost and their actions go
-        back to the queue."""
+        back to the queue; `counted` against their loss budgets and as deaths (not when the
+        mesh itself stopped the agent)."""
         if self.agents.pop(agent_id, None) is None:
             return
         self.life.turned_over.discard(agent_id)
@@ -103,7 +105,7 @@ class Fleet:
                                    reason=reason))
         advance(self.quota, now)
         for action_id in self.quota.forget_worker(agent_id, now):
-            self.life.lose(self.ledger.get(action_id), now, died=True)
+            self.life.lose(self.ledger.get(action_id), now, died=counted, counted=counted)
         self.judge.queue(now, only_clears=False)
 
     def suspect(self, agent_id: AgentId, now: float) -> None:

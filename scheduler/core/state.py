@@ -315,8 +315,9 @@ class SchedulerState:
         self._stepper.joined(info.agent_id)
         return self._fleet.joined(info, now, held)
 
-    def agent_left(self, agent_id: AgentId, now: float, reason: str = "") -> None:
-        self._fleet.left(agent_id, now, reason)
+    def agent_left(self, agent_id: AgentId, now: float, reason: str = "",
+                   counted: bool = True) -> None:
+        self._fleet.left(agent_id, now, reason, counted)
 
     def agent_suspect(self, agent_id: AgentId, now: float) -> None:
         self._fleet.suspect(agent_id, now)

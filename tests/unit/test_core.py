@@ -139,6 +139,20 @@ def test_loss_budget_ends_in_failure() -> None:
     assert status.stage is Stage.FAILED and "lost 2 times" in status.reason
 
 
+def test_agents_the_mesh_stops_itself_use_up_no_retries() -> None:
+    # `mesh down` then up, more times than the loss budget and the quarantine allow.
+    core, _ = core_with()
+    core.submit([action("a", retry=RetryPolicy(on_lost=1, quarantine_after=2))], 0)
+    for i in range(4):
+        core.agent_joined(agent(f"n{i}"), i)
+        core.load(nid(f"n{i}"), load(), i)
+        assert assigned(core.step(i)) == {"a": f"n{i}"}
+        core.agent_left(nid(f"n{i}"), i, "the mesh was shut down", counted=False)
+    status = core.get(aid("a"), 5)
+    assert status.stage is Stage.QUEUED and status.attempt == 4
+    assert [a.outcome for a in status.attempts] == ["lost"] * 4
+
+
 def test_reports_from_a_superseded_attempt_are_fenced_off() -> None:
     core, _ = core_with(("n1", 1, ["os:linux"]), ("n2", 1, ["os:linux"]))
     core.submit([action("a")], 0)

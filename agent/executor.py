@@ -285,7 +285,8 @@ class Executor:
                                         workdir, env)
         except SpawnerGone as exc:
             # It may have started: whatever it left in its group goes with the group. The
-            # action did not run here, so it waits for another start at no cost to it.
+            # action did not run here, so it waits for another start; the scheduler counts
+            # the attempt as lost (its loss budget bounds starts that keep failing).
             attempt.child.abandon()
             await self._not_started(attempt, f"could not start it: {exc}", "refused")
             return

@@ -425,23 +425,24 @@ class Executor:
 
     async def _supervise(self, attempt: _Attempt) -> None:
         child = attempt.child
+        timeout = attempt.assignment.action.timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         stop = asyncio.ensure_future(attempt.stop_requested.wait())
         ends: set[asyncio.Future[Any]] = {child.exited, stop}
         try:
-            await asyncio.wait(ends, timeout=attempt.assignment.action.timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(ends, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
         stopped = None
         if not child.exited.done():
             if attempt.stop_reason is None:
-                timeout = attempt.assignment.action.timeout
                 attempt.request_stop("timed_out", f"timed out after {timeout:g}s")
             stopped = attempt.stop_reason
             await self._terminate(attempt)
         # Whatever the main process left running in its groups goes with it.
         self._kill_all(attempt)
-        await self._drain(attempt)
+        if not await self._drain(attempt, deadline):
+            stopped = stopped or attempt.stop_reason
         returncode = child.returncode
         assert returncode is not None
         await attempt.shipper.finish()
@@ -457,27 +458,57 @@ class Executor:
         await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
         await attempt.child.exited
 
-    async def _drain(self, attempt: _Attempt) -> None:
-        """Wait for both pipes to reach EOF, however long the output keeps flowing."""
+    async def _drain(self, attempt: _Attempt, deadline: float | None) -> bool:
+        """Wait for both pipes to reach EOF while the output keeps flowing, hunting down by
+        its marks a process left behind that holds them once they go quiet. A stop or the
+        action's timeout during the wait cuts it short: False then."""
         child = attempt.child
         if child.pipes_closed.done():
-            return  # as for most: both pipes reached EOF by the time the exit was seen
+            return True  # as for most: both pipes reached EOF by the time the exit was seen
+        loop = asyncio.get_running_loop()
+        if deadline is not None:  # an exit just in time still gets its output read
+            deadline = max(deadline, loop.time() + DRAIN_QUIET)
+        # A stop asked before the drain has had its kill; only a later one cuts it short.
+        stop = None if attempt.stop_requested.is_set() else \
+            asyncio.ensure_future(attempt.stop_requested.wait())
+        ends: set[asyncio.Future[Any]] = {child.pipes_closed} | ({stop} if stop else set())
         hunted = False
-        while True:
-            seen = child.bytes_read
-            done, _ = await asyncio.wait({child.pipes_closed}, timeout=DRAIN_QUIET)
-            if done:
-                return
-            if child.bytes_read != seen or attempt.shipper.congested:
-                continue
-            if hunted:
-                log.warning("%s attempt %d: a process outside our reach holds its output; "
-                            "closing the pipes", *attempt.key)
-                child.close_pipes()
-                await child.pipes_closed
-                return
-            await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
-            hunted = True
+        cut_at: float | None = None  # once cut short: when the pipes are closed regardless
+        try:
+            while True:
+                seen = child.bytes_read
+                quiet = DRAIN_QUIET
+                if cut_at is None and deadline is not None:
+                    quiet = max(0.0, min(quiet, deadline - loop.time()))
+                await asyncio.wait(ends, timeout=quiet, return_when=asyncio.FIRST_COMPLETED)
+                if child.pipes_closed.done():
+                    return cut_at is None
+                now = loop.time()
+                timed_out = deadline is not None and now >= deadline
+                stopped = stop is not None and stop.done()
+                quiet_after_hunt = hunted and child.bytes_read == seen \
+                    and not attempt.shipper.congested
+                if cut_at is None and (timed_out or stopped):
+                    # A process that left its groups and keeps writing would otherwise hold
+                    # the attempt open past its timeout, and a cancel with it.
+                    if timed_out:
+                        attempt.request_stop("timed_out", "timed out after "
+                                             f"{attempt.assignment.action.timeout:g}s")
+                    ends = {child.pipes_closed}
+                    cut_at = now + DRAIN_QUIET
+                elif now >= cut_at if cut_at is not None else quiet_after_hunt:
+                    log.warning("%s attempt %d: a process outside our reach holds its "
+                                "output; closing the pipes", *attempt.key)
+                    child.close_pipes()
+                    await child.pipes_closed
+                    return cut_at is None
+                elif hunted or child.bytes_read != seen or attempt.shipper.congested:
+                    continue
+                await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
+                hunted = True
+        finally:
+            if stop is not None:
+                stop.cancel()
 
     def _kill_all(self, attempt: _Attempt) -> None:
         """SIGKILL the attempt's process group and its control group."""

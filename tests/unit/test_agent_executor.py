@@ -300,6 +300,35 @@ async def test_a_child_that_left_the_group_holding_stdout_is_hunted_down(
     assert of(ex, "escapee") == []
 
 
+# Without control groups: a process that leaves the attempt's session and keeps writing
+# to its stdout more often than the pipes' quiet period, after the main process exited.
+CHATTY = ("setsid sh -c ': > left; while :; do echo tick; sleep 0.2; done' & "
+          "until [ -e left ]; do sleep 0.05; done; exit 0")
+NO_GROUPS = CONFIG.model_copy(update={"cgroups": False})
+
+
+async def test_output_held_open_past_the_timeout_ends_the_attempt_as_timed_out(
+        sinks: RecordingSinks) -> None:
+    async with executor(sinks, NO_GROUPS) as ex:
+        await ex.start(shell(CHATTY, "chatty", timeout=1.5))
+        await ended(sinks, "chatty", timeout=10.0)
+        end = sinks.end("chatty")
+        assert end is not None and end.stage == "timed_out", end
+        assert "exited with code 0" in end.reason
+        assert of(ex, "chatty") == [], "the writer was hunted down by its marks"
+
+
+async def test_a_cancel_while_the_output_is_held_open_ends_it(sinks: RecordingSinks) -> None:
+    async with executor(sinks, NO_GROUPS) as ex:
+        await ex.start(shell(CHATTY, "chatty"))
+        await async_wait_until(lambda: sinks.lines("chatty"), lambda lines: len(lines) >= 3,
+                               timeout=10, what="the writer's output")
+        assert await ex.cancel(ActionId("chatty"), 1, "no longer wanted") == "stopped"
+        end = sinks.end("chatty")
+        assert end is not None and end.stage == "cancelled", end
+        assert of(ex, "chatty") == []
+
+
 async def test_a_newer_attempt_supersedes_the_older_and_repeats_are_ignored(
         ex: Executor, sinks: RecordingSinks) -> None:
     await ex.start(shell(TREE, "twice", attempt=1))

@@ -24,7 +24,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from mesh.errors import StoreReadOnly
+from pydantic_core import PydanticSerializationError
+
+from mesh.errors import InvalidInput, StoreReadOnly
 from mesh.schema import Health
 from scheduler.core.decisions import Decision
 from scheduler.core.records import Changes, Expired
@@ -135,9 +137,15 @@ class Writer:
         return self._attempt(durable=False)
 
     def commit_durably(self, changes: Changes) -> None:
-        """Write a submission's changes, fsynced; StoreReadOnly for a storage fault."""
+        """Write a submission's changes, fsynced; StoreReadOnly for a storage fault,
+        InvalidInput for text the store cannot encode."""
         try:
             self.store.write(changes, durable=True)
+        except (PydanticSerializationError, UnicodeEncodeError) as exc:
+            # A lone surrogate (os.fsdecode of a name that is not UTF-8, sent by a bare Ray
+            # call): the submission's fault, refused whole, not the store's.
+            raise InvalidInput(f"submission: text that cannot be stored as UTF-8 ({exc})",
+                               [("action", "not UTF-8")]) from None
         except Exception as exc:
             if self.failed(exc) is not None:
                 raise self.refusal("the submission was not accepted") from None

@@ -161,6 +161,22 @@ def test_a_bad_action_in_a_batch_leaves_the_whole_batch_unaccepted(tmp_path: Pat
         s.core.get(ActionId("new"), s.clock())
 
 
+@pytest.mark.parametrize("text", [{"cwd": "/build/br\udcffanch"},
+                                  {"tags": {"branch": "f\udcffo"}}])
+def test_text_the_store_cannot_encode_is_refused_and_the_scheduler_runs_on(
+        text: dict[str, Any], tmp_path: Path) -> None:
+    # A lone surrogate (os.fsdecode of a name that is not UTF-8) passes validation when a
+    # bare Ray call sends the model itself; only writing it as UTF-8 fails.
+    s = Scheduler(MeshConfig(state_dir=str(tmp_path)), list_nodes=list, clock=lambda: 1.0,
+                  on_store_failure=lambda exc: pytest.fail(f"stopped by {exc!r}"))
+    with pytest.raises(InvalidInput, match="cannot be stored as UTF-8"):
+        s.submit([action("fine"), action("odd", **text)], True)
+    with pytest.raises(NotFound):
+        s.core.get(ActionId("fine"), s.clock())
+    assert [o.accepted for o in s.submit([action("fine")], True)] == [True]
+    assert [r.id for r, _ in s.store.load().actions] == ["fine"]
+
+
 async def test_an_end_report_is_answered_with_the_agents_next_assignment(
         s: Scheduler, n1: FakeAgent) -> None:
     s.submit([action("a"), action("b")], True)

@@ -97,7 +97,7 @@ class SchedulerState:
         agent, unclaimed, until it says what it runs (`agent_joined`) or is found gone
         (`agents_wanted`)."""
         if saved.accounts is not None:
-            restore_accounts(self._quota, saved.accounts)
+            restore_accounts(self._quota, saved.accounts, now)
         self._ledger.last_seq = max(self._ledger.last_seq, saved.last_seq)
         self._archived = dict(saved.finished)
         self._fleet.drained = set(saved.drained)

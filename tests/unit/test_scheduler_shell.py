@@ -464,6 +464,13 @@ def test_accounts_and_balances_outlive_the_scheduler(tmp_path: Path) -> None:
     clock[0] += 10  # ten more seconds accrue while it was down
     assert second.core.accounts.status(AccountId("ci"), clock[0]).balance[0] == 40
 
+    second.writer.save_accounts()
+    clock[0] -= 86400  # the clock ran a day ahead; corrected before this restart
+    third = scheduler()
+    clock[0] += 10
+    assert third.core.accounts.status(AccountId("ci"), clock[0]).balance[0] == 50, \
+        "accounts earn from the restart on, not from when the clock catches up"
+
 
 def test_a_quota_file_of_the_release_before_is_imported_and_a_bad_one_refused(
         tmp_path: Path) -> None:

@@ -77,13 +77,17 @@ def accounts_snapshot(qs: QuotaScheduler) -> QuotaSnapshot:
         balances={a: list(b) for a, b in sorted(qs.balances.items())}, queued=[], workers=[])
 
 
-def restore_accounts(qs: QuotaScheduler, snapshot: QuotaSnapshot) -> None:
+def restore_accounts(qs: QuotaScheduler, snapshot: QuotaSnapshot,
+                     now: float | None = None) -> None:
     """Take the accounts, balances and options of a snapshot; the time they were saved at
-    becomes the quota clock, so the next update accrues the time in between."""
+    becomes the quota clock, so the next update accrues the time in between. Not past
+    `now`: saved by a clock set ahead since, it would freeze every account (updates to an
+    earlier time are ignored) until the wall clock caught up."""
     qs.options = snapshot.options
     qs.configs = dict(snapshot.accounts)
     qs.balances = {a: vector(b) for a, b in snapshot.balances.items()}
-    qs.last_update_time = snapshot.last_update_time
+    qs.last_update_time = snapshot.last_update_time if now is None \
+        else min(snapshot.last_update_time, now)
 
 
 def restore_queue(qs: QuotaScheduler, requests: Iterable[Request], t: float) -> None:

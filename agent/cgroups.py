@@ -166,7 +166,14 @@ class Cgroups:
         against the next attempt)."""
         if memory_limit is None and self._free:
             return self._free.pop()  # its pids limit is the one every group here gets
-        group = self._make(f"slot-{next(self._slots)}")
+        while True:
+            try:
+                group = self._make(f"slot-{next(self._slots)}")
+                break
+            except FileExistsError:
+                # Left by this agent's groups as they were before a reaper that died
+                # without removing them: attempts may still run there.
+                continue
         try:
             group.limit(memory_limit, pids_max)
         except BaseException:
@@ -178,7 +185,10 @@ class Cgroups:
         """Keep an ended attempt's group for the next one if it is `empty` (as its
         `empty()` just said); False if it is not (a process is still leaving): the caller
         then removes it, off the loop."""
-        if len(self._free) >= MAX_FREE or group.memory_limit is not None or not empty:
+        if len(self._free) >= MAX_FREE or group.memory_limit is not None or not empty \
+                or group.owner is not self:
+            # (Another owner's: this agent's groups as they were before their reaper died,
+            # which may have removed it.)
             return False
         self._free.append(group)
         return True

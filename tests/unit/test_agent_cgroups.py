@@ -300,6 +300,23 @@ def test_the_reaper_kills_the_agents_groups_when_the_agent_dies(machine: Cgroups
     assert group.remove(wait=2.0)
 
 
+def test_groups_made_again_after_a_reaper_died_do_not_reuse_the_old_ones(
+        machine: Cgroups) -> None:
+    # The executor makes its groups anew when its reaper died. One that died killed did
+    # not remove the old groups: names must not collide with them. One that ended on its
+    # own removed them: an old group given back must not be kept for the next attempt.
+    old = machine.take(None, None)
+    again = cgroups.detect(machine.bases()[0].name)
+    assert again is not None and again.bases() == machine.bases()
+    new = again.take(None, None)
+    assert [p.name for _, p in new.paths] != [p.name for _, p in old.paths]
+    assert all(p.is_dir() for _, p in old.paths + new.paths)
+    assert not again.give_back(old, old.empty()), "an old group is not the new ones' to keep"
+    assert again.give_back(new, new.empty())
+    assert again.take(None, None) is new
+    old.remove(wait=1.0)
+
+
 async def test_a_contained_start_leaves_one_process_the_actions(machine: Cgroups) -> None:
     # Whatever put it in its group (the spawn server, or a gate shell that then execs) is
     # not left over: the action's own process leads the attempt's process group.

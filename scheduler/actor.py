@@ -22,7 +22,7 @@ from mesh.arrival import (
     arrived_seconds,
     as_json,
 )
-from mesh.errors import InvalidInput, StateDirRefused
+from mesh.errors import InvalidInput, StateCorrupt, StateDirRefused
 from mesh.metrics import Recorder
 from mesh.poolconfig import GroupStatus, JobHome, PoolConfig, PoolStatus
 from mesh.protocol import AttemptReport, LinkGrant, ReportAnswer
@@ -52,6 +52,8 @@ from scheduler.clientlink import ClientLinkService
 from scheduler.shell import FIRST_SYNC_WAIT, Scheduler
 
 log = logging.getLogger("actionmesh.scheduler")
+# Seconds between tries to read saved state that could not be read.
+OPEN_RETRY = 5.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -75,13 +77,32 @@ class SchedulerActor:
             log.error("%s", exc)
             self.refusal = exc
             return
-        host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self.s = Scheduler(config, link_host=host, metrics=Recorder())
-        self.client_link = ClientLinkService(self.submit_and_wait, self.wait_result)
-        self.s.link.add_service(self.client_link.handler())
+        self.config = config
+        self.host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self.unopened: StateCorrupt | None = None
+        self.tried = 0.0
+        self._open()
         session = _session_dir()
         if session is not None:
             dashboards.install(session)
+
+    def _open(self) -> None:
+        """Read the saved state and build the scheduler. If it cannot be read (a full or
+        read-only disk, a damaged file), every call answers why, and one after OPEN_RETRY
+        tries again: Ray does not restart an actor whose constructor raised, so raising
+        would leave the mesh down until someone stepped in."""
+        self.tried = time.monotonic()
+        try:
+            self.s = Scheduler(self.config, link_host=self.host, metrics=Recorder())
+        except StateCorrupt as exc:
+            log.error("%s; trying again in %gs", exc, OPEN_RETRY)
+            self.unopened = exc
+            return
+        if self.unopened is not None:
+            log.warning("the saved state could be read after all")
+            self.unopened = None
+        self.client_link = ClientLinkService(self.submit_and_wait, self.wait_result)
+        self.s.link.add_service(self.client_link.handler())
         # What the modules and the restored state built lives as long as the process: kept
         # out of the cyclic collector's full passes, which would otherwise scan it all
         # (once soon after a restart, then again as the queue turns over).
@@ -93,6 +114,10 @@ class SchedulerActor:
     def _body(self) -> Scheduler:
         if self.refusal is not None:
             raise self.refusal
+        if self.unopened is not None and time.monotonic() - self.tried >= OPEN_RETRY:
+            self._open()
+        if self.unopened is not None:
+            raise self.unopened
         return self.s
 
     def _started(self) -> Scheduler:
@@ -298,7 +323,7 @@ class SchedulerActor:
         return self._body().health()
 
     async def shutdown(self) -> int:
-        if self.refusal is not None:
+        if self.refusal is not None or self.unopened is not None:
             return 0  # it never started anything
         return await self.s.shutdown()
 

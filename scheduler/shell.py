@@ -97,7 +97,11 @@ class Scheduler:
         self.agent_factory = agent_factory
         self.list_nodes = list_nodes or ray.nodes
         self._greeted = self._greet_agents()
-        self.writer.restore()
+        try:
+            self.writer.restore()
+        except BaseException:
+            self.store.close()  # the actor tries again later with a new one
+            raise
         self.upkeep = Upkeep(self.core, self.writer, clock, config.retention,
                              config.expire_every)
         self.handles: dict[AgentId, AgentHandle] = {}

@@ -24,8 +24,12 @@ import pytest
 import ray
 
 from mesh import InvalidInput, Stage, bootstrap, calls, names
+from mesh.errors import StateCorrupt
 from mesh.protocol import AttemptReport
+from mesh.schema import MeshConfig
 from mesh.waiting import wait_until
+from scheduler.actor import SchedulerActor
+from scheduler.store import DB_FILE
 from tests.integration.cluster import ROOT, Accounts, Mesh, mesh_cli, scheduler_pid
 
 pytestmark = pytest.mark.integration
@@ -164,6 +168,33 @@ except StateDirInUse as exc:
     print(exc)
     sys.exit(3)
 """
+
+
+def _pinged(actor: Any) -> float | StateCorrupt:
+    try:
+        answer: float = calls.call(actor.ping)
+        return answer
+    except StateCorrupt as exc:
+        return exc
+
+
+def test_a_scheduler_that_cannot_read_its_state_says_why_and_tries_again(
+        mesh: Mesh, tmp_path: Path) -> None:
+    # Ray does not restart an actor whose constructor raised: one that raised on a full
+    # disk or a damaged file would leave the mesh down until someone stepped in.
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / DB_FILE).write_bytes(b"not a state file " * 512)
+    actor = SchedulerActor.remote(MeshConfig(state_dir=str(state)))  # type: ignore[attr-defined]
+    try:
+        assert "cannot be used" in str(_pinged(actor))
+        assert "cannot be used" in str(_pinged(actor)), "still, before its next try"
+        (state / DB_FILE).rename(tmp_path / "moved-away.db")  # what the error says to do
+        wait_until(lambda: _pinged(actor), lambda answer: isinstance(answer, float),
+                   timeout=30, what="the state read at a later try")
+        assert calls.call(actor.health).store == "ok"
+    finally:
+        ray.kill(actor)
 
 
 def test_a_second_cluster_on_a_state_dir_in_use_is_refused(mesh: Mesh) -> None:

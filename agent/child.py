@@ -117,8 +117,9 @@ class ChildProcess:
             raise
 
     def _read(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
-        self._pipes = {stdout.fileno(): ("stdout", LineSplitter(), stdout),
-                       stderr.fileno(): ("stderr", LineSplitter(), stderr)}
+        masked = self.shipper.masks
+        self._pipes = {stdout.fileno(): ("stdout", LineSplitter(masked=masked), stdout),
+                       stderr.fileno(): ("stderr", LineSplitter(masked=masked), stderr)}
         for fd in self._pipes:
             os.set_blocking(fd, False)
             self.loop.add_reader(fd, self._readable, fd)

@@ -33,8 +33,13 @@ class LineSplitter:
     newline-ended lines: it is never split into a string per line on the agent.
     """
 
-    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES, masked: Collection[str] = ()
+                 ) -> None:
         self.max_line_bytes = max_line_bytes
+        # A line cut short is masked here, before the cut: the shipper masks each piece, and
+        # a secret the cut falls in would reach it as two harmless-looking halves.
+        self._masks = [(m.encode(), SECRET_MASK.encode()) for m in masked]
+        self._keep = max((len(m) for m, _ in self._masks), default=1) - 1
         self._carry = b""
 
     def feed(self, chunk: bytes) -> str:
@@ -44,16 +49,35 @@ class LineSplitter:
         if cut < 0:
             self._carry = data
             if len(data) >= self.max_line_bytes:
-                self._carry = b""
-                return _ended(_decode(data) + "\n")
+                return self._cut_short(data)
             return ""
         self._carry = data[cut + 1 :]
         return _ended(_decode(data[: cut + 1]))
+
+    def _cut_short(self, data: bytes) -> str:
+        """A line too long to carry on, handed on but for its last bytes, which a secret
+        may continue past (masked first) and which are cut at a character's start."""
+        for secret, mask in self._masks:
+            data = data.replace(secret, mask)
+        at = _character_start(data, max(len(data) - self._keep, len(data) // 2))
+        self._carry = data[at:]
+        return _ended(_decode(data[:at]) + "\n")
 
     def finish(self) -> str:
         """The stream ended: a last line without a newline is still a line."""
         data, self._carry = self._carry, b""
         return _ended(_decode(data) + "\n") if data else ""
+
+
+def _character_start(data: bytes, at: int) -> int:
+    """`at`, or the start of the UTF-8 character that a cut there would split (one that
+    may go on in bytes not read yet, when `at` is the end)."""
+    lead = at - 1
+    while lead > 0 and at - lead < 4 and data[lead] & 0xC0 == 0x80:
+        lead -= 1
+    first = data[lead]
+    size = 4 if first >= 0xF0 else 3 if first >= 0xE0 else 2 if first >= 0xC0 else 1
+    return lead if lead > 0 and lead + size > at else at
 
 
 def masks(secrets: Collection[str]) -> list[str]:
@@ -87,7 +111,7 @@ class LogShipper:
         secrets: Collection[str] = (),
     ) -> None:
         self.sink = sink
-        self._masks = masks(secrets)
+        self.masks = masks(secrets)
         self.action_id = action_id
         self.attempt = attempt
         self.flush_bytes = flush_bytes
@@ -109,7 +133,7 @@ class LogShipper:
         `congested`)."""
         if not text:
             return
-        for secret in self._masks:
+        for secret in self.masks:
             if secret in text:
                 text = text.replace(secret, SECRET_MASK)
         if self._pieces and stream != self._stream:

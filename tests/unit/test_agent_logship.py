@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agent.logship import LineSplitter, LogShipper
+from agent.logship import LineSplitter, LogShipper, masks
 from mesh.schema import ActionId
 from mesh.waiting import async_wait_until
 from tests.agent_support import RecordingSinks
@@ -55,6 +55,23 @@ def test_a_line_without_end_is_cut_at_the_cap() -> None:
     assert split_all([b"x" * 1500, b"x" * 1500], max_line_bytes=2048) == ["x" * 3000]
     lines = split_all([b"x" * 1500] * 3, max_line_bytes=2048)
     assert lines == ["x" * 3000, "x" * 1500]
+
+
+def test_a_secret_a_cut_falls_in_is_masked_whole() -> None:
+    # A progress bar (carriage returns, no newline), then a URL holding the token.
+    secret = "ghp_0123456789abcdefghij"
+    splitter = LineSplitter(2048, masked=masks([secret]))
+    data = b"\r" * 2030 + f"https://x:{secret}@host/".encode()
+    text = "".join(splitter.feed(data[i:i + 700]) for i in range(0, len(data), 700))
+    text += splitter.finish()
+    assert "ghp_" not in text and "ghij" not in text and "x:***@host/" in text.replace("\n", "")
+
+
+def test_a_cut_short_line_keeps_its_characters_whole() -> None:
+    data = "é€".encode() * 1000  # 2 and 3 bytes: reads end inside characters
+    lines = split_all([data[i:i + 1001] for i in range(0, len(data), 1001)],
+                      max_line_bytes=2048)
+    assert len(lines) > 1 and "".join(lines) == "é€" * 1000
 
 
 def test_invalid_utf8_is_replaced() -> None:

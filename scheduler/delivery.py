@@ -3,6 +3,7 @@ agent's stream when it has one open or by Ray call, and what becomes of each cal
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -17,6 +18,9 @@ from scheduler.durable import Writer
 from scheduler.link import LinkServer
 
 log = logging.getLogger("actionmesh.scheduler")
+# Seconds before a start or stop whose call found its agent unreachable goes again, doubling.
+RESEND_FIRST = 1.0
+RESEND_MAX = 30.0
 
 # Drops an agent whose actor a call found dead (only if `handle` is still the one registered).
 Gone = Callable[[AgentId, str, AgentHandle], None]
@@ -66,7 +70,7 @@ class Delivery:
                     self._call(assign)
         return True
 
-    def _call(self, decision: Decision) -> None:
+    def _call(self, decision: Decision, resend_in: float = RESEND_FIRST) -> None:
         """Carry out one decision by a Ray call to its agent, and follow the call."""
         handle = self.handles[decision.agent_id]
         try:
@@ -80,14 +84,15 @@ class Delivery:
             if isinstance(decision, Assign):
                 self._start_failed(decision, reasons.START_NOT_SENT.format(error=exc))
             return
-        self.spawn(self._follow_call(decision, handle, call))
+        self.spawn(self._follow_call(decision, handle, call, resend_in))
 
     def _start_failed(self, decision: Assign, why: str) -> None:
         self.core.start_failed(decision.action_id, decision.attempt, self.clock(), why)
         self.writer.write()
         self.kick()
 
-    async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any) -> None:
+    async def _follow_call(self, decision: Decision, handle: AgentHandle, call: Any,
+                           resend_in: float) -> None:
         try:
             found = await call
             if isinstance(decision, Stop):
@@ -98,10 +103,30 @@ class Delivery:
             self.core.agent_suspect(decision.agent_id, self.clock())
             if isinstance(decision, Stop) and decision.held_only:
                 self.core.take_back_unanswered(decision.action_id, decision.attempt)
+                return
+            # It may or may not have reached the agent, which ignores a start or stop it
+            # has seen: sent again until answered, or a start stuck in assigned, or a
+            # cancel or preemption lost while the attempt runs on.
+            await asyncio.sleep(resend_in)
+            self._resend(decision, handle, min(resend_in * 2, RESEND_MAX))
         except Exception as exc:
             log.error("agent %s refused %s: %s", decision.agent_id, decision, exc)
             if isinstance(decision, Assign):
                 self._start_failed(decision, reasons.START_REFUSED.format(error=exc))
+
+    def _resend(self, decision: Decision, handle: AgentHandle, resend_in: float) -> None:
+        """Send a decision again, down the agent's stream if one is open now, while the
+        agent is the one registered (one registered anew squared its holdings then) and,
+        for a start, while the attempt still waits for it."""
+        if self.handles.get(decision.agent_id) is not handle:
+            return
+        if isinstance(decision, Assign):
+            if not self.core.awaits_start(decision.action_id, decision.attempt) \
+                    or not self.link.push(decision.agent_id, [self.core.assignment(decision)]):
+                return
+        elif self.link.stop(decision):
+            return
+        self._call(decision, resend_in)
 
     def otherwise(self, assignments: list[Assignment], stops: list[Stop]) -> None:
         """Ray calls for what a lost stream may not have delivered: starts still waiting for

@@ -59,18 +59,25 @@ class FakeAgent:
         self.stop_outcome: CancelOutcome = "stopped"
         self.held = AgentHoldings()
         self.grants: list[LinkGrant] = []
+        self.unreachable = 0  # how many of the next start and stop calls fail so
 
     async def hello(self, timeout: float) -> AgentInfo:
         return self.info
 
     def start(self, assignment: Assignment) -> Any:
         self.calls.append(("start", assignment.action_id))
-        return _done()
+        return self._unreachable() or _done()
 
     def stop(self, action_id: str, attempt: int, reason: str = "", held_only: bool = False,
              ) -> Any:
         self.calls.append(("stop", action_id))
-        return _answer(self.stop_outcome)
+        return self._unreachable() or _answer(self.stop_outcome)
+
+    def _unreachable(self) -> Any:
+        if self.unreachable <= 0:
+            return None
+        self.unreachable -= 1
+        return _raise(AgentUnreachable("the call may or may not have run"))
 
     async def holdings(self, timeout: float) -> AgentHoldings:
         return self.held
@@ -92,6 +99,10 @@ async def _done() -> None:
 
 async def _answer(outcome: CancelOutcome) -> CancelOutcome:
     return outcome
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc
 
 
 @pytest.fixture
@@ -245,6 +256,29 @@ async def test_a_report_that_fails_to_apply_costs_only_itself(
     # The work placed on n1's freed slot has no answer to ride on: a start call takes it.
     await settle()
     assert len(started(agents)["n1"]) == 2, agents["n1"].calls
+
+
+async def test_a_start_whose_call_found_its_agent_unreachable_is_sent_again(
+        s: Scheduler, n1: FakeAgent) -> None:
+    n1.unreachable = 2
+    s.submit([action("a")], True)
+    s.ensure_started()
+    await async_wait_until(lambda: n1.calls.count(("start", "a")), lambda n: n == 3,
+                           timeout=10, what="the start sent until a call reaches the agent")
+    s.report_attempt(report("a", 1, "n1", "running"))
+    assert s.core.get(ActionId("a"), s.clock()).stage is Stage.RUNNING
+
+
+async def test_a_stop_whose_call_found_its_agent_unreachable_is_sent_again(
+        s: Scheduler, n1: FakeAgent) -> None:
+    s.submit([action("a")], True)
+    s.ensure_started()
+    await async_wait_until(lambda: n1.calls, lambda calls: ("start", "a") in calls)
+    s.report_attempt(report("a", 1, "n1", "running"))
+    n1.unreachable = 1
+    s.cancel(ActionId("a"))
+    await async_wait_until(lambda: n1.calls.count(("stop", "a")), lambda n: n == 2,
+                           timeout=10, what="the cancel's stop sent again")
 
 
 async def test_an_unreachable_agent_is_suspect_and_watched_again(

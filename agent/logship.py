@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 # A "line" that never ends (binary output, a progress bar without newlines) is cut here so
 # the carried remainder cannot grow without bound.
 MAX_LINE_BYTES = 1024 * 1024
+# Longest an attempt's end waits for its log to be taken (a relay that is overfull or does
+# not answer), and at least how long the close may take after it.
+FINISH_WAIT = 30.0
+CLOSE_WAIT = 5.0
 
 
 def _decode(data: bytes) -> str:
@@ -191,13 +195,24 @@ class LogShipper:
         if self.on_congestion is not None:
             self.on_congestion(congested)
 
-    async def finish(self) -> int:
-        """Flush, wait for every push, then close the attempt's log; return its line count."""
+    async def finish(self, wait: float = FINISH_WAIT) -> int:
+        """Flush, wait for every push, then close the attempt's log; return its line count.
+        Pushes and the close not done within `wait` seconds are given up: the attempt's end
+        must still be reported, and the relay counts lines it never got as lost."""
         self.flush()
-        while self._in_flight:
-            await asyncio.wait(set(self._in_flight))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self._in_flight and loop.time() < deadline:
+            await asyncio.wait(set(self._in_flight), timeout=deadline - loop.time())
+        if self._in_flight:
+            log.warning("the log of %s attempt %d: %d pushes not taken in %gs, given up",
+                        self.action_id, self.attempt, len(self._in_flight), wait)
+            for task in list(self._in_flight):
+                task.cancel()
         try:
-            await self.sink.close(self.action_id, self.attempt, self.next_offset)
+            await asyncio.wait_for(
+                self.sink.close(self.action_id, self.attempt, self.next_offset),
+                max(deadline - loop.time(), CLOSE_WAIT))
         except Exception as exc:  # the end report must still go out
             log.warning("closing the log of %s attempt %d failed: %r", self.action_id,
                         self.attempt, exc)

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from agent.logship import LineSplitter, LogShipper, masks
-from mesh.schema import ActionId
+from mesh.schema import ActionId, LogBatch
 from mesh.waiting import async_wait_until
 from tests.agent_support import RecordingSinks
 
@@ -148,3 +148,25 @@ async def test_secrets_are_masked_line_by_line_and_line_counts_kept() -> None:
     assert [t for _, _, t in sinks.lines("a1")] == [
         "using *** and ***", "***", "x *** y", "nothing here"]
     assert sinks.closed[("a1", 1)] == 4
+
+
+class StuckRelay:
+    """A relay that takes no line (overfull on a full disk, or not answering), whose close
+    goes through."""
+
+    def __init__(self) -> None:
+        self.closed: list[tuple[ActionId, int, int]] = []
+
+    async def push(self, batch: LogBatch) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self, action_id: ActionId, attempt: int, total_lines: int) -> None:
+        self.closed.append((action_id, attempt, total_lines))
+
+
+async def test_an_end_does_not_wait_for_ever_on_a_relay_that_takes_nothing() -> None:
+    relay = StuckRelay()
+    shipper = LogShipper(relay, ActionId("a1"), 1, 1 << 20, 10.0)
+    shipper.add("stdout", "one\ntwo\n")
+    assert await asyncio.wait_for(shipper.finish(wait=0.2), 10) == 2
+    assert relay.closed == [("a1", 1, 2)], "closed saying how many lines there were"

@@ -85,8 +85,9 @@ def _append(path: Path, text: bool = False) -> IO[Any]:
     return os.fdopen(fd, "a", encoding="utf-8") if text else os.fdopen(fd, "ab")
 
 
-def spilled(spill_dir: Path) -> Iterator[tuple[str, int, list[Run]]]:
-    """Every attempt's runs found under the spill dir: (action id, attempt, runs)."""
+def spilled(spill_dir: Path) -> Iterator[tuple[str, int, list[Run], float]]:
+    """Every attempt's runs found under the spill dir: (action id, attempt, runs, when its
+    index was last written)."""
     if not spill_dir.is_dir():
         return
     for action_dir in spill_dir.iterdir():
@@ -97,7 +98,7 @@ def spilled(spill_dir: Path) -> Iterator[tuple[str, int, list[Run]]]:
                 continue
             found = _read_index(index)
             if found is not None:
-                yield found[0], int(index.stem), found[1]
+                yield found[0], int(index.stem), found[1], index.stat().st_mtime
 
 
 def _whole_lines(path: Path) -> str:

@@ -365,9 +365,13 @@ class LogStore:
         died holding them in memory) has a gap at its end; a read says so."""
         logfiles.clear_unindexed(self._spill_dir)
         now = self._clock()
-        for action_id, number, runs in logfiles.spilled(self._spill_dir):
+        # When each action was last heard of, as its files and closes say: taken as now, an
+        # attempt never closed (its agent died) would never go idle long enough to expire
+        # while the relay restarts more often than that.
+        heard: dict[str, float] = {}
+        for action_id, number, runs, written in logfiles.spilled(self._spill_dir):
             a = self._attempt(action_id, number)
-            self._touch(action_id, now)
+            heard[action_id] = max(heard.get(action_id, 0.0), min(written, now))
             for run in sorted(runs, key=lambda r: r.offset):
                 if run.offset > a.end:  # lines skipped before the crash
                     self._skip_to(a, run.offset)
@@ -376,7 +380,8 @@ class LogStore:
                 a.end = a.stored_end = max(a.end, run.offset + run.count)
         for closed in self._journal.read():
             a = self._attempt(closed.action_id, closed.attempt)
-            self._touch(closed.action_id, now)
+            heard[closed.action_id] = max(heard.get(closed.action_id, 0.0),
+                                          min(closed.at, now))
             if a.total is not None:
                 continue
             a.total, a.closed_at = closed.total, closed.at
@@ -387,6 +392,8 @@ class LogStore:
                    for other in self._actions[closed.action_id].values()):
                 self._closed.pop(closed.action_id, None)
                 self._closed[closed.action_id] = closed.at
+        for action_id, at in sorted(heard.items(), key=lambda item: item[1]):
+            self._touch(action_id, at)  # oldest first, as expire reads them
         if self._actions:
             log.info("took back the logs of %d attempt(s) of %d action(s) from %s",
                      sum(len(a) for a in self._actions.values()), len(self._actions),

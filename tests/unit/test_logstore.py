@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -563,6 +564,21 @@ def test_an_attempt_that_never_closes_is_forgotten_once_idle_long_enough(
     store.append(batch(1, ["y"], action_id="busy"))
     assert store.expire(before=150.0, idle_before=50.0) == 1
     assert store.attempts("orphan") == [] and store.attempts("busy") == [1]
+
+
+def test_an_attempt_that_never_closes_goes_idle_across_relay_restarts(tmp_path: Path) -> None:
+    # Each restart took the logs it found as heard of just then: with the relay restarted
+    # more often than the idle time, an orphan's log was never forgotten.
+    day = 86400.0
+    now = [time.time()]  # wall time, as the spilled files' own times are
+    store = LogStore(tmp_path, 0, clock=lambda: now[0])  # no memory: spilled at once
+    store.append(batch(0, ["x"], action_id="orphan"))  # its agent died with it
+    for _ in range(3):
+        now[0] += 7 * day
+        store = LogStore(tmp_path, 0, clock=lambda: now[0])  # the head restarts weekly
+        store.append(batch(0, ["y"], action_id=f"week-{now[0]:.0f}"))
+    assert store.expire(before=now[0] - 7 * day, idle_before=now[0] - 14 * day) >= 1
+    assert store.attempts("orphan") == []
 
 
 def test_a_log_the_disk_budget_drops_while_it_is_saved_is_simply_gone(tmp_path: Path) -> None:

@@ -110,8 +110,10 @@ class LogStore:
 
     # -- writing -----------------------------------------------------------------------
 
-    def append(self, batch: LogBatch) -> None:
-        """Store a batch; hold it if it is ahead of a gap; ignore lines already stored."""
+    def append(self, batch: LogBatch) -> int | None:
+        """Store a batch; hold it if it is ahead of a gap; ignore lines already stored.
+        When the batch is the first held at a gap: the offset where its attempt waits,
+        for `give_up_gap` later."""
         a = self._attempt(batch.action_id, batch.attempt)
         self._touch(batch.action_id, self._clock())
         start = batch.offset
@@ -119,9 +121,11 @@ class LogStore:
         if a.total is not None:
             stop = min(stop, a.total)
         if stop <= max(a.end, start):
-            return
+            return None
         text = batch.text if stop == start + batch.count else cut(batch.text, 0, stop - start)
+        waits_at = None
         if start > a.end:
+            waits_at = a.end if not a.held else None
             self._hold(a, start, batch.stream, text, stop - start)
         else:
             self._store(a, start, batch.stream, text, stop - start)
@@ -130,6 +134,21 @@ class LogStore:
                 self._unsaved.setdefault((a.action_id, a.attempt), self._clock())
         self._save_closed()
         self._evict()
+        return waits_at
+
+    def give_up_gap(self, action_id: str, attempt: int, at: int) -> int:
+        """Skip to the held lines of an attempt that still waits at `at` (where it waited
+        when they came): lines lost with pushes that failed, or with the memory of a relay
+        that died, never come, and later ones must not wait for the attempt's close.
+        Returns how many lines were skipped."""
+        a = self._actions.get(action_id, {}).get(attempt)
+        if a is None or a.end != at or not a.held:
+            return 0
+        before = self._skipped
+        while a.held:
+            self._skip_to(a, min(a.held))
+            self._release(a)
+        return self._skipped - before
 
     def close(self, action_id: str, attempt: int, total_lines: int) -> None:
         """The attempt ended after `total_lines` lines; readers see it closed once all are here."""

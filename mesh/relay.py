@@ -124,8 +124,16 @@ class LogRelay:
         while self._store.overfull:
             await asyncio.sleep(SPILL_RETRY)
             self._store.retry_spill()
-        _guard("append", self._store.append, checked)
+        waits_at = _guard("append", self._store.append, checked)
         self._wake((checked.action_id, checked.attempt))
+        if waits_at is not None:
+            asyncio.get_running_loop().call_later(self._close_grace, self._give_up,
+                                                  checked.action_id, checked.attempt, waits_at)
+
+    def _give_up(self, action_id: str, attempt: int, at: int) -> None:
+        """Lines an attempt still waits for a grace after later ones came will not come."""
+        if self._store.give_up_gap(action_id, attempt, at):
+            self._wake((action_id, attempt))
 
     async def close(self, action_id: str, attempt: int, total_lines: int) -> None:
         """The attempt ended after `total_lines` lines (both streams)."""

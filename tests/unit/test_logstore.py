@@ -581,6 +581,23 @@ def test_an_attempt_that_never_closes_goes_idle_across_relay_restarts(tmp_path: 
     assert store.attempts("orphan") == []
 
 
+@pytest.mark.parametrize("memory", [256 << 20, 0], ids=["held-in-memory", "spilled"])
+def test_lines_pushed_after_a_relay_restart_are_read_while_the_attempt_runs(
+        tmp_path: Path, memory: int) -> None:
+    before = LogStore(tmp_path, memory)
+    assert before.append(batch(0, ["l0", "l1", "l2"])) is None  # taken, then the relay died
+    after = LogStore(tmp_path, memory)
+    waits_at = after.append(batch(3, ["l3", "l4"]))  # the running attempt pushes on
+    after.append(batch(5, ["l5"]))
+    if memory:  # nothing reached the disk: the restarted relay waits for lines 0-2
+        assert waits_at == 0 and lines_of(after.read(A, 1, 3, 10)) == []
+        assert after.give_up_gap(A, 1, waits_at) == 3  # a grace later, as the relay does
+    read = after.read(A, 1, 0, 10)
+    assert [t for _, _, t in lines_of(read)] == (["l3", "l4", "l5"] if memory
+                                                 else ["l0", "l1", "l2", "l3", "l4", "l5"])
+    assert after.give_up_gap(A, 1, 0) == 0, "only while it still waits there"
+
+
 def test_a_log_the_disk_budget_drops_while_it_is_saved_is_simply_gone(tmp_path: Path) -> None:
     store = LogStore(tmp_path, 1 << 20, disk_budget=100)
     store.append(batch(0, ["x" * 200], action_id="big"))

@@ -66,19 +66,11 @@ class SchedulerActor:
 
     def __init__(self, config: MeshConfig) -> None:
         logging.basicConfig(level=logging.INFO)
-        config = arrived(MeshConfig, config, "config")
-        self.lock = StateDirLock(config.state_dir, "scheduler")
-        self.refusal: StateDirRefused | None = None
-        try:
-            self.lock.acquire(Owner.here(ray.get_runtime_context().gcs_address))
-        except StateDirRefused as exc:
-            # Refused rather than failed: every call answers with the reason, which `mesh
-            # up` then shows (a constructor that raises only tells callers the actor died).
-            log.error("%s", exc)
-            self.refusal = exc
-            return
-        self.config = config
+        self.config = arrived(MeshConfig, config, "config")
+        self.lock = StateDirLock(self.config.state_dir, "scheduler")
+        self.owner = Owner.here(ray.get_runtime_context().gcs_address)
         self.host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self.refusal: StateDirRefused | None = None
         self.unopened: StateCorrupt | None = None
         self.tried = 0.0
         self._open()
@@ -87,16 +79,26 @@ class SchedulerActor:
             dashboards.install(session)
 
     def _open(self) -> None:
-        """Read the saved state and build the scheduler. If it cannot be read (a full or
-        read-only disk, a damaged file), every call answers why, and one after OPEN_RETRY
-        tries again: Ray does not restart an actor whose constructor raised, so raising
-        would leave the mesh down until someone stepped in."""
+        """Take the state dir, read the saved state and build the scheduler.
+
+        Refused (another cluster's dir, or unsafe): every call answers with the reason,
+        which `mesh up` then shows. Not readable (a full or read-only disk, a damaged
+        file): every call answers why, and one after OPEN_RETRY tries again. A constructor
+        that raised would only tell callers the actor died, and Ray does not restart one,
+        so the mesh would stay down until someone stepped in."""
         self.tried = time.monotonic()
         try:
+            if not self.lock.held:
+                self.lock.acquire(self.owner)
             self.s = Scheduler(self.config, link_host=self.host, metrics=Recorder())
-        except StateCorrupt as exc:
-            log.error("%s; trying again in %gs", exc, OPEN_RETRY)
-            self.unopened = exc
+        except StateDirRefused as exc:
+            log.error("%s", exc)
+            self.refusal = exc
+            return
+        except (StateCorrupt, OSError) as exc:
+            self.unopened = exc if isinstance(exc, StateCorrupt) else StateCorrupt(
+                f"the state dir {self.config.state_dir} cannot be used: {exc}")
+            log.error("%s; trying again in %gs", self.unopened, OPEN_RETRY)
             return
         if self.unopened is not None:
             log.warning("the saved state could be read after all")

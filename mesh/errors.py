@@ -77,8 +77,9 @@ class StageError(MeshError):
 
 
 class StateCorrupt(MeshError):
-    """The saved state cannot be read. At start-up the scheduler stops rather than silently
-    start empty; a damaged record found later costs only its action."""
+    """The saved state cannot be read. At start-up the scheduler answers every call with
+    it, and reads again now and then, rather than silently start empty; a damaged record
+    found later costs only its action."""
 
 
 class StateDirRefused(MeshError):

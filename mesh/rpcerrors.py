@@ -21,6 +21,10 @@ _CODES: list[tuple[type[errors.MeshError], grpc.StatusCode]] = [
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.Unplaceable, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    # Another cluster's state dir, or one it may not use: an operator must act.
+    (errors.StateDirRefused, grpc.StatusCode.FAILED_PRECONDITION),
+    # State it cannot read yet (a full disk, a damaged file): it reads again by itself.
+    (errors.StateCorrupt, grpc.StatusCode.UNAVAILABLE),
     (errors.StoreReadOnly, grpc.StatusCode.UNAVAILABLE),
     (errors.SchedulerUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.MeshNotRunning, grpc.StatusCode.UNAVAILABLE),

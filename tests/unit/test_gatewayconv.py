@@ -21,6 +21,8 @@ from mesh.errors import (
     MeshError,
     NotFound,
     SchedulerUnavailable,
+    StateCorrupt,
+    StateDirInUse,
     StoreReadOnly,
     Unplaceable,
 )
@@ -78,6 +80,8 @@ def test_the_token_never_shows_in_the_config() -> None:
     (Conflict("account 'a' is used by 2 unfinished actions"),
      grpc.StatusCode.FAILED_PRECONDITION),
     (StoreReadOnly("x"), grpc.StatusCode.UNAVAILABLE),
+    (StateDirInUse("x"), grpc.StatusCode.FAILED_PRECONDITION),
+    (StateCorrupt("x"), grpc.StatusCode.UNAVAILABLE),
     (SchedulerUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
     (ClusterUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
     (MeshError("x"), grpc.StatusCode.INTERNAL),

@@ -473,42 +473,43 @@ class Executor:
             asyncio.ensure_future(attempt.stop_requested.wait())
         ends: set[asyncio.Future[Any]] = {child.pipes_closed} | ({stop} if stop else set())
         hunted = False
-        cut_at: float | None = None  # once cut short: when the pipes are closed regardless
         try:
             while True:
                 seen = child.bytes_read
-                quiet = DRAIN_QUIET
-                if cut_at is None and deadline is not None:
-                    quiet = max(0.0, min(quiet, deadline - loop.time()))
-                await asyncio.wait(ends, timeout=quiet, return_when=asyncio.FIRST_COMPLETED)
+                left = DRAIN_QUIET if deadline is None else deadline - loop.time()
+                await asyncio.wait(ends, timeout=max(0.0, min(DRAIN_QUIET, left)),
+                                   return_when=asyncio.FIRST_COMPLETED)
                 if child.pipes_closed.done():
-                    return cut_at is None
-                now = loop.time()
-                timed_out = deadline is not None and now >= deadline
+                    return True
                 stopped = stop is not None and stop.done()
-                quiet_after_hunt = hunted and child.bytes_read == seen \
-                    and not attempt.shipper.congested
-                if cut_at is None and (timed_out or stopped):
-                    # A process that left its groups and keeps writing would otherwise hold
-                    # the attempt open past its timeout, and a cancel with it.
-                    if timed_out:
-                        attempt.request_stop("timed_out", "timed out after "
-                                             f"{attempt.assignment.action.timeout:g}s")
-                    ends = {child.pipes_closed}
-                    cut_at = now + DRAIN_QUIET
-                elif now >= cut_at if cut_at is not None else quiet_after_hunt:
-                    log.warning("%s attempt %d: a process outside our reach holds its "
-                                "output; closing the pipes", *attempt.key)
-                    child.close_pipes()
-                    await child.pipes_closed
-                    return cut_at is None
-                elif hunted or child.bytes_read != seen or attempt.shipper.congested:
+                if stopped or (deadline is not None and loop.time() >= deadline):
+                    break
+                if child.bytes_read != seen or attempt.shipper.congested:
                     continue
+                if hunted:
+                    await self._close_output(attempt)
+                    return True
                 await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
                 hunted = True
         finally:
             if stop is not None:
                 stop.cancel()
+        # Cut short: a process that left its groups and keeps writing would otherwise hold
+        # the attempt open past its timeout, and a cancel with it.
+        if attempt.stop_reason is None:
+            attempt.request_stop("timed_out",
+                                 f"timed out after {attempt.assignment.action.timeout:g}s")
+        await asyncio.to_thread(procscan.kill_marked, self._marks(attempt))
+        await asyncio.wait({child.pipes_closed}, timeout=DRAIN_QUIET)
+        if not child.pipes_closed.done():
+            await self._close_output(attempt)
+        return False
+
+    async def _close_output(self, attempt: _Attempt) -> None:
+        log.warning("%s attempt %d: a process outside our reach holds its output; closing "
+                    "the pipes", *attempt.key)
+        attempt.child.close_pipes()
+        await attempt.child.pipes_closed
 
     def _kill_all(self, attempt: _Attempt) -> None:
         """SIGKILL the attempt's process group and its control group."""

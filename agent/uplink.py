@@ -21,7 +21,7 @@ from mesh.channels import aio_channel
 from mesh.errors import InvalidInput
 from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, ReportAnswer
 from mesh.schema import ActionId, AgentId, Load
-from mesh.v1 import AGENT_KEY, AUTHORIZATION_KEY, CONNECT, KEEPALIVE_OPTIONS, MAX_DOWN, MAX_UP
+from mesh.v1 import AGENT_KEY, CONNECT, KEEPALIVE_OPTIONS, MAX_DOWN, MAX_UP, bearer
 from mesh.v1 import link_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -267,8 +267,7 @@ class SchedulerLink:
         call = channel.stream_stream(
             CONNECT, request_serializer=pb.AgentMessage.SerializeToString,
             response_deserializer=pb.SchedulerMessage.FromString,
-        )(metadata=((AGENT_KEY, self.agent_id),
-                    (AUTHORIZATION_KEY, f"Bearer {grant.credential}")))
+        )(metadata=((AGENT_KEY, self.agent_id), bearer(grant.credential)))
         try:
             admitted = await asyncio.wait_for(call.read(), CONNECT_TIMEOUT)
             if admitted is aio.EOF:

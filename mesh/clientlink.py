@@ -18,7 +18,7 @@ from mesh.channels import channel
 from mesh.errors import SchedulerUnavailable
 from mesh.protocol import LinkGrant
 from mesh.rpcerrors import carried_error
-from mesh.v1 import AUTHORIZATION_KEY, KEEPALIVE_OPTIONS, MAX_DOWN, RESULT, RUN, serialize
+from mesh.v1 import KEEPALIVE_OPTIONS, MAX_DOWN, RESULT, RUN, bearer, serialize
 from mesh.v1 import client_pb2 as cpb
 
 log = logging.getLogger("actionmesh.client")
@@ -162,7 +162,7 @@ class ClientLink:
         with self._lock:
             self._granting = False
             self._channel, self._ready = made, ready
-            self._metadata = ((AUTHORIZATION_KEY, f"Bearer {grant.credential}"),)
+            self._metadata = (bearer(grant.credential),)
             self._connecting_since = self.clock()
 
     def _got_through(self) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import logging
 import os
 import threading
@@ -40,7 +39,7 @@ from mesh.schema import (
     MeshConfig,
     check_token,
 )
-from mesh.v1 import AUTHORIZATION_KEY, KEEPALIVE_OPTIONS, serialize
+from mesh.v1 import KEEPALIVE_OPTIONS, holds_token, serialize
 from mesh.v1 import gateway_pb2 as gpb
 from mesh.watch import LINGER, Cursor, Follower
 
@@ -261,17 +260,13 @@ class TokenCheck(aio.ServerInterceptor):  # type: ignore[misc]
     before its handler runs; the health service answers anyone, as probes expect."""
 
     def __init__(self, token: str) -> None:
-        self._expected = token.encode()
+        self._expected = token
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
-        sent = str(dict(details.invocation_metadata or ()).get(AUTHORIZATION_KEY, ""))
-        scheme, _, token = sent.strip().partition(" ")
-        # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
-                                                              self._expected):
+        if holds_token(details.invocation_metadata, self._expected):
             return handler
         return _refusing(handler)
 

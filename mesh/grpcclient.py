@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from mesh.channels import channel
-from mesh.v1 import AUTHORIZATION_KEY, method_path, serialize
+from mesh.v1 import bearer, method_path, serialize
 from mesh.v1 import gateway_pb2 as gpb
 from mesh.v1 import link_pb2 as pb
 
@@ -31,7 +31,7 @@ class GatewayClient:
                  server_name: str | None = None) -> None:
         self.channel = channel(address, root_certificate, server_name or "",
                                [("grpc.max_receive_message_length", MAX_RECEIVE)])
-        self.metadata = ((AUTHORIZATION_KEY, f"Bearer {token}"),)
+        self.metadata = (bearer(token),)
         streaming = {"Submit": gpb.SubmitRequest, "Watch": gpb.WatchRequest}
         self._streams = {name: self.channel.unary_stream(
             method_path("Gateway", name), request_serializer=serialize,

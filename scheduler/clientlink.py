@@ -4,7 +4,6 @@ that the scheduler hands out over Ray."""
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +14,7 @@ from grpc import aio
 from mesh.arrival import as_json
 from mesh.rpcerrors import abort
 from mesh.schema import ActionId, SubmitOutcome
-from mesh.v1 import AUTHORIZATION_KEY, RESULT, RUN, serialize, split_path
+from mesh.v1 import RESULT, RUN, holds_token, serialize, split_path
 from mesh.v1 import client_pb2 as cpb
 
 # The scheduler actor's own calls, which check what they are given: submit one action (its
@@ -62,10 +61,6 @@ class ClientLinkService:
         return cpb.ResultReply(status=status)
 
     async def _admit(self, context: aio.ServicerContext) -> None:
-        sent = str(dict(context.invocation_metadata() or ()).get(AUTHORIZATION_KEY, ""))
-        scheme, _, token = sent.partition(" ")
-        # The token is compared in constant time.
-        if not (scheme == "Bearer"
-                and hmac.compare_digest(token.encode(), self.token.encode())):
+        if not holds_token(context.invocation_metadata(), self.token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "a token from this scheduler's client_grant is required")

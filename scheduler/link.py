@@ -32,11 +32,11 @@ from mesh.protocol import Assignment, AttemptReport, CancelOutcome, LinkGrant, R
 from mesh.schema import ActionId, AgentId, AgentInfo, Load, MeshConfig
 from mesh.v1 import (
     AGENT_KEY,
-    AUTHORIZATION_KEY,
     CONNECT,
     KEEPALIVE_OPTIONS,
     MAX_DOWN,
     MAX_UP,
+    holds_token,
     split_path,
 )
 from mesh.v1 import link_pb2 as pb
@@ -251,15 +251,12 @@ class LinkServer:
 
     def _admit(self, context: aio.ServicerContext) -> AgentId | None:
         """The agent the stream's metadata proves it is; None (refused) otherwise."""
-        metadata = dict(context.invocation_metadata() or ())
-        claimed, authorization = metadata.get(AGENT_KEY), metadata.get(AUTHORIZATION_KEY)
-        if not isinstance(claimed, str) or not isinstance(authorization, str):
+        metadata = context.invocation_metadata()
+        claimed = dict(metadata or ()).get(AGENT_KEY)
+        if not isinstance(claimed, str):
             return None
         info = self.identity(AgentId(claimed))
-        scheme, _, token = authorization.partition(" ")
-        if info is None or scheme != "Bearer":
-            return None
-        if not hmac.compare_digest(token.encode(), credential(self._key, info).encode()):
+        if info is None or not holds_token(metadata, credential(self._key, info)):
             return None
         return info.agent_id
 

@@ -5,6 +5,7 @@ Python needs no generated service stubs (which would be untyped)."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from google.protobuf import descriptor_pool
@@ -44,6 +45,28 @@ def method_path(service: str, method: str) -> str:
     found = descriptor_pool.Default().FindServiceByName(f"actionmesh.v1.{service}")\
         .methods_by_name[method]
     return f"/{found.containing_service.full_name}/{found.name}"
+
+
+def bearer(token: str) -> tuple[str, str]:
+    """The metadata entry that carries `token` to a server: `authorization: Bearer <token>`."""
+    return AUTHORIZATION_KEY, f"Bearer {token}"
+
+
+def bearer_token(metadata: Any) -> str:
+    """The token of a call's `authorization: Bearer <token>` metadata, "" if it has none;
+    the scheme is case-insensitive (RFC 7235)."""
+    sent = dict(metadata or ()).get(AUTHORIZATION_KEY, "")
+    if not isinstance(sent, str):
+        return ""
+    scheme, _, token = sent.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def holds_token(metadata: Any, expected: str) -> bool:
+    """Whether a call's metadata carries `expected` as its bearer token, compared in
+    constant time."""
+    sent = bearer_token(metadata)
+    return bool(sent) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
 def split_path(path: str) -> tuple[str, str]:
